@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Every struct and constant shared between the eBPF programs and user space.
+ * src/dataplane/abi.ts mirrors this file; test/dataplane/abi.test.ts checks the
+ * mirror against the BTF of the compiled object (sizes and offsets), so change
+ * both together.
+ *
+ * Only fixed-width types: this header is included by the BPF program (with
+ * vmlinux.h) and parsed by nothing else.
+ */
+#ifndef KLOAK_H
+#define KLOAK_H
+
+#define KLOAK_MARKER_LEN 6 /* "kloak:" */
+#define KLOAK_VALUE_MIN 8
+#define KLOAK_VALUE_MAX 4096
+/* Placeholders are found by the first KLOAK_KEY_LEN bytes after the marker.
+ * User space keeps those keys prefix-free, so at most one key can match. */
+#define KLOAK_KEY_LEN 8
+#define KLOAK_MAX_SUBST 16     /* placeholders substituted in one write */
+#define KLOAK_MAX_CANDIDATES 32 /* "kloak:" occurrences examined in one write */
+#define KLOAK_CHUNK 512        /* bytes copied and scanned per loop step */
+#define KLOAK_MAX_SCAN (16u << 20) /* hard ceiling of the configurable scan cap */
+
+/* Which TLS write signature a uprobe sits on (the bpf_cookie). */
+enum kloak_fn {
+	KLOAK_FN_SSL_WRITE = 0,    /* int SSL_write(SSL *, const void *, int) */
+	KLOAK_FN_SSL_WRITE_EX = 1, /* int SSL_write_ex(SSL *, const void *, size_t, size_t *) */
+};
+
+enum kloak_mode {
+	KLOAK_MODE_KERNEL = 0, /* bpf_probe_write_user in the probe */
+	KLOAK_MODE_STOP = 1,   /* SIGSTOP the writer, the agent patches, SIGCONT */
+};
+
+/* Index of kloak_counters (a per-CPU array of u64). */
+enum kloak_counter {
+	KC_WRITES_SEEN = 0,        /* TLS writes of enabled processes */
+	KC_BYTES_SCANNED,
+	KC_SUBSTITUTED,            /* placeholders replaced by their value */
+	KC_RESTORED,               /* placeholders put back at return */
+	KC_REFUSED_UNKNOWN,        /* "kloak:" with a tail that is no loaded placeholder */
+	KC_REFUSED_TRUNCATED,      /* placeholder runs past the end of the write */
+	KC_REFUSED_NOT_ENTITLED,   /* scope may not use this secret */
+	KC_REFUSED_TOO_MANY,       /* more than KLOAK_MAX_SUBST in one write */
+	KC_REFUSED_NO_VALUE,       /* kernel mode: value missing from the map */
+	KC_REFUSED_WRITE_FAILED,   /* kernel mode: bpf_probe_write_user failed */
+	KC_REFUSED_RINGBUF_FULL,   /* stop mode: no room for the request */
+	KC_SCAN_TRUNCATED,         /* writes longer than the scan cap */
+	KC_BYTES_UNSCANNED,        /* bytes beyond the scan cap */
+	KC_CANDIDATES_DROPPED,     /* "kloak:" beyond KLOAK_MAX_CANDIDATES */
+	KC_EVENTS_LOST,            /* process/refusal events the ring could not take */
+	KC_NESTED_WRITE,           /* write entered while one is in flight on the thread */
+	KC__COUNT
+};
+
+/* Why a placeholder was left in place; carried by refusal events. */
+enum kloak_refusal {
+	KR_UNKNOWN_PLACEHOLDER = 1,
+	KR_TRUNCATED = 2,
+	KR_NOT_ENTITLED = 3,
+	KR_TOO_MANY = 4,
+	KR_NO_VALUE = 5,
+	KR_WRITE_FAILED = 6,
+	KR_RINGBUF_FULL = 7,
+	KR_BEYOND_SCAN_CAP = 8,
+};
+
+enum kloak_event_type {
+	KE_SUBSTITUTE = 1, /* stop mode: patch values in, then SIGCONT */
+	KE_RESTORE = 2,    /* stop mode: patch placeholders back, then SIGCONT */
+	KE_EXEC = 3,       /* process in a scope exec'd; held stopped until attached */
+	KE_FORK = 4,       /* new process in a scope */
+	KE_EXIT = 5,       /* last thread of a process in a scope exited */
+	KE_REFUSED = 6,    /* a placeholder was left in place */
+};
+
+/* Key of kloak_placeholders: the bytes after the marker, zero padded. */
+struct kloak_ph_key {
+	__u8 tail[KLOAK_KEY_LEN];
+	__u32 tail_len; /* min(KLOAK_KEY_LEN, placeholder length - marker) */
+	__u32 _pad;
+};
+
+/* kloak_secrets[secret_id] and, in kernel mode only, kloak_values[secret_id]. */
+struct kloak_bytes {
+	__u32 len;
+	__u32 _pad;
+	__u8 data[KLOAK_VALUE_MAX];
+};
+
+/* kloak_procs[tgid]: the process belongs to a scope. */
+struct kloak_proc {
+	__u32 scope_id;
+	__u32 flags;
+};
+
+/* kloak_entitled[{scope_id, secret_id}] exists when the scope may use it. */
+struct kloak_grant {
+	__u32 scope_id;
+	__u32 secret_id;
+};
+
+struct kloak_item {
+	__u64 addr; /* where the placeholder starts in the writer's memory */
+	__u32 secret_id;
+	__u32 len;
+};
+
+/* KE_SUBSTITUTE / KE_RESTORE; also kloak_inflight[tid] between entry and return. */
+struct kloak_write_event {
+	__u32 type;
+	__u32 tgid;
+	__u32 tid;
+	__u32 count;
+	__u64 seq;
+	struct kloak_item items[KLOAK_MAX_SUBST];
+};
+
+/* KE_EXEC / KE_FORK / KE_EXIT */
+struct kloak_proc_event {
+	__u32 type;
+	__u32 tgid;
+	__u32 ppid;
+	__u32 scope_id;
+};
+
+/* KE_REFUSED */
+struct kloak_refusal_event {
+	__u32 type;
+	__u32 tgid;
+	__u32 scope_id;
+	__u32 secret_id; /* 0 when no secret could be identified */
+	__u32 reason;
+	__u32 _pad;
+	__u64 offset; /* offset in the write where the placeholder starts */
+};
+
+/* Knobs user space sets in .rodata before load. */
+struct kloak_config {
+	__u32 mode;     /* enum kloak_mode */
+	__u32 scan_cap; /* bytes of each write that are scanned */
+};
+
+#endif /* KLOAK_H */
