@@ -1,0 +1,579 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * kloak data plane: find placeholders in TLS write buffers of enabled
+ * processes, verify them in full, and have them replaced by the real value for
+ * exactly the duration of the write call.
+ *
+ * Two substitution modes, chosen by user space at load time (autoload):
+ *  - kernel: bpf_probe_write_user in the probe itself (needs lockdown=none);
+ *  - stop:   the probe queues a request on tls_events and stops the writer's
+ *            thread group; the agent patches with process_vm_writev and
+ *            sends SIGCONT. The return probe does the same to restore.
+ * Every failure leaves the placeholder in place and is counted.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "kloak.h"
+
+#define SIGSTOP 19
+#define COLONS 0x3a3a3a3a3a3a3a3aULL
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by user space before load; its own section so it is the only variable
+ * in that map and sits at offset 0. */
+const volatile struct kloak_config kloak_cfg SEC(".rodata.config") = {
+	.mode = KLOAK_MODE_STOP,
+	.scan_cap = 65536,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} tls_events SEC(".maps");
+
+/* placeholder key -> secret id */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct kloak_ph_key);
+	__type(value, __u32);
+} kloak_placeholders SEC(".maps");
+
+/* secret id -> full placeholder, for byte-for-byte verification and restore */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct kloak_bytes);
+} kloak_secrets SEC(".maps");
+
+/* secret id -> real value; filled in kernel mode only, so that in stop mode
+ * real values never enter kernel memory */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct kloak_bytes);
+} kloak_values SEC(".maps");
+
+/* tgid -> scope: the processes kloak protects */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct kloak_proc);
+} kloak_procs SEC(".maps");
+
+/* tgid -> scope: processes whose children join a scope (the kloak exec
+ * launcher itself, which is never attached) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_launchers SEC(".maps");
+
+/* {scope, secret} present when the scope may redeem the secret */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct kloak_grant);
+	__type(value, __u8);
+} kloak_entitled SEC(".maps");
+
+/* tid -> what was substituted, so the return probe can restore it */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct kloak_write_event);
+} kloak_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KC__COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} kloak_counters SEC(".maps");
+
+/* Per-CPU work area: kprobe-type programs never nest on one CPU
+ * (bpf_prog_active), so one slot per CPU is enough. */
+struct scratch {
+	__u8 chunk[KLOAK_CHUNK];
+	__u8 cmp[KLOAK_VALUE_MAX];
+	__u64 cand[KLOAK_MAX_CANDIDATES];
+	__u32 ncand;
+	__u32 _pad;
+	__u64 buf;
+	__u64 len;      /* whole write */
+	__u64 scan_len; /* min(len, scan cap) */
+	__u32 tgid;
+	__u32 scope_id;
+	struct kloak_write_event ev;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} kloak_scratch SEC(".maps");
+
+static __always_inline struct scratch *scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&kloak_scratch, &zero);
+}
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&kloak_counters, &idx);
+	if (c)
+		*c += n;
+}
+
+static __always_inline void refuse(struct scratch *s, __u32 reason, __u32 counter,
+				   __u32 secret_id, __u64 offset)
+{
+	struct kloak_refusal_event *e;
+
+	count(counter, 1);
+	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
+	if (!e) {
+		count(KC_EVENTS_LOST, 1);
+		return;
+	}
+	e->type = KE_REFUSED;
+	e->tgid = s->tgid;
+	e->scope_id = s->scope_id;
+	e->secret_id = secret_id;
+	e->reason = reason;
+	e->_pad = 0;
+	e->offset = offset;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/*
+ * A word of the current chunk holds a ':'; note every position where a
+ * marker could start. Global (verified once) to keep the scan loop small.
+ */
+__noinline int kloak_note_colons(__u32 chunk_off, __u32 word, __u32 n)
+{
+	struct scratch *s = scratch();
+	__u32 b, p, i;
+
+	if (!s)
+		return 0;
+	for (b = 0; b < 8; b++) {
+		p = word * 8 + b;
+		if (p >= n || p >= KLOAK_CHUNK)
+			break;
+		if (s->chunk[p] != ':')
+			continue;
+		if (chunk_off + p < KLOAK_MARKER_LEN - 1)
+			continue;
+		/* Cheap pre-check when the marker lies inside this chunk; a marker
+		 * straddling two chunks is checked against user memory later. */
+		if (p >= KLOAK_MARKER_LEN - 1 &&
+		    (s->chunk[p - 5] != 'k' || s->chunk[p - 4] != 'l' || s->chunk[p - 3] != 'o' ||
+		     s->chunk[p - 2] != 'a' || s->chunk[p - 1] != 'k'))
+			continue;
+		i = s->ncand;
+		if (i >= KLOAK_MAX_CANDIDATES) {
+			count(KC_CANDIDATES_DROPPED, 1);
+			continue;
+		}
+		s->cand[i] = chunk_off + p - (KLOAK_MARKER_LEN - 1);
+		s->ncand = i + 1;
+	}
+	return 0;
+}
+
+static long scan_chunk(__u32 idx, void *unused)
+{
+	struct scratch *s = scratch();
+	__u64 off, n, x;
+	__u32 w;
+
+	if (!s)
+		return 1;
+	off = (__u64)idx * KLOAK_CHUNK;
+	if (off >= s->scan_len)
+		return 1;
+	n = s->scan_len - off;
+	if (n > KLOAK_CHUNK)
+		n = KLOAK_CHUNK;
+	if (n == 0 || bpf_probe_read_user(s->chunk, n, (void *)(s->buf + off)))
+		return 1;
+	/* SWAR: a word has a ':' byte iff (w ^ COLONS) has a zero byte. */
+	for (w = 0; w < KLOAK_CHUNK / 8; w++) {
+		if (w * 8 >= n)
+			break;
+		x = *(__u64 *)&s->chunk[w * 8] ^ COLONS;
+		if ((x - ONES) & ~x & HIGHS)
+			kloak_note_colons(off, w, n);
+	}
+	return 0;
+}
+
+static __always_inline struct kloak_bytes *secret_placeholder(__u32 id)
+{
+	return bpf_map_lookup_elem(&kloak_secrets, &id);
+}
+
+/* Find the secret whose placeholder starts at buf+start; 0 when none. */
+static __always_inline __u32 lookup_placeholder(struct scratch *s, __u64 start)
+{
+	struct kloak_ph_key key = {};
+	__u8 head[KLOAK_MARKER_LEN + KLOAK_KEY_LEN] = {};
+	__u64 avail = s->len - start;
+	__u32 tail, i, *id;
+
+	if (avail < KLOAK_VALUE_MIN)
+		return 0;
+	tail = avail - KLOAK_MARKER_LEN > KLOAK_KEY_LEN ? KLOAK_KEY_LEN : avail - KLOAK_MARKER_LEN;
+	if (bpf_probe_read_user(head, sizeof(head) - KLOAK_KEY_LEN + tail, (void *)(s->buf + start)))
+		return 0;
+	/* Longest key first: keys are prefix-free, so at most one matches. */
+	for (; tail >= KLOAK_VALUE_MIN - KLOAK_MARKER_LEN; tail--) {
+		for (i = 0; i < KLOAK_KEY_LEN; i++)
+			key.tail[i] = i < tail ? head[KLOAK_MARKER_LEN + i] : 0;
+		key.tail_len = tail;
+		id = bpf_map_lookup_elem(&kloak_placeholders, &key);
+		if (id)
+			return *id;
+	}
+	return 0;
+}
+
+static __always_inline bool is_marker(struct scratch *s, __u64 start)
+{
+	char m[KLOAK_MARKER_LEN];
+
+	if (bpf_probe_read_user(m, sizeof(m), (void *)(s->buf + start)))
+		return false;
+	return m[0] == 'k' && m[1] == 'l' && m[2] == 'o' && m[3] == 'a' && m[4] == 'k' && m[5] == ':';
+}
+
+/* Byte-for-byte comparison of the write against the loaded placeholder. */
+static __always_inline bool matches(struct scratch *s, __u64 start, struct kloak_bytes *ph)
+{
+	__u32 len = ph->len, i;
+
+	if (len < KLOAK_VALUE_MIN || len > KLOAK_VALUE_MAX)
+		return false;
+	if (bpf_probe_read_user(s->cmp, len, (void *)(s->buf + start)))
+		return false;
+	for (i = 0; i < KLOAK_VALUE_MAX / 8; i++) {
+		if (i * 8 + 8 > len)
+			break;
+		if (*(__u64 *)&s->cmp[i * 8] != *(__u64 *)&ph->data[i * 8])
+			return false;
+	}
+	for (i = i * 8; i < len && i < KLOAK_VALUE_MAX; i++)
+		if (s->cmp[i] != ph->data[i])
+			return false;
+	return true;
+}
+
+static long verify_candidate(__u32 idx, void *unused)
+{
+	struct scratch *s = scratch();
+	struct kloak_grant grant;
+	struct kloak_bytes *ph;
+	struct kloak_item *item;
+	__u64 start;
+	__u32 id, n;
+
+	if (!s || idx >= KLOAK_MAX_CANDIDATES)
+		return 1;
+	start = s->cand[idx];
+	if (start >= s->len || !is_marker(s, start))
+		return 0;
+	id = lookup_placeholder(s, start);
+	ph = id ? secret_placeholder(id) : NULL;
+	if (!ph) {
+		refuse(s, KR_UNKNOWN_PLACEHOLDER, KC_REFUSED_UNKNOWN, 0, start);
+		return 0;
+	}
+	if (start + ph->len > s->len) {
+		refuse(s, KR_TRUNCATED, KC_REFUSED_TRUNCATED, id, start);
+		return 0;
+	}
+	if (!matches(s, start, ph)) {
+		refuse(s, KR_UNKNOWN_PLACEHOLDER, KC_REFUSED_UNKNOWN, id, start);
+		return 0;
+	}
+	grant.scope_id = s->scope_id;
+	grant.secret_id = id;
+	if (!bpf_map_lookup_elem(&kloak_entitled, &grant)) {
+		refuse(s, KR_NOT_ENTITLED, KC_REFUSED_NOT_ENTITLED, id, start);
+		return 0;
+	}
+	n = s->ev.count;
+	if (n >= KLOAK_MAX_SUBST) {
+		refuse(s, KR_TOO_MANY, KC_REFUSED_TOO_MANY, id, start);
+		return 0;
+	}
+	item = &s->ev.items[n];
+	item->addr = s->buf + start;
+	item->secret_id = id;
+	item->len = ph->len;
+	s->ev.count = n + 1;
+	return 0;
+}
+
+/* Kernel mode: write value (or placeholder back) into the writer's buffer. */
+static __always_inline int poke(struct kloak_item *item, void *map)
+{
+	__u32 id = item->secret_id, len = item->len;
+	struct kloak_bytes *src = bpf_map_lookup_elem(map, &id);
+
+	if (!src || src->len != len || len < KLOAK_VALUE_MIN || len > KLOAK_VALUE_MAX)
+		return -1;
+	return bpf_probe_write_user((void *)item->addr, src->data, len);
+}
+
+static __always_inline int stop_with(struct scratch *s, __u32 type)
+{
+	struct kloak_write_event *e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
+
+	if (!e)
+		return -1;
+	__builtin_memcpy(e, &s->ev, sizeof(*e));
+	e->type = type;
+	bpf_ringbuf_submit(e, 0);
+	/* The group stops before the thread runs another instruction of
+	 * SSL_write; the agent resumes it once the buffer is patched. */
+	bpf_send_signal(SIGSTOP);
+	return 0;
+}
+
+static __always_inline int on_write(struct pt_regs *ctx, const int mode)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id, i;
+	struct kloak_proc *proc;
+	struct scratch *s;
+	__u64 len;
+
+	proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
+	if (!proc)
+		return 0;
+	s = scratch();
+	if (!s)
+		return 0;
+	if (bpf_get_attach_cookie(ctx) == KLOAK_FN_SSL_WRITE) {
+		int num = (int)PT_REGS_PARM3(ctx);
+		len = num > 0 ? (__u64)num : 0;
+	} else {
+		len = PT_REGS_PARM3(ctx);
+	}
+	if (len == 0)
+		return 0;
+	count(KC_WRITES_SEEN, 1);
+	if (bpf_map_lookup_elem(&kloak_inflight, &tid)) {
+		/* Nested TLS write (one API implemented on the other): the outer
+		 * call already substituted; never clobber its restore record. */
+		count(KC_NESTED_WRITE, 1);
+		return 0;
+	}
+
+	s->buf = PT_REGS_PARM2(ctx);
+	s->len = len;
+	s->scan_len = len < kloak_cfg.scan_cap ? len : kloak_cfg.scan_cap;
+	s->tgid = tgid;
+	s->scope_id = proc->scope_id;
+	s->ncand = 0;
+	s->ev.count = 0;
+	s->ev.tgid = tgid;
+	s->ev.tid = tid;
+	s->ev.seq = bpf_ktime_get_ns();
+
+	count(KC_BYTES_SCANNED, s->scan_len);
+	if (len > s->scan_len) {
+		count(KC_BYTES_UNSCANNED, len - s->scan_len);
+		refuse(s, KR_BEYOND_SCAN_CAP, KC_SCAN_TRUNCATED, 0, s->scan_len);
+	}
+	bpf_loop((s->scan_len + KLOAK_CHUNK - 1) / KLOAK_CHUNK, scan_chunk, NULL, 0);
+	if (s->ncand == 0)
+		return 0;
+	bpf_loop(s->ncand, verify_candidate, NULL, 0);
+	if (s->ev.count == 0)
+		return 0;
+
+	if (mode == KLOAK_MODE_KERNEL) {
+		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
+			if (i >= s->ev.count)
+				break;
+			if (poke(&s->ev.items[i], &kloak_values)) {
+				/* A failed write may be partial: keep the item so the
+				 * return probe puts the placeholder back regardless. */
+				refuse(s, KR_WRITE_FAILED, KC_REFUSED_WRITE_FAILED, s->ev.items[i].secret_id,
+				       s->ev.items[i].addr - s->buf);
+			} else {
+				count(KC_SUBSTITUTED, 1);
+			}
+		}
+	} else {
+		if (stop_with(s, KE_SUBSTITUTE)) {
+			for (i = 0; i < KLOAK_MAX_SUBST; i++) {
+				if (i >= s->ev.count)
+					break;
+				count(KC_REFUSED_RINGBUF_FULL, 1);
+			}
+			return 0;
+		}
+		count(KC_SUBSTITUTED, s->ev.count);
+	}
+	bpf_map_update_elem(&kloak_inflight, &tid, &s->ev, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int on_write_return(const int mode)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), i;
+	struct kloak_write_event *ev;
+	struct scratch *s;
+
+	ev = bpf_map_lookup_elem(&kloak_inflight, &tid);
+	if (!ev)
+		return 0;
+	s = scratch();
+	if (!s)
+		goto out;
+	__builtin_memcpy(&s->ev, ev, sizeof(s->ev));
+	if (mode == KLOAK_MODE_KERNEL) {
+		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
+			if (i >= s->ev.count)
+				break;
+			if (poke(&s->ev.items[i], &kloak_secrets) == 0)
+				count(KC_RESTORED, 1);
+		}
+	} else if (stop_with(s, KE_RESTORE)) {
+		count(KC_EVENTS_LOST, 1);
+	}
+out:
+	bpf_map_delete_elem(&kloak_inflight, &tid);
+	return 0;
+}
+
+SEC("uprobe")
+int kloak_write_stop(struct pt_regs *ctx)
+{
+	return on_write(ctx, KLOAK_MODE_STOP);
+}
+
+SEC("uretprobe")
+int kloak_write_ret_stop(struct pt_regs *ctx)
+{
+	return on_write_return(KLOAK_MODE_STOP);
+}
+
+SEC("uprobe")
+int kloak_write_kernel(struct pt_regs *ctx)
+{
+	return on_write(ctx, KLOAK_MODE_KERNEL);
+}
+
+SEC("uretprobe")
+int kloak_write_ret_kernel(struct pt_regs *ctx)
+{
+	return on_write_return(KLOAK_MODE_KERNEL);
+}
+
+static __always_inline void proc_event(__u32 type, __u32 tgid, __u32 ppid, __u32 scope_id)
+{
+	struct kloak_proc_event *e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(KC_EVENTS_LOST, 1);
+		return;
+	}
+	e->type = type;
+	e->tgid = tgid;
+	e->ppid = ppid;
+	e->scope_id = scope_id;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Children join their parent's scope in the kernel, before they can run. */
+SEC("raw_tp/sched_process_fork")
+int BPF_PROG(kloak_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	struct kloak_proc *pp, np = {};
+	__u32 *launcher;
+
+	if (ctgid != (__u32)BPF_CORE_READ(child, pid))
+		return 0; /* a new thread, not a new process */
+	pp = bpf_map_lookup_elem(&kloak_procs, &ptgid);
+	if (pp) {
+		np.scope_id = pp->scope_id;
+	} else {
+		launcher = bpf_map_lookup_elem(&kloak_launchers, &ptgid);
+		if (!launcher)
+			return 0;
+		np.scope_id = *launcher;
+	}
+	bpf_map_update_elem(&kloak_procs, &ctgid, &np, BPF_ANY);
+	proc_event(KE_FORK, ctgid, ptgid, np.scope_id);
+	return 0;
+}
+
+/* A process in a scope exec'd: hold it before its first instruction until
+ * the agent has attached to the new image. */
+SEC("raw_tp/sched_process_exec")
+int kloak_exec(void *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct kloak_proc *p = bpf_map_lookup_elem(&kloak_procs, &tgid);
+	struct kloak_proc_event *e;
+
+	if (!p)
+		return 0;
+	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
+	if (!e) {
+		/* Without the event nobody would resume it: run unheld. */
+		count(KC_EVENTS_LOST, 1);
+		return 0;
+	}
+	e->type = KE_EXEC;
+	e->tgid = tgid;
+	e->ppid = 0;
+	e->scope_id = p->scope_id;
+	bpf_ringbuf_submit(e, 0);
+	bpf_send_signal(SIGSTOP);
+	return 0;
+}
+
+/* The thread-group leader's exit ends the process for kloak (portable across
+ * kernels whose exit tracepoint lacks group_dead). */
+SEC("raw_tp/sched_process_exit")
+int kloak_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct kloak_proc *p;
+	__u32 scope;
+
+	p = bpf_map_lookup_elem(&kloak_procs, &tgid);
+	if (!p)
+		return 0;
+	bpf_map_delete_elem(&kloak_inflight, &tid);
+	if (tgid != tid)
+		return 0;
+	scope = p->scope_id;
+	bpf_map_delete_elem(&kloak_procs, &tgid);
+	proc_event(KE_EXIT, tgid, 0, scope);
+	return 0;
+}

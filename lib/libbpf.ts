@@ -1,0 +1,327 @@
+/**
+ * Typed bindings to the system's libbpf.so.1 over bun:ffi.
+ *
+ * Rules the callers rely on:
+ *  - every failure throws BpfError with the call, errno and the libbpf log
+ *    lines printed during that call (a verifier rejection is readable);
+ *  - all calls stay on the thread that loaded this module: libbpf's print
+ *    callback is process-global.
+ */
+import { dlopen, FFIType, JSCallback, ptr, read, toArrayBuffer, type Pointer } from "bun:ffi";
+import { errno as lastErrno, strerror, vformat } from "./libc.ts";
+
+const LIBBPF = "libbpf.so.1";
+
+function open() {
+  return dlopen(LIBBPF, {
+    libbpf_major_version: { args: [], returns: FFIType.u32 },
+    libbpf_minor_version: { args: [], returns: FFIType.u32 },
+    libbpf_set_print: { args: [FFIType.ptr], returns: FFIType.ptr },
+    libbpf_num_possible_cpus: { args: [], returns: FFIType.i32 },
+    libbpf_probe_bpf_helper: { args: [FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    libbpf_probe_bpf_map_type: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    bpf_object__open_mem: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr], returns: FFIType.ptr },
+    bpf_object__load: { args: [FFIType.ptr], returns: FFIType.i32 },
+    bpf_object__close: { args: [FFIType.ptr], returns: FFIType.void },
+    bpf_object__find_program_by_name: { args: [FFIType.ptr, FFIType.cstring], returns: FFIType.ptr },
+    bpf_object__find_map_by_name: { args: [FFIType.ptr, FFIType.cstring], returns: FFIType.ptr },
+    bpf_program__set_autoload: { args: [FFIType.ptr, FFIType.bool], returns: FFIType.i32 },
+    bpf_program__attach: { args: [FFIType.ptr], returns: FFIType.ptr },
+    bpf_program__attach_uprobe_opts: {
+      args: [FFIType.ptr, FFIType.i32, FFIType.cstring, FFIType.u64, FFIType.ptr],
+      returns: FFIType.ptr,
+    },
+    bpf_link__destroy: { args: [FFIType.ptr], returns: FFIType.i32 },
+    bpf_map__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
+    bpf_map__max_entries: { args: [FFIType.ptr], returns: FFIType.u32 },
+    bpf_map__set_max_entries: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    bpf_map__initial_value: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.ptr },
+    bpf_map_update_elem: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
+    bpf_map_lookup_elem: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+    bpf_map_delete_elem: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    bpf_map_get_next_key: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+    bpf_obj_pin: { args: [FFIType.i32, FFIType.cstring], returns: FFIType.i32 },
+    bpf_obj_get: { args: [FFIType.cstring], returns: FFIType.i32 },
+  });
+}
+
+let lib: ReturnType<typeof open> | undefined;
+let logSink: string[] | undefined;
+let printCallback: JSCallback | undefined;
+
+/** libbpf, opened on first use; throws a BpfError naming the library when absent. */
+function bpf() {
+  if (lib) return lib.symbols;
+  try {
+    lib = open();
+  } catch (e) {
+    throw new BpfError(`dlopen ${LIBBPF}`, 2, [String((e as Error).message ?? e)]);
+  }
+  printCallback = new JSCallback(
+    (level: number, fmt: Pointer, args: Pointer) => {
+      const line = vformat(fmt, args).replace(/\n$/, "");
+      if (logSink) logSink.push(line);
+      if (process.env.KLOAK_LIBBPF_DEBUG) process.stderr.write(`libbpf[${level}]: ${line}\n`);
+      return 0;
+    },
+    { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  );
+  lib.symbols.libbpf_set_print(printCallback.ptr);
+  return lib.symbols;
+}
+
+export class BpfError extends Error {
+  constructor(
+    readonly call: string,
+    readonly errno: number,
+    readonly log: string[],
+  ) {
+    const tail = log.length ? `\n${log.slice(-40).join("\n")}` : "";
+    super(`${call}: ${strerror(errno)} (errno ${errno})${tail}`);
+    this.name = "BpfError";
+  }
+}
+
+/** Run a libbpf call, collecting what it printed; the log goes into any error. */
+function logged<T>(fn: () => T): { value: T; log: string[] } {
+  const outer = logSink;
+  const log: string[] = [];
+  logSink = log;
+  try {
+    return { value: fn(), log };
+  } finally {
+    logSink = outer;
+    outer?.push(...log);
+  }
+}
+
+function checkInt(call: string, fn: () => number): number {
+  const { value, log } = logged(fn);
+  if (value < 0) throw new BpfError(call, -value, log);
+  return value;
+}
+
+function checkPtr(call: string, fn: () => Pointer | null): Pointer {
+  const { value, log } = logged(() => {
+    const p = fn();
+    return { p, e: p === null ? lastErrno() : 0 };
+  });
+  if (value.p === null) throw new BpfError(call, value.e || 22, log);
+  return value.p;
+}
+
+const cstr = (s: string) => Buffer.from(s + "\0");
+
+export function libbpfVersion(): string {
+  const s = bpf();
+  return `${s.libbpf_major_version()}.${s.libbpf_minor_version()}`;
+}
+
+export function possibleCpus(): number {
+  return checkInt("libbpf_num_possible_cpus", () => bpf().libbpf_num_possible_cpus());
+}
+
+/** Whether the kernel lets programs of progType call the helper (a real trial load). */
+export function probeHelper(progType: number, helperId: number): boolean {
+  return bpf().libbpf_probe_bpf_helper(progType, helperId, null) === 1;
+}
+
+export function probeMapType(mapType: number): boolean {
+  return bpf().libbpf_probe_bpf_map_type(mapType, null) === 1;
+}
+
+export const BPF_PROG_TYPE_KPROBE = 2;
+export const BPF_MAP_TYPE_RINGBUF = 27;
+export const BPF_FUNC = { probe_write_user: 36, send_signal: 109, get_attach_cookie: 174, loop: 181 } as const;
+
+export class BpfMap {
+  constructor(
+    readonly name: string,
+    private readonly handle: Pointer,
+    private readonly owner: BpfObject,
+  ) {}
+
+  get fd(): number {
+    return this.owner.loaded ? bpf().bpf_map__fd(this.handle) : -1;
+  }
+
+  get maxEntries(): number {
+    return bpf().bpf_map__max_entries(this.handle);
+  }
+
+  /** Before load only. */
+  setMaxEntries(n: number): void {
+    checkInt(`bpf_map__set_max_entries(${this.name}, ${n})`, () => bpf().bpf_map__set_max_entries(this.handle, n));
+  }
+
+  /** The writable initial contents of a global-data map (.rodata*, .data, .bss), before load. */
+  initialValue(): DataView {
+    const size = Buffer.alloc(8);
+    const p = checkPtr(`bpf_map__initial_value(${this.name})`, () =>
+      bpf().bpf_map__initial_value(this.handle, ptr(size)),
+    );
+    return new DataView(toArrayBuffer(p, 0, Number(size.readBigUInt64LE(0))));
+  }
+
+  update(key: Uint8Array, value: Uint8Array, flags = 0): void {
+    checkInt(`bpf_map_update_elem(${this.name})`, () => bpf().bpf_map_update_elem(this.fd, ptr(key), ptr(value), flags));
+  }
+
+  /** Fills value and returns true, or false when the key is absent. */
+  lookup(key: Uint8Array, value: Uint8Array): boolean {
+    const rc = bpf().bpf_map_lookup_elem(this.fd, ptr(key), ptr(value));
+    if (rc === -2 /* ENOENT */) return false;
+    if (rc < 0) throw new BpfError(`bpf_map_lookup_elem(${this.name})`, -rc, []);
+    return true;
+  }
+
+  /** false when the key was absent. */
+  delete(key: Uint8Array): boolean {
+    const rc = bpf().bpf_map_delete_elem(this.fd, ptr(key));
+    if (rc === -2) return false;
+    if (rc < 0) throw new BpfError(`bpf_map_delete_elem(${this.name})`, -rc, []);
+    return true;
+  }
+
+  keys(keySize: number): Uint8Array[] {
+    return mapKeys(this.fd, keySize, this.name);
+  }
+
+  pin(path: string): void {
+    checkInt(`bpf_obj_pin(${this.name}, ${path})`, () => bpf().bpf_obj_pin(this.fd, cstr(path)));
+  }
+}
+
+/** All keys of a map given by fd (e.g. one opened from a pin). */
+export function mapKeys(fd: number, keySize: number, name = `fd ${fd}`): Uint8Array[] {
+  const keys: Uint8Array[] = [];
+  let prev: Uint8Array | null = null;
+  for (;;) {
+    const next = new Uint8Array(keySize);
+    const rc = bpf().bpf_map_get_next_key(fd, prev ? ptr(prev) : null, ptr(next));
+    if (rc === -2) return keys;
+    if (rc < 0) throw new BpfError(`bpf_map_get_next_key(${name})`, -rc, []);
+    keys.push(next);
+    prev = next;
+  }
+}
+
+/** Open a pinned object (map) by its bpffs path; returns its fd. */
+export function objGet(path: string): number {
+  return checkInt(`bpf_obj_get(${path})`, () => {
+    const fd = bpf().bpf_obj_get(cstr(path));
+    return fd < 0 ? -lastErrno() : fd;
+  });
+}
+
+export class BpfLink {
+  private handle: Pointer | null;
+  constructor(
+    readonly description: string,
+    handle: Pointer,
+  ) {
+    this.handle = handle;
+  }
+
+  destroy(): void {
+    if (!this.handle) return;
+    bpf().bpf_link__destroy(this.handle);
+    this.handle = null;
+  }
+}
+
+export interface UprobeOptions {
+  pid: number; // -1 for every process
+  binaryPath: string;
+  offset: number; // file offset of the instruction
+  retprobe?: boolean;
+  cookie?: bigint;
+}
+
+export class BpfProgram {
+  constructor(
+    readonly name: string,
+    private readonly handle: Pointer,
+  ) {}
+
+  setAutoload(on: boolean): void {
+    checkInt(`bpf_program__set_autoload(${this.name})`, () => bpf().bpf_program__set_autoload(this.handle, on));
+  }
+
+  /** Attach as its section name says (tracepoints, raw tracepoints). */
+  attach(): BpfLink {
+    const h = checkPtr(`bpf_program__attach(${this.name})`, () => bpf().bpf_program__attach(this.handle));
+    return new BpfLink(this.name, h);
+  }
+
+  attachUprobe(o: UprobeOptions): BpfLink {
+    // struct bpf_uprobe_opts (libbpf 1.1): sz@0 ref_ctr_offset@8 bpf_cookie@16 retprobe@24 func_name@32
+    const opts = Buffer.alloc(40);
+    opts.writeBigUInt64LE(40n, 0);
+    opts.writeBigUInt64LE(o.cookie ?? 0n, 16);
+    opts.writeUInt8(o.retprobe ? 1 : 0, 24);
+    const what = `${o.retprobe ? "uretprobe" : "uprobe"} ${this.name} on ${o.binaryPath}+0x${o.offset.toString(16)} pid ${o.pid}`;
+    const h = checkPtr(`attach ${what}`, () =>
+      bpf().bpf_program__attach_uprobe_opts(this.handle, o.pid, cstr(o.binaryPath), o.offset, ptr(opts)),
+    );
+    return new BpfLink(what, h);
+  }
+}
+
+export class BpfObject {
+  private handle: Pointer | null;
+  loaded = false;
+  /** What libbpf printed during load (verifier output on failure). */
+  loadLog: string[] = [];
+  // libbpf keeps pointers into the object buffer and name; pin them for the object's life.
+  private readonly keep: Buffer[];
+
+  private constructor(handle: Pointer, keep: Buffer[]) {
+    this.handle = handle;
+    this.keep = keep;
+  }
+
+  static openMem(bytes: Uint8Array, name: string): BpfObject {
+    const buf = Buffer.from(bytes);
+    const nameBuf = cstr(name);
+    // struct bpf_object_open_opts prefix: sz@0 object_name@8 relaxed_maps@16
+    const opts = Buffer.alloc(24);
+    opts.writeBigUInt64LE(24n, 0);
+    opts.writeBigUInt64LE(BigInt(ptr(nameBuf)), 8);
+    const h = checkPtr("bpf_object__open_mem", () => bpf().bpf_object__open_mem(ptr(buf), buf.length, ptr(opts)));
+    return new BpfObject(h, [buf, nameBuf, opts]);
+  }
+
+  private get h(): Pointer {
+    if (!this.handle) throw new Error("BPF object already closed");
+    return this.handle;
+  }
+
+  program(name: string): BpfProgram {
+    const p = checkPtr(`find program ${name}`, () => bpf().bpf_object__find_program_by_name(this.h, cstr(name)));
+    return new BpfProgram(name, p);
+  }
+
+  map(name: string): BpfMap {
+    const m = checkPtr(`find map ${name}`, () => bpf().bpf_object__find_map_by_name(this.h, cstr(name)));
+    return new BpfMap(name, m, this);
+  }
+
+  load(): void {
+    const { value, log } = logged(() => bpf().bpf_object__load(this.h));
+    this.loadLog = log;
+    if (value < 0) throw new BpfError("bpf_object__load", -value, log);
+    this.loaded = true;
+  }
+
+  close(): void {
+    if (!this.handle) return;
+    bpf().bpf_object__close(this.handle);
+    this.handle = null;
+    this.loaded = false;
+    void this.keep;
+  }
+}
+
+/** Read a u64 from native memory (for callers that hold raw pointers). */
+export const readU64 = (p: Pointer, off: number) => read.u64(p, off);

@@ -1,0 +1,162 @@
+/**
+ * The few libc calls Bun does not expose: memory mapping, epoll, eventfd,
+ * cross-process memory writes and raw signals. Each wrapper turns a -1 return
+ * into a SysError carrying errno and the call.
+ */
+import { dlopen, FFIType, ptr, read, type Pointer } from "bun:ffi";
+
+const libc = dlopen("libc.so.6", {
+  __errno_location: { args: [], returns: FFIType.ptr },
+  strerror: { args: [FFIType.i32], returns: FFIType.cstring },
+  mmap: { args: [FFIType.ptr, FFIType.u64, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i64], returns: FFIType.ptr },
+  munmap: { args: [FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
+  epoll_create1: { args: [FFIType.i32], returns: FFIType.i32 },
+  epoll_ctl: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+  epoll_wait: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+  eventfd: { args: [FFIType.u32, FFIType.i32], returns: FFIType.i32 },
+  read: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i64 },
+  write: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i64 },
+  close: { args: [FFIType.i32], returns: FFIType.i32 },
+  process_vm_writev: {
+    args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.u64, FFIType.u64],
+    returns: FFIType.i64,
+  },
+  kill: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+  mount: { args: [FFIType.cstring, FFIType.cstring, FFIType.cstring, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  vsnprintf: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  sysconf: { args: [FFIType.i32], returns: FFIType.i64 },
+});
+const c = libc.symbols;
+
+export class SysError extends Error {
+  constructor(
+    readonly call: string,
+    readonly errno: number,
+  ) {
+    super(`${call}: ${strerror(errno)} (errno ${errno})`);
+    this.name = "SysError";
+  }
+}
+
+export function errno(): number {
+  return read.i32(c.__errno_location()!, 0);
+}
+
+export function strerror(e: number): string {
+  return String(c.strerror(e));
+}
+
+function check(call: string, rc: number | bigint): number {
+  const n = Number(rc);
+  if (n < 0) throw new SysError(call, errno());
+  return n;
+}
+
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 1;
+const MAP_FAILED = 0xffffffffffffffffn;
+
+export function pageSize(): number {
+  return Number(c.sysconf(30 /* _SC_PAGESIZE */));
+}
+
+export function mmap(length: number, prot: number, flags: number, fd: number, offset: number): Pointer {
+  const p = c.mmap(null, length, prot, flags, fd, offset);
+  if (p === null || BigInt(p) === MAP_FAILED) throw new SysError("mmap", errno());
+  return p;
+}
+
+export function munmap(p: Pointer, length: number): void {
+  check("munmap", c.munmap(p, length));
+}
+
+export const EPOLLIN = 1;
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CLOEXEC = 0o2000000;
+
+export function epollCreate(): number {
+  return check("epoll_create1", c.epoll_create1(EPOLL_CLOEXEC));
+}
+
+/** Register fd; the event's data is the fd itself so waiters can tell sources apart. */
+export function epollAdd(epfd: number, fd: number, events = EPOLLIN): void {
+  const ev = Buffer.alloc(12); // struct epoll_event is packed on x86-64
+  ev.writeUInt32LE(events, 0);
+  ev.writeUInt32LE(fd, 4);
+  check("epoll_ctl", c.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, ptr(ev)));
+}
+
+const epollOut = Buffer.alloc(12 * 8);
+
+/** Wait up to timeoutMs; returns the fds that are ready (EINTR counts as none). */
+export function epollWait(epfd: number, timeoutMs: number): number[] {
+  const n = c.epoll_wait(epfd, ptr(epollOut), 8, timeoutMs);
+  if (n < 0) {
+    if (errno() === 4 /* EINTR */) return [];
+    throw new SysError("epoll_wait", errno());
+  }
+  const fds: number[] = [];
+  for (let i = 0; i < n; i++) fds.push(epollOut.readUInt32LE(i * 12 + 4));
+  return fds;
+}
+
+export function eventfd(): number {
+  return check("eventfd", c.eventfd(0, 0o2000000 /* EFD_CLOEXEC */ | 0o4000 /* EFD_NONBLOCK */));
+}
+
+const u64buf = Buffer.alloc(8);
+
+export function eventfdSignal(fd: number): void {
+  u64buf.writeBigUInt64LE(1n);
+  c.write(fd, ptr(u64buf), 8);
+}
+
+export function eventfdDrain(fd: number): void {
+  c.read(fd, ptr(u64buf), 8);
+}
+
+export function close(fd: number): void {
+  c.close(fd);
+}
+
+const iovLocal = Buffer.alloc(16);
+const iovRemote = Buffer.alloc(16);
+
+/** Write data into another process at addr; returns bytes written (may be short). */
+export function processVmWrite(pid: number, addr: bigint, data: Uint8Array): number {
+  iovLocal.writeBigUInt64LE(BigInt(ptr(data)), 0);
+  iovLocal.writeBigUInt64LE(BigInt(data.byteLength), 8);
+  iovRemote.writeBigUInt64LE(addr, 0);
+  iovRemote.writeBigUInt64LE(BigInt(data.byteLength), 8);
+  return check("process_vm_writev", c.process_vm_writev(pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
+}
+
+export const SIGCONT = 18;
+export const SIGSTOP = 19;
+
+/** kill(2) without Node's argument checks; false when the process is gone. */
+export function kill(pid: number, sig: number): boolean {
+  if (c.kill(pid, sig) === 0) return true;
+  const e = errno();
+  if (e === 3 /* ESRCH */) return false;
+  throw new SysError(`kill(${pid}, ${sig})`, e);
+}
+
+export function mount(source: string, target: string, fstype: string): void {
+  check(
+    `mount ${fstype} on ${target}`,
+    c.mount(Buffer.from(source + "\0"), Buffer.from(target + "\0"), Buffer.from(fstype + "\0"), 0, null),
+  );
+}
+
+/** Format a printf-style (fmt, va_list) pair, as handed to C log callbacks. */
+// libbpf prints a whole verifier log in one call; a va_list cannot be replayed,
+// so format once into a buffer large enough for any log libbpf keeps.
+const formatBuf = Buffer.alloc(1 << 20);
+
+export function vformat(fmt: Pointer, args: Pointer): string {
+  const out = formatBuf;
+  const n = c.vsnprintf(ptr(out), out.length, fmt, args);
+  return out.toString("utf8", 0, Math.max(0, Math.min(n, out.length - 1)));
+}
