@@ -26,6 +26,7 @@ function open() {
     bpf_object__find_program_by_name: { args: [FFIType.ptr, FFIType.cstring], returns: FFIType.ptr },
     bpf_object__find_map_by_name: { args: [FFIType.ptr, FFIType.cstring], returns: FFIType.ptr },
     bpf_program__set_autoload: { args: [FFIType.ptr, FFIType.bool], returns: FFIType.i32 },
+    bpf_program__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_program__attach: { args: [FFIType.ptr], returns: FFIType.ptr },
     bpf_program__attach_uprobe_opts: {
       args: [FFIType.ptr, FFIType.i32, FFIType.cstring, FFIType.u64, FFIType.ptr],
@@ -246,6 +247,11 @@ export class BpfProgram {
 
   setAutoload(on: boolean): void {
     checkInt(`bpf_program__set_autoload(${this.name})`, () => bpf().bpf_program__set_autoload(this.handle, on));
+  }
+
+  /** The loaded program's fd (for attaching without libbpf links). */
+  get fd(): number {
+    return checkInt(`bpf_program__fd(${this.name})`, () => bpf().bpf_program__fd(this.handle));
   }
 
   /** Attach as its section name says (tracepoints, raw tracepoints). */

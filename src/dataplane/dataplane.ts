@@ -1,0 +1,287 @@
+/**
+ * The data plane of one kloak process: the loaded object, its tracepoints,
+ * per-process uprobes, the BPF maps of secrets and scopes, and the ring
+ * worker. Everything here runs on the main thread except the worker.
+ */
+import { BpfLink, BpfMap, BpfObject, possibleCpus } from "../../lib/libbpf.ts";
+import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT } from "../../lib/libc.ts";
+import {
+  COUNTERS,
+  encodeBytes,
+  encodeGrant,
+  encodePhKey,
+  encodeProc,
+  encodeU32,
+  EventType,
+  type CounterName,
+  type DataplaneEvent,
+  type RefusalEvent,
+} from "./abi.ts";
+import { Attacher } from "./attacher.ts";
+import { loadObject, objectBytes, writePrograms, type RewriteMode } from "./bpf-object.ts";
+import type { FromWorker, ToWorker, WorkerStats } from "./ring-protocol.ts";
+import { TlsTargetFinder } from "./tls-targets.ts";
+
+export interface DataplaneOptions {
+  mode: RewriteMode | "auto";
+  /** bytes of each write scanned for placeholders */
+  scanCap: number;
+  /** how long the worker waits for a writer to stop before giving up (fail closed) */
+  stopWaitMs?: number;
+  /** called for attach problems and other things an operator should see */
+  warn?: (msg: string) => void;
+}
+
+export interface SecretEntry {
+  id: number;
+  placeholder: Uint8Array;
+  key: { tail: Uint8Array; tailLen: number };
+  value: Uint8Array;
+}
+
+const TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit"];
+
+export class Dataplane {
+  readonly mode: RewriteMode;
+  readonly modeReason: string;
+  private readonly maps: Record<
+    "placeholders" | "secrets" | "values" | "procs" | "launchers" | "entitled" | "counters" | "events",
+    BpfMap
+  >;
+  private readonly tracepoints: BpfLink[] = [];
+  private readonly attacher: Attacher;
+  private readonly worker: Worker;
+  private readonly bellFd: number;
+  private readonly cpus = possibleCpus();
+  private seq = 0;
+  private readonly acks = new Map<number, () => void>();
+  private readonly refusalListeners: ((e: RefusalEvent) => void)[] = [];
+  private readonly workerTotals: Omit<WorkerStats, "stopNs"> = {
+    patched: 0,
+    restored: 0,
+    patchFailed: 0,
+    notStopped: 0,
+    noValue: 0,
+  };
+  private stopNs: number[] = [];
+  private statsWaiters: (() => void)[] = [];
+  private closed = false;
+
+  private constructor(
+    private readonly obj: BpfObject,
+    mode: RewriteMode,
+    reason: string,
+    private readonly opts: DataplaneOptions,
+  ) {
+    this.mode = mode;
+    this.modeReason = reason;
+    this.maps = {
+      placeholders: obj.map("kloak_placeholders"),
+      secrets: obj.map("kloak_secrets"),
+      values: obj.map("kloak_values"),
+      procs: obj.map("kloak_procs"),
+      launchers: obj.map("kloak_launchers"),
+      entitled: obj.map("kloak_entitled"),
+      counters: obj.map("kloak_counters"),
+      events: obj.map("tls_events"),
+    };
+    const [entry, ret] = writePrograms(mode);
+    this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder());
+    this.bellFd = eventfd();
+    this.worker = new Worker(new URL("./ring-worker.ts", import.meta.url));
+  }
+
+  /** Load the object, attach the process tracepoints and start the ring worker. */
+  static async start(opts: DataplaneOptions): Promise<Dataplane> {
+    const { obj, mode, reason } = loadObject(await objectBytes(), opts);
+    let dp: Dataplane | undefined;
+    try {
+      dp = new Dataplane(obj, mode, reason, opts);
+      for (const name of TRACEPOINTS) dp.tracepoints.push(obj.program(name).attach());
+      await dp.startWorker();
+      return dp;
+    } catch (e) {
+      if (dp) await dp.close();
+      else obj.close();
+      throw e;
+    }
+  }
+
+  private startWorker(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.worker.onerror = (e) => reject(new Error(`ring worker failed: ${e.message}`));
+      this.worker.onmessage = (e: MessageEvent<FromWorker>) => {
+        const m = e.data;
+        if (m.type === "ready") resolve();
+        else this.onWorkerMessage(m);
+      };
+      this.post({
+        type: "init",
+        ringFd: this.maps.events.fd,
+        ringSize: this.maps.events.maxEntries,
+        bellFd: this.bellFd,
+        stopWaitMs: this.opts.stopWaitMs ?? 100,
+      });
+    });
+  }
+
+  private post(m: ToWorker): void {
+    this.worker.postMessage(m);
+    eventfdSignal(this.bellFd);
+  }
+
+  private onWorkerMessage(m: FromWorker): void {
+    switch (m.type) {
+      case "ack":
+        this.acks.get(m.seq)?.();
+        this.acks.delete(m.seq);
+        break;
+      case "events":
+        this.onEvents(m.events);
+        break;
+      case "stats":
+      case "stopped":
+        this.addStats(m.stats);
+        for (const w of this.statsWaiters.splice(0)) w();
+        break;
+    }
+  }
+
+  private addStats(s: WorkerStats): void {
+    this.workerTotals.patched += s.patched;
+    this.workerTotals.restored += s.restored;
+    this.workerTotals.patchFailed += s.patchFailed;
+    this.workerTotals.notStopped += s.notStopped;
+    this.workerTotals.noValue += s.noValue;
+    if (this.stopNs.length < 1_000_000) this.stopNs.push(...s.stopNs);
+  }
+
+  private onEvents(events: DataplaneEvent[]): void {
+    if (this.closed) return;
+    // Coalesce: one attach pass per process per batch; held processes resume after it.
+    const sync = new Set<number>();
+    const resume = new Set<number>();
+    for (const ev of events) {
+      switch (ev.type) {
+        case EventType.FORK:
+          sync.add(ev.tgid);
+          break;
+        case EventType.EXEC:
+          sync.add(ev.tgid);
+          resume.add(ev.tgid);
+          break;
+        case EventType.EXIT:
+          sync.delete(ev.tgid);
+          resume.delete(ev.tgid);
+          this.attacher.detach(ev.tgid);
+          break;
+        case EventType.REFUSED:
+          for (const l of this.refusalListeners) l(ev);
+          break;
+      }
+    }
+    for (const tgid of sync) this.attach(tgid);
+    for (const tgid of resume) kill(tgid, SIGCONT);
+  }
+
+  private attach(tgid: number): void {
+    const r = this.attacher.sync(tgid);
+    for (const err of r.errors) this.opts.warn?.(`attach to pid ${tgid}: ${err}`);
+  }
+
+  onRefusal(fn: (e: RefusalEvent) => void): void {
+    this.refusalListeners.push(fn);
+  }
+
+  /** Load one secret; resolves once the worker holds it too, so it is usable at once. */
+  async setSecret(s: SecretEntry): Promise<void> {
+    this.maps.secrets.update(encodeU32(s.id), encodeBytes(s.placeholder));
+    if (this.mode === "kernel") this.maps.values.update(encodeU32(s.id), encodeBytes(s.value));
+    else await this.toWorker({ type: "secret", seq: 0, id: s.id, placeholder: s.placeholder, value: s.value });
+    // Findable last: the kernel never sees a placeholder whose value is not ready.
+    this.maps.placeholders.update(encodePhKey(s.key.tail, s.key.tailLen), encodeU32(s.id));
+  }
+
+  private toWorker(m: Extract<ToWorker, { seq: number }>): Promise<void> {
+    const seq = ++this.seq;
+    return new Promise((resolve) => {
+      this.acks.set(seq, resolve);
+      this.post({ ...m, seq });
+    });
+  }
+
+  grant(scopeId: number, secretId: number): void {
+    this.maps.entitled.update(encodeGrant(scopeId, secretId), new Uint8Array([1]));
+  }
+
+  /** Children that pid forks from now on join scopeId; pid itself is not attached. */
+  addLauncher(pid: number, scopeId: number): void {
+    this.maps.launchers.update(encodeU32(pid), encodeU32(scopeId));
+  }
+
+  removeLauncher(pid: number): void {
+    this.maps.launchers.delete(encodeU32(pid));
+  }
+
+  /** Protect a running process (and, through the fork tracepoint, its future children). */
+  addProcess(pid: number, scopeId: number): void {
+    this.maps.procs.update(encodeU32(pid), encodeProc(scopeId));
+    this.attach(pid);
+  }
+
+  /** Pin the process map so a guardian can release stopped processes if this process dies. */
+  pinProcesses(path: string): void {
+    this.maps.procs.pin(path);
+  }
+
+  counters(): Record<CounterName, bigint> {
+    const out = {} as Record<CounterName, bigint>;
+    const value = new Uint8Array(8 * this.cpus);
+    const view = new DataView(value.buffer);
+    COUNTERS.forEach((name, i) => {
+      let sum = 0n;
+      if (this.maps.counters.lookup(encodeU32(i), value))
+        for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
+      out[name] = sum;
+    });
+    return out;
+  }
+
+  /** Substitution results of stop mode, as counted by the worker. */
+  async workerStats(): Promise<Omit<WorkerStats, "stopNs"> & { stopNs: number[] }> {
+    if (!this.closed) {
+      await new Promise<void>((r) => {
+        this.statsWaiters.push(r);
+        this.post({ type: "stats" });
+      });
+    }
+    return { ...this.workerTotals, stopNs: this.stopNs };
+  }
+
+  get attachedProcesses(): number {
+    return this.attacher.processes;
+  }
+
+  get attachErrors(): number {
+    return this.attacher.attachErrors;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // Detach first so no new stop can start, then let the worker finish what is queued.
+    for (const l of this.tracepoints) l.destroy();
+    await this.attacher.detachAll();
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, 2000);
+      this.statsWaiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+      this.post({ type: "stop" });
+    });
+    this.worker.terminate();
+    closeFd(this.bellFd);
+    this.obj.close();
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * Which files of a process hold TLS write functions, and where. Libraries are
+ * attached by path before the process maps them (a uprobe is on the inode), so
+ * a program that loads libssl late is covered from its first write.
+ */
+import { readdirSync, readlinkSync, statSync } from "node:fs";
+import { functionOffsets } from "../../lib/elf.ts";
+import { exePath, mappedFiles } from "../../lib/proc.ts";
+import { Fn } from "./abi.ts";
+
+export const TLS_WRITE_FUNCTIONS = [
+  { name: "SSL_write", cookie: Fn.SSL_WRITE },
+  { name: "SSL_write_ex", cookie: Fn.SSL_WRITE_EX },
+] as const;
+
+export interface TlsFunction {
+  name: string;
+  offset: number;
+  cookie: number;
+}
+export interface TlsTarget {
+  /** dev:ino, so one file reached by several paths is attached once */
+  id: string;
+  path: string;
+  functions: TlsFunction[];
+}
+
+const LIB_DIRS = [
+  "/lib",
+  "/lib64",
+  "/usr/lib",
+  "/usr/lib64",
+  "/usr/local/lib",
+  "/lib/x86_64-linux-gnu",
+  "/usr/lib/x86_64-linux-gnu",
+  "/lib/aarch64-linux-gnu",
+  "/usr/lib/aarch64-linux-gnu",
+];
+const LIBSSL = /^libssl\.so(\.[0-9.]+)?$/;
+
+export class TlsTargetFinder {
+  private readonly byFile = new Map<string, TlsFunction[] | null>();
+  private readonly libsByRoot = new Map<string, string[]>();
+
+  /** Files that define TLS write functions, for this process (its exe, its mappings, its libssl). */
+  targetsFor(pid: number): TlsTarget[] {
+    const root = processRoot(pid);
+    if (root === null) return [];
+    const exe = exePath(pid);
+    const candidates = [...(exe ? [exe] : []), ...(mappedFiles(pid) ?? []), ...this.systemLibssl(root)];
+    const targets = new Map<string, TlsTarget>();
+    for (const p of candidates) {
+      const path = root + p;
+      let id: string;
+      try {
+        const st = statSync(path);
+        if (!st.isFile()) continue;
+        id = `${st.dev}:${st.ino}`;
+        if (targets.has(id)) continue;
+        const functions = this.functionsOf(path, `${id}:${st.mtimeMs}:${st.size}`);
+        if (functions) targets.set(id, { id, path, functions });
+      } catch {
+        continue; // vanished or unreadable: nothing to attach to
+      }
+    }
+    return [...targets.values()];
+  }
+
+  private functionsOf(path: string, cacheKey: string): TlsFunction[] | null {
+    if (this.byFile.has(cacheKey)) return this.byFile.get(cacheKey)!;
+    let fns: TlsFunction[] | null = null;
+    try {
+      const offsets = functionOffsets(
+        path,
+        TLS_WRITE_FUNCTIONS.map((f) => f.name),
+      );
+      const list = TLS_WRITE_FUNCTIONS.filter((f) => offsets.has(f.name)).map((f) => ({
+        name: f.name,
+        offset: offsets.get(f.name)!,
+        cookie: f.cookie,
+      }));
+      fns = list.length ? list : null;
+    } catch {
+      fns = null; // not ELF (scripts, data files)
+    }
+    this.byFile.set(cacheKey, fns);
+    return fns;
+  }
+
+  private systemLibssl(root: string): string[] {
+    let libs = this.libsByRoot.get(root);
+    if (!libs) {
+      libs = [];
+      for (const dir of LIB_DIRS) {
+        try {
+          for (const f of readdirSync(root + dir)) if (LIBSSL.test(f)) libs.push(`${dir}/${f}`);
+        } catch {
+          // directory absent in this root
+        }
+      }
+      this.libsByRoot.set(root, libs);
+    }
+    return libs;
+  }
+}
+
+/** "" for processes that share our root, else /proc/<pid>/root (a container's filesystem). */
+function processRoot(pid: number): string | null {
+  try {
+    const own = readlinkSync("/proc/self/root");
+    const theirs = readlinkSync(`/proc/${pid}/root`);
+    return theirs === own ? "" : `/proc/${pid}/root`;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bun
+/** kloak's command line: one executable, a subcommand per job. */
+import { KloakError } from "./errors.ts";
+
+const USAGE = `usage: kloak <command> [options]
+
+commands:
+  exec [options] -- CMD [ARGS]   run CMD with placeholders; real values only inside its TLS writes
+  doctor [--json]                check whether this node can run kloak
+  version                        version, commit, libbpf and eBPF object build id
+  help                           this text`;
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case "exec":
+      return (await import("./cli/exec.ts")).execCommand(rest);
+    case "doctor":
+      return (await import("./cli/doctor.ts")).doctorCommand(rest);
+    case "version":
+    case "--version":
+      return (await import("./cli/version.ts")).versionCommand();
+    case "__guardian":
+      return (await import("./cli/guardian.ts")).guardianCommand(rest);
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE + "\n");
+      return 0;
+    case undefined:
+      process.stderr.write(USAGE + "\n");
+      return 2;
+    default:
+      process.stderr.write(`kloak: unknown command ${JSON.stringify(cmd)}; run \`kloak help\`\n`);
+      return 2;
+  }
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (e) {
+  if (e instanceof KloakError) {
+    process.stderr.write(`kloak: ${e.message}\n`);
+    process.exitCode = e.exitCode;
+  } else {
+    process.stderr.write(`kloak: internal error: ${(e as Error).stack ?? e}\n`);
+    process.exitCode = 1;
+  }
+}
+// Workers and handles must not keep a finished command alive.
+process.exit(process.exitCode);
