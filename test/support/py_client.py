@@ -14,7 +14,7 @@ substituted only on the wire and put the placeholder back:
   APP_SENDS=<n>                   once at the end: sendall calls completed
   APP_UNCHANGED=yes|no            once at the end: every APP_SAW == its APP_HAD
 
-The request is the bytes of --request-file, or else of the env var named by
+{{NAME}} in the request is replaced by env var NAME. The request is the bytes of --request-file, or else of the env var named by
 --request-env (default KLOAK_TEST_REQUEST). It is sent as-is (build the full
 HTTP request yourself; see buildHttpRequest in clients.ts).
 
@@ -125,6 +125,10 @@ def main():
         request = os.environb.get(args.request_env.encode())
         if request is None:
             p.error("no --request-file and env var %s is not set" % args.request_env)
+    # {{NAME}} in the request stands for env var NAME: tests name a secret whose
+    # placeholder exists only inside the kloak run.
+    import re
+    request = re.sub(rb"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}", lambda m: os.environb.get(m.group(1), b""), request)
     placeholder = os.environb.get(args.placeholder_env.encode()) or None
 
     ctx = ssl.create_default_context(cafile=args.cafile)

@@ -1,0 +1,46 @@
+/**
+ * Running the real kloak CLI from tests: `bun src/main.ts`, or the compiled
+ * executable when KLOAK_BIN is set (CI can test dist/kloak that way).
+ */
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+
+export const ROOT = join(import.meta.dir, "..", "..");
+export const KLOAK: string[] = process.env.KLOAK_BIN ? [process.env.KLOAK_BIN] : [process.execPath, join(ROOT, "src", "main.ts")];
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function spawnKloak(args: string[], o: { env?: Record<string, string | undefined> } = {}) {
+  return Bun.spawn([...KLOAK, ...args], { env: { ...process.env, ...o.env }, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+}
+
+export async function runKloak(args: string[], o: { env?: Record<string, string | undefined>; timeoutMs?: number } = {}): Promise<Run> {
+  const p = spawnKloak(args, o);
+  const timer = setTimeout(() => p.kill("SIGKILL"), o.timeoutMs ?? 60_000);
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
+/** A synthetic secret value (never a real one) of the given length, safe in headers. */
+export function fakeSecret(length = 32): string {
+  return randomBytes(length).toString("base64url").slice(0, length);
+}
+
+/** How many times needle occurs in hay. Assert on counts so a failing test never prints the value. */
+export function occurrences(hay: Buffer | string, needle: string): number {
+  const h = Buffer.isBuffer(hay) ? hay : Buffer.from(hay);
+  const n = Buffer.from(needle);
+  let count = 0;
+  for (let i = h.indexOf(n); i >= 0; i = h.indexOf(n, i + 1)) count++;
+  return count;
+}
+
+/** Count of placeholders (marker + tail) in the data. */
+export function placeholderCount(hay: Buffer | string): number {
+  return (Buffer.from(hay).toString("latin1").match(/kloak:[0-9A-HJKMNP-TV-Z]{2,}/g) ?? []).length;
+}
