@@ -24,7 +24,8 @@ object still holds the placeholder (RESTORED=yes|no).
 A --warmup period (not measured) runs first, on the same connection. The run
 stops after --duration seconds or --max-count writes, whichever comes first.
 
-Output: one JSON line on stdout. With --hold the client then blocks until a
+Output: a line {"event": "measure"} when the measured window starts, then
+one JSON result line on stdout. With --hold the client then blocks until a
 line (or EOF) arrives on stdin, so the harness can read /proc of the processes
 around it while they are still alive. Exit status 0 on success, 1 on error.
 """
@@ -155,6 +156,11 @@ def main():
     sock = ctx.wrap_socket(raw, server_hostname=args.host)
     t_connected = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
+    def mark():
+        # Tells the harness the measured window starts (it samples /proc then).
+        sys.stdout.write('{"event": "measure"}\n')
+        sys.stdout.flush()
+
     clock = time.perf_counter_ns
     sendall = sock.sendall
     lat = []
@@ -171,6 +177,7 @@ def main():
             pending = read_response(sock, pending)
             writes += 1
         warm_writes = writes
+        mark()
         r0 = os.times()
         t0 = clock()
         end = t0 + int(args.duration * 1e9)
@@ -193,6 +200,7 @@ def main():
             sendall(buf)
             writes += 1
         warm_writes = writes
+        mark()
         r0 = os.times()
         t0 = clock()
         end = t0 + int(args.duration * 1e9)
@@ -246,6 +254,8 @@ def main():
         "restored": restored,
         "tls_version": sock.version(),
         "cipher": sock.cipher()[0],
+        "openssl": ssl.OPENSSL_VERSION,
+        "python": sys.version.split()[0],
     }
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()

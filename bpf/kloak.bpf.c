@@ -577,3 +577,21 @@ int kloak_exit(void *ctx)
 	proc_event(KE_EXIT, tgid, 0, scope);
 	return 0;
 }
+
+/* Keeps every type shared with user space in the object's BTF, where
+ * test/dataplane/abi.test.ts checks the TypeScript mirror. Never called, so
+ * never loaded. */
+struct kloak_abi_anchor {
+	struct kloak_proc_event proc_event;
+	struct kloak_refusal_event refusal_event;
+	enum kloak_counter counter;
+	enum kloak_refusal refusal;
+	enum kloak_event_type event_type;
+	enum kloak_fn fn;
+	enum kloak_mode mode;
+};
+
+__noinline int kloak_abi_types(struct kloak_abi_anchor *a)
+{
+	return a != 0;
+}

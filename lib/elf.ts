@@ -26,8 +26,8 @@ function readAt(fd: number, offset: number, length: number): Buffer {
 export function functionOffsets(path: string, names: readonly string[]): Map<string, number> {
   const fd = openSync(path, "r");
   try {
-    const eh = readAt(fd, 0, 64);
-    if (eh.readUInt32BE(0) !== 0x7f454c46 || eh[4] !== 2 || eh[5] !== 1) throw new Error(`${path}: not a 64-bit little-endian ELF file`);
+    const eh = Buffer.alloc(64);
+    if (readSync(fd, eh, 0, 64, 0) !== 64 || eh.readUInt32BE(0) !== 0x7f454c46 || eh[4] !== 2 || eh[5] !== 1) throw new Error(`${path}: not a 64-bit little-endian ELF file`);
     const phoff = Number(eh.readBigUInt64LE(0x20));
     const shoff = Number(eh.readBigUInt64LE(0x28));
     const phentsize = eh.readUInt16LE(0x36);

@@ -1,0 +1,72 @@
+/** Bad input to `kloak exec`: one clear line, the right exit code, nothing loaded or left behind. */
+import { afterAll, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fakeSecret, occurrences, runKloak } from "../support/kloak.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "kloak-input-"));
+const loadedPrograms = () => {
+  const r = Bun.spawnSync(["bpftool", "-j", "prog", "show"]);
+  return (JSON.parse(r.stdout.toString()) as { name?: string }[]).filter((p) => p.name?.startsWith("kloak_")).length;
+};
+const pins = () => {
+  try {
+    return readdirSync("/sys/fs/bpf/kloak").length;
+  } catch {
+    return 0;
+  }
+};
+const before = { progs: loadedPrograms(), pins: pins() };
+afterAll(() => {
+  expect(loadedPrograms()).toBe(before.progs);
+  expect(pins()).toBe(before.pins);
+});
+
+const cases: [string, string[], number, RegExp][] = [
+  ["unknown flag", ["exec", "--bogus", "--", "true"], 2, /unknown option '--bogus'|Unknown option '--bogus'/i],
+  ["missing command", ["exec", "--secret", "A=abcdefgh"], 2, /no command given/],
+  ["no secrets", ["exec", "--", "true"], 2, /no secrets given/],
+  ["bad rewrite mode", ["exec", "--rewrite-mode", "fast", "--secret", "A=abcdefgh", "--", "true"], 2, /--rewrite-mode "fast": use auto, kernel or stop/],
+  ["bad scan cap", ["exec", "--scan-cap", "12x", "--secret", "A=abcdefgh", "--", "true"], 2, /--scan-cap "12x": not a size/],
+  ["scan cap too small", ["exec", "--scan-cap", "100", "--secret", "A=abcdefgh", "--", "true"], 2, /must be between 4096 bytes and 16MiB/],
+  ["missing secrets file", ["exec", "--secrets-file", "/nonexistent/s.yaml", "--", "true"], 2, /s\.yaml/],
+  ["duplicate names", ["exec", "--secret", "A=abcdefgh", "--secret", "A=ijklmnop", "--", "true"], 2, /defined twice/],
+  ["forced kernel mode under lockdown", ["exec", "--rewrite-mode", "kernel", "--secret", "A=abcdefgh", "--", "true"], 1, /kernel is not possible here: lockdown=integrity/],
+];
+
+for (const [name, args, code, msg] of cases) {
+  test(name, async () => {
+    const r = await runKloak(args);
+    expect(r.code).toBe(code);
+    expect(r.stderr).toMatch(msg);
+    expect(r.stderr.trim().split("\n").length).toBe(1);
+  });
+}
+
+test("a value out of range names the secret and the limit, never the value", async () => {
+  const short = "abc1234"; // 7 bytes
+  const long = fakeSecret(4097);
+  for (const [name, value] of [["SHORT", short], ["LONG", long]] as const) {
+    const r = await runKloak(["exec", "--secret", `${name}=${value}`, "--", "true"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`"${name}"`);
+    expect(r.stderr).toMatch(/8 to 4096 bytes/);
+    expect(occurrences(r.stderr, value)).toBe(0);
+  }
+});
+
+test("an invalid secrets file names the file and the field", async () => {
+  const f = join(dir, "bad.yaml");
+  writeFileSync(f, "secrets:\n  - name: OK\n    value: abcdefghij\n  - name: TWO\n");
+  const r = await runKloak(["exec", "--secrets-file", f, "--", "true"]);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toContain("bad.yaml");
+  expect(r.stderr).toContain("secrets[1]");
+});
+
+test("a command that does not exist", async () => {
+  const r = await runKloak(["exec", "-q", "--secret", "A=abcdefgh", "--", "/nonexistent/cmd"]);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toMatch(/cannot run \/nonexistent\/cmd/);
+});

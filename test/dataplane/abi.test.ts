@@ -1,0 +1,79 @@
+/** src/dataplane/abi.ts must match bpf/kloak.h as compiled: struct layouts from the object's BTF, #defines from the header. */
+import { expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import * as abi from "../../src/dataplane/abi.ts";
+import { ROOT } from "../support/kloak.ts";
+
+interface BtfType {
+  id: number;
+  kind: string;
+  name?: string;
+  size?: number;
+  members?: { name: string; bits_offset: number }[];
+  values?: { name: string; val: number }[];
+}
+const dump = Bun.spawnSync(["bpftool", "-j", "btf", "dump", "file", join(ROOT, "bpf", "kloak.bpf.o")]);
+if (!dump.success) throw new Error(`bpftool btf dump failed (install bpftool): ${dump.stderr}`);
+const types = (JSON.parse(dump.stdout.toString()) as { types: BtfType[] }).types;
+const struct = (name: string) => {
+  const t = types.find((t) => t.kind === "STRUCT" && t.name === name);
+  if (!t) throw new Error(`struct ${name} not in the object's BTF`);
+  return t;
+};
+
+for (const [name, layout] of Object.entries(abi.LAYOUT)) {
+  test(`struct ${name}: size and offsets`, () => {
+    const t = struct(name);
+    expect(t.size).toBe(layout.size);
+    const offsets = Object.fromEntries(t.members!.map((m) => [m.name, m.bits_offset / 8]));
+    expect(offsets).toEqual(layout.fields);
+  });
+}
+
+const enumValues = (name: string) => {
+  const t = types.find((t) => t.kind === "ENUM" && t.name === name);
+  if (!t) throw new Error(`enum ${name} not in BTF`);
+  return Object.fromEntries(t.values!.map((v) => [v.name, v.val]));
+};
+
+test("enum kloak_counter matches COUNTERS in order", () => {
+  const e = enumValues("kloak_counter");
+  abi.COUNTERS.forEach((name, i) => expect(e[`KC_${name.toUpperCase()}`]).toBe(i));
+  expect(e.KC__COUNT).toBe(abi.COUNTERS.length);
+});
+
+test("enum kloak_refusal matches REFUSAL_REASONS", () => {
+  const e = enumValues("kloak_refusal");
+  expect(Object.keys(e).length).toBe(Object.keys(abi.REFUSAL_REASONS).length);
+  const c = enumValues("kloak_counter");
+  void c;
+  expect(e.KR_UNKNOWN_PLACEHOLDER).toBe(1);
+  expect(abi.REFUSAL_REASONS[e.KR_BEYOND_SCAN_CAP!]).toBe("beyond_scan_cap");
+  expect(abi.REFUSAL_REASONS[e.KR_NOT_ENTITLED!]).toBe("scope_not_entitled");
+});
+
+test("enum kloak_event_type, kloak_fn, kloak_mode", () => {
+  const ev = enumValues("kloak_event_type");
+  expect(ev).toEqual({ KE_SUBSTITUTE: 1, KE_RESTORE: 2, KE_EXEC: 3, KE_FORK: 4, KE_EXIT: 5, KE_REFUSED: 6 });
+  expect(abi.EventType).toEqual({ SUBSTITUTE: 1, RESTORE: 2, EXEC: 3, FORK: 4, EXIT: 5, REFUSED: 6 });
+  expect(enumValues("kloak_fn")).toEqual({ KLOAK_FN_SSL_WRITE: abi.Fn.SSL_WRITE, KLOAK_FN_SSL_WRITE_EX: abi.Fn.SSL_WRITE_EX });
+  expect(enumValues("kloak_mode")).toEqual({ KLOAK_MODE_KERNEL: abi.Mode.KERNEL, KLOAK_MODE_STOP: abi.Mode.STOP });
+});
+
+test("#defines of kloak.h", () => {
+  const h = readFileSync(join(ROOT, "bpf", "kloak.h"), "latin1");
+  const def = (n: string) => {
+    const m = new RegExp(`#define ${n} (.+?)(\\s*/\\*.*)?$`, "m").exec(h);
+    if (!m) throw new Error(`#define ${n} missing`);
+    return Number(eval(m[1]!.replace(/u\b/g, "")));
+  };
+  expect(def("KLOAK_MARKER_LEN")).toBe(abi.MARKER_LEN);
+  expect(def("KLOAK_VALUE_MIN")).toBe(abi.VALUE_MIN);
+  expect(def("KLOAK_VALUE_MAX")).toBe(abi.VALUE_MAX);
+  expect(def("KLOAK_KEY_LEN")).toBe(abi.KEY_LEN);
+  expect(def("KLOAK_MAX_SUBST")).toBe(abi.MAX_SUBST);
+  expect(def("KLOAK_MAX_CANDIDATES")).toBe(abi.MAX_CANDIDATES);
+  expect(def("KLOAK_CHUNK")).toBe(abi.CHUNK);
+  expect(def("KLOAK_MAX_SCAN")).toBe(abi.MAX_SCAN);
+});
