@@ -95,3 +95,32 @@ export function cmdline(pid: number): string[] {
   const s = read(`/proc/${pid}/cmdline`);
   return s === null ? [] : s.split("\0").filter((x) => x !== "");
 }
+
+/** Machine-wide CPU seconds from /proc/stat (all CPUs summed). */
+export function systemCpu(): { busy: number; idle: number; steal: number } | null {
+  const s = read("/proc/stat");
+  if (s === null) return null;
+  const line = s.split("\n").find((l) => l.startsWith("cpu "));
+  if (!line) return null;
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  const hz = ticksPerSecond();
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = f;
+  return { busy: (user + nice + system + irq + softirq) / hz, idle: (idle + iowait) / hz, steal: steal / hz };
+}
+
+/** Other `kloak` processes on the machine (pid + command line), excluding the given pids. */
+export function foreignKloaks(exclude: Set<number>): { pid: number; cmd: string }[] {
+  const out: { pid: number; cmd: string }[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    if (exclude.has(pid) || pid === process.pid) continue;
+    const args = cmdline(pid);
+    if (args.length === 0) continue;
+    const isKloak =
+      (args[0]!.endsWith("/kloak") || args.some((a) => a.endsWith("src/main.ts"))) && args.includes("exec");
+    const isTest = args.includes("test") && /bun(\.exe)?$/.test(args[0]!);
+    if (isKloak || isTest) out.push({ pid, cmd: args.join(" ").slice(0, 120) });
+  }
+  return out;
+}

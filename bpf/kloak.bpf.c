@@ -97,6 +97,18 @@ struct {
 	__type(value, struct kloak_write_event);
 } kloak_inflight SEC(".maps");
 
+/* tgid -> the thread whose stop-mode substitution is in flight; the agent
+ * deletes it after the restore's SIGCONT */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct kloak_stop_owner);
+} kloak_stop_owner SEC(".maps");
+
+/* An owner older than this lost its restore (thread died, event lost). */
+#define STOP_OWNER_STALE_NS 1000000000ULL
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, KC__COUNT);
@@ -424,7 +436,23 @@ static __always_inline int on_write(struct pt_regs *ctx, const int mode)
 			}
 		}
 	} else {
+		struct kloak_stop_owner me = { .tid = tid, .since_ns = bpf_ktime_get_ns() }, *cur;
+
+		if (bpf_map_update_elem(&kloak_stop_owner, &tgid, &me, BPF_NOEXIST)) {
+			cur = bpf_map_lookup_elem(&kloak_stop_owner, &tgid);
+			if (cur && me.since_ns - cur->since_ns < STOP_OWNER_STALE_NS) {
+				for (i = 0; i < KLOAK_MAX_SUBST; i++) {
+					if (i >= s->ev.count)
+						break;
+					refuse(s, KR_CONCURRENT_WRITE, KC_REFUSED_CONCURRENT, s->ev.items[i].secret_id,
+					       s->ev.items[i].addr - s->buf);
+				}
+				return 0;
+			}
+			bpf_map_update_elem(&kloak_stop_owner, &tgid, &me, BPF_ANY);
+		}
 		if (stop_with(s, KE_SUBSTITUTE)) {
+			bpf_map_delete_elem(&kloak_stop_owner, &tgid);
 			for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 				if (i >= s->ev.count)
 					break;
@@ -460,6 +488,7 @@ static __always_inline int on_write_return(const int mode)
 		}
 	} else if (stop_with(s, KE_RESTORE)) {
 		count(KC_EVENTS_LOST, 1);
+		bpf_map_delete_elem(&kloak_stop_owner, &s->ev.tgid);
 	}
 out:
 	bpf_map_delete_elem(&kloak_inflight, &tid);
@@ -574,6 +603,7 @@ int kloak_exit(void *ctx)
 		return 0;
 	scope = p->scope_id;
 	bpf_map_delete_elem(&kloak_procs, &tgid);
+	bpf_map_delete_elem(&kloak_stop_owner, &tgid);
 	proc_event(KE_EXIT, tgid, 0, scope);
 	return 0;
 }
@@ -583,6 +613,7 @@ int kloak_exit(void *ctx)
  * never loaded. */
 struct kloak_abi_anchor {
 	struct kloak_proc_event proc_event;
+	struct kloak_stop_owner stop_owner;
 	struct kloak_refusal_event refusal_event;
 	enum kloak_counter counter;
 	enum kloak_refusal refusal;

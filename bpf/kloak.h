@@ -51,6 +51,7 @@ enum kloak_counter {
 	KC_CANDIDATES_DROPPED,     /* "kloak:" beyond KLOAK_MAX_CANDIDATES */
 	KC_EVENTS_LOST,            /* process/refusal events the ring could not take */
 	KC_NESTED_WRITE,           /* write entered while one is in flight on the thread */
+	KC_REFUSED_CONCURRENT,     /* stop mode: another thread of the process holds the stop */
 	KC__COUNT
 };
 
@@ -64,6 +65,16 @@ enum kloak_refusal {
 	KR_WRITE_FAILED = 6,
 	KR_RINGBUF_FULL = 7,
 	KR_BEYOND_SCAN_CAP = 8,
+	KR_CONCURRENT_WRITE = 9,
+};
+
+/* kloak_stop_owner[tgid] in stop mode: the one thread whose substitution is in
+ * flight. A group stop cannot be undone per thread, so one SIGCONT could
+ * release another thread's fresh stop; one owner per process rules that out. */
+struct kloak_stop_owner {
+	__u32 tid;
+	__u32 _pad;
+	__u64 since_ns;
 };
 
 enum kloak_event_type {

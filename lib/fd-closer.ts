@@ -3,8 +3,10 @@
  * kernel (a uprobe's release waits for an RCU grace period); callers that must
  * stay responsive hand their fds here instead.
  */
+import { workerSpec } from "./worker-spec.ts";
+
 export class FdCloser {
-  private readonly worker = new Worker(new URL("./fd-closer-worker.ts", import.meta.url));
+  private readonly worker = new Worker(workerSpec(new URL("./fd-closer-worker.ts", import.meta.url), "./lib/fd-closer-worker.ts"));
   private pending = 0;
   private idle: (() => void)[] = [];
 

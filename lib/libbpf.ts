@@ -102,9 +102,10 @@ function checkInt(call: string, fn: () => number): number {
   return value;
 }
 
-function checkPtr(call: string, fn: () => Pointer | null): Pointer {
+// Bun types FFI pointer results as Pointer | bigint | null; they are Pointer | null here.
+function checkPtr(call: string, fn: () => Pointer | bigint | null): Pointer {
   const { value, log } = logged(() => {
-    const p = fn();
+    const p = fn() as Pointer | null;
     return { p, e: p === null ? lastErrno() : 0 };
   });
   if (value.p === null) throw new BpfError(call, value.e || 22, log);

@@ -62,7 +62,7 @@ export function pageSize(): number {
 }
 
 export function mmap(length: number, prot: number, flags: number, fd: number, offset: number): Pointer {
-  const p = c.mmap(null, length, prot, flags, fd, offset);
+  const p = c.mmap(null, length, prot, flags, fd, offset) as Pointer | null;
   if (p === null || BigInt(p) === MAP_FAILED) throw new SysError("mmap", errno());
   return p;
 }

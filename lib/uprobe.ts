@@ -75,6 +75,17 @@ export function attachUprobe(s: UprobeSpec): UprobeFds {
   return { perfFd, linkFd };
 }
 
+const BPF_MAP_DELETE_ELEM = 3;
+
+/** bpf(BPF_MAP_DELETE_ELEM) without libbpf, for threads that must not call it; false when absent. */
+export function mapDeleteRaw(mapFd: number, key: Uint8Array): boolean {
+  // union bpf_attr: map_fd@0 key@8
+  const attr = Buffer.alloc(32);
+  attr.writeUInt32LE(mapFd, 0);
+  attr.writeBigUInt64LE(BigInt(ptr(key)), 8);
+  return Number(sys.syscall(SYS_bpf, BPF_MAP_DELETE_ELEM, ptr(attr), attr.length, 0, 0)) === 0;
+}
+
 export function detachUprobe(fds: UprobeFds): void {
   close(fds.linkFd);
   close(fds.perfFd);

@@ -178,7 +178,7 @@ export async function execCommand(argv: string[]): Promise<number> {
     });
     const code = await child.exited;
     for (const [sig, h] of handlers) process.off(sig, h);
-    const exitCode = child.signalCode ? 128 + (signalNumber(child.signalCode) ?? 0) : code;
+    const exitCode = child.signalCode ? 128 + (signalNumber(String(child.signalCode)) ?? 0) : code;
 
     // Let the last events (refusals of the final writes) arrive.
     await Bun.sleep(20);

@@ -33,4 +33,5 @@ const HINTS: Record<string, string> = {
   too_many_placeholders: "more than 16 placeholders in one write",
   truncated: "the placeholder was cut by the end of the write",
   scope_not_entitled: "this process may not use that secret",
+  concurrent_write: "another thread of the process was mid-substitution; this write went out with the placeholder",
 };

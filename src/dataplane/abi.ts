@@ -34,6 +34,7 @@ export const COUNTERS = [
   "candidates_dropped",
   "events_lost",
   "nested_write",
+  "refused_concurrent",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
@@ -47,6 +48,7 @@ export const REFUSAL_REASONS: Record<number, string> = {
   6: "write_failed",
   7: "ringbuf_full",
   8: "beyond_scan_cap",
+  9: "concurrent_write",
 };
 
 export const EventType = {
@@ -75,6 +77,7 @@ export const LAYOUT = {
     fields: { type: 0, tgid: 4, scope_id: 8, secret_id: 12, reason: 16, _pad: 20, offset: 24 },
   },
   kloak_config: { size: 8, fields: { mode: 0, scan_cap: 4 } },
+  kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, since_ns: 8 } },
 } as const;
 
 const u32 = (n: number) => {

@@ -4,6 +4,7 @@
  * worker. Everything here runs on the main thread except the worker.
  */
 import { BpfLink, BpfMap, BpfObject, possibleCpus } from "../../lib/libbpf.ts";
+import { workerSpec } from "../../lib/worker-spec.ts";
 import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT } from "../../lib/libc.ts";
 import {
   COUNTERS,
@@ -45,7 +46,7 @@ export class Dataplane {
   readonly mode: RewriteMode;
   readonly modeReason: string;
   private readonly maps: Record<
-    "placeholders" | "secrets" | "values" | "procs" | "launchers" | "entitled" | "counters" | "events",
+    "placeholders" | "secrets" | "values" | "procs" | "launchers" | "entitled" | "counters" | "events" | "stopOwner",
     BpfMap
   >;
   private readonly tracepoints: BpfLink[] = [];
@@ -84,11 +85,12 @@ export class Dataplane {
       entitled: obj.map("kloak_entitled"),
       counters: obj.map("kloak_counters"),
       events: obj.map("tls_events"),
+      stopOwner: obj.map("kloak_stop_owner"),
     };
     const [entry, ret] = writePrograms(mode);
     this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder());
     this.bellFd = eventfd();
-    this.worker = new Worker(new URL("./ring-worker.ts", import.meta.url));
+    this.worker = new Worker(workerSpec(new URL("./ring-worker.ts", import.meta.url), "./src/dataplane/ring-worker.ts"));
   }
 
   /** Load the object, attach the process tracepoints and start the ring worker. */
@@ -120,7 +122,8 @@ export class Dataplane {
         ringFd: this.maps.events.fd,
         ringSize: this.maps.events.maxEntries,
         bellFd: this.bellFd,
-        stopWaitMs: this.opts.stopWaitMs ?? 100,
+        stopOwnerFd: this.maps.stopOwner.fd,
+        stopWaitMs: this.opts.stopWaitMs ?? 500,
       });
     });
   }

@@ -2,7 +2,7 @@
 import type { DataplaneEvent } from "./abi.ts";
 
 export type ToWorker =
-  | { type: "init"; ringFd: number; ringSize: number; bellFd: number; stopWaitMs: number }
+  | { type: "init"; ringFd: number; ringSize: number; bellFd: number; stopOwnerFd: number; stopWaitMs: number }
   | { type: "secret"; seq: number; id: number; placeholder: Uint8Array; value: Uint8Array }
   | { type: "forget"; seq: number; id: number }
   | { type: "stats" }

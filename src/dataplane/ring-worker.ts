@@ -8,13 +8,15 @@
  * Safety rules of stop mode:
  *  - patch a thread only once /proc shows it stopped: the writer cannot be
  *    reading the buffer then, and only this thread resumes it;
- *  - resume a process only when no request of it is left unread, so one
- *    thread's SIGCONT never releases another thread still waiting for its patch;
+ *  - the kernel lets one thread per process at a time hold a stop (from its
+ *    substitution to its restore); the worker releases that claim only after
+ *    the restore's SIGCONT, so a SIGCONT never cancels another thread's stop;
  *  - a value that cannot be written whole is undone: the placeholder goes out.
  */
 import { RingBufferReader } from "../../lib/ringbuf.ts";
 import { epollAdd, epollCreate, epollWait, eventfdDrain, kill, processVmWrite, SIGCONT } from "../../lib/libc.ts";
 import { isStopped, threadState } from "../../lib/proc.ts";
+import { mapDeleteRaw } from "../../lib/uprobe.ts";
 import { decodeEvent, EventType, type DataplaneEvent, type WriteEvent } from "./abi.ts";
 import type { ToWorker, WorkerStats } from "./ring-protocol.ts";
 
@@ -26,7 +28,8 @@ let ring: RingBufferReader | undefined;
 let epfd = -1;
 let bellFd = -1;
 let running = true;
-let stopWaitMs = 100;
+let stopWaitMs = 500;
+let stopOwnerFd = -1;
 
 const stats: WorkerStats = {
   patched: 0,
@@ -81,11 +84,12 @@ function patch(ev: WriteEvent, source: Map<number, Uint8Array>, undo: Map<number
   return true;
 }
 
-function handle(ev: WriteEvent, resume: Set<number>): void {
+function handle(ev: WriteEvent, resume: Set<number>, release: Set<number>): void {
   resume.add(ev.tgid);
   if (!waitStopped(ev.tgid, ev.tid)) {
     // Fail closed: never touch a buffer the writer may be encrypting.
     stats.notStopped++;
+    if (ev.type === EventType.RESTORE) release.add(ev.tgid);
     return;
   }
   if (ev.type === EventType.SUBSTITUTE) {
@@ -93,6 +97,7 @@ function handle(ev: WriteEvent, resume: Set<number>): void {
   } else if (patch(ev, placeholders, null)) {
     stats.restored += ev.items.length;
   }
+  if (ev.type === EventType.RESTORE) release.add(ev.tgid);
   if (stats.stopNs.length < 100_000) stats.stopNs.push(Number(process.hrtime.bigint() - ev.seq));
 }
 
@@ -100,19 +105,26 @@ function drain(): void {
   if (!ring) return;
   const forward: DataplaneEvent[] = [];
   const resume = new Set<number>();
+  const release = new Set<number>();
   // Read until the ring is empty, so a process is resumed only when none of
   // its threads still waits for a patch.
   for (let round = 0; ; round++) {
     ring.drain((rec) => {
       const ev = decodeEvent(rec);
       if (!ev) return;
-      if (ev.type === EventType.SUBSTITUTE || ev.type === EventType.RESTORE) handle(ev, resume);
+      if (ev.type === EventType.SUBSTITUTE || ev.type === EventType.RESTORE) handle(ev, resume, release);
       else forward.push(ev);
     });
     // A record still being written may be another thread's request.
     if (resume.size === 0 || !ring.pending() || round >= 1000) break;
   }
   for (const tgid of resume) kill(tgid, SIGCONT);
+  // Only now may another thread of the process take the stop.
+  const key = new Uint8Array(4);
+  for (const tgid of release) {
+    new DataView(key.buffer).setUint32(0, tgid, true);
+    mapDeleteRaw(stopOwnerFd, key);
+  }
   if (forward.length) postMessage({ type: "events", events: forward });
 }
 
@@ -141,6 +153,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   switch (m.type) {
     case "init":
       stopWaitMs = m.stopWaitMs;
+      stopOwnerFd = m.stopOwnerFd;
       ring = new RingBufferReader(m.ringFd, m.ringSize);
       epfd = epollCreate();
       epollAdd(epfd, m.ringFd);

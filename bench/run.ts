@@ -1,0 +1,922 @@
+/**
+ * kloak benchmark: `bun run bench` (= `bun bench/run.ts`), as root.
+ *
+ * One run measures, against a local TLS server on 127.0.0.1 (bench/server.ts,
+ * in this process, identical for every variant), a Python ssl client
+ * (bench/client.py, one blocking socket) in three variants:
+ *
+ *   baseline   the client run directly, no kloak
+ *   kloak      under `kloak exec --secret`, the client never sends the placeholder
+ *   kloak+ph   under kloak, one placeholder in every write (substituted)
+ *
+ * for two workloads:
+ *
+ *   request    keep-alive HTTP/1.1, one 1 KiB write per request + small response
+ *   bulk       16 KiB writes back to back on one connection (server discards)
+ *
+ * Each (workload, variant) runs --reps times, interleaved with rotating order;
+ * the report uses medians. Writes bench/report/report.{md,json} and prints the
+ * markdown. Exit status 0 whether or not targets are met (this is a
+ * measurement); 1 only when the harness could not measure (a run failed or the
+ * server did not receive what it should have).
+ *
+ * Options: --duration S (measured seconds per run, default 3), --reps N (3),
+ * --warmup S (0.3), --max-count N (bound on measured writes per run, 300000),
+ * --quick (duration 1, reps 1), --no-diag (skip the diagnostic phase).
+ * Env KLOAK_BENCH_PYTHON overrides the Python.
+ *
+ * After the measured runs, a short diagnostic phase re-runs the two kloak
+ * variants with the kernel's BPF run-time statistics switched on (through a
+ * bpf_enable_stats fd, so nothing stays switched on) to show how much of the
+ * per-write cost is the BPF programs themselves.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import * as os from "node:os";
+import { dirname, join } from "node:path";
+import { parseArgs } from "node:util";
+import { testCerts } from "../test/support/certs.ts";
+import { enableBpfStats, programStats, type ProgStat } from "./bpfstats.ts";
+import { childrenOf, cmdline, cpuSeconds, foreignKloaks, memStatus, systemCpu, threadCpu } from "./procfs.ts";
+import { startBenchServer, type ServerStats } from "./server.ts";
+
+const HERE = import.meta.dir;
+const ROOT = dirname(HERE);
+const CLIENT = join(HERE, "client.py");
+const KLOAK_MAIN = join(ROOT, "src", "main.ts");
+const REPORT_DIR = join(HERE, "report");
+const SECRET_NAME = "KLOAK_BENCH_TOKEN";
+const SECRET_LEN = 40;
+const MARKER = "kloak:";
+
+const TARGETS = {
+  noPh1k: 0.95,
+  noPh16k: 0.9,
+  addedP99Ms: 1,
+  rssBytes: 80 * 1000 * 1000, // "80 MB", read strictly as 80×10^6 bytes
+};
+
+// ---------------------------------------------------------------- options
+
+const { values: argv } = parseArgs({
+  args: Bun.argv.slice(2),
+  options: {
+    duration: { type: "string", default: "3" },
+    reps: { type: "string", default: "3" },
+    warmup: { type: "string", default: "0.3" },
+    "max-count": { type: "string", default: "300000" },
+    quick: { type: "boolean", default: false },
+    "no-diag": { type: "boolean", default: false },
+  },
+});
+const DURATION = argv.quick ? 1 : Number(argv.duration);
+const REPS = argv.quick ? 1 : Math.max(1, Math.floor(Number(argv.reps)));
+const WARMUP = Number(argv.warmup);
+const MAX_COUNT = Math.floor(Number(argv["max-count"]));
+/** Diagnostic phase (BPF run-time stats on, not part of the measured numbers). */
+const DIAG = !argv["no-diag"];
+const DIAG_DURATION = Math.min(1, DURATION);
+if (![DURATION, REPS, WARMUP, MAX_COUNT].every((x) => Number.isFinite(x) && x >= 0)) {
+  console.error("bench: bad option value");
+  process.exit(2);
+}
+
+// ---------------------------------------------------------------- model
+
+type VariantId = "baseline" | "kloak" | "kloak+ph";
+type WorkloadId = "request" | "bulk";
+
+interface Variant {
+  id: VariantId;
+  label: string;
+  kloak: boolean;
+  placeholder: boolean;
+}
+interface Workload {
+  id: WorkloadId;
+  label: string;
+  size: number;
+}
+
+const VARIANTS: Variant[] = [
+  { id: "baseline", label: "baseline (no kloak)", kloak: false, placeholder: false },
+  { id: "kloak", label: "kloak, no placeholder sent", kloak: true, placeholder: false },
+  { id: "kloak+ph", label: "kloak, 1 placeholder per write", kloak: true, placeholder: true },
+];
+const WORKLOADS: Workload[] = [
+  { id: "request", label: "request loop (1 KiB request, keep-alive)", size: 1024 },
+  { id: "bulk", label: "bulk (16 KiB writes)", size: 16384 },
+];
+
+interface Latency {
+  n: number;
+  mean_ns: number;
+  min_ns: number;
+  p50_ns: number;
+  p90_ns: number;
+  p99_ns: number;
+  p999_ns: number;
+  max_ns: number;
+}
+
+interface ClientResult {
+  workload: WorkloadId;
+  size: number;
+  measured: number;
+  warmup_writes: number;
+  writes_total: number;
+  elapsed_ns: number;
+  bytes: number;
+  ops_per_s: number;
+  mib_per_s: number;
+  latency: Latency;
+  cpu_user_s: number;
+  cpu_sys_s: number;
+  t_start_wall_ns: number;
+  t_connected_wall_ns: number;
+  placeholder_sent: boolean;
+  restored: boolean | null;
+  tls_version: string;
+  cipher: string;
+  openssl: string;
+  python: string;
+}
+
+interface KloakInfo {
+  pid: number;
+  mode?: string;
+  modeReason?: string;
+  substitutions?: number;
+  tlsWrites?: number;
+  failedClosed: number;
+  /** VmHWM of the kloak exec process, read while the client is still alive */
+  hwm: number;
+  /** max VmRSS seen by 50 ms polling */
+  rssPolledMax: number;
+  threads: number;
+  guardianHwm?: number;
+  /** agent CPU (all threads) during the client's measured window, seconds */
+  cpuWindowS: number;
+  /** per-thread CPU during the measured window */
+  threadCpuWindow: { comm: string; cpuS: number }[];
+}
+
+interface RunResult {
+  rep: number;
+  workload: WorkloadId;
+  variant: VariantId;
+  client: ClientResult;
+  server: ServerStats;
+  /** ms from spawn until the client process started (kloak startup + python startup) */
+  startupMs: number;
+  /** ms from spawn until the TLS connection was up */
+  connectedMs: number;
+  clientHwm: number;
+  kloak?: KloakInfo;
+  checks: { name: string; ok: boolean; detail: string }[];
+  /** machine CPU during the measured window, seconds (all CPUs summed) */
+  window: { seconds: number; busyS: number; oursS: number; foreignS: number; stealS: number };
+  /** diagnostic runs only: BPF programs of the agent during the window */
+  bpf?: { name: string; runs: number; nsPerRun: number; runsPerWrite: number; nsPerWrite: number }[];
+  stderr: string;
+}
+
+// ---------------------------------------------------------------- helpers
+
+function resolvePython(): string {
+  const env = process.env.KLOAK_BENCH_PYTHON;
+  if (env) return env;
+  const py = Bun.which("python3") ?? "python3";
+  const r = Bun.spawnSync([py, "-c", "import sys; print(sys.executable)"]);
+  const exe = r.success ? r.stdout.toString().trim() : "";
+  if (!exe) throw new Error(`cannot run ${py} to find the real Python interpreter`);
+  return exe;
+}
+
+function randomValue(len: number): string {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  const bytes = crypto.getRandomValues(new Uint8Array(len));
+  let s = "";
+  for (const b of bytes) s += alphabet[b % alphabet.length];
+  return s;
+}
+
+function median(xs: number[]): number {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Wall clock in ns (the client reports time.time_ns(); Bun's hrtime is process-relative). */
+const wallNs = () => (performance.timeOrigin + performance.now()) * 1e6;
+
+/** Line reader over a spawned process's stdout. */
+function lineReader(stream: ReadableStream<Uint8Array>) {
+  const reader = stream.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  let done = false;
+  return async function next(): Promise<string | null> {
+    for (;;) {
+      const i = buf.indexOf("\n");
+      if (i >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        return line;
+      }
+      if (done) {
+        if (buf.length === 0) return null;
+        const rest = buf;
+        buf = "";
+        return rest;
+      }
+      const r = await reader.read();
+      if (r.done) done = true;
+      else buf += dec.decode(r.value, { stream: true });
+    }
+  };
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
+  });
+}
+
+const fmtMiB = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
+const fmtUs = (ns: number) => (Number.isFinite(ns) ? `${(ns / 1000).toFixed(1)} µs` : "n/a");
+const fmtSignedUs = (ns: number) => (Number.isFinite(ns) ? `${ns >= 0 ? "+" : "−"}${(Math.abs(ns) / 1000).toFixed(1)} µs` : "n/a");
+const fmtSigned = (x: number, digits = 1) => (Number.isFinite(x) ? `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(digits)}` : "n/a");
+const pct = (r: number) => (Number.isFinite(r) ? `${(r * 100).toFixed(1)}%` : "n/a");
+
+// ---------------------------------------------------------------- one run
+
+async function runOne(
+  ctx: { python: string; caFile: string; value: string; server: Awaited<ReturnType<typeof startBenchServer>> },
+  w: Workload,
+  v: Variant,
+  rep: number,
+  diag: { bpfStats?: boolean } = {},
+): Promise<RunResult> {
+  const port = w.id === "request" ? ctx.server.httpPort : ctx.server.bulkPort;
+  const client = [
+    ctx.python, "-u", CLIENT,
+    "--port", String(port), "--cafile", ctx.caFile,
+    "--workload", w.id, "--size", String(w.size),
+    "--duration", String(diag.bpfStats ? DIAG_DURATION : DURATION), "--warmup", String(WARMUP), "--max-count", String(MAX_COUNT),
+    "--token-len", String(SECRET_LEN), "--hold",
+    ...(v.placeholder ? ["--placeholder-env", SECRET_NAME] : []),
+  ];
+  const env: Record<string, string> = {};
+  for (const [k, val] of Object.entries(process.env)) if (val !== undefined && k !== SECRET_NAME) env[k] = val;
+  let cmd = client;
+  if (v.kloak) {
+    // --secret NAME takes the value from kloak's environment: it never appears in argv.
+    cmd = [process.execPath, KLOAK_MAIN, "exec", "--secret", SECRET_NAME, "--", ...client];
+    env[SECRET_NAME] = ctx.value;
+  }
+
+  ctx.server.reset();
+  const tSpawn = wallNs();
+  const proc = Bun.spawn(cmd, { env, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  const stderrP = new Response(proc.stderr).text();
+  const next = lineReader(proc.stdout);
+
+  // Poll the top process's RSS every 50 ms (same harness load in every variant).
+  let rssPolledMax = 0;
+  const poll = setInterval(() => {
+    const m = memStatus(proc.pid);
+    if (m && m.rss > rssPolledMax) rssPolledMax = m.rss;
+  }, 50);
+
+  const limit = (WARMUP + DURATION) * 1000 + 30_000;
+  let result: ClientResult | undefined;
+  let hwm = 0;
+  let threads = 0;
+  let clientHwm = 0;
+  let guardianHwm: number | undefined;
+  let cpuStart: { user: number; sys: number } | null = null;
+  let cpuEnd: { user: number; sys: number } | null = null;
+  let thStart = new Map<number, { comm: string; cpu: number }>();
+  let thEnd = new Map<number, { comm: string; cpu: number }>();
+  let sys0: ReturnType<typeof systemCpu> = null;
+  let sys1: ReturnType<typeof systemCpu> = null;
+  let bench0 = process.cpuUsage();
+  let bench1 = bench0;
+  let w0 = 0;
+  let w1 = 0;
+  let prog0: ProgStat[] = [];
+  let prog1: ProgStat[] = [];
+  let failure: string | undefined;
+  try {
+    for (;;) {
+      const line = await withTimeout(next(), limit, "client output");
+      if (line === null) throw new Error("client exited without a result");
+      if (!line.startsWith("{")) continue;
+      const msg = JSON.parse(line);
+      if (msg.event === "measure") {
+        w0 = wallNs();
+        sys0 = systemCpu();
+        bench0 = process.cpuUsage();
+        cpuStart = cpuSeconds(proc.pid);
+        thStart = threadCpu(proc.pid);
+        if (diag.bpfStats && v.kloak) prog0 = programStats(proc.pid);
+        continue;
+      }
+      result = msg as ClientResult;
+      break;
+    }
+    // The client now blocks on stdin: everything is still alive.
+    w1 = wallNs();
+    sys1 = systemCpu();
+    bench1 = process.cpuUsage();
+    if (diag.bpfStats && v.kloak) prog1 = programStats(proc.pid);
+    cpuEnd = cpuSeconds(proc.pid);
+    thEnd = threadCpu(proc.pid);
+    const top = memStatus(proc.pid);
+    if (top) {
+      hwm = top.hwm;
+      threads = top.threads;
+      if (top.rss > rssPolledMax) rssPolledMax = top.rss;
+    }
+    if (v.kloak) {
+      for (const c of childrenOf(proc.pid)) {
+        const args = cmdline(c);
+        const m = memStatus(c);
+        if (!m) continue;
+        if (args.includes("__guardian")) guardianHwm = m.hwm;
+        else if (args.includes(CLIENT)) clientHwm = m.hwm;
+      }
+    } else {
+      clientHwm = hwm;
+    }
+  } catch (e) {
+    failure = (e as Error).message;
+    try {
+      process.kill(proc.pid, "SIGTERM");
+    } catch {
+      // gone
+    }
+  } finally {
+    clearInterval(poll);
+    try {
+      proc.stdin.write("\n");
+      proc.stdin.end();
+    } catch {
+      // gone
+    }
+  }
+  const code = await withTimeout(proc.exited, 30_000, "the client to exit").catch((e) => {
+    process.kill(proc.pid, "SIGKILL");
+    failure ??= (e as Error).message;
+    return -1;
+  });
+  const stderr = await stderrP;
+  const server = ctx.server.snapshot();
+  if (failure !== undefined || result === undefined)
+    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${failure ?? "no result"} (exit ${code})\n${stderr}`);
+  if (code !== 0) throw new Error(`${w.id}/${v.id} rep ${rep + 1}: exit status ${code}\n${stderr}`);
+
+  let kloak: KloakInfo | undefined;
+  if (v.kloak) {
+    const mode = /rewrite mode (\S+) \(([^)]*)\)/.exec(stderr);
+    const subs = /(\d+) substitution\(s\) in (\d+) TLS write\(s\)(?:, (\d+) failed closed)?/.exec(stderr);
+    const threadCpuWindow: { comm: string; cpuS: number }[] = [];
+    for (const [tid, t] of thEnd) {
+      const d = t.cpu - (thStart.get(tid)?.cpu ?? 0);
+      if (d > 0) threadCpuWindow.push({ comm: t.comm, cpuS: d });
+    }
+    threadCpuWindow.sort((a, b) => b.cpuS - a.cpuS);
+    kloak = {
+      pid: proc.pid,
+      mode: mode?.[1],
+      modeReason: mode?.[2],
+      substitutions: subs ? Number(subs[1]) : undefined,
+      tlsWrites: subs ? Number(subs[2]) : undefined,
+      failedClosed: subs?.[3] ? Number(subs[3]) : 0,
+      hwm,
+      rssPolledMax,
+      threads,
+      guardianHwm,
+      cpuWindowS: cpuStart && cpuEnd ? cpuEnd.user + cpuEnd.sys - cpuStart.user - cpuStart.sys : NaN,
+      threadCpuWindow,
+    };
+  }
+
+  // ------------------------------------------------------------ correctness
+  const checks: RunResult["checks"] = [];
+  const check = (name: string, ok: boolean, detail: string) => checks.push({ name, ok, detail });
+  const writes = result.writes_total;
+  check("server errors", server.errors.length === 0, server.errors.join("; ") || "none");
+  check("one connection", server.connections === 1, `${server.connections}`);
+  if (w.id === "request")
+    check("server answered every request", server.requests === writes, `${server.requests}/${writes}`);
+  else check("server read every byte", server.bytes === writes * w.size, `${server.bytes}/${writes * w.size}`);
+  check("placeholder never on the wire", server.markerHits === 0, `${server.markerHits} marker occurrence(s)`);
+  if (v.placeholder) {
+    check("real value in every write", server.valueHits === writes, `${server.valueHits}/${writes} writes`);
+    check("app buffer restored", result.restored === true, `restored=${result.restored}`);
+    check(
+      "kloak counted every substitution",
+      kloak?.substitutions === writes && kloak.failedClosed === 0,
+      `${kloak?.substitutions} substitution(s), ${kloak?.failedClosed} failed closed, ${writes} writes`,
+    );
+  } else {
+    check("real value absent", server.valueHits === 0, `${server.valueHits} occurrence(s)`);
+    if (kloak) check("no substitution", kloak.substitutions === 0, `${kloak.substitutions} substitution(s)`);
+  }
+
+  const agentWindow = kloak?.cpuWindowS ?? 0;
+  const benchS = (bench1.user + bench1.system - bench0.user - bench0.system) / 1e6;
+  const oursS = result.cpu_user_s + result.cpu_sys_s + (Number.isFinite(agentWindow) ? agentWindow : 0) + benchS;
+  const busyS = sys0 && sys1 ? sys1.busy - sys0.busy : NaN;
+  const window = {
+    seconds: (w1 - w0) / 1e9,
+    busyS,
+    oursS,
+    foreignS: Math.max(0, busyS - oursS),
+    stealS: sys0 && sys1 ? sys1.steal - sys0.steal : NaN,
+  };
+  let bpf: RunResult["bpf"];
+  if (diag.bpfStats && v.kloak) {
+    bpf = prog1
+      .map((p) => {
+        const before = prog0.find((q) => q.id === p.id);
+        const runs = p.runCnt - (before?.runCnt ?? 0);
+        const ns = p.runTimeNs - (before?.runTimeNs ?? 0);
+        return {
+          name: p.name,
+          runs,
+          nsPerRun: runs > 0 ? ns / runs : 0,
+          runsPerWrite: runs / result!.measured,
+          nsPerWrite: ns / result!.measured,
+        };
+      })
+      .filter((p) => p.runs > 0);
+  }
+
+  return {
+    rep,
+    window,
+    bpf,
+    workload: w.id,
+    variant: v.id,
+    client: result,
+    server,
+    startupMs: (result.t_start_wall_ns - tSpawn) / 1e6,
+    connectedMs: (result.t_connected_wall_ns - tSpawn) / 1e6,
+    clientHwm,
+    kloak,
+    checks,
+    stderr: stderr.trim(),
+  };
+}
+
+// ---------------------------------------------------------------- summary
+
+interface Summary {
+  workload: WorkloadId;
+  variant: VariantId;
+  reps: number;
+  ops_per_s: number;
+  mib_per_s: number;
+  p50_ns: number;
+  p90_ns: number;
+  p99_ns: number;
+  p999_ns: number;
+  max_ns: number;
+  mean_ns: number;
+  measured_writes: number;
+  client_user_us_per_op: number;
+  client_sys_us_per_op: number;
+  agent_cpu_us_per_op: number;
+  bench_process_cpu_us_per_op: number;
+  startup_ms: number;
+  agent_hwm_max: number;
+  agent_hwm_median: number;
+  guardian_hwm_max: number;
+  client_hwm_median: number;
+  per_rep_ops: number[];
+  per_rep_p99_ns: number[];
+}
+
+function summarize(runs: RunResult[], w: WorkloadId, v: VariantId): Summary {
+  const rs = runs.filter((r) => r.workload === w && r.variant === v);
+  const m = (f: (r: RunResult) => number) => median(rs.map(f));
+  const perOp = (f: (r: RunResult) => number) => m((r) => (f(r) / r.client.measured) * 1e6);
+  return {
+    workload: w,
+    variant: v,
+    reps: rs.length,
+    ops_per_s: m((r) => r.client.ops_per_s),
+    mib_per_s: m((r) => r.client.mib_per_s),
+    p50_ns: m((r) => r.client.latency.p50_ns),
+    p90_ns: m((r) => r.client.latency.p90_ns),
+    p99_ns: m((r) => r.client.latency.p99_ns),
+    p999_ns: m((r) => r.client.latency.p999_ns),
+    max_ns: m((r) => r.client.latency.max_ns),
+    mean_ns: m((r) => r.client.latency.mean_ns),
+    measured_writes: m((r) => r.client.measured),
+    client_user_us_per_op: perOp((r) => r.client.cpu_user_s),
+    client_sys_us_per_op: perOp((r) => r.client.cpu_sys_s),
+    agent_cpu_us_per_op: rs[0]?.kloak ? perOp((r) => r.kloak!.cpuWindowS) : NaN,
+    bench_process_cpu_us_per_op: perOp((r) => r.server.cpuS),
+    startup_ms: m((r) => r.startupMs),
+    agent_hwm_max: rs[0]?.kloak ? Math.max(...rs.map((r) => r.kloak!.hwm)) : NaN,
+    agent_hwm_median: rs[0]?.kloak ? m((r) => r.kloak!.hwm) : NaN,
+    guardian_hwm_max: rs[0]?.kloak ? Math.max(...rs.map((r) => r.kloak!.guardianHwm ?? 0)) : NaN,
+    client_hwm_median: m((r) => r.clientHwm),
+    per_rep_ops: rs.map((r) => r.client.ops_per_s),
+    per_rep_p99_ns: rs.map((r) => r.client.latency.p99_ns),
+  };
+}
+
+function machineInfo(sample: RunResult | undefined, kloakRun: RunResult | undefined) {
+  const cpuModel = (() => {
+    try {
+      return /^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
+    } catch {
+      return "unknown";
+    }
+  })();
+  const lockdown = (() => {
+    try {
+      return readFileSync("/sys/kernel/security/lockdown", "utf8").trim();
+    } catch {
+      return "n/a";
+    }
+  })();
+  const git = Bun.spawnSync(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
+  const dirty = Bun.spawnSync(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "lib", "bpf"]);
+  return {
+    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
+    cpus: os.cpus().length,
+    cpu_model: cpuModel,
+    memory: fmtMiB(os.totalmem()),
+    lockdown,
+    bun: Bun.version,
+    python: sample?.client.python ?? "?",
+    openssl: sample?.client.openssl ?? "?",
+    tls: sample ? `${sample.client.tls_version} ${sample.client.cipher}` : "?",
+    kloak_commit: git.success
+      ? git.stdout.toString().trim() + (dirty.success && dirty.stdout.toString().trim() ? " (+uncommitted changes)" : "")
+      : "?",
+    kloak_rewrite_mode: kloakRun?.kloak?.mode ?? "?",
+    kloak_rewrite_mode_reason: kloakRun?.kloak?.modeReason ?? "?",
+  };
+}
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<number> {
+  const t0 = Date.now();
+  if (process.getuid?.() !== 0) console.error("bench: warning: not root; kloak exec will likely fail");
+  const python = resolvePython();
+  const certs = await testCerts();
+  const value = randomValue(SECRET_LEN);
+  const server = await startBenchServer({
+    key: certs.key,
+    cert: certs.cert,
+    value: Buffer.from(value),
+    marker: Buffer.from(MARKER),
+    recordSize: 16384,
+  });
+  const ctx = { python, caFile: certs.caFile, value, server };
+  const foreignAtStart = foreignKloaks(new Set());
+  if (foreignAtStart.length)
+    console.error(
+      `bench: WARNING: other kloak/test processes are running; numbers will be noisy:\n` +
+        foreignAtStart.map((f) => `  ${f.pid} ${f.cmd}`).join("\n"),
+    );
+  const total = REPS * WORKLOADS.length * VARIANTS.length;
+  console.error(
+    `bench: ${total} runs of ${DURATION}s (+${WARMUP}s warmup), python ${python}, server 127.0.0.1:${server.httpPort}/${server.bulkPort}`,
+  );
+
+  const runs: RunResult[] = [];
+  const diagRuns: RunResult[] = [];
+  const errors: string[] = [];
+  let diagNote: string | undefined;
+  try {
+    for (let rep = 0; rep < REPS; rep++) {
+      for (const w of WORKLOADS) {
+        // Rotate the order each repetition so no variant always runs first.
+        const order = VARIANTS.map((_, i) => VARIANTS[(i + rep) % VARIANTS.length]!);
+        for (const v of order) {
+          let r: RunResult;
+          try {
+            r = await runOne(ctx, w, v, rep);
+          } catch (e) {
+            const msg = (e as Error).message;
+            errors.push(msg);
+            console.error(`bench: RUN FAILED: ${msg}`);
+            continue;
+          }
+          runs.push(r);
+          const bad = r.checks.filter((c) => !c.ok);
+          const c = r.client;
+          console.error(
+            `  [${runs.length + errors.length}/${total}] rep ${rep + 1} ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
+              (w.id === "request" ? `${c.ops_per_s.toFixed(0).padStart(6)} req/s` : `${c.mib_per_s.toFixed(1).padStart(6)} MiB/s`) +
+              `  p50 ${fmtUs(c.latency.p50_ns)}  p99 ${fmtUs(c.latency.p99_ns)}` +
+              (r.kloak ? `  agent HWM ${fmtMiB(r.kloak.hwm)} cpu ${r.kloak.cpuWindowS.toFixed(2)}s` : "") +
+              (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : "  ok"),
+          );
+        }
+      }
+    }
+    if (DIAG) {
+      const stats = enableBpfStats();
+      if (typeof stats === "string") {
+        diagNote = `diagnostic phase skipped: ${stats}`;
+        console.error(`bench: ${diagNote}`);
+      } else {
+        console.error(`bench: diagnostic phase (BPF run-time stats on, ${DIAG_DURATION}s runs, not in the numbers above)`);
+        try {
+          for (const w of WORKLOADS)
+            for (const v of VARIANTS.filter((x) => x.kloak)) {
+              try {
+                const r = await runOne(ctx, w, v, 0, { bpfStats: true });
+                diagRuns.push(r);
+                const bad = r.checks.filter((c) => !c.ok);
+                console.error(
+                  `  diag ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
+                    (r.bpf ?? []).map((b) => `${b.name} ${b.runsPerWrite.toFixed(2)}/write ${(b.nsPerRun / 1000).toFixed(2)} µs/run`).join(", ") +
+                    (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : ""),
+                );
+              } catch (e) {
+                errors.push(`diagnostic: ${(e as Error).message}`);
+                console.error(`bench: DIAGNOSTIC RUN FAILED: ${(e as Error).message}`);
+              }
+            }
+        } finally {
+          stats.close();
+        }
+      }
+    }
+  } finally {
+    await server.close();
+  }
+
+  // ------------------------------------------------------------ analysis
+  const summaries: Summary[] = [];
+  for (const w of WORKLOADS) for (const v of VARIANTS) summaries.push(summarize(runs, w.id, v.id));
+  const S = (w: WorkloadId, v: VariantId) => summaries.find((s) => s.workload === w && s.variant === v)!;
+
+  const derive = (w: WorkloadId) => {
+    const b = S(w, "baseline");
+    const k = S(w, "kloak");
+    const p = S(w, "kloak+ph");
+    const rate = (s: Summary) => (w === "request" ? s.ops_per_s : s.mib_per_s);
+    return {
+      ratio_no_placeholder: rate(k) / rate(b),
+      ratio_placeholder: rate(p) / rate(b),
+      added_p50_no_placeholder_ns: k.p50_ns - b.p50_ns,
+      added_p99_no_placeholder_ns: k.p99_ns - b.p99_ns,
+      added_p50_per_substituted_write_ns: p.p50_ns - b.p50_ns,
+      added_p90_per_substituted_write_ns: p.p90_ns - b.p90_ns,
+      added_p99_per_substituted_write_ns: p.p99_ns - b.p99_ns,
+      added_mean_per_write_no_placeholder_from_throughput_ns: 1e9 / k.ops_per_s - 1e9 / b.ops_per_s,
+      added_mean_per_write_from_throughput_ns: 1e9 / p.ops_per_s - 1e9 / b.ops_per_s,
+      added_client_sys_us_per_write_no_placeholder: k.client_sys_us_per_op - b.client_sys_us_per_op,
+      added_client_sys_us_per_write_placeholder: p.client_sys_us_per_op - b.client_sys_us_per_op,
+    };
+  };
+  const derived = { request: derive("request"), bulk: derive("bulk") };
+
+  const kloakRuns = runs.filter((r) => r.kloak);
+  const peakAgent = kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak!.hwm)) : NaN;
+  const peakPolled = kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak!.rssPolledMax)) : NaN;
+  const peakGuardian = kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak!.guardianHwm ?? 0)) : NaN;
+  const targets = [
+    {
+      id: "no_placeholder_1k",
+      what: `kloak without placeholders, 1 KiB request loop: req/s >= ${pct(TARGETS.noPh1k)} of baseline`,
+      value: derived.request.ratio_no_placeholder,
+      shown: pct(derived.request.ratio_no_placeholder),
+      pass: derived.request.ratio_no_placeholder >= TARGETS.noPh1k,
+    },
+    {
+      id: "no_placeholder_16k",
+      what: `kloak without placeholders, 16 KiB bulk: MiB/s >= ${pct(TARGETS.noPh16k)} of baseline`,
+      value: derived.bulk.ratio_no_placeholder,
+      shown: pct(derived.bulk.ratio_no_placeholder),
+      pass: derived.bulk.ratio_no_placeholder >= TARGETS.noPh16k,
+    },
+    {
+      id: "added_p99_per_substituted_write",
+      what: `added p99 latency per substituted write (request loop: p99 kloak+ph - p99 baseline) <= ${TARGETS.addedP99Ms} ms`,
+      value: derived.request.added_p99_per_substituted_write_ns / 1e6,
+      shown: fmtSignedUs(derived.request.added_p99_per_substituted_write_ns),
+      pass: derived.request.added_p99_per_substituted_write_ns <= TARGETS.addedP99Ms * 1e6,
+    },
+    {
+      id: "peak_agent_rss",
+      what: `peak agent RSS (VmHWM of the kloak exec process, max over all kloak runs) <= 80 MB (80e6 bytes)`,
+      value: peakAgent,
+      shown: `${fmtMiB(peakAgent)} (${(peakAgent / 1e6).toFixed(1)} MB)`,
+      pass: peakAgent <= TARGETS.rssBytes,
+    },
+  ].map((t) => ({ ...t, pass: Number.isFinite(t.value) && t.pass }));
+  const failedChecks = [...runs, ...diagRuns].flatMap((r) =>
+    r.checks.filter((c) => !c.ok).map((c) => `${r.workload}/${r.variant} rep ${r.rep + 1}: ${c.name}: ${c.detail}`),
+  );
+  const missed = targets.filter((t) => !t.pass);
+  const foreign = runs.map((r) => r.window.foreignS / r.window.seconds).filter(Number.isFinite);
+  const steal = runs.map((r) => r.window.stealS / r.window.seconds).filter(Number.isFinite);
+  const busyMachine = foreignAtStart.length > 0 || median(foreign) > 0.15;
+  const machine = machineInfo(runs[0], kloakRuns[0]);
+  const elapsedS = (Date.now() - t0) / 1000;
+
+  // ------------------------------------------------------------ report
+  const md: string[] = [];
+  const L = (s = "") => md.push(s);
+  L("# kloak benchmark");
+  L();
+  L(`Generated ${new Date().toISOString()} in ${elapsedS.toFixed(0)} s by \`bun run bench\`.`);
+  L();
+  if (missed.length || failedChecks.length || errors.length || busyMachine) {
+    L("```");
+    if (busyMachine)
+      L(`!!! MACHINE NOT IDLE: other kloak/test processes or ${pct(median(foreign))} of a CPU of other load; numbers are noisy`);
+    for (const t of missed) L(`!!! MISSED: ${t.what}: got ${t.shown}`);
+    for (const f of failedChecks) L(`!!! CORRECTNESS CHECK FAILED: ${f}`);
+    for (const e of errors) L(`!!! RUN FAILED: ${e.split("\n")[0]}`);
+    L("```");
+    L();
+  }
+  L("## Machine");
+  L();
+  L("| | |");
+  L("|---|---|");
+  L(`| kernel | ${machine.kernel} |`);
+  L(`| CPUs | ${machine.cpus} × ${machine.cpu_model} |`);
+  L(`| memory | ${machine.memory} |`);
+  L(`| kernel lockdown | ${machine.lockdown} |`);
+  L(`| kloak rewrite mode | **${machine.kloak_rewrite_mode}** (${machine.kloak_rewrite_mode_reason}) |`);
+  L(`| kloak | commit ${machine.kloak_commit}, run from source with bun ${machine.bun} |`);
+  L(`| client | CPython ${machine.python} ssl, ${machine.openssl}, ${machine.tls}, one blocking socket |`);
+  L(`| server | node:tls in the bench process (bun), 127.0.0.1, same for all variants |`);
+  L(
+    `| method | ${DURATION} s measured (+${WARMUP} s warmup) per run, ${REPS} rep(s) per variant interleaved (rotating order), medians; ` +
+      `secret of ${SECRET_LEN} bytes; bound ${MAX_COUNT} writes/run |`,
+  );
+  L();
+  L("## Targets");
+  L();
+  L("| target | result | |");
+  L("|---|---|---|");
+  for (const t of targets) L(`| ${t.what} | ${t.shown} | ${t.pass ? "PASS" : "**MISSED**"} |`);
+  L(
+    `| correctness: server got the real value in every kloak+ph write, never a placeholder; app buffers restored | ` +
+      `${failedChecks.length === 0 && errors.length === 0 ? "all checks held" : `${failedChecks.length + errors.length} failure(s)`} | ` +
+      `${failedChecks.length === 0 && errors.length === 0 ? "PASS" : "**FAIL**"} |`,
+  );
+  L();
+
+  for (const w of WORKLOADS) {
+    const d = derived[w.id];
+    const b = S(w.id, "baseline");
+    L(`## ${w.label}`);
+    L();
+    const unit = w.id === "request" ? "req/s" : "MiB/s";
+    L(
+      `| variant | ${unit} | vs baseline | p50 | p90 | p99 | p99.9 | max | client user/sys µs per write | agent CPU µs per write | bench proc CPU µs per write | agent VmHWM (max) | writes measured (median) |`,
+    );
+    L("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (const v of VARIANTS) {
+      const s = S(w.id, v.id);
+      const rate = w.id === "request" ? s.ops_per_s : s.mib_per_s;
+      const base = w.id === "request" ? b.ops_per_s : b.mib_per_s;
+      L(
+        `| ${v.label} | ${rate.toFixed(w.id === "request" ? 0 : 1)} | ${pct(rate / base)} | ${fmtUs(s.p50_ns)} | ${fmtUs(s.p90_ns)} | ` +
+          `${fmtUs(s.p99_ns)} | ${fmtUs(s.p999_ns)} | ${fmtUs(s.max_ns)} | ${s.client_user_us_per_op.toFixed(1)} / ${s.client_sys_us_per_op.toFixed(1)} | ` +
+          `${Number.isFinite(s.agent_cpu_us_per_op) ? s.agent_cpu_us_per_op.toFixed(1) : "–"} | ${s.bench_process_cpu_us_per_op.toFixed(1)} | ` +
+          `${Number.isFinite(s.agent_hwm_max) ? fmtMiB(s.agent_hwm_max) : "–"} | ${s.measured_writes.toFixed(0)} |`,
+      );
+    }
+    L();
+    L(`Per-rep ${unit === "req/s" ? "req/s" : "writes/s"}: ` + VARIANTS.map((v) => `${v.id} ${S(w.id, v.id).per_rep_ops.map((x) => x.toFixed(0)).join(", ")}`).join("; ") + ".");
+    L();
+    L(
+      `- throughput without placeholders: ${pct(d.ratio_no_placeholder)} of baseline; with one placeholder per write: ${pct(d.ratio_placeholder)}`,
+    );
+    L(
+      `- added latency per substituted write (kloak+ph − baseline): p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)}, ` +
+        `p90 ${fmtSignedUs(d.added_p90_per_substituted_write_ns)}, p99 ${fmtSignedUs(d.added_p99_per_substituted_write_ns)}; ` +
+        `mean from throughput ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)}`,
+    );
+    L(
+      `- added latency without placeholders (kloak − baseline): p50 ${fmtSignedUs(d.added_p50_no_placeholder_ns)}, p99 ${fmtSignedUs(d.added_p99_no_placeholder_ns)}; ` +
+        `mean from throughput ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns)}`,
+    );
+    const last = runs.filter((r) => r.workload === w.id && r.variant === "kloak+ph").at(-1);
+    if (last?.kloak) {
+      const th = last.kloak.threadCpuWindow.slice(0, 4);
+      L(
+        `- agent threads busy during a kloak+ph run (rep ${last.rep + 1}, CPU s in the ${DURATION} s window): ` +
+          (th.length ? th.map((t) => `${t.comm} ${t.cpuS.toFixed(2)}`).join(", ") : "none measurable"),
+      );
+    }
+    L();
+  }
+
+  L("## Where the time goes");
+  L();
+  if (diagNote) L(`(${diagNote})`);
+  for (const w of WORKLOADS) {
+    const d = derived[w.id];
+    const b = S(w.id, "baseline");
+    const k = S(w.id, "kloak");
+    const p = S(w.id, "kloak+ph");
+    const bpfOf = (v: VariantId) => diagRuns.find((r) => r.workload === w.id && r.variant === v)?.bpf ?? [];
+    const writeProgs = (v: VariantId) => bpfOf(v).filter((x) => x.name.startsWith("kloak_write"));
+    const progText = (v: VariantId) =>
+      writeProgs(v)
+        .map((x) => `\`${x.name}\` ${(x.nsPerRun / 1000).toFixed(2)} µs/run × ${x.runsPerWrite.toFixed(2)}/write`)
+        .join(", ") || "n/a";
+    const bpfPerWrite = (v: VariantId) => writeProgs(v).reduce((a, x) => a + x.nsPerWrite, 0) / 1000;
+    L(`**${w.label}** (baseline client kernel time ${b.client_sys_us_per_op.toFixed(1)} µs/write, user ${b.client_user_us_per_op.toFixed(1)} µs/write)`);
+    L();
+    L(
+      `- kloak, no placeholder: ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns)} per write (mean, from throughput). ` +
+        `Client kernel time ${fmtSigned(d.added_client_sys_us_per_write_no_placeholder)} µs/write, client user ${fmtSigned(k.client_user_us_per_op - b.client_user_us_per_op)} µs/write; ` +
+        `the BPF programs themselves run ${bpfPerWrite("kloak").toFixed(2)} µs/write (${progText("kloak")}); ` +
+        `the other ${fmtSigned(d.added_client_sys_us_per_write_no_placeholder - bpfPerWrite("kloak"))} µs/write of client kernel time is the uprobe machinery ` +
+        `(int3 trap, out-of-line single-step of the probed instruction, uretprobe trampoline) and changed TCP batching. ` +
+        `Agent CPU ${k.agent_cpu_us_per_op.toFixed(1)} µs/write.`,
+    );
+    L(
+      `- kloak, 1 placeholder per write: ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} per write (mean). ` +
+        `Client kernel time ${fmtSigned(d.added_client_sys_us_per_write_placeholder)} µs/write; BPF ${bpfPerWrite("kloak+ph").toFixed(2)} µs/write (${progText("kloak+ph")}); ` +
+        `agent CPU ${p.agent_cpu_us_per_op.toFixed(1)} µs/write: each substituted write is two stop → wait for /proc state "T" → process_vm_writev → SIGCONT round trips (substitute at entry, restore at return), served by the agent's ring worker thread.`,
+    );
+    L();
+  }
+  L("## Machine activity during the runs");
+  L();
+  L(
+    `- CPU used by anything other than client, agent and bench process during measured windows (approx., /proc/stat): ` +
+      `median ${pct(median(foreign))} of one CPU, max ${pct(Math.max(...foreign))}; hypervisor steal median ${pct(median(steal))}, max ${pct(Math.max(...steal))}`,
+  );
+  L(
+    foreignAtStart.length
+      ? `- **other kloak/test processes were running at start** (numbers noisier): ${foreignAtStart.map((f) => `\`${f.cmd}\``).join("; ")}`
+      : "- no other kloak or test processes were running at start",
+  );
+  L();
+  L("## Memory and startup");
+  L();
+  L(`- peak agent RSS (VmHWM of \`kloak exec\`, read while its command was still running): **${fmtMiB(peakAgent)}**; max VmRSS seen by 50 ms polling: ${fmtMiB(peakPolled)}`);
+  L(`- guardian process (\`kloak __guardian\`, a second bun process) VmHWM: ${fmtMiB(peakGuardian)}; agent + guardian: ${fmtMiB(peakAgent + peakGuardian)}`);
+  const st = (v: VariantId) => median(WORKLOADS.map((w) => S(w.id, v).startup_ms));
+  L(
+    `- spawn → client process running: baseline ${st("baseline").toFixed(0)} ms, under kloak ${median([st("kloak"), st("kloak+ph")]).toFixed(0)} ms ` +
+      `(kloak exec startup ≈ ${(median([st("kloak"), st("kloak+ph")]) - st("baseline")).toFixed(0)} ms)`,
+  );
+  L();
+  L("## Notes");
+  L();
+  L("- The client, the server (bench process) and the kloak agent share the machine's CPUs; ratios are end to end on this machine.");
+  L("- \"agent CPU\" is user+sys of the `kloak exec` process (all threads) during the client's measured window; uprobe/BPF time and the stop/continue signal handling are kernel time charged to the *client* (its sys µs per write).");
+  L("- Latency for the request loop is sendall → full response read; for bulk it is the time of one 16 KiB sendall (mostly copy into the socket buffer).");
+  L(`- The real secret value is never printed; the server only counts its occurrences (and those of the "${MARKER}" placeholder marker).`);
+  L();
+
+  const report = md.join("\n");
+  const json = {
+    generated: new Date().toISOString(),
+    elapsed_s: elapsedS,
+    options: { duration_s: DURATION, reps: REPS, warmup_s: WARMUP, max_count: MAX_COUNT, secret_len: SECRET_LEN },
+    machine,
+    targets: targets.map(({ id, what, value, pass }) => ({ id, what, value, pass })),
+    correctness: { pass: failedChecks.length === 0 && errors.length === 0, failed_checks: failedChecks, run_errors: errors },
+    summaries,
+    derived,
+    memory: { peak_agent_hwm_bytes: peakAgent, peak_agent_rss_polled_bytes: peakPolled, peak_guardian_hwm_bytes: peakGuardian },
+    foreign_at_start: foreignAtStart,
+    diagnostic: { note: diagNote ?? null, runs: diagRuns.map((r) => ({ ...r, stderr: undefined })) },
+    runs: runs.map((r) => ({ ...r, stderr: r.stderr.split("\n").filter((l) => l.startsWith("kloak")) })),
+  };
+  mkdirSync(REPORT_DIR, { recursive: true });
+  writeFileSync(join(REPORT_DIR, "report.md"), report + "\n");
+  writeFileSync(join(REPORT_DIR, "report.json"), JSON.stringify(json, null, 2) + "\n");
+  console.log(report);
+  if (missed.length) console.log(`\n!!! ${missed.length} TARGET(S) MISSED: ${missed.map((t) => t.id).join(", ")} !!!`);
+  else console.log("\nAll targets met.");
+  if (failedChecks.length || errors.length) console.log(`!!! CORRECTNESS/RUN FAILURES: ${failedChecks.length + errors.length} (see above) !!!`);
+  console.log(`(report written to ${join(REPORT_DIR, "report.md")} and report.json)`);
+  return failedChecks.length || errors.length ? 1 : 0;
+}
+
+process.exitCode = await main();

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Prepare a fresh Debian 12 machine (as root) to build, test and run kloak:
+# packages, Bun, the project's npm dependencies, and the kernel filesystems
+# kloak needs (bpffs, tracefs, securityfs) when they are not mounted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in libbpf1 libbpf-dev clang llvm bpftool openssl curl ca-certificates python3 git binutils procps util-linux; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || command -v bun >/dev/null || need+=(npm)
+if ((${#need[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+command -v bun >/dev/null || npm install -g bun
+bun install --frozen-lockfile
+
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+[ -e /sys/kernel/security/lockdown ] || mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security || true
+echo "setup: ok (bun $(bun --version), libbpf $(dpkg-query -W -f='${Version}' libbpf1))"
