@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../bpf"
 out="${1:-kloak.bpf.o}"
 tmp="$(mktemp --suffix=.o)"
 trap 'rm -f "$tmp"' EXIT
-clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -mcpu=v3 \
+clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -mcpu=v3 -fdebug-prefix-map="$PWD"=. \
   -Wall -Werror -Wno-unused-function \
   -I. -c kloak.bpf.c -o "$tmp"
 llvm-strip -g "$tmp" -o "$out"
