@@ -106,6 +106,14 @@ struct {
 	__type(value, struct kloak_stop_owner);
 } kloak_stop_owner SEC(".maps");
 
+/* tgid -> seq of the last claim the agent finished with */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
+} kloak_stop_released SEC(".maps");
+
 /* An owner older than this lost its restore (thread died, event lost). */
 #define STOP_OWNER_STALE_NS 1000000000ULL
 
@@ -436,11 +444,16 @@ static __always_inline int on_write(struct pt_regs *ctx, const int mode)
 			}
 		}
 	} else {
-		struct kloak_stop_owner me = { .tid = tid, .since_ns = bpf_ktime_get_ns() }, *cur;
+		struct kloak_stop_owner me = { .tid = tid, .seq = s->ev.seq }, *cur;
+		__u64 *released;
 
 		if (bpf_map_update_elem(&kloak_stop_owner, &tgid, &me, BPF_NOEXIST)) {
 			cur = bpf_map_lookup_elem(&kloak_stop_owner, &tgid);
-			if (cur && me.since_ns - cur->since_ns < STOP_OWNER_STALE_NS) {
+			released = bpf_map_lookup_elem(&kloak_stop_released, &tgid);
+			/* Held unless: this very thread's earlier claim (it runs, so its
+			 * restore is done), released by the agent, or stale. */
+			if (cur && cur->tid != tid && !(released && *released == cur->seq) &&
+			    me.seq - cur->seq < STOP_OWNER_STALE_NS) {
 				for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 					if (i >= s->ev.count)
 						break;
@@ -604,6 +617,7 @@ int kloak_exit(void *ctx)
 	scope = p->scope_id;
 	bpf_map_delete_elem(&kloak_procs, &tgid);
 	bpf_map_delete_elem(&kloak_stop_owner, &tgid);
+	bpf_map_delete_elem(&kloak_stop_released, &tgid);
 	proc_event(KE_EXIT, tgid, 0, scope);
 	return 0;
 }

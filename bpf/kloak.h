@@ -70,11 +70,13 @@ enum kloak_refusal {
 
 /* kloak_stop_owner[tgid] in stop mode: the one thread whose substitution is in
  * flight. A group stop cannot be undone per thread, so one SIGCONT could
- * release another thread's fresh stop; one owner per process rules that out. */
+ * release another thread's fresh stop; one owner per process rules that out.
+ * The agent frees a claim after the restore's SIGCONT by writing its seq to
+ * kloak_stop_released[tgid], which can never free a newer claim. */
 struct kloak_stop_owner {
 	__u32 tid;
 	__u32 _pad;
-	__u64 since_ns;
+	__u64 seq; /* the write event's seq (ktime at entry) */
 };
 
 enum kloak_event_type {

@@ -75,15 +75,16 @@ export function attachUprobe(s: UprobeSpec): UprobeFds {
   return { perfFd, linkFd };
 }
 
-const BPF_MAP_DELETE_ELEM = 3;
+const BPF_MAP_UPDATE_ELEM = 2;
 
-/** bpf(BPF_MAP_DELETE_ELEM) without libbpf, for threads that must not call it; false when absent. */
-export function mapDeleteRaw(mapFd: number, key: Uint8Array): boolean {
-  // union bpf_attr: map_fd@0 key@8
+/** bpf(BPF_MAP_UPDATE_ELEM, BPF_ANY) without libbpf, for threads that must not call it. */
+export function mapUpdateRaw(mapFd: number, key: Uint8Array, value: Uint8Array): boolean {
+  // union bpf_attr: map_fd@0 key@8 value@16 flags@24
   const attr = Buffer.alloc(32);
   attr.writeUInt32LE(mapFd, 0);
   attr.writeBigUInt64LE(BigInt(ptr(key)), 8);
-  return Number(sys.syscall(SYS_bpf, BPF_MAP_DELETE_ELEM, ptr(attr), attr.length, 0, 0)) === 0;
+  attr.writeBigUInt64LE(BigInt(ptr(value)), 16);
+  return Number(sys.syscall(SYS_bpf, BPF_MAP_UPDATE_ELEM, ptr(attr), attr.length, 0, 0)) === 0;
 }
 
 export function detachUprobe(fds: UprobeFds): void {

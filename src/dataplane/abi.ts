@@ -77,7 +77,7 @@ export const LAYOUT = {
     fields: { type: 0, tgid: 4, scope_id: 8, secret_id: 12, reason: 16, _pad: 20, offset: 24 },
   },
   kloak_config: { size: 8, fields: { mode: 0, scan_cap: 4 } },
-  kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, since_ns: 8 } },
+  kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, seq: 8 } },
 } as const;
 
 const u32 = (n: number) => {

@@ -46,7 +46,7 @@ export class Dataplane {
   readonly mode: RewriteMode;
   readonly modeReason: string;
   private readonly maps: Record<
-    "placeholders" | "secrets" | "values" | "procs" | "launchers" | "entitled" | "counters" | "events" | "stopOwner",
+    "placeholders" | "secrets" | "values" | "procs" | "launchers" | "entitled" | "counters" | "events" | "stopReleased",
     BpfMap
   >;
   private readonly tracepoints: BpfLink[] = [];
@@ -57,14 +57,13 @@ export class Dataplane {
   private seq = 0;
   private readonly acks = new Map<number, () => void>();
   private readonly refusalListeners: ((e: RefusalEvent) => void)[] = [];
-  private readonly workerTotals: Omit<WorkerStats, "stopNs"> = {
+  private readonly workerTotals: WorkerStats = {
     patched: 0,
     restored: 0,
     patchFailed: 0,
     notStopped: 0,
     noValue: 0,
   };
-  private stopNs: number[] = [];
   private statsWaiters: (() => void)[] = [];
   private closed = false;
 
@@ -85,7 +84,7 @@ export class Dataplane {
       entitled: obj.map("kloak_entitled"),
       counters: obj.map("kloak_counters"),
       events: obj.map("tls_events"),
-      stopOwner: obj.map("kloak_stop_owner"),
+      stopReleased: obj.map("kloak_stop_released"),
     };
     const [entry, ret] = writePrograms(mode);
     this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder());
@@ -122,7 +121,7 @@ export class Dataplane {
         ringFd: this.maps.events.fd,
         ringSize: this.maps.events.maxEntries,
         bellFd: this.bellFd,
-        stopOwnerFd: this.maps.stopOwner.fd,
+        stopReleasedFd: this.maps.stopReleased.fd,
         stopWaitMs: this.opts.stopWaitMs ?? 500,
       });
     });
@@ -156,7 +155,6 @@ export class Dataplane {
     this.workerTotals.patchFailed += s.patchFailed;
     this.workerTotals.notStopped += s.notStopped;
     this.workerTotals.noValue += s.noValue;
-    if (this.stopNs.length < 1_000_000) this.stopNs.push(...s.stopNs);
   }
 
   private onEvents(events: DataplaneEvent[]): void {
@@ -251,14 +249,14 @@ export class Dataplane {
   }
 
   /** Substitution results of stop mode, as counted by the worker. */
-  async workerStats(): Promise<Omit<WorkerStats, "stopNs"> & { stopNs: number[] }> {
+  async workerStats(): Promise<WorkerStats> {
     if (!this.closed) {
       await new Promise<void>((r) => {
         this.statsWaiters.push(r);
         this.post({ type: "stats" });
       });
     }
-    return { ...this.workerTotals, stopNs: this.stopNs };
+    return { ...this.workerTotals };
   }
 
   get attachedProcesses(): number {

@@ -2,7 +2,7 @@
 import type { DataplaneEvent } from "./abi.ts";
 
 export type ToWorker =
-  | { type: "init"; ringFd: number; ringSize: number; bellFd: number; stopOwnerFd: number; stopWaitMs: number }
+  | { type: "init"; ringFd: number; ringSize: number; bellFd: number; stopReleasedFd: number; stopWaitMs: number }
   | { type: "secret"; seq: number; id: number; placeholder: Uint8Array; value: Uint8Array }
   | { type: "forget"; seq: number; id: number }
   | { type: "stats" }
@@ -17,8 +17,6 @@ export interface WorkerStats {
   /** requests dropped because the writer was not seen stopped in time */
   notStopped: number;
   noValue: number;
-  /** probe-to-resume time of each request, nanoseconds */
-  stopNs: number[];
 }
 
 export type FromWorker =

@@ -16,7 +16,7 @@
 import { RingBufferReader } from "../../lib/ringbuf.ts";
 import { epollAdd, epollCreate, epollWait, eventfdDrain, kill, processVmWrite, SIGCONT } from "../../lib/libc.ts";
 import { isStopped, threadState } from "../../lib/proc.ts";
-import { mapDeleteRaw } from "../../lib/uprobe.ts";
+import { mapUpdateRaw } from "../../lib/uprobe.ts";
 import { decodeEvent, EventType, type DataplaneEvent, type WriteEvent } from "./abi.ts";
 import type { ToWorker, WorkerStats } from "./ring-protocol.ts";
 
@@ -29,7 +29,7 @@ let epfd = -1;
 let bellFd = -1;
 let running = true;
 let stopWaitMs = 500;
-let stopOwnerFd = -1;
+let stopReleasedFd = -1;
 
 const stats: WorkerStats = {
   patched: 0,
@@ -37,7 +37,6 @@ const stats: WorkerStats = {
   patchFailed: 0,
   notStopped: 0,
   noValue: 0,
-  stopNs: [],
 };
 
 function waitStopped(tgid: number, tid: number): boolean {
@@ -84,12 +83,12 @@ function patch(ev: WriteEvent, source: Map<number, Uint8Array>, undo: Map<number
   return true;
 }
 
-function handle(ev: WriteEvent, resume: Set<number>, release: Set<number>): void {
+function handle(ev: WriteEvent, resume: Set<number>, release: Map<number, bigint>): void {
   resume.add(ev.tgid);
   if (!waitStopped(ev.tgid, ev.tid)) {
     // Fail closed: never touch a buffer the writer may be encrypting.
     stats.notStopped++;
-    if (ev.type === EventType.RESTORE) release.add(ev.tgid);
+    if (ev.type === EventType.RESTORE) release.set(ev.tgid, ev.seq);
     return;
   }
   if (ev.type === EventType.SUBSTITUTE) {
@@ -97,15 +96,14 @@ function handle(ev: WriteEvent, resume: Set<number>, release: Set<number>): void
   } else if (patch(ev, placeholders, null)) {
     stats.restored += ev.items.length;
   }
-  if (ev.type === EventType.RESTORE) release.add(ev.tgid);
-  if (stats.stopNs.length < 100_000) stats.stopNs.push(Number(process.hrtime.bigint() - ev.seq));
+  if (ev.type === EventType.RESTORE) release.set(ev.tgid, ev.seq);
 }
 
 function drain(): void {
   if (!ring) return;
   const forward: DataplaneEvent[] = [];
   const resume = new Set<number>();
-  const release = new Set<number>();
+  const release = new Map<number, bigint>();
   // Read until the ring is empty, so a process is resumed only when none of
   // its threads still waits for a patch.
   for (let round = 0; ; round++) {
@@ -119,11 +117,14 @@ function drain(): void {
     if (resume.size === 0 || !ring.pending() || round >= 1000) break;
   }
   for (const tgid of resume) kill(tgid, SIGCONT);
-  // Only now may another thread of the process take the stop.
+  // Only now may another thread of the process take the stop. Naming the
+  // claim's seq frees exactly that claim, never one taken since.
   const key = new Uint8Array(4);
-  for (const tgid of release) {
+  const value = new Uint8Array(8);
+  for (const [tgid, seq] of release) {
     new DataView(key.buffer).setUint32(0, tgid, true);
-    mapDeleteRaw(stopOwnerFd, key);
+    new DataView(value.buffer).setBigUint64(0, seq, true);
+    mapUpdateRaw(stopReleasedFd, key, value);
   }
   if (forward.length) postMessage({ type: "events", events: forward });
 }
@@ -142,9 +143,8 @@ async function loop(): Promise<void> {
 }
 
 function takeStats(): WorkerStats {
-  const out = { ...stats, stopNs: stats.stopNs };
+  const out = { ...stats };
   stats.patched = stats.restored = stats.patchFailed = stats.notStopped = stats.noValue = 0;
-  stats.stopNs = [];
   return out;
 }
 
@@ -153,7 +153,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   switch (m.type) {
     case "init":
       stopWaitMs = m.stopWaitMs;
-      stopOwnerFd = m.stopOwnerFd;
+      stopReleasedFd = m.stopReleasedFd;
       ring = new RingBufferReader(m.ringFd, m.ringSize);
       epfd = epollCreate();
       epollAdd(epfd, m.ringFd);

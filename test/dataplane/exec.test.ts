@@ -159,6 +159,22 @@ describe("kloak exec substitutes inside real TLS writes", () => {
     expect(placeholderCount(http.received())).toBe(0);
   });
 
+  test("one thread writing back to back: every write substituted, none refused as concurrent", async () => {
+    // Regression: the thread resumed after its restore used to find its own,
+    // not yet released claim and refuse its next write.
+    const secret = fakeSecret(40);
+    const req = requestFile("b2b.req", buildHttpRequest({ host: "x", headers: { "X-B": "{{B}}" } }));
+    const r = await runKloak([
+      "exec", "--secret", `B=${secret}`, "--",
+      ...pythonClientArgs({ port: http.port, caFile: certs.caFile, requestFile: req, placeholderEnv: "B", repeat: 300 }),
+    ]);
+    expect(r.code).toBe(0);
+    expect(parseClientOutput(r.stdout).APP_UNCHANGED).toEqual(["yes"]);
+    expect(occurrences(http.received(), `X-B: ${secret}\r\n`)).toBe(300);
+    expect(placeholderCount(http.received())).toBe(0);
+    expect(r.stderr).not.toContain("concurrent_write");
+  });
+
   test("8 threads of one process writing at once", async () => {
     const secret = fakeSecret(30);
     const req = requestFile("thr.req", buildHttpRequest({ host: "x", headers: { "X-K": "{{K}}" } }));
