@@ -22,7 +22,8 @@
  *
  * Options: --duration S (measured seconds per run, default 3), --reps N (3),
  * --warmup S (0.3), --max-count N (bound on measured writes per run, 300000),
- * --quick (duration 1, reps 1), --no-diag (skip the diagnostic phase).
+ * --quick (duration 1, reps 1), --no-diag (skip the diagnostic phase),
+ * --no-pin (no CPU pinning; see PIN below).
  * Env KLOAK_BENCH_PYTHON overrides the Python.
  *
  * After the measured runs, a short diagnostic phase re-runs the two kloak
@@ -66,6 +67,7 @@ const { values: argv } = parseArgs({
     "max-count": { type: "string", default: "300000" },
     quick: { type: "boolean", default: false },
     "no-diag": { type: "boolean", default: false },
+    "no-pin": { type: "boolean", default: false },
   },
 });
 const DURATION = argv.quick ? 1 : Number(argv.duration);
@@ -75,6 +77,19 @@ const MAX_COUNT = Math.floor(Number(argv["max-count"]));
 /** Diagnostic phase (BPF run-time stats on, not part of the measured numbers). */
 const DIAG = !argv["no-diag"];
 const DIAG_DURATION = Math.min(1, DURATION);
+/**
+ * CPU placement. Unpinned, a ping-pong client and server on this 2-CPU VM land
+ * on the same CPU or not at random, and that alone moves the request loop by
+ * 2-3x (a cross-CPU wakeup costs tens of µs here). So by default the server
+ * (this process) runs on the first CPU, the client on the last, and the kloak
+ * agent may use every CPU.
+ */
+const TASKSET = Bun.which("taskset");
+const NCPU = os.cpus().length;
+const PIN = !argv["no-pin"] && NCPU >= 2 && TASKSET !== null;
+const SERVER_CPU = 0;
+const CLIENT_CPU = NCPU - 1;
+const ALL_CPUS = `0-${NCPU - 1}`;
 if (![DURATION, REPS, WARMUP, MAX_COUNT].every((x) => Number.isFinite(x) && x >= 0)) {
   console.error("bench: bad option value");
   process.exit(2);
@@ -270,6 +285,7 @@ async function runOne(
 ): Promise<RunResult> {
   const port = w.id === "request" ? ctx.server.httpPort : ctx.server.bulkPort;
   const client = [
+    ...(PIN ? [TASKSET!, "-c", String(CLIENT_CPU)] : []),
     ctx.python, "-u", CLIENT,
     "--port", String(port), "--cafile", ctx.caFile,
     "--workload", w.id, "--size", String(w.size),
@@ -282,7 +298,10 @@ async function runOne(
   let cmd = client;
   if (v.kloak) {
     // --secret NAME takes the value from kloak's environment: it never appears in argv.
-    cmd = [process.execPath, KLOAK_MAIN, "exec", "--secret", SECRET_NAME, "--", ...client];
+    cmd = [
+      ...(PIN ? [TASKSET!, "-c", ALL_CPUS] : []), // undo the affinity inherited from the pinned server
+      process.execPath, KLOAK_MAIN, "exec", "--secret", SECRET_NAME, "--", ...client,
+    ];
     env[SECRET_NAME] = ctx.value;
   }
 
@@ -582,6 +601,10 @@ async function main(): Promise<number> {
   const t0 = Date.now();
   if (process.getuid?.() !== 0) console.error("bench: warning: not root; kloak exec will likely fail");
   const python = resolvePython();
+  if (PIN) {
+    const r = Bun.spawnSync([TASKSET!, "-a", "-p", "-c", String(SERVER_CPU), String(process.pid)], { stdout: "ignore" });
+    if (!r.success) console.error(`bench: warning: could not pin the server to CPU ${SERVER_CPU}: ${r.stderr.toString().trim()}`);
+  }
   const certs = await testCerts();
   const value = randomValue(SECRET_LEN);
   const server = await startBenchServer({
@@ -678,7 +701,15 @@ async function main(): Promise<number> {
     const k = S(w, "kloak");
     const p = S(w, "kloak+ph");
     const rate = (s: Summary) => (w === "request" ? s.ops_per_s : s.mib_per_s);
+    const pairs = (v: VariantId) =>
+      [...new Set(runs.map((r) => r.rep))].flatMap((rep) => {
+        const x = runs.find((r) => r.rep === rep && r.workload === w && r.variant === v);
+        const y = runs.find((r) => r.rep === rep && r.workload === w && r.variant === "baseline");
+        return x && y ? [x.client.ops_per_s / y.client.ops_per_s] : [];
+      });
     return {
+      per_rep_ratio_no_placeholder: pairs("kloak"),
+      per_rep_ratio_placeholder: pairs("kloak+ph"),
       ratio_no_placeholder: rate(k) / rate(b),
       ratio_placeholder: rate(p) / rate(b),
       added_p50_no_placeholder_ns: k.p50_ns - b.p50_ns,
@@ -728,9 +759,22 @@ async function main(): Promise<number> {
       pass: peakAgent <= TARGETS.rssBytes,
     },
   ].map((t) => ({ ...t, pass: Number.isFinite(t.value) && t.pass }));
-  const failedChecks = [...runs, ...diagRuns].flatMap((r) =>
-    r.checks.filter((c) => !c.ok).map((c) => `${r.workload}/${r.variant} rep ${r.rep + 1}: ${c.name}: ${c.detail}`),
-  );
+  // One line per run with failed checks, with kloak's own explanation (its refusal summary lines).
+  const failedChecks = [
+    ...runs.map((r) => ({ r, tag: `rep ${r.rep + 1}` })),
+    ...diagRuns.map((r) => ({ r, tag: "diagnostic run" })),
+  ].flatMap(({ r, tag }) => {
+    const bad = r.checks.filter((c) => !c.ok);
+    if (bad.length === 0) return [];
+    const why = r.stderr
+      .split("\n")
+      .filter((l) => /refused|failed closed/.test(l))
+      .map((l) => l.replace(/^kloak: /, "").trim());
+    return [
+      `${r.workload}/${r.variant} ${tag}: ${bad.map((c) => `${c.name}: ${c.detail}`).join("; ")}` +
+        (why.length ? ` — kloak says: ${why.join(" | ")}` : ""),
+    ];
+  });
   const missed = targets.filter((t) => !t.pass);
   const foreign = runs.map((r) => r.window.foreignS / r.window.seconds).filter(Number.isFinite);
   const steal = runs.map((r) => r.window.stealS / r.window.seconds).filter(Number.isFinite);
@@ -750,7 +794,7 @@ async function main(): Promise<number> {
     if (busyMachine)
       L(`!!! MACHINE NOT IDLE: other kloak/test processes or ${pct(median(foreign))} of a CPU of other load; numbers are noisy`);
     for (const t of missed) L(`!!! MISSED: ${t.what}: got ${t.shown}`);
-    for (const f of failedChecks) L(`!!! CORRECTNESS CHECK FAILED: ${f}`);
+    for (const f of failedChecks) L(`!!! CORRECTNESS FAILED: ${f}`);
     for (const e of errors) L(`!!! RUN FAILED: ${e.split("\n")[0]}`);
     L("```");
     L();
@@ -768,6 +812,9 @@ async function main(): Promise<number> {
   L(`| client | CPython ${machine.python} ssl, ${machine.openssl}, ${machine.tls}, one blocking socket |`);
   L(`| server | node:tls in the bench process (bun), 127.0.0.1, same for all variants |`);
   L(
+    `| CPU placement | ${PIN ? `server (bench process) pinned to CPU ${SERVER_CPU}, client to CPU ${CLIENT_CPU}, kloak agent unpinned (CPUs ${ALL_CPUS})` : "unpinned"} |`,
+  );
+  L(
     `| method | ${DURATION} s measured (+${WARMUP} s warmup) per run, ${REPS} rep(s) per variant interleaved (rotating order), medians; ` +
       `secret of ${SECRET_LEN} bytes; bound ${MAX_COUNT} writes/run |`,
   );
@@ -779,7 +826,7 @@ async function main(): Promise<number> {
   for (const t of targets) L(`| ${t.what} | ${t.shown} | ${t.pass ? "PASS" : "**MISSED**"} |`);
   L(
     `| correctness: server got the real value in every kloak+ph write, never a placeholder; app buffers restored | ` +
-      `${failedChecks.length === 0 && errors.length === 0 ? "all checks held" : `${failedChecks.length + errors.length} failure(s)`} | ` +
+      `${failedChecks.length === 0 && errors.length === 0 ? "all checks held" : `${failedChecks.length + errors.length} run(s) failed (see top)`} | ` +
       `${failedChecks.length === 0 && errors.length === 0 ? "PASS" : "**FAIL**"} |`,
   );
   L();
@@ -809,7 +856,8 @@ async function main(): Promise<number> {
     L(`Per-rep ${unit === "req/s" ? "req/s" : "writes/s"}: ` + VARIANTS.map((v) => `${v.id} ${S(w.id, v.id).per_rep_ops.map((x) => x.toFixed(0)).join(", ")}`).join("; ") + ".");
     L();
     L(
-      `- throughput without placeholders: ${pct(d.ratio_no_placeholder)} of baseline; with one placeholder per write: ${pct(d.ratio_placeholder)}`,
+      `- throughput without placeholders: ${pct(d.ratio_no_placeholder)} of baseline (ratio of medians; same-rep ratios ${d.per_rep_ratio_no_placeholder.map(pct).join(", ")}); ` +
+        `with one placeholder per write: ${pct(d.ratio_placeholder)} (same-rep ${d.per_rep_ratio_placeholder.map(pct).join(", ")})`,
     );
     L(
       `- added latency per substituted write (kloak+ph − baseline): p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)}, ` +
@@ -887,7 +935,10 @@ async function main(): Promise<number> {
   L();
   L("## Notes");
   L();
-  L("- The client, the server (bench process) and the kloak agent share the machine's CPUs; ratios are end to end on this machine.");
+  L(
+    "- The client, the server (bench process) and the kloak agent share the machine's CPUs; ratios are end to end on this machine. " +
+      "Unpinned, the request loop is bimodal (client and server on one CPU or two: 2-3x apart), hence the pinning above (`--no-pin` to disable).",
+  );
   L("- \"agent CPU\" is user+sys of the `kloak exec` process (all threads) during the client's measured window; uprobe/BPF time and the stop/continue signal handling are kernel time charged to the *client* (its sys µs per write).");
   L("- Latency for the request loop is sendall → full response read; for bulk it is the time of one 16 KiB sendall (mostly copy into the socket buffer).");
   L(`- The real secret value is never printed; the server only counts its occurrences (and those of the "${MARKER}" placeholder marker).`);
@@ -897,7 +948,7 @@ async function main(): Promise<number> {
   const json = {
     generated: new Date().toISOString(),
     elapsed_s: elapsedS,
-    options: { duration_s: DURATION, reps: REPS, warmup_s: WARMUP, max_count: MAX_COUNT, secret_len: SECRET_LEN },
+    options: { pinned: PIN, server_cpu: PIN ? SERVER_CPU : null, client_cpu: PIN ? CLIENT_CPU : null, duration_s: DURATION, reps: REPS, warmup_s: WARMUP, max_count: MAX_COUNT, secret_len: SECRET_LEN },
     machine,
     targets: targets.map(({ id, what, value, pass }) => ({ id, what, value, pass })),
     correctness: { pass: failedChecks.length === 0 && errors.length === 0, failed_checks: failedChecks, run_errors: errors },
@@ -914,7 +965,8 @@ async function main(): Promise<number> {
   console.log(report);
   if (missed.length) console.log(`\n!!! ${missed.length} TARGET(S) MISSED: ${missed.map((t) => t.id).join(", ")} !!!`);
   else console.log("\nAll targets met.");
-  if (failedChecks.length || errors.length) console.log(`!!! CORRECTNESS/RUN FAILURES: ${failedChecks.length + errors.length} (see above) !!!`);
+  if (failedChecks.length || errors.length)
+    console.log(`!!! CORRECTNESS/RUN FAILURES in ${failedChecks.length + errors.length} run(s) (see the top of the report) !!!`);
   console.log(`(report written to ${join(REPORT_DIR, "report.md")} and report.json)`);
   return failedChecks.length || errors.length ? 1 : 0;
 }
