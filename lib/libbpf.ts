@@ -5,9 +5,10 @@
  *  - every failure throws BpfError with the call, errno and the libbpf log
  *    lines printed during that call (a verifier rejection is readable);
  *  - all calls stay on the thread that loaded this module: libbpf's print
- *    callback is process-global.
+ *    callback is process-global;
+ *  - uprobes are attached by lib/uprobe.ts (plain fds another thread may close).
  */
-import { dlopen, FFIType, JSCallback, ptr, read, toArrayBuffer, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, JSCallback, ptr, toArrayBuffer, type Pointer } from "bun:ffi";
 import { errno as lastErrno, strerror, vformat } from "./libc.ts";
 
 const LIBBPF = "libbpf.so.1";
@@ -28,10 +29,6 @@ function open() {
     bpf_program__set_autoload: { args: [FFIType.ptr, FFIType.bool], returns: FFIType.i32 },
     bpf_program__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_program__attach: { args: [FFIType.ptr], returns: FFIType.ptr },
-    bpf_program__attach_uprobe_opts: {
-      args: [FFIType.ptr, FFIType.i32, FFIType.cstring, FFIType.u64, FFIType.ptr],
-      returns: FFIType.ptr,
-    },
     bpf_link__destroy: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_map__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_map__max_entries: { args: [FFIType.ptr], returns: FFIType.u32 },
@@ -185,10 +182,6 @@ export class BpfMap {
     return true;
   }
 
-  keys(keySize: number): Uint8Array[] {
-    return mapKeys(this.fd, keySize, this.name);
-  }
-
   pin(path: string): void {
     checkInt(`bpf_obj_pin(${this.name}, ${path})`, () => bpf().bpf_obj_pin(this.fd, cstr(path)));
   }
@@ -232,14 +225,6 @@ export class BpfLink {
   }
 }
 
-export interface UprobeOptions {
-  pid: number; // -1 for every process
-  binaryPath: string;
-  offset: number; // file offset of the instruction
-  retprobe?: boolean;
-  cookie?: bigint;
-}
-
 export class BpfProgram {
   constructor(
     readonly name: string,
@@ -259,19 +244,6 @@ export class BpfProgram {
   attach(): BpfLink {
     const h = checkPtr(`bpf_program__attach(${this.name})`, () => bpf().bpf_program__attach(this.handle));
     return new BpfLink(this.name, h);
-  }
-
-  attachUprobe(o: UprobeOptions): BpfLink {
-    // struct bpf_uprobe_opts (libbpf 1.1): sz@0 ref_ctr_offset@8 bpf_cookie@16 retprobe@24 func_name@32
-    const opts = Buffer.alloc(40);
-    opts.writeBigUInt64LE(40n, 0);
-    opts.writeBigUInt64LE(o.cookie ?? 0n, 16);
-    opts.writeUInt8(o.retprobe ? 1 : 0, 24);
-    const what = `${o.retprobe ? "uretprobe" : "uprobe"} ${this.name} on ${o.binaryPath}+0x${o.offset.toString(16)} pid ${o.pid}`;
-    const h = checkPtr(`attach ${what}`, () =>
-      bpf().bpf_program__attach_uprobe_opts(this.handle, o.pid, cstr(o.binaryPath), o.offset, ptr(opts)),
-    );
-    return new BpfLink(what, h);
   }
 }
 
@@ -329,6 +301,3 @@ export class BpfObject {
     void this.keep;
   }
 }
-
-/** Read a u64 from native memory (for callers that hold raw pointers). */
-export const readU64 = (p: Pointer, off: number) => read.u64(p, off);
