@@ -3,7 +3,8 @@
  * secrets; CMD and every descendant get the real value substituted inside
  * their TLS writes.
  */
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { constants } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { UsageError, EnvironmentError } from "../errors.ts";
@@ -178,7 +179,8 @@ export async function execCommand(argv: string[]): Promise<number> {
     });
     const code = await child.exited;
     for (const [sig, h] of handlers) process.off(sig, h);
-    const exitCode = child.signalCode ? 128 + (signalNumber(String(child.signalCode)) ?? 0) : code;
+    const signal = child.signalCode ? constants.signals[child.signalCode as NodeJS.Signals] : undefined;
+    const exitCode = signal ? 128 + signal : code;
 
     // Let the last events (refusals of the final writes) arrive.
     await Bun.sleep(20);
@@ -195,12 +197,7 @@ export async function execCommand(argv: string[]): Promise<number> {
     return exitCode;
   } finally {
     await dp.close();
-    try {
-      const { rmSync } = await import("node:fs");
-      rmSync(pin, { force: true });
-    } catch {
-      // not pinned
-    }
+    rmSync(pin, { force: true });
     if (guardian) {
       (guardian.stdin as import("bun").FileSink).end();
       await guardian.exited;
@@ -219,12 +216,4 @@ function writePlaceholderFiles(dir: string, placeholders: Map<string, string>): 
   } catch (e) {
     throw new UsageError(`--placeholder-dir ${dir}: ${(e as Error).message}`);
   }
-}
-
-const SIGNALS: Record<string, number> = {
-  SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGILL: 4, SIGTRAP: 5, SIGABRT: 6, SIGBUS: 7, SIGFPE: 8, SIGKILL: 9,
-  SIGUSR1: 10, SIGSEGV: 11, SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15,
-};
-function signalNumber(name: string): number | undefined {
-  return SIGNALS[name];
 }
