@@ -104,12 +104,12 @@ export class TlsTargetFinder {
   }
 }
 
+const ownRoot = readlinkSync("/proc/self/root");
+
 /** "" for processes that share our root, else /proc/<pid>/root (a container's filesystem). */
 function processRoot(pid: number): string | null {
   try {
-    const own = readlinkSync("/proc/self/root");
-    const theirs = readlinkSync(`/proc/${pid}/root`);
-    return theirs === own ? "" : `/proc/${pid}/root`;
+    return readlinkSync(`/proc/${pid}/root`) === ownRoot ? "" : `/proc/${pid}/root`;
   } catch {
     return null;
   }
