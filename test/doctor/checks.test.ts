@@ -186,17 +186,19 @@ describe("runChecks on this machine", () => {
 });
 
 describe("runChecks in other machine states (child processes)", () => {
-  const unshare = existsSync("/usr/bin/unshare");
-  const setpriv = existsSync("/usr/bin/setpriv");
+  // util-linux provides both (scripts/setup.sh installs it); without them these
+  // cases would not run, so that is a failure, not a skip.
+  for (const tool of ["/usr/bin/unshare", "/usr/bin/setpriv"])
+    if (!existsSync(tool)) throw new Error(`${tool} is missing: apt-get install util-linux (needed by the doctor tests)`);
 
-  test.skipIf(!unshare)("securityfs unmounted: the doctor mounts it and still reads integrity", async () => {
+  test("securityfs unmounted: the doctor mounts it and still reads integrity", async () => {
     // A private mount namespace: the umount is invisible to the host.
     const r = await doctorIn(["unshare", "-m", "sh", "-c", 'umount /sys/kernel/security 2>/dev/null; exec "$@"', "sh"]);
     expect(byId(r, "lockdown").detail).toStartWith("integrity (mounted securityfs to read it");
     expect(r.rewriteMode).toBe("stop");
   });
 
-  test.skipIf(!unshare)("bpffs unmounted: a required failure with the mount command as remedy", async () => {
+  test("bpffs unmounted: a required failure with the mount command as remedy", async () => {
     const r = await doctorIn(["unshare", "-m", "sh", "-c", 'umount /sys/fs/bpf 2>/dev/null; exec "$@"', "sh"]);
     const b = byId(r, "bpffs");
     expect(b.status).toBe("fail");
@@ -204,7 +206,7 @@ describe("runChecks in other machine states (child processes)", () => {
     expect(r.ok).toBe(false);
   });
 
-  test.skipIf(!unshare)("tracefs unmounted: a warning only", async () => {
+  test("tracefs unmounted: a warning only", async () => {
     const r = await doctorIn([
       "unshare",
       "-m",
@@ -218,7 +220,7 @@ describe("runChecks in other machine states (child processes)", () => {
     expect(t.remedy).toBe("mount -t tracefs tracefs /sys/kernel/tracing");
   });
 
-  test.skipIf(!setpriv)("CAP_SYS_PTRACE, CAP_KILL and CAP_SYS_ADMIN dropped: capabilities fail, mode stays stop", async () => {
+  test("CAP_SYS_PTRACE, CAP_KILL and CAP_SYS_ADMIN dropped: capabilities fail, mode stays stop", async () => {
     const r = await doctorIn(["setpriv", "--bounding-set=-sys_ptrace,-kill,-sys_admin"]);
     const caps = byId(r, "capabilities");
     expect(caps.status).toBe("fail");
