@@ -27,6 +27,7 @@ function open() {
     bpf_object__find_program_by_name: { args: [FFIType.ptr, FFIType.cstring], returns: FFIType.ptr },
     bpf_object__find_map_by_name: { args: [FFIType.ptr, FFIType.cstring], returns: FFIType.ptr },
     bpf_program__set_autoload: { args: [FFIType.ptr, FFIType.bool], returns: FFIType.i32 },
+    bpf_program__set_expected_attach_type: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     bpf_program__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_program__attach: { args: [FFIType.ptr], returns: FFIType.ptr },
     bpf_link__destroy: { args: [FFIType.ptr], returns: FFIType.i32 },
@@ -233,6 +234,17 @@ export class BpfProgram {
 
   setAutoload(on: boolean): void {
     checkInt(`bpf_program__set_autoload(${this.name})`, () => bpf().bpf_program__set_autoload(this.handle, on));
+  }
+
+  /**
+   * Before load: the attach type the kernel verifies the program for. libbpf
+   * 1.1 predates the "uprobe.multi" section name, so multi-uprobe programs
+   * are declared as plain uprobes and switched here.
+   */
+  setExpectedAttachType(type: number): void {
+    checkInt(`bpf_program__set_expected_attach_type(${this.name})`, () =>
+      bpf().bpf_program__set_expected_attach_type(this.handle, type),
+    );
   }
 
   /** The loaded program's fd (for attaching without libbpf links). */

@@ -25,6 +25,7 @@ const libc = dlopen("libc.so.6", {
   mount: { args: [FFIType.cstring, FFIType.cstring, FFIType.cstring, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   vsnprintf: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   sysconf: { args: [FFIType.i32], returns: FFIType.i64 },
+  clock_gettime: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
 });
 const c = libc.symbols;
 
@@ -159,4 +160,13 @@ export function vformat(fmt: Pointer, args: Pointer): string {
   const out = formatBuf;
   const n = c.vsnprintf(ptr(out), out.length, fmt, args);
   return out.toString("utf8", 0, Math.max(0, Math.min(n, out.length - 1)));
+}
+
+const CLOCK_MONOTONIC = 1;
+const timespec = new BigInt64Array(2);
+
+/** CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns (Bun's hrtime is not it). */
+export function monotonicNs(): bigint {
+  if (c.clock_gettime(CLOCK_MONOTONIC, ptr(timespec)) !== 0) throw new SysError("clock_gettime", errno());
+  return BigInt(timespec[0]!) * 1_000_000_000n + BigInt(timespec[1]!);
 }
