@@ -1,7 +1,7 @@
 /**
  * Where secret values come from: a secrets file (YAML or JSON) and --secret
- * flags. This module only gathers names, values and host patterns; value length
- * is checked by PlaceholderRegistry and hosts are parsed elsewhere.
+ * flags. This module gathers names, values and destination rules (parsed by
+ * policy/rules.ts); value length is checked by PlaceholderRegistry.
  *
  * Every error is a one-line UsageError naming the file and field. No message may
  * contain a value, so user input is echoed only where it cannot be one (field
@@ -13,12 +13,15 @@ import { dirname, resolve } from "node:path";
 import * as v from "valibot";
 import { parseDocument } from "yaml";
 import { UsageError } from "../errors.ts";
+import { parseRules, RuleError, type Rule } from "../policy/rules.ts";
 
 export interface SecretSpec {
   name: string;
   value: Uint8Array;
-  /** Host patterns as written; parsed by the caller. */
+  /** Host patterns as written, for messages. */
   hosts: string[];
+  /** `hosts` parsed and deduplicated; empty means any destination. */
+  rules: Rule[];
   /** Where the secret was defined, for messages: "--secret API_TOKEN", "secrets.yaml: secrets[2]". */
   source: string;
 }
@@ -217,7 +220,22 @@ export async function loadSecretsFile(
 
     const twin = specs.findIndex((s) => s.name === entry.name);
     if (twin !== -1) fail(`${where}.name`, `secret "${entry.name}" is already defined by secrets[${twin}]; keep one`);
-    specs.push({ name: entry.name, value, hosts: entry.hosts ?? [], source: `${path}: ${where}` });
+    const hosts = entry.hosts ?? [];
+    // `hosts: []` would mean "any destination"; say so rather than guess what was meant.
+    if (entry.hosts?.length === 0) {
+      fail(
+        `${where}.hosts`,
+        "the list is empty; list the hosts this secret may be sent to, or remove hosts: to allow any destination",
+      );
+    }
+    let rules: Rule[];
+    try {
+      rules = parseRules(hosts);
+    } catch (err) {
+      if (!(err instanceof RuleError)) throw err;
+      return fail(`${where}.hosts${err.index === null ? "" : `[${err.index}]`}`, err.message);
+    }
+    specs.push({ name: entry.name, value, hosts, rules, source: `${path}: ${where}` });
   }
   return specs;
 }
@@ -251,7 +269,7 @@ export function parseSecretFlag(arg: string, env: Record<string, string | undefi
     text = arg.slice(eq + 1);
   }
   if (text === "") throw new UsageError(`${source}: the value of secret "${name}" is empty`);
-  return { name, value: new TextEncoder().encode(text), hosts: [], source };
+  return { name, value: new TextEncoder().encode(text), hosts: [], rules: [], source };
 }
 
 /** Concatenates secret lists, refusing a name defined twice (anywhere). */

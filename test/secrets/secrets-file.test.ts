@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { UsageError } from "../../src/errors.ts";
+import { formatRule } from "../../src/policy/rules.ts";
 import { loadSecretsFile, mergeSecrets, parseSecretFlag, type SecretSpec } from "../../src/secrets/secrets-file.ts";
 
 let dir: string;
@@ -65,9 +66,14 @@ secrets:
     expect(specs.map((s) => s.name)).toEqual(["API_TOKEN", "FROM_FILE", "from_env_2"]);
     expect(text(specs[0]!.value)).toBe("inline-secret");
     expect(specs[0]!.hosts).toEqual(["api.example.com", "*.example.net:443"]);
+    expect(specs[0]!.rules).toEqual([
+      { kind: "host", host: "api.example.com", port: null, text: "api.example.com" },
+      { kind: "wildcard", suffix: "example.net", port: 443, text: "*.example.net:443" },
+    ]);
     expect(specs[0]!.source).toBe(`${path}: secrets[0]`);
     expect(text(specs[1]!.value)).toBe("file-secret-1"); // trailing newline stripped
     expect(specs[1]!.hosts).toEqual([]);
+    expect(specs[1]!.rules).toEqual([]); // no hosts: any destination
     expect(specs[1]!.source).toBe(`${path}: secrets[1]`);
     expect(text(specs[2]!.value)).toBe("env-secret-value");
   });
@@ -82,6 +88,32 @@ secrets:
     expect(specs[0]!.name).toBe("A");
     expect(text(specs[0]!.value)).toBe("json-secret");
     expect(specs[0]!.hosts).toEqual(["h.example"]);
+    expect(specs[0]!.rules.map(formatRule)).toEqual(["h.example"]);
+  });
+
+  test("hosts: every rule form, normalised and deduplicated", async () => {
+    const path = file(`
+secrets:
+  - name: A
+    value: abcdefgh
+    hosts:
+      - API.Example.com.
+      - api.example.com
+      - "*.svc.example:8443"
+      - 10.0.0.0/8
+      - "[fd00::/8]:443"
+      - "::ffff:10.1.2.3"
+`);
+    const specs = await loadSecretsFile(path, {});
+    expect(specs[0]!.rules.map(formatRule)).toEqual([
+      "api.example.com",
+      "*.svc.example:8443",
+      "10.0.0.0/8",
+      "[fd00::/8]:443",
+      "10.1.2.3",
+    ]);
+    // hosts stays as written
+    expect(specs[0]!.hosts).toHaveLength(6);
   });
 
   test("UTF-8 values are encoded as bytes", async () => {
@@ -153,6 +185,15 @@ describe("loadSecretsFile: errors name the file and field", () => {
     ["valueFile is a directory", "secrets:\n  - { name: A, valueFile: . }\n", /secrets\[0\]\.valueFile: .* is a directory/],
     ["hosts not a list", "secrets:\n  - { name: A, value: abcdefgh, hosts: api.example.com }\n", /secrets\[0\]\.hosts: must be a list of host patterns/],
     ["host not a string", "secrets:\n  - { name: A, value: abcdefgh, hosts: [a.example, 3] }\n", /secrets\[0\]\.hosts\[1\]: must be a string/],
+    ["bad host rule", "secrets:\n  - { name: A, value: abcdefgh }\n  - { name: API_TOKEN, value: abcdefgh, hosts: [a.example, \"*.\"] }\n", /: secrets\[1\]\.hosts\[1\]: rule "\*\.": a wildcard must be "\*\." followed by a domain, e\.g\. "\*\.example\.com"$/],
+    ["host rule with a bad port", "secrets:\n  - { name: A, value: abcdefgh, hosts: [\"a.example:99999\"] }\n", /: secrets\[0\]\.hosts\[0\]: rule "a\.example:99999": port 99999 is out of range; use 1-65535$/],
+    ["host rule is a URL", "secrets:\n  - { name: A, value: abcdefgh, hosts: [\"https://a.example/x\"] }\n", /secrets\[0\]\.hosts\[0\]: rule "https:\/\/a\.example\/x": a rule is a host, not a URL; write "a\.example"$/],
+    ["host rule with host bits", "secrets:\n  - { name: A, value: abcdefgh, hosts: [10.1.2.3/8] }\n", /secrets\[0\]\.hosts\[0\]: rule "10\.1\.2\.3\/8": host bits are set .* "10\.0\.0\.0\/8"$/],
+    ["empty host entry", "secrets:\n  - { name: A, value: abcdefgh, hosts: [a.example, \"\"] }\n", /secrets\[0\]\.hosts\[1\]: rule "": empty rule/],
+    ["whitespace-only host entry", "secrets:\n  - { name: A, value: abcdefgh, hosts: [\"  \"] }\n", /secrets\[0\]\.hosts\[0\]: rule "  ": empty rule/],
+    ["comma in a host entry", "secrets:\n  - { name: A, value: abcdefgh, hosts: [\"a.example,b.example\"] }\n", /secrets\[0\]\.hosts\[0\]: rule "a\.example,b\.example": contains a comma; give each rule as its own entry/],
+    ["empty hosts list", "secrets:\n  - { name: A, value: abcdefgh, hosts: [] }\n", /secrets\[0\]\.hosts: the list is empty; .*remove hosts: to allow any destination/],
+    ["too many hosts", `secrets:\n  - { name: A, value: abcdefgh, hosts: [${Array.from({ length: 17 }, (_, i) => `h${i}.example`).join(", ")}] }\n`, /secrets\[0\]\.hosts: 17 rules, more than the limit of 16 per secret/],
     ["duplicate name in file", "secrets:\n  - { name: A, value: abcdefgh }\n  - { name: A, value: abcdefgi }\n", /secrets\[1\]\.name: secret "A" is already defined by secrets\[0\]; keep one/],
     ["YAML syntax error", "secrets:\n  - name: A\n    value: \"unterminated\n", /line \d+, column \d+: not valid YAML or JSON/],
     ["duplicate YAML key", "secrets:\n  - name: A\n    name: B\n    value: abcdefgh\n", /line 3, column 5: not valid YAML or JSON \(duplicate key\)/],
@@ -192,6 +233,7 @@ describe("error messages never contain a value", () => {
     ["value and valueEnv", `secrets:\n  - { name: A, value: ${SECRET}, valueEnv: B }\n`],
     ["duplicate names", `secrets:\n  - { name: A, value: ${SECRET} }\n  - { name: A, value: ${SECRET} }\n`],
     ["bad hosts", `secrets:\n  - { name: A, value: ${SECRET}, hosts: ${SECRET} }\n`],
+    ["credentials in a host URL", `secrets:\n  - { name: A, value: abcdefgh, hosts: ["https://user:${SECRET}@a.example/"] }\n`],
     ["top-level value", `${SECRET}\n`],
   ];
   for (const [what, content] of files) {
@@ -216,6 +258,7 @@ describe("parseSecretFlag", () => {
     expect(spec.name).toBe("API_TOKEN");
     expect(text(spec.value)).toBe("abc=def"); // split at the first "="
     expect(spec.hosts).toEqual([]);
+    expect(spec.rules).toEqual([]);
     expect(spec.source).toBe("--secret API_TOKEN");
   });
 
@@ -248,6 +291,7 @@ describe("mergeSecrets", () => {
     name,
     value: new TextEncoder().encode("abcdefgh"),
     hosts: [],
+    rules: [],
     source,
   });
 
