@@ -15,6 +15,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "kloak.h"
 
 #define SIGSTOP 19
@@ -114,6 +115,42 @@ struct {
 	__type(value, __u64);
 } kloak_stop_released SEC(".maps");
 
+/* {ssl, tgid} -> the TLS connection's socket and SNI. LRU: a connection
+ * evicted from here is simply unknown, which fails closed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct kloak_conn_key);
+	__type(value, struct kloak_conn);
+} kloak_conns SEC(".maps");
+
+/* tid -> SSL* while the thread is inside a TLS call (handshake or write):
+ * sends it makes then are that connection's, which ties SSL* to socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} kloak_active SEC(".maps");
+
+/* secret id -> destination rules; no entry: the secret may go anywhere */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct kloak_policy);
+} kloak_policy SEC(".maps");
+
+/* {name, address}: kloak itself resolved name to address */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct kloak_name_addr);
+	__type(value, struct kloak_resolved);
+} kloak_resolved SEC(".maps");
+
 /* An owner older than this lost its restore (thread died, event lost). */
 #define STOP_OWNER_STALE_NS 1000000000ULL
 
@@ -138,7 +175,36 @@ struct scratch {
 	__u32 tgid;
 	__u32 scope_id;
 	struct kloak_write_event ev;
+	/* the write's connection, loaded on first need (peer_state) */
+	__u64 ssl;
+	__u32 peer_state;
+	__u32 sni_len;
+	__u64 bound_ns;
+	struct kloak_peer peer;
+	char sni[KLOAK_NAME_MAX];
+	/* destination check of one secret */
+	__u32 check_id;
+	__u32 verdict;
+	struct kloak_name_addr rkey;
+	/* set while a program uses this slot: a uprobe program preempted on a
+	 * preemptible kernel must not have its slot reused under it */
+	__u32 busy;
 };
+
+#define PEER_UNSET 0
+#define PEER_KNOWN 1
+#define PEER_UNKNOWN 2
+
+#define VERDICT_NONE 0
+#define VERDICT_SNI_MISMATCH 1
+#define VERDICT_ALLOW 2
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define SSL_CTRL_SET_TLSEXT_HOSTNAME 55
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -160,12 +226,15 @@ static __always_inline void count(__u32 idx, __u64 n)
 		*c += n;
 }
 
+static __always_inline bool peer_known(struct scratch *s);
+
 static __always_inline void refuse(struct scratch *s, __u32 reason, __u32 counter,
 				   __u32 secret_id, __u64 offset)
 {
 	struct kloak_refusal_event *e;
 
 	count(counter, 1);
+	peer_known(s); /* loads the destination for the report */
 	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
 	if (!e) {
 		count(KC_EVENTS_LOST, 1);
@@ -176,8 +245,10 @@ static __always_inline void refuse(struct scratch *s, __u32 reason, __u32 counte
 	e->scope_id = s->scope_id;
 	e->secret_id = secret_id;
 	e->reason = reason;
-	e->_pad = 0;
 	e->offset = offset;
+	e->peer = s->peer;
+	e->sni_len = s->sni_len;
+	__builtin_memcpy(e->sni, s->sni, KLOAK_NAME_MAX);
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -304,6 +375,244 @@ static __always_inline bool matches(struct scratch *s, __u64 start, struct kloak
 	return true;
 }
 
+/* ---- connections: SSL* -> socket -> peer ---------------------------------- */
+
+static __always_inline struct file *fd_file(__s32 fd)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	struct file **arr, *f = NULL;
+
+	if (!fdt || fd < 0 || (__u32)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	arr = BPF_CORE_READ(fdt, fd);
+	if (!arr || bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]))
+		return NULL;
+	return f;
+}
+
+/* The TCP (IPv4/IPv6) socket behind f, and its inode number; NULL otherwise. */
+static __always_inline struct sock *inet_stream(struct file *f, __u64 *ino)
+{
+	struct inode *inode = BPF_CORE_READ(f, f_inode);
+	struct socket *sock;
+	struct sock *sk;
+	__u16 family;
+
+	if (!inode || (BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(f, private_data);
+	if (!sock || BPF_CORE_READ(sock, type) != SOCK_STREAM)
+		return NULL;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return NULL;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return NULL;
+	*ino = BPF_CORE_READ(inode, i_ino);
+	return sk;
+}
+
+/*
+ * Tie ssl to the socket behind fd. SSL_set_fd is authoritative (the library
+ * writes to that fd from now on); a send during a TLS call binds a connection
+ * that has no socket yet, and a send to another socket marks it conflicting.
+ */
+static __always_inline void bind_conn(__u64 ssl, __u32 tgid, __s32 fd, bool by_fd)
+{
+	struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
+	struct kloak_conn *c, fresh = { .fd = -1 };
+	struct file *f = fd_file(fd);
+	__u64 ino = 0;
+
+	if (!f || !inet_stream(f, &ino))
+		return;
+	c = bpf_map_lookup_elem(&kloak_conns, &k);
+	if (!c) {
+		bpf_map_update_elem(&kloak_conns, &k, &fresh, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&kloak_conns, &k);
+		if (!c)
+			return;
+	}
+	if (by_fd || !(c->flags & KLOAK_CONN_BOUND)) {
+		c->fd = fd;
+		c->ino = ino;
+		c->bound_ns = bpf_ktime_get_ns();
+		c->flags = KLOAK_CONN_BOUND | (by_fd ? KLOAK_CONN_BY_FD : 0);
+		count(KC_CONNS_BOUND, 1);
+	} else if (c->ino != ino && !(c->flags & KLOAK_CONN_CONFLICT)) {
+		c->flags |= KLOAK_CONN_CONFLICT;
+		count(KC_BIND_CONFLICT, 1);
+	}
+}
+
+/* Load the write's connection into the scratch slot once per write. */
+static __always_inline bool peer_known(struct scratch *s)
+{
+	struct kloak_conn_key k = { .ssl = s->ssl, .tgid = s->tgid };
+	struct kloak_conn *c;
+	struct file *f;
+	struct sock *sk;
+	__u64 ino = 0;
+
+	if (s->peer_state != PEER_UNSET)
+		return s->peer_state == PEER_KNOWN;
+	s->peer_state = PEER_UNKNOWN;
+	c = bpf_map_lookup_elem(&kloak_conns, &k);
+	if (!c)
+		return false;
+	s->sni_len = c->sni_len;
+	__builtin_memcpy(s->sni, c->sni, KLOAK_NAME_MAX);
+	s->bound_ns = c->bound_ns;
+	if ((c->flags & (KLOAK_CONN_BOUND | KLOAK_CONN_CONFLICT)) != KLOAK_CONN_BOUND)
+		return false;
+	f = fd_file(c->fd);
+	if (!f)
+		return false;
+	sk = inet_stream(f, &ino);
+	if (!sk || ino != c->ino)
+		return false; /* closed, or the fd number now names another socket */
+	s->peer.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	s->peer.port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (s->peer.family == AF_INET) {
+		__u32 a = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memset(s->peer.addr, 0, 10);
+		s->peer.addr[10] = 0xff;
+		s->peer.addr[11] = 0xff;
+		__builtin_memcpy(&s->peer.addr[12], &a, 4);
+	} else {
+		BPF_CORE_READ_INTO(&s->peer.addr, sk, __sk_common.skc_v6_daddr);
+	}
+	if (s->peer.port == 0)
+		return false; /* not connected */
+	s->peer_state = PEER_KNOWN;
+	return true;
+}
+
+/* ---- destination policy ---------------------------------------------------- */
+
+static __always_inline bool cidr_match(const __u8 *net, __u32 prefix, const __u8 *addr)
+{
+	__u32 i, bits;
+	__u8 mask;
+
+	for (i = 0; i < 16; i++) {
+		if (prefix <= i * 8)
+			break;
+		bits = prefix - i * 8;
+		mask = bits >= 8 ? 0xff : (__u8)(0xff << (8 - bits));
+		if ((net[i] ^ addr[i]) & mask)
+			return false;
+	}
+	return true;
+}
+
+static __always_inline bool names_equal(const char *a, const char *b)
+{
+	__u32 i;
+
+	for (i = 0; i < KLOAK_NAME_MAX / 8; i++)
+		if (((const __u64 *)a)[i] != ((const __u64 *)b)[i])
+			return false;
+	return true;
+}
+
+/* sni is "<one or more labels>." + suffix */
+static __always_inline bool under_suffix(struct scratch *s, struct kloak_rule *r)
+{
+	__u32 n = s->sni_len, m = r->name_len, off, j;
+
+	if (m == 0 || m >= KLOAK_NAME_MAX || n >= KLOAK_NAME_MAX || n < m + 2)
+		return false;
+	off = n - m;
+	if (s->sni[(off - 1) & (KLOAK_NAME_MAX - 1)] != '.')
+		return false;
+	for (j = 0; j < KLOAK_NAME_MAX; j++) {
+		if (j >= m)
+			break;
+		if (s->sni[(off + j) & (KLOAK_NAME_MAX - 1)] != r->name[j])
+			return false;
+	}
+	return true;
+}
+
+/* Did kloak resolve name to the peer, and was that answer current when the
+ * connection was bound? */
+static __always_inline bool resolved_to_peer(struct scratch *s, const char *name)
+{
+	struct kloak_resolved *r;
+
+	__builtin_memcpy(s->rkey.name, name, KLOAK_NAME_MAX);
+	__builtin_memcpy(s->rkey.addr, s->peer.addr, 16);
+	r = bpf_map_lookup_elem(&kloak_resolved, &s->rkey);
+	return r && s->bound_ns <= r->valid_until_ns;
+}
+
+static long check_rule(__u32 idx, void *unused)
+{
+	struct scratch *s = scratch();
+	struct kloak_policy *pol;
+	struct kloak_rule *r;
+
+	if (!s || idx >= KLOAK_MAX_RULES)
+		return 1;
+	pol = bpf_map_lookup_elem(&kloak_policy, &s->check_id);
+	if (!pol)
+		return 1;
+	r = &pol->rules[idx];
+	if (r->port && r->port != s->peer.port)
+		return 0;
+	switch (r->kind) {
+	case KLOAK_RULE_CIDR:
+		if (cidr_match(r->addr, r->prefix, s->peer.addr))
+			s->verdict = VERDICT_ALLOW;
+		break;
+	case KLOAK_RULE_HOST:
+		if (!s->sni_len || (s->sni_len == r->name_len && names_equal(s->sni, r->name))) {
+			if (resolved_to_peer(s, r->name))
+				s->verdict = VERDICT_ALLOW;
+		} else if (resolved_to_peer(s, r->name)) {
+			/* The right server, asked for another name: on a shared IP
+			 * (CDN, ingress) that name is another destination. */
+			s->verdict = VERDICT_SNI_MISMATCH;
+		}
+		break;
+	case KLOAK_RULE_WILDCARD:
+		/* Only the SNI can say which name under the suffix is meant. */
+		if (s->sni_len && under_suffix(s, r) && resolved_to_peer(s, s->sni))
+			s->verdict = VERDICT_ALLOW;
+		break;
+	}
+	return s->verdict == VERDICT_ALLOW;
+}
+
+/* The secret may go to this write's peer; refuses (and says why) otherwise. */
+static __always_inline bool destination_allowed(struct scratch *s, __u32 id, __u64 start)
+{
+	struct kloak_policy *pol = bpf_map_lookup_elem(&kloak_policy, &id);
+	__u32 n;
+
+	if (!pol)
+		return true;
+	if (!peer_known(s)) {
+		refuse(s, KR_UNKNOWN_PEER, KC_REFUSED_UNKNOWN_PEER, id, start);
+		return false;
+	}
+	n = pol->nrules < KLOAK_MAX_RULES ? pol->nrules : KLOAK_MAX_RULES;
+	s->check_id = id;
+	s->verdict = VERDICT_NONE;
+	bpf_loop(n, check_rule, NULL, 0);
+	if (s->verdict == VERDICT_ALLOW)
+		return true;
+	if (s->verdict == VERDICT_SNI_MISMATCH)
+		refuse(s, KR_SNI_MISMATCH, KC_REFUSED_SNI, id, start);
+	else
+		refuse(s, KR_DESTINATION_NOT_ALLOWED, KC_REFUSED_DESTINATION, id, start);
+	return false;
+}
+
 static long verify_candidate(__u32 idx, void *unused)
 {
 	struct scratch *s = scratch();
@@ -338,6 +647,10 @@ static long verify_candidate(__u32 idx, void *unused)
 		refuse(s, KR_NOT_ENTITLED, KC_REFUSED_NOT_ENTITLED, id, start);
 		return 0;
 	}
+	if (!destination_allowed(s, id, start))
+		return 0;
+	if (!bpf_map_lookup_elem(&kloak_policy, &id))
+		count(KC_UNRESTRICTED, 1);
 	n = s->ev.count;
 	if (n >= KLOAK_MAX_SUBST) {
 		refuse(s, KR_TOO_MANY, KC_REFUSED_TOO_MANY, id, start);
@@ -362,13 +675,13 @@ static __always_inline int poke(struct kloak_item *item, void *map)
 	return bpf_probe_write_user((void *)item->addr, src->data, len);
 }
 
-static __always_inline int stop_with(struct scratch *s, __u32 type)
+static __always_inline int stop_with(const struct kloak_write_event *ev, __u32 type)
 {
 	struct kloak_write_event *e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
 
 	if (!e)
 		return -1;
-	__builtin_memcpy(e, &s->ev, sizeof(*e));
+	__builtin_memcpy(e, ev, sizeof(*e));
 	e->type = type;
 	bpf_ringbuf_submit(e, 0);
 	/* The group stops before the thread runs another instruction of
@@ -377,21 +690,18 @@ static __always_inline int stop_with(struct scratch *s, __u32 type)
 	return 0;
 }
 
-static __always_inline int on_write(struct pt_regs *ctx, const int mode)
+static __always_inline int on_write(struct pt_regs *ctx, struct scratch *s, __u64 fn, const int mode)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = bpf_get_current_pid_tgid(), ssl = PT_REGS_PARM1(ctx);
 	__u32 tgid = id >> 32, tid = (__u32)id, i;
 	struct kloak_proc *proc;
-	struct scratch *s;
 	__u64 len;
 
 	proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
 	if (!proc)
 		return 0;
-	s = scratch();
-	if (!s)
-		return 0;
-	if (bpf_get_attach_cookie(ctx) == KLOAK_FN_SSL_WRITE) {
+	bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
+	if (fn == KLOAK_FN_SSL_WRITE) {
 		int num = (int)PT_REGS_PARM3(ctx);
 		len = num > 0 ? (__u64)num : 0;
 	} else {
@@ -407,6 +717,10 @@ static __always_inline int on_write(struct pt_regs *ctx, const int mode)
 		return 0;
 	}
 
+	s->ssl = ssl;
+	s->peer_state = PEER_UNSET;
+	s->sni_len = 0;
+	__builtin_memset(&s->peer, 0, sizeof(s->peer));
 	s->buf = PT_REGS_PARM2(ctx);
 	s->len = len;
 	s->scan_len = len < kloak_cfg.scan_cap ? len : kloak_cfg.scan_cap;
@@ -464,7 +778,7 @@ static __always_inline int on_write(struct pt_regs *ctx, const int mode)
 			}
 			bpf_map_update_elem(&kloak_stop_owner, &tgid, &me, BPF_ANY);
 		}
-		if (stop_with(s, KE_SUBSTITUTE)) {
+		if (stop_with(&s->ev, KE_SUBSTITUTE)) {
 			bpf_map_delete_elem(&kloak_stop_owner, &tgid);
 			for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 				if (i >= s->ev.count)
@@ -479,57 +793,209 @@ static __always_inline int on_write(struct pt_regs *ctx, const int mode)
 	return 0;
 }
 
+/* Works on the inflight record itself, not the per-CPU slot: a restore must
+ * never be skipped because the slot is busy. */
 static __always_inline int on_write_return(const int mode)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid(), i;
 	struct kloak_write_event *ev;
-	struct scratch *s;
 
 	ev = bpf_map_lookup_elem(&kloak_inflight, &tid);
 	if (!ev)
 		return 0;
-	s = scratch();
-	if (!s)
-		goto out;
-	__builtin_memcpy(&s->ev, ev, sizeof(s->ev));
 	if (mode == KLOAK_MODE_KERNEL) {
 		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
-			if (i >= s->ev.count)
+			if (i >= ev->count)
 				break;
-			if (poke(&s->ev.items[i], &kloak_secrets) == 0)
+			if (poke(&ev->items[i], &kloak_secrets) == 0)
 				count(KC_RESTORED, 1);
 		}
-	} else if (stop_with(s, KE_RESTORE)) {
+	} else if (stop_with(ev, KE_RESTORE)) {
 		count(KC_EVENTS_LOST, 1);
-		bpf_map_delete_elem(&kloak_stop_owner, &s->ev.tgid);
+		bpf_map_delete_elem(&kloak_stop_owner, &ev->tgid);
 	}
-out:
 	bpf_map_delete_elem(&kloak_inflight, &tid);
 	return 0;
 }
 
-SEC("uprobe")
-int kloak_write_stop(struct pt_regs *ctx)
+/* SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, type, name): the SNI. */
+static __always_inline int on_ctrl(struct pt_regs *ctx)
 {
-	return on_write(ctx, KLOAK_MODE_STOP);
+	__u64 id = bpf_get_current_pid_tgid(), ssl = PT_REGS_PARM1(ctx);
+	struct kloak_conn_key k = { .ssl = ssl, .tgid = id >> 32 };
+	struct kloak_conn *c, fresh = { .fd = -1 };
+	struct kloak_sni_event *e;
+	struct kloak_proc *proc;
+	const char *name;
+	long n;
+	__u32 i;
+
+	if ((int)PT_REGS_PARM2(ctx) != SSL_CTRL_SET_TLSEXT_HOSTNAME)
+		return 0;
+	proc = bpf_map_lookup_elem(&kloak_procs, &k.tgid);
+	if (!proc)
+		return 0;
+	c = bpf_map_lookup_elem(&kloak_conns, &k);
+	if (!c) {
+		bpf_map_update_elem(&kloak_conns, &k, &fresh, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&kloak_conns, &k);
+		if (!c)
+			return 0;
+	}
+	__builtin_memset(c->sni, 0, KLOAK_NAME_MAX);
+	c->sni_len = 0;
+	name = (const char *)PT_REGS_PARM4(ctx);
+	if (!name)
+		return 0; /* SNI cleared */
+	n = bpf_probe_read_user_str(c->sni, KLOAK_NAME_MAX, name);
+	if (n <= 1) {
+		__builtin_memset(c->sni, 0, KLOAK_NAME_MAX);
+		return 0;
+	}
+	n--; /* the NUL */
+	for (i = 0; i < KLOAK_NAME_MAX; i++) {
+		if (i >= n)
+			break;
+		if (c->sni[i] >= 'A' && c->sni[i] <= 'Z')
+			c->sni[i] += 'a' - 'A';
+	}
+	if (c->sni[(n - 1) & (KLOAK_NAME_MAX - 1)] == '.') {
+		n--;
+		c->sni[n & (KLOAK_NAME_MAX - 1)] = 0;
+	}
+	c->sni_len = n;
+	/* The agent resolves names under wildcard rules as clients use them. */
+	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
+	if (!e) {
+		count(KC_EVENTS_LOST, 1);
+		return 0;
+	}
+	e->type = KE_SNI;
+	e->tgid = k.tgid;
+	e->scope_id = proc->scope_id;
+	e->sni_len = n;
+	__builtin_memcpy(e->sni, c->sni, KLOAK_NAME_MAX);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
+{
+	__u64 fn = bpf_get_attach_cookie(ctx), id, ssl;
+	__u32 tid, tgid;
+	struct scratch *s;
+	int ret;
+
+	switch (fn) {
+	case KLOAK_FN_SSL_WRITE:
+	case KLOAK_FN_SSL_WRITE_EX:
+		s = scratch();
+		if (!s)
+			return 0;
+		/* A preempted program keeps its slot: the newcomer fails closed. */
+		if (__sync_fetch_and_add(&s->busy, 1)) {
+			__sync_fetch_and_add(&s->busy, -1);
+			count(KC_NESTED_WRITE, 1);
+			return 0;
+		}
+		ret = on_write(ctx, s, fn, mode);
+		__sync_fetch_and_add(&s->busy, -1);
+		return ret;
+	case KLOAK_FN_SSL_DO_HANDSHAKE:
+		id = bpf_get_current_pid_tgid();
+		tid = (__u32)id;
+		tgid = id >> 32;
+		ssl = PT_REGS_PARM1(ctx);
+		if (bpf_map_lookup_elem(&kloak_procs, &tgid))
+			bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
+		return 0;
+	case KLOAK_FN_SSL_SET_FD:
+		id = bpf_get_current_pid_tgid();
+		tgid = id >> 32;
+		if (bpf_map_lookup_elem(&kloak_procs, &tgid))
+			bind_conn(PT_REGS_PARM1(ctx), tgid, (__s32)PT_REGS_PARM2(ctx), true);
+		return 0;
+	case KLOAK_FN_SSL_CTRL:
+		return on_ctrl(ctx);
+	case KLOAK_FN_SSL_FREE: {
+		struct kloak_conn_key k = { .ssl = PT_REGS_PARM1(ctx), .tgid = bpf_get_current_pid_tgid() >> 32 };
+
+		bpf_map_delete_elem(&kloak_conns, &k);
+		return 0;
+	}
+	}
+	return 0;
+}
+
+static __always_inline int on_return(struct pt_regs *ctx, const int mode)
+{
+	__u64 fn = bpf_get_attach_cookie(ctx);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&kloak_active, &tid);
+	if (fn != KLOAK_FN_SSL_WRITE && fn != KLOAK_FN_SSL_WRITE_EX)
+		return 0;
+	return on_write_return(mode);
+}
+
+SEC("uprobe")
+int kloak_tls_stop(struct pt_regs *ctx)
+{
+	return on_entry(ctx, KLOAK_MODE_STOP);
 }
 
 SEC("uretprobe")
-int kloak_write_ret_stop(struct pt_regs *ctx)
+int kloak_tls_ret_stop(struct pt_regs *ctx)
 {
-	return on_write_return(KLOAK_MODE_STOP);
+	return on_return(ctx, KLOAK_MODE_STOP);
 }
 
 SEC("uprobe")
-int kloak_write_kernel(struct pt_regs *ctx)
+int kloak_tls_kernel(struct pt_regs *ctx)
 {
-	return on_write(ctx, KLOAK_MODE_KERNEL);
+	return on_entry(ctx, KLOAK_MODE_KERNEL);
 }
 
 SEC("uretprobe")
-int kloak_write_ret_kernel(struct pt_regs *ctx)
+int kloak_tls_ret_kernel(struct pt_regs *ctx)
 {
-	return on_write_return(KLOAK_MODE_KERNEL);
+	return on_return(ctx, KLOAK_MODE_KERNEL);
+}
+
+/* Sends made inside a TLS call tie its connection to the socket. */
+static __always_inline int on_send(__s64 fd)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	__u64 *ssl = bpf_map_lookup_elem(&kloak_active, &tid);
+
+	if (ssl)
+		bind_conn(*ssl, id >> 32, (__s32)fd, false);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int kloak_send_write(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_send(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int kloak_send_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_send(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int kloak_send_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_send(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int kloak_send_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_send(ctx->args[0]);
 }
 
 static __always_inline void proc_event(__u32 type, __u32 tgid, __u32 ppid, __u32 scope_id)
@@ -629,7 +1095,15 @@ struct kloak_abi_anchor {
 	struct kloak_proc_event proc_event;
 	struct kloak_stop_owner stop_owner;
 	struct kloak_refusal_event refusal_event;
+	struct kloak_sni_event sni_event;
+	struct kloak_conn conn;
+	struct kloak_conn_key conn_key;
+	struct kloak_policy policy;
+	struct kloak_name_addr name_addr;
+	struct kloak_resolved resolved;
 	enum kloak_counter counter;
+	enum kloak_conn_flags conn_flags;
+	enum kloak_rule_kind rule_kind;
 	enum kloak_refusal refusal;
 	enum kloak_event_type event_type;
 	enum kloak_fn fn;

@@ -21,11 +21,17 @@
 #define KLOAK_MAX_CANDIDATES 32 /* "kloak:" occurrences examined in one write */
 #define KLOAK_CHUNK 512        /* bytes copied and scanned per loop step */
 #define KLOAK_MAX_SCAN (16u << 20) /* hard ceiling of the configurable scan cap */
+#define KLOAK_MAX_RULES 16     /* destination rules per secret */
+#define KLOAK_NAME_MAX 256     /* host names and SNI, NUL padded (DNS names are <= 253) */
 
-/* Which TLS write signature a uprobe sits on (the bpf_cookie). */
+/* Which TLS library function a uprobe sits on (the bpf_cookie). */
 enum kloak_fn {
-	KLOAK_FN_SSL_WRITE = 0,    /* int SSL_write(SSL *, const void *, int) */
-	KLOAK_FN_SSL_WRITE_EX = 1, /* int SSL_write_ex(SSL *, const void *, size_t, size_t *) */
+	KLOAK_FN_SSL_WRITE = 0,        /* int SSL_write(SSL *, const void *, int) */
+	KLOAK_FN_SSL_WRITE_EX = 1,     /* int SSL_write_ex(SSL *, const void *, size_t, size_t *) */
+	KLOAK_FN_SSL_DO_HANDSHAKE = 2, /* int SSL_do_handshake(SSL *); SSL_connect calls it */
+	KLOAK_FN_SSL_SET_FD = 3,       /* int SSL_set_fd(SSL *, int) */
+	KLOAK_FN_SSL_CTRL = 4,         /* long SSL_ctrl(SSL *, int cmd, long, void *): SNI */
+	KLOAK_FN_SSL_FREE = 5,         /* void SSL_free(SSL *) */
 };
 
 enum kloak_mode {
@@ -52,6 +58,12 @@ enum kloak_counter {
 	KC_EVENTS_LOST,            /* process/refusal events the ring could not take */
 	KC_NESTED_WRITE,           /* write entered while one is in flight on the thread */
 	KC_REFUSED_CONCURRENT,     /* stop mode: another thread of the process holds the stop */
+	KC_REFUSED_DESTINATION,    /* peer (IP, port, name) matches no rule of the secret */
+	KC_REFUSED_SNI,            /* peer is allowed but the client's SNI names another host */
+	KC_REFUSED_UNKNOWN_PEER,   /* the write's socket or peer could not be established */
+	KC_UNRESTRICTED,           /* substitutions of secrets that have no rules */
+	KC_CONNS_BOUND,            /* TLS connections tied to their socket */
+	KC_BIND_CONFLICT,          /* a connection seen on two sockets: never substituted */
 	KC__COUNT
 };
 
@@ -66,6 +78,9 @@ enum kloak_refusal {
 	KR_RINGBUF_FULL = 7,
 	KR_BEYOND_SCAN_CAP = 8,
 	KR_CONCURRENT_WRITE = 9,
+	KR_DESTINATION_NOT_ALLOWED = 10,
+	KR_SNI_MISMATCH = 11,
+	KR_UNKNOWN_PEER = 12,
 };
 
 /* kloak_stop_owner[tgid] in stop mode: the one thread whose substitution is in
@@ -86,6 +101,7 @@ enum kloak_event_type {
 	KE_FORK = 4,       /* new process in a scope */
 	KE_EXIT = 5,       /* last thread of a process in a scope exited */
 	KE_REFUSED = 6,    /* a placeholder was left in place */
+	KE_SNI = 7,        /* a process in a scope set the SNI of a connection */
 };
 
 /* Key of kloak_placeholders: the bytes after the marker, zero padded. */
@@ -138,6 +154,71 @@ struct kloak_proc_event {
 	__u32 scope_id;
 };
 
+/* A peer as kloak compares it: IPv4 is stored IPv4-mapped (::ffff:a.b.c.d). */
+struct kloak_peer {
+	__u8 addr[16];
+	__u16 port;   /* host byte order; 0 when unknown */
+	__u16 family; /* AF_INET, AF_INET6; 0 when unknown */
+	__u32 _pad;
+};
+
+/* kloak_conns[{ssl, tgid}]: one TLS connection, tied to its socket. */
+struct kloak_conn_key {
+	__u64 ssl;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+enum kloak_conn_flags {
+	KLOAK_CONN_BOUND = 1,     /* fd and ino are set */
+	KLOAK_CONN_BY_FD = 2,     /* bound by SSL_set_fd (else by a handshake send) */
+	KLOAK_CONN_CONFLICT = 4,  /* seen on two sockets: never substituted */
+};
+
+struct kloak_conn {
+	__s32 fd;
+	__u32 flags;    /* enum kloak_conn_flags */
+	__u64 ino;      /* the socket's inode: a reused fd number has another */
+	__u64 bound_ns; /* ktime when bound; resolved addresses must have been valid then */
+	__u32 sni_len;  /* 0: the client sent no SNI */
+	__u32 _pad;
+	char sni[KLOAK_NAME_MAX]; /* lowercase, no trailing dot, NUL padded */
+};
+
+enum kloak_rule_kind {
+	KLOAK_RULE_CIDR = 1,     /* addr/prefix (literals are /128 or ::ffff:0:0/96 + 32) */
+	KLOAK_RULE_HOST = 2,     /* exact name */
+	KLOAK_RULE_WILDCARD = 3, /* "*." + name: one or more labels in front of name */
+};
+
+struct kloak_rule {
+	__u8 kind;   /* enum kloak_rule_kind */
+	__u8 prefix; /* CIDR: leading bits of addr that must match, over 128 */
+	__u16 port;  /* 0: any port */
+	__u32 name_len;
+	__u8 addr[16];
+	char name[KLOAK_NAME_MAX]; /* HOST/WILDCARD: lowercase, NUL padded */
+};
+
+/* kloak_policy[secret_id]; a secret without an entry may go anywhere. */
+struct kloak_policy {
+	__u32 nrules;
+	__u32 _pad;
+	struct kloak_rule rules[KLOAK_MAX_RULES];
+};
+
+/* kloak_resolved key: an address kloak resolved for a name. */
+struct kloak_name_addr {
+	char name[KLOAK_NAME_MAX];
+	__u8 addr[16];
+};
+
+/* kloak_resolved value. An address that left the DNS answers stays valid for
+ * connections bound before it left, until the agent deletes it. */
+struct kloak_resolved {
+	__u64 valid_until_ns; /* ktime; ~0 while the name still resolves to it */
+};
+
 /* KE_REFUSED */
 struct kloak_refusal_event {
 	__u32 type;
@@ -145,8 +226,19 @@ struct kloak_refusal_event {
 	__u32 scope_id;
 	__u32 secret_id; /* 0 when no secret could be identified */
 	__u32 reason;
-	__u32 _pad;
+	__u32 sni_len;
 	__u64 offset; /* offset in the write where the placeholder starts */
+	struct kloak_peer peer;
+	char sni[KLOAK_NAME_MAX];
+};
+
+/* KE_SNI */
+struct kloak_sni_event {
+	__u32 type;
+	__u32 tgid;
+	__u32 scope_id;
+	__u32 sni_len;
+	char sni[KLOAK_NAME_MAX];
 };
 
 /* Knobs user space sets in .rodata before load. */

@@ -14,6 +14,10 @@ import { Dataplane } from "../dataplane/dataplane.ts";
 import { ensurePinDir, execPinPath, releaseUntilQuiet, stalePins } from "../dataplane/release.ts";
 import { PlaceholderRegistry, placeholderKey } from "../secrets/placeholder.ts";
 import { loadSecretsFile, mergeSecrets, parseSecretFlag, type SecretSpec } from "../secrets/secrets-file.ts";
+import { kernelRules, PolicyEngine } from "../policy/policy-engine.ts";
+import { dnsLookup } from "../policy/resolver.ts";
+import { formatRule, MAX_RULES, parseRuleList, RuleError, type Rule } from "../policy/rules.ts";
+import { dataplaneMetrics } from "../metrics/dataplane-metrics.ts";
 import { RefusalLog } from "./refusals.ts";
 
 export const EXEC_USAGE = `usage: kloak exec [options] -- CMD [ARGS...]
@@ -25,6 +29,13 @@ options:
   --secret NAME=VALUE      a secret (repeatable); VALUE is visible in ps: prefer
   --secret NAME            ... which takes the value from kloak's own environment
   --secrets-file FILE      YAML or JSON list of secrets (see docs/secrets-file.md)
+  --allow NAME=RULE[,RULE] where secret NAME may be sent (repeatable, adds to the
+                           file's hosts): api.example.com, *.example.com,
+                           host:443, 10.0.0.0/8, [::1]:8443 (docs/policy.md).
+                           A secret without rules may go to any destination.
+  --dns-server IP[:PORT]   resolve rule hosts with this DNS server (repeatable;
+                           default: the system's resolv.conf)
+  --metrics-file FILE      on exit, write Prometheus metrics to FILE
   --placeholder-dir DIR    also write each placeholder to DIR/NAME (mode 0600)
   --rewrite-mode MODE      auto (default), kernel or stop
   --scan-cap SIZE          bytes of each write scanned (default 64KiB, max 16MiB)
@@ -41,6 +52,8 @@ export interface ExecOptions {
   scanCap: number;
   placeholderDir?: string;
   quiet: boolean;
+  dnsServers: string[];
+  metricsFile?: string;
 }
 
 export function parseSize(flag: string, text: string): number {
@@ -64,6 +77,9 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
       options: {
         secret: { type: "string", multiple: true },
         "secrets-file": { type: "string", multiple: true },
+        allow: { type: "string", multiple: true },
+        "dns-server": { type: "string", multiple: true },
+        "metrics-file": { type: "string" },
         "placeholder-dir": { type: "string" },
         "rewrite-mode": { type: "string", default: "auto" },
         "scan-cap": { type: "string", default: "64KiB" },
@@ -91,7 +107,57 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
   const secrets = mergeSecrets(lists);
   if (secrets.length === 0)
     throw new UsageError("exec: no secrets given; add --secret NAME=VALUE, --secret NAME or --secrets-file FILE");
-  return { secrets, command, mode, scanCap, placeholderDir: v["placeholder-dir"], quiet: v.quiet! };
+  applyAllowFlags(secrets, v.allow ?? []);
+  const dnsServers = (v["dns-server"] ?? []).map(checkDnsServer);
+  return {
+    secrets,
+    command,
+    mode,
+    scanCap,
+    placeholderDir: v["placeholder-dir"],
+    quiet: v.quiet!,
+    dnsServers,
+    metricsFile: v["metrics-file"],
+  };
+}
+
+/** --allow NAME=RULE[,RULE]: adds to the secret's rules; all flags are checked before any is applied. */
+function applyAllowFlags(secrets: SecretSpec[], flags: string[]): void {
+  const added = new Map<SecretSpec, Rule[]>();
+  for (const flag of flags) {
+    const eq = flag.indexOf("=");
+    const name = eq < 0 ? flag : flag.slice(0, eq);
+    if (eq < 0 || name === "")
+      throw new UsageError(`exec: --allow ${JSON.stringify(flag)}: write --allow NAME=RULE[,RULE], e.g. --allow API_TOKEN=api.example.com`);
+    const secret = secrets.find((s) => s.name === name);
+    if (!secret)
+      throw new UsageError(`exec: --allow ${name}=...: no secret named ${name}; give it with --secret or --secrets-file first`);
+    let rules: Rule[];
+    try {
+      rules = parseRuleList(flag.slice(eq + 1));
+    } catch (e) {
+      if (e instanceof RuleError) throw new UsageError(`exec: --allow ${name}: ${e.message}`);
+      throw e;
+    }
+    added.set(secret, [...(added.get(secret) ?? []), ...rules]);
+  }
+  for (const [secret, rules] of added) {
+    const seen = new Set(secret.rules.map(formatRule));
+    const merged = [...secret.rules, ...rules.filter((r) => !seen.has(formatRule(r)) && seen.add(formatRule(r)))];
+    if (merged.length > MAX_RULES)
+      throw new UsageError(
+        `exec: secret ${secret.name} has ${merged.length} rules; at most ${MAX_RULES} — use a wildcard or a CIDR to cover several`,
+      );
+    secret.rules = merged;
+  }
+}
+
+function checkDnsServer(text: string): string {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+))(?::(\d{1,5}))?$/.exec(text.trim());
+  const port = m?.[3] === undefined ? 53 : Number(m[3]);
+  if (!m || port < 1 || port > 65535)
+    throw new UsageError(`exec: --dns-server ${JSON.stringify(text)}: write an IP with an optional port, e.g. 10.0.0.10, 127.0.0.1:5353 or [::1]:53`);
+  return text.trim();
 }
 
 function say(msg: string): void {
@@ -136,15 +202,38 @@ export async function execCommand(argv: string[]): Promise<number> {
   const dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, warn: say });
   const refusals = new RefusalLog(new Map(opts.secrets.map((s, i) => [i + 1, s.name])));
   dp.onRefusal((e) => refusals.add(e));
+  const policy = new PolicyEngine(dp, {
+    lookup: dnsLookup(opts.dnsServers.length ? opts.dnsServers : undefined),
+    warn: say,
+  });
+  dp.onSni((e) => policy.sawSni(e.sni));
   let guardian: ReturnType<typeof Bun.spawn> | undefined;
   const pin = execPinPath(process.pid);
   try {
+    // Names first: a rule's host must have its addresses before CMD can connect.
+    await policy.add(opts.secrets.flatMap((s) => s.rules));
     let id = 0;
     for (const s of opts.secrets) {
       const ph = placeholders.get(s.name)!;
-      await dp.setSecret({ id: ++id, placeholder: Buffer.from(ph), key: placeholderKey(ph), value: s.value });
+      await dp.setSecret({
+        id: ++id,
+        placeholder: Buffer.from(ph),
+        key: placeholderKey(ph),
+        value: s.value,
+        rules: kernelRules(s.rules),
+      });
       dp.grant(SCOPE, id);
     }
+    const unrestricted = opts.secrets.filter((s) => s.rules.length === 0).map((s) => s.name);
+    if (unrestricted.length)
+      say(
+        `no destination rules for ${unrestricted.join(", ")}: may be sent to any TLS destination; ` +
+          `restrict with --allow NAME=HOST[,HOST] or hosts: in the secrets file`,
+      );
+    for (const s of opts.secrets)
+      for (const r of s.rules)
+        if (r.kind === "host" && policy.addresses(r.host).length === 0)
+          say(`${r.host} (a rule of ${s.name}) resolves to no address yet: ${s.name} is refused there until it does`);
     try {
       ensurePinDir();
       dp.pinProcesses(pin);
@@ -157,9 +246,6 @@ export async function execCommand(argv: string[]): Promise<number> {
 
     if (!opts.quiet) {
       say(`rewrite mode ${dp.mode} (${dp.modeReason})`);
-      say(
-        `no destination policy yet: ${opts.secrets.map((s) => s.name).join(", ")} may be sent to any TLS destination`,
-      );
       if (dropped.length) say(`not passing ${dropped.join(", ")} to the command: it holds a real secret value`);
     }
 
@@ -194,14 +280,29 @@ export async function execCommand(argv: string[]): Promise<number> {
       );
       for (const line of refusals.summary()) say(line);
     }
+    if (opts.metricsFile) await writeMetrics(opts.metricsFile, counters, stats);
     return exitCode;
   } finally {
+    policy.close();
     await dp.close();
     rmSync(pin, { force: true });
     if (guardian) {
       (guardian.stdin as import("bun").FileSink).end();
       await guardian.exited;
     }
+  }
+}
+
+async function writeMetrics(
+  file: string,
+  counters: ReturnType<Dataplane["counters"]>,
+  stats: Awaited<ReturnType<Dataplane["workerStats"]>>,
+): Promise<void> {
+  const registry = dataplaneMetrics(() => ({ counters, worker: stats }));
+  try {
+    writeFileSync(file, await registry.metrics());
+  } catch (e) {
+    say(`cannot write --metrics-file ${file}: ${(e as Error).message}`);
   }
 }
 

@@ -1,28 +1,48 @@
-/** Collects refused substitutions of one run and summarises them, one line per secret and reason. */
+/**
+ * Collects refused substitutions of one run and summarises them: one line per
+ * secret, destination and reason. Destinations are what the kernel saw (peer
+ * IP:port, the client's SNI); never a value.
+ */
 import type { RefusalEvent } from "../dataplane/abi.ts";
 
+interface Entry {
+  secret: string;
+  destination: string;
+  reason: string;
+  count: number;
+}
+
+/** "10.0.0.1:443 (SNI api.example.com)", "[::1]:8443", or "unknown destination". */
+export function describeDestination(e: Pick<RefusalEvent, "peer" | "sni">): string {
+  const { address, port } = e.peer;
+  const peer = address === "" ? "unknown destination" : address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
+  return e.sni ? `${peer} (SNI ${e.sni})` : peer;
+}
+
 export class RefusalLog {
-  private readonly counts = new Map<string, number>();
+  private readonly entries = new Map<string, Entry>();
 
   constructor(private readonly secretNames: Map<number, string>) {}
 
   add(e: RefusalEvent): void {
-    const secret = e.secretId ? (this.secretNames.get(e.secretId) ?? `secret #${e.secretId}`) : "-";
-    const key = `${secret}\u0000${e.reason}`;
-    this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+    const secret = e.secretId ? (this.secretNames.get(e.secretId) ?? `secret #${e.secretId}`) : "";
+    const destination = describeDestination(e);
+    const key = `${secret}\u0000${destination}\u0000${e.reason}`;
+    const entry = this.entries.get(key) ?? { secret, destination, reason: e.reason, count: 0 };
+    entry.count++;
+    this.entries.set(key, entry);
   }
 
   get total(): number {
     let n = 0;
-    for (const c of this.counts.values()) n += c;
+    for (const e of this.entries.values()) n += e.count;
     return n;
   }
 
   summary(): string[] {
-    return [...this.counts].map(([key, n]) => {
-      const [secret, reason] = key.split("\u0000");
-      const what = secret === "-" ? "a write" : `secret ${secret}`;
-      return `refused ${n}x: ${what}: ${reason}${HINTS[reason!] ? ` (${HINTS[reason!]})` : ""}`;
+    return [...this.entries.values()].map(({ secret, destination, reason, count }) => {
+      const what = secret === "" ? "a write" : `secret ${secret}`;
+      return `refused ${count}x: ${what} to ${destination}: ${reason}${HINTS[reason] ? ` (${HINTS[reason]})` : ""}`;
     });
   }
 }
@@ -34,4 +54,7 @@ const HINTS: Record<string, string> = {
   truncated: "the placeholder was cut by the end of the write",
   scope_not_entitled: "this process may not use that secret",
   concurrent_write: "another thread of the process was mid-substitution; this write went out with the placeholder",
+  destination_not_allowed: "no rule of the secret allows this peer; add one with --allow NAME=HOST if it is meant to",
+  sni_mismatch: "the peer is an allowed host's address, but the client asked it for another name",
+  unknown_peer: "kloak could not tie this TLS connection to a connected socket, so it fails closed",
 };

@@ -3,6 +3,7 @@
  * size, offset, enum value and #define here against the compiled object's BTF
  * and the header, so a drift fails the suite instead of corrupting a map.
  */
+import ipaddr from "ipaddr.js";
 
 export const MARKER_LEN = 6;
 export const VALUE_MIN = 8;
@@ -12,8 +13,14 @@ export const MAX_SUBST = 16;
 export const MAX_CANDIDATES = 32;
 export const CHUNK = 512;
 export const MAX_SCAN = 16 << 20;
+export const MAX_RULES = 16;
+export const NAME_MAX = 256;
 
-export const Fn = { SSL_WRITE: 0, SSL_WRITE_EX: 1 } as const;
+export const Fn = { SSL_WRITE: 0, SSL_WRITE_EX: 1, SSL_DO_HANDSHAKE: 2, SSL_SET_FD: 3, SSL_CTRL: 4, SSL_FREE: 5 } as const;
+export const ConnFlags = { BOUND: 1, BY_FD: 2, CONFLICT: 4 } as const;
+export const RuleKind = { CIDR: 1, HOST: 2, WILDCARD: 3 } as const;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
 export const Mode = { KERNEL: 0, STOP: 1 } as const;
 
 /** enum kloak_counter, in order; the names become metric label values. */
@@ -35,6 +42,12 @@ export const COUNTERS = [
   "events_lost",
   "nested_write",
   "refused_concurrent",
+  "refused_destination",
+  "refused_sni",
+  "refused_unknown_peer",
+  "unrestricted",
+  "conns_bound",
+  "bind_conflict",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
@@ -49,6 +62,9 @@ export const REFUSAL_REASONS: Record<number, string> = {
   7: "ringbuf_full",
   8: "beyond_scan_cap",
   9: "concurrent_write",
+  10: "destination_not_allowed",
+  11: "sni_mismatch",
+  12: "unknown_peer",
 };
 
 export const EventType = {
@@ -58,6 +74,7 @@ export const EventType = {
   FORK: 4,
   EXIT: 5,
   REFUSED: 6,
+  SNI: 7,
 } as const;
 
 /** Struct sizes and field offsets, exactly as in kloak.h. */
@@ -72,10 +89,21 @@ export const LAYOUT = {
     fields: { type: 0, tgid: 4, tid: 8, count: 12, seq: 16, items: 24 },
   },
   kloak_proc_event: { size: 16, fields: { type: 0, tgid: 4, ppid: 8, scope_id: 12 } },
-  kloak_refusal_event: {
-    size: 32,
-    fields: { type: 0, tgid: 4, scope_id: 8, secret_id: 12, reason: 16, _pad: 20, offset: 24 },
+  kloak_peer: { size: 24, fields: { addr: 0, port: 16, family: 18, _pad: 20 } },
+  kloak_conn_key: { size: 16, fields: { ssl: 0, tgid: 8, _pad: 12 } },
+  kloak_conn: {
+    size: 32 + NAME_MAX,
+    fields: { fd: 0, flags: 4, ino: 8, bound_ns: 16, sni_len: 24, _pad: 28, sni: 32 },
   },
+  kloak_rule: { size: 24 + NAME_MAX, fields: { kind: 0, prefix: 1, port: 2, name_len: 4, addr: 8, name: 24 } },
+  kloak_policy: { size: 8 + (24 + NAME_MAX) * MAX_RULES, fields: { nrules: 0, _pad: 4, rules: 8 } },
+  kloak_name_addr: { size: NAME_MAX + 16, fields: { name: 0, addr: NAME_MAX } },
+  kloak_resolved: { size: 8, fields: { valid_until_ns: 0 } },
+  kloak_refusal_event: {
+    size: 56 + NAME_MAX,
+    fields: { type: 0, tgid: 4, scope_id: 8, secret_id: 12, reason: 16, sni_len: 20, offset: 24, peer: 32, sni: 56 },
+  },
+  kloak_sni_event: { size: 16 + NAME_MAX, fields: { type: 0, tgid: 4, scope_id: 8, sni_len: 12, sni: 16 } },
   kloak_config: { size: 8, fields: { mode: 0, scan_cap: 4 } },
   kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, seq: 8 } },
 } as const;
@@ -132,6 +160,11 @@ export interface ProcEvent {
   ppid: number;
   scopeId: number;
 }
+/** A TLS peer as the kernel saw it; address "" when unknown. */
+export interface Peer {
+  address: string;
+  port: number;
+}
 export interface RefusalEvent {
   type: typeof EventType.REFUSED;
   tgid: number;
@@ -139,8 +172,90 @@ export interface RefusalEvent {
   secretId: number;
   reason: string;
   offset: bigint;
+  peer: Peer;
+  /** the client's SNI; "" when it sent none (or the connection is unknown) */
+  sni: string;
 }
-export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent;
+export interface SniEvent {
+  type: typeof EventType.SNI;
+  tgid: number;
+  scopeId: number;
+  sni: string;
+}
+export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent | SniEvent;
+
+/** 16 bytes, IPv4 as ::ffff:a.b.c.d, the way the kernel side compares addresses. */
+export function mappedBytes(address: string, family: 4 | 6): Uint8Array {
+  const b = new Uint8Array(16);
+  if (family === 4) {
+    b[10] = 0xff;
+    b[11] = 0xff;
+    address.split(".").forEach((o, i) => (b[12 + i] = Number(o)));
+    return b;
+  }
+  return ipaddr.IPv6.parse(address).toByteArray().reduce((acc, x, i) => ((acc[i] = x), acc), b);
+}
+
+function peerAddress(addr: Uint8Array, family: number): string {
+  if (family === AF_INET) return ipaddr.fromByteArray([...addr.subarray(12, 16)]).toString();
+  if (family === AF_INET6) {
+    const a = ipaddr.IPv6.parse(ipaddr.fromByteArray([...addr]).toString());
+    return a.isIPv4MappedAddress() ? a.toIPv4Address().toString() : a.toString();
+  }
+  return "";
+}
+
+const latin1 = new TextDecoder("latin1");
+function name(v: DataView, off: number, len: number): string {
+  return latin1.decode(new Uint8Array(v.buffer, v.byteOffset + off, Math.min(len, NAME_MAX)));
+}
+
+function encodeName(b: Uint8Array, off: number, text: string): number {
+  const bytes = new TextEncoder().encode(text);
+  if (bytes.length >= NAME_MAX) throw new RangeError(`name longer than ${NAME_MAX - 1} bytes`);
+  b.set(bytes, off);
+  return bytes.length;
+}
+
+export type KernelRule =
+  | { kind: "cidr"; addr: Uint8Array; prefix: number; port: number }
+  | { kind: "host" | "wildcard"; name: string; port: number };
+
+/** struct kloak_policy for one secret (port 0: any). */
+export function encodePolicy(rules: readonly KernelRule[]): Uint8Array {
+  if (rules.length > MAX_RULES) throw new RangeError(`at most ${MAX_RULES} rules per secret`);
+  const L = LAYOUT.kloak_rule;
+  const b = new Uint8Array(LAYOUT.kloak_policy.size);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, rules.length, true);
+  rules.forEach((r, i) => {
+    const o = LAYOUT.kloak_policy.fields.rules + i * L.size;
+    v.setUint16(o + L.fields.port, r.port, true);
+    if (r.kind === "cidr") {
+      b[o + L.fields.kind] = RuleKind.CIDR;
+      b[o + L.fields.prefix] = r.prefix;
+      b.set(r.addr, o + L.fields.addr);
+    } else {
+      b[o + L.fields.kind] = r.kind === "host" ? RuleKind.HOST : RuleKind.WILDCARD;
+      v.setUint32(o + L.fields.name_len, encodeName(b, o + L.fields.name, r.name), true);
+    }
+  });
+  return b;
+}
+
+export function encodeNameAddr(hostname: string, addr: Uint8Array): Uint8Array {
+  const b = new Uint8Array(LAYOUT.kloak_name_addr.size);
+  encodeName(b, 0, hostname);
+  b.set(addr, LAYOUT.kloak_name_addr.fields.addr);
+  return b;
+}
+
+export const VALID_FOREVER = 0xffff_ffff_ffff_ffffn;
+export function encodeResolved(validUntilNs: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, validUntilNs, true);
+  return b;
+}
 
 /** Decode one tls_events record; null for a type this build does not know. */
 export function decodeEvent(v: DataView): DataplaneEvent | null {
@@ -160,7 +275,9 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
     case EventType.FORK:
     case EventType.EXIT:
       return { type, tgid: v.getUint32(4, true), ppid: v.getUint32(8, true), scopeId: v.getUint32(12, true) };
-    case EventType.REFUSED:
+    case EventType.REFUSED: {
+      const P = 32;
+      const addr = new Uint8Array(v.buffer, v.byteOffset + P, 16);
       return {
         type,
         tgid: v.getUint32(4, true),
@@ -168,7 +285,12 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
         secretId: v.getUint32(12, true),
         reason: REFUSAL_REASONS[v.getUint32(16, true)] ?? "unknown",
         offset: v.getBigUint64(24, true),
+        peer: { address: peerAddress(addr, v.getUint16(P + 18, true)), port: v.getUint16(P + 16, true) },
+        sni: name(v, 56, v.getUint32(20, true)),
       };
+    }
+    case EventType.SNI:
+      return { type, tgid: v.getUint32(4, true), scopeId: v.getUint32(8, true), sni: name(v, 16, v.getUint32(12, true)) };
     default:
       return null;
   }

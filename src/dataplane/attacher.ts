@@ -1,11 +1,12 @@
 /**
- * Per-process uprobes on TLS write functions. Probes are filtered by pid in
+ * Per-process uprobes on TLS library functions. Probes are filtered by pid in
  * the kernel, so processes kloak does not protect never run them. Detaching
  * hands the fds to a closer thread: the kernel's unregister waits for a grace
  * period, and processes held at exec must not wait for that.
  */
 import { FdCloser } from "../../lib/fd-closer.ts";
-import { attachUprobe, type UprobeFds } from "../../lib/uprobe.ts";
+import { attachUprobe, attachUprobeMulti } from "../../lib/uprobe.ts";
+import type { UprobeKind } from "./bpf-object.ts";
 import type { TlsTarget, TlsTargetFinder } from "./tls-targets.ts";
 
 export interface AttachResult {
@@ -18,8 +19,8 @@ export interface AttachResult {
 const ESRCH = 3;
 
 export class Attacher {
-  /** pid -> target id -> probes */
-  private readonly probes = new Map<number, Map<string, UprobeFds[]>>();
+  /** pid -> target id -> the fds that hold its probes */
+  private readonly probes = new Map<number, Map<string, number[]>>();
   private readonly closer = new FdCloser();
   attachErrors = 0;
 
@@ -27,6 +28,7 @@ export class Attacher {
     private readonly entryFd: number,
     private readonly retFd: number,
     private readonly finder: TlsTargetFinder,
+    private readonly kind: UprobeKind,
   ) {}
 
   get processes(): number {
@@ -36,7 +38,7 @@ export class Attacher {
   get probeCount(): number {
     let n = 0;
     for (const m of this.probes.values()) for (const l of m.values()) n += l.length;
-    return n;
+    return n; // fds: links (multi) or perf event + link pairs (single)
   }
 
   /**
@@ -67,31 +69,42 @@ export class Attacher {
     return result;
   }
 
-  private attachTarget(pid: number, t: TlsTarget, result: AttachResult): UprobeFds[] {
-    const fds: UprobeFds[] = [];
-    for (const f of t.functions) {
-      for (const [progFd, retprobe] of [
-        [this.entryFd, false],
-        [this.retFd, true],
-      ] as const) {
+  private attachTarget(pid: number, t: TlsTarget, result: AttachResult): number[] {
+    const fds: number[] = [];
+    const groups = [
+      { progFd: this.entryFd, retprobe: false, fns: t.functions },
+      { progFd: this.retFd, retprobe: true, fns: t.functions.filter((f) => f.ret) },
+    ];
+    for (const { progFd, retprobe, fns } of groups) {
+      // multi: one link for the group; single: one perf event per function
+      const batches = this.kind === "multi" ? [fns] : fns.map((f) => [f]);
+      for (const batch of batches) {
+        if (batch.length === 0) continue;
         try {
-          fds.push(attachUprobe({ progFd, pid, path: t.path, offset: f.offset, retprobe, cookie: BigInt(f.cookie) }));
-          result.attached++;
+          if (this.kind === "multi") {
+            const spec = { progFd, pid, path: t.path, retprobe };
+            fds.push(attachUprobeMulti({ ...spec, offsets: batch.map((f) => f.offset), cookies: batch.map((f) => BigInt(f.cookie)) }));
+          } else {
+            const f = batch[0]!;
+            const p = attachUprobe({ progFd, pid, path: t.path, offset: f.offset, retprobe, cookie: BigInt(f.cookie) });
+            fds.push(p.linkFd, p.perfFd);
+          }
+          result.attached += batch.length;
         } catch (e) {
           if ((e as { errno?: number }).errno === ESRCH) {
             result.vanished = true;
             return fds;
           }
           this.attachErrors++;
-          result.errors.push(`${f.name} in ${t.path}: ${(e as Error).message}`);
+          result.errors.push(`${batch.map((f) => f.name).join(", ")} in ${t.path}: ${(e as Error).message}`);
         }
       }
     }
     return fds;
   }
 
-  private release(fds: UprobeFds[]): void {
-    this.closer.close(fds.flatMap((f) => [f.linkFd, f.perfFd]));
+  private release(fds: number[]): void {
+    this.closer.close(fds);
   }
 
   detach(pid: number): void {

@@ -2,6 +2,7 @@
 import { createHash } from "node:crypto";
 import { BpfError, BpfObject, BPF_FUNC, BPF_PROG_TYPE_KPROBE, probeHelper } from "../../lib/libbpf.ts";
 import { readFileSync } from "node:fs";
+import { BPF_TRACE_UPROBE_MULTI } from "../../lib/uprobe.ts";
 import objectPath from "../../bpf/kloak.bpf.o" with { type: "file" };
 import { EnvironmentError } from "../errors.ts";
 import { LAYOUT, Mode } from "./abi.ts";
@@ -17,14 +18,19 @@ export function objectBuildId(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex").slice(0, 16);
 }
 
-const PROGRAMS: Record<RewriteMode, [entry: string, ret: string]> = {
-  kernel: ["kloak_write_kernel", "kloak_write_ret_kernel"],
-  stop: ["kloak_write_stop", "kloak_write_ret_stop"],
+/** The uprobe programs of each rewrite mode (entry, return); the other mode's are not loaded. */
+export const MODE_PROGRAMS: Record<RewriteMode, readonly [entry: string, ret: string]> = {
+  kernel: ["kloak_tls_kernel", "kloak_tls_ret_kernel"],
+  stop: ["kloak_tls_stop", "kloak_tls_ret_stop"],
 };
 
-export function writePrograms(mode: RewriteMode) {
-  return PROGRAMS[mode];
-}
+/** Process lifecycle: scopes follow fork, exec is held until attached, exit detaches. */
+export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit"] as const;
+/** Sends inside TLS calls, which tie a connection to its socket. */
+export const SEND_TRACEPOINTS = ["kloak_send_write", "kloak_send_writev", "kloak_send_sendto", "kloak_send_sendmsg"] as const;
+
+/** How uprobes are attached: one multi-uprobe link per file (6.6+), or a perf event per offset. */
+export type UprobeKind = "multi" | "single";
 
 function capEffective(): bigint {
   const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "latin1"));
@@ -59,6 +65,7 @@ export function probeRewriteMode(): { mode: RewriteMode; reason: string } {
 export interface LoadOptions {
   mode: RewriteMode | "auto";
   scanCap: number;
+  uprobes: UprobeKind;
 }
 
 export interface LoadedObject {
@@ -67,14 +74,15 @@ export interface LoadedObject {
   reason: string;
 }
 
-function tryLoad(bytes: Uint8Array, mode: RewriteMode, scanCap: number): BpfObject {
+function tryLoad(bytes: Uint8Array, mode: RewriteMode, o: LoadOptions): BpfObject {
   const obj = BpfObject.openMem(bytes, "kloak");
   try {
-    for (const [m, progs] of Object.entries(PROGRAMS)) if (m !== mode) for (const p of progs) obj.program(p).setAutoload(false);
+    for (const [m, progs] of Object.entries(MODE_PROGRAMS)) if (m !== mode) for (const p of progs) obj.program(p).setAutoload(false);
+    if (o.uprobes === "multi") for (const p of MODE_PROGRAMS[mode]) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
     const cfg = obj.map(".rodata.config").initialValue();
     if (cfg.byteLength < LAYOUT.kloak_config.size) throw new Error(".rodata.config is smaller than struct kloak_config");
     cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);
-    cfg.setUint32(LAYOUT.kloak_config.fields.scan_cap, scanCap, true);
+    cfg.setUint32(LAYOUT.kloak_config.fields.scan_cap, o.scanCap, true);
     // Real values live in the kernel only in kernel mode.
     if (mode === "stop") obj.map("kloak_values").setMaxEntries(1);
     obj.load();
@@ -94,10 +102,10 @@ export function loadObject(bytes: Uint8Array, o: LoadOptions): LoadedObject {
     );
   const mode = o.mode === "auto" ? probe.mode : o.mode;
   try {
-    return { obj: tryLoad(bytes, mode, o.scanCap), mode, reason: o.mode === "auto" ? probe.reason : "forced by --rewrite-mode" };
+    return { obj: tryLoad(bytes, mode, o), mode, reason: o.mode === "auto" ? probe.reason : "forced by --rewrite-mode" };
   } catch (e) {
     if (o.mode === "auto" && mode === "kernel") {
-      const obj = tryLoad(bytes, "stop", o.scanCap);
+      const obj = tryLoad(bytes, "stop", o);
       return { obj, mode: "stop", reason: `kernel mode failed its trial load (${(e as Error).message.split("\n")[0]})` };
     }
     if (e instanceof BpfError)

@@ -6,20 +6,34 @@
 import { BpfLink, BpfMap, BpfObject, possibleCpus } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
 import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT } from "../../lib/libc.ts";
+import { uprobeMultiSupported } from "../../lib/uprobe.ts";
 import {
   COUNTERS,
   encodeBytes,
   encodeGrant,
+  encodeNameAddr,
   encodePhKey,
+  encodePolicy,
   encodeProc,
+  encodeResolved,
   encodeU32,
   EventType,
   type CounterName,
   type DataplaneEvent,
+  type KernelRule,
   type RefusalEvent,
+  type SniEvent,
 } from "./abi.ts";
 import { Attacher } from "./attacher.ts";
-import { loadObject, objectBytes, writePrograms, type RewriteMode } from "./bpf-object.ts";
+import {
+  loadObject,
+  MODE_PROGRAMS,
+  objectBytes,
+  PROCESS_TRACEPOINTS,
+  SEND_TRACEPOINTS,
+  type RewriteMode,
+  type UprobeKind,
+} from "./bpf-object.ts";
 import type { FromWorker, ToWorker, WorkerStats } from "./ring-protocol.ts";
 import { TlsTargetFinder } from "./tls-targets.ts";
 
@@ -29,6 +43,8 @@ export interface DataplaneOptions {
   scanCap: number;
   /** how long the worker waits for a writer to stop before giving up (fail closed) */
   stopWaitMs?: number;
+  /** default: multi-uprobe links where the kernel has them */
+  uprobes?: UprobeKind | "auto";
   /** called for attach problems and other things an operator should see */
   warn?: (msg: string) => void;
 }
@@ -38,15 +54,28 @@ export interface SecretEntry {
   placeholder: Uint8Array;
   key: { tail: Uint8Array; tailLen: number };
   value: Uint8Array;
+  /** where the secret may go; null: anywhere */
+  rules: readonly KernelRule[] | null;
 }
-
-const TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit"];
 
 export class Dataplane {
   readonly mode: RewriteMode;
   readonly modeReason: string;
+  readonly uprobes: UprobeKind;
+  /** false when the send tracepoints could not attach: only SSL_set_fd binds connections */
+  sendBinding = true;
   private readonly maps: Record<
-    "placeholders" | "secrets" | "values" | "procs" | "launchers" | "entitled" | "counters" | "events" | "stopReleased",
+    | "placeholders"
+    | "secrets"
+    | "values"
+    | "procs"
+    | "launchers"
+    | "entitled"
+    | "counters"
+    | "events"
+    | "stopReleased"
+    | "policy"
+    | "resolved",
     BpfMap
   >;
   private readonly tracepoints: BpfLink[] = [];
@@ -57,6 +86,7 @@ export class Dataplane {
   private seq = 0;
   private readonly acks = new Map<number, () => void>();
   private readonly refusalListeners: ((e: RefusalEvent) => void)[] = [];
+  private readonly sniListeners: ((e: SniEvent) => void)[] = [];
   private readonly workerTotals: WorkerStats = {
     patched: 0,
     restored: 0,
@@ -71,10 +101,12 @@ export class Dataplane {
     private readonly obj: BpfObject,
     mode: RewriteMode,
     reason: string,
+    uprobes: UprobeKind,
     private readonly opts: DataplaneOptions,
   ) {
     this.mode = mode;
     this.modeReason = reason;
+    this.uprobes = uprobes;
     this.maps = {
       placeholders: obj.map("kloak_placeholders"),
       secrets: obj.map("kloak_secrets"),
@@ -85,20 +117,35 @@ export class Dataplane {
       counters: obj.map("kloak_counters"),
       events: obj.map("tls_events"),
       stopReleased: obj.map("kloak_stop_released"),
+      policy: obj.map("kloak_policy"),
+      resolved: obj.map("kloak_resolved"),
     };
-    const [entry, ret] = writePrograms(mode);
-    this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder());
+    const [entry, ret] = MODE_PROGRAMS[mode];
+    this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder(), uprobes);
     this.bellFd = eventfd();
     this.worker = new Worker(workerSpec(new URL("./ring-worker.ts", import.meta.url), "./src/dataplane/ring-worker.ts"));
   }
 
   /** Load the object, attach the process tracepoints and start the ring worker. */
   static async start(opts: DataplaneOptions): Promise<Dataplane> {
-    const { obj, mode, reason } = loadObject(await objectBytes(), opts);
+    const want = opts.uprobes ?? "auto";
+    const uprobes: UprobeKind = want === "auto" ? (uprobeMultiSupported() ? "multi" : "single") : want;
+    const { obj, mode, reason } = loadObject(await objectBytes(), { ...opts, uprobes });
     let dp: Dataplane | undefined;
     try {
-      dp = new Dataplane(obj, mode, reason, opts);
-      for (const name of TRACEPOINTS) dp.tracepoints.push(obj.program(name).attach());
+      dp = new Dataplane(obj, mode, reason, uprobes, opts);
+      for (const name of PROCESS_TRACEPOINTS) dp.tracepoints.push(obj.program(name).attach());
+      for (const name of SEND_TRACEPOINTS) {
+        try {
+          dp.tracepoints.push(obj.program(name).attach());
+        } catch (e) {
+          dp.sendBinding = false;
+          opts.warn?.(
+            `cannot attach ${name} (${(e as Error).message.split("\n")[0]}): TLS connections are tied to their socket ` +
+              "only through SSL_set_fd; secrets with rules are refused on other connections",
+          );
+        }
+      }
       await dp.startWorker();
       return dp;
     } catch (e) {
@@ -179,6 +226,9 @@ export class Dataplane {
         case EventType.REFUSED:
           for (const l of this.refusalListeners) l(ev);
           break;
+        case EventType.SNI:
+          for (const l of this.sniListeners) l(ev);
+          break;
       }
     }
     for (const tgid of sync) this.attach(tgid);
@@ -194,8 +244,16 @@ export class Dataplane {
     this.refusalListeners.push(fn);
   }
 
+  /** SNI names clients of protected processes set (for names under wildcard rules). */
+  onSni(fn: (e: SniEvent) => void): void {
+    this.sniListeners.push(fn);
+  }
+
   /** Load one secret; resolves once the worker holds it too, so it is usable at once. */
   async setSecret(s: SecretEntry): Promise<void> {
+    // The policy first: a findable placeholder must never be unrestricted, not even briefly.
+    if (s.rules) this.maps.policy.update(encodeU32(s.id), encodePolicy(s.rules));
+    else this.maps.policy.delete(encodeU32(s.id));
     this.maps.secrets.update(encodeU32(s.id), encodeBytes(s.placeholder));
     if (this.mode === "kernel") this.maps.values.update(encodeU32(s.id), encodeBytes(s.value));
     else await this.toWorker({ type: "secret", seq: 0, id: s.id, placeholder: s.placeholder, value: s.value });
@@ -209,6 +267,19 @@ export class Dataplane {
       this.acks.set(seq, resolve);
       this.post({ ...m, seq });
     });
+  }
+
+  /**
+   * kloak resolved name to addr (16 bytes, IPv4 mapped). validUntilNs
+   * (CLOCK_MONOTONIC): connections bound after it no longer match;
+   * VALID_FOREVER while the name still resolves to it.
+   */
+  setResolved(name: string, addr: Uint8Array, validUntilNs: bigint): void {
+    this.maps.resolved.update(encodeNameAddr(name, addr), encodeResolved(validUntilNs));
+  }
+
+  deleteResolved(name: string, addr: Uint8Array): void {
+    this.maps.resolved.delete(encodeNameAddr(name, addr));
   }
 
   grant(scopeId: number, secretId: number): void {

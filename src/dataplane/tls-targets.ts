@@ -8,15 +8,26 @@ import { functionOffsets } from "../../lib/elf.ts";
 import { exePath, mappedFiles } from "../../lib/proc.ts";
 import { Fn } from "./abi.ts";
 
-export const TLS_WRITE_FUNCTIONS = [
-  { name: "SSL_write", cookie: Fn.SSL_WRITE },
-  { name: "SSL_write_ex", cookie: Fn.SSL_WRITE_EX },
+/**
+ * The probed functions of a TLS library: the writes, where placeholders are
+ * substituted, and what ties a connection to its socket and name. `ret`: the
+ * return is probed as well.
+ */
+export const TLS_FUNCTIONS = [
+  { name: "SSL_write", cookie: Fn.SSL_WRITE, ret: true },
+  { name: "SSL_write_ex", cookie: Fn.SSL_WRITE_EX, ret: true },
+  { name: "SSL_do_handshake", cookie: Fn.SSL_DO_HANDSHAKE, ret: true },
+  { name: "SSL_set_fd", cookie: Fn.SSL_SET_FD, ret: false },
+  { name: "SSL_ctrl", cookie: Fn.SSL_CTRL, ret: false },
+  { name: "SSL_free", cookie: Fn.SSL_FREE, ret: false },
 ] as const;
+const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_EX]);
 
 export interface TlsFunction {
   name: string;
   offset: number;
   cookie: number;
+  ret: boolean;
 }
 export interface TlsTarget {
   /** dev:ino, so one file reached by several paths is attached once */
@@ -72,14 +83,16 @@ export class TlsTargetFinder {
     try {
       const offsets = functionOffsets(
         path,
-        TLS_WRITE_FUNCTIONS.map((f) => f.name),
+        TLS_FUNCTIONS.map((f) => f.name),
       );
-      const list = TLS_WRITE_FUNCTIONS.filter((f) => offsets.has(f.name)).map((f) => ({
+      const list = TLS_FUNCTIONS.filter((f) => offsets.has(f.name)).map((f) => ({
         name: f.name,
         offset: offsets.get(f.name)!,
         cookie: f.cookie,
+        ret: f.ret,
       }));
-      fns = list.length ? list : null;
+      // A file is a target when it can write TLS; the rest only helps the writes.
+      fns = list.some((f) => WRITE_COOKIES.has(f.cookie)) ? list : null;
     } catch {
       fns = null; // not ELF (scripts, data files)
     }

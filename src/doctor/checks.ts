@@ -18,6 +18,9 @@ import {
   probeMapType,
 } from "../../lib/libbpf.ts";
 import { mount } from "../../lib/libc.ts";
+import { MODE_PROGRAMS } from "../dataplane/bpf-object.ts";
+
+export { MODE_PROGRAMS };
 
 export interface Check {
   id: string;
@@ -42,11 +45,6 @@ export interface DoctorOptions {
   objectBytes?: Uint8Array;
 }
 
-/** Programs of each rewrite mode in bpf/kloak.bpf.c; the other mode's are not loaded. */
-export const MODE_PROGRAMS: Record<RewriteMode, readonly string[]> = {
-  stop: ["kloak_write_stop", "kloak_write_ret_stop"],
-  kernel: ["kloak_write_kernel", "kloak_write_ret_kernel"],
-};
 
 const BPF_PROG_TYPE_RAW_TRACEPOINT = 17;
 

@@ -43,22 +43,31 @@ test("enum kloak_counter matches COUNTERS in order", () => {
   expect(e.KC__COUNT).toBe(abi.COUNTERS.length);
 });
 
+/** enum values named PREFIX_X in the object equal { X } of a mirror (names compared without underscores) */
+const sameEnum = (name: string, prefix: string, mirror: Record<string, number>) => {
+  const e = enumValues(name);
+  const norm = (k: string) => k.replace(/_/g, "").toLowerCase();
+  const got = Object.fromEntries(Object.entries(e).map(([k, v]) => [norm(k.slice(prefix.length)), v]));
+  expect(got).toEqual(Object.fromEntries(Object.entries(mirror).map(([k, v]) => [norm(k), v])));
+};
+
 test("enum kloak_refusal matches REFUSAL_REASONS", () => {
   const e = enumValues("kloak_refusal");
   expect(Object.keys(e).length).toBe(Object.keys(abi.REFUSAL_REASONS).length);
-  const c = enumValues("kloak_counter");
-  void c;
   expect(e.KR_UNKNOWN_PLACEHOLDER).toBe(1);
   expect(abi.REFUSAL_REASONS[e.KR_BEYOND_SCAN_CAP!]).toBe("beyond_scan_cap");
   expect(abi.REFUSAL_REASONS[e.KR_NOT_ENTITLED!]).toBe("scope_not_entitled");
+  expect(abi.REFUSAL_REASONS[e.KR_DESTINATION_NOT_ALLOWED!]).toBe("destination_not_allowed");
+  expect(abi.REFUSAL_REASONS[e.KR_SNI_MISMATCH!]).toBe("sni_mismatch");
+  expect(abi.REFUSAL_REASONS[e.KR_UNKNOWN_PEER!]).toBe("unknown_peer");
 });
 
-test("enum kloak_event_type, kloak_fn, kloak_mode", () => {
-  const ev = enumValues("kloak_event_type");
-  expect(ev).toEqual({ KE_SUBSTITUTE: 1, KE_RESTORE: 2, KE_EXEC: 3, KE_FORK: 4, KE_EXIT: 5, KE_REFUSED: 6 });
-  expect(abi.EventType).toEqual({ SUBSTITUTE: 1, RESTORE: 2, EXEC: 3, FORK: 4, EXIT: 5, REFUSED: 6 });
-  expect(enumValues("kloak_fn")).toEqual({ KLOAK_FN_SSL_WRITE: abi.Fn.SSL_WRITE, KLOAK_FN_SSL_WRITE_EX: abi.Fn.SSL_WRITE_EX });
-  expect(enumValues("kloak_mode")).toEqual({ KLOAK_MODE_KERNEL: abi.Mode.KERNEL, KLOAK_MODE_STOP: abi.Mode.STOP });
+test("enums: event types, functions, modes, connection flags, rule kinds", () => {
+  sameEnum("kloak_event_type", "KE_", abi.EventType);
+  sameEnum("kloak_fn", "KLOAK_FN_", abi.Fn);
+  sameEnum("kloak_mode", "KLOAK_MODE_", abi.Mode);
+  sameEnum("kloak_conn_flags", "KLOAK_CONN_", abi.ConnFlags);
+  sameEnum("kloak_rule_kind", "KLOAK_RULE_", abi.RuleKind);
 });
 
 test("#defines of kloak.h", () => {
@@ -76,4 +85,6 @@ test("#defines of kloak.h", () => {
   expect(def("KLOAK_MAX_CANDIDATES")).toBe(abi.MAX_CANDIDATES);
   expect(def("KLOAK_CHUNK")).toBe(abi.CHUNK);
   expect(def("KLOAK_MAX_SCAN")).toBe(abi.MAX_SCAN);
+  expect(def("KLOAK_MAX_RULES")).toBe(abi.MAX_RULES);
+  expect(def("KLOAK_NAME_MAX")).toBe(abi.NAME_MAX);
 });

@@ -123,7 +123,7 @@ describe("kloak exec substitutes inside real TLS writes", () => {
     const got = raw.received();
     expect(occurrences(got, `real=${secret} `)).toBe(1);
     expect(occurrences(got, `fake=${lookalike}`)).toBe(1);
-    expect(r.stderr).toMatch(/refused 1x: a write: unknown_placeholder/);
+    expect(r.stderr).toMatch(new RegExp(`refused 1x: a write to 127\\.0\\.0\\.1:${raw.port}: unknown_placeholder`));
   });
 
   test("1 MiB body: a placeholder inside the scan cap is substituted, one beyond it goes out as is (counted)", async () => {
@@ -142,7 +142,7 @@ describe("kloak exec substitutes inside real TLS writes", () => {
     expect(got.indexOf(secret)).toBe(1000);
     expect(placeholderCount(got)).toBe(1);
     expect(got.indexOf("kloak:")).toBe(1000 + 32 + 512 * 1024);
-    expect(r.stderr).toMatch(/refused 1x: a write: beyond_scan_cap/);
+    expect(r.stderr).toMatch(new RegExp(`refused 1x: a write to 127\\.0\\.0\\.1:${raw.port}: beyond_scan_cap`));
   });
 
   test("8 concurrent curl clients in one tree all get substituted", async () => {
@@ -194,7 +194,7 @@ describe("kloak exec substitutes inside real TLS writes", () => {
     const refused = placeholderCount(got);
     expect(substituted + refused).toBe(40);
     expect(substituted).toBeGreaterThan(0);
-    const counted = /refused (\d+)x: secret K: concurrent_write/.exec(r.stderr);
+    const counted = new RegExp(`refused (\\d+)x: secret K to 127\\.0\\.0\\.1:${http.port}: concurrent_write`).exec(r.stderr);
     expect(refused).toBe(counted ? Number(counted[1]) : 0);
   });
 
