@@ -151,6 +151,23 @@ struct {
 	__type(value, struct kloak_resolved);
 } kloak_resolved SEC(".maps");
 
+/* SNI names the agent has seen (and resolved, if under a wildcard rule) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, char[KLOAK_NAME_MAX]);
+	__type(value, __u8);
+} kloak_names SEC(".maps");
+
+/* [0] != 0 while some secret has a wildcard rule: only then are clients held
+ * at a new SNI name */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_sni_hold SEC(".maps");
+
 /* An owner older than this lost its restore (thread died, event lost). */
 #define STOP_OWNER_STALE_NS 1000000000ULL
 
@@ -675,6 +692,24 @@ static __always_inline int poke(struct kloak_item *item, void *map)
 	return bpf_probe_write_user((void *)item->addr, src->data, len);
 }
 
+/* Take the process's one stop claim; false while another thread holds it. */
+static __always_inline bool claim_stop(__u32 tgid, __u32 tid, __u64 seq)
+{
+	struct kloak_stop_owner me = { .tid = tid, .seq = seq }, *cur;
+	__u64 *released;
+
+	if (bpf_map_update_elem(&kloak_stop_owner, &tgid, &me, BPF_NOEXIST) == 0)
+		return true;
+	cur = bpf_map_lookup_elem(&kloak_stop_owner, &tgid);
+	released = bpf_map_lookup_elem(&kloak_stop_released, &tgid);
+	/* Held unless: this very thread's earlier claim (it runs, so its
+	 * restore is done), released by the agent, or stale. */
+	if (cur && cur->tid != tid && !(released && *released == cur->seq) && seq - cur->seq < STOP_OWNER_STALE_NS)
+		return false;
+	bpf_map_update_elem(&kloak_stop_owner, &tgid, &me, BPF_ANY);
+	return true;
+}
+
 static __always_inline int stop_with(const struct kloak_write_event *ev, __u32 type)
 {
 	struct kloak_write_event *e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
@@ -758,25 +793,14 @@ static __always_inline int on_write(struct pt_regs *ctx, struct scratch *s, __u6
 			}
 		}
 	} else {
-		struct kloak_stop_owner me = { .tid = tid, .seq = s->ev.seq }, *cur;
-		__u64 *released;
-
-		if (bpf_map_update_elem(&kloak_stop_owner, &tgid, &me, BPF_NOEXIST)) {
-			cur = bpf_map_lookup_elem(&kloak_stop_owner, &tgid);
-			released = bpf_map_lookup_elem(&kloak_stop_released, &tgid);
-			/* Held unless: this very thread's earlier claim (it runs, so its
-			 * restore is done), released by the agent, or stale. */
-			if (cur && cur->tid != tid && !(released && *released == cur->seq) &&
-			    me.seq - cur->seq < STOP_OWNER_STALE_NS) {
-				for (i = 0; i < KLOAK_MAX_SUBST; i++) {
-					if (i >= s->ev.count)
-						break;
-					refuse(s, KR_CONCURRENT_WRITE, KC_REFUSED_CONCURRENT, s->ev.items[i].secret_id,
-					       s->ev.items[i].addr - s->buf);
-				}
-				return 0;
+		if (!claim_stop(tgid, tid, s->ev.seq)) {
+			for (i = 0; i < KLOAK_MAX_SUBST; i++) {
+				if (i >= s->ev.count)
+					break;
+				refuse(s, KR_CONCURRENT_WRITE, KC_REFUSED_CONCURRENT, s->ev.items[i].secret_id,
+				       s->ev.items[i].addr - s->buf);
 			}
-			bpf_map_update_elem(&kloak_stop_owner, &tgid, &me, BPF_ANY);
+			return 0;
 		}
 		if (stop_with(&s->ev, KE_SUBSTITUTE)) {
 			bpf_map_delete_elem(&kloak_stop_owner, &tgid);
@@ -826,9 +850,11 @@ static __always_inline int on_ctrl(struct pt_regs *ctx)
 	struct kloak_conn *c, fresh = { .fd = -1 };
 	struct kloak_sni_event *e;
 	struct kloak_proc *proc;
+	__u32 i, zero = 0, *want;
+	__u64 seq = bpf_ktime_get_ns();
 	const char *name;
+	bool hold;
 	long n;
-	__u32 i;
 
 	if ((int)PT_REGS_PARM2(ctx) != SSL_CTRL_SET_TLSEXT_HOSTNAME)
 		return 0;
@@ -864,9 +890,18 @@ static __always_inline int on_ctrl(struct pt_regs *ctx)
 		c->sni[n & (KLOAK_NAME_MAX - 1)] = 0;
 	}
 	c->sni_len = n;
-	/* The agent resolves names under wildcard rules as clients use them. */
+	/* The agent resolves names under wildcard rules as clients use them; a
+	 * name it has not seen yet holds the client until it has. */
+	want = bpf_map_lookup_elem(&kloak_sni_hold, &zero);
+	hold = want && *want && !bpf_map_lookup_elem(&kloak_names, c->sni);
+	if (hold && !claim_stop(k.tgid, (__u32)id, seq)) {
+		hold = false;
+		count(KC_SNI_UNHELD, 1);
+	}
 	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
 	if (!e) {
+		if (hold)
+			bpf_map_delete_elem(&kloak_stop_owner, &k.tgid);
 		count(KC_EVENTS_LOST, 1);
 		return 0;
 	}
@@ -874,8 +909,15 @@ static __always_inline int on_ctrl(struct pt_regs *ctx)
 	e->tgid = k.tgid;
 	e->scope_id = proc->scope_id;
 	e->sni_len = n;
+	e->hold = hold;
+	e->_pad = 0;
+	e->seq = seq;
 	__builtin_memcpy(e->sni, c->sni, KLOAK_NAME_MAX);
 	bpf_ringbuf_submit(e, 0);
+	if (hold) {
+		count(KC_SNI_HELD, 1);
+		bpf_send_signal(SIGSTOP);
+	}
 	return 0;
 }
 

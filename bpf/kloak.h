@@ -64,6 +64,8 @@ enum kloak_counter {
 	KC_UNRESTRICTED,           /* substitutions of secrets that have no rules */
 	KC_CONNS_BOUND,            /* TLS connections tied to their socket */
 	KC_BIND_CONFLICT,          /* a connection seen on two sockets: never substituted */
+	KC_SNI_HELD,               /* new SNI names the client was held for until resolved */
+	KC_SNI_UNHELD,             /* ... not held: another thread had a stop in flight */
 	KC__COUNT
 };
 
@@ -232,12 +234,18 @@ struct kloak_refusal_event {
 	char sni[KLOAK_NAME_MAX];
 };
 
-/* KE_SNI */
+/* KE_SNI. With hold set, the process is stopped (and holds the stop claim
+ * with seq) until the agent has resolved the name and added it to
+ * kloak_names: the first write to a name under a wildcard rule must not race
+ * its resolution. */
 struct kloak_sni_event {
 	__u32 type;
 	__u32 tgid;
 	__u32 scope_id;
 	__u32 sni_len;
+	__u32 hold;
+	__u32 _pad;
+	__u64 seq;
 	char sni[KLOAK_NAME_MAX];
 };
 

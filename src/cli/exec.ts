@@ -28,7 +28,7 @@ same length; the real value is put into CMD's TLS writes (and its children's).
 options:
   --secret NAME=VALUE      a secret (repeatable); VALUE is visible in ps: prefer
   --secret NAME            ... which takes the value from kloak's own environment
-  --secrets-file FILE      YAML or JSON list of secrets (see docs/secrets-file.md)
+  --secrets-file FILE      YAML or JSON list of secrets (README: "Secrets file")
   --allow NAME=RULE[,RULE] where secret NAME may be sent (repeatable, adds to the
                            file's hosts): api.example.com, *.example.com,
                            host:443, 10.0.0.0/8, [::1]:8443 (docs/policy.md).
@@ -207,6 +207,7 @@ export async function execCommand(argv: string[]): Promise<number> {
     warn: say,
   });
   dp.onSni((e) => policy.sawSni(e.sni));
+  dp.holdAtNewSni(opts.secrets.some((s) => s.rules.some((r) => r.kind === "wildcard")));
   let guardian: ReturnType<typeof Bun.spawn> | undefined;
   const pin = execPinPath(process.pid);
   try {

@@ -48,6 +48,8 @@ export const COUNTERS = [
   "unrestricted",
   "conns_bound",
   "bind_conflict",
+  "sni_held",
+  "sni_unheld",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
@@ -103,7 +105,10 @@ export const LAYOUT = {
     size: 56 + NAME_MAX,
     fields: { type: 0, tgid: 4, scope_id: 8, secret_id: 12, reason: 16, sni_len: 20, offset: 24, peer: 32, sni: 56 },
   },
-  kloak_sni_event: { size: 16 + NAME_MAX, fields: { type: 0, tgid: 4, scope_id: 8, sni_len: 12, sni: 16 } },
+  kloak_sni_event: {
+    size: 32 + NAME_MAX,
+    fields: { type: 0, tgid: 4, scope_id: 8, sni_len: 12, hold: 16, _pad: 20, seq: 24, sni: 32 },
+  },
   kloak_config: { size: 8, fields: { mode: 0, scan_cap: 4 } },
   kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, seq: 8 } },
 } as const;
@@ -181,6 +186,9 @@ export interface SniEvent {
   tgid: number;
   scopeId: number;
   sni: string;
+  /** the process is stopped, holding the stop claim `seq`, until the agent resumes it */
+  hold: boolean;
+  seq: bigint;
 }
 export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent | SniEvent;
 
@@ -243,6 +251,12 @@ export function encodePolicy(rules: readonly KernelRule[]): Uint8Array {
   return b;
 }
 
+export function encodeName256(hostname: string): Uint8Array {
+  const b = new Uint8Array(NAME_MAX);
+  encodeName(b, 0, hostname);
+  return b;
+}
+
 export function encodeNameAddr(hostname: string, addr: Uint8Array): Uint8Array {
   const b = new Uint8Array(LAYOUT.kloak_name_addr.size);
   encodeName(b, 0, hostname);
@@ -290,7 +304,14 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
       };
     }
     case EventType.SNI:
-      return { type, tgid: v.getUint32(4, true), scopeId: v.getUint32(8, true), sni: name(v, 16, v.getUint32(12, true)) };
+      return {
+        type,
+        tgid: v.getUint32(4, true),
+        scopeId: v.getUint32(8, true),
+        sni: name(v, 32, v.getUint32(12, true)),
+        hold: v.getUint32(16, true) !== 0,
+        seq: v.getBigUint64(24, true),
+      };
     default:
       return null;
   }

@@ -11,6 +11,7 @@ import {
   COUNTERS,
   encodeBytes,
   encodeGrant,
+  encodeName256,
   encodeNameAddr,
   encodePhKey,
   encodePolicy,
@@ -58,6 +59,9 @@ export interface SecretEntry {
   rules: readonly KernelRule[] | null;
 }
 
+/** A client held at a new SNI name waits at most this long for its resolution. */
+const SNI_HOLD_MS = 1000;
+
 export class Dataplane {
   readonly mode: RewriteMode;
   readonly modeReason: string;
@@ -75,7 +79,9 @@ export class Dataplane {
     | "events"
     | "stopReleased"
     | "policy"
-    | "resolved",
+    | "resolved"
+    | "names"
+    | "sniHold",
     BpfMap
   >;
   private readonly tracepoints: BpfLink[] = [];
@@ -86,7 +92,7 @@ export class Dataplane {
   private seq = 0;
   private readonly acks = new Map<number, () => void>();
   private readonly refusalListeners: ((e: RefusalEvent) => void)[] = [];
-  private readonly sniListeners: ((e: SniEvent) => void)[] = [];
+  private sniHandler: (e: SniEvent) => Promise<void> | void = () => {};
   private readonly workerTotals: WorkerStats = {
     patched: 0,
     restored: 0,
@@ -119,6 +125,8 @@ export class Dataplane {
       stopReleased: obj.map("kloak_stop_released"),
       policy: obj.map("kloak_policy"),
       resolved: obj.map("kloak_resolved"),
+      names: obj.map("kloak_names"),
+      sniHold: obj.map("kloak_sni_hold"),
     };
     const [entry, ret] = MODE_PROGRAMS[mode];
     this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder(), uprobes);
@@ -227,7 +235,7 @@ export class Dataplane {
           for (const l of this.refusalListeners) l(ev);
           break;
         case EventType.SNI:
-          for (const l of this.sniListeners) l(ev);
+          void this.onSniEvent(ev);
           break;
       }
     }
@@ -244,9 +252,37 @@ export class Dataplane {
     this.refusalListeners.push(fn);
   }
 
-  /** SNI names clients of protected processes set (for names under wildcard rules). */
-  onSni(fn: (e: SniEvent) => void): void {
-    this.sniListeners.push(fn);
+  /**
+   * SNI names clients of protected processes set. A client held at a new
+   * name (see holdAtNewSni) resumes once fn settles, or after holdMs at most:
+   * fn resolves the name if a wildcard rule covers it.
+   */
+  onSni(fn: (e: SniEvent) => Promise<void> | void): void {
+    this.sniHandler = fn;
+  }
+
+  /** Hold clients at SNI names not seen before; wanted while any secret has a wildcard rule. */
+  holdAtNewSni(on: boolean): void {
+    this.maps.sniHold.update(encodeU32(0), encodeU32(on ? 1 : 0));
+  }
+
+  private async onSniEvent(e: SniEvent): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([this.sniHandler(e), new Promise((r) => (timer = setTimeout(r, SNI_HOLD_MS)))]);
+    } catch (err) {
+      this.opts.warn?.(`SNI ${e.sni}: ${(err as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this.closed) return;
+    this.maps.names.update(encodeName256(e.sni), new Uint8Array([1]));
+    if (!e.hold) return;
+    kill(e.tgid, SIGCONT);
+    // Release the claim after the SIGCONT, by its seq, as the ring worker does.
+    const seq = new Uint8Array(8);
+    new DataView(seq.buffer).setBigUint64(0, e.seq, true);
+    this.maps.stopReleased.update(encodeU32(e.tgid), seq);
   }
 
   /** Load one secret; resolves once the worker holds it too, so it is usable at once. */

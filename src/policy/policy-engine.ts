@@ -76,8 +76,8 @@ export class PolicyEngine {
     await Promise.all(waits);
   }
 
-  /** A protected client sent this SNI: resolve it if a wildcard rule covers it. */
-  sawSni(name: string): void {
+  /** A protected client sent this SNI: resolve it if a wildcard rule covers it; settles once resolved. */
+  async sawSni(name: string): Promise<void> {
     if (this.closed || this.ruleNames.has(name)) return;
     if (this.sniNames.has(name)) {
       this.sniNames.delete(name); // refresh its place in the LRU order
@@ -92,7 +92,7 @@ export class PolicyEngine {
       this.sniNames.delete(old);
       this.resolver.unwatch(old); // reports its addresses removed: they age out like any dropped answer
     }
-    void this.resolver.watch(name);
+    await this.resolver.watch(name);
   }
 
   /** The addresses currently allowed for a name (for reports and tests). */
