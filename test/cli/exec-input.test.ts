@@ -28,6 +28,14 @@ const cases: [string, string[], number, RegExp][] = [
   ["scan cap too small", ["exec", "--scan-cap", "100", "--secret", "A=abcdefgh", "--", "true"], 2, /must be between 4096 bytes and 16MiB/],
   ["missing secrets file", ["exec", "--secrets-file", "/nonexistent/s.yaml", "--", "true"], 2, /s\.yaml/],
   ["duplicate names", ["exec", "--secret", "A=abcdefgh", "--secret", "A=ijklmnop", "--", "true"], 2, /defined twice/],
+  ["--allow: wildcard without a domain", ["exec", "--secret", "A=abcdefgh", "--allow", "A=*.", "--", "true"], 2, /--allow A: rule "\*\.": /],
+  ["--allow: wildcard glued to a name", ["exec", "--secret", "A=abcdefgh", "--allow", "A=*foo.com", "--", "true"], 2, /rule "\*foo\.com": a wildcard must be "\*\." followed by a domain/],
+  ["--allow: port out of range", ["exec", "--secret", "A=abcdefgh", "--allow", "A=host:99999", "--", "true"], 2, /rule "host:99999": port 99999 is out of range/],
+  ["--allow: bad CIDR", ["exec", "--secret", "A=abcdefgh", "--allow", "A=10.0.0.0/33", "--", "true"], 2, /rule "10\.0\.0\.0\/33"/],
+  ["--allow: empty entry", ["exec", "--secret", "A=abcdefgh", "--allow", "A=a.com,,b.com", "--", "true"], 2, /empty/],
+  ["--allow: unknown secret", ["exec", "--secret", "A=abcdefgh", "--allow", "B=a.com", "--", "true"], 2, /no secret named B/],
+  ["--allow: no rule", ["exec", "--secret", "A=abcdefgh", "--allow", "A", "--", "true"], 2, /write --allow NAME=RULE/],
+  ["--dns-server: not an address", ["exec", "--secret", "A=abcdefgh", "--dns-server", "dns.example", "--", "true"], 2, /--dns-server "dns\.example"/],
   ["forced kernel mode under lockdown", ["exec", "--rewrite-mode", "kernel", "--secret", "A=abcdefgh", "--", "true"], 1, /kernel is not possible here: lockdown=integrity/],
 ];
 
@@ -59,6 +67,17 @@ test("an invalid secrets file names the file and the field", async () => {
   expect(r.code).toBe(2);
   expect(r.stderr).toContain("bad.yaml");
   expect(r.stderr).toContain("secrets[1]");
+});
+
+test("a bad rule in a secrets file: nothing loaded, the file, the secret's place and the rule are named", async () => {
+  const f = join(dir, "rules.yaml");
+  writeFileSync(f, "secrets:\n  - name: OK\n    value: abcdefghij\n    hosts: [api.example.com, '*.']\n");
+  const r = await runKloak(["exec", "--secrets-file", f, "--", "true"]);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toContain("rules.yaml");
+  expect(r.stderr).toContain("secrets[0].hosts[1]");
+  expect(r.stderr).toContain('rule "*."');
+  expect(r.stderr.trim().split("\n").length).toBe(1);
 });
 
 test("a command that does not exist", async () => {
