@@ -8,6 +8,10 @@
  *   baseline   the client run directly, no kloak
  *   kloak      under `kloak exec --secret`, the client never sends the placeholder
  *   kloak+ph   under kloak, one placeholder in every write (substituted)
+ *   kloak+rules, kloak+ph+rules
+ *              the same with destination rules on the secret
+ *              (--allow NAME=localhost,127.0.0.1): every substitution is
+ *              checked against the connection's peer
  *
  * for two workloads:
  *
@@ -97,7 +101,7 @@ if (![DURATION, REPS, WARMUP, MAX_COUNT].every((x) => Number.isFinite(x) && x >=
 
 // ---------------------------------------------------------------- model
 
-type VariantId = "baseline" | "kloak" | "kloak+ph";
+type VariantId = "baseline" | "kloak" | "kloak+ph" | "kloak+rules" | "kloak+ph+rules";
 type WorkloadId = "request" | "bulk";
 
 interface Variant {
@@ -105,6 +109,8 @@ interface Variant {
   label: string;
   kloak: boolean;
   placeholder: boolean;
+  /** the secret has destination rules (the server's address is allowed) */
+  rules?: boolean;
 }
 interface Workload {
   id: WorkloadId;
@@ -116,7 +122,11 @@ const VARIANTS: Variant[] = [
   { id: "baseline", label: "baseline (no kloak)", kloak: false, placeholder: false },
   { id: "kloak", label: "kloak, no placeholder sent", kloak: true, placeholder: false },
   { id: "kloak+ph", label: "kloak, 1 placeholder per write", kloak: true, placeholder: true },
+  { id: "kloak+rules", label: "kloak with rules, no placeholder sent", kloak: true, placeholder: false, rules: true },
+  { id: "kloak+ph+rules", label: "kloak with rules, 1 placeholder per write", kloak: true, placeholder: true, rules: true },
 ];
+/** host rule first (resolved-address path), then the address itself (CIDR path) */
+const RULES = "localhost,127.0.0.1";
 const WORKLOADS: Workload[] = [
   { id: "request", label: "request loop (1 KiB request, keep-alive)", size: 1024 },
   { id: "bulk", label: "bulk (16 KiB writes)", size: 16384 },
@@ -300,7 +310,8 @@ async function runOne(
     // --secret NAME takes the value from kloak's environment: it never appears in argv.
     cmd = [
       ...(PIN ? [TASKSET!, "-c", ALL_CPUS] : []), // undo the affinity inherited from the pinned server
-      process.execPath, KLOAK_MAIN, "exec", "--secret", SECRET_NAME, "--", ...client,
+      process.execPath, KLOAK_MAIN, "exec", "--secret", SECRET_NAME,
+      ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), "--", ...client,
     ];
     env[SECRET_NAME] = ctx.value;
   }
@@ -667,7 +678,7 @@ async function main(): Promise<number> {
         console.error(`bench: diagnostic phase (BPF run-time stats on, ${DIAG_DURATION}s runs, not in the numbers above)`);
         try {
           for (const w of WORKLOADS)
-            for (const v of VARIANTS.filter((x) => x.kloak)) {
+            for (const v of VARIANTS.filter((x) => x.kloak && !x.rules)) {
               try {
                 const r = await runOne(ctx, w, v, 0, { bpfStats: true });
                 diagRuns.push(r);
@@ -700,6 +711,8 @@ async function main(): Promise<number> {
     const b = S(w, "baseline");
     const k = S(w, "kloak");
     const p = S(w, "kloak+ph");
+    const kr = S(w, "kloak+rules");
+    const pr = S(w, "kloak+ph+rules");
     const rate = (s: Summary) => (w === "request" ? s.ops_per_s : s.mib_per_s);
     const pairs = (v: VariantId) =>
       [...new Set(runs.map((r) => r.rep))].flatMap((rep) => {
@@ -712,6 +725,11 @@ async function main(): Promise<number> {
       per_rep_ratio_placeholder: pairs("kloak+ph"),
       ratio_no_placeholder: rate(k) / rate(b),
       ratio_placeholder: rate(p) / rate(b),
+      per_rep_ratio_no_placeholder_rules: pairs("kloak+rules"),
+      per_rep_ratio_placeholder_rules: pairs("kloak+ph+rules"),
+      ratio_no_placeholder_rules: rate(kr) / rate(b),
+      ratio_placeholder_rules: rate(pr) / rate(b),
+      added_p99_per_substituted_write_rules_ns: pr.p99_ns - b.p99_ns,
       added_p50_no_placeholder_ns: k.p50_ns - b.p50_ns,
       added_p99_no_placeholder_ns: k.p99_ns - b.p99_ns,
       added_p50_per_substituted_write_ns: p.p50_ns - b.p50_ns,
@@ -750,6 +768,27 @@ async function main(): Promise<number> {
       value: derived.request.added_p99_per_substituted_write_ns / 1e6,
       shown: fmtSignedUs(derived.request.added_p99_per_substituted_write_ns),
       pass: derived.request.added_p99_per_substituted_write_ns <= TARGETS.addedP99Ms * 1e6,
+    },
+    {
+      id: "no_placeholder_1k_rules",
+      what: `... the same with destination rules: req/s >= ${pct(TARGETS.noPh1k)} of baseline`,
+      value: derived.request.ratio_no_placeholder_rules,
+      shown: pct(derived.request.ratio_no_placeholder_rules),
+      pass: derived.request.ratio_no_placeholder_rules >= TARGETS.noPh1k,
+    },
+    {
+      id: "no_placeholder_16k_rules",
+      what: `... 16 KiB bulk with destination rules: MiB/s >= ${pct(TARGETS.noPh16k)} of baseline`,
+      value: derived.bulk.ratio_no_placeholder_rules,
+      shown: pct(derived.bulk.ratio_no_placeholder_rules),
+      pass: derived.bulk.ratio_no_placeholder_rules >= TARGETS.noPh16k,
+    },
+    {
+      id: "added_p99_per_substituted_write_rules",
+      what: `added p99 per substituted write with destination rules (p99 kloak+ph+rules - p99 baseline) <= ${TARGETS.addedP99Ms} ms`,
+      value: derived.request.added_p99_per_substituted_write_rules_ns / 1e6,
+      shown: fmtSignedUs(derived.request.added_p99_per_substituted_write_rules_ns),
+      pass: derived.request.added_p99_per_substituted_write_rules_ns <= TARGETS.addedP99Ms * 1e6,
     },
     {
       id: "peak_agent_rss",
@@ -857,7 +896,8 @@ async function main(): Promise<number> {
     L();
     L(
       `- throughput without placeholders: ${pct(d.ratio_no_placeholder)} of baseline (ratio of medians; same-rep ratios ${d.per_rep_ratio_no_placeholder.map(pct).join(", ")}); ` +
-        `with one placeholder per write: ${pct(d.ratio_placeholder)} (same-rep ${d.per_rep_ratio_placeholder.map(pct).join(", ")})`,
+        `with one placeholder per write: ${pct(d.ratio_placeholder)} (same-rep ${d.per_rep_ratio_placeholder.map(pct).join(", ")}); ` +
+        `with destination rules: ${pct(d.ratio_no_placeholder_rules)} without and ${pct(d.ratio_placeholder_rules)} with a placeholder`,
     );
     L(
       `- added latency per substituted write (kloak+ph − baseline): p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)}, ` +
@@ -888,7 +928,8 @@ async function main(): Promise<number> {
     const k = S(w.id, "kloak");
     const p = S(w.id, "kloak+ph");
     const bpfOf = (v: VariantId) => diagRuns.find((r) => r.workload === w.id && r.variant === v)?.bpf ?? [];
-    const writeProgs = (v: VariantId) => bpfOf(v).filter((x) => x.name.startsWith("kloak_write"));
+    // the write path: the TLS uprobe programs and the send tracepoints (bpftool names are cut at 15 chars)
+    const writeProgs = (v: VariantId) => bpfOf(v).filter((x) => x.name.startsWith("kloak_tls") || x.name.startsWith("kloak_send"));
     const progText = (v: VariantId) =>
       writeProgs(v)
         .map((x) => `\`${x.name}\` ${(x.nsPerRun / 1000).toFixed(2)} µs/run × ${x.runsPerWrite.toFixed(2)}/write`)

@@ -440,12 +440,18 @@ static __always_inline void bind_conn(__u64 ssl, __u32 tgid, __s32 fd, bool by_f
 {
 	struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
 	struct kloak_conn *c, fresh = { .fd = -1 };
-	struct file *f = fd_file(fd);
+	struct file *f;
 	__u64 ino = 0;
 
+	c = bpf_map_lookup_elem(&kloak_conns, &k);
+	/* The common case, every send of a bound connection: same fd, nothing to
+	 * learn (a socket swapped under that fd number fails the inode check at
+	 * the next write). */
+	if (c && !by_fd && (c->flags & KLOAK_CONN_BOUND) && c->fd == fd)
+		return;
+	f = fd_file(fd);
 	if (!f || !inet_stream(f, &ino))
 		return;
-	c = bpf_map_lookup_elem(&kloak_conns, &k);
 	if (!c) {
 		bpf_map_update_elem(&kloak_conns, &k, &fresh, BPF_NOEXIST);
 		c = bpf_map_lookup_elem(&kloak_conns, &k);

@@ -17,7 +17,6 @@ import { loadSecretsFile, mergeSecrets, parseSecretFlag, type SecretSpec } from 
 import { kernelRules, PolicyEngine } from "../policy/policy-engine.ts";
 import { dnsLookup } from "../policy/resolver.ts";
 import { formatRule, MAX_RULES, parseRuleList, RuleError, type Rule } from "../policy/rules.ts";
-import { dataplaneMetrics } from "../metrics/dataplane-metrics.ts";
 import { RefusalLog } from "./refusals.ts";
 
 export const EXEC_USAGE = `usage: kloak exec [options] -- CMD [ARGS...]
@@ -299,6 +298,8 @@ async function writeMetrics(
   counters: ReturnType<Dataplane["counters"]>,
   stats: Awaited<ReturnType<Dataplane["workerStats"]>>,
 ): Promise<void> {
+  // Loaded only when asked for: prom-client costs the agent a few MiB of RSS.
+  const { dataplaneMetrics } = await import("../metrics/dataplane-metrics.ts");
   const registry = dataplaneMetrics(() => ({ counters, worker: stats }));
   try {
     writeFileSync(file, await registry.metrics());

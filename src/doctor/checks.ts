@@ -18,7 +18,11 @@ import {
   probeMapType,
 } from "../../lib/libbpf.ts";
 import { mount } from "../../lib/libc.ts";
-import { MODE_PROGRAMS } from "../dataplane/bpf-object.ts";
+import { uprobeMultiSupported } from "../../lib/uprobe.ts";
+import { MODE_PROGRAMS, SEND_TRACEPOINTS } from "../dataplane/bpf-object.ts";
+
+/** the syscalls whose sends tie a TLS connection to its socket */
+const SEND_SYSCALLS = SEND_TRACEPOINTS.map((p) => p.replace("kloak_send_", ""));
 
 export { MODE_PROGRAMS };
 
@@ -351,8 +355,39 @@ function definitions(f: Facts, opts: DoctorOptions, decided: { mode: RewriteMode
           if (mountedAt(mounts, at)?.fstype === "tracefs") return ok(`mounted at ${at}`);
         }
         return warn(
-          "not mounted; not needed by kloak itself (raw tracepoints and the uprobe PMU), useful for diagnostics",
+          "not mounted: the syscall tracepoints that tie TLS connections to their sockets cannot attach, so secrets " +
+            "with destination rules are refused for clients that do not call SSL_set_fd (curl, for one)",
           "mount -t tracefs tracefs /sys/kernel/tracing",
+        );
+      },
+    },
+    {
+      id: "syscall-tracepoints",
+      title: "Syscall tracepoints",
+      required: false,
+      remedy: "use a kernel built with CONFIG_FTRACE_SYSCALLS=y and mount tracefs at /sys/kernel/tracing",
+      run: () => {
+        const base = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].find((b) => existsSync(`${b}/events`));
+        if (!base) return warn("tracefs not mounted: cannot tell (see the tracefs check)");
+        const missing = SEND_SYSCALLS.filter((n) => !existsSync(`${base}/events/syscalls/sys_enter_${n}`));
+        if (missing.length)
+          return warn(
+            `no sys_enter_${missing.join(", sys_enter_")}: connections are tied to sockets only through SSL_set_fd; ` +
+              "secrets with destination rules are refused on other clients",
+          );
+        return ok(`sys_enter_${SEND_SYSCALLS.join(", sys_enter_")} (connection binding)`);
+      },
+    },
+    {
+      id: "uprobe-multi",
+      title: "Multi-uprobe links",
+      required: false,
+      remedy: "a 6.6 or later kernel detaches faster; nothing else changes",
+      run: () => {
+        if (!f.canProbe()) return warn(UNPROBED, PROBE_REMEDY);
+        if (uprobeMultiSupported()) return ok("one link per library and process (6.6+)");
+        return warn(
+          "unavailable: one perf event per probed function; works the same, but each process's detach waits one RCU grace period per probe",
         );
       },
     },
