@@ -164,8 +164,3 @@ export function mapUpdateRaw(mapFd: number, key: Uint8Array, value: Uint8Array):
   attr.writeBigUInt64LE(BigInt(ptr(value)), 16);
   return Number(sys.syscall(SYS_bpf, BPF_MAP_UPDATE_ELEM, ptr(attr), attr.length, 0, 0)) === 0;
 }
-
-export function detachUprobe(fds: UprobeFds): void {
-  close(fds.linkFd);
-  close(fds.perfFd);
-}

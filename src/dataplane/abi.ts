@@ -192,18 +192,6 @@ export interface SniEvent {
 }
 export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent | SniEvent;
 
-/** 16 bytes, IPv4 as ::ffff:a.b.c.d, the way the kernel side compares addresses. */
-export function mappedBytes(address: string, family: 4 | 6): Uint8Array {
-  const b = new Uint8Array(16);
-  if (family === 4) {
-    b[10] = 0xff;
-    b[11] = 0xff;
-    address.split(".").forEach((o, i) => (b[12 + i] = Number(o)));
-    return b;
-  }
-  return ipaddr.IPv6.parse(address).toByteArray().reduce((acc, x, i) => ((acc[i] = x), acc), b);
-}
-
 function peerAddress(addr: Uint8Array, family: number): string {
   if (family === AF_INET) return ipaddr.fromByteArray([...addr.subarray(12, 16)]).toString();
   if (family === AF_INET6) {

@@ -35,12 +35,6 @@ export class Attacher {
     return this.probes.size;
   }
 
-  get probeCount(): number {
-    let n = 0;
-    for (const m of this.probes.values()) for (const l of m.values()) n += l.length;
-    return n; // fds: links (multi) or perf event + link pairs (single)
-  }
-
   /**
    * Make the probes of pid match its current image: attach new targets, drop
    * those it no longer has (after exec). Probes survive exec for files the new

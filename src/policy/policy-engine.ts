@@ -9,9 +9,9 @@
  * that were verified, while new connections follow the new answers at once.
  */
 import { monotonicNs } from "../../lib/libc.ts";
-import { mappedBytes, VALID_FOREVER, type KernelRule } from "../dataplane/abi.ts";
+import { VALID_FOREVER, type KernelRule } from "../dataplane/abi.ts";
 import { NameResolver, type Addr, type LookupFn } from "./resolver.ts";
-import { hostMatches, mappedAddress, type Rule } from "./rules.ts";
+import { hostMatches, mappedAddress, mappedBytes, type Rule } from "./rules.ts";
 
 /** What the engine needs of the data plane. */
 export interface ResolvedSink {

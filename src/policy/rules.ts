@@ -290,12 +290,17 @@ export function parseRules(list: readonly string[]): Rule[] {
  * a prefix over 128 bits, so both families share one key format (e.g. one LPM trie).
  */
 export function mappedAddress(r: Cidr): { bytes: Uint8Array; prefix: number } {
-  if (r.family === 6) return { bytes: new Uint8Array(ipaddr.IPv6.parse(r.address).toByteArray()), prefix: r.prefix };
+  return { bytes: mappedBytes(r.address, r.family), prefix: r.family === 4 ? r.prefix + 96 : r.prefix };
+}
+
+/** An address as 16 bytes, IPv4 as ::ffff:a.b.c.d: the one form kloak's data plane compares. */
+export function mappedBytes(address: string, family: 4 | 6): Uint8Array {
+  if (family === 6) return new Uint8Array(ipaddr.IPv6.parse(address).toByteArray());
   const bytes = new Uint8Array(16);
   bytes[10] = 0xff;
   bytes[11] = 0xff;
-  bytes.set(ipaddr.IPv4.parse(r.address).toByteArray(), 12);
-  return { bytes, prefix: r.prefix + 96 };
+  bytes.set(ipaddr.IPv4.parse(address).toByteArray(), 12);
+  return bytes;
 }
 
 /**
