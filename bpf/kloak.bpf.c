@@ -431,6 +431,17 @@ static __always_inline struct sock *inet_stream(struct file *f, __u64 *ino)
 	return sk;
 }
 
+/* The connection entry of {ssl, tgid}, created empty (no socket, no SNI) when new. */
+static __always_inline struct kloak_conn *conn_of(struct kloak_conn_key *k)
+{
+	struct kloak_conn *c = bpf_map_lookup_elem(&kloak_conns, k), fresh = { .fd = -1 };
+
+	if (c)
+		return c;
+	bpf_map_update_elem(&kloak_conns, k, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&kloak_conns, k);
+}
+
 /*
  * Tie ssl to the socket behind fd. SSL_set_fd is authoritative (the library
  * writes to that fd from now on); a send during a TLS call binds a connection
@@ -439,7 +450,7 @@ static __always_inline struct sock *inet_stream(struct file *f, __u64 *ino)
 static __always_inline void bind_conn(__u64 ssl, __u32 tgid, __s32 fd, bool by_fd)
 {
 	struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
-	struct kloak_conn *c, fresh = { .fd = -1 };
+	struct kloak_conn *c;
 	struct file *f;
 	__u64 ino = 0;
 
@@ -452,12 +463,8 @@ static __always_inline void bind_conn(__u64 ssl, __u32 tgid, __s32 fd, bool by_f
 	f = fd_file(fd);
 	if (!f || !inet_stream(f, &ino))
 		return;
-	if (!c) {
-		bpf_map_update_elem(&kloak_conns, &k, &fresh, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&kloak_conns, &k);
-		if (!c)
-			return;
-	}
+	if (!c && !(c = conn_of(&k)))
+		return;
 	if (by_fd || !(c->flags & KLOAK_CONN_BOUND)) {
 		c->fd = fd;
 		c->ino = ino;
@@ -611,14 +618,17 @@ static long check_rule(__u32 idx, void *unused)
 	return s->verdict == VERDICT_ALLOW;
 }
 
-/* The secret may go to this write's peer; refuses (and says why) otherwise. */
+/* The secret may go to this write's peer (any peer when it has no rules:
+ * counted); refuses, and says why, otherwise. */
 static __always_inline bool destination_allowed(struct scratch *s, __u32 id, __u64 start)
 {
 	struct kloak_policy *pol = bpf_map_lookup_elem(&kloak_policy, &id);
 	__u32 n;
 
-	if (!pol)
+	if (!pol) {
+		count(KC_UNRESTRICTED, 1);
 		return true;
+	}
 	if (!peer_known(s)) {
 		refuse(s, KR_UNKNOWN_PEER, KC_REFUSED_UNKNOWN_PEER, id, start);
 		return false;
@@ -672,8 +682,6 @@ static long verify_candidate(__u32 idx, void *unused)
 	}
 	if (!destination_allowed(s, id, start))
 		return 0;
-	if (!bpf_map_lookup_elem(&kloak_policy, &id))
-		count(KC_UNRESTRICTED, 1);
 	n = s->ev.count;
 	if (n >= KLOAK_MAX_SUBST) {
 		refuse(s, KR_TOO_MANY, KC_REFUSED_TOO_MANY, id, start);
@@ -853,7 +861,7 @@ static __always_inline int on_ctrl(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid(), ssl = PT_REGS_PARM1(ctx);
 	struct kloak_conn_key k = { .ssl = ssl, .tgid = id >> 32 };
-	struct kloak_conn *c, fresh = { .fd = -1 };
+	struct kloak_conn *c;
 	struct kloak_sni_event *e;
 	struct kloak_proc *proc;
 	__u32 i, zero = 0, *want;
@@ -867,13 +875,9 @@ static __always_inline int on_ctrl(struct pt_regs *ctx)
 	proc = bpf_map_lookup_elem(&kloak_procs, &k.tgid);
 	if (!proc)
 		return 0;
-	c = bpf_map_lookup_elem(&kloak_conns, &k);
-	if (!c) {
-		bpf_map_update_elem(&kloak_conns, &k, &fresh, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&kloak_conns, &k);
-		if (!c)
-			return 0;
-	}
+	c = conn_of(&k);
+	if (!c)
+		return 0;
 	__builtin_memset(c->sni, 0, KLOAK_NAME_MAX);
 	c->sni_len = 0;
 	name = (const char *)PT_REGS_PARM4(ctx);

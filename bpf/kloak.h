@@ -56,7 +56,8 @@ enum kloak_counter {
 	KC_BYTES_UNSCANNED,        /* bytes beyond the scan cap */
 	KC_CANDIDATES_DROPPED,     /* "kloak:" beyond KLOAK_MAX_CANDIDATES */
 	KC_EVENTS_LOST,            /* process/refusal events the ring could not take */
-	KC_NESTED_WRITE,           /* write entered while one is in flight on the thread */
+	KC_NESTED_WRITE,           /* write entered while one is in flight on the thread, or
+	                            * while a preempted program holds the CPU's scratch slot */
 	KC_REFUSED_CONCURRENT,     /* stop mode: another thread of the process holds the stop */
 	KC_REFUSED_DESTINATION,    /* peer (IP, port, name) matches no rule of the secret */
 	KC_REFUSED_SNI,            /* peer is allowed but the client's SNI names another host */
