@@ -66,8 +66,6 @@ export class Dataplane {
   readonly mode: RewriteMode;
   readonly modeReason: string;
   readonly uprobes: UprobeKind;
-  /** false when the send tracepoints could not attach: only SSL_set_fd binds connections */
-  sendBinding = true;
   private readonly maps: Record<
     | "placeholders"
     | "secrets"
@@ -147,7 +145,6 @@ export class Dataplane {
         try {
           dp.tracepoints.push(obj.program(name).attach());
         } catch (e) {
-          dp.sendBinding = false;
           opts.warn?.(
             `cannot attach ${name} (${(e as Error).message.split("\n")[0]}): TLS connections are tied to their socket ` +
               "only through SSL_set_fd; secrets with rules are refused on other connections",
@@ -254,7 +251,7 @@ export class Dataplane {
 
   /**
    * SNI names clients of protected processes set. A client held at a new
-   * name (see holdAtNewSni) resumes once fn settles, or after holdMs at most:
+   * name (see holdAtNewSni) resumes once fn settles, or after SNI_HOLD_MS at most:
    * fn resolves the name if a wildcard rule covers it.
    */
   onSni(fn: (e: SniEvent) => Promise<void> | void): void {
@@ -275,10 +272,11 @@ export class Dataplane {
     } finally {
       clearTimeout(timer);
     }
-    if (this.closed) return;
-    this.maps.names.update(encodeName256(e.sni), new Uint8Array([1]));
+    // Closed meanwhile: the maps are gone, but a held client must still run.
+    if (!this.closed) this.maps.names.update(encodeName256(e.sni), new Uint8Array([1]));
     if (!e.hold) return;
     kill(e.tgid, SIGCONT);
+    if (this.closed) return;
     // Release the claim after the SIGCONT, by its seq, as the ring worker does.
     const seq = new Uint8Array(8);
     new DataView(seq.buffer).setBigUint64(0, e.seq, true);
