@@ -87,6 +87,9 @@ async function run(steps: Step[], allow: string[], extra: string[] = []): Promis
     { env: { KLOAK_TEST_REQUEST: req, KLOAK_TEST_CA: certs.caFile } },
   );
   if (process.env.KLOAK_TEST_DEBUG) console.log(r.code, r.stdout, r.stderr);
+  // Every client run must complete (the servers answer placeholders too), so a
+  // refused substitution can never hide behind a client that failed to connect.
+  expect(r.code).toBe(0);
   return {
     ...r,
     secret,
