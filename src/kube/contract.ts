@@ -1,0 +1,76 @@
+/**
+ * The user-facing contract shared with getkloak.io: label and annotation
+ * names, shadow Secret naming, and what "enabled" means. Everything that reads
+ * or writes these names imports them from here.
+ */
+
+export const DOMAIN = "getkloak.io";
+/** label or annotation on Secrets, Pods, Namespaces (label) and workloads */
+export const ENABLED = `${DOMAIN}/enabled`;
+/** annotation (comma separated rules) or label (a single host: label values cannot hold commas) */
+export const HOSTS = `${DOMAIN}/hosts`;
+/** label on shadow Secrets */
+export const MANAGED = `${DOMAIN}/managed`;
+/** label on shadow Secrets: the original's name */
+export const OWNER = `${DOMAIN}/owner`;
+export const SHADOW_SUFFIX = "-kloak";
+
+export interface Meta {
+  name?: string;
+  namespace?: string;
+  labels?: Record<string, string> | null;
+  annotations?: Record<string, string> | null;
+}
+
+export function shadowName(original: string): string {
+  return original + SHADOW_SUFFIX;
+}
+
+/**
+ * What an object's getkloak.io/enabled says. Only the exact string "true"
+ * enables; any other value is "invalid" so callers can tell the operator
+ * (a typo such as "yes" or "True" must not silently protect nothing).
+ */
+export type Enablement = "enabled" | "absent" | "invalid";
+
+export function enablement(meta: Meta | undefined, where: "label" | "label-or-annotation" = "label-or-annotation"): Enablement {
+  const values = [meta?.labels?.[ENABLED]];
+  if (where === "label-or-annotation") values.push(meta?.annotations?.[ENABLED]);
+  let seen = false;
+  for (const v of values) {
+    if (v === undefined) continue;
+    if (v === "true") return "enabled";
+    seen = true;
+  }
+  return seen ? "invalid" : "absent";
+}
+
+export function isEnabled(meta: Meta | undefined, where?: "label" | "label-or-annotation"): boolean {
+  return enablement(meta, where) === "enabled";
+}
+
+/** The value that made enablement "invalid", for messages. */
+export function enabledValue(meta: Meta | undefined): string | undefined {
+  const l = meta?.labels?.[ENABLED];
+  if (l !== undefined && l !== "true") return l;
+  const a = meta?.annotations?.[ENABLED];
+  return a !== undefined && a !== "true" ? a : undefined;
+}
+
+export function invalidEnablementMessage(kind: string, meta: Meta, value: string): string {
+  const id = meta.namespace ? `${meta.namespace}/${meta.name}` : `${meta.name}`;
+  return (
+    `${kind} ${id} has ${ENABLED}=${JSON.stringify(value)}; only "true" enables kloak, ` +
+    `so kloak ignores it: set it to "true" or remove it`
+  );
+}
+
+/** A Secret kloak wrote (labelled managed): never itself an original. */
+export function isShadow(meta: Meta | undefined): boolean {
+  return meta?.labels?.[MANAGED] === "true";
+}
+
+/** The hosts rule text of a Secret: the annotation wins over the single-host label. */
+export function hostsText(meta: Meta | undefined): string | undefined {
+  return meta?.annotations?.[HOSTS] ?? meta?.labels?.[HOSTS];
+}
