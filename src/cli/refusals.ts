@@ -47,7 +47,7 @@ export class RefusalLog {
   }
 }
 
-const HINTS: Record<string, string> = {
+export const HINTS: Record<string, string> = {
   unknown_placeholder: "text shaped like a placeholder that kloak did not issue; left as is",
   beyond_scan_cap: "bytes past --scan-cap were not scanned; raise --scan-cap if placeholders can sit there",
   too_many_placeholders: "more than 16 placeholders in one write",

@@ -1,0 +1,200 @@
+/**
+ * Every agent's view of protected secrets: for each enabled original with a
+ * valid shadow, each key becomes one kernel secret (placeholder from the
+ * shadow, value from the original, rules from getkloak.io/hosts). Driven by
+ * watch events of originals and shadows, so a rotated value is live as soon
+ * as the watch delivers it; nothing runs on a timer.
+ *
+ * Fail closed: a key is loaded only when the original is enabled and
+ * servable, the shadow is kloak's (managed, owned by this original's uid) and
+ * its placeholder has the value's length. Anything else unloads the key.
+ */
+import { createHash } from "node:crypto";
+import { isEnabled, isShadow, OWNER, shadowName } from "../kube/contract.ts";
+import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
+import { isPlaceholderShaped, placeholderKey, PlaceholderRegistry } from "../secrets/placeholder.ts";
+import { kernelRules } from "../policy/policy-engine.ts";
+import type { Rule } from "../policy/rules.ts";
+import type { KernelRule } from "../dataplane/abi.ts";
+import type { SecretEntry } from "../dataplane/dataplane.ts";
+import type { LogFn } from "../agent/log.ts";
+import type { SecretView } from "./secret-view.ts";
+
+export interface CatalogSink {
+  setSecret(s: SecretEntry): Promise<void>;
+  deleteSecret(id: number): Promise<void> | void;
+  holdAtNewSni(on: boolean): void;
+}
+
+export interface SecretSource {
+  get(namespace: string, name: string): SecretView | undefined;
+}
+
+export interface PolicySource {
+  add(rules: readonly Rule[]): Promise<void>;
+}
+
+interface Loaded {
+  id: number;
+  placeholder: string;
+  /** sha256 of value + rules: what was loaded, without keeping a copy of the value */
+  fingerprint: string;
+  wildcard: boolean;
+}
+
+export interface SecretKeyRef {
+  namespace: string;
+  name: string;
+  key: string;
+}
+
+export class SecretCatalog {
+  /** `${ns}/${name}` -> key -> loaded entry */
+  private readonly loaded = new Map<string, Map<string, Loaded>>();
+  private readonly byId = new Map<number, SecretKeyRef>();
+  private readonly registry = new PlaceholderRegistry();
+  private nextId = 1;
+  private readonly queues = new Map<string, Promise<void>>();
+  private readonly listeners: ((namespace: string, name: string) => void)[] = [];
+  private wildcards = 0;
+
+  constructor(
+    private readonly sink: CatalogSink,
+    private readonly secrets: SecretSource,
+    private readonly policy: PolicySource,
+    private readonly log: LogFn,
+  ) {}
+
+  /** Called after a Secret's loaded keys changed (pods re-grant). */
+  onChange(fn: (namespace: string, name: string) => void): void {
+    this.listeners.push(fn);
+  }
+
+  /** A Secret (original or shadow) changed: bring its original's keys up to date. Calls for one original run in order. */
+  touch(s: SecretView): Promise<void> {
+    const ns = s.metadata.namespace ?? "";
+    const original = isShadow(s.metadata) ? (s.metadata.labels?.[OWNER] ?? "") : (s.metadata.name ?? "");
+    if (!original) return Promise.resolve();
+    const key = `${ns}/${original}`;
+    const next = (this.queues.get(key) ?? Promise.resolve()).then(() => this.sync(ns, original));
+    const settled = next.catch((e) => this.log("error", "secret sync failed", { secret: key, error: (e as Error).message }));
+    this.queues.set(key, settled);
+    void settled.then(() => {
+      if (this.queues.get(key) === settled) this.queues.delete(key);
+    });
+    return settled;
+  }
+
+  /** ids of the loaded keys of ns/name (keys: "all" or a subset). */
+  idsFor(namespace: string, name: string, keys: Set<string> | "all"): number[] {
+    const m = this.loaded.get(`${namespace}/${name}`);
+    if (!m) return [];
+    const out: number[] = [];
+    for (const [k, l] of m) if (keys === "all" || keys.has(k)) out.push(l.id);
+    return out;
+  }
+
+  describe(id: number): SecretKeyRef | undefined {
+    return this.byId.get(id);
+  }
+
+  /** Protected secrets (originals) and keys loaded into the kernel. */
+  stats(): { secrets: number; keys: number } {
+    let keys = 0;
+    for (const m of this.loaded.values()) keys += m.size;
+    return { secrets: this.loaded.size, keys };
+  }
+
+  private async sync(ns: string, name: string): Promise<void> {
+    const key = `${ns}/${name}`;
+    const original = this.secrets.get(ns, name);
+    const shadow = this.secrets.get(ns, shadowName(name));
+    const want = new Map<string, { placeholder: string; value: Uint8Array; rules: Rule[] | null }>();
+    const why = this.servable(original, shadow);
+    if (why === undefined && original && shadow) {
+      const checked = checkSecret(original);
+      for (const [k, value] of checked.values) {
+        const b64 = shadow.data?.[k];
+        const placeholder = b64 === undefined ? undefined : Buffer.from(b64, "base64").toString("latin1");
+        if (placeholder === undefined || !isPlaceholderShaped(placeholder) || placeholder.length !== value.length) {
+          // The leader writes a fitting placeholder; until then the key stays unloaded.
+          this.log("debug", "shadow placeholder does not fit the value yet; key not loaded", { secret: key, key: k });
+          continue;
+        }
+        want.set(k, { placeholder, value, rules: checked.rules });
+      }
+    } else if (why !== undefined && original && isEnabled(original.metadata)) {
+      this.log("info", "enabled secret not served", { secret: key, reason: why });
+    }
+    await this.apply(ns, name, want);
+  }
+
+  /** Why the pair cannot be served, or undefined if it can. */
+  private servable(original: SecretView | undefined, shadow: SecretView | undefined): string | undefined {
+    if (!original) return "the Secret is gone";
+    if (isShadow(original.metadata) || !isEnabled(original.metadata)) return "not enabled";
+    const checked = checkSecret(original);
+    if (checked.problems.length) return describeProblems(checked.problems);
+    if (!shadow) return "no shadow yet";
+    if (!isShadow(shadow.metadata) || shadow.metadata.labels?.[OWNER] !== original.metadata.name)
+      return `${shadowName(original.metadata.name ?? "")} is not kloak's shadow of this Secret`;
+    const owned = shadow.metadata.ownerReferences?.some((o) => o.kind === "Secret" && o.uid === original.metadata.uid);
+    if (!owned) return "the shadow belongs to an earlier Secret of this name";
+    return undefined;
+  }
+
+  private async apply(ns: string, name: string, want: Map<string, { placeholder: string; value: Uint8Array; rules: Rule[] | null }>): Promise<void> {
+    const key = `${ns}/${name}`;
+    const have = this.loaded.get(key) ?? new Map<string, Loaded>();
+    let changed = false;
+    for (const [k, l] of [...have]) {
+      const w = want.get(k);
+      if (w && w.placeholder === l.placeholder) continue;
+      // Gone, or a new placeholder (length change): unfindable before anything else.
+      await this.sink.deleteSecret(l.id);
+      this.registry.release(l.placeholder);
+      this.byId.delete(l.id);
+      if (l.wildcard) this.wildcards--;
+      have.delete(k);
+      changed = true;
+    }
+    for (const [k, w] of want) {
+      const fingerprint = fingerprintOf(w.value, w.rules);
+      const l = have.get(k);
+      if (l && l.fingerprint === fingerprint) continue;
+      if (!l) {
+        try {
+          this.registry.adopt(`${key}:${k}`, w.placeholder);
+        } catch (e) {
+          this.log("warn", "placeholder overlaps another secret's; key not loaded", { secret: key, key: k, error: (e as Error).message });
+          continue;
+        }
+      }
+      const rules: KernelRule[] | null = w.rules ? kernelRules(w.rules) : null;
+      if (w.rules) await this.policy.add(w.rules);
+      const id = l?.id ?? this.nextId++;
+      const bytes = new TextEncoder().encode(w.placeholder);
+      await this.sink.setSecret({ id, placeholder: bytes, key: placeholderKey(w.placeholder), value: w.value, rules });
+      const wildcard = (w.rules ?? []).some((r) => r.kind === "wildcard");
+      if (l?.wildcard) this.wildcards--;
+      if (wildcard) this.wildcards++;
+      have.set(k, { id, placeholder: w.placeholder, fingerprint, wildcard });
+      this.byId.set(id, { namespace: ns, name, key: k });
+      if (!l) changed = true;
+      this.log("info", l ? "secret value or hosts updated" : "secret key loaded", { secret: key, key: k, id, restricted: rules !== null });
+    }
+    this.sink.holdAtNewSni(this.wildcards > 0);
+    if (have.size) this.loaded.set(key, have);
+    else this.loaded.delete(key);
+    if (changed) for (const fn of this.listeners) fn(ns, name);
+  }
+}
+
+function fingerprintOf(value: Uint8Array, rules: Rule[] | null): string {
+  const h = createHash("sha256");
+  h.update(value);
+  h.update(JSON.stringify(rules));
+  return h.digest("hex");
+}
+
+

@@ -1,0 +1,54 @@
+/**
+ * The agent's trimmed copy of a Secret. Every Secret in the cluster is watched
+ * (enablement may be an annotation, which no selector can match), but only
+ * enabled originals and kloak's shadows keep their data: the rest of the
+ * cluster's secret values never stay in kloak's memory.
+ */
+import { isEnabled, isShadow, OWNER, type Meta } from "../kube/contract.ts";
+import type { ObjectMeta } from "../kube/reflector.ts";
+
+export interface SecretView {
+  metadata: ObjectMeta & Meta;
+  type?: string;
+  /** base64 values; only for enabled originals and shadows */
+  data?: Record<string, string>;
+}
+
+type RawSecret = {
+  metadata?: ObjectMeta & { labels?: Record<string, string>; annotations?: Record<string, string> };
+  type?: string;
+  data?: Record<string, string | Uint8Array>;
+};
+
+function pickMeta(m: RawSecret["metadata"]): SecretView["metadata"] {
+  return {
+    name: m?.name,
+    namespace: m?.namespace,
+    uid: m?.uid,
+    resourceVersion: m?.resourceVersion,
+    labels: m?.labels ?? undefined,
+    annotations: m?.annotations ?? undefined,
+    ownerReferences: m?.ownerReferences?.map((o) => ({ apiVersion: o.apiVersion, kind: o.kind, name: o.name, uid: o.uid, controller: o.controller })),
+  };
+}
+
+export function secretView(raw: RawSecret): SecretView {
+  const metadata = pickMeta(raw.metadata);
+  const keep = isEnabled(metadata) || isShadow(metadata);
+  const view: SecretView = { metadata, type: raw.type };
+  if (keep && raw.data) {
+    view.data = {};
+    for (const [k, val] of Object.entries(raw.data))
+      // The typed list client may hand back bytes; the watch hands back base64 strings.
+      view.data[k] = typeof val === "string" ? val : Buffer.from(val).toString("base64");
+  } else if (raw.data) {
+    // Keys without values: the webhook and pod entitlement need the key names only.
+    view.data = Object.fromEntries(Object.keys(raw.data).map((k) => [k, ""]));
+  }
+  return view;
+}
+
+/** The original a shadow belongs to, if `s` is a shadow kloak wrote. */
+export function shadowOwner(s: SecretView): string | undefined {
+  return isShadow(s.metadata) ? s.metadata.labels?.[OWNER] : undefined;
+}

@@ -1,0 +1,269 @@
+/**
+ * The leader's job: keep one shadow Secret `<name>-kloak` per enabled
+ * original, with the same type and keys and placeholders as values.
+ * Placeholders survive updates unless a value's length changes, so pods that
+ * mounted the shadow keep working across rotations.
+ *
+ * Writes are optimistic (resourceVersion); a 409 means the cache is behind,
+ * and the key is retried once the watch catches up. The writer never touches
+ * a Secret it did not label as its own.
+ */
+import type { CoreV1Api, V1Secret } from "@kubernetes/client-node";
+import { isEnabled, isShadow, MANAGED, OWNER, shadowName } from "../kube/contract.ts";
+import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
+import { isPlaceholderShaped, PlaceholderRegistry } from "../secrets/placeholder.ts";
+import type { LogFn } from "../agent/log.ts";
+import type { SecretView } from "./secret-view.ts";
+import { shadowOwner } from "./secret-view.ts";
+
+export interface SecretCache {
+  get(namespace: string, name: string): SecretView | undefined;
+  values(): IterableIterator<SecretView>;
+}
+
+export interface EventSink {
+  record(
+    obj: { apiVersion: string; kind: string; namespace: string; name: string; uid?: string },
+    type: "Normal" | "Warning",
+    reason: string,
+    message: string,
+  ): void;
+}
+
+const RETRY_MS = [200, 1000, 5000, 15_000, 30_000];
+
+export class ShadowWriter {
+  private leader = false;
+  private readonly pending = new Set<string>();
+  private running = false;
+  private readonly attempts = new Map<string, number>();
+  private readonly timers = new Map<string, ReturnType<typeof setTimeout>>();
+  /** shadow writes (create/update/delete) done, for metrics */
+  writes = 0;
+  errors = 0;
+
+  constructor(
+    private readonly core: CoreV1Api,
+    private readonly cache: SecretCache,
+    private readonly events: EventSink,
+    private readonly log: LogFn,
+  ) {}
+
+  setLeader(on: boolean): void {
+    if (on === this.leader) return;
+    this.leader = on;
+    this.log("info", on ? "elected shadow writer" : "no longer the shadow writer", {});
+    if (!on) {
+      for (const t of this.timers.values()) clearTimeout(t);
+      this.timers.clear();
+      this.pending.clear();
+      return;
+    }
+    // A new leader reconciles everything: originals, and shadows whose original is gone.
+    for (const s of this.cache.values()) this.observe(s);
+  }
+
+  get isLeader(): boolean {
+    return this.leader;
+  }
+
+  /** A Secret changed (or was deleted): reconcile the original it concerns. */
+  observe(s: SecretView): void {
+    const ns = s.metadata.namespace ?? "";
+    const owner = shadowOwner(s);
+    const name = owner ?? s.metadata.name ?? "";
+    // Only enabled originals, or what has or had a shadow, concern the writer.
+    if (!owner && !isEnabled(s.metadata) && !this.cache.get(ns, shadowName(name))) return;
+    this.enqueue(ns, name);
+  }
+
+  enqueue(ns: string, name: string): void {
+    if (!this.leader) return;
+    this.pending.add(`${ns}/${name}`);
+    void this.drain();
+  }
+
+  /** Resolves when nothing is queued (tests). */
+  async idle(): Promise<void> {
+    while (this.running || this.pending.size) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  private async drain(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      while (this.leader && this.pending.size) {
+        const key = this.pending.values().next().value as string;
+        this.pending.delete(key);
+        const [ns, name] = splitKey(key);
+        try {
+          await this.reconcile(ns, name);
+          this.attempts.delete(key);
+        } catch (e) {
+          this.errors++;
+          const n = this.attempts.get(key) ?? 0;
+          this.attempts.set(key, n + 1);
+          const delay = RETRY_MS[Math.min(n, RETRY_MS.length - 1)]!;
+          const status = (e as { code?: number }).code;
+          this.log(status === 409 ? "debug" : "warn", "shadow write failed; retrying", {
+            secret: key,
+            status,
+            error: errorText(e),
+            retryInMs: delay,
+          });
+          clearTimeout(this.timers.get(key));
+          this.timers.set(
+            key,
+            setTimeout(() => {
+              this.timers.delete(key);
+              this.enqueue(ns, name);
+            }, delay),
+          );
+        }
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async reconcile(ns: string, name: string): Promise<void> {
+    const original = this.cache.get(ns, name);
+    const shadow = this.cache.get(ns, shadowName(name));
+    const ours = shadow !== undefined && isShadow(shadow.metadata) && shadow.metadata.labels?.[OWNER] === name;
+
+    if (!original || isShadow(original.metadata) || !isEnabled(original.metadata)) {
+      if (ours) await this.deleteShadow(ns, name, shadow!);
+      return;
+    }
+    const ref = { apiVersion: "v1", kind: "Secret", namespace: ns, name, uid: original.metadata.uid };
+    if (shadow && !ours) {
+      this.events.record(
+        ref,
+        "Warning",
+        "KloakShadowNameTaken",
+        `Secret ${shadowName(name)} exists and is not kloak's, so kloak cannot write this Secret's shadow: rename or delete it`,
+      );
+      return;
+    }
+    const checked = checkSecret(original);
+    if (checked.problems.length) {
+      this.events.record(
+        ref,
+        "Warning",
+        "KloakCannotServe",
+        `kloak cannot serve this Secret: ${describeProblems(checked.problems)}. ` +
+          (shadow ? "The shadow is left as it was and its values are not substituted until this is fixed." : "No shadow is written until this is fixed."),
+      );
+      return;
+    }
+    const data = this.placeholders(ns, name, checked.values, shadow);
+    const body: V1Secret = {
+      apiVersion: "v1",
+      kind: "Secret",
+      metadata: {
+        name: shadowName(name),
+        namespace: ns,
+        labels: { [MANAGED]: "true", [OWNER]: name },
+        ownerReferences: [{ apiVersion: "v1", kind: "Secret", name, uid: original.metadata.uid ?? "", controller: true, blockOwnerDeletion: false }],
+      },
+      type: original.type,
+      data,
+    };
+    if (shadow && sameShadow(shadow, body)) return;
+    if (!shadow) {
+      await this.core.createNamespacedSecret({ namespace: ns, body });
+      this.writes++;
+      this.log("info", "shadow created", { secret: `${ns}/${name}`, keys: Object.keys(data).length });
+      this.events.record(ref, "Normal", "KloakShadowWritten", `kloak wrote shadow Secret ${shadowName(name)} with ${Object.keys(data).length} placeholder(s)`);
+      return;
+    }
+    body.metadata!.resourceVersion = shadow.metadata.resourceVersion;
+    // Keep labels others added to the shadow; ours win.
+    body.metadata!.labels = { ...shadow.metadata.labels, ...body.metadata!.labels };
+    await this.core.replaceNamespacedSecret({ name: shadowName(name), namespace: ns, body });
+    this.writes++;
+    this.log("info", "shadow updated", { secret: `${ns}/${name}`, keys: Object.keys(data).length });
+  }
+
+  /** Existing placeholders where the length still fits; new ones, prefix-free against every shadow, elsewhere. */
+  private placeholders(ns: string, name: string, values: Map<string, Uint8Array>, shadow: SecretView | undefined): Record<string, string> {
+    const out: Record<string, string> = {};
+    let registry: PlaceholderRegistry | undefined;
+    for (const [k, value] of values) {
+      const old = shadow?.data?.[k];
+      const ph = old === undefined ? undefined : Buffer.from(old, "base64").toString("latin1");
+      if (ph !== undefined && isPlaceholderShaped(ph) && ph.length === value.length) {
+        out[k] = old!;
+        continue;
+      }
+      registry ??= this.registryOfAllShadows();
+      out[k] = Buffer.from(registry.create(`${ns}/${name}:${k}`, value.length), "latin1").toString("base64");
+    }
+    return out;
+  }
+
+  private registryOfAllShadows(): PlaceholderRegistry {
+    const r = new PlaceholderRegistry();
+    for (const s of this.cache.values()) {
+      if (!isShadow(s.metadata)) continue;
+      for (const b64 of Object.values(s.data ?? {})) {
+        try {
+          r.adopt("shadow", Buffer.from(b64, "base64").toString("latin1"));
+        } catch {
+          // Malformed or overlapping: the agents do not load it either; a new one gets written.
+        }
+      }
+    }
+    return r;
+  }
+
+  private async deleteShadow(ns: string, name: string, shadow: SecretView): Promise<void> {
+    try {
+      await this.core.deleteNamespacedSecret({
+        name: shadowName(name),
+        namespace: ns,
+        body: { preconditions: { uid: shadow.metadata.uid, resourceVersion: shadow.metadata.resourceVersion } },
+      });
+    } catch (e) {
+      if ((e as { code?: number }).code !== 404) throw e;
+    }
+    this.writes++;
+    this.log("info", "shadow deleted: the Secret is no longer enabled", { secret: `${ns}/${name}` });
+  }
+}
+
+function sameShadow(have: SecretView, want: V1Secret): boolean {
+  const l = have.metadata.labels ?? {};
+  const o = have.metadata.ownerReferences ?? [];
+  const wantOwner = want.metadata!.ownerReferences![0]!;
+  return (
+    have.type === want.type &&
+    l[MANAGED] === "true" &&
+    l[OWNER] === want.metadata!.labels![OWNER] &&
+    o.length === 1 &&
+    o[0]!.uid === wantOwner.uid &&
+    sameData(have.data ?? {}, want.data ?? {})
+  );
+}
+
+function sameData(a: Record<string, string>, b: Record<string, string>): boolean {
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => a[k] === b[k]);
+}
+
+function splitKey(key: string): [string, string] {
+  const i = key.indexOf("/");
+  return [key.slice(0, i), key.slice(i + 1)];
+}
+
+function errorText(e: unknown): string {
+  const body = (e as { body?: unknown }).body;
+  if (typeof body === "string") {
+    try {
+      return (JSON.parse(body) as { message?: string }).message ?? body.slice(0, 200);
+    } catch {
+      return body.slice(0, 200);
+    }
+  }
+  return (e as Error).message?.split("\n")[0] ?? String(e);
+}

@@ -1,0 +1,234 @@
+/**
+ * List + watch of one resource into a local cache, like client-go's
+ * reflector: list, then watch from the list's resourceVersion with bookmarks;
+ * on a closed stream, watch again from the last version seen; on 410 Gone
+ * (history compacted), list again and deliver the difference.
+ *
+ * Why not client-node's informer: kloak must keep only a trimmed copy of most
+ * objects (every Secret in the cluster is read, but only enabled ones keep
+ * their data), and it must keep serving its last good cache, with backoff,
+ * while the API server is away. `transform` does the trimming.
+ */
+import type { KubeConfig } from "@kubernetes/client-node";
+import { Watch } from "@kubernetes/client-node";
+import type { LogFn } from "../agent/log.ts";
+
+export interface ObjectMeta {
+  name?: string;
+  namespace?: string;
+  uid?: string;
+  resourceVersion?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string; controller?: boolean }[];
+}
+
+export interface Handlers<T> {
+  add?(obj: T): void;
+  update?(obj: T, old: T): void;
+  delete?(obj: T): void;
+  /** the first complete list is in the cache */
+  synced?(): void;
+}
+
+export interface ReflectorOptions<T> {
+  /** in logs and metrics, e.g. "secrets" */
+  name: string;
+  kc: KubeConfig;
+  /** e.g. /api/v1/secrets */
+  path: string;
+  /** labelSelector / fieldSelector of the watch; `list` must apply the same */
+  query?: Record<string, string>;
+  /** the typed client's list call, e.g. () => core.listSecretForAllNamespaces() */
+  list: () => Promise<{ metadata?: { resourceVersion?: string }; items: unknown[] }>;
+  transform: (raw: { metadata?: ObjectMeta } & Record<string, unknown>) => T;
+  meta: (obj: T) => ObjectMeta;
+  log: LogFn;
+  /** the server ends each watch after this long (randomised ±20%) */
+  watchTimeoutSeconds?: number;
+}
+
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+
+export function objectKey(m: ObjectMeta): string {
+  return m.namespace ? `${m.namespace}/${m.name}` : `${m.name}`;
+}
+
+export class Reflector<T> {
+  private readonly cache = new Map<string, T>();
+  private readonly handlers: Handlers<T>[] = [];
+  private resourceVersion = "";
+  private stopped = true;
+  private abort?: AbortController;
+  private timer?: ReturnType<typeof setTimeout>;
+  private failures = 0;
+  private syncedOnce = false;
+  private syncWaiters: (() => void)[] = [];
+  /** true while a watch stream is open */
+  connected = false;
+  /** lists and watch restarts that failed, for metrics */
+  errors = 0;
+
+  constructor(private readonly o: ReflectorOptions<T>) {}
+
+  on(h: Handlers<T>): void {
+    this.handlers.push(h);
+  }
+
+  get(namespace: string | undefined, name: string): T | undefined {
+    return this.cache.get(namespace ? `${namespace}/${name}` : name);
+  }
+
+  values(): IterableIterator<T> {
+    return this.cache.values();
+  }
+
+  get size(): number {
+    return this.cache.size;
+  }
+
+  get synced(): boolean {
+    return this.syncedOnce;
+  }
+
+  whenSynced(): Promise<void> {
+    if (this.syncedOnce) return Promise.resolve();
+    return new Promise((r) => this.syncWaiters.push(r));
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    void this.relist();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.abort?.abort();
+    this.connected = false;
+  }
+
+  private async list(): Promise<{ rv: string; items: T[] }> {
+    const body = await this.o.list();
+    return { rv: body.metadata?.resourceVersion ?? "", items: body.items.map((x) => this.o.transform(x as never)) };
+  }
+
+  private async relist(): Promise<void> {
+    if (this.stopped) return;
+    let listed: { rv: string; items: T[] };
+    try {
+      listed = await this.list();
+    } catch (e) {
+      this.retry(`list failed: ${(e as Error).message}`, () => this.relist());
+      return;
+    }
+    if (this.stopped) return;
+    this.replace(listed.items);
+    this.resourceVersion = listed.rv;
+    if (!this.syncedOnce) {
+      this.syncedOnce = true;
+      for (const h of this.handlers) h.synced?.();
+      for (const w of this.syncWaiters.splice(0)) w();
+    }
+    void this.watch();
+  }
+
+  /** Swap in a fresh list, delivering only what changed. */
+  private replace(items: T[]): void {
+    const seen = new Set<string>();
+    for (const obj of items) {
+      const key = objectKey(this.o.meta(obj));
+      seen.add(key);
+      this.upsert(key, obj);
+    }
+    for (const [key, old] of [...this.cache]) {
+      if (seen.has(key)) continue;
+      this.cache.delete(key);
+      for (const h of this.handlers) h.delete?.(old);
+    }
+  }
+
+  private upsert(key: string, obj: T): void {
+    const old = this.cache.get(key);
+    this.cache.set(key, obj);
+    if (old === undefined) for (const h of this.handlers) h.add?.(obj);
+    else if (this.o.meta(old).resourceVersion !== this.o.meta(obj).resourceVersion)
+      for (const h of this.handlers) h.update?.(obj, old);
+  }
+
+  private async watch(): Promise<void> {
+    if (this.stopped) return;
+    const base = this.o.watchTimeoutSeconds ?? 300;
+    const timeout = Math.round(base * (0.8 + Math.random() * 0.4));
+    let expired = false;
+    const query: Record<string, string> = {
+      ...this.o.query,
+      resourceVersion: this.resourceVersion,
+      allowWatchBookmarks: "true",
+      timeoutSeconds: String(timeout),
+    };
+    // A stream that dies without a FIN would otherwise hang forever.
+    const watchdog = setTimeout(() => this.abort?.abort(), (timeout + 30) * 1000);
+    const done = (err: unknown) => {
+      clearTimeout(watchdog);
+      this.connected = false;
+      if (this.stopped) return;
+      if (expired) {
+        this.o.log("info", "watch history expired; listing again", { resource: this.o.name });
+        void this.relist();
+      } else if (err && !(err instanceof Error && err.name === "AbortError")) {
+        this.retry(`watch failed: ${(err as Error).message ?? err}`, () => this.watch());
+      } else {
+        // The server ended the stream (timeoutSeconds): carry on from where we are.
+        void this.watch();
+      }
+    };
+    try {
+      this.abort = await new Watch(this.o.kc).watch(
+        this.o.path,
+        query,
+        (type, obj) => {
+          this.connected = true;
+          this.failures = 0;
+          if (type === "ERROR") {
+            if ((obj as { code?: number })?.code === 410) expired = true;
+            else this.o.log("warn", "watch error", { resource: this.o.name, status: (obj as { message?: string })?.message });
+            this.abort?.abort();
+            return;
+          }
+          const rv = (obj as { metadata?: ObjectMeta })?.metadata?.resourceVersion;
+          if (rv) this.resourceVersion = rv;
+          if (type === "BOOKMARK") return;
+          const t = this.o.transform(obj);
+          const key = objectKey(this.o.meta(t));
+          if (type === "DELETED") {
+            const old = this.cache.get(key);
+            this.cache.delete(key);
+            if (old !== undefined) for (const h of this.handlers) h.delete?.(old);
+          } else this.upsert(key, t);
+        },
+        done,
+      );
+      this.connected = true;
+    } catch (e) {
+      done(e);
+    }
+  }
+
+  private retry(why: string, again: () => Promise<void>): void {
+    this.errors++;
+    this.failures++;
+    this.connected = false;
+    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(this.failures - 1, 10));
+    // The first failure of a streak is a warning; repeats are debug until it recovers.
+    this.o.log(this.failures === 1 ? "warn" : "debug", `${this.o.name}: ${why}; keeping the last state, retrying`, {
+      resource: this.o.name,
+      retryInMs: delay,
+      cached: this.cache.size,
+    });
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => void again(), delay * (0.8 + Math.random() * 0.4));
+  }
+}

@@ -1,0 +1,66 @@
+import { describe, expect, test } from "bun:test";
+import { parseAgentConfig } from "../../src/agent/config.ts";
+import { UsageError } from "../../src/errors.ts";
+import { runKloak } from "../support/kloak.ts";
+
+const host = () => "node-a";
+const base = { KLOAK_NODE_NAME: "node-a" };
+
+function fails(argv: string[], env: Record<string, string>, ...want: RegExp[]): string {
+  let msg = "";
+  try {
+    parseAgentConfig(argv, env, host);
+  } catch (e) {
+    expect(e).toBeInstanceOf(UsageError);
+    msg = (e as Error).message;
+  }
+  expect(msg).not.toBe("");
+  expect(msg).not.toContain("\n");
+  for (const w of want) expect(msg).toMatch(w);
+  return msg;
+}
+
+describe("kloak agent configuration", () => {
+  test("defaults, env and flags (the flag wins)", () => {
+    const c = parseAgentConfig(["--ops-port", "9191"], { ...base, KLOAK_OPS_PORT: "9000", KLOAK_DNS_SERVERS: "10.0.0.10, 10.0.0.11:5353" }, host);
+    if (c === "help") throw new Error("help");
+    expect(c.nodeName).toBe("node-a");
+    expect(c.opsPort).toBe(9191);
+    expect(c.webhookPort).toBe(8443);
+    expect(c.namespace).toBe("kloak");
+    expect(c.podName).toBe("node-a");
+    expect(c.certMode).toBe("self");
+    expect(c.dnsServers).toEqual(["10.0.0.10", "10.0.0.11:5353"]);
+    expect(c.scanCap).toBe(65536);
+    expect(c.leaseDurationSeconds).toBe(15);
+  });
+
+  test("each bad value is one line naming the flag, its variable and the value", () => {
+    fails([], {}, /--node-name \(KLOAK_NODE_NAME\)/, /is required/);
+    fails(["--webhook-port", "70000"], base, /--webhook-port \(KLOAK_WEBHOOK_PORT\) "70000"/, /1 to 65535/);
+    fails([], { ...base, KLOAK_OPS_PORT: "http" }, /--ops-port \(KLOAK_OPS_PORT\) "http" \[from KLOAK_OPS_PORT\]/, /port number/);
+    fails(["--cert-mode", "vault"], base, /--cert-mode/, /self, cert-manager/);
+    fails(["--namespace", "Kloak_NS"], base, /--namespace/, /namespace name/);
+    fails(["--bind-address", "localhost"], base, /--bind-address/, /not an IP/);
+    fails(["--lease-duration", "2"], base, /--lease-duration/, /5 to 300/);
+    fails(["--scan-cap", "lots"], base, /--scan-cap/, /not a size/);
+    fails(["--log-level", "loud"], base, /--log-level/);
+    fails(["--dns-server", "dns.example"], base, /--dns-server/, /IP\[:PORT\]/);
+    fails(["--cert-mode", "cert-manager"], base, /--cert-dir/);
+    fails(["--webhook-port", "9090"], base, /different ports/);
+    fails(["--no-such-flag"], base, /no-such-flag/, /kloak agent --help/);
+  });
+
+  test("the CLI exits 2 with the one line; a missing kubeconfig file too", async () => {
+    const r = await runKloak(["agent", "--webhook-port", "0x10"], { env: base });
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toContain("--webhook-port");
+    const k = await runKloak(["agent", "--kubeconfig", "/nonexistent/kubeconfig"], { env: base });
+    expect(k.code).toBe(2);
+    expect(k.stderr).toContain("no such file");
+    const h = await runKloak(["agent", "--help"]);
+    expect(h.code).toBe(0);
+    expect(h.stdout).toContain("KLOAK_NODE_NAME");
+  }, 30_000);
+});
