@@ -23,6 +23,8 @@
 #define KLOAK_MAX_SCAN (16u << 20) /* hard ceiling of the configurable scan cap */
 #define KLOAK_MAX_RULES 16     /* destination rules per secret */
 #define KLOAK_NAME_MAX 256     /* host names and SNI, NUL padded (DNS names are <= 253) */
+/* cgroup v2 levels searched for a registered ancestor of a task's cgroup */
+#define KLOAK_CGROUP_DEPTH 16
 
 /* Which TLS library function a uprobe sits on (the bpf_cookie). */
 enum kloak_fn {
@@ -67,6 +69,8 @@ enum kloak_counter {
 	KC_BIND_CONFLICT,          /* a connection seen on two sockets: never substituted */
 	KC_SNI_HELD,               /* new SNI names the client was held for until resolved */
 	KC_SNI_UNHELD,             /* ... not held: another thread had a stop in flight */
+	KC_CGROUP_JOINED,          /* processes that joined a scope through their cgroup */
+	KC_PROCS_FULL,             /* ... could not: kloak_procs is full (they run unprotected) */
 	KC__COUNT
 };
 

@@ -33,6 +33,7 @@ function open() {
     bpf_link__destroy: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_map__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_map__max_entries: { args: [FFIType.ptr], returns: FFIType.u32 },
+    bpf_map__key_size: { args: [FFIType.ptr], returns: FFIType.u32 },
     bpf_map__set_max_entries: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     bpf_map__initial_value: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.ptr },
     bpf_map_update_elem: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
@@ -147,6 +148,37 @@ export class BpfMap {
 
   get maxEntries(): number {
     return bpf().bpf_map__max_entries(this.handle);
+  }
+
+  get keySize(): number {
+    return bpf().bpf_map__key_size(this.handle);
+  }
+
+  /**
+   * All keys (a snapshot: a hash map changed meanwhile may yield a key twice
+   * or miss one). Array maps list every index.
+   */
+  keys(): Uint8Array[] {
+    return mapKeys(this.fd, this.keySize, this.name);
+  }
+
+  /** How many keys the map holds now, without keeping them (same caveat as keys()). */
+  count(): number {
+    const size = this.keySize;
+    let prev: Uint8Array | null = null;
+    let next: Uint8Array = new Uint8Array(size);
+    // Bounded: a hash map whose entries are deleted while it is walked restarts from its first bucket.
+    const limit = this.maxEntries * 2;
+    let n = 0;
+    for (; n < limit; n++) {
+      const rc: number = bpf().bpf_map_get_next_key(this.fd, prev ? ptr(prev) : null, ptr(next));
+      if (rc === -2) break;
+      if (rc < 0) throw new BpfError(`bpf_map_get_next_key(${this.name})`, -rc, []);
+      const used = prev ?? new Uint8Array(size);
+      prev = next;
+      next = used;
+    }
+    return Math.min(n, this.maxEntries);
   }
 
   /** Before load only. */

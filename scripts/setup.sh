@@ -11,6 +11,8 @@ for pkg in libbpf1 libbpf-dev clang llvm bpftool openssl curl ca-certificates py
 done
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || command -v bun >/dev/null || need+=(npm)
+# kubectl renders deploy/ in the manifest tests (Debian's is 1.20; any kubectl will do).
+command -v kubectl >/dev/null || need+=(kubernetes-client)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -15,6 +15,8 @@ export const CHUNK = 512;
 export const MAX_SCAN = 16 << 20;
 export const MAX_RULES = 16;
 export const NAME_MAX = 256;
+/** cgroup v2 levels the kernel searches for a registered ancestor (kloak_cgroups) */
+export const CGROUP_DEPTH = 16;
 
 export const Fn = { SSL_WRITE: 0, SSL_WRITE_EX: 1, SSL_DO_HANDSHAKE: 2, SSL_SET_FD: 3, SSL_CTRL: 4, SSL_FREE: 5 } as const;
 export const ConnFlags = { BOUND: 1, BY_FD: 2, CONFLICT: 4 } as const;
@@ -50,6 +52,8 @@ export const COUNTERS = [
   "bind_conflict",
   "sni_held",
   "sni_unheld",
+  "cgroup_joined",
+  "procs_full",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
@@ -119,6 +123,13 @@ const u32 = (n: number) => {
   return b;
 };
 export const encodeU32 = u32;
+
+/** A __u64 map key or value (kloak_cgroups: the cgroup v2 id). */
+export function encodeU64(n: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, n, true);
+  return b;
+}
 
 export function encodePhKey(tail: Uint8Array, tailLen: number): Uint8Array {
   const b = new Uint8Array(LAYOUT.kloak_ph_key.size);

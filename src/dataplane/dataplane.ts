@@ -5,6 +5,7 @@
  */
 import { BpfLink, BpfMap, BpfObject, possibleCpus } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
+import { existsSync, readdirSync } from "node:fs";
 import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT } from "../../lib/libc.ts";
 import { uprobeMultiSupported } from "../../lib/uprobe.ts";
 import {
@@ -18,7 +19,12 @@ import {
   encodeProc,
   encodeResolved,
   encodeU32,
+  encodeU64,
   EventType,
+  KEY_LEN,
+  LAYOUT,
+  MARKER_LEN,
+  MAX_SUBST,
   type CounterName,
   type DataplaneEvent,
   type KernelRule,
@@ -61,6 +67,17 @@ export interface SecretEntry {
 
 /** A client held at a new SNI name waits at most this long for its resolution. */
 const SNI_HOLD_MS = 1000;
+/** How often removeProcess / deleteSecret look again for writes still in flight. */
+const INFLIGHT_POLL_MS = 20;
+/** deleteSecret waits at most this long for writes that substituted the secret to return. */
+const DELETE_WAIT_MS = 30_000;
+
+/** Entries and capacity of one BPF map (exported by the agent as metrics). */
+export interface MapUsage {
+  name: string;
+  entries: number;
+  capacity: number;
+}
 
 export class Dataplane {
   readonly mode: RewriteMode;
@@ -79,7 +96,11 @@ export class Dataplane {
     | "policy"
     | "resolved"
     | "names"
-    | "sniHold",
+    | "sniHold"
+    | "cgroups"
+    | "conns"
+    | "inflight"
+    | "stopOwner",
     BpfMap
   >;
   private readonly tracepoints: BpfLink[] = [];
@@ -100,6 +121,8 @@ export class Dataplane {
   };
   private statsWaiters: (() => void)[] = [];
   private closed = false;
+  /** removed processes whose probes go once no write of theirs is in flight */
+  private readonly detaching = new Map<number, ReturnType<typeof setTimeout>>();
 
   private constructor(
     private readonly obj: BpfObject,
@@ -125,6 +148,10 @@ export class Dataplane {
       resolved: obj.map("kloak_resolved"),
       names: obj.map("kloak_names"),
       sniHold: obj.map("kloak_sni_hold"),
+      cgroups: obj.map("kloak_cgroups"),
+      conns: obj.map("kloak_conns"),
+      inflight: obj.map("kloak_inflight"),
+      stopOwner: obj.map("kloak_stop_owner"),
     };
     const [entry, ret] = MODE_PROGRAMS[mode];
     this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder(), uprobes);
@@ -236,7 +263,8 @@ export class Dataplane {
           break;
       }
     }
-    for (const tgid of sync) this.attach(tgid);
+    // A process removed from its scope meanwhile (removeProcess) is not attached again.
+    for (const tgid of sync) if (this.processScope(tgid) !== undefined) this.attach(tgid);
     for (const tgid of resume) kill(tgid, SIGCONT);
   }
 
@@ -320,6 +348,162 @@ export class Dataplane {
     this.maps.entitled.update(encodeGrant(scopeId, secretId), new Uint8Array([1]));
   }
 
+  /** The scope may no longer redeem the secret (writes already substituted still restore). false: it could not. */
+  revoke(scopeId: number, secretId: number): boolean {
+    return this.maps.entitled.delete(encodeGrant(scopeId, secretId));
+  }
+
+  /** Every grant in the kernel, by scope: scope id -> secret ids. */
+  grantsByScope(): Map<number, number[]> {
+    const out = new Map<number, number[]>();
+    for (const key of this.maps.entitled.keys()) {
+      const v = new DataView(key.buffer);
+      const scope = v.getUint32(0, true);
+      let ids = out.get(scope);
+      if (!ids) out.set(scope, (ids = []));
+      ids.push(v.getUint32(4, true));
+    }
+    return out;
+  }
+
+  /**
+   * Processes in this cgroup v2 (id: the inode number of its directory in
+   * the cgroup2 fs) or in a cgroup below it join scopeId at their next exec
+   * or fork, and are held at that exec until attached like any scoped
+   * process. Processes already in it are not touched: addProcess them.
+   */
+  addCgroup(cgroupId: bigint, scopeId: number): void {
+    this.maps.cgroups.update(encodeU64(cgroupId), encodeU32(scopeId));
+  }
+
+  /** false when the cgroup was not registered. Its processes stay in their scope: removeProcess them. */
+  removeCgroup(cgroupId: bigint): boolean {
+    return this.maps.cgroups.delete(encodeU64(cgroupId));
+  }
+
+  /** The scope of a protected process, or undefined. */
+  processScope(pid: number): number | undefined {
+    const value = new Uint8Array(LAYOUT.kloak_proc.size);
+    if (!this.maps.procs.lookup(encodeU32(pid), value)) return undefined;
+    return new DataView(value.buffer).getUint32(0, true);
+  }
+
+  /** Every protected process, by scope: scope id -> pids. */
+  processesByScope(): Map<number, number[]> {
+    const out = new Map<number, number[]>();
+    const value = new Uint8Array(LAYOUT.kloak_proc.size);
+    for (const key of this.maps.procs.keys()) {
+      if (!this.maps.procs.lookup(key, value)) continue; // exited meanwhile
+      const scope = new DataView(value.buffer).getUint32(0, true);
+      let pids = out.get(scope);
+      if (!pids) out.set(scope, (pids = []));
+      pids.push(new DataView(key.buffer).getUint32(0, true));
+    }
+    return out;
+  }
+
+  /**
+   * The process leaves its scope: no new substitution starts (and its
+   * children no longer join). Its probes go once none of its writes is in
+   * flight, so a substituted write still puts the placeholder back.
+   * false when it was not protected.
+   */
+  removeProcess(pid: number): boolean {
+    const had = this.maps.procs.delete(encodeU32(pid));
+    // Not at once: a probe that found the process in the map just before the
+    // delete may be about to record its write.
+    this.detachWhenIdle(pid, INFLIGHT_POLL_MS);
+    return had;
+  }
+
+  private detachWhenIdle(pid: number, delayMs: number): void {
+    if (this.closed) return;
+    clearTimeout(this.detaching.get(pid));
+    const timer = setTimeout(() => {
+      this.detaching.delete(pid);
+      if (this.closed || this.processScope(pid) !== undefined) return; // added back meanwhile
+      if (this.writesInFlight(pid)) {
+        this.detachWhenIdle(pid, Math.min(delayMs * 2, 1000));
+        return;
+      }
+      this.attacher.detach(pid);
+      // kloak_exit cleans these for scoped processes only.
+      this.maps.stopOwner.delete(encodeU32(pid));
+      this.maps.stopReleased.delete(encodeU32(pid));
+    }, delayMs);
+    timer.unref?.();
+    this.detaching.set(pid, timer);
+  }
+
+  /** Whether a thread of pid is between a substitution and its restore. */
+  private writesInFlight(pid: number): boolean {
+    let tids: string[];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      return false; // gone
+    }
+    const value = new Uint8Array(LAYOUT.kloak_write_event.size);
+    return tids.some((tid) => this.maps.inflight.lookup(encodeU32(Number(tid)), value));
+  }
+
+  /** Whether a live thread is between substituting secret id and restoring it. */
+  private secretInFlight(id: number): boolean {
+    const F = LAYOUT.kloak_write_event.fields;
+    const value = new Uint8Array(LAYOUT.kloak_write_event.size);
+    const v = new DataView(value.buffer);
+    for (const key of this.maps.inflight.keys()) {
+      if (!this.maps.inflight.lookup(key, value)) continue;
+      const n = Math.min(v.getUint32(F.count, true), MAX_SUBST);
+      let uses = false;
+      for (let i = 0; i < n && !uses; i++) uses = v.getUint32(F.items + i * LAYOUT.kloak_item.size + 8, true) === id;
+      // A thread that died inside its write leaves its record behind.
+      if (uses && existsSync(`/proc/${v.getUint32(F.tgid, true)}/task/${v.getUint32(F.tid, true)}`)) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Unload a secret. Unfindable first (its placeholder key), so no new
+   * write substitutes it; then its grants go; then, once no write that
+   * substituted it is still to be restored (at most DELETE_WAIT_MS), its
+   * placeholder, value and rules, and the worker's copy.
+   */
+  async deleteSecret(id: number): Promise<void> {
+    const ph = new Uint8Array(LAYOUT.kloak_bytes.size);
+    if (this.maps.secrets.lookup(encodeU32(id), ph)) {
+      const len = new DataView(ph.buffer).getUint32(0, true);
+      const tailLen = Math.min(KEY_LEN, len - MARKER_LEN);
+      const key = encodePhKey(ph.subarray(8 + MARKER_LEN, 8 + MARKER_LEN + tailLen), tailLen);
+      const owner = new Uint8Array(4);
+      // Keys are prefix-free among loaded secrets; never delete another secret's.
+      if (tailLen > 0 && this.maps.placeholders.lookup(key, owner) && new DataView(owner.buffer).getUint32(0, true) === id)
+        this.maps.placeholders.delete(key);
+    }
+    for (const [scope, ids] of this.grantsByScope()) if (ids.includes(id)) this.revoke(scope, id);
+    // A probe may have looked the key up just before the delete: look after it is done.
+    const deadline = performance.now() + DELETE_WAIT_MS;
+    do await Bun.sleep(INFLIGHT_POLL_MS);
+    while (!this.closed && this.secretInFlight(id) && performance.now() < deadline);
+    if (this.closed) return;
+    if (this.secretInFlight(id))
+      this.opts.warn?.(`secret ${id}: a write that substituted it is still in flight after ${DELETE_WAIT_MS} ms; deleting it anyway`);
+    this.maps.secrets.delete(encodeU32(id));
+    if (this.mode === "kernel") this.maps.values.delete(encodeU32(id));
+    this.maps.policy.delete(encodeU32(id));
+    if (this.mode === "stop") await this.toWorker({ type: "delete", seq: 0, id });
+  }
+
+  /** Entries and capacity of the maps that fill with pods, processes, secrets and connections. */
+  mapUsage(): MapUsage[] {
+    const m = this.maps;
+    return [m.procs, m.secrets, m.entitled, m.cgroups, m.conns, m.policy].map((map) => ({
+      name: map.name,
+      entries: map.count(),
+      capacity: map.maxEntries,
+    }));
+  }
+
   /** Children that pid forks from now on join scopeId; pid itself is not attached. */
   addLauncher(pid: number, scopeId: number): void {
     this.maps.launchers.update(encodeU32(pid), encodeU32(scopeId));
@@ -375,6 +559,8 @@ export class Dataplane {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const t of this.detaching.values()) clearTimeout(t);
+    this.detaching.clear();
     // Detach first so no new stop can start, then let the worker finish what is queued.
     for (const l of this.tracepoints) l.destroy();
     await this.attacher.detachAll();

@@ -172,6 +172,14 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       placeholders.delete(m.id);
       postMessage({ type: "ack", seq: m.seq });
       break;
+    case "delete":
+      // Requests the ring already holds were made while the secret existed:
+      // a restore among them must still find the placeholder.
+      drain();
+      values.delete(m.id);
+      placeholders.delete(m.id);
+      postMessage({ type: "ack", seq: m.seq });
+      break;
     case "stats":
       postMessage({ type: "stats", stats: takeStats() });
       break;

@@ -87,4 +87,5 @@ test("#defines of kloak.h", () => {
   expect(def("KLOAK_MAX_SCAN")).toBe(abi.MAX_SCAN);
   expect(def("KLOAK_MAX_RULES")).toBe(abi.MAX_RULES);
   expect(def("KLOAK_NAME_MAX")).toBe(abi.NAME_MAX);
+  expect(def("KLOAK_CGROUP_DEPTH")).toBe(abi.CGROUP_DEPTH);
 });

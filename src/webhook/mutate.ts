@@ -1,0 +1,235 @@
+/**
+ * The mutating webhook's decision for a Pod: every reference to a Secret that
+ * is enabled for kloak is pointed at its shadow (`<name>-kloak`: same keys,
+ * placeholder values), so the pod never mounts a real value. Fail closed: an
+ * enabled Secret whose shadow is not there yet denies the pod rather than let
+ * it mount the original.
+ *
+ * Idempotent: the patched pod references only shadows and carries
+ * getkloak.io/enabled=true, so a reinvocation returns no patch.
+ */
+import {
+  ENABLED,
+  OWNER,
+  SHADOW_SUFFIX,
+  enabledValue,
+  enablement,
+  invalidEnablementMessage,
+  isShadow,
+  shadowName,
+  type Meta,
+} from "../kube/contract.ts";
+import {
+  BadReview,
+  PodSchema,
+  allow,
+  checkKind,
+  deny,
+  parseObject,
+  pointer,
+  type AdmissionRequest,
+  type Container,
+  type Decision,
+  type JsonPatchOp,
+  type Pod,
+} from "./review.ts";
+
+/** What the webhook knows about a Secret (the agent's watch cache holds these). */
+export interface SecretView {
+  metadata: Meta;
+  type?: string;
+  data?: Record<string, string> | null;
+}
+
+export interface SecretLookup {
+  get(namespace: string, name: string): SecretView | undefined;
+  /** false until the agent's first list of Secrets completed */
+  synced(): boolean;
+}
+
+/** One place in a pod that names a Secret. */
+export interface SecretRef {
+  name: string;
+  optional: boolean;
+  /** JSON pointer to the string holding the name */
+  path: string;
+}
+
+export const NOT_SYNCED_MESSAGE = "kloak is starting and has not read the cluster's Secrets yet; retry in a few seconds";
+
+const CONTAINER_LISTS = ["containers", "initContainers", "ephemeralContainers"] as const;
+
+function containerRefs(list: string, index: number, c: Container, out: SecretRef[]): void {
+  c.env?.forEach((env, j) => {
+    const ref = env.valueFrom?.secretKeyRef;
+    if (ref?.name) {
+      out.push({
+        name: ref.name,
+        optional: ref.optional === true,
+        path: pointer("spec", list, index, "env", j, "valueFrom", "secretKeyRef", "name"),
+      });
+    }
+  });
+  c.envFrom?.forEach((from, j) => {
+    const ref = from.secretRef;
+    if (ref?.name) {
+      out.push({
+        name: ref.name,
+        optional: ref.optional === true,
+        path: pointer("spec", list, index, "envFrom", j, "secretRef", "name"),
+      });
+    }
+  });
+}
+
+/**
+ * Every Secret reference a pod's workload can read: secret and projected
+ * volumes, env secretKeyRef and envFrom secretRef of every kind of container.
+ * (imagePullSecrets and CSI/driver secret refs are read by the node, not the
+ * workload.) `skipEphemeral` lists ephemeral containers to leave out.
+ */
+export function secretReferences(pod: Pod, only: "all" | "ephemeral" = "all", skipEphemeral: ReadonlySet<string> = new Set()): SecretRef[] {
+  const out: SecretRef[] = [];
+  const spec = pod.spec;
+  if (!spec) return out;
+  if (only === "all") {
+    spec.volumes?.forEach((vol, i) => {
+      const s = vol.secret;
+      if (s?.secretName) {
+        out.push({ name: s.secretName, optional: s.optional === true, path: pointer("spec", "volumes", i, "secret", "secretName") });
+      }
+      vol.projected?.sources?.forEach((src, j) => {
+        const p = src.secret;
+        if (p?.name) {
+          out.push({
+            name: p.name,
+            optional: p.optional === true,
+            path: pointer("spec", "volumes", i, "projected", "sources", j, "secret", "name"),
+          });
+        }
+      });
+    });
+  }
+  for (const list of CONTAINER_LISTS) {
+    if (only === "ephemeral" && list !== "ephemeralContainers") continue;
+    spec[list]?.forEach((c, i) => {
+      if (list === "ephemeralContainers" && c.name && skipEphemeral.has(c.name)) return;
+      containerRefs(list, i, c, out);
+    });
+  }
+  return out;
+}
+
+export function shadowMissingMessage(namespace: string, name: string): string {
+  return (
+    `secret "${namespace}/${name}" is enabled for kloak but its shadow "${shadowName(name)}" does not exist yet; ` +
+    `kloak writes it within seconds (check \`kubectl -n ${namespace} get events --field-selector ` +
+    `involvedObject.name=${name}\` if it does not appear: the Secret may have a value kloak cannot serve)`
+  );
+}
+
+export function shadowTakenMessage(namespace: string, name: string): string {
+  return (
+    `secret "${namespace}/${name}" is enabled for kloak but "${shadowName(name)}" is not kloak's shadow ` +
+    `(it lacks the getkloak.io/managed=true label), so kloak cannot write the shadow: rename or delete ` +
+    `"${namespace}/${shadowName(name)}"`
+  );
+}
+
+export function directShadowWarning(shadow: string, original: string): string {
+  return `pod references kloak's shadow secret "${shadow}" directly; reference "${original}" instead and kloak swaps it`;
+}
+
+function originalOf(shadow: SecretView, name: string): string {
+  const owner = shadow.metadata.labels?.[OWNER];
+  if (owner) return owner;
+  return name.endsWith(SHADOW_SUFFIX) ? name.slice(0, -SHADOW_SUFFIX.length) : name;
+}
+
+/** Names of the ephemeral containers a pods/ephemeralcontainers update already had. */
+function existingEphemeral(old: unknown): Set<string> {
+  const names = new Set<string>();
+  const list = (old as { spec?: { ephemeralContainers?: unknown } } | null)?.spec?.ephemeralContainers;
+  if (!Array.isArray(list)) return names;
+  for (const c of list) {
+    const n = (c as { name?: unknown } | null)?.name;
+    if (typeof n === "string") names.add(n);
+  }
+  return names;
+}
+
+/** The /mutate decision for one request (throws BadReview for malformed input). */
+export function mutatePod(request: AdmissionRequest, secrets: SecretLookup): Decision {
+  // CREATE: the whole pod. UPDATE of pods/ephemeralcontainers (kubectl debug):
+  // only the ephemeral containers being added, the rest of the pod is immutable.
+  // Anything else (other operations, other subresources) cannot add a reference.
+  const ephemeralUpdate = request.operation === "UPDATE" && request.subResource === "ephemeralcontainers";
+  const create = request.operation === "CREATE" && !request.subResource;
+  if (!create && !ephemeralUpdate) return allow();
+  checkKind(request, "Pod");
+
+  const pod = parseObject(request, PodSchema, "Pod");
+  const namespace = request.namespace || pod.metadata?.namespace;
+  if (!namespace) throw new BadReview("request.namespace is missing: pods are namespaced");
+
+  const refs = ephemeralUpdate
+    ? secretReferences(pod, "ephemeral", existingEphemeral(request.oldObject))
+    : secretReferences(pod);
+  if (refs.length === 0) return allow();
+  // Without the cache kloak cannot tell an enabled Secret from another: fail closed.
+  if (!secrets.synced()) return deny(503, "ServiceUnavailable", NOT_SYNCED_MESSAGE);
+
+  const annotations = pod.metadata?.annotations;
+  const annotated = annotations?.[ENABLED] === "true";
+  const ops: JsonPatchOp[] = [];
+  const warnings: string[] = [];
+  const missing = new Set<string>();
+  const taken = new Set<string>();
+  let shadowed = false;
+
+  for (const ref of refs) {
+    const secret = secrets.get(namespace, ref.name);
+    // Missing (optional or not): the kubelet reports it; nothing for kloak to protect.
+    if (secret === undefined) continue;
+    if (isShadow(secret.metadata)) {
+      shadowed = true;
+      if (!annotated) warnings.push(directShadowWarning(ref.name, originalOf(secret, ref.name)));
+      continue;
+    }
+    const state = enablement(secret.metadata);
+    if (state === "invalid") {
+      const meta = { ...secret.metadata, name: ref.name, namespace };
+      warnings.push(invalidEnablementMessage("secret", meta, enabledValue(secret.metadata) ?? ""));
+      continue;
+    }
+    if (state === "absent") continue;
+    const shadow = secrets.get(namespace, shadowName(ref.name));
+    if (shadow === undefined) missing.add(ref.name);
+    else if (!isShadow(shadow.metadata)) taken.add(ref.name);
+    else {
+      // `items` narrowing stays: the shadow has the same keys.
+      ops.push({ op: "replace", path: ref.path, value: shadowName(ref.name) });
+      shadowed = true;
+    }
+  }
+
+  const uniqueWarnings = [...new Set(warnings)];
+  if (missing.size > 0 || taken.size > 0) {
+    const reasons = [
+      ...[...missing].map((n) => shadowMissingMessage(namespace, n)),
+      ...[...taken].map((n) => shadowTakenMessage(namespace, n)),
+    ];
+    return deny(403, "Forbidden", reasons.join("; "), uniqueWarnings);
+  }
+  // The annotation tells the agent to serve this pod; the ephemeralcontainers
+  // subresource cannot change metadata (and the pod has it from its creation).
+  if (shadowed && !annotated && !ephemeralUpdate) {
+    if (pod.metadata == null) ops.push({ op: "add", path: "/metadata", value: { annotations: { [ENABLED]: "true" } } });
+    else if (annotations == null) ops.push({ op: "add", path: "/metadata/annotations", value: { [ENABLED]: "true" } });
+    else {
+      const op = annotations[ENABLED] === undefined ? "add" : "replace";
+      ops.push({ op, path: pointer("metadata", "annotations", ENABLED), value: "true" });
+    }
+  }
+  return allow(uniqueWarnings, ops);
+}

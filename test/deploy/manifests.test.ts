@@ -1,0 +1,545 @@
+/**
+ * deploy/ offline: render it with `kubectl kustomize`, validate every object
+ * against the Kubernetes OpenAPI schemas (kubernetes-models), and hold the
+ * manifests to kloak's policy: webhook safety settings, the DaemonSet's host
+ * access, least-privilege RBAC (an exact table), the cert-manager overlay, and
+ * the Containerfile. No cluster and no container engine are needed; kubectl
+ * is (scripts/setup.sh installs it).
+ */
+import { describe, expect, test } from "bun:test";
+import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { parse } from "yaml";
+import {
+  CLUSTER_SCOPED,
+  ROOT,
+  certManagerProblems,
+  containerfileStages,
+  find,
+  id,
+  kustomize,
+  ofKind,
+  rendered,
+  validateK8s,
+  type Obj,
+} from "./helpers.ts";
+
+const NS = "kloak";
+const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as {
+  version: string;
+  devDependencies: Record<string, string>;
+};
+
+const base = () => rendered("deploy").docs;
+const overlay = () => rendered("deploy/cert-manager").docs;
+const daemonSet = (docs: Obj[]) => find(docs, "DaemonSet", "kloak");
+const agent = (docs: Obj[]): Obj => {
+  const cs = daemonSet(docs).spec.template.spec.containers as Obj[];
+  expect(cs.map((c) => c.name)).toEqual(["agent"]);
+  return cs[0]!;
+};
+const webhookConfigs = (docs: Obj[]) => [
+  find(docs, "MutatingWebhookConfiguration", "kloak"),
+  find(docs, "ValidatingWebhookConfiguration", "kloak"),
+];
+const byId = (docs: Obj[]) => [...docs].sort((a, b) => id(a).localeCompare(id(b)));
+
+const INVENTORY = [
+  "ClusterRole kloak",
+  "ClusterRoleBinding kloak",
+  "DaemonSet kloak/kloak",
+  "MutatingWebhookConfiguration kloak",
+  "Namespace kloak",
+  "Role kloak/kloak",
+  "RoleBinding kloak/kloak",
+  "Service kloak/kloak-webhook",
+  "ServiceAccount kloak/kloak",
+  "ValidatingWebhookConfiguration kloak",
+];
+
+describe("kubectl kustomize deploy", () => {
+  test("renders exactly kloak's objects", () => {
+    const docs = base();
+    expect(docs.map(id).sort()).toEqual(INVENTORY);
+  });
+
+  test("renders the same objects as deploy/base (the two resource lists agree)", () => {
+    expect(byId(base())).toEqual(byId(rendered("deploy/base").docs));
+  });
+
+  test("every object validates against its Kubernetes schema", () => {
+    const docs = base();
+    expect(docs.length).toBeGreaterThan(0);
+    for (const d of docs) validateK8s(d);
+  });
+
+  test("every namespaced object is in ns kloak; cluster-scoped ones have no namespace", () => {
+    for (const d of base()) {
+      if (CLUSTER_SCOPED.has(d.kind)) expect({ obj: id(d), ns: d.metadata.namespace }).toEqual({ obj: id(d), ns: undefined });
+      else expect({ obj: id(d), ns: d.metadata.namespace }).toEqual({ obj: id(d), ns: NS });
+    }
+    expect(find(base(), "Namespace", NS).metadata.name).toBe(NS);
+  });
+});
+
+describe("the validator bites", () => {
+  test("a DaemonSet whose image is a number fails", () => {
+    const ds = structuredClone(daemonSet(base()));
+    validateK8s(ds);
+    ds.spec.template.spec.containers[0].image = 3;
+    expect(() => validateK8s(ds)).toThrow(/image must be string/);
+  });
+
+  test("a webhook with sideEffects Sometimes fails", () => {
+    const w = structuredClone(find(base(), "ValidatingWebhookConfiguration", "kloak"));
+    validateK8s(w);
+    w.webhooks[0].sideEffects = "Sometimes";
+    expect(() => validateK8s(w)).toThrow(/sideEffects/);
+  });
+
+  test("a misspelt field fails (kubernetes-models alone would accept it)", () => {
+    const ds = structuredClone(daemonSet(base()));
+    ds.spec.template.spec.containers[0].volumeMounts[0].mountPropogation = "HostToContainer";
+    ds.spec.template.spec.hostPid = true;
+    expect(() => validateK8s(ds)).toThrow(/unknown field\(s\) .*mountPropogation.*hostPid/);
+    const w = structuredClone(find(base(), "MutatingWebhookConfiguration", "kloak"));
+    w.webhooks[0].namespaceSelector.matchExpression = [];
+    expect(() => validateK8s(w)).toThrow(/\/webhooks\/0\/namespaceSelector\/matchExpression$/);
+  });
+
+  test("an unknown kind or apiVersion fails", () => {
+    expect(() => validateK8s({ apiVersion: "example.com/v1", kind: "Widget", metadata: { name: "w" } })).toThrow(/no schema/);
+    const ds = structuredClone(daemonSet(base()));
+    ds.apiVersion = "extensions/v1beta1";
+    expect(() => validateK8s(ds)).toThrow(/no schema/);
+  });
+
+  test("a broken Certificate fails the cert-manager check", () => {
+    const good = structuredClone(find(overlay(), "Certificate", "kloak-webhook"));
+    expect(certManagerProblems(good)).toEqual([]);
+    const noSecret = structuredClone(good);
+    delete noSecret.spec.secretName;
+    expect(certManagerProblems(noSecret)).toContain("spec.secretName missing");
+    const typo = structuredClone(good);
+    typo.spec.dnsName = typo.spec.dnsNames;
+    expect(certManagerProblems(typo)).toContain("spec.dnsName is not a Certificate field");
+    const v1alpha = { ...structuredClone(find(overlay(), "Issuer", "kloak-selfsigned")), apiVersion: "cert-manager.io/v1alpha2" };
+    expect(certManagerProblems(v1alpha).join()).toMatch(/not cert-manager.io\/v1/);
+  });
+});
+
+describe("admission webhooks", () => {
+  test("are safe: Fail, no side effects, ≤ 5 s, v1 reviews, kube-system and kloak excluded", () => {
+    const configs = webhookConfigs(base());
+    for (const c of configs) {
+      expect(c.webhooks).toHaveLength(1);
+      for (const w of c.webhooks as Obj[]) {
+        const where = `${c.kind} ${w.name}`;
+        expect({ where, failurePolicy: w.failurePolicy }).toEqual({ where, failurePolicy: "Fail" });
+        expect({ where, sideEffects: w.sideEffects }).toEqual({ where, sideEffects: "None" });
+        expect(w.timeoutSeconds).toBeNumber();
+        expect(w.timeoutSeconds).toBeLessThanOrEqual(5);
+        expect(w.admissionReviewVersions).toContain("v1");
+        expect(w.matchPolicy).toBe("Equivalent");
+        // The selector must exclude both namespaces and select nothing else away.
+        expect(w.namespaceSelector.matchLabels).toBeUndefined();
+        const exprs = w.namespaceSelector.matchExpressions as Obj[];
+        expect(exprs).toHaveLength(1);
+        expect(exprs[0]!.key).toBe("kubernetes.io/metadata.name");
+        expect(exprs[0]!.operator).toBe("NotIn");
+        expect([...exprs[0]!.values].sort()).toEqual(["kloak", "kube-system"]);
+        expect(w.objectSelector).toBeUndefined();
+        // The agent patches caBundle itself; a URL would bypass the Service.
+        expect(w.clientConfig.caBundle).toBeUndefined();
+        expect(w.clientConfig.url).toBeUndefined();
+      }
+    }
+  });
+
+  test("the mutating webhook sees pod creation and is reinvoked if needed", () => {
+    const [m] = webhookConfigs(base());
+    const w = m!.webhooks[0];
+    expect(w.name).toBe("mutate.getkloak.io");
+    expect(w.clientConfig.service.path).toBe("/mutate");
+    expect(w.reinvocationPolicy).toBe("IfNeeded");
+    expect(w.rules).toEqual([
+      { operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"], scope: "Namespaced" },
+    ]);
+  });
+
+  test("the validating webhook sees Secret create and update", () => {
+    const [, v] = webhookConfigs(base());
+    const w = v!.webhooks[0];
+    expect(w.name).toBe("validate.getkloak.io");
+    expect(w.clientConfig.service.path).toBe("/validate");
+    expect(w.rules).toEqual([
+      { operations: ["CREATE", "UPDATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["secrets"], scope: "Namespaced" },
+    ]);
+  });
+
+  test("call the rendered Service, whose port leads to the DaemonSet's webhook port", () => {
+    const docs = base();
+    const ds = daemonSet(docs);
+    const podLabels = ds.spec.template.metadata.labels as Record<string, string>;
+    const ports = agent(docs).ports as Obj[];
+    for (const c of webhookConfigs(docs)) {
+      const ref = c.webhooks[0].clientConfig.service as Obj;
+      expect(ref.namespace).toBe(NS);
+      const svc = find(docs, "Service", ref.name);
+      expect(svc.metadata.namespace).toBe(ref.namespace);
+      const sp = (svc.spec.ports as Obj[]).find((p) => p.port === (ref.port ?? 443));
+      expect(sp).toBeDefined();
+      expect(sp!.port).toBe(443);
+      // Named target port, resolved against the container's ports.
+      expect(sp!.targetPort).toBe("webhook");
+      const cp = ports.find((p) => p.name === sp!.targetPort);
+      expect(cp?.containerPort).toBe(8443);
+      // The Service selects the agent's pods.
+      const sel = svc.spec.selector as Record<string, string>;
+      expect(Object.keys(sel).length).toBeGreaterThan(0);
+      for (const [k, v] of Object.entries(sel)) expect({ k, v: podLabels[k] }).toEqual({ k, v });
+      expect(sel["app.kubernetes.io/name"]).toBe("kloak");
+    }
+  });
+});
+
+describe("DaemonSet kloak", () => {
+  test("runs the agent from the release image with its service account", () => {
+    const docs = base();
+    const spec = daemonSet(docs).spec.template.spec;
+    const sa = find(docs, "ServiceAccount", spec.serviceAccountName);
+    expect(sa.metadata.namespace).toBe(NS);
+    expect(spec.serviceAccountName).toBe("kloak");
+    const c = agent(docs);
+    // The tag comes from kustomize `images:` and follows package.json.
+    expect(c.image).toBe(`ghcr.io/getkloak/kloak:${pkg.version}`);
+    expect(c.args).toEqual(["agent"]);
+    expect(c.command).toBeUndefined(); // the image's ENTRYPOINT is kloak
+  });
+
+  test("selects its own pods", () => {
+    const ds = daemonSet(base());
+    const labels = ds.spec.template.metadata.labels as Record<string, string>;
+    const match = ds.spec.selector.matchLabels as Record<string, string>;
+    expect(Object.keys(match).length).toBeGreaterThan(0);
+    for (const [k, v] of Object.entries(match)) expect({ k, v: labels[k] }).toEqual({ k, v });
+  });
+
+  test("is host-PID, privileged root with a read-only root filesystem, no host network", () => {
+    const docs = base();
+    const spec = daemonSet(docs).spec.template.spec;
+    expect(spec.hostPID).toBe(true);
+    expect(spec.hostNetwork).toBeUndefined();
+    expect(spec.hostIPC).toBeUndefined();
+    const sc = agent(docs).securityContext;
+    expect(sc.privileged).toBe(true);
+    expect(sc.runAsUser).toBe(0);
+    expect(sc.readOnlyRootFilesystem).toBe(true);
+  });
+
+  test("mounts exactly the host paths it needs, read-only where possible", () => {
+    const docs = base();
+    const spec = daemonSet(docs).spec.template.spec;
+    const want: Record<string, { readOnly: boolean }> = {
+      "/sys/fs/bpf": { readOnly: false }, // pins under /sys/fs/bpf/kloak
+      "/sys/kernel/btf": { readOnly: true },
+      "/sys/kernel/tracing": { readOnly: true },
+      "/sys/kernel/security": { readOnly: true },
+      "/sys/fs/cgroup": { readOnly: true },
+    };
+    const hostVols = (spec.volumes as Obj[]).filter((v) => v.hostPath);
+    expect(hostVols.map((v) => v.hostPath.path).sort()).toEqual(Object.keys(want).sort());
+    const mounts = agent(docs).volumeMounts as Obj[];
+    for (const v of hostVols) {
+      const path = v.hostPath.path as string;
+      expect({ path, type: v.hostPath.type }).toEqual({ path, type: "Directory" });
+      const m = mounts.filter((x) => x.name === v.name);
+      expect({ path, mounts: m.length }).toEqual({ path, mounts: 1 });
+      expect({ path, at: m[0]!.mountPath, readOnly: m[0]!.readOnly === true }).toEqual({ path, at: path, readOnly: want[path]!.readOnly });
+      expect(m[0]!.mountPropagation === "Bidirectional").toBe(false);
+    }
+    const bpffs = mounts.find((m) => m.mountPath === "/sys/fs/bpf")!;
+    expect(bpffs.mountPropagation).toBe("HostToContainer");
+    // hostPID already shows the host's processes in /proc.
+    expect(hostVols.some((v) => v.hostPath.path === "/proc" || v.hostPath.path === "/")).toBe(false);
+    // A read-only root needs a writable /tmp.
+    const tmp = mounts.find((m) => m.mountPath === "/tmp");
+    expect((spec.volumes as Obj[]).find((v) => v.name === tmp?.name)?.emptyDir).toBeDefined();
+  });
+
+  test("gets node, namespace and pod name from the downward API", () => {
+    const env = agent(base()).env as Obj[];
+    const want = { KLOAK_NODE_NAME: "spec.nodeName", KLOAK_NAMESPACE: "metadata.namespace", KLOAK_POD_NAME: "metadata.name" };
+    for (const [name, fieldPath] of Object.entries(want)) {
+      const e = env.filter((x) => x.name === name);
+      expect({ name, n: e.length }).toEqual({ name, n: 1 });
+      expect({ name, fieldPath: e[0]!.valueFrom?.fieldRef?.fieldPath }).toEqual({ name, fieldPath });
+    }
+  });
+
+  test("exposes webhook 8443 and ops 9090, probed on /healthz and /readyz", () => {
+    const c = agent(base());
+    expect((c.ports as Obj[]).map((p) => [p.name, p.containerPort]).sort()).toEqual([
+      ["ops", 9090],
+      ["webhook", 8443],
+    ]);
+    expect(c.livenessProbe.httpGet).toMatchObject({ path: "/healthz", port: "ops" });
+    expect(c.readinessProbe.httpGet).toMatchObject({ path: "/readyz", port: "ops" });
+    for (const p of [c.livenessProbe, c.readinessProbe]) expect(p.httpGet.scheme ?? "HTTP").toBe("HTTP");
+  });
+
+  test("runs on every node, node-critical, one node at a time on update", () => {
+    const docs = base();
+    const ds = daemonSet(docs);
+    const spec = ds.spec.template.spec;
+    expect(spec.tolerations).toEqual([{ operator: "Exists" }]);
+    expect(spec.priorityClassName).toBe("system-node-critical");
+    expect(spec.terminationGracePeriodSeconds).toBe(30);
+    expect(ds.spec.updateStrategy).toEqual({ type: "RollingUpdate", rollingUpdate: { maxUnavailable: 1 } });
+    expect(agent(docs).resources).toEqual({ requests: { cpu: "50m", memory: "96Mi" }, limits: { memory: "256Mi" } });
+  });
+});
+
+describe("RBAC", () => {
+  const ALL = ["create", "delete", "get", "list", "patch", "update", "watch"];
+  const READ = ["get", "list", "watch"];
+  /** scope → group/resource[resourceNames] → verbs. Exactly this, nothing more. */
+  const WANT: Record<string, string[]> = {
+    "ClusterRole kloak: core/secrets": ALL,
+    "ClusterRole kloak: core/pods": READ,
+    "ClusterRole kloak: core/namespaces": READ,
+    "ClusterRole kloak: apps/replicasets": READ,
+    "ClusterRole kloak: apps/deployments": READ,
+    "ClusterRole kloak: apps/statefulsets": READ,
+    "ClusterRole kloak: apps/daemonsets": READ,
+    "ClusterRole kloak: core/events": ["create", "patch"],
+    "ClusterRole kloak: events.k8s.io/events": ["create", "patch"],
+    "ClusterRole kloak: admissionregistration.k8s.io/mutatingwebhookconfigurations[kloak]": ["get", "patch"],
+    "ClusterRole kloak: admissionregistration.k8s.io/validatingwebhookconfigurations[kloak]": ["get", "patch"],
+    "Role kloak/kloak: coordination.k8s.io/leases": ["create"],
+    "Role kloak/kloak: coordination.k8s.io/leases[kloak-shadow-writer]": ["get", "update"],
+  };
+
+  function table(docs: Obj[]): Record<string, string[]> {
+    const got: Record<string, Set<string>> = {};
+    for (const role of [...ofKind(docs, "ClusterRole"), ...ofKind(docs, "Role")]) {
+      expect(role.aggregationRule).toBeUndefined();
+      for (const r of role.rules as Obj[]) {
+        expect(r.nonResourceURLs).toBeUndefined();
+        const names = r.resourceNames ? `[${[...r.resourceNames].sort().join(",")}]` : "";
+        for (const g of r.apiGroups as string[]) {
+          for (const res of r.resources as string[]) {
+            const key = `${id(role)}: ${g === "" ? "core" : g}/${res}${names}`;
+            got[key] ??= new Set();
+            for (const v of r.verbs as string[]) got[key]!.add(v);
+          }
+        }
+      }
+    }
+    return Object.fromEntries(Object.entries(got).map(([k, v]) => [k, [...v].sort()]));
+  }
+
+  test("has no wildcard verb, resource or API group", () => {
+    const roles = [...ofKind(base(), "ClusterRole"), ...ofKind(base(), "Role")];
+    expect(roles.length).toBe(2);
+    for (const role of roles) {
+      for (const r of role.rules as Obj[]) {
+        for (const f of ["verbs", "resources", "apiGroups", "resourceNames"]) {
+          for (const v of (r[f] ?? []) as string[]) expect({ role: id(role), f, v, star: v.includes("*") }).toEqual({ role: id(role), f, v, star: false });
+        }
+      }
+    }
+  });
+
+  test("grants exactly the table's verbs per resource", () => {
+    const want = Object.fromEntries(Object.entries(WANT).map(([k, v]) => [k, [...v].sort()]));
+    expect(table(base())).toEqual(want);
+  });
+
+  test("never grants nodes, service accounts, or any subresource (pods/exec, ...)", () => {
+    const resources = [...ofKind(base(), "ClusterRole"), ...ofKind(base(), "Role")].flatMap((r) =>
+      (r.rules as Obj[]).flatMap((rule) => rule.resources as string[]),
+    );
+    expect(resources.length).toBeGreaterThan(0);
+    for (const res of resources) {
+      expect(res).not.toContain("/");
+      expect(["nodes", "serviceaccounts", "clusterroles", "roles", "clusterrolebindings", "rolebindings"]).not.toContain(res);
+    }
+  });
+
+  test("binds each role to the ServiceAccount that exists, and only to it", () => {
+    const docs = base();
+    const sa = find(docs, "ServiceAccount", "kloak");
+    const bindings = [...ofKind(docs, "ClusterRoleBinding"), ...ofKind(docs, "RoleBinding")];
+    expect(bindings.map(id).sort()).toEqual(["ClusterRoleBinding kloak", "RoleBinding kloak/kloak"]);
+    for (const b of bindings) {
+      expect(b.subjects).toEqual([{ kind: "ServiceAccount", name: sa.metadata.name, namespace: sa.metadata.namespace }]);
+      expect(b.roleRef.apiGroup).toBe("rbac.authorization.k8s.io");
+      const role = find(docs, b.roleRef.kind, b.roleRef.name);
+      if (b.kind === "RoleBinding") {
+        expect(role.kind).toBe("Role");
+        expect(role.metadata.namespace).toBe(b.metadata.namespace);
+      } else {
+        expect(role.kind).toBe("ClusterRole");
+      }
+    }
+    // Every role is bound.
+    for (const r of [...ofKind(docs, "ClusterRole"), ...ofKind(docs, "Role")]) {
+      expect(bindings.some((b) => b.roleRef.kind === r.kind && b.roleRef.name === r.metadata.name)).toBe(true);
+    }
+  });
+});
+
+describe("kubectl kustomize deploy/cert-manager", () => {
+  const CERT_DIR = "/etc/kloak/webhook-tls";
+
+  test("renders the base plus an Issuer and a Certificate, all valid", () => {
+    const docs = overlay();
+    expect(docs.map(id).sort()).toEqual([...INVENTORY, "Certificate kloak/kloak-webhook", "Issuer kloak/kloak-selfsigned"].sort());
+    for (const d of docs) {
+      if (d.apiVersion?.startsWith("cert-manager.io/")) expect({ obj: id(d), problems: certManagerProblems(d) }).toEqual({ obj: id(d), problems: [] });
+      else validateK8s(d);
+    }
+  });
+
+  test("the Certificate is self-signed and names the webhook Service", () => {
+    const docs = overlay();
+    const cert = find(docs, "Certificate", "kloak-webhook");
+    expect(cert.metadata.namespace).toBe(NS);
+    const issuer = find(docs, cert.spec.issuerRef.kind ?? "Issuer", cert.spec.issuerRef.name);
+    expect(issuer.kind).toBe("Issuer");
+    expect(issuer.metadata.namespace).toBe(cert.metadata.namespace);
+    expect(issuer.spec).toEqual({ selfSigned: {} });
+    const ref = find(docs, "MutatingWebhookConfiguration", "kloak").webhooks[0].clientConfig.service;
+    const host = `${ref.name}.${ref.namespace}.svc`;
+    expect(host).toBe("kloak-webhook.kloak.svc");
+    expect([...cert.spec.dnsNames].sort()).toEqual([host, `${host}.cluster.local`]);
+    expect(cert.spec.secretName).toBe("kloak-webhook-cert");
+  });
+
+  test("the agent reads the Certificate's Secret in cert-manager mode", () => {
+    const docs = overlay();
+    const cert = find(docs, "Certificate", "kloak-webhook");
+    const c = agent(docs);
+    const env = Object.fromEntries((c.env as Obj[]).map((e) => [e.name, e.value]));
+    expect(env.KLOAK_CERT_MODE).toBe("cert-manager");
+    expect(env.KLOAK_CERT_DIR).toBe(CERT_DIR);
+    const mount = (c.volumeMounts as Obj[]).find((m) => m.mountPath === CERT_DIR);
+    expect(mount?.readOnly).toBe(true);
+    const vol = (daemonSet(docs).spec.template.spec.volumes as Obj[]).find((v) => v.name === mount?.name);
+    expect(vol?.secret?.secretName).toBe(cert.spec.secretName);
+    expect(vol?.secret?.defaultMode).toBe(0o400);
+  });
+
+  test("both webhook configurations take their CA from the Certificate", () => {
+    const docs = overlay();
+    const cert = find(docs, "Certificate", "kloak-webhook");
+    for (const c of webhookConfigs(docs)) {
+      expect(c.metadata.annotations?.["cert-manager.io/inject-ca-from"]).toBe(`${cert.metadata.namespace}/${cert.metadata.name}`);
+      expect(c.webhooks[0].clientConfig.caBundle).toBeUndefined();
+    }
+  });
+
+  test("differs from the base in nothing else", () => {
+    const baseDocs = base();
+    const docs = overlay();
+    for (const b of baseDocs) {
+      const o = structuredClone(find(docs, b.kind, b.metadata.name));
+      if (o.kind === "DaemonSet") {
+        const spec = o.spec.template.spec;
+        const c = spec.containers[0];
+        c.env = (c.env as Obj[]).filter((e) => e.name !== "KLOAK_CERT_MODE" && e.name !== "KLOAK_CERT_DIR");
+        const m = (c.volumeMounts as Obj[]).find((x) => x.mountPath === CERT_DIR)!;
+        c.volumeMounts = (c.volumeMounts as Obj[]).filter((x) => x !== m);
+        spec.volumes = (spec.volumes as Obj[]).filter((v) => v.name !== m.name);
+      }
+      if (o.kind.endsWith("WebhookConfiguration")) {
+        delete o.metadata.annotations["cert-manager.io/inject-ca-from"];
+        if (!Object.keys(o.metadata.annotations).length) delete o.metadata.annotations;
+      }
+      expect(o).toEqual(b);
+    }
+  });
+});
+
+describe("kustomizations", () => {
+  const kz = (dir: string) => parse(readFileSync(join(ROOT, dir, "kustomization.yaml"), "utf8")) as Obj;
+  const COMMON = ["apiVersion", "kind", "resources", "namespace", "images", "commonLabels"];
+
+  // The kustomize inside old kubectl (Debian 12: 1.20, kustomize v2) takes
+  // only files under `resources:` and directories only under `bases:`.
+  test("deploy and deploy/base use only fields old kustomize knows, and list files", () => {
+    for (const dir of ["deploy", "deploy/base"]) {
+      const k = kz(dir);
+      for (const f of Object.keys(k)) expect({ dir, f, ok: COMMON.includes(f) }).toEqual({ dir, f, ok: true });
+      expect(k.resources.length).toBe(6);
+      for (const r of k.resources as string[]) expect({ r, file: statSync(join(ROOT, dir, r)).isFile() }).toEqual({ r, file: true });
+      expect(k.images).toEqual([{ name: "ghcr.io/getkloak/kloak", newTag: pkg.version }]);
+    }
+  });
+
+  test("deploy/cert-manager adds only bases and patchesStrategicMerge", () => {
+    const dir = "deploy/cert-manager";
+    const k = kz(dir);
+    for (const f of Object.keys(k)) expect({ f, ok: [...COMMON, "bases", "patchesStrategicMerge"].includes(f) }).toEqual({ f, ok: true });
+    expect(k.bases).toEqual(["../base"]);
+    for (const r of [...k.resources, ...k.patchesStrategicMerge] as string[]) {
+      expect({ r, file: statSync(join(ROOT, dir, r)).isFile() }).toEqual({ r, file: true });
+    }
+  });
+
+  // Optional: KLOAK_KUBECTL_LEGACY=/path/to/kubectl-1.20 checks the old
+  // kustomize renders the very same objects.
+  const legacy = process.env.KLOAK_KUBECTL_LEGACY;
+  test.skipIf(!legacy)("a legacy kubectl (KLOAK_KUBECTL_LEGACY) renders the same objects", () => {
+    for (const dir of ["deploy", "deploy/base", "deploy/cert-manager"]) {
+      expect(byId(kustomize(dir, legacy!).docs)).toEqual(byId(rendered(dir).docs));
+    }
+  });
+});
+
+describe("deploy/Containerfile", () => {
+  const stages = containerfileStages(readFileSync(join(ROOT, "deploy/Containerfile"), "utf8"));
+  const final = stages.at(-1)!;
+  const ins = (s: typeof final, op: string) => s.instructions.filter((i) => i.op === op);
+
+  test("builds one image in two stages: compile, then debian:12-slim", () => {
+    expect(stages).toHaveLength(2);
+    expect(stages[0]!.name).toBe("build");
+    expect(final.name).toBeUndefined();
+    expect(final.from).toMatch(/(^|\/)debian:12-slim$/);
+  });
+
+  test("the build stage compiles with `bun run build`, with the project's Bun", () => {
+    const build = stages[0]!;
+    const runs = ins(build, "RUN").map((i) => i.args);
+    expect(runs.some((r) => /\bbun run build\b/.test(r))).toBe(true);
+    expect(runs.some((r) => /\bbun install --frozen-lockfile\b/.test(r))).toBe(true);
+    expect(runs.join("\n")).toContain(`bun@${pkg.devDependencies["bun-types"]}`);
+    expect(ins(build, "WORKDIR").map((i) => i.args)).toEqual(["/src"]);
+  });
+
+  test("the final stage installs libbpf1 and ca-certificates and copies dist/kloak", () => {
+    const apt = ins(final, "RUN").map((i) => i.args).find((r) => /apt-get install/.test(r)) ?? "";
+    const words = apt.split(/[\s&;|]+/);
+    expect(words).toContain("libbpf1");
+    expect(words).toContain("ca-certificates");
+    expect(ins(final, "COPY").map((i) => i.args)).toEqual(["--from=build /src/dist/kloak /usr/local/bin/kloak"]);
+  });
+
+  test("runs kloak agent as root by default", () => {
+    const json = (op: string) => {
+      const all = ins(final, op);
+      expect({ op, n: all.length }).toEqual({ op, n: 1 });
+      return JSON.parse(all[0]!.args) as unknown;
+    };
+    expect(json("ENTRYPOINT")).toEqual(["/usr/local/bin/kloak"]);
+    expect(json("CMD")).toEqual(["agent"]);
+    expect(ins(final, "USER").map((i) => i.args)).toEqual(["0"]);
+  });
+
+  test("labels its source", () => {
+    const labels = ins(final, "LABEL").map((i) => i.args).join(" ");
+    expect(labels).toMatch(/org\.opencontainers\.image\.source="https:\/\/[^"]+"/);
+  });
+});
