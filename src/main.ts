@@ -6,6 +6,7 @@ const USAGE = `usage: kloak <command> [options]
 
 commands:
   exec [options] -- CMD [ARGS]   run CMD with placeholders; real values only inside its TLS writes
+  agent [options]                the Kubernetes node agent (DaemonSet); see kloak agent --help
   doctor [--json]                check whether this node can run kloak
   version                        version, commit, libbpf and eBPF object build id
   help                           this text`;
@@ -15,6 +16,8 @@ async function main(argv: string[]): Promise<number> {
   switch (cmd) {
     case "exec":
       return (await import("./cli/exec.ts")).execCommand(rest);
+    case "agent":
+      return (await import("./cli/agent.ts")).agentCommand(rest);
     case "doctor":
       return (await import("./cli/doctor.ts")).doctorCommand(rest);
     case "version":

@@ -18,6 +18,11 @@ export function execPinPath(agentPid: number): string {
   return `${PIN_DIR}/exec-${agentPid}-procs`;
 }
 
+/** The node agent's pin: same release path as kloak exec's. */
+export function agentPinPath(agentPid: number): string {
+  return `${PIN_DIR}/agent-${agentPid}-procs`;
+}
+
 export function ensurePinDir(): void {
   mkdirSync(PIN_DIR, { recursive: true, mode: 0o700 });
 }
@@ -53,7 +58,7 @@ export async function releaseUntilQuiet(pinPath: string, rounds = [0, 20, 50, 10
   return total;
 }
 
-/** Pins left by kloak exec processes that no longer exist. */
+/** Pins left by kloak exec or agent processes that no longer exist. */
 export function stalePins(): string[] {
   let names: string[];
   try {
@@ -62,7 +67,7 @@ export function stalePins(): string[] {
     return [];
   }
   return names
-    .map((n) => /^exec-(\d+)-procs$/.exec(n))
+    .map((n) => /^(?:exec|agent)-(\d+)-procs$/.exec(n))
     .filter((m): m is RegExpExecArray => m !== null && !existsSync(`/proc/${m[1]}`))
     .map((m) => `${PIN_DIR}/${m[0]}`);
 }

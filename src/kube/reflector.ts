@@ -190,6 +190,8 @@ export class Reflector<T> {
         this.o.path,
         query,
         (type, obj) => {
+          // An aborted stream may still deliver what was buffered.
+          if (this.stopped) return;
           this.connected = true;
           this.failures = 0;
           if (type === "ERROR") {

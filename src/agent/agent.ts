@@ -1,0 +1,289 @@
+/**
+ * `kloak agent`: everything one node runs, in one process. Order matters:
+ * the ops server first (liveness while loading), then the data plane, the
+ * watches, the secret catalog, pods, and last the webhook, which must not
+ * answer before the cache it decides from is filled.
+ */
+import { AdmissionregistrationV1Api, CoreV1Api, AppsV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { Registry } from "prom-client";
+import { rmSync } from "node:fs";
+import { VERSION, gitCommit, selfCommand } from "../build-info.ts";
+import { agentPinPath, ensurePinDir, releaseUntilQuiet, stalePins } from "../dataplane/release.ts";
+import { Dataplane } from "../dataplane/dataplane.ts";
+import { describeDestination, HINTS } from "../cli/refusals.ts";
+import { dataplaneMetrics, type DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
+import { agentMetrics } from "../metrics/agent-metrics.ts";
+import { PolicyEngine } from "../policy/policy-engine.ts";
+import { dnsLookup } from "../policy/resolver.ts";
+import { Reflector, type ObjectMeta, type ReflectorOptions } from "../kube/reflector.ts";
+import { EventRecorder } from "../kube/events.ts";
+import { SecretPlane } from "./secret-plane.ts";
+import { metaView, podView, type MetaView, type PodView } from "../controller/pod-view.ts";
+import { PodController } from "../controller/pod-controller.ts";
+import { PodAttacher } from "../node/pod-attacher.ts";
+import { cgroupV2Root } from "../node/cgroups.ts";
+import { webhookApp } from "../webhook/app.ts";
+import { ReloadableHttpsServer } from "../server/https-server.ts";
+import { opsApp } from "../server/ops-app.ts";
+import { CertStore } from "../certs/cert-store.ts";
+import { patchCaBundle } from "../certs/ca-bundle.ts";
+import { startCertRotation } from "../certs/rotation.ts";
+import { readCertDir, watchCertDir } from "../certs/cert-manager.ts";
+import { serviceDnsNames } from "../certs/authority.ts";
+import type { Material } from "../certs/material.ts";
+import type { AgentConfig } from "./config.ts";
+import type { LogFn } from "./log.ts";
+
+export interface RunningAgent {
+  opsPort: number;
+  webhookPort: number;
+  stop(): Promise<void>;
+}
+
+export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; source: string }, log: LogFn): Promise<RunningAgent> {
+  const { kc, source } = kube;
+  const cgroupRoot = cgroupV2Root(cfg.cgroupRoot);
+  const commit = gitCommit();
+  log("info", "kloak agent starting", { version: VERSION, commit, node: cfg.nodeName, kube: source, cgroupRoot });
+
+  const state = {
+    catalogSynced: false,
+    podsSynced: false,
+    material: undefined as Material | undefined,
+    dp: undefined as Dataplane | undefined,
+    webhook: undefined as ReloadableHttpsServer | undefined,
+  };
+  const stops: (() => unknown)[] = [];
+
+  // Ops first: liveness and the reason for not-ready are visible while the rest loads.
+  const registry = new Registry();
+  let snapshot: DataplaneSnapshot | undefined;
+  const ops = Bun.serve({
+    port: cfg.opsPort,
+    hostname: cfg.bindAddress,
+    fetch: opsApp({
+      checks: [
+        { name: "ebpf object loaded", ok: () => state.dp !== undefined },
+        { name: "secrets synced", ok: () => state.catalogSynced },
+        { name: "pods synced", ok: () => state.podsSynced },
+        {
+          name: "webhook certificate valid",
+          ok: () => state.webhook !== undefined && state.material !== undefined && state.material.notAfter.getTime() > Date.now(),
+        },
+      ],
+      metrics: async () => {
+        if (state.dp) snapshot = { counters: state.dp.counters(), worker: state.dp.mode === "stop" ? await state.dp.workerStats() : undefined };
+        return { contentType: registry.contentType, body: snapshot ? await registry.metrics() : "" };
+      },
+    }).fetch,
+  });
+  stops.push(() => ops.stop(true));
+
+  const core = kc.makeApiClient(CoreV1Api);
+  const apps = kc.makeApiClient(AppsV1Api);
+  const events = new EventRecorder(core, { component: "kloak", host: cfg.nodeName, log });
+
+  // A previous agent on this node that died may have left writers stopped.
+  for (const stale of stalePins()) {
+    const n = await releaseUntilQuiet(stale);
+    log("warn", "a previous kloak process died; resumed the processes it had stopped", { pin: stale, resumed: n });
+  }
+  const dp = await Dataplane.start({ mode: cfg.rewriteMode, scanCap: cfg.scanCap, warn: (msg) => log("warn", msg) });
+  state.dp = dp;
+  // If this process dies, the guardian (or the next agent, via the pin) resumes what it stopped.
+  const pin = agentPinPath(process.pid);
+  ensurePinDir();
+  dp.pinProcesses(pin);
+  const guardian = Bun.spawn([...selfCommand(), "__guardian", pin], { stdin: "pipe", stdout: "ignore", stderr: "inherit" });
+  stops.push(async () => {
+    await dp.close();
+    rmSync(pin, { force: true });
+    (guardian.stdin as import("bun").FileSink).end();
+    await guardian.exited;
+  });
+  log("info", "ebpf object loaded", { mode: dp.mode, reason: dp.modeReason, uprobes: dp.uprobes });
+
+  const policy = new PolicyEngine(dp, {
+    lookup: dnsLookup(cfg.dnsServers.length ? cfg.dnsServers : undefined),
+    warn: (msg) => log("warn", msg),
+  });
+  dp.onSni((e) => policy.sawSni(e.sni));
+  stops.push(() => policy.close());
+
+  // Watches.
+  const reflect = <T,>(name: string, path: string, list: () => Promise<{ metadata?: { resourceVersion?: string }; items: unknown[] }>, transform: ReflectorOptions<T>["transform"], query?: Record<string, string>) => {
+    const r = new Reflector<T>({ name, kc, path, list, transform, meta: (o) => (o as { metadata: ObjectMeta }).metadata, log, query });
+    stops.push(() => r.stop());
+    return r;
+  };
+  const nodeSelector = `spec.nodeName=${cfg.nodeName}`;
+  const pods = reflect<PodView>("pods", "/api/v1/pods", () => core.listPodForAllNamespaces({ fieldSelector: nodeSelector }), podView, { fieldSelector: nodeSelector });
+  const namespaces = reflect<MetaView>("namespaces", "/api/v1/namespaces", () => core.listNamespace(), metaView);
+  const owners = {
+    ReplicaSet: reflect<MetaView>("replicasets", "/apis/apps/v1/replicasets", () => apps.listReplicaSetForAllNamespaces(), metaView),
+    Deployment: reflect<MetaView>("deployments", "/apis/apps/v1/deployments", () => apps.listDeploymentForAllNamespaces(), metaView),
+    StatefulSet: reflect<MetaView>("statefulsets", "/apis/apps/v1/statefulsets", () => apps.listStatefulSetForAllNamespaces(), metaView),
+    DaemonSet: reflect<MetaView>("daemonsets", "/apis/apps/v1/daemonsets", () => apps.listDaemonSetForAllNamespaces(), metaView),
+  };
+  const plane = new SecretPlane({
+    kc,
+    sink: dp,
+    policy,
+    events,
+    log,
+    lease: { namespace: cfg.namespace, name: cfg.leaseName, identity: `${cfg.podName}_${cfg.nodeName}`, leaseDurationSeconds: cfg.leaseDurationSeconds },
+  });
+  stops.unshift(() => plane.stop());
+  const { secrets, catalog, writer, elector } = plane;
+  const reflectors = [secrets, pods, namespaces, ...Object.values(owners)] as Reflector<unknown>[];
+
+  const attacher = new PodAttacher(dp, { cgroupRoot, log });
+  const podController = new PodController({ pods, namespaces, owners, secrets, catalog, attacher, events, log });
+
+  catalog.onChange((ns) => {
+    if (state.podsSynced) podController.namespaceChanged(ns);
+  });
+  pods.on({
+    add: (p) => state.podsSynced && podController.podChanged(p),
+    update: (p) => state.podsSynced && podController.podChanged(p),
+    delete: (p) => podController.podDeleted(p),
+  });
+  namespaces.on({
+    update: (n) => state.podsSynced && podController.namespaceChanged(n.metadata.name ?? ""),
+    add: (n) => state.podsSynced && podController.namespaceChanged(n.metadata.name ?? ""),
+  });
+  for (const r of Object.values(owners))
+    r.on({ update: (o) => state.podsSynced && podController.namespaceChanged(o.metadata.namespace ?? "") });
+
+  // A refused substitution becomes an Event on the pod (EventRecorder rate-limits per pod).
+  dp.onRefusal((e) => {
+    const pod = attacher.podOfScope(e.scopeId);
+    if (!pod) return;
+    const s = catalog.describe(e.secretId);
+    const what = s ? `secret ${s.name} key ${s.key}` : "a placeholder";
+    const hint = e.reason === "destination_not_allowed" ? "add the host to the Secret's getkloak.io/hosts annotation if it is meant to" : HINTS[e.reason];
+    events.record(
+      { apiVersion: "v1", kind: "Pod", namespace: pod.namespace, name: pod.name, uid: pod.uid },
+      "Warning",
+      "KloakSubstitutionRefused",
+      `kloak left ${what} as a placeholder in a TLS write to ${describeDestination(e)}: ${e.reason}${hint ? ` (${hint})` : ""}`,
+    );
+  });
+
+  for (const r of [pods, namespaces, ...Object.values(owners)]) r.start();
+  // Every agent loads the maps; one of them (the Lease holder) also writes shadows.
+  await plane.start();
+  state.catalogSynced = true;
+  log("info", "secrets synced", { watched: secrets.size, ...catalog.stats() });
+
+  await Promise.all([pods.whenSynced(), namespaces.whenSynced(), ...Object.values(owners).map((r) => r.whenSynced())]);
+  state.podsSynced = true;
+  podController.all();
+  log("info", "pods synced", { pods: podController.trackedPods });
+
+  // The webhook, last: it decides from the secret cache.
+  const webhookMetrics = agentMetrics(
+    registry,
+    {
+      attachedProcesses: () => dp.attachedProcesses,
+      attachErrors: () => dp.attachErrors,
+      maps: () => dp.mapUsage(),
+      secrets: () => catalog.stats(),
+      pods: () => podController.trackedPods,
+      leader: () => elector.isLeader(),
+      watches: () => reflectors.map((r, i) => ({ resource: RESOURCE_NAMES[i]!, connected: r.connected, errors: r.errors })),
+      shadowWrites: () => ({ writes: writer.writes, errors: writer.errors }),
+      eventsDropped: () => events.dropped(),
+      certNotAfter: () => state.material?.notAfter,
+    },
+    { version: VERSION, commit, mode: dp.mode },
+  );
+  dataplaneMetrics(() => snapshot ?? { counters: dp.counters() }, registry);
+  const app = webhookApp({
+    secrets: { get: (ns, name) => secrets.get(ns, name), synced: () => state.catalogSynced },
+    onRequest: (path, outcome, seconds) => webhookMetrics.webhook(path, outcome, seconds),
+    log,
+  });
+
+  const material = await firstMaterial(cfg, kc, core, log, stops, (m) => (state.material = m));
+  const webhook = ReloadableHttpsServer.start({
+    port: cfg.webhookPort,
+    hostname: cfg.bindAddress,
+    fetch: app.fetch,
+    cert: material.current.certPem,
+    key: material.current.keyPem,
+  });
+  state.webhook = webhook;
+  material.serve(webhook);
+  stops.unshift(() => webhook.stop());
+  log("info", "kloak agent ready", { webhookPort: webhook.port, opsPort: ops.port });
+
+  return {
+    opsPort: ops.port ?? cfg.opsPort,
+    webhookPort: webhook.port,
+    async stop() {
+      for (const s of stops) {
+        try {
+          await s();
+        } catch (e) {
+          log("warn", "shutdown step failed", { error: (e as Error).message });
+        }
+      }
+      await events.flush();
+    },
+  };
+}
+
+const RESOURCE_NAMES = ["secrets", "pods", "namespaces", "replicasets", "deployments", "statefulsets", "daemonsets"];
+
+/**
+ * The serving certificate: kloak's own CA shared through a Secret (self), or
+ * cert-manager's mounted files. `serve` is called once the server exists;
+ * later certificates go to its reload, and `onMaterial` sees each one in use.
+ */
+async function firstMaterial(
+  cfg: AgentConfig,
+  kc: KubeConfig,
+  core: CoreV1Api,
+  log: LogFn,
+  stops: (() => unknown)[],
+  onMaterial: (m: Material) => void,
+): Promise<{ current: Material; serve(server: { reload(cert: string, key: string): Promise<void> }): void }> {
+  let server: { reload(cert: string, key: string): Promise<void> } | undefined;
+  if (cfg.certMode === "cert-manager") {
+    const current = await readCertDir(cfg.certDir!);
+    onMaterial(current);
+    const w = watchCertDir(
+      cfg.certDir!,
+      (m) => {
+        void server
+          ?.reload(m.certPem, m.keyPem)
+          .then(() => onMaterial(m))
+          .catch((e) => log("error", "the new cert-manager certificate was not loaded; the old one stays in use", { error: (e as Error).message }));
+      },
+      { log },
+    );
+    stops.push(() => w.stop());
+    return { current, serve: (s) => (server = s) };
+  }
+  const admission = kc.makeApiClient(AdmissionregistrationV1Api);
+  const store = new CertStore(core, {
+    namespace: cfg.namespace,
+    secretName: cfg.tlsSecret,
+    dnsNames: serviceDnsNames(cfg.serviceName, cfg.namespace),
+    log,
+  });
+  const rotation = await startCertRotation({
+    store,
+    // Before the server exists there is nothing to reload; it starts from current().
+    server: { reload: async (cert, key) => server?.reload(cert, key) },
+    patchBundle: async (caPem: string) => {
+      await patchCaBundle(admission, { mutating: cfg.webhookConfig, validating: cfg.webhookConfig, caPem, log });
+    },
+    onMaterial,
+    log,
+  });
+  stops.push(() => rotation.stop());
+  onMaterial(rotation.current());
+  return { current: rotation.current(), serve: (s) => (server = s) };
+}

@@ -1,0 +1,229 @@
+/**
+ * Shadow Secrets and the secret catalog against the test API server: the
+ * leader writes shadows, every agent loads originals + shadows into its sink
+ * on watch events. The sink here records instead of writing BPF maps (the
+ * maps themselves are covered by the data-plane and end-to-end tests).
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { CoreV1Api } from "@kubernetes/client-node";
+import { SecretPlane } from "../../src/agent/secret-plane.ts";
+import type { CatalogSink } from "../../src/controller/secret-catalog.ts";
+import type { SecretEntry } from "../../src/dataplane/dataplane.ts";
+import { EventRecorder } from "../../src/kube/events.ts";
+import { isPlaceholderShaped } from "../../src/secrets/placeholder.ts";
+import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
+import { fakeSecret } from "../support/kloak.ts";
+
+class RecordingSink implements CatalogSink {
+  readonly loaded = new Map<number, { placeholder: string; value: string; restricted: boolean }>();
+  sets = 0;
+  deletes = 0;
+  async setSecret(s: SecretEntry): Promise<void> {
+    this.sets++;
+    this.loaded.set(s.id, { placeholder: new TextDecoder().decode(s.placeholder), value: new TextDecoder().decode(s.value), restricted: s.rules !== null });
+  }
+  deleteSecret(id: number): void {
+    this.deletes++;
+    this.loaded.delete(id);
+  }
+  holdAtNewSni(): void {}
+  byPlaceholder(ph: string) {
+    return [...this.loaded.values()].find((l) => l.placeholder === ph);
+  }
+}
+
+const quiet = () => {};
+const b64 = (s: string) => Buffer.from(s).toString("base64");
+const unb64 = (s: string) => Buffer.from(s, "base64").toString("latin1");
+
+async function waitFor<T>(what: string, fn: () => T | undefined | false, ms = 10_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(25);
+  }
+}
+
+let api: KubeApiServer;
+const planes: SecretPlane[] = [];
+
+function agent(identity: string, leaseDurationSeconds = 2) {
+  const kc = api.kubeConfig();
+  const sink = new RecordingSink();
+  const events = new EventRecorder(kc.makeApiClient(CoreV1Api), { component: "kloak", host: identity });
+  const plane = new SecretPlane({
+    kc,
+    sink,
+    policy: { add: async () => {} },
+    events,
+    log: quiet,
+    lease: { namespace: "kloak", name: "kloak-shadow-writer", identity, leaseDurationSeconds },
+  });
+  planes.push(plane);
+  return { plane, sink, events };
+}
+
+function secret(name: string, data: Record<string, string>, meta: Partial<KubeObject["metadata"]> = {}, type = "Opaque"): KubeObject {
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: { name, namespace: "shop", labels: { "getkloak.io/enabled": "true" }, ...meta },
+    type,
+    data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, b64(v)])),
+  };
+}
+
+const shadowOf = (name: string) => api.get("Secret", "shop", `${name}-kloak`) as (KubeObject & { data?: Record<string, string>; type?: string }) | undefined;
+
+beforeAll(async () => {
+  api = await startKubeApiServer({ bookmarkIntervalMs: 500 });
+  api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "kloak" } });
+  api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "shop" } });
+});
+afterEach(async () => {
+  for (const p of planes.splice(0)) await p.stop();
+  for (const s of api.list("Secret", "shop")) api.delete("Secret", "shop", s.metadata.name!);
+  api.delete("Lease", "kloak", "kloak-shadow-writer");
+});
+afterAll(async () => {
+  await api.stop();
+});
+
+describe("shadow secrets", () => {
+  test("an enabled Secret gets a shadow: same type and keys, placeholders of the same length, labels, owner", async () => {
+    const token = fakeSecret(40);
+    const cert = fakeSecret(64);
+    const orig = api.create(secret("api", { token, "tls.crt": cert }, {}, "kubernetes.io/tls"));
+    const annotated = api.create(secret("db", { password: fakeSecret(20) }, { labels: {}, annotations: { "getkloak.io/enabled": "true" } }));
+    api.create(secret("plain", { password: fakeSecret(20) }, { labels: {} }));
+    const { plane, sink } = agent("a");
+    await plane.start();
+    const sh = await waitFor("shadow", () => shadowOf("api"));
+    expect(sh.type).toBe("kubernetes.io/tls");
+    expect(Object.keys(sh.data!).sort()).toEqual(["tls.crt", "token"]);
+    const ph = unb64(sh.data!.token!);
+    expect(isPlaceholderShaped(ph)).toBe(true);
+    expect(ph.length).toBe(token.length);
+    expect(ph).not.toBe(token);
+    expect(sh.metadata.labels).toMatchObject({ "getkloak.io/managed": "true", "getkloak.io/owner": "api" });
+    expect(sh.metadata.ownerReferences).toEqual([expect.objectContaining({ kind: "Secret", name: "api", uid: orig.metadata.uid })]);
+    expect(await waitFor("db shadow", () => shadowOf("db"))).toBeDefined();
+    expect(shadowOf("plain")).toBeUndefined();
+    // This agent's catalog loaded the keys, pairing each placeholder with its value.
+    await waitFor("keys loaded", () => sink.loaded.size === 3);
+    expect(sink.byPlaceholder(ph)?.value).toBe(token);
+    expect(annotated.metadata.uid).toBeDefined();
+  }, 30_000);
+
+  test("placeholders survive an update unless the length changes; a rotated value is loaded live", async () => {
+    api.create(secret("api", { a: fakeSecret(32), b: fakeSecret(32) }));
+    const { plane, sink } = agent("a");
+    await plane.start();
+    const first = await waitFor("shadow", () => shadowOf("api"));
+    const phA = unb64(first.data!.a!);
+    const phB = unb64(first.data!.b!);
+    await waitFor("loaded", () => sink.loaded.size === 2);
+
+    const rotatedA = fakeSecret(32); // same length
+    const longerB = fakeSecret(48);
+    const cur = api.get("Secret", "shop", "api") as KubeObject & { data: Record<string, string> };
+    api.update({ ...cur, data: { a: b64(rotatedA), b: b64(longerB) } });
+
+    const second = await waitFor("b's new placeholder", () => {
+      const s = shadowOf("api");
+      return s && unb64(s.data!.b!).length === 48 ? s : undefined;
+    });
+    expect(unb64(second.data!.a!)).toBe(phA);
+    expect(unb64(second.data!.b!)).not.toBe(phB);
+    await waitFor("rotated value live", () => sink.byPlaceholder(phA)?.value === rotatedA);
+    await waitFor("new placeholder of b loaded", () => sink.byPlaceholder(unb64(second.data!.b!))?.value === longerB);
+    // The old placeholder of b is gone from the sink: it can never be redeemed again.
+    expect(sink.byPlaceholder(phB)).toBeUndefined();
+  }, 30_000);
+
+  test("removing the enablement deletes the shadow and unloads the keys", async () => {
+    api.create(secret("api", { token: fakeSecret(32) }));
+    const { plane, sink } = agent("a");
+    await plane.start();
+    await waitFor("shadow", () => shadowOf("api"));
+    await waitFor("loaded", () => sink.loaded.size === 1);
+    const cur = api.get("Secret", "shop", "api")!;
+    api.update({ ...cur, metadata: { ...cur.metadata, labels: {} } });
+    await waitFor("shadow deleted", () => shadowOf("api") === undefined);
+    await waitFor("unloaded", () => sink.loaded.size === 0);
+  }, 30_000);
+
+  test("a value out of range or a bad hosts annotation: an Event on the Secret, no shadow", async () => {
+    api.create(secret("short", { pin: "1234" }));
+    api.create(secret("hosts", { token: fakeSecret(32) }, { annotations: { "getkloak.io/hosts": "api.example.com,*." } }));
+    const { plane, sink, events } = agent("a");
+    await plane.start();
+    const evs = await waitFor("two events", () => {
+      const e = api.events().filter((x) => (x as { reason?: string }).reason === "KloakCannotServe");
+      return e.length >= 2 ? e : undefined;
+    });
+    type Ev = { involvedObject: { name: string }; message: string };
+    const text = (name: string) => (evs as unknown as Ev[]).find((e) => e.involvedObject.name === name)!.message;
+    expect(text("short")).toMatch(/key "pin" is 4 bytes/);
+    expect(text("hosts")).toMatch(/getkloak.io\/hosts annotation/);
+    expect(shadowOf("short")).toBeUndefined();
+    expect(shadowOf("hosts")).toBeUndefined();
+    expect(sink.loaded.size).toBe(0);
+    await events.flush();
+  }, 30_000);
+
+  test("a shadow name taken by someone else's Secret is left alone and reported", async () => {
+    api.create(secret("api", { token: fakeSecret(32) }));
+    api.create(secret("api-kloak", { token: fakeSecret(32) }, { labels: {} }));
+    const before = shadowOf("api")!.metadata.resourceVersion;
+    const { plane, sink } = agent("a");
+    await plane.start();
+    await waitFor("event", () => api.events().some((e) => (e as { reason?: string }).reason === "KloakShadowNameTaken"));
+    expect(shadowOf("api")!.metadata.resourceVersion).toBe(before);
+    expect(sink.loaded.size).toBe(0);
+  }, 30_000);
+
+  test("two agents: only the Lease holder writes shadows; the other takes over when the Lease expires", async () => {
+    const a = agent("agent-a");
+    const b = agent("agent-b");
+    await Promise.all([a.plane.start(), b.plane.start()]);
+    const leader = await waitFor("a leader", () => (a.plane.elector.isLeader() ? a : b.plane.elector.isLeader() ? b : undefined));
+    const follower = leader === a ? b : a;
+    api.create(secret("one", { token: fakeSecret(32) }));
+    await waitFor("shadow one", () => shadowOf("one"));
+    await waitFor("both loaded one", () => a.sink.loaded.size === 1 && b.sink.loaded.size === 1);
+    expect(leader.plane.writer.writes).toBeGreaterThanOrEqual(1);
+    expect(follower.plane.writer.writes).toBe(0);
+
+    // The leader dies without releasing the Lease: the follower must wait for it to expire, then write.
+    leader.plane.elector.abandon();
+    leader.plane.secrets.stop();
+    const t0 = Date.now();
+    api.create(secret("two", { token: fakeSecret(32) }));
+    await waitFor("shadow two by the follower", () => shadowOf("two"), 15_000);
+    const waited = Date.now() - t0;
+    expect(follower.plane.writer.writes).toBeGreaterThanOrEqual(1);
+    expect(follower.plane.elector.isLeader()).toBe(true);
+    // Not before the 2 s lease could have expired (the follower's own clock).
+    expect(waited).toBeGreaterThanOrEqual(1500);
+  }, 40_000);
+
+  test("losing the API server keeps the last good state; changes made meanwhile arrive after it returns", async () => {
+    api.create(secret("api", { token: fakeSecret(32) }));
+    const { plane, sink } = agent("a");
+    await plane.start();
+    await waitFor("loaded", () => sink.loaded.size === 1);
+    const deletesBefore = sink.deletes;
+    api.pause();
+    await Bun.sleep(1500);
+    expect(sink.loaded.size).toBe(1);
+    expect(sink.deletes).toBe(deletesBefore);
+    const cur = api.get("Secret", "shop", "api") as KubeObject & { data: Record<string, string> };
+    const rotated = fakeSecret(32);
+    api.update({ ...cur, data: { token: b64(rotated) } });
+    api.resume();
+    await waitFor("rotation after reconnect", () => [...sink.loaded.values()][0]?.value === rotated, 20_000);
+  }, 40_000);
+});

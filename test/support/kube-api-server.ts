@@ -1,0 +1,633 @@
+/**
+ * TEST DOUBLE of the Kubernetes API server (kube-apiserver), in-process, for
+ * testing kloak's controllers with real @kubernetes/client-node clients.
+ * It is not a Kubernetes API server and must never be mistaken for one.
+ *
+ * Implements (node:https on 127.0.0.1, random port, test PKI from ./certs.ts;
+ * node:https rather than Bun.serve because Bun.serve holds a streamed
+ * response's headers back until the first body chunk, which would leave a
+ * quiet watch's client waiting for headers):
+ *   - Resources, at the real paths (namespaced and all-namespaces):
+ *     core v1 namespaces, secrets, pods (+ /status), events, services,
+ *     configmaps; apps/v1 replicasets, deployments, statefulsets, daemonsets
+ *     (+ /status); coordination.k8s.io/v1 leases; events.k8s.io/v1 events;
+ *     admissionregistration.k8s.io/v1 mutating/validatingwebhookconfigurations.
+ *     Also /api, /apis, /api/v1, /apis/G/V discovery, /version, /healthz,
+ *     /livez, /readyz.
+ *   - Bearer-token auth: any non-empty token is accepted; a request without
+ *     `Authorization: Bearer ...` gets 401 Status.
+ *   - One global resourceVersion counter; uid, creationTimestamp, generation
+ *     (bumped when anything outside metadata/status changes), generateName.
+ *     No-op updates do not bump resourceVersion nor emit watch events.
+ *   - Status errors with upstream reasons/codes/messages: NotFound 404
+ *     (also for a missing namespace on create), AlreadyExists 409, Conflict
+ *     409 (stale metadata.resourceVersion on PUT/PATCH, delete preconditions),
+ *     BadRequest 400 (kind/apiVersion/name/namespace mismatch, bad
+ *     selectors), Invalid 422 (failed JSON-patch op), 415 unknown patch type.
+ *   - PATCH: application/json-patch+json (RFC 6902, fast-json-patch),
+ *     application/merge-patch+json (RFC 7386). A patched object's
+ *     metadata.resourceVersion is a precondition, as upstream.
+ *   - PUT/PATCH on the main resource ignore .status for types with a status
+ *     subresource; PUT/PATCH on /status change only .status.
+ *   - DELETE returns the deleted object; DeleteOptions preconditions;
+ *     propagationPolicy (query or body) Background/Foreground/Orphan, see GC.
+ *   - LIST: `<Kind>List` with metadata.resourceVersion = current; items omit
+ *     apiVersion/kind (as upstream); labelSelector (=, ==, !=, in, notin,
+ *     exists, !exists, >, <) and fieldSelector (=, ==, !=) on
+ *     metadata.name, metadata.namespace, plus per type: pods spec.nodeName,
+ *     status.phase, ...; secrets type; events involvedObject.*, reason, type;
+ *     namespaces status.phase. Other field labels: 400
+ *     "field label not supported".
+ *   - WATCH (?watch=true|1 or /watch/ paths): newline-delimited JSON events,
+ *     streamed chunked, one write per event. resourceVersion absent/"0":
+ *     synthetic ADDED for current objects, then live; resourceVersion=N:
+ *     replay of every change after N from history, then live; N older than
+ *     the last compact(): one ERROR event (Status 410 Expired, "too old
+ *     resource version: N (M)") and a clean end. Selectors apply, and an
+ *     object that stops (starts) matching is delivered as DELETED (ADDED),
+ *     like the upstream watch cache. allowWatchBookmarks=true: a BOOKMARK with
+ *     the current resourceVersion every bookmarkIntervalMs. timeoutSeconds=N
+ *     ends the stream cleanly after N s.
+ *   - Garbage collection by metadata.ownerReferences[].uid, recursive:
+ *     a dependent whose owners are all gone is deleted; one that still has a
+ *     live owner (or under Orphan) just loses the dangling reference.
+ *     Deleting a Namespace deletes everything in it first.
+ *   - pause(): every open connection is reset (a watch ends without the
+ *     terminating chunk: clients see ECONNRESET) and every request gets 503
+ *     ServiceUnavailable until resume(). Watches resumed afterwards from a
+ *     resourceVersion still in history get the changes they missed.
+ *
+ * Approximates:
+ *   - application/strategic-merge-patch+json is applied as a JSON merge patch:
+ *     lists are replaced, not merged by key; $patch/$retainKeys directives
+ *     are not understood.
+ *   - GC runs synchronously right after the owner's deletion (upstream it is
+ *     asynchronous, seconds later); Foreground is treated as Background
+ *     (owner gone first, no foregroundDeletion finalizer).
+ *   - Deletion is immediate: finalizers and deletionTimestamp/grace periods
+ *     are not modelled. Namespaces are removed at once (no Terminating).
+ *   - HTTP create resets .status of status-subresource types (pods get
+ *     {phase: Pending}); no defaulting or validation of specs otherwise.
+ *   - core/v1 and events.k8s.io/v1 Events are stored separately (upstream
+ *     they are one resource seen through two versions).
+ *   - LIST ignores limit/continue (everything in one page, no
+ *     metadata.continue) and resourceVersion/resourceVersionMatch (always
+ *     the latest). Watch ignores sendInitialEvents / resourceVersionMatch.
+ *   - dryRun=All is honoured (nothing stored) but returns the would-be object
+ *     without a new resourceVersion.
+ *
+ * Does not do: server-side apply (application/apply-patch+yaml → 415),
+ * managedFields, admission (webhooks are stored, never called), RBAC (any
+ * token may do anything), scale/exec/log/eviction subresources, protobuf or
+ * table output, pagination, field validation, other resource types (404).
+ *
+ * Direct store access (create/get/list/update/delete) has the HTTP semantics
+ * and throws KubeApiError (.code, .reason) where the HTTP API would answer
+ * with a Status; it differs in that update() also writes .status, create()
+ * keeps .status as given and ignores metadata.resourceVersion, and list()
+ * returns objects with apiVersion/kind.
+ *
+ * kubeConfig() returns a plain KubeConfig equivalent to loading
+ * kubeconfigPath; client-node 1.4.0 under Bun 1.4.5 verifies the server
+ * against its caFile (checked by the selftest).
+ */
+import { KubeConfig } from "@kubernetes/client-node";
+import { writeFileSync } from "node:fs";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer } from "node:https";
+import type { AddressInfo, Socket } from "node:net";
+import { join } from "node:path";
+import { stringify as toYaml } from "yaml";
+import { testCerts } from "./certs.ts";
+import { findByApiVersionKind, findByKind, findByPath, groupsServed, RESOURCES, type ResourceDef } from "./kube-api/resources.ts";
+import { parseFieldSelector, parseLabelSelector } from "./kube-api/selectors.ts";
+import {
+  badRequest,
+  KubeApiError,
+  methodNotAllowed,
+  notFound,
+  resourceNotFound,
+} from "./kube-api/status.ts";
+import { Store, type PropagationPolicy, type WatchInfo, type WatchRequest } from "./kube-api/store.ts";
+
+type DeleteOpts = NonNullable<Parameters<Store["delete"]>[3]>;
+
+export { KubeApiError } from "./kube-api/status.ts";
+export type { WatchInfo } from "./kube-api/store.ts";
+
+/**
+ * @deprecated Not needed: @kubernetes/client-node 1.4.0 under Bun 1.4.5
+ * verifies the server against the kubeconfig's caFile by itself (the TLS
+ * failure that prompted this came from client-node 2.x). Returns `kc`
+ * unchanged; kept only so existing imports compile. Drop the call.
+ */
+export function withBunTls(kc: KubeConfig): KubeConfig {
+  return kc;
+}
+
+export interface KubeObject {
+  apiVersion: string;
+  kind: string;
+  metadata: {
+    name?: string;
+    generateName?: string;
+    namespace?: string;
+    uid?: string;
+    resourceVersion?: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    ownerReferences?: {
+      apiVersion: string;
+      kind: string;
+      name: string;
+      uid: string;
+      controller?: boolean;
+      blockOwnerDeletion?: boolean;
+    }[];
+    creationTimestamp?: string;
+    deletionTimestamp?: string;
+    generation?: number;
+    [k: string]: unknown;
+  };
+  [k: string]: unknown;
+}
+
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  query: string;
+  contentType?: string;
+}
+
+export interface KubeApiServer {
+  /** https://127.0.0.1:PORT */
+  url: string;
+  /** PEM / path of the CA the serving certificate chains to. */
+  ca: string;
+  caFile: string;
+  /** kubeconfig (YAML) pointing at url with caFile and a bearer token. */
+  kubeconfigPath: string;
+  /** Fresh KubeConfig (CA file + bearer token) for in-process clients. */
+  kubeConfig(): KubeConfig;
+  /** Direct store access; same semantics as HTTP (resourceVersion, watchers, GC). Throws KubeApiError. */
+  create<T extends KubeObject>(obj: T): T & KubeObject;
+  get(kind: string, namespace: string | undefined, name: string): KubeObject | undefined;
+  list(kind: string, namespace?: string): KubeObject[];
+  update<T extends KubeObject>(obj: T): T & KubeObject;
+  delete(kind: string, namespace: string | undefined, name: string): boolean;
+  /** core/v1 and events.k8s.io/v1 Events recorded so far, oldest first. */
+  events(): KubeObject[];
+  /** Every HTTP request seen, in arrival order. */
+  requests: RecordedRequest[];
+  /** Open watch streams (e.g. to wait until an informer is connected). */
+  openWatches(): WatchInfo[];
+  /** Current global resourceVersion. */
+  resourceVersion(): string;
+  /** Reset every open watch and answer 503 until resume(). */
+  pause(): void;
+  resume(): void;
+  /** Forget watch history: a watch from an older resourceVersion gets 410 Gone. */
+  compact(): void;
+  stop(): Promise<void>;
+}
+
+export interface KubeApiServerOptions {
+  /** Interval of BOOKMARK events on watches with allowWatchBookmarks=true. Default 1000. */
+  bookmarkIntervalMs?: number;
+}
+
+const TOKEN = "kloak-test-token";
+const JSON_HEADERS = { "content-type": "application/json" };
+
+type Reply = { code: number; json: unknown } | { code: number; text: string };
+
+function json(code: number, body: unknown): Reply {
+  return { code, json: body };
+}
+
+function statusReply(e: KubeApiError): Reply {
+  return json(e.code, e.toStatus());
+}
+
+interface Route {
+  res: ResourceDef;
+  namespace?: string; // from the URL
+  name?: string;
+  subresource?: string;
+  watchPath: boolean; // legacy /watch/ prefix
+}
+
+/** Maps a URL path to a resource route; undefined if not served. */
+function route(pathname: string): Route | undefined {
+  const segs = pathname.split("/").filter((s) => s !== "").map(decodeURIComponent);
+  let group: string;
+  let version: string;
+  let rest: string[];
+  if (segs[0] === "api" && segs.length >= 2) {
+    group = "";
+    version = segs[1]!;
+    rest = segs.slice(2);
+  } else if (segs[0] === "apis" && segs.length >= 3) {
+    group = segs[1]!;
+    version = segs[2]!;
+    rest = segs.slice(3);
+  } else return undefined;
+  let watchPath = false;
+  if (rest[0] === "watch") {
+    watchPath = true;
+    rest = rest.slice(1);
+  }
+  const res = (plural: string | undefined) => (plural === undefined ? undefined : findByPath(group, version, plural));
+  // namespaces/NS/<namespaced plural>[/NAME[/SUB]]
+  if (rest[0] === "namespaces" && rest.length >= 3) {
+    const r = res(rest[2]);
+    if (r !== undefined && r.namespaced && rest.length <= 5) {
+      const out: Route = { res: r, namespace: rest[1]!, watchPath };
+      if (rest[3] !== undefined) out.name = rest[3];
+      if (rest[4] !== undefined) out.subresource = rest[4];
+      return out;
+    }
+  }
+  const r = res(rest[0]);
+  if (r === undefined || rest.length > 3) return undefined;
+  const out: Route = { res: r, watchPath };
+  if (rest[1] !== undefined) {
+    if (r.namespaced) return undefined; // /api/v1/secrets/NAME is not a path
+    out.name = rest[1];
+  }
+  if (rest[2] !== undefined) out.subresource = rest[2];
+  return out;
+}
+
+function discovery(pathname: string, host: string): Reply | undefined {
+  const p = pathname.replace(/\/+$/, "");
+  if (p === "/version") {
+    return json(200, {
+      major: "1",
+      minor: "33",
+      gitVersion: "v1.33.0-kloak-test-double",
+      gitCommit: "0000000000000000000000000000000000000000",
+      gitTreeState: "clean",
+      buildDate: "2025-01-01T00:00:00Z",
+      goVersion: "go1.24",
+      compiler: "gc",
+      platform: "linux/amd64",
+    });
+  }
+  if (p === "/healthz" || p === "/livez" || p === "/readyz") {
+    return { code: 200, text: "ok" };
+  }
+  if (p === "/api") {
+    return json(200, {
+      kind: "APIVersions",
+      versions: ["v1"],
+      serverAddressByClientCIDRs: [{ clientCIDR: "0.0.0.0/0", serverAddress: host }],
+    });
+  }
+  const groupJson = (g: string) => {
+    const versions = groupsServed()
+      .filter((x) => x.group === g)
+      .map((x) => ({ groupVersion: `${g}/${x.version}`, version: x.version }));
+    return { name: g, versions, preferredVersion: versions[0] };
+  };
+  if (p === "/apis") {
+    const names = [...new Set(groupsServed().map((g) => g.group).filter((g) => g !== ""))];
+    return json(200, { kind: "APIGroupList", apiVersion: "v1", groups: names.map(groupJson) });
+  }
+  const m = /^\/(?:api\/(v1)|apis\/([^/]+)(?:\/([^/]+))?)$/.exec(p);
+  if (m === null) return undefined;
+  const group = m[2] ?? "";
+  const version = m[1] ?? m[3];
+  if (version === undefined) {
+    if (!groupsServed().some((g) => g.group === group)) return undefined;
+    return json(200, { kind: "APIGroup", apiVersion: "v1", ...groupJson(group) });
+  }
+  const rs = RESOURCES.filter((r) => r.group === group && r.version === version);
+  if (rs.length === 0) return undefined;
+  const verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+  const resources: Record<string, unknown>[] = [];
+  for (const r of rs) {
+    resources.push({ name: r.plural, singularName: r.singular, namespaced: r.namespaced, kind: r.kind, verbs, shortNames: r.shortNames });
+    if (r.statusSubresource) {
+      resources.push({ name: `${r.plural}/status`, singularName: "", namespaced: r.namespaced, kind: r.kind, verbs: ["get", "patch", "update"] });
+    }
+  }
+  return json(200, { kind: "APIResourceList", apiVersion: "v1", groupVersion: group === "" ? version : `${group}/${version}`, resources });
+}
+
+function stripTypeMeta(o: KubeObject): Record<string, unknown> {
+  const { apiVersion: _a, kind: _k, ...rest } = o;
+  return rest;
+}
+
+function parseBody(text: string): unknown {
+  if (text.trim() === "") return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw badRequest(`the object provided is unrecognized or malformed: ${(e as Error).message}`);
+  }
+}
+
+function propagation(url: URL, body: unknown): PropagationPolicy | undefined {
+  const b = (body ?? {}) as { propagationPolicy?: string; orphanDependents?: boolean };
+  const p = url.searchParams.get("propagationPolicy") ?? b.propagationPolicy;
+  if (p !== undefined && p !== null) {
+    if (p !== "Background" && p !== "Foreground" && p !== "Orphan") {
+      throw badRequest(`propagationPolicy: Unsupported value: "${p}"`);
+    }
+    return p;
+  }
+  const orphan = url.searchParams.get("orphanDependents") ?? b.orphanDependents;
+  if (orphan === true || orphan === "true") return "Orphan";
+  return undefined;
+}
+
+export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promise<KubeApiServer> {
+  const certs = await testCerts();
+  const bookmarkIntervalMs = opts.bookmarkIntervalMs ?? 1000;
+  const store = new Store();
+  const requests: RecordedRequest[] = [];
+  let paused = false;
+
+  /** Starts a watch stream on `res`; headers are flushed at once, each event is one write. */
+  function serveWatch(req: IncomingMessage, res: ServerResponse, url: URL, r: Route): void {
+    const q = url.searchParams;
+    const labelSelector = parseLabelSelector(q.get("labelSelector"));
+    const fieldSelector = parseFieldSelector(r.res, q.get("fieldSelector"));
+    const rv = q.get("resourceVersion");
+    if (rv !== null && rv !== "" && !/^\d+$/.test(rv)) {
+      throw badRequest(`resourceVersion: Invalid value: "${rv}": must be an unsigned integer`);
+    }
+    const watchReq: WatchRequest = {
+      labelSelector,
+      fieldSelector,
+      allowBookmarks: q.get("allowWatchBookmarks") === "true",
+      bookmarkIntervalMs,
+      query: url.search.replace(/^\?/, ""),
+    };
+    if (r.namespace !== undefined) watchReq.namespace = r.namespace;
+    if (rv !== null) watchReq.resourceVersion = rv;
+    const timeout = q.get("timeoutSeconds");
+    if (timeout !== null && /^\d+$/.test(timeout)) watchReq.timeoutSeconds = Number(timeout);
+
+    res.writeHead(200, JSON_HEADERS);
+    res.flushHeaders();
+    let done = false;
+    const handle = store.watch(r.res, watchReq, {
+      send(line) {
+        if (!done) res.write(line);
+      },
+      end(abrupt) {
+        if (done) return;
+        done = true;
+        if (abrupt) res.socket?.destroy(); // no terminating chunk: the client sees a reset
+        else res.end();
+      },
+    });
+    const gone = () => {
+      done = true;
+      handle.stop();
+    };
+    res.on("close", gone);
+    req.on("close", () => {
+      if (res.writableEnded || res.destroyed) gone();
+    });
+  }
+
+  /** Everything except watches: returns the reply to send. */
+  function dispatch(method: string, url: URL, r: Route, bodyText: string, contentType: string): Reply {
+    const q = url.searchParams;
+    const dryRun = q.getAll("dryRun").includes("All");
+    const ns = r.res.namespaced ? r.namespace : undefined;
+
+    if (r.subresource !== undefined) {
+      if (r.subresource !== "status" || !r.res.statusSubresource || r.name === undefined) throw resourceNotFound();
+      switch (method) {
+        case "GET": {
+          const o = store.get(r.res, ns, r.name);
+          if (o === undefined) throw notFound(r.res, r.name);
+          return json(200, o);
+        }
+        case "PUT":
+          return json(200, store.update(r.res, ns, r.name, parseBody(bodyText) as KubeObject, { subresource: "status", dryRun }));
+        case "PATCH":
+          return json(200, store.patch(r.res, ns, r.name, contentType, bodyText, { subresource: "status", dryRun }));
+        default:
+          throw methodNotAllowed(method);
+      }
+    }
+
+    if (r.name === undefined) {
+      if (method === "GET" || method === "DELETE") {
+        const labels = parseLabelSelector(q.get("labelSelector"));
+        const fields = parseFieldSelector(r.res, q.get("fieldSelector"));
+        let items = store.list(r.res, ns, (o) => labels(o) && fields(o));
+        if (method === "DELETE") {
+          if (r.res.namespaced && ns === undefined) throw methodNotAllowed(method);
+          const policy = propagation(url, parseBody(bodyText));
+          const deleted: KubeObject[] = [];
+          for (const o of items) {
+            if (store.get(r.res, ns, o.metadata.name!) === undefined) continue; // collected meanwhile
+            const dopts: DeleteOpts = { dryRun };
+            if (policy !== undefined) dopts.propagationPolicy = policy;
+            deleted.push(store.delete(r.res, ns, o.metadata.name!, dopts));
+          }
+          items = deleted;
+        }
+        return json(200, {
+          kind: r.res.listKind,
+          apiVersion: r.res.apiVersion,
+          metadata: { resourceVersion: store.resourceVersion() },
+          items: items.map(stripTypeMeta),
+        });
+      }
+      if (method === "POST") {
+        if (r.res.namespaced && ns === undefined) throw methodNotAllowed(method);
+        return json(201, store.create(r.res, ns, parseBody(bodyText) as KubeObject, { http: true, dryRun }));
+      }
+      throw methodNotAllowed(method);
+    }
+
+    switch (method) {
+      case "GET": {
+        const o = store.get(r.res, ns, r.name);
+        if (o === undefined) throw notFound(r.res, r.name);
+        return json(200, o);
+      }
+      case "PUT":
+        return json(200, store.update(r.res, ns, r.name, parseBody(bodyText) as KubeObject, { keepStatus: true, dryRun }));
+      case "PATCH":
+        return json(200, store.patch(r.res, ns, r.name, contentType, bodyText, { dryRun }));
+      case "DELETE": {
+        const body = parseBody(bodyText) as { preconditions?: { uid?: string; resourceVersion?: string } } | undefined;
+        const dopts: DeleteOpts = { dryRun };
+        const policy = propagation(url, body);
+        if (policy !== undefined) dopts.propagationPolicy = policy;
+        if (body?.preconditions !== undefined) dopts.preconditions = body.preconditions;
+        return json(200, store.delete(r.res, ns, r.name, dopts));
+      }
+      default:
+        throw methodNotAllowed(method);
+    }
+  }
+
+  function send(res: ServerResponse, reply: Reply): void {
+    if ("text" in reply) {
+      res.writeHead(reply.code, { "content-type": "text/plain" });
+      res.end(reply.text);
+    } else {
+      const body = JSON.stringify(reply.json);
+      res.writeHead(reply.code, { ...JSON_HEADERS, "content-length": Buffer.byteLength(body) });
+      res.end(body);
+    }
+  }
+
+  async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", "https://127.0.0.1");
+    const method = req.method ?? "GET";
+    const contentType = req.headers["content-type"];
+    const rec: RecordedRequest = { method, path: url.pathname, query: url.search.replace(/^\?/, "") };
+    if (contentType !== undefined) rec.contentType = contentType;
+    requests.push(rec);
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const bodyText = Buffer.concat(chunks).toString("utf8");
+    if (paused) {
+      send(res, statusReply(new KubeApiError(503, "ServiceUnavailable", "the API server is paused (kube-api-server test double)")));
+      return;
+    }
+    const auth = req.headers.authorization;
+    if (auth === undefined || !/^Bearer\s+\S+/i.test(auth)) {
+      send(res, statusReply(new KubeApiError(401, "Unauthorized", "Unauthorized")));
+      return;
+    }
+    try {
+      const disc = discovery(url.pathname, `127.0.0.1:${port}`);
+      if (disc !== undefined) {
+        if (method !== "GET") throw methodNotAllowed(method);
+        send(res, disc);
+        return;
+      }
+      const r = route(url.pathname);
+      if (r === undefined) throw resourceNotFound();
+      const q = url.searchParams;
+      if (method === "GET" && r.name === undefined && r.subresource === undefined && (r.watchPath || q.get("watch") === "true" || q.get("watch") === "1")) {
+        serveWatch(req, res, url, r);
+        return;
+      }
+      send(res, dispatch(method, url, r, bodyText, contentType ?? ""));
+    } catch (e) {
+      if (res.headersSent) {
+        res.socket?.destroy();
+        return;
+      }
+      if (e instanceof KubeApiError) send(res, statusReply(e));
+      else send(res, statusReply(new KubeApiError(500, "InternalError", `Internal error occurred: ${(e as Error).stack ?? String(e)}`)));
+    }
+  }
+
+  const sockets = new Set<Socket>();
+  const server = createServer({ cert: certs.cert, key: certs.key }, (req, res) => {
+    void onRequest(req, res);
+  });
+  server.on("secureConnection", (s: Socket) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+  });
+  server.requestTimeout = 0; // watches are long
+  server.headersTimeout = 60_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+
+  const url = `https://127.0.0.1:${port}`;
+  const kubeconfigPath = join(certs.dir, `kubeconfig-${port}.yaml`);
+  writeFileSync(
+    kubeconfigPath,
+    toYaml({
+      apiVersion: "v1",
+      kind: "Config",
+      clusters: [{ name: "kloak-test", cluster: { server: url, "certificate-authority": certs.caFile } }],
+      users: [{ name: "kloak-test", user: { token: TOKEN } }],
+      contexts: [{ name: "kloak-test", context: { cluster: "kloak-test", user: "kloak-test", namespace: "default" } }],
+      "current-context": "kloak-test",
+    }),
+  );
+
+  function resolveKind(kind: string): ResourceDef {
+    const res = findByKind(kind);
+    if (res === undefined) throw new Error(`kube-api-server double: unknown kind ${JSON.stringify(kind)}`);
+    return res;
+  }
+
+  function resolveObject(obj: KubeObject): ResourceDef {
+    const res = obj.apiVersion ? findByApiVersionKind(obj.apiVersion, obj.kind) : findByKind(obj.kind);
+    if (res === undefined) throw new Error(`kube-api-server double: unknown apiVersion/kind ${obj.apiVersion}/${obj.kind}`);
+    return res;
+  }
+
+  return {
+    url,
+    ca: certs.ca,
+    caFile: certs.caFile,
+    kubeconfigPath,
+    kubeConfig() {
+      const kc = new KubeConfig();
+      kc.loadFromOptions({
+        clusters: [{ name: "kloak-test", server: url, caFile: certs.caFile, skipTLSVerify: false }],
+        users: [{ name: "kloak-test", token: TOKEN }],
+        contexts: [{ name: "kloak-test", cluster: "kloak-test", user: "kloak-test", namespace: "default" }],
+        currentContext: "kloak-test",
+      });
+      return kc;
+    },
+    create<T extends KubeObject>(obj: T): T & KubeObject {
+      return store.create(resolveObject(obj), undefined, obj) as T;
+    },
+    get(kind, namespace, name) {
+      return store.get(resolveKind(kind), namespace, name);
+    },
+    list(kind, namespace) {
+      return store.list(resolveKind(kind), namespace);
+    },
+    update<T extends KubeObject>(obj: T): T & KubeObject {
+      const res = resolveObject(obj);
+      if (obj.metadata?.name === undefined) throw new Error("kube-api-server double: update() needs metadata.name");
+      return store.update(res, obj.metadata.namespace, obj.metadata.name, obj) as T;
+    },
+    delete(kind, namespace, name) {
+      const res = resolveKind(kind);
+      if (store.get(res, namespace, name) === undefined) return false;
+      store.delete(res, namespace, name);
+      return true;
+    },
+    events() {
+      return [...store.allOf("Event"), ...store.allOf("Event.events.k8s.io")].sort(
+        (a, b) => Number(a.metadata.resourceVersion) - Number(b.metadata.resourceVersion),
+      );
+    },
+    requests,
+    openWatches: () => store.openWatches(),
+    resourceVersion: () => store.resourceVersion(),
+    pause() {
+      paused = true;
+      store.closeWatches(true);
+      for (const s of sockets) s.destroy();
+    },
+    resume() {
+      paused = false;
+    },
+    compact() {
+      store.compact();
+    },
+    async stop() {
+      store.closeWatches(false);
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
+}
