@@ -221,7 +221,7 @@ export class EventRecorder {
       type,
       source: { component: this.component, ...(host ? { host } : {}) },
       reportingComponent: REPORTING_COMPONENT,
-      reportingInstance: host ? host.slice(0, REPORTING_INSTANCE_MAX) : "",
+      ...(host ? { reportingInstance: host.slice(0, REPORTING_INSTANCE_MAX) } : {}),
     };
     return { name, namespace: obj.namespace, body, count: 1, written: 0, created: false, busy: false, first: now, last: now };
   }

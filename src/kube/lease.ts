@@ -150,8 +150,13 @@ export class LeaseElector {
     if (this.leader) this.setLeader(false, "abandoned");
   }
 
+  /**
+   * Whether to act as leader now. Also false once the renew deadline has
+   * passed, even if the loop has not run since (a blocked event loop): a
+   * caller checking before each write never writes after a peer may lead.
+   */
   isLeader(): boolean {
-    return this.leader;
+    return this.leader && !this.pastDeadline();
   }
 
   onChange(fn: (leader: boolean) => void): void {
@@ -165,7 +170,12 @@ export class LeaseElector {
 
   private async loop(): Promise<void> {
     while (this.running) {
-      await this.round();
+      try {
+        await this.round();
+      } catch (e) {
+        // round() handles API errors itself; this is a bug, but must not end the election.
+        this.log("error", "leader election round failed", { lease: this.leaseId(), error: describeError(e) });
+      }
       if (!this.running) break;
       // A leader wakes no later than its deadline, so it steps down on time
       // even when its last attempt failed fast.

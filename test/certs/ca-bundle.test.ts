@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import * as k8s from "@kubernetes/client-node";
 import { createCa } from "../../src/certs/authority.ts";
 import { caBundlePatch, patchCaBundle, type AdmissionApi } from "../../src/certs/ca-bundle.ts";
-import { startKubeApiServer, withBunTls } from "../support/kube-api-server.ts";
+import { startKubeApiServer } from "../support/kube-api-server.ts";
 
 type Api = Awaited<ReturnType<typeof startKubeApiServer>>;
 
@@ -41,7 +41,7 @@ const patches = () => api.requests.filter((r) => r.method === "PATCH");
 
 beforeEach(async () => {
   api = await startKubeApiServer();
-  admission = withBunTls(api.kubeConfig()).makeApiClient(k8s.AdmissionregistrationV1Api);
+  admission = api.kubeConfig().makeApiClient(k8s.AdmissionregistrationV1Api);
 });
 afterEach(async () => {
   await api.stop();

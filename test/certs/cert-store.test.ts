@@ -3,7 +3,7 @@ import * as k8s from "@kubernetes/client-node";
 import { parseCert, serviceDnsNames, splitPem, verifyChain } from "../../src/certs/authority.ts";
 import { CertStore, type CertStoreOptions, type SecretApi } from "../../src/certs/cert-store.ts";
 import type { Material } from "../../src/certs/material.ts";
-import { startKubeApiServer, withBunTls } from "../support/kube-api-server.ts";
+import { startKubeApiServer } from "../support/kube-api-server.ts";
 
 type Api = Awaited<ReturnType<typeof startKubeApiServer>>;
 
@@ -18,7 +18,7 @@ let logs: { level: string; msg: string; fields?: Record<string, unknown> }[];
 
 beforeEach(async () => {
   api = await startKubeApiServer();
-  core = withBunTls(api.kubeConfig()).makeApiClient(k8s.CoreV1Api);
+  core = api.kubeConfig().makeApiClient(k8s.CoreV1Api);
   logs = [];
   api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: NS } });
 });

@@ -7,7 +7,7 @@ import { ReloadableHttpsServer } from "../../src/server/https-server.ts";
 import * as k8s from "@kubernetes/client-node";
 import { patchCaBundle } from "../../src/certs/ca-bundle.ts";
 import { CertStore } from "../../src/certs/cert-store.ts";
-import { startKubeApiServer, withBunTls } from "../support/kube-api-server.ts";
+import { startKubeApiServer } from "../support/kube-api-server.ts";
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -264,7 +264,7 @@ describe("startCertRotation with the shared Secret", () => {
       });
       api.create({ apiVersion: GROUP, kind: "MutatingWebhookConfiguration", metadata: { name: "kloak" }, webhooks: [wh("m.getkloak.io")] });
       api.create({ apiVersion: GROUP, kind: "ValidatingWebhookConfiguration", metadata: { name: "kloak" }, webhooks: [wh("v.getkloak.io")] });
-      const kc = withBunTls(api.kubeConfig());
+      const kc = api.kubeConfig();
       const core = kc.makeApiClient(k8s.CoreV1Api);
       const admission = kc.makeApiClient(k8s.AdmissionregistrationV1Api);
       const names = ["localhost", ...serviceDnsNames("kloak-webhook", "kloak")];

@@ -325,6 +325,34 @@ describe("EventRecorder against the API server double", () => {
   );
 });
 
+describe("EventRecorder and a hung API server", () => {
+  test(
+    "requests are cut off after requestTimeoutMs; the occurrence counts as dropped",
+    async () => {
+      // Not a Kubernetes double: an endpoint that accepts requests and never answers.
+      const blackHole = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Promise<Response>(() => {}) });
+      try {
+        const kc = new k8s.KubeConfig();
+        kc.loadFromOptions({
+          clusters: [{ name: "hole", server: `http://127.0.0.1:${blackHole.port}`, skipTLSVerify: true }],
+          users: [{ name: "u", token: "t" }],
+          contexts: [{ name: "hole", cluster: "hole", user: "u" }],
+          currentContext: "hole",
+        });
+        const rec = new EventRecorder(kc.makeApiClient(k8s.CoreV1Api), { component: "kloak", requestTimeoutMs: 300 });
+        rec.record(pod(), "Warning", "NoShadow", "m");
+        const t0 = Date.now();
+        await rec.flush();
+        expect(Date.now() - t0).toBeLessThan(1000);
+        expect(rec.dropped()).toBe(1);
+      } finally {
+        blackHole.stop(true);
+      }
+    },
+    30_000,
+  );
+});
+
 describe("truncate", () => {
   test("keeps short messages, cuts long ones without splitting a surrogate pair", () => {
     expect(truncate("abc", 10)).toBe("abc");

@@ -120,8 +120,13 @@ describe("LeaseElector against the API server double", () => {
         expect(first.renewTime).toMatch(MICRO_TIME);
         expect(first.acquireTime).toMatch(MICRO_TIME);
 
+        const mark = server.requests.length;
         await Bun.sleep(3 * FAST.retryPeriodMs);
         const later = leaseSpec(name);
+        // a leader renews from the Lease it last wrote: PUTs only, no reads
+        const calls = server.requests.slice(mark).filter((r) => r.path === `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases/${name}`);
+        expect(calls.length).toBeGreaterThanOrEqual(2);
+        expect(calls.every((r) => r.method === "PUT")).toBe(true);
         expect(Date.parse(later.renewTime!)).toBeGreaterThan(Date.parse(first.renewTime!));
         // a renewal keeps the acquire time and the transition count
         expect(later.acquireTime).toBe(first.acquireTime!);
@@ -350,6 +355,73 @@ describe("LeaseElector against the API server double", () => {
         expect(spec.renewTime).toBe(new Date(clock).toISOString().replace("Z", "000Z"));
       } finally {
         await b.elector.stop();
+      }
+    },
+    30_000,
+  );
+
+  test(
+    "isLeader() turns false at the renew deadline even before the loop notices",
+    async () => {
+      const name = freshName();
+      let clock = 5_000_000;
+      const a = candidate(name, "node-a", { now: () => clock });
+      a.elector.start();
+      try {
+        await waitFor("a to lead", () => a.elector.isLeader(), 2000);
+        // as if the event loop had been blocked for the whole renew deadline
+        clock += FAST.renewDeadlineMs;
+        expect(a.elector.isLeader()).toBe(false);
+        // the loop then steps down and, the Lease still being its own, takes it back
+        await waitFor("a to step down", () => a.changes.length >= 2, 2000);
+        await waitFor("a to lead again", () => a.elector.isLeader(), 2000);
+        expect(a.changes.slice(0, 3)).toEqual([true, false, true]);
+        expect(leaseSpec(name).leaseTransitions).toBe(0);
+      } finally {
+        await a.elector.stop();
+      }
+    },
+    30_000,
+  );
+
+});
+
+describe("LeaseElector and a hung API server", () => {
+  test(
+    "requests are cut off at the deadline, so stop() and the loop never hang",
+    async () => {
+      // Not a Kubernetes double: an endpoint that accepts requests and never answers.
+      const blackHole = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Promise<Response>(() => {}) });
+      try {
+        const kc = new k8s.KubeConfig();
+        kc.loadFromOptions({
+          clusters: [{ name: "hole", server: `http://127.0.0.1:${blackHole.port}`, skipTLSVerify: true }],
+          users: [{ name: "u", token: "t" }],
+          contexts: [{ name: "hole", cluster: "hole", user: "u" }],
+          currentContext: "hole",
+        });
+        const logs: { msg: string; error?: unknown }[] = [];
+        const e = new LeaseElector(kc.makeApiClient(k8s.CoordinationV1Api), {
+          namespace: NS,
+          name: "hung",
+          identity: "node-a",
+          ...FAST,
+          log: (_l, msg, fields) => logs.push({ msg, error: fields?.error }),
+        });
+        e.start();
+        await Bun.sleep(100); // the first read is now hanging
+        const t0 = Date.now();
+        await e.stop();
+        const took = Date.now() - t0;
+        // the hanging read was aborted at its deadline (renewDeadline after it began)
+        expect(took).toBeGreaterThanOrEqual(FAST.renewDeadlineMs - 200);
+        expect(took).toBeLessThan(FAST.renewDeadlineMs + 300);
+        expect(logs.length).toBe(1);
+        expect(logs[0]!.msg).toMatch(/lease read failed/);
+        expect(String(logs[0]!.error)).toMatch(/timed out/i);
+        expect(e.isLeader()).toBe(false);
+      } finally {
+        blackHole.stop(true);
       }
     },
     30_000,

@@ -775,7 +775,7 @@ describe("watch", () => {
     await waitFor("initial ADDED", () => fromZero.events.length >= 3);
     expect(fromZero.events.map((e) => `${e.type} ${e.object.metadata.name}`)).toEqual(["ADDED a", "ADDED b", "ADDED live"]);
     fromZero.abort();
-    await waitFor("server-side watch closed", () => srv.openWatches().length === 0);
+    await waitFor("server-side watch closed", () => !srv.openWatches().some((w) => w.namespace === ns));
   }, 15_000);
 
   test("a label-selected watch sees an object that stops matching as DELETED and one that starts matching as ADDED", async () => {
@@ -1016,6 +1016,22 @@ describe("events", () => {
 });
 
 describe("pause/resume and request log", () => {
+  test("pause() resets open watches (the client sees a connection error, not a clean end)", async () => {
+    const ns = await freshNamespace();
+    const w = await startWatch(`/api/v1/namespaces/${ns}/secrets`, { resourceVersion: srv.resourceVersion() });
+    await waitFor("watch open", () => srv.openWatches().some((x) => x.namespace === ns));
+    srv.pause();
+    try {
+      await waitFor("watch ended", w.done);
+      expect(srv.openWatches()).toEqual([]);
+    } finally {
+      srv.resume();
+    }
+    const err = w.doneErr() as { code?: string } | null;
+    expect(err).not.toBeNull();
+    expect(err?.code).toBe("ECONNRESET");
+  }, 10_000);
+
   test("paused: requests get 503; resumed: served again; every request is recorded", async () => {
     const before = srv.requests.length;
     srv.pause();
