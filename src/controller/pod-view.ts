@@ -3,7 +3,7 @@
  * enable one (Namespaces, workloads): metadata, the secret references of the
  * spec, and which containers run where.
  */
-import type { ObjectMeta } from "../kube/reflector.ts";
+import { trimMeta, type ObjectMeta } from "../kube/reflector.ts";
 
 export interface MetaView {
   metadata: ObjectMeta;
@@ -11,20 +11,9 @@ export interface MetaView {
 
 type Any = Record<string, unknown> & { metadata?: ObjectMeta };
 
-function pickMeta(m: ObjectMeta | undefined): ObjectMeta {
-  return {
-    name: m?.name,
-    namespace: m?.namespace,
-    uid: m?.uid,
-    resourceVersion: m?.resourceVersion,
-    labels: m?.labels ?? undefined,
-    annotations: m?.annotations ?? undefined,
-    ownerReferences: m?.ownerReferences?.map((o) => ({ apiVersion: o.apiVersion, kind: o.kind, name: o.name, uid: o.uid, controller: o.controller })),
-  };
-}
 
 export function metaView(raw: Any): MetaView {
-  return { metadata: pickMeta(raw.metadata) };
+  return { metadata: trimMeta(raw.metadata) };
 }
 
 export interface ContainerStatusView {
@@ -65,7 +54,7 @@ export function podView(raw: Any): PodView {
     }
   }
   return {
-    metadata: pickMeta(raw.metadata),
+    metadata: trimMeta(raw.metadata),
     spec: {
       volumes: Array.isArray(spec.volumes) ? (spec.volumes as unknown[]) : undefined,
       containers: containers(spec.containers),

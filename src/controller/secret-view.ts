@@ -5,7 +5,7 @@
  * cluster's secret values never stay in kloak's memory.
  */
 import { isEnabled, isShadow, OWNER, type Meta } from "../kube/contract.ts";
-import type { ObjectMeta } from "../kube/reflector.ts";
+import { trimMeta, type ObjectMeta } from "../kube/reflector.ts";
 
 export interface SecretView {
   metadata: ObjectMeta & Meta;
@@ -20,20 +20,9 @@ type RawSecret = {
   data?: Record<string, string | Uint8Array>;
 };
 
-function pickMeta(m: RawSecret["metadata"]): SecretView["metadata"] {
-  return {
-    name: m?.name,
-    namespace: m?.namespace,
-    uid: m?.uid,
-    resourceVersion: m?.resourceVersion,
-    labels: m?.labels ?? undefined,
-    annotations: m?.annotations ?? undefined,
-    ownerReferences: m?.ownerReferences?.map((o) => ({ apiVersion: o.apiVersion, kind: o.kind, name: o.name, uid: o.uid, controller: o.controller })),
-  };
-}
 
 export function secretView(raw: RawSecret): SecretView {
-  const metadata = pickMeta(raw.metadata);
+  const metadata = trimMeta(raw.metadata);
   const keep = isEnabled(metadata) || isShadow(metadata);
   const view: SecretView = { metadata, type: raw.type };
   if (keep && raw.data) {

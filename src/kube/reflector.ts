@@ -23,6 +23,19 @@ export interface ObjectMeta {
   ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string; controller?: boolean }[];
 }
 
+/** The metadata a trimmed cache keeps (no managedFields, no timestamps). */
+export function trimMeta(m: ObjectMeta | undefined): ObjectMeta {
+  return {
+    name: m?.name,
+    namespace: m?.namespace,
+    uid: m?.uid,
+    resourceVersion: m?.resourceVersion,
+    labels: m?.labels ?? undefined,
+    annotations: m?.annotations ?? undefined,
+    ownerReferences: m?.ownerReferences?.map((o) => ({ apiVersion: o.apiVersion, kind: o.kind, name: o.name, uid: o.uid, controller: o.controller })),
+  };
+}
+
 export interface Handlers<T> {
   add?(obj: T): void;
   update?(obj: T, old: T): void;
