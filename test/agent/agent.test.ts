@@ -67,10 +67,10 @@ async function freePort(): Promise<number> {
 }
 
 /** The container's main process: runs the Python TLS client from inside the pod's cgroup. */
-async function runInContainer(request: string): Promise<{ code: number; stdout: string; stderr: string }> {
+async function runInContainer(request: string, to: TlsServer = tls, host = "127.0.0.2"): Promise<{ code: number; stdout: string; stderr: string }> {
   const reqFile = join(tmp, `req-${Date.now()}`);
   writeFileSync(reqFile, request);
-  const argv = pythonClientArgs({ port: tls.port, host: "127.0.0.2", caFile: certs.caFile, requestFile: reqFile });
+  const argv = pythonClientArgs({ port: to.port, host, caFile: certs.caFile, requestFile: reqFile });
   const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
   // Join the cgroup, then exec: the agent's BPF sees an exec inside a pod cgroup and holds it until attached.
   const p = Bun.spawn(["sh", "-c", `echo $$ > ${q(join(leaf, "cgroup.procs"))} && exec ${argv.map(q).join(" ")}`], { stdout: "pipe", stderr: "pipe" });
@@ -265,6 +265,24 @@ describe("kloak agent end to end", () => {
       expect({ name, present: m.includes(name) }).toEqual({ name, present: true });
     expect(metric(m, "kloak_substitutions_total")).toBeGreaterThanOrEqual(2);
     expect(metric(m, "kloak_webhook_cert_expiry_timestamp_seconds")).toBeGreaterThan(Date.now() / 1000);
+
+    // A destination outside getkloak.io/hosts gets the placeholder, and the pod an Event saying why.
+    const other = await startTlsServer({ host: "127.0.0.3", mode: "http" });
+    try {
+      const r4 = await runInContainer(request, other, "127.0.0.3");
+      expect(r4.code).toBe(0);
+      expect(occurrences(other.received(), ph)).toBe(1);
+      expect(occurrences(other.received(), rotated)).toBe(0);
+    } finally {
+      await other.close();
+    }
+    type Ev = { reason: string; message: string; involvedObject: { kind: string; name: string } };
+    const refused = await waitFor("refusal Event on the pod", () =>
+      (api.events() as unknown as Ev[]).find((e) => e.reason === "KloakSubstitutionRefused" && e.involvedObject.name === "web-0"),
+    );
+    expect(refused.involvedObject.kind).toBe("Pod");
+    expect(refused.message).toMatch(/secret api key token .*127\.0\.0\.3:\d+: destination_not_allowed/);
+    expect(refused.message.includes(rotated)).toBe(false);
 
     // The pod goes: everything of it leaves the maps.
     api.delete("Pod", "shop", "web-0");
