@@ -1,6 +1,25 @@
 /**
  * kloak benchmark: `bun run bench` (= `bun bench/run.ts`), as root.
  *
+ * Two parts, both in one run by default, each writing its own sections of
+ * bench/report/report.{md,json} (a part run alone keeps the other's sections
+ * from the previous run):
+ *
+ *   dataplane  the TLS data plane under `kloak exec` (below; several minutes)
+ *   agent      the node agent (`kloak agent`) against the in-process test API
+ *              server: webhook latency at 200 req/s over HTTPS vs a minimal
+ *              HTTPS server, agent RSS idle vs 1,000 Secrets + 100 attached
+ *              processes, load/attach/restart times (bench/agent.ts; ~3 min).
+ *              The agent runs from source (or $KLOAK_BIN); dist/kloak, when
+ *              built, is measured too (memory, restart).
+ *
+ *   bun run bench --only agent        just the agent part (or KLOAK_BENCH_ONLY=agent)
+ *   bun run bench --only dataplane    just the data-plane part
+ *   agent options: --agent-duration S (20), --agent-warmup S (5),
+ *   --agent-rate N (200), --agent-reps N (1), --no-agent-restart;
+ *   --quick also shortens the agent part (5 s measured, 2 s warm-up).
+ *   Env KLOAK_BENCH_NO_GIT=1: the commit is read from .git files, no git command runs.
+ *
  * One run measures, against a local TLS server on 127.0.0.1 (bench/server.ts,
  * in this process, identical for every variant), a Python ssl client
  * (bench/client.py, one blocking socket) in three variants:
@@ -43,6 +62,8 @@ import { testCerts } from "../test/support/certs.ts";
 import { enableBpfStats, programStats, type ProgStat } from "./bpfstats.ts";
 import { childrenOf, cmdline, cpuSeconds, foreignKloaks, memStatus, systemCpu, threadCpu } from "./procfs.ts";
 import { startBenchServer, type ServerStats } from "./server.ts";
+import { AGENT_DEFAULTS, headCommit, runAgentBench } from "./agent.ts";
+import { keepAgentJson, keepAgentSection, summarizeAgent, writeAgentReport } from "./agent-report.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -72,8 +93,20 @@ const { values: argv } = parseArgs({
     quick: { type: "boolean", default: false },
     "no-diag": { type: "boolean", default: false },
     "no-pin": { type: "boolean", default: false },
+    only: { type: "string" },
+    "agent-duration": { type: "string" },
+    "agent-warmup": { type: "string" },
+    "agent-rate": { type: "string" },
+    "agent-reps": { type: "string" },
+    "no-agent-restart": { type: "boolean", default: false },
   },
 });
+/** Which parts run: "agent", "dataplane", or both (default). */
+const ONLY = argv.only ?? process.env.KLOAK_BENCH_ONLY ?? "";
+if (!["", "agent", "dataplane"].includes(ONLY)) {
+  console.error(`bench: --only must be "agent" or "dataplane" (got ${JSON.stringify(ONLY)})`);
+  process.exit(2);
+}
 const DURATION = argv.quick ? 1 : Number(argv.duration);
 const REPS = argv.quick ? 1 : Math.max(1, Math.floor(Number(argv.reps)));
 const WARMUP = Number(argv.warmup);
@@ -586,8 +619,9 @@ function machineInfo(sample: RunResult | undefined, kloakRun: RunResult | undefi
       return "n/a";
     }
   })();
-  const git = Bun.spawnSync(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
-  const dirty = Bun.spawnSync(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "lib", "bpf"]);
+  const noGit = process.env.KLOAK_BENCH_NO_GIT === "1";
+  const git = noGit ? { success: true, stdout: Buffer.from(headCommit()) } : Bun.spawnSync(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
+  const dirty = noGit ? { success: false, stdout: Buffer.alloc(0) } : Bun.spawnSync(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "lib", "bpf"]);
   return {
     kernel: `${os.type()} ${os.release()} ${os.arch()}`,
     cpus: os.cpus().length,
@@ -1001,8 +1035,9 @@ async function main(): Promise<number> {
     runs: runs.map((r) => ({ ...r, stderr: r.stderr.split("\n").filter((l) => l.startsWith("kloak")) })),
   };
   mkdirSync(REPORT_DIR, { recursive: true });
-  writeFileSync(join(REPORT_DIR, "report.md"), report + "\n");
-  writeFileSync(join(REPORT_DIR, "report.json"), JSON.stringify(json, null, 2) + "\n");
+  // The Agent section (bench/agent.ts) of the previous report stays until the agent part replaces it.
+  writeFileSync(join(REPORT_DIR, "report.md"), keepAgentSection(report, REPORT_DIR) + "\n");
+  writeFileSync(join(REPORT_DIR, "report.json"), JSON.stringify(keepAgentJson(json, REPORT_DIR), null, 2) + "\n");
   console.log(report);
   if (missed.length) console.log(`\n!!! ${missed.length} TARGET(S) MISSED: ${missed.map((t) => t.id).join(", ")} !!!`);
   else console.log("\nAll targets met.");
@@ -1012,4 +1047,40 @@ async function main(): Promise<number> {
   return failedChecks.length || errors.length ? 1 : 0;
 }
 
-process.exitCode = await main();
+/** The agent part (bench/agent.ts): measures, then writes its section into the report. */
+async function agentPart(): Promise<number> {
+  const num = (x: string | undefined, d: number) => (x === undefined ? d : Number(x));
+  const opts = {
+    rate: num(argv["agent-rate"], AGENT_DEFAULTS.rate),
+    durationS: num(argv["agent-duration"], argv.quick ? 5 : AGENT_DEFAULTS.durationS),
+    warmupS: num(argv["agent-warmup"], argv.quick ? 2 : AGENT_DEFAULTS.warmupS),
+    reps: Math.max(1, Math.floor(num(argv["agent-reps"], AGENT_DEFAULTS.reps))),
+    restart: !argv["no-agent-restart"],
+    command: `bun run bench${Bun.argv.length > 2 ? " " + Bun.argv.slice(2).join(" ") : ""}${!argv.only && process.env.KLOAK_BENCH_ONLY ? ` (KLOAK_BENCH_ONLY=${ONLY})` : ""}`,
+  };
+  if (![opts.rate, opts.durationS].every((x) => Number.isFinite(x) && x > 0) || !(opts.warmupS >= 0)) {
+    console.error("bench: bad --agent-* option value");
+    return 2;
+  }
+  let r: Awaited<ReturnType<typeof runAgentBench>>;
+  try {
+    r = await runAgentBench(opts);
+  } catch (e) {
+    // Preconditions (root, cgroup v2, Python); failures later are in the report.
+    console.error(`bench: the agent part could not run: ${(e as Error).message}`);
+    return 1;
+  }
+  const section = writeAgentReport(REPORT_DIR, r);
+  console.log("\n" + section);
+  const s = summarizeAgent(r);
+  const missed = s.targets.filter((t) => !t.pass);
+  console.log(missed.length ? `\n!!! AGENT: ${missed.length} TARGET(S) MISSED: ${missed.map((t) => t.id).join(", ")} !!!` : "\nAgent: all targets met.");
+  if (s.correctness.length) console.log(`!!! AGENT: ${s.correctness.length} CORRECTNESS/RUN PROBLEM(S) (see the Agent section) !!!`);
+  console.log(`(agent section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
+  return s.correctness.length ? 1 : 0;
+}
+
+let exitCode = 0;
+if (ONLY !== "agent") exitCode = await main();
+if (ONLY !== "dataplane") exitCode = Math.max(exitCode, await agentPart());
+process.exitCode = exitCode;
