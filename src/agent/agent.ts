@@ -111,19 +111,19 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   stops.push(() => policy.close());
 
   // Watches.
-  const reflect = <T,>(name: string, path: string, list: () => Promise<{ metadata?: { resourceVersion?: string }; items: unknown[] }>, transform: ReflectorOptions<T>["transform"], query?: Record<string, string>) => {
+  const reflect = <T,>(name: string, path: string, list: ReflectorOptions<T>["list"], transform: ReflectorOptions<T>["transform"], query?: Record<string, string>) => {
     const r = new Reflector<T>({ name, kc, path, list, transform, meta: (o) => (o as { metadata: ObjectMeta }).metadata, log, query });
     stops.push(() => r.stop());
     return r;
   };
   const nodeSelector = `spec.nodeName=${cfg.nodeName}`;
-  const pods = reflect<PodView>("pods", "/api/v1/pods", () => core.listPodForAllNamespaces({ fieldSelector: nodeSelector }), podView, { fieldSelector: nodeSelector });
-  const namespaces = reflect<MetaView>("namespaces", "/api/v1/namespaces", () => core.listNamespace(), metaView);
+  const pods = reflect<PodView>("pods", "/api/v1/pods", (page) => core.listPodForAllNamespaces({ ...page, fieldSelector: nodeSelector }), podView, { fieldSelector: nodeSelector });
+  const namespaces = reflect<MetaView>("namespaces", "/api/v1/namespaces", (page) => core.listNamespace(page), metaView);
   const owners = {
-    ReplicaSet: reflect<MetaView>("replicasets", "/apis/apps/v1/replicasets", () => apps.listReplicaSetForAllNamespaces(), metaView),
-    Deployment: reflect<MetaView>("deployments", "/apis/apps/v1/deployments", () => apps.listDeploymentForAllNamespaces(), metaView),
-    StatefulSet: reflect<MetaView>("statefulsets", "/apis/apps/v1/statefulsets", () => apps.listStatefulSetForAllNamespaces(), metaView),
-    DaemonSet: reflect<MetaView>("daemonsets", "/apis/apps/v1/daemonsets", () => apps.listDaemonSetForAllNamespaces(), metaView),
+    ReplicaSet: reflect<MetaView>("replicasets", "/apis/apps/v1/replicasets", (page) => apps.listReplicaSetForAllNamespaces(page), metaView),
+    Deployment: reflect<MetaView>("deployments", "/apis/apps/v1/deployments", (page) => apps.listDeploymentForAllNamespaces(page), metaView),
+    StatefulSet: reflect<MetaView>("statefulsets", "/apis/apps/v1/statefulsets", (page) => apps.listStatefulSetForAllNamespaces(page), metaView),
+    DaemonSet: reflect<MetaView>("daemonsets", "/apis/apps/v1/daemonsets", (page) => apps.listDaemonSetForAllNamespaces(page), metaView),
   };
   const plane = new SecretPlane({
     kc,

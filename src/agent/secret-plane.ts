@@ -37,7 +37,7 @@ export class SecretPlane {
       name: "secrets",
       kc: o.kc,
       path: "/api/v1/secrets",
-      list: () => core.listSecretForAllNamespaces(),
+      list: (page) => core.listSecretForAllNamespaces(page),
       transform: secretView,
       meta: (s) => s.metadata as ObjectMeta,
       log: o.log,

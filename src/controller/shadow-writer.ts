@@ -38,6 +38,8 @@ export class ShadowWriter {
   private running = false;
   private readonly attempts = new Map<string, number>();
   private readonly timers = new Map<string, ReturnType<typeof setTimeout>>();
+  /** every shadow placeholder, built once per leadership and kept in step with this writer's writes */
+  private registry?: PlaceholderRegistry;
   /** shadow writes (create/update/delete) done, for metrics */
   writes = 0;
   errors = 0;
@@ -53,6 +55,8 @@ export class ShadowWriter {
     if (on === this.leader) return;
     this.leader = on;
     this.log("info", on ? "elected shadow writer" : "no longer the shadow writer", {});
+    // Another leader may have written meanwhile: rebuild from the cache when next needed.
+    this.registry = undefined;
     if (!on) {
       for (const t of this.timers.values()) clearTimeout(t);
       this.timers.clear();
@@ -156,7 +160,25 @@ export class ShadowWriter {
       );
       return;
     }
-    const data = this.placeholders(ns, name, checked.values, shadow);
+    const { data, created, replaced } = this.placeholders(ns, name, checked.values, shadow);
+    try {
+      await this.write(ns, name, ref, original, shadow, data);
+    } catch (e) {
+      // Not written: the new placeholders are free again.
+      for (const ph of created) this.registry?.release(ph);
+      throw e;
+    }
+    for (const ph of replaced) this.registry?.release(ph);
+  }
+
+  private async write(
+    ns: string,
+    name: string,
+    ref: { apiVersion: string; kind: string; namespace: string; name: string; uid?: string },
+    original: SecretView,
+    shadow: SecretView | undefined,
+    data: Record<string, string>,
+  ): Promise<void> {
     const body: V1Secret = {
       apiVersion: "v1",
       kind: "Secret",
@@ -185,21 +207,37 @@ export class ShadowWriter {
     this.log("info", "shadow updated", { secret: `${ns}/${name}`, keys: Object.keys(data).length });
   }
 
-  /** Existing placeholders where the length still fits; new ones, prefix-free against every shadow, elsewhere. */
-  private placeholders(ns: string, name: string, values: Map<string, Uint8Array>, shadow: SecretView | undefined): Record<string, string> {
-    const out: Record<string, string> = {};
-    let registry: PlaceholderRegistry | undefined;
+  /**
+   * Existing placeholders where the length still fits; new ones, prefix-free
+   * against every shadow, elsewhere. `replaced` are old placeholders to free
+   * once the write succeeded.
+   */
+  private placeholders(
+    ns: string,
+    name: string,
+    values: Map<string, Uint8Array>,
+    shadow: SecretView | undefined,
+  ): { data: Record<string, string>; created: string[]; replaced: string[] } {
+    const data: Record<string, string> = {};
+    const created: string[] = [];
+    const kept = new Set<string>();
     for (const [k, value] of values) {
       const old = shadow?.data?.[k];
       const ph = old === undefined ? undefined : Buffer.from(old, "base64").toString("latin1");
       if (ph !== undefined && isPlaceholderShaped(ph) && ph.length === value.length) {
-        out[k] = old!;
+        data[k] = old!;
+        kept.add(ph);
         continue;
       }
-      registry ??= this.registryOfAllShadows();
-      out[k] = Buffer.from(registry.create(`${ns}/${name}:${k}`, value.length), "latin1").toString("base64");
+      this.registry ??= this.registryOfAllShadows();
+      const fresh = this.registry.create(`${ns}/${name}:${k}`, value.length);
+      created.push(fresh);
+      data[k] = Buffer.from(fresh, "latin1").toString("base64");
     }
-    return out;
+    const replaced = Object.values(shadow?.data ?? {})
+      .map((b64) => Buffer.from(b64, "base64").toString("latin1"))
+      .filter((ph) => !kept.has(ph));
+    return { data, created, replaced };
   }
 
   private registryOfAllShadows(): PlaceholderRegistry {
@@ -228,6 +266,7 @@ export class ShadowWriter {
       if ((e as { code?: number }).code !== 404) throw e;
     }
     this.writes++;
+    for (const b64 of Object.values(shadow.data ?? {})) this.registry?.release(Buffer.from(b64, "base64").toString("latin1"));
     this.log("info", "shadow deleted: the Secret is no longer enabled", { secret: `${ns}/${name}` });
   }
 }

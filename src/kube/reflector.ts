@@ -36,6 +36,14 @@ export function trimMeta(m: ObjectMeta | undefined): ObjectMeta {
   };
 }
 
+/** One page of a list: big lists (every Secret of a cluster) are read in pages and trimmed page by page. */
+export interface ListPage {
+  limit: number;
+  _continue?: string;
+}
+
+const PAGE = 500;
+
 export interface Handlers<T> {
   add?(obj: T): void;
   update?(obj: T, old: T): void;
@@ -52,8 +60,8 @@ export interface ReflectorOptions<T> {
   path: string;
   /** labelSelector / fieldSelector of the watch; `list` must apply the same */
   query?: Record<string, string>;
-  /** the typed client's list call, e.g. () => core.listSecretForAllNamespaces() */
-  list: () => Promise<{ metadata?: { resourceVersion?: string }; items: unknown[] }>;
+  /** the typed client's list call, e.g. (page) => core.listSecretForAllNamespaces(page); called once per page */
+  list: (page: ListPage) => Promise<{ metadata?: { resourceVersion?: string; _continue?: string }; items: unknown[] }>;
   transform: (raw: { metadata?: ObjectMeta } & Record<string, unknown>) => T;
   meta: (obj: T) => ObjectMeta;
   log: LogFn;
@@ -124,8 +132,17 @@ export class Reflector<T> {
   }
 
   private async list(): Promise<{ rv: string; items: T[] }> {
-    const body = await this.o.list();
-    return { rv: body.metadata?.resourceVersion ?? "", items: body.items.map((x) => this.o.transform(x as never)) };
+    const items: T[] = [];
+    let cont: string | undefined;
+    let rv = "";
+    do {
+      const body = await this.o.list({ limit: PAGE, _continue: cont });
+      for (const x of body.items) items.push(this.o.transform(x as never));
+      // The list's resourceVersion is the first page's (the snapshot every page comes from).
+      rv ||= body.metadata?.resourceVersion ?? "";
+      cont = body.metadata?._continue || undefined;
+    } while (cont);
+    return { rv, items };
   }
 
   private async relist(): Promise<void> {
