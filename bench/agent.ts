@@ -377,28 +377,32 @@ export async function runAgentBench(opts: Partial<AgentBenchOptions> = {}): Prom
     }
     // Leaf to root, once the processes are gone.
     for (const d of [...madeDirs].reverse()) {
-      for (let i = 0; i < 100; i++) {
-        try {
-          if (existsSync(join(d, "cgroup.procs")) && cgroupProcesses(d).length) {
-            await sleep(20);
-            continue;
-          }
-          rmdirSync(d);
-        } catch (e) {
-          if (i === 99) log(`could not remove ${d}: ${(e as Error).message}`);
-          else {
-            await sleep(20);
-            continue;
-          }
+      for (let i = 0; ; i++) {
+        const last = i === 250; // ~5 s
+        if (!last && existsSync(join(d, "cgroup.procs")) && cgroupProcesses(d).length) {
+          await sleep(20);
+          continue;
         }
-        break;
+        try {
+          rmdirSync(d);
+          break;
+        } catch (e) {
+          if (last) {
+            log(`could not remove ${d}: ${(e as Error).message}`);
+            break;
+          }
+          await sleep(20);
+        }
       }
     }
     await api?.stop().catch(() => {});
   };
   const onSignal = (sig: NodeJS.Signals) => {
     log(`${sig}: cleaning up`);
-    void cleanup().finally(() => process.exit(130));
+    void cleanup().finally(() => {
+      rmSync(tmp, { recursive: true, force: true });
+      process.exit(130);
+    });
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
