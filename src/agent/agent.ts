@@ -186,6 +186,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     registry,
     {
       attachedProcesses: () => dp.attachedProcesses,
+      uprobeLinks: () => dp.uprobeLinks,
       attachErrors: () => dp.attachErrors,
       maps: () => dp.mapUsage(),
       secrets: () => catalog.stats(),

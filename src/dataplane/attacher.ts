@@ -31,8 +31,16 @@ export class Attacher {
     private readonly kind: UprobeKind,
   ) {}
 
+  /** processes kloak tracks (attached to their TLS files, or to none yet) */
   get processes(): number {
     return this.probes.size;
+  }
+
+  /** fds holding probes: one per multi-uprobe link, or a link + perf event per single uprobe */
+  get links(): number {
+    let n = 0;
+    for (const m of this.probes.values()) for (const fds of m.values()) n += fds.length;
+    return n;
   }
 
   /**

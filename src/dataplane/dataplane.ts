@@ -552,6 +552,10 @@ export class Dataplane {
     return this.attacher.processes;
   }
 
+  get uprobeLinks(): number {
+    return this.attacher.links;
+  }
+
   get attachErrors(): number {
     return this.attacher.attachErrors;
   }

@@ -8,6 +8,7 @@ import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 
 export interface AgentState {
   attachedProcesses(): number;
+  uprobeLinks(): number;
   attachErrors(): number;
   maps(): { name: string; entries: number; capacity: number }[];
   secrets(): { secrets: number; keys: number };
@@ -49,7 +50,8 @@ export function agentMetrics(registry: Registry, state: AgentState, build: { ver
     { version: build.version, commit: build.commit, rewrite_mode: build.mode },
     1,
   );
-  gauge("kloak_attached_processes", "processes whose TLS libraries carry kloak's uprobes", state.attachedProcesses);
+  gauge("kloak_attached_processes", "processes of enabled pods kloak tracks and attaches to", state.attachedProcesses);
+  gauge("kloak_uprobe_links", "uprobe attachments held (multi-uprobe links, or link + perf event per probe)", state.uprobeLinks);
   counter("kloak_uprobe_attach_errors_total", "uprobe attach attempts that failed", state.attachErrors);
   new Gauge({
     name: "kloak_bpf_map_entries",

@@ -253,6 +253,7 @@ describe("kloak agent end to end", () => {
       "kloak_substitutions_refused_total",
       "kloak_events_lost_total",
       "kloak_attached_processes",
+      "kloak_uprobe_links",
       "kloak_uprobe_attach_errors_total",
       "kloak_bpf_map_entries",
       "kloak_bpf_map_capacity",
