@@ -42,6 +42,7 @@ import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../test
 import { kindOf, type SecretInventory } from "./agent-reviews.ts";
 import type { LoadConfig, LoadResult } from "./agent-loadgen.ts";
 import { childrenOf, cmdline, cpuSeconds, memStatus } from "./procfs.ts";
+import { resolvePython } from "./python.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -130,15 +131,6 @@ async function freePort(): Promise<number> {
   return p;
 }
 
-function resolvePython(): string {
-  const env = process.env.KLOAK_BENCH_PYTHON;
-  if (env) return env;
-  const py = Bun.which("python3") ?? "python3";
-  const r = Bun.spawnSync([py, "-c", "import sys; print(sys.executable)"]);
-  const exe = r.success ? r.stdout.toString().trim() : "";
-  if (!exe) throw new Error(`cannot run ${py} to find the real Python interpreter`);
-  return exe;
-}
 
 /** A fake value for a Secret (random, never printed). */
 function fakeValue(len: number): string {

@@ -64,6 +64,7 @@ import { childrenOf, cmdline, cpuSeconds, foreignKloaks, memStatus, systemCpu, t
 import { startBenchServer, type ServerStats } from "./server.ts";
 import { AGENT_DEFAULTS, headCommit, runAgentBench } from "./agent.ts";
 import { keepAgentJson, keepAgentSection, summarizeAgent, writeAgentReport } from "./agent-report.ts";
+import { resolvePython } from "./python.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -240,15 +241,6 @@ interface RunResult {
 
 // ---------------------------------------------------------------- helpers
 
-function resolvePython(): string {
-  const env = process.env.KLOAK_BENCH_PYTHON;
-  if (env) return env;
-  const py = Bun.which("python3") ?? "python3";
-  const r = Bun.spawnSync([py, "-c", "import sys; print(sys.executable)"]);
-  const exe = r.success ? r.stdout.toString().trim() : "";
-  if (!exe) throw new Error(`cannot run ${py} to find the real Python interpreter`);
-  return exe;
-}
 
 function randomValue(len: number): string {
   const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";

@@ -1,5 +1,4 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import * as tls from "node:tls";
 import { createCa, issueServing, parseCert, serviceDnsNames, type CaBundle } from "../../src/certs/authority.ts";
 import type { Material } from "../../src/certs/material.ts";
 import { startCertRotation, type CertRotation } from "../../src/certs/rotation.ts";
@@ -8,22 +7,13 @@ import * as k8s from "@kubernetes/client-node";
 import { patchCaBundle } from "../../src/certs/ca-bundle.ts";
 import { CertStore } from "../../src/certs/cert-store.ts";
 import { startKubeApiServer } from "../support/kube-api-server.ts";
+import { peerFingerprint } from "../support/tls-peer.ts";
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function peerFingerprint(port: number, ca: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const sock = tls.connect({ host: "127.0.0.1", port, servername: "localhost", ca }, () => {
-      const fp = sock.getPeerCertificate().fingerprint256.replaceAll(":", "").toLowerCase();
-      sock.end();
-      resolve(fp);
-    });
-    sock.on("error", reject);
-  });
-}
 
 async function material(ca: CaBundle, caPem = ca.certPem): Promise<Material> {
   const s = await issueServing(ca, ["localhost", ...serviceDnsNames("kloak-webhook", "kloak")]);

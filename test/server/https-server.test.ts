@@ -1,24 +1,13 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import * as tls from "node:tls";
 import { createCa, issueServing, parseCert, type CaBundle, type ServingCert } from "../../src/certs/authority.ts";
 import { ReloadableHttpsServer } from "../../src/server/https-server.ts";
+import { peerFingerprint } from "../support/tls-peer.ts";
 
 const servers: ReloadableHttpsServer[] = [];
 afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.stop(true)));
 });
 
-/** The SHA-256 fingerprint of the certificate a brand-new TLS connection is served. */
-function peerFingerprint(port: number, ca: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const sock = tls.connect({ host: "127.0.0.1", port, servername: "localhost", ca }, () => {
-      const fp = sock.getPeerCertificate().fingerprint256.replaceAll(":", "").toLowerCase();
-      sock.end();
-      resolve(fp);
-    });
-    sock.on("error", reject);
-  });
-}
 
 async function handler(req: Request): Promise<Response> {
   const url = new URL(req.url);
