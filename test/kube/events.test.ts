@@ -10,6 +10,7 @@ import {
   type InvolvedObject,
 } from "../../src/kube/events.ts";
 import { startKubeApiServer, type KubeApiServer } from "../support/kube-api-server.ts";
+import { startBlackHole } from "../support/black-hole.ts";
 
 const NS = "kloak";
 
@@ -329,16 +330,9 @@ describe("EventRecorder and a hung API server", () => {
   test(
     "requests are cut off after requestTimeoutMs; the occurrence counts as dropped",
     async () => {
-      // Not a Kubernetes double: an endpoint that accepts requests and never answers.
-      const blackHole = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Promise<Response>(() => {}) });
+      const blackHole = startBlackHole();
       try {
-        const kc = new k8s.KubeConfig();
-        kc.loadFromOptions({
-          clusters: [{ name: "hole", server: `http://127.0.0.1:${blackHole.port}`, skipTLSVerify: true }],
-          users: [{ name: "u", token: "t" }],
-          contexts: [{ name: "hole", cluster: "hole", user: "u" }],
-          currentContext: "hole",
-        });
+        const kc = blackHole.kc;
         const rec = new EventRecorder(kc.makeApiClient(k8s.CoreV1Api), { component: "kloak", requestTimeoutMs: 300 });
         rec.record(pod(), "Warning", "NoShadow", "m");
         const t0 = Date.now();
@@ -346,7 +340,7 @@ describe("EventRecorder and a hung API server", () => {
         expect(Date.now() - t0).toBeLessThan(1000);
         expect(rec.dropped()).toBe(1);
       } finally {
-        blackHole.stop(true);
+        blackHole.stop();
       }
     },
     30_000,

@@ -3,6 +3,7 @@ import * as k8s from "@kubernetes/client-node";
 import { UsageError } from "../../src/errors.ts";
 import { LeaseElector, type KubeLog, type LeaseElectorOptions } from "../../src/kube/lease.ts";
 import { startKubeApiServer, type KubeApiServer } from "../support/kube-api-server.ts";
+import { startBlackHole } from "../support/black-hole.ts";
 
 const NS = "kloak";
 /** Short timings keep the suite fast; the ratios are the defaults' (15 s / 10 s / 2 s) squeezed. */
@@ -390,16 +391,9 @@ describe("LeaseElector and a hung API server", () => {
   test(
     "requests are cut off at the deadline, so stop() and the loop never hang",
     async () => {
-      // Not a Kubernetes double: an endpoint that accepts requests and never answers.
-      const blackHole = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Promise<Response>(() => {}) });
+      const blackHole = startBlackHole();
       try {
-        const kc = new k8s.KubeConfig();
-        kc.loadFromOptions({
-          clusters: [{ name: "hole", server: `http://127.0.0.1:${blackHole.port}`, skipTLSVerify: true }],
-          users: [{ name: "u", token: "t" }],
-          contexts: [{ name: "hole", cluster: "hole", user: "u" }],
-          currentContext: "hole",
-        });
+        const kc = blackHole.kc;
         const logs: { msg: string; error?: unknown }[] = [];
         const e = new LeaseElector(kc.makeApiClient(k8s.CoordinationV1Api), {
           namespace: NS,
@@ -421,7 +415,7 @@ describe("LeaseElector and a hung API server", () => {
         expect(String(logs[0]!.error)).toMatch(/timed out/i);
         expect(e.isLeader()).toBe(false);
       } finally {
-        blackHole.stop(true);
+        blackHole.stop();
       }
     },
     30_000,
