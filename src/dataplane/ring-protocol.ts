@@ -4,7 +4,6 @@ import type { DataplaneEvent } from "./abi.ts";
 export type ToWorker =
   | { type: "init"; ringFd: number; ringSize: number; bellFd: number; stopReleasedFd: number; stopWaitMs: number }
   | { type: "secret"; seq: number; id: number; placeholder: Uint8Array; value: Uint8Array }
-  | { type: "forget"; seq: number; id: number }
   /** a secret is being deleted: serve every request already in the ring (a pending restore
    * still needs the placeholder), then drop the value and placeholder; acked */
   | { type: "delete"; seq: number; id: number }

@@ -167,11 +167,6 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       placeholders.set(m.id, m.placeholder);
       postMessage({ type: "ack", seq: m.seq });
       break;
-    case "forget":
-      values.delete(m.id);
-      placeholders.delete(m.id);
-      postMessage({ type: "ack", seq: m.seq });
-      break;
     case "delete":
       // Requests the ring already holds were made while the secret existed:
       // a restore among them must still find the placeholder.
