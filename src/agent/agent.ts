@@ -138,6 +138,8 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   const reflectors = [secrets, pods, namespaces, ...Object.values(owners)] as Reflector<unknown>[];
 
   const attacher = new PodAttacher(dp, { cgroupRoot, log });
+  // Before the data plane closes: its retry timer must not touch closed maps.
+  stops.unshift(() => attacher.close());
   const podController = new PodController({ pods, namespaces, owners, secrets, catalog, attacher, events, log });
 
   catalog.onChange((ns) => {
@@ -192,7 +194,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
       secrets: () => catalog.stats(),
       pods: () => podController.trackedPods,
       leader: () => elector.isLeader(),
-      watches: () => reflectors.map((r, i) => ({ resource: RESOURCE_NAMES[i]!, connected: r.connected, errors: r.errors })),
+      watches: () => reflectors.map((r) => ({ resource: r.name, connected: r.connected, errors: r.errors })),
       shadowWrites: () => ({ writes: writer.writes, errors: writer.errors }),
       eventsDropped: () => events.dropped(),
       certNotAfter: () => state.material?.notAfter,
@@ -235,7 +237,6 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   };
 }
 
-const RESOURCE_NAMES = ["secrets", "pods", "namespaces", "replicasets", "deployments", "statefulsets", "daemonsets"];
 
 /**
  * The serving certificate: kloak's own CA shared through a Secret (self), or

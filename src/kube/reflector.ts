@@ -93,6 +93,11 @@ export class Reflector<T> {
 
   constructor(private readonly o: ReflectorOptions<T>) {}
 
+  /** the resource, as in logs and metrics */
+  get name(): string {
+    return this.o.name;
+  }
+
   on(h: Handlers<T>): void {
     this.handlers.push(h);
   }
