@@ -5,7 +5,7 @@
  * decides and hands it targets, on watch events of pods, namespaces,
  * workloads and secrets.
  */
-import { isShadow, OWNER } from "../kube/contract.ts";
+import { isShadow, shadowOwner } from "../kube/contract.ts";
 import type { LogFn } from "../agent/log.ts";
 import type { PodTarget } from "../node/pod-attacher.ts";
 import { podEnablement } from "./pod-enablement.ts";
@@ -120,7 +120,7 @@ export class PodController {
     const ids = new Set<number>();
     for (const [name, keys] of secretReferences(p.spec)) {
       const s = this.d.secrets.get(ns, name);
-      const original = s && isShadow(s.metadata) ? s.metadata.labels?.[OWNER] : name;
+      const original = s && isShadow(s.metadata) ? shadowOwner(s.metadata) : name;
       if (!original) continue;
       for (const id of this.d.catalog.idsFor(ns, original, keys)) ids.add(id);
     }

@@ -10,7 +10,7 @@
  * its placeholder has the value's length. Anything else unloads the key.
  */
 import { createHash } from "node:crypto";
-import { isEnabled, isShadow, OWNER, shadowName } from "../kube/contract.ts";
+import { isEnabled, isShadow, shadowName, shadowOwner } from "../kube/contract.ts";
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
 import { isPlaceholderShaped, placeholderKey, PlaceholderRegistry } from "../secrets/placeholder.ts";
 import { kernelRules } from "../policy/policy-engine.ts";
@@ -73,7 +73,7 @@ export class SecretCatalog {
   /** A Secret (original or shadow) changed: bring its original's keys up to date. Calls for one original run in order. */
   touch(s: SecretView): Promise<void> {
     const ns = s.metadata.namespace ?? "";
-    const original = isShadow(s.metadata) ? (s.metadata.labels?.[OWNER] ?? "") : (s.metadata.name ?? "");
+    const original = isShadow(s.metadata) ? (shadowOwner(s.metadata) ?? "") : (s.metadata.name ?? "");
     if (!original) return Promise.resolve();
     const key = `${ns}/${original}`;
     const next = (this.queues.get(key) ?? Promise.resolve()).then(() => this.sync(ns, original));
@@ -136,7 +136,7 @@ export class SecretCatalog {
     const checked = checkSecret(original);
     if (checked.problems.length) return describeProblems(checked.problems);
     if (!shadow) return "no shadow yet";
-    if (!isShadow(shadow.metadata) || shadow.metadata.labels?.[OWNER] !== original.metadata.name)
+    if (shadowOwner(shadow.metadata) !== original.metadata.name)
       return `${shadowName(original.metadata.name ?? "")} is not kloak's shadow of this Secret`;
     const owned = shadow.metadata.ownerReferences?.some((o) => o.kind === "Secret" && o.uid === original.metadata.uid);
     if (!owned) return "the shadow belongs to an earlier Secret of this name";

@@ -4,7 +4,7 @@
  * enabled originals and kloak's shadows keep their data: the rest of the
  * cluster's secret values never stay in kloak's memory.
  */
-import { isEnabled, isShadow, OWNER, type Meta } from "../kube/contract.ts";
+import { isEnabled, isShadow, type Meta } from "../kube/contract.ts";
 import { trimMeta, type ObjectMeta } from "../kube/reflector.ts";
 
 export interface SecretView {
@@ -35,9 +35,4 @@ export function secretView(raw: RawSecret): SecretView {
     view.data = Object.fromEntries(Object.keys(raw.data).map((k) => [k, ""]));
   }
   return view;
-}
-
-/** The original a shadow belongs to, if `s` is a shadow kloak wrote. */
-export function shadowOwner(s: SecretView): string | undefined {
-  return isShadow(s.metadata) ? s.metadata.labels?.[OWNER] : undefined;
 }

@@ -9,12 +9,11 @@
  * a Secret it did not label as its own.
  */
 import type { CoreV1Api, V1Secret } from "@kubernetes/client-node";
-import { isEnabled, isShadow, MANAGED, OWNER, shadowName } from "../kube/contract.ts";
+import { isEnabled, isShadow, MANAGED, OWNER, shadowName, shadowOwner } from "../kube/contract.ts";
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
 import { isPlaceholderShaped, PlaceholderRegistry } from "../secrets/placeholder.ts";
 import type { LogFn } from "../agent/log.ts";
 import type { SecretView } from "./secret-view.ts";
-import { shadowOwner } from "./secret-view.ts";
 
 export interface SecretCache {
   get(namespace: string, name: string): SecretView | undefined;
@@ -74,7 +73,7 @@ export class ShadowWriter {
   /** A Secret changed (or was deleted): reconcile the original it concerns. */
   observe(s: SecretView): void {
     const ns = s.metadata.namespace ?? "";
-    const owner = shadowOwner(s);
+    const owner = shadowOwner(s.metadata);
     const name = owner ?? s.metadata.name ?? "";
     // Only enabled originals, or what has or had a shadow, concern the writer.
     if (!owner && !isEnabled(s.metadata) && !this.cache.get(ns, shadowName(name))) return;
@@ -133,7 +132,7 @@ export class ShadowWriter {
   private async reconcile(ns: string, name: string): Promise<void> {
     const original = this.cache.get(ns, name);
     const shadow = this.cache.get(ns, shadowName(name));
-    const ours = shadow !== undefined && isShadow(shadow.metadata) && shadow.metadata.labels?.[OWNER] === name;
+    const ours = shadowOwner(shadow?.metadata) === name;
 
     if (!original || isShadow(original.metadata) || !isEnabled(original.metadata)) {
       if (ours) await this.deleteShadow(ns, name, shadow!);

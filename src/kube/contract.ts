@@ -70,6 +70,11 @@ export function isShadow(meta: Meta | undefined): boolean {
   return meta?.labels?.[MANAGED] === "true";
 }
 
+/** The original a shadow belongs to; undefined when `meta` is not a shadow kloak wrote. */
+export function shadowOwner(meta: Meta | undefined): string | undefined {
+  return isShadow(meta) ? meta?.labels?.[OWNER] : undefined;
+}
+
 /** The hosts rule text of a Secret: the annotation wins over the single-host label. */
 export function hostsText(meta: Meta | undefined): string | undefined {
   return meta?.annotations?.[HOSTS] ?? meta?.labels?.[HOSTS];

@@ -10,13 +10,13 @@
  */
 import {
   ENABLED,
-  OWNER,
   SHADOW_SUFFIX,
   enabledValue,
   enablement,
   invalidEnablementMessage,
   isShadow,
   shadowName,
+  shadowOwner,
   type Meta,
 } from "../kube/contract.ts";
 import {
@@ -141,7 +141,7 @@ export function directShadowWarning(shadow: string, original: string): string {
 }
 
 function originalOf(shadow: SecretView, name: string): string {
-  const owner = shadow.metadata.labels?.[OWNER];
+  const owner = shadowOwner(shadow.metadata);
   if (owner) return owner;
   return name.endsWith(SHADOW_SUFFIX) ? name.slice(0, -SHADOW_SUFFIX.length) : name;
 }
