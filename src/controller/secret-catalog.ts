@@ -11,7 +11,7 @@
  */
 import { createHash } from "node:crypto";
 import { isEnabled, isShadow, shadowName, shadowOwner } from "../kube/contract.ts";
-import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
+import { checkSecret, describeProblems, type CheckedSecret } from "../secrets/secret-check.ts";
 import { isPlaceholderShaped, placeholderKey, PlaceholderRegistry } from "../secrets/placeholder.ts";
 import { kernelRules } from "../policy/policy-engine.ts";
 import type { Rule } from "../policy/rules.ts";
@@ -110,37 +110,39 @@ export class SecretCatalog {
     const original = this.secrets.get(ns, name);
     const shadow = this.secrets.get(ns, shadowName(name));
     const want = new Map<string, { placeholder: string; value: Uint8Array; rules: Rule[] | null }>();
-    const why = this.servable(original, shadow);
-    if (why === undefined && original && shadow) {
-      const checked = checkSecret(original);
-      for (const [k, value] of checked.values) {
-        const b64 = shadow.data?.[k];
+    const pair = this.servable(original, shadow);
+    if ("checked" in pair) {
+      for (const [k, value] of pair.checked.values) {
+        const b64 = pair.shadow.data?.[k];
         const placeholder = b64 === undefined ? undefined : Buffer.from(b64, "base64").toString("latin1");
         if (placeholder === undefined || !isPlaceholderShaped(placeholder) || placeholder.length !== value.length) {
           // The leader writes a fitting placeholder; until then the key stays unloaded.
           this.log("debug", "shadow placeholder does not fit the value yet; key not loaded", { secret: key, key: k });
           continue;
         }
-        want.set(k, { placeholder, value, rules: checked.rules });
+        want.set(k, { placeholder, value, rules: pair.checked.rules });
       }
-    } else if (why !== undefined && original && isEnabled(original.metadata)) {
-      this.log("info", "enabled secret not served", { secret: key, reason: why });
+    } else if (original && isEnabled(original.metadata)) {
+      this.log("info", "enabled secret not served", { secret: key, reason: pair.why });
     }
     await this.apply(ns, name, want);
   }
 
-  /** Why the pair cannot be served, or undefined if it can. */
-  private servable(original: SecretView | undefined, shadow: SecretView | undefined): string | undefined {
-    if (!original) return "the Secret is gone";
-    if (isShadow(original.metadata) || !isEnabled(original.metadata)) return "not enabled";
+  /** The checked original and its shadow when the pair can be served, else why not. */
+  private servable(
+    original: SecretView | undefined,
+    shadow: SecretView | undefined,
+  ): { why: string } | { checked: CheckedSecret; shadow: SecretView } {
+    if (!original) return { why: "the Secret is gone" };
+    if (isShadow(original.metadata) || !isEnabled(original.metadata)) return { why: "not enabled" };
     const checked = checkSecret(original);
-    if (checked.problems.length) return describeProblems(checked.problems);
-    if (!shadow) return "no shadow yet";
+    if (checked.problems.length) return { why: describeProblems(checked.problems) };
+    if (!shadow) return { why: "no shadow yet" };
     if (shadowOwner(shadow.metadata) !== original.metadata.name)
-      return `${shadowName(original.metadata.name ?? "")} is not kloak's shadow of this Secret`;
+      return { why: `${shadowName(original.metadata.name ?? "")} is not kloak's shadow of this Secret` };
     const owned = shadow.metadata.ownerReferences?.some((o) => o.kind === "Secret" && o.uid === original.metadata.uid);
-    if (!owned) return "the shadow belongs to an earlier Secret of this name";
-    return undefined;
+    if (!owned) return { why: "the shadow belongs to an earlier Secret of this name" };
+    return { checked, shadow };
   }
 
   private async apply(ns: string, name: string, want: Map<string, { placeholder: string; value: Uint8Array; rules: Rule[] | null }>): Promise<void> {
