@@ -1,0 +1,234 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Every map of the data plane, the per-CPU work area and the counters. User
+ * space (src/dataplane/) fills and reads these maps by name.
+ */
+#ifndef KLOAK_MAPS_H
+#define KLOAK_MAPS_H
+
+/* Set by user space before load; its own section so it is the only variable
+ * in that map and sits at offset 0. */
+const volatile struct kloak_config kloak_cfg SEC(".rodata.config") = {
+	.mode = KLOAK_MODE_STOP,
+	.scan_cap = 65536,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} tls_events SEC(".maps");
+
+/* placeholder key -> secret id */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct kloak_ph_key);
+	__type(value, __u32);
+} kloak_placeholders SEC(".maps");
+
+/* secret id -> full placeholder, for byte-for-byte verification and restore */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct kloak_bytes);
+} kloak_secrets SEC(".maps");
+
+/* secret id -> real value; filled in kernel mode only, so that in stop mode
+ * real values never enter kernel memory */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct kloak_bytes);
+} kloak_values SEC(".maps");
+
+/* tgid -> scope: the processes kloak protects */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct kloak_proc);
+} kloak_procs SEC(".maps");
+
+/* tgid -> scope: processes whose children join a scope (the kloak exec
+ * launcher itself, which is never attached) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_launchers SEC(".maps");
+
+/* cgroup v2 id -> scope: the cgroups of a pod's containers (cluster agent).
+ * Processes that appear in a container without being the child of a
+ * protected process join the container's scope here: `kubectl exec` (runc,
+ * crun and CRI-O's conmon start the process from outside the container and
+ * move it into its cgroup) and processes started while the agent was
+ * attaching. The id is the cgroup directory's inode number in cgroup2. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u32);
+} kloak_cgroups SEC(".maps");
+
+/* {scope, secret} present when the scope may redeem the secret */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct kloak_grant);
+	__type(value, __u8);
+} kloak_entitled SEC(".maps");
+
+/* tid -> what was substituted, so the return probe can restore it */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct kloak_write_event);
+} kloak_inflight SEC(".maps");
+
+/* tgid -> the thread whose stop-mode substitution is in flight; the agent
+ * deletes it after the restore's SIGCONT */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct kloak_stop_owner);
+} kloak_stop_owner SEC(".maps");
+
+/* tgid -> seq of the last claim the agent finished with */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
+} kloak_stop_released SEC(".maps");
+
+/* {ssl, tgid} -> the TLS connection's socket and SNI. LRU: a connection
+ * evicted from here is simply unknown, which fails closed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct kloak_conn_key);
+	__type(value, struct kloak_conn);
+} kloak_conns SEC(".maps");
+
+/* tid -> SSL* while the thread is inside a TLS call (handshake or write):
+ * sends it makes then are that connection's, which ties SSL* to socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} kloak_active SEC(".maps");
+
+/* secret id -> destination rules; no entry: the secret may go anywhere */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct kloak_policy);
+} kloak_policy SEC(".maps");
+
+/* {name, address}: kloak itself resolved name to address */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct kloak_name_addr);
+	__type(value, struct kloak_resolved);
+} kloak_resolved SEC(".maps");
+
+/* SNI names the agent has seen (and resolved, if under a wildcard rule) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, char[KLOAK_NAME_MAX]);
+	__type(value, __u8);
+} kloak_names SEC(".maps");
+
+/* [0] != 0 while some secret has a wildcard rule: only then are clients held
+ * at a new SNI name */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_sni_hold SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KC__COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} kloak_counters SEC(".maps");
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&kloak_counters, &idx);
+	if (c)
+		*c += n;
+}
+
+/*
+ * Per-CPU work area of one TLS write. A uprobe program runs with migration
+ * disabled but, on a preemptible kernel, can be preempted by another uprobe
+ * program on the same CPU: `busy` marks the slot taken, and a newcomer that
+ * finds it taken fails closed (KC_NESTED_WRITE). Every global function of the
+ * write path finds the slot itself (scratch()), so the verifier sees them as
+ * functions of scalars and checks each one once.
+ */
+struct scratch {
+	__u8 chunk[KLOAK_CHUNK];
+	__u8 cmp[KLOAK_VALUE_MAX];
+	__u64 cand[KLOAK_MAX_CANDIDATES];
+	__u32 ncand;
+	__u32 _pad;
+	__u64 buf;
+	__u64 len;      /* whole write */
+	__u64 scan_len; /* min(len, scan cap) */
+	__u32 tgid;
+	__u32 scope_id;
+	struct kloak_write_event ev;
+	/* the write's connection, loaded on first need (kloak_peer_known) */
+	__u64 ssl;
+	__u32 peer_state;
+	__u32 sni_len;
+	__u64 bound_ns;
+	struct kloak_peer peer;
+	char sni[KLOAK_NAME_MAX];
+	/* byte-for-byte check of one placeholder */
+	__u32 match_id;
+	__u32 match_len;
+	__u32 match_ok;
+	/* destination check of one secret */
+	__u32 check_id;
+	__u32 verdict;
+	__u32 sfx_off;  /* wildcard rule: where the suffix starts in sni */
+	__u32 sfx_rule; /* ... and which rule */
+	__u32 sfx_ok;
+	__u32 _pad2;
+	struct kloak_name_addr rkey;
+	__u32 busy;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} kloak_scratch SEC(".maps");
+
+static __always_inline struct scratch *scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&kloak_scratch, &zero);
+}
+
+#endif /* KLOAK_MAPS_H */
