@@ -28,6 +28,11 @@ function open() {
     bpf_object__find_map_by_name: { args: [FFIType.ptr, FFIType.cstring], returns: FFIType.ptr },
     bpf_program__set_autoload: { args: [FFIType.ptr, FFIType.bool], returns: FFIType.i32 },
     bpf_program__set_expected_attach_type: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    bpf_program__set_log_level: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    bpf_program__set_log_buf: { args: [FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
+    bpf_program__autoload: { args: [FFIType.ptr], returns: FFIType.bool },
+    bpf_program__name: { args: [FFIType.ptr], returns: FFIType.cstring },
+    bpf_object__next_program: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.ptr },
     bpf_program__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_program__attach: { args: [FFIType.ptr], returns: FFIType.ptr },
     bpf_link__destroy: { args: [FFIType.ptr], returns: FFIType.i32 },
@@ -132,6 +137,8 @@ export function probeMapType(mapType: number): boolean {
 }
 
 export const BPF_PROG_TYPE_KPROBE = 2;
+/** Verifier log levels (bits): 1 and 2 trace every instruction, 4 prints only errors and statistics. */
+export const BPF_LOG_STATS = 4;
 export const BPF_MAP_TYPE_RINGBUF = 27;
 export const BPF_FUNC = { probe_write_user: 36, send_signal: 109, get_attach_cookie: 174, loop: 181 } as const;
 
@@ -259,10 +266,38 @@ export class BpfLink {
 }
 
 export class BpfProgram {
+  private logBuf: Buffer | undefined;
+
   constructor(
     readonly name: string,
     private readonly handle: Pointer,
   ) {}
+
+  /** Whether load() will load this program. */
+  get autoload(): boolean {
+    return bpf().bpf_program__autoload(this.handle);
+  }
+
+  /**
+   * Before load: have the verifier write its log for this program at `level`
+   * into a buffer of `size` bytes (read it with verifierLog()). With a buffer
+   * of its own, libbpf loads once and never retries at a higher level, so a
+   * rejection costs one verification, not several.
+   */
+  captureVerifierLog(level: number, size: number): void {
+    this.logBuf = Buffer.alloc(size);
+    checkInt(`bpf_program__set_log_buf(${this.name})`, () =>
+      bpf().bpf_program__set_log_buf(this.handle, ptr(this.logBuf!), size),
+    );
+    checkInt(`bpf_program__set_log_level(${this.name})`, () => bpf().bpf_program__set_log_level(this.handle, level));
+  }
+
+  /** What the verifier wrote into the buffer of captureVerifierLog(); "" without one. */
+  verifierLog(): string {
+    if (!this.logBuf) return "";
+    const end = this.logBuf.indexOf(0);
+    return this.logBuf.toString("utf8", 0, end < 0 ? this.logBuf.length : end);
+  }
 
   setAutoload(on: boolean): void {
     checkInt(`bpf_program__set_autoload(${this.name})`, () => bpf().bpf_program__set_autoload(this.handle, on));
@@ -320,9 +355,25 @@ export class BpfObject {
     return this.handle;
   }
 
+  private readonly progs = new Map<string, BpfProgram>();
+
+  /** The program of that name (the same object on every call, so settings made before load stay with it). */
   program(name: string): BpfProgram {
-    const p = checkPtr(`find program ${name}`, () => bpf().bpf_object__find_program_by_name(this.h, cstr(name)));
-    return new BpfProgram(name, p);
+    let prog = this.progs.get(name);
+    if (!prog) {
+      const p = checkPtr(`find program ${name}`, () => bpf().bpf_object__find_program_by_name(this.h, cstr(name)));
+      prog = new BpfProgram(name, p);
+      this.progs.set(name, prog);
+    }
+    return prog;
+  }
+
+  /** Every program of the object, in section order. */
+  programs(): BpfProgram[] {
+    const names: string[] = [];
+    for (let p = bpf().bpf_object__next_program(this.h, null); p; p = bpf().bpf_object__next_program(this.h, p))
+      names.push(String(bpf().bpf_program__name(p)));
+    return names.map((n) => this.program(n));
   }
 
   map(name: string): BpfMap {

@@ -8,8 +8,7 @@ import { hostname as osHostname } from "node:os";
 import { parseArgs } from "node:util";
 import * as v from "valibot";
 import { UsageError } from "../errors.ts";
-import { MAX_SCAN } from "../dataplane/abi.ts";
-import { parseSize } from "../cli/exec.ts";
+import { MAX_SCAN_CAP, MIN_SCAN_CAP, parseSize } from "../dataplane/scan-cap.ts";
 
 export const AGENT_USAGE = `usage: kloak agent [options]
 
@@ -155,8 +154,8 @@ const SCHEMA = v.object({
     v.string(),
     v.transform((s) => parseSize("--scan-cap", s)),
     v.number(),
-    v.minValue(64, "must be at least 64 bytes"),
-    v.maxValue(MAX_SCAN, `must be at most ${MAX_SCAN} bytes`),
+    v.minValue(MIN_SCAN_CAP, `must be at least ${MIN_SCAN_CAP} bytes`),
+    v.maxValue(MAX_SCAN_CAP, `must be at most ${MAX_SCAN_CAP} bytes`),
   ),
   logLevel: oneOf(["debug", "info", "warn", "error"] as const),
 });

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { UsageError, EnvironmentError } from "../errors.ts";
 import { selfCommand } from "../build-info.ts";
-import { MAX_SCAN, VALUE_MAX } from "../dataplane/abi.ts";
+import { parseScanCap } from "../dataplane/scan-cap.ts";
 import { Dataplane } from "../dataplane/dataplane.ts";
 import { ensurePinDir, execPinPath, releaseUntilQuiet, stalePins } from "../dataplane/release.ts";
 import { PlaceholderRegistry, placeholderKey } from "../secrets/placeholder.ts";
@@ -55,14 +55,6 @@ export interface ExecOptions {
   metricsFile?: string;
 }
 
-export function parseSize(flag: string, text: string): number {
-  const m = /^(\d+)\s*(|b|k|kb|kib|m|mb|mib)$/i.exec(text.trim());
-  if (!m) throw new UsageError(`${flag} ${JSON.stringify(text)}: not a size; write e.g. 65536, 64KiB or 1MiB`);
-  const unit = m[2]!.toLowerCase();
-  const mult = unit.startsWith("k") ? 1024 : unit.startsWith("m") ? 1024 * 1024 : 1;
-  return Number(m[1]) * mult;
-}
-
 export async function parseExecArgs(argv: string[], env: Record<string, string | undefined>): Promise<ExecOptions | "help"> {
   const dash = argv.indexOf("--");
   const own = dash < 0 ? argv : argv.slice(0, dash);
@@ -98,9 +90,7 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
   const mode = v["rewrite-mode"]!;
   if (mode !== "auto" && mode !== "kernel" && mode !== "stop")
     throw new UsageError(`exec: --rewrite-mode ${JSON.stringify(mode)}: use auto, kernel or stop`);
-  const scanCap = parseSize("--scan-cap", v["scan-cap"]!);
-  if (scanCap < VALUE_MAX || scanCap > MAX_SCAN)
-    throw new UsageError(`exec: --scan-cap ${v["scan-cap"]}: must be between ${VALUE_MAX} bytes and ${MAX_SCAN >> 20}MiB`);
+  const scanCap = parseScanCap("--scan-cap", v["scan-cap"]!);
   const lists: SecretSpec[][] = [(v.secret ?? []).map((s) => parseSecretFlag(s, env))];
   for (const f of v["secrets-file"] ?? []) lists.push(await loadSecretsFile(f, env));
   const secrets = mergeSecrets(lists);

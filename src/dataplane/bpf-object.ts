@@ -1,13 +1,26 @@
-/** The prebuilt CO-RE object, embedded in the executable, and how to load it in either mode. */
+/**
+ * The prebuilt CO-RE object, embedded in the executable, and how it is
+ * loaded: the node's requirements first (kernel-support.ts), then the rewrite
+ * mode, then the load itself with the verifier's statistics captured for every
+ * program. This is the only place that decides the mode: `kloak exec`, the
+ * agent and `kloak doctor` all call loadObject().
+ */
 import { createHash } from "node:crypto";
-import { BpfError, BpfObject, BPF_FUNC, BPF_PROG_TYPE_KPROBE, probeHelper } from "../../lib/libbpf.ts";
-import { readFileSync } from "node:fs";
-import { BPF_TRACE_UPROBE_MULTI } from "../../lib/uprobe.ts";
+import { BPF_LOG_STATS, BpfError, BpfObject } from "../../lib/libbpf.ts";
+import { BPF_TRACE_UPROBE_MULTI, uprobeMultiSupported } from "../../lib/uprobe.ts";
 import objectPath from "../../bpf/kloak.bpf.o" with { type: "file" };
 import { EnvironmentError } from "../errors.ts";
 import { LAYOUT, Mode } from "./abi.ts";
+import {
+  NodeFacts,
+  probeRewriteMode,
+  requirementChecks,
+  requirementFailure,
+  testedStatus,
+  type RewriteMode,
+} from "./kernel-support.ts";
 
-export type RewriteMode = "kernel" | "stop";
+export type { RewriteMode };
 
 export async function objectBytes(): Promise<Uint8Array> {
   return Bun.file(objectPath).bytes();
@@ -32,86 +45,159 @@ export const SEND_TRACEPOINTS = ["kloak_send_write", "kloak_send_writev", "kloak
 /** How uprobes are attached: one multi-uprobe link per file (6.6+), or a perf event per offset. */
 export type UprobeKind = "multi" | "single";
 
-function capEffective(): bigint {
-  const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "latin1"));
-  return m ? BigInt(`0x${m[1]}`) : 0n;
-}
-const CAP_SYS_ADMIN = 21n;
-
-/** The bracketed level of /sys/kernel/security/lockdown, or null when it cannot be read. */
-export function lockdownLevel(): string | null {
-  try {
-    return /\[(\w+)\]/.exec(readFileSync("/sys/kernel/security/lockdown", "latin1"))?.[1] ?? null;
-  } catch {
-    return null;
-  }
-}
-
-/**
- * What the kernel allows: `kernel` needs bpf_probe_write_user (denied by
- * lockdown=integrity and above) and CAP_SYS_ADMIN. libbpf 1.1's helper probe
- * misreads the lockdown refusal as support, so lockdown is read as well, and
- * a failed trial load still falls back to stop.
- */
-export function probeRewriteMode(): { mode: RewriteMode; reason: string } {
-  if (!((capEffective() >> CAP_SYS_ADMIN) & 1n)) return { mode: "stop", reason: "CAP_SYS_ADMIN not effective" };
-  const lockdown = lockdownLevel();
-  if (lockdown && lockdown !== "none") return { mode: "stop", reason: `lockdown=${lockdown} denies bpf_probe_write_user` };
-  if (!probeHelper(BPF_PROG_TYPE_KPROBE, BPF_FUNC.probe_write_user))
-    return { mode: "stop", reason: "the kernel denies bpf_probe_write_user (lockdown)" };
-  return { mode: "kernel", reason: "bpf_probe_write_user available" };
-}
-
 export interface LoadOptions {
   mode: RewriteMode | "auto";
   scanCap: number;
-  uprobes: UprobeKind;
+  /** default: multi-uprobe links where the kernel has them */
+  uprobes?: UprobeKind | "auto";
+  /** facts already gathered (doctor shares its own) */
+  facts?: NodeFacts;
+}
+
+/** What the verifier spent on one program: instructions processed, against its limit. */
+export interface ProgramBudget {
+  program: string;
+  insns: number;
+  limit: number;
 }
 
 export interface LoadedObject {
   obj: BpfObject;
   mode: RewriteMode;
+  /** why this mode (probe result, forced, or the fallback and its cause) */
   reason: string;
+  uprobes: UprobeKind;
+  /** every loaded program, largest first */
+  budget: ProgramBudget[];
 }
 
-function tryLoad(bytes: Uint8Array, mode: RewriteMode, o: LoadOptions): BpfObject {
-  const obj = BpfObject.openMem(bytes, "kloak");
+/** The object did not load. The message names the mode, the program and the verifier's last lines. */
+export class ObjectLoadError extends EnvironmentError {
+  constructor(
+    message: string,
+    readonly mode: RewriteMode,
+    /** the program the kernel rejected; null when the failure came before any program (maps, BTF) */
+    readonly program: string | null,
+    /** the last lines the verifier (or libbpf) printed */
+    readonly tail: string[],
+  ) {
+    super(message);
+  }
+}
+
+/** Verifier log lines kept in errors: the tail, where the verdict is. */
+const TAIL_LINES = 8;
+/** Level BPF_LOG_STATS prints only errors and statistics: a few hundred bytes per program. */
+const LOG_SIZE = 64 * 1024;
+
+const STATS = /processed (\d+) insns \(limit (\d+)\)/;
+/** Lines of a stats-level log that are statistics, not the verdict. */
+const STATS_LINE = /^(processed \d+ insns|verification time|stack depth)/;
+
+/**
+ * Load in exactly this mode, without the node checks or the mode probe (the
+ * VM matrix measures each mode's verifier budget with it). Throws
+ * ObjectLoadError when the kernel refuses the object.
+ */
+export function loadInMode(
+  bytes: Uint8Array,
+  mode: RewriteMode,
+  o: { scanCap: number },
+  uprobes: UprobeKind,
+): { obj: BpfObject; budget: ProgramBudget[] } {
+  let obj: BpfObject;
+  try {
+    obj = BpfObject.openMem(bytes, "kloak");
+  } catch (e) {
+    throw describeFailure(e, mode, []);
+  }
   try {
     for (const [m, progs] of Object.entries(MODE_PROGRAMS)) if (m !== mode) for (const p of progs) obj.program(p).setAutoload(false);
-    if (o.uprobes === "multi") for (const p of MODE_PROGRAMS[mode]) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
+    if (uprobes === "multi") for (const p of MODE_PROGRAMS[mode]) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
     const cfg = obj.map(".rodata.config").initialValue();
     if (cfg.byteLength < LAYOUT.kloak_config.size) throw new Error(".rodata.config is smaller than struct kloak_config");
     cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);
     cfg.setUint32(LAYOUT.kloak_config.fields.scan_cap, o.scanCap, true);
     // Real values live in the kernel only in kernel mode.
     if (mode === "stop") obj.map("kloak_values").setMaxEntries(1);
-    obj.load();
-    return obj;
+    const programs = obj.programs().filter((p) => p.autoload);
+    for (const p of programs) p.captureVerifierLog(BPF_LOG_STATS, LOG_SIZE);
+    try {
+      obj.load();
+    } catch (e) {
+      throw describeFailure(e, mode, programs.map((p) => ({ name: p.name, log: p.verifierLog() })));
+    }
+    const budget = programs
+      .map((p) => {
+        const m = STATS.exec(p.verifierLog());
+        return { program: p.name, insns: m ? Number(m[1]) : 0, limit: m ? Number(m[2]) : 0 };
+      })
+      .sort((a, b) => b.insns - a.insns);
+    return { obj, budget };
   } catch (e) {
     obj.close();
     throw e;
   }
 }
 
-/** Load in the requested mode; `auto` probes and falls back from kernel to stop on a failed trial load. */
+const lines = (text: string) => text.split("\n").map((l) => l.trimEnd()).filter((l) => l !== "");
+
+/** Turn a failed load into an error that says which program, in which mode, and why (the log's tail). */
+function describeFailure(e: unknown, mode: RewriteMode, logs: { name: string; log: string }[]): unknown {
+  if (!(e instanceof BpfError)) return e;
+  // libbpf names the program the kernel refused; the rest never ran the verifier.
+  const program = /prog '(\w+)': failed to load/.exec(e.log.join("\n"))?.[1] ?? null;
+  const verifier = lines(logs.find((l) => l.name === program)?.log ?? "");
+  const tail = (verifier.length ? verifier : e.log.flatMap(lines)).slice(-TAIL_LINES);
+  const release = new NodeFacts().release();
+  const tested = testedStatus(release);
+  const what = program ? `the kernel's verifier rejected ${program}` : e.message.split("\n")[0];
+  const todo = [
+    "run `kloak doctor` to check this node",
+    ...(mode === "kernel" ? ["--rewrite-mode stop avoids the kernel-mode programs"] : []),
+    ...(tested.tested ? [] : [`Linux ${release}: ${tested.detail}`]),
+    ...(program ? ["report the lines above with the output of `kloak version` and `uname -r`"] : []),
+  ];
+  return new ObjectLoadError(
+    `cannot load the eBPF object in ${mode} mode on Linux ${release}: ${what}:\n${tail.map((l) => `  ${l}`).join("\n")}\n` +
+      `what to do: ${todo.join("; ")}`,
+    mode,
+    program,
+    tail,
+  );
+}
+
+/**
+ * Load in the requested mode. `auto` takes the mode the kernel allows and,
+ * when kernel mode fails its trial load, falls back to stop mode and says why.
+ * Throws EnvironmentError (one line) when the node lacks a requirement, and
+ * ObjectLoadError when the kernel rejects the object; nothing stays loaded.
+ */
 export function loadObject(bytes: Uint8Array, o: LoadOptions): LoadedObject {
-  const probe = probeRewriteMode();
+  const facts = o.facts ?? new NodeFacts();
+  const problem = requirementFailure(requirementChecks(facts));
+  if (problem) throw new EnvironmentError(problem);
+  const want = o.uprobes ?? "auto";
+  const uprobes: UprobeKind = want === "auto" ? (uprobeMultiSupported() ? "multi" : "single") : want;
+  const probe = probeRewriteMode(facts);
   if (o.mode === "kernel" && probe.mode !== "kernel")
     throw new EnvironmentError(
       `--rewrite-mode kernel is not possible here: ${probe.reason}; use --rewrite-mode stop (or auto), or boot with lockdown=none`,
     );
   const mode = o.mode === "auto" ? probe.mode : o.mode;
+  const reason = o.mode === "auto" ? probe.reason : "forced by --rewrite-mode";
   try {
-    return { obj: tryLoad(bytes, mode, o), mode, reason: o.mode === "auto" ? probe.reason : "forced by --rewrite-mode" };
+    return { ...loadInMode(bytes, mode, o, uprobes), mode, reason, uprobes };
   } catch (e) {
-    if (o.mode === "auto" && mode === "kernel") {
-      const obj = tryLoad(bytes, "stop", o);
-      return { obj, mode: "stop", reason: `kernel mode failed its trial load (${(e as Error).message.split("\n")[0]})` };
+    if (!(o.mode === "auto" && mode === "kernel" && e instanceof ObjectLoadError)) throw e;
+    const verdict = e.tail.filter((l) => !STATS_LINE.test(l)).at(-1) ?? "rejected";
+    const why = `kernel mode failed its trial load (${e.program ?? "object"}: ${verdict})`;
+    try {
+      return { ...loadInMode(bytes, "stop", o, uprobes), mode: "stop", reason: `${why}; stop mode instead`, uprobes };
+    } catch (e2) {
+      if (e2 instanceof ObjectLoadError)
+        throw new ObjectLoadError(`${why}, and stop mode failed too: ${e2.message}`, "stop", e2.program, e2.tail);
+      throw e2;
     }
-    if (e instanceof BpfError)
-      throw new EnvironmentError(
-        `cannot load the eBPF object (${e.message.split("\n")[0]}); run \`kloak doctor\` to see what this node lacks\n${e.log.slice(-15).join("\n")}`,
-      );
-    throw e;
   }
 }

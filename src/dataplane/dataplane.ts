@@ -7,7 +7,6 @@ import { BpfLink, BpfMap, BpfObject, possibleCpus } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
 import { existsSync, readdirSync } from "node:fs";
 import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT } from "../../lib/libc.ts";
-import { uprobeMultiSupported } from "../../lib/uprobe.ts";
 import {
   COUNTERS,
   encodeBytes,
@@ -161,9 +160,11 @@ export class Dataplane {
 
   /** Load the object, attach the process tracepoints and start the ring worker. */
   static async start(opts: DataplaneOptions): Promise<Dataplane> {
-    const want = opts.uprobes ?? "auto";
-    const uprobes: UprobeKind = want === "auto" ? (uprobeMultiSupported() ? "multi" : "single") : want;
-    const { obj, mode, reason } = loadObject(await objectBytes(), { ...opts, uprobes });
+    const { obj, mode, reason, uprobes } = loadObject(await objectBytes(), {
+      mode: opts.mode,
+      scanCap: opts.scanCap,
+      uprobes: opts.uprobes,
+    });
     let dp: Dataplane | undefined;
     try {
       dp = new Dataplane(obj, mode, reason, uprobes, opts);

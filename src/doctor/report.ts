@@ -45,11 +45,15 @@ export function formatTable(result: DoctorResult): string {
   return `${lines.join("\n")}\n`;
 }
 
-/** { ok, rewriteMode, checks: [{ id, title, status, required, detail, remedy }] }; remedy is null when none. */
+/**
+ * { ok, rewriteMode, verifier: [{ program, insns, limit }], checks: [{ id, title, status, required, detail, remedy }] };
+ * remedy is null when none.
+ */
 export function formatJson(result: DoctorResult): string {
   const out = {
     ok: result.ok,
     rewriteMode: result.rewriteMode,
+    verifier: result.verifier,
     checks: result.checks.map((c) => ({
       id: c.id,
       title: c.title,

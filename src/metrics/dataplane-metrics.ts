@@ -41,6 +41,12 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
       },
     });
   total("kloak_tls_writes_total", "TLS writes of protected processes", (s) => s.counters.writes_seen);
+  total(
+    "kloak_tls_writes_skipped_total",
+    "TLS writes not scanned (placeholders left in place): nested in another TLS write of the thread, or the " +
+      "CPU's work slot held by a preempted probe",
+    (s) => s.counters.nested_write,
+  );
   total("kloak_bytes_scanned_total", "bytes of TLS writes scanned for placeholders", (s) => s.counters.bytes_scanned);
   total("kloak_substitutions_total", "placeholders replaced by their real value", (s) =>
     s.worker ? s.worker.patched : s.counters.substituted,

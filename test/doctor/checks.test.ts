@@ -9,9 +9,9 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { BpfError, BpfObject } from "../../lib/libbpf.ts";
 import { mount } from "../../lib/libc.ts";
-import { type Check, type DoctorResult, MODE_PROGRAMS, runChecks, summarizeLog } from "../../src/doctor/checks.ts";
+import { loadInMode, ObjectLoadError } from "../../src/dataplane/bpf-object.ts";
+import { type Check, type DoctorResult, runChecks } from "../../src/doctor/checks.ts";
 import { formatJson, formatTable } from "../../src/doctor/report.ts";
 
 const ROOT = join(import.meta.dir, "../..");
@@ -83,6 +83,8 @@ describe("runChecks on this machine", () => {
         "uprobes",
         "kprobes",
         "cgroup2",
+        "syscall-tracepoints",
+        "uprobe-multi",
         "capabilities",
         "memlock",
         "lockdown",
@@ -126,7 +128,7 @@ describe("runChecks on this machine", () => {
       expect({ id, status: c.status, required: c.required }).toEqual({ id, status: "ok", required: true });
     }
     expect(byId(result, "btf").detail).toBe("/sys/kernel/btf/vmlinux");
-    expect(byId(result, "kernel").detail).toStartWith("6.18");
+    expect(byId(result, "kernel").detail).toMatch(/^6\.18\.\S+: tested series \(stop mode\)$/);
   });
 
   test("CAP_SYS_RESOURCE is absent here and reported as harmless (memcg accounting)", () => {
@@ -137,22 +139,30 @@ describe("runChecks on this machine", () => {
     expect(m.detail).toContain("memory cgroup");
   });
 
-  test("cgroup v2 and tracefs are never required", () => {
+  test("cgroup v2 is never required; tracefs is (the send tracepoints need it)", () => {
     expect(byId(result, "cgroup2").required).toBe(false);
-    expect(byId(result, "tracefs").required).toBe(false);
     expect(["ok", "warn"]).toContain(byId(result, "cgroup2").status);
+    expect(byId(result, "tracefs").required).toBe(true);
   });
 
-  test("the object loads with the stop-mode programs", () => {
+  test("the object loads in stop mode, with every program's verifier count", () => {
     const o = byId(result, "object");
     expect(o.status).toBe("ok");
-    expect(o.detail).toContain("stop-mode programs");
+    expect(o.detail).toStartWith("loaded in stop mode (kloak_tls_stop, kloak_tls_ret_stop)");
+    expect(o.detail).toMatch(/largest program kloak_tls_stop: [\d,]+ of 1,000,000 verifier instructions \(\d+x headroom\)/);
+    expect(result.verifier.map((b) => b.program)).toContain("kloak_tls_stop");
+    expect(result.verifier.map((b) => b.program)).not.toContain("kloak_tls_kernel");
+    for (const b of result.verifier) {
+      expect(b.insns).toBeGreaterThan(0);
+      expect(b.limit).toBe(1_000_000);
+    }
   });
 
-  test("without object bytes there is no load check", async () => {
+  test("without object bytes there is no load check and no verdict on the mode", async () => {
     const r = await runChecks();
     expect(r.checks.some((c) => c.id === "object")).toBe(false);
-    expect(r.rewriteMode).toBe("stop");
+    expect(r.rewriteMode).toBeNull();
+    expect(byId(r, "rewrite-mode").status).toBe("warn");
     expect(r.ok).toBe(true);
   });
 
@@ -166,22 +176,23 @@ describe("runChecks on this machine", () => {
     expect(r.ok).toBe(false);
   });
 
-  test("the kernel-mode programs really are refused here; the log summary names the verifier's reason", () => {
-    const obj = BpfObject.openMem(objectBytes(), "kloak");
+  test("the kernel-mode programs really are refused here: the error names the program, the mode and the verifier's tail", () => {
     let error: unknown;
     try {
-      for (const p of MODE_PROGRAMS.stop) obj.program(p).setAutoload(false);
-      obj.load();
+      loadInMode(objectBytes(), "kernel", { scanCap: 65536 }, "single").obj.close();
     } catch (e) {
       error = e;
-    } finally {
-      obj.close();
     }
-    expect(error).toBeInstanceOf(BpfError);
-    const lines = summarizeLog((error as BpfError).log);
-    expect(lines.length).toBeGreaterThanOrEqual(2);
-    expect(lines.some((l) => l.includes("bpf_probe_write_user"))).toBe(true);
-    expect(lines.at(-1)).toContain("failed to load object");
+    expect(error).toBeInstanceOf(ObjectLoadError);
+    const e = error as ObjectLoadError;
+    expect(e.mode).toBe("kernel");
+    expect(e.program).toBe("kloak_tls_kernel");
+    expect(e.tail.some((l) => l.includes("bpf_probe_write_user"))).toBe(true);
+    expect(e.tail.at(-1)).toMatch(/^processed \d+ insns/);
+    expect(e.message).toStartWith("cannot load the eBPF object in kernel mode on Linux 6.18");
+    expect(e.message).toContain("what to do: ");
+    expect(e.message).toContain("--rewrite-mode stop");
+    expect(e.exitCode).toBe(1);
   });
 });
 
@@ -193,7 +204,7 @@ describe("runChecks in other machine states (child processes)", () => {
 
   test("securityfs unmounted: the doctor mounts it and still reads integrity", async () => {
     // A private mount namespace: the umount is invisible to the host.
-    const r = await doctorIn(["unshare", "-m", "sh", "-c", 'umount /sys/kernel/security 2>/dev/null; exec "$@"', "sh"]);
+    const r = await doctorIn(["unshare", "-m", "sh", "-c", 'umount /sys/kernel/security 2>/dev/null; exec "$@"', "sh"], true);
     expect(byId(r, "lockdown").detail).toStartWith("integrity (mounted securityfs to read it");
     expect(r.rewriteMode).toBe("stop");
   });
@@ -206,7 +217,7 @@ describe("runChecks in other machine states (child processes)", () => {
     expect(r.ok).toBe(false);
   });
 
-  test("tracefs unmounted: a warning only", async () => {
+  test("tracefs unmounted: a required failure with the mount command as remedy", async () => {
     const r = await doctorIn([
       "unshare",
       "-m",
@@ -216,19 +227,20 @@ describe("runChecks in other machine states (child processes)", () => {
       "sh",
     ]);
     const t = byId(r, "tracefs");
-    expect(t.status).toBe("warn");
-    expect(t.remedy).toBe("mount -t tracefs tracefs /sys/kernel/tracing");
+    expect(t.status).toBe("fail");
+    expect(t.remedy).toStartWith("mount -t tracefs tracefs /sys/kernel/tracing");
+    expect(r.ok).toBe(false);
   });
 
-  test("CAP_SYS_PTRACE, CAP_KILL and CAP_SYS_ADMIN dropped: capabilities fail, mode stays stop", async () => {
-    const r = await doctorIn(["setpriv", "--bounding-set=-sys_ptrace,-kill,-sys_admin"]);
+  test("CAP_SYS_PTRACE, CAP_KILL and CAP_SYS_ADMIN dropped: capabilities fail, nothing is loaded, no mode", async () => {
+    const r = await doctorIn(["setpriv", "--bounding-set=-sys_ptrace,-kill,-sys_admin"], true);
     const caps = byId(r, "capabilities");
     expect(caps.status).toBe("fail");
     expect(caps.detail).toContain("CAP_SYS_PTRACE");
     expect(caps.detail).toContain("CAP_KILL");
     expect(caps.remedy).toBeTruthy();
-    expect(r.rewriteMode).toBe("stop");
-    expect(byId(r, "rewrite-mode").detail).toContain("CAP_SYS_ADMIN not effective");
+    expect(r.rewriteMode).toBeNull();
+    expect(byId(r, "object").detail).toBe("not tried: a required check above failed");
     expect(r.ok).toBe(false);
   });
 });
@@ -237,6 +249,7 @@ describe("report formatting", () => {
   const synthetic: DoctorResult = {
     ok: false,
     rewriteMode: "stop",
+    verifier: [{ program: "kloak_tls_stop", insns: 40350, limit: 1000000 }],
     checks: [
       { id: "kernel", title: "Kernel version", status: "ok", detail: "6.18.0", required: true },
       {
@@ -293,7 +306,7 @@ describe("report formatting", () => {
   });
 
   test("table: a passing result names the rewrite mode and has no remedies", () => {
-    const passing: DoctorResult = { ok: true, rewriteMode: "stop", checks: [synthetic.checks[0]!] };
+    const passing: DoctorResult = { ok: true, rewriteMode: "stop", verifier: [], checks: [synthetic.checks[0]!] };
     const text = formatTable(passing);
     expect(text).not.toContain("Remedies:");
     expect(text.trimEnd().split("\n").at(-1)).toBe("kloak can run on this node (rewrite mode: stop)");
@@ -301,9 +314,10 @@ describe("report formatting", () => {
 
   test("json: stable shape", () => {
     const parsed = JSON.parse(formatJson(synthetic));
-    expect(Object.keys(parsed)).toEqual(["ok", "rewriteMode", "checks"]);
+    expect(Object.keys(parsed)).toEqual(["ok", "rewriteMode", "verifier", "checks"]);
     expect(parsed.ok).toBe(false);
     expect(parsed.rewriteMode).toBe("stop");
+    expect(parsed.verifier).toEqual([{ program: "kloak_tls_stop", insns: 40350, limit: 1000000 }]);
     expect(parsed.checks).toHaveLength(4);
     for (const c of parsed.checks) {
       expect(Object.keys(c)).toEqual(["id", "title", "status", "required", "detail", "remedy"]);
