@@ -185,18 +185,35 @@ export class NodeFacts {
   }
 }
 
-type Outcome = Pick<Check, "status" | "detail"> & { remedy?: string };
-const ok = (detail: string): Outcome => ({ status: "ok", detail });
-const warn = (detail: string, remedy?: string): Outcome => ({ status: "warn", detail, remedy });
-const fail = (detail: string, remedy: string): Outcome => ({ status: "fail", detail, remedy });
+export type Outcome = Pick<Check, "status" | "detail"> & { remedy?: string };
+export const ok = (detail: string): Outcome => ({ status: "ok", detail });
+export const warn = (detail: string, remedy?: string): Outcome => ({ status: "warn", detail, remedy });
+export const fail = (detail: string, remedy: string): Outcome => ({ status: "fail", detail, remedy });
 
-interface Requirement {
+/** A check before it runs. */
+export interface CheckDef {
   id: string;
   title: string;
-  /** Used when the check itself throws. */
+  required: boolean;
+  /** Used when the check itself throws, and for a non-ok outcome without its own. */
   remedy: string;
   run: (f: NodeFacts) => Outcome;
 }
+
+/** Run one check; one that throws is a failure carrying the error's message, never a crash. */
+export function runCheck(d: CheckDef, f: NodeFacts): Check {
+  let out: Outcome;
+  try {
+    out = d.run(f);
+  } catch (e) {
+    out = fail(e instanceof Error ? e.message : String(e), d.remedy);
+  }
+  const check: Check = { id: d.id, title: d.title, status: out.status, detail: out.detail, required: d.required };
+  if (out.status !== "ok") check.remedy = out.remedy ?? d.remedy;
+  return check;
+}
+
+type Requirement = Omit<CheckDef, "required">;
 
 function helperRequirement(name: keyof typeof BPF_FUNC, progTypes: [number, string][], why: string, since: string): Requirement {
   return {
@@ -346,17 +363,7 @@ const REQUIREMENTS: readonly Requirement[] = [
 
 /** Every requirement's outcome on this node. */
 export function requirementChecks(f: NodeFacts): Check[] {
-  return REQUIREMENTS.map((r) => {
-    let out: Outcome;
-    try {
-      out = r.run(f);
-    } catch (e) {
-      out = fail(e instanceof Error ? e.message : String(e), r.remedy);
-    }
-    const check: Check = { id: r.id, title: r.title, status: out.status, detail: out.detail, required: true };
-    if (out.status !== "ok") check.remedy = out.remedy ?? r.remedy;
-    return check;
-  });
+  return REQUIREMENTS.map((r) => runCheck({ ...r, required: true }, f));
 }
 
 /** The failed requirements as one line: the first in full, and how many more (`kloak doctor` lists them). */

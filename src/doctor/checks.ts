@@ -22,13 +22,18 @@ import {
 } from "../dataplane/bpf-object.ts";
 import {
   atLeast,
+  fail,
   MIN_KERNEL,
   mountedAt,
   NodeFacts,
+  ok,
   requirementChecks,
+  runCheck,
   testedStatus,
   UPGRADE_KERNEL,
+  warn,
   type Check,
+  type CheckDef,
 } from "../dataplane/kernel-support.ts";
 
 /** the syscalls whose sends tie a TLS connection to its socket */
@@ -52,19 +57,6 @@ export interface DoctorOptions {
   objectBytes?: Uint8Array;
   /** Scan cap the trial load uses (default: kloak exec's default). */
   scanCap?: number;
-}
-
-type Outcome = Pick<Check, "status" | "detail"> & { remedy?: string };
-const ok = (detail: string): Outcome => ({ status: "ok", detail });
-const warn = (detail: string, remedy?: string): Outcome => ({ status: "warn", detail, remedy });
-const fail = (detail: string, remedy: string): Outcome => ({ status: "fail", detail, remedy });
-
-interface Info {
-  id: string;
-  title: string;
-  required: boolean;
-  remedy: string;
-  run: () => Outcome;
 }
 
 /** What the trial load found: the same call `kloak exec` makes. */
@@ -106,7 +98,7 @@ function trialLoad(f: NodeFacts, opts: DoctorOptions, requirementsMet: boolean):
   return { kind: "loaded", mode, reason, budget, other };
 }
 
-function infoChecks(f: NodeFacts, trial: Trial): Info[] {
+function infoChecks(f: NodeFacts, trial: Trial): CheckDef[] {
   return [
     {
       id: "kernel",
@@ -281,17 +273,7 @@ export async function runChecks(opts: DoctorOptions = {}): Promise<DoctorResult>
   const trial = trialLoad(facts, opts, !required.some((c) => c.status === "fail"));
   const info = infoChecks(facts, trial)
     .filter((d) => d.id !== "object" || opts.objectBytes)
-    .map((d): Check => {
-      let out: Outcome;
-      try {
-        out = d.run();
-      } catch (e) {
-        out = fail(e instanceof Error ? e.message : String(e), d.remedy);
-      }
-      const check: Check = { id: d.id, title: d.title, status: out.status, detail: out.detail, required: d.required };
-      if (out.status !== "ok") check.remedy = out.remedy ?? d.remedy;
-      return check;
-    });
+    .map((d) => runCheck(d, facts));
   const checks = [...required, ...info].sort((a, b) => ORDER.indexOf(a.id) - ORDER.indexOf(b.id));
   return {
     checks,
