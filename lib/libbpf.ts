@@ -241,6 +241,14 @@ export function mapKeys(fd: number, keySize: number, name = `fd ${fd}`): Uint8Ar
   }
 }
 
+/** Look key up in the map behind fd (e.g. one opened from a pin): fills value, false when absent. */
+export function mapLookup(fd: number, key: Uint8Array, value: Uint8Array): boolean {
+  const rc = bpf().bpf_map_lookup_elem(fd, ptr(key), ptr(value));
+  if (rc === -2 /* ENOENT */) return false;
+  if (rc < 0) throw new BpfError(`bpf_map_lookup_elem(fd ${fd})`, -rc, []);
+  return true;
+}
+
 /** Open a pinned object (map) by its bpffs path; returns its fd. */
 export function objGet(path: string): number {
   return checkInt(`bpf_obj_get(${path})`, () => {

@@ -26,6 +26,11 @@ const libc = dlopen("libc.so.6", {
   vsnprintf: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   sysconf: { args: [FFIType.i32], returns: FFIType.i64 },
   clock_gettime: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+  shutdown: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+  pwrite: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i64], returns: FFIType.i64 },
+  open: { args: [FFIType.cstring, FFIType.i32], returns: FFIType.i32 },
+  syscall: { args: [FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64], returns: FFIType.i64 },
+  prctl: { args: [FFIType.i32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64], returns: FFIType.i32 },
 });
 const c = libc.symbols;
 
@@ -133,8 +138,56 @@ export function processVmWrite(pid: number, addr: bigint, data: Uint8Array): num
   return check("process_vm_writev", c.process_vm_writev(pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
 }
 
+export const SIGKILL = 9;
 export const SIGCONT = 18;
 export const SIGSTOP = 19;
+
+/**
+ * Write data into another process at addr through /proc/<pid>/mem, which
+ * (unlike process_vm_writev) writes through read-only protections, as a
+ * debugger does. Returns bytes written.
+ */
+export function procMemWrite(pid: number, addr: bigint, data: Uint8Array): number {
+  const fd = c.open(Buffer.from(`/proc/${pid}/mem\0`), 1 /* O_WRONLY */ | 0o2000000 /* O_CLOEXEC */);
+  if (fd < 0) throw new SysError(`open /proc/${pid}/mem`, errno());
+  try {
+    return check("pwrite /proc/<pid>/mem", c.pwrite(fd, ptr(data), data.byteLength, addr));
+  } finally {
+    c.close(fd);
+  }
+}
+
+const SYS_pidfd_open = 434;
+const SYS_pidfd_getfd = 438;
+
+/** A pidfd for pid (the process, even if its number is reused later). */
+export function pidfdOpen(pid: number): number {
+  return check(`pidfd_open(${pid})`, c.syscall(SYS_pidfd_open, pid, 0, 0));
+}
+
+/** A duplicate, in this process, of fd of the process behind pidfd. */
+export function pidfdGetfd(pidfd: number, fd: number): number {
+  return check(`pidfd_getfd(${fd})`, c.syscall(SYS_pidfd_getfd, pidfd, fd, 0));
+}
+
+export const SHUT_RDWR = 2;
+
+export function shutdown(fd: number, how: number): void {
+  check("shutdown", c.shutdown(fd, how));
+}
+
+const PR_SET_DUMPABLE = 4;
+const PR_SET_NO_NEW_PRIVS = 38;
+
+/** This process and every descendant: execve never grants privileges again (setuid, file caps). */
+export function setNoNewPrivs(): void {
+  check("prctl(PR_SET_NO_NEW_PRIVS, 1)", c.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+}
+
+/** Not dumpable: no core file, and /proc/<pid>/{mem,environ,...} owned by root, closed to ptrace by others. */
+export function setNotDumpable(): void {
+  check("prctl(PR_SET_DUMPABLE, 0)", c.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
+}
 
 /** kill(2) without Node's argument checks; false when the process is gone. */
 export function kill(pid: number, sig: number): boolean {

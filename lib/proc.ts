@@ -1,5 +1,5 @@
 /** Reading process facts from /proc. All functions return null for a process that is gone. */
-import { readFileSync, readlinkSync } from "node:fs";
+import { readFileSync, readlinkSync, statSync } from "node:fs";
 
 function readOrNull(path: string): string | null {
   try {
@@ -47,4 +47,31 @@ export function mappedFiles(pid: number): string[] | null {
     if (i > 0 && !line.endsWith(" (deleted)")) files.add(line.slice(i));
   }
   return [...files];
+}
+
+/** Inode of the network namespace of pid (what /proc/<pid>/ns/net names). */
+export function netnsInode(pid: number): bigint {
+  return BigInt(statSync(`/proc/${pid}/ns/net`).ino);
+}
+
+/** A file as the kernel names it: its inode, and its filesystem's dev_t in the kernel's own encoding (major << 20 | minor). */
+export function kernelFileId(path: string): { dev: number; ino: bigint } | null {
+  try {
+    const st = statSync(path, { bigint: true });
+    // st_dev is glibc's encoding of major:minor; the kernel's dev_t is another.
+    const major = ((st.dev >> 8n) & 0xfffn) | ((st.dev >> 32n) & 0xfffff000n);
+    const minor = (st.dev & 0xffn) | ((st.dev >> 12n) & 0xffffff00n);
+    return { dev: Number((major << 20n) | minor), ino: st.ino };
+  } catch {
+    return null;
+  }
+}
+
+/** Inode of the mount namespace of pid (what /proc/<pid>/ns/mnt names). */
+export function mntnsInode(pid: number): number | null {
+  try {
+    return Number(statSync(`/proc/${pid}/ns/mnt`).ino);
+  } catch {
+    return null;
+  }
 }

@@ -60,7 +60,8 @@ export function attachUprobe(s: UprobeSpec): UprobeFds {
   attr.writeBigUInt64LE(BigInt(ptr(path)), 56); // config1: uprobe_path
   attr.writeBigUInt64LE(BigInt(s.offset), 64); // config2: probe_offset
   const what = `${s.retprobe ? "uretprobe" : "uprobe"} ${s.path}+0x${s.offset.toString(16)} pid ${s.pid}`;
-  const perfFd = Number(sys.syscall(SYS_perf_event_open, ptr(attr), s.pid, -1, -1, PERF_FLAG_FD_CLOEXEC));
+  // Every process (pid -1) takes one CPU: the kernel runs the program for every hit, on any CPU.
+  const perfFd = Number(sys.syscall(SYS_perf_event_open, ptr(attr), s.pid, s.pid < 0 ? 0 : -1, -1, PERF_FLAG_FD_CLOEXEC));
   if (perfFd < 0) throw new SysError(`perf_event_open(${what})`, errno());
   // union bpf_attr.link_create: prog_fd@0 target_fd@4 attach_type@8 flags@12 perf_event.bpf_cookie@16
   const la = Buffer.alloc(64);
@@ -153,14 +154,27 @@ export function uprobeMultiSupported(): boolean {
   return multiSupported;
 }
 
+const BPF_MAP_LOOKUP_ELEM = 1;
 const BPF_MAP_UPDATE_ELEM = 2;
+export const BPF_ANY = 0;
+export const BPF_EXIST = 2;
 
-/** bpf(BPF_MAP_UPDATE_ELEM, BPF_ANY) without libbpf, for threads that must not call it. */
-export function mapUpdateRaw(mapFd: number, key: Uint8Array, value: Uint8Array): boolean {
+function mapElemCall(cmd: number, mapFd: number, key: Uint8Array, value: Uint8Array, flags: number): boolean {
   // union bpf_attr: map_fd@0 key@8 value@16 flags@24
   const attr = Buffer.alloc(32);
   attr.writeUInt32LE(mapFd, 0);
   attr.writeBigUInt64LE(BigInt(ptr(key)), 8);
   attr.writeBigUInt64LE(BigInt(ptr(value)), 16);
-  return Number(sys.syscall(SYS_bpf, BPF_MAP_UPDATE_ELEM, ptr(attr), attr.length, 0, 0)) === 0;
+  attr.writeBigUInt64LE(BigInt(flags), 24);
+  return Number(sys.syscall(SYS_bpf, cmd, ptr(attr), attr.length, 0, 0)) === 0;
+}
+
+/** bpf(BPF_MAP_UPDATE_ELEM) without libbpf, for threads that must not call it. */
+export function mapUpdateRaw(mapFd: number, key: Uint8Array, value: Uint8Array, flags = BPF_ANY): boolean {
+  return mapElemCall(BPF_MAP_UPDATE_ELEM, mapFd, key, value, flags);
+}
+
+/** bpf(BPF_MAP_LOOKUP_ELEM) without libbpf; false when the key is absent. */
+export function mapLookupRaw(mapFd: number, key: Uint8Array, value: Uint8Array): boolean {
+  return mapElemCall(BPF_MAP_LOOKUP_ELEM, mapFd, key, value, 0);
 }
