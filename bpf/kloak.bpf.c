@@ -47,48 +47,53 @@ char LICENSE[] SEC("license") = "GPL";
 
 /*
  * Candidate idx: a verified placeholder of a secret the scope may use, going
- * to an allowed destination, is added to s->ev; anything else is refused
- * (counted, reported) and left in place.
+ * to an allowed destination, in memory the value may be written to, is added
+ * to s->ev; anything else is refused (counted, reported) and left in place.
  */
-__noinline int kloak_check_candidate(__u32 idx)
+__noinline int kloak_check_candidate(__u32 slot, __u32 idx)
 {
-	struct scratch *s = scratch();
+	struct scratch *s = scratch(slot);
 	struct kloak_grant grant;
 	struct kloak_bytes *ph;
 	struct kloak_item *item;
 	__u64 start;
-	__u32 id, n;
+	__u32 id, n, why;
 
 	if (!s || idx >= KLOAK_MAX_CANDIDATES)
 		return 0;
 	start = s->cand[BOUNDED(idx, KLOAK_MAX_CANDIDATES - 1)];
 	if (start >= s->len || !is_marker(s, start))
 		return 0;
-	id = kloak_lookup_placeholder(start);
+	id = kloak_lookup_placeholder(slot, start);
 	ph = id ? bpf_map_lookup_elem(&kloak_secrets, &id) : NULL;
 	if (!ph) {
-		kloak_refuse(KR_UNKNOWN_PLACEHOLDER, KC_REFUSED_UNKNOWN, 0, start);
+		kloak_refuse(slot, KR_UNKNOWN_PLACEHOLDER, 0, start);
 		return 0;
 	}
 	if (start + ph->len > s->len) {
-		kloak_refuse(KR_TRUNCATED, KC_REFUSED_TRUNCATED, id, start);
+		kloak_refuse(slot, KR_TRUNCATED, id, start);
 		return 0;
 	}
-	if (!kloak_placeholder_matches(start, id)) {
-		kloak_refuse(KR_UNKNOWN_PLACEHOLDER, KC_REFUSED_UNKNOWN, id, start);
+	if (!kloak_placeholder_matches(slot, start, id)) {
+		kloak_refuse(slot, KR_UNKNOWN_PLACEHOLDER, id, start);
 		return 0;
 	}
 	grant.scope_id = s->scope_id;
 	grant.secret_id = id;
 	if (!bpf_map_lookup_elem(&kloak_entitled, &grant)) {
-		kloak_refuse(KR_NOT_ENTITLED, KC_REFUSED_NOT_ENTITLED, id, start);
+		kloak_refuse(slot, KR_NOT_ENTITLED, id, start);
 		return 0;
 	}
-	if (!kloak_destination_allowed(id, start))
+	if (!kloak_destination_allowed(slot, id, start))
 		return 0;
+	why = kloak_buffer_refusal(s->buf + start, ph->len);
+	if (why) {
+		kloak_refuse(slot, why, id, start);
+		return 0;
+	}
 	n = s->ev.count;
 	if (n >= KLOAK_MAX_SUBST) {
-		kloak_refuse(KR_TOO_MANY, KC_REFUSED_TOO_MANY, id, start);
+		kloak_refuse(slot, KR_TOO_MANY, id, start);
 		return 0;
 	}
 	item = &s->ev.items[BOUNDED(n, KLOAK_MAX_SUBST - 1)];
@@ -99,25 +104,57 @@ __noinline int kloak_check_candidate(__u32 idx)
 	return 0;
 }
 
-static long verify_candidate(__u32 idx, void *unused)
+static long verify_candidate(__u32 idx, void *ctx)
 {
-	kloak_check_candidate(idx);
+	__u32 slot = *(__u32 *)ctx;
+	kloak_check_candidate(slot, idx);
 	return 0;
 }
 
 /* Refuse every item of s->ev for one reason (the write is left as it is). */
-static __always_inline void refuse_items(struct scratch *s, __u32 reason, __u32 counter)
+static __always_inline void refuse_items(__u32 slot, struct scratch *s, __u32 reason)
 {
 	__u32 i;
 
 	for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 		if (i >= s->ev.count)
 			break;
-		kloak_refuse(reason, counter, s->ev.items[i].secret_id, s->ev.items[i].addr - s->buf);
+		kloak_refuse(slot, reason, s->ev.items[i].secret_id, s->ev.items[i].addr - s->buf);
 	}
 }
 
-static __always_inline int on_write(struct pt_regs *ctx, struct scratch *s, __u64 fn, const int mode)
+/*
+ * A violation with action block or kill: nothing of this write is
+ * substituted. Kill ends the thread group before the write runs; block holds
+ * the writer until user space has shut its socket down (the write then
+ * fails), or kills it when there is no socket to shut.
+ */
+static __always_inline void enforce(struct scratch *s, __u32 tgid, __u32 tid)
+{
+	struct kloak_block_event *e;
+
+	if (s->violation == KLOAK_ACTION_BLOCK && s->conn_fd >= 0 && s->conn_ino &&
+	    claim_stop(tgid, tid, s->ev.seq)) {
+		e = bpf_ringbuf_reserve(&kloak_writes, sizeof(*e), 0);
+		if (e) {
+			e->type = KE_BLOCK;
+			e->tgid = tgid;
+			e->tid = tid;
+			e->fd = s->conn_fd;
+			e->ino = s->conn_ino;
+			e->seq = s->ev.seq;
+			bpf_ringbuf_submit(e, 0);
+			count(KC_VIOLATION_BLOCKS, 1);
+			hold_writer(tgid);
+			return;
+		}
+		bpf_map_delete_elem(&kloak_stop_owner, &tgid);
+	}
+	count(KC_VIOLATION_KILLS, 1);
+	bpf_send_signal(SIGKILL);
+}
+
+static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scratch *s, __u64 fn, const int mode)
 {
 	__u64 id = bpf_get_current_pid_tgid(), ssl = PT_REGS_PARM1(ctx);
 	__u32 tgid = id >> 32, tid = (__u32)id, i;
@@ -128,6 +165,7 @@ static __always_inline int on_write(struct pt_regs *ctx, struct scratch *s, __u6
 	if (!proc)
 		return 0;
 	bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
+	tls_call(ssl, tgid);
 	if (fn == KLOAK_FN_SSL_WRITE) {
 		int num = (int)PT_REGS_PARM3(ctx);
 		len = num > 0 ? (__u64)num : 0;
@@ -147,6 +185,9 @@ static __always_inline int on_write(struct pt_regs *ctx, struct scratch *s, __u6
 	s->ssl = ssl;
 	s->peer_state = PEER_UNSET;
 	s->sni_len = 0;
+	s->conn_fd = -1;
+	s->conn_ino = 0;
+	s->violation = KLOAK_ACTION_PASS;
 	__builtin_memset(&s->peer, 0, sizeof(s->peer));
 	s->buf = PT_REGS_PARM2(ctx);
 	s->len = len;
@@ -161,49 +202,61 @@ static __always_inline int on_write(struct pt_regs *ctx, struct scratch *s, __u6
 	count(KC_BYTES_SCANNED, s->scan_len);
 	if (len > s->scan_len) {
 		count(KC_BYTES_UNSCANNED, len - s->scan_len);
-		kloak_refuse(KR_BEYOND_SCAN_CAP, KC_SCAN_TRUNCATED, 0, s->scan_len);
+		kloak_refuse(slot, KR_BEYOND_SCAN_CAP, 0, s->scan_len);
 	}
-	if (kloak_scan() == 0)
+	if (kloak_scan(slot) == 0)
 		return 0;
-	bpf_loop(s->ncand, verify_candidate, NULL, 0);
+	bpf_loop(s->ncand, verify_candidate, &slot, 0);
+	if (s->violation != KLOAK_ACTION_PASS) {
+		/* Nothing of this write leaves: not even the verified items. */
+		enforce(s, tgid, tid);
+		return 0;
+	}
 	if (s->ev.count == 0)
 		return 0;
 
+	/* The restore is recorded before any byte changes. */
+	if (bpf_map_update_elem(&kloak_inflight, &tid, &s->ev, BPF_NOEXIST)) {
+		refuse_items(slot, s, KR_INFLIGHT_FULL);
+		return 0;
+	}
 	if (mode == KLOAK_MODE_KERNEL) {
 		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 			if (i >= s->ev.count)
 				break;
 			if (kloak_poke(s->ev.items[i].addr, s->ev.items[i].secret_id, s->ev.items[i].len, 0)) {
-				/* A failed write may be partial: keep the item so the
+				/* A failed write may be partial: the item stays, so the
 				 * return probe puts the placeholder back regardless. */
-				kloak_refuse(KR_WRITE_FAILED, KC_REFUSED_WRITE_FAILED, s->ev.items[i].secret_id,
-					     s->ev.items[i].addr - s->buf);
+				kloak_refuse(slot, KR_WRITE_FAILED, s->ev.items[i].secret_id, s->ev.items[i].addr - s->buf);
 			} else {
 				count(KC_SUBSTITUTED, 1);
 			}
 		}
-	} else {
-		if (!claim_stop(tgid, tid, s->ev.seq)) {
-			refuse_items(s, KR_CONCURRENT_WRITE, KC_REFUSED_CONCURRENT);
-			return 0;
-		}
-		if (stop_with(&s->ev, KE_SUBSTITUTE)) {
-			bpf_map_delete_elem(&kloak_stop_owner, &tgid);
-			count(KC_REFUSED_RINGBUF_FULL, s->ev.count);
-			return 0;
-		}
-		count(KC_SUBSTITUTED, s->ev.count);
+		return 0;
 	}
-	bpf_map_update_elem(&kloak_inflight, &tid, &s->ev, BPF_ANY);
+	if (!claim_stop(tgid, tid, s->ev.seq)) {
+		bpf_map_delete_elem(&kloak_inflight, &tid);
+		refuse_items(slot, s, KR_CONCURRENT_WRITE);
+		return 0;
+	}
+	if (!room_for_substitution() || stop_with(&s->ev, KE_SUBSTITUTE)) {
+		bpf_map_delete_elem(&kloak_inflight, &tid);
+		bpf_map_delete_elem(&kloak_stop_owner, &tgid);
+		refuse_items(slot, s, KR_RINGBUF_FULL);
+		return 0;
+	}
+	count(KC_SUBSTITUTED, s->ev.count);
 	return 0;
 }
 
 /* Works on the inflight record itself, not the per-CPU slot: a restore must
- * never be skipped because the slot is busy. */
+ * never be skipped because the slot is busy. A placeholder that cannot be put
+ * back kills the writer. */
 static __always_inline int on_write_return(const int mode)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid(), i;
 	struct kloak_write_event *ev;
+	bool lost = false;
 
 	ev = bpf_map_lookup_elem(&kloak_inflight, &tid);
 	if (!ev)
@@ -214,10 +267,16 @@ static __always_inline int on_write_return(const int mode)
 				break;
 			if (kloak_poke(ev->items[i].addr, ev->items[i].secret_id, ev->items[i].len, 1) == 0)
 				count(KC_RESTORED, 1);
+			else
+				lost = true;
 		}
+		if (lost)
+			kill_holder();
 	} else if (stop_with(ev, KE_RESTORE)) {
-		count(KC_EVENTS_LOST, 1);
+		/* Room was reserved with the request; losing it is a bug, and
+		 * the writer must not live on with the value. */
 		bpf_map_delete_elem(&kloak_stop_owner, &ev->tgid);
+		kill_holder();
 	}
 	bpf_map_delete_elem(&kloak_inflight, &tid);
 	return 0;
@@ -229,32 +288,53 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 {
 	__u64 fn = bpf_get_attach_cookie(ctx), id = bpf_get_current_pid_tgid(), ssl = PT_REGS_PARM1(ctx);
 	__u32 tid = (__u32)id, tgid = id >> 32;
+	struct kloak_setfd setfd;
 	struct kloak_proc *proc;
-	struct scratch *s;
+	struct scratch *s = NULL;
+	__u32 slot;
 	int ret;
 
 	switch (fn) {
 	case KLOAK_FN_SSL_WRITE:
 	case KLOAK_FN_SSL_WRITE_EX:
-		s = scratch();
-		if (!s)
+		/* Probes are on the file, for every process that maps it. */
+		if (!bpf_map_lookup_elem(&kloak_procs, &tgid))
 			return 0;
-		/* A preempted program keeps its slot: the newcomer fails closed. */
-		if (__sync_fetch_and_add(&s->busy, 1)) {
+		/* A preempted program keeps its slot: take the first free one. */
+		for (slot = 0; slot < KLOAK_SCRATCH_SLOTS; slot++) {
+			s = scratch(slot);
+			if (!s)
+				return 0;
+			if (__sync_fetch_and_add(&s->busy, 1) == 0)
+				break;
 			__sync_fetch_and_add(&s->busy, -1);
+		}
+		if (slot >= KLOAK_SCRATCH_SLOTS || !s) {
 			count(KC_NESTED_WRITE, 1);
 			return 0;
 		}
-		ret = on_write(ctx, s, fn, mode);
+		ret = on_write(ctx, slot, s, fn, mode);
 		__sync_fetch_and_add(&s->busy, -1);
 		return ret;
 	case KLOAK_FN_SSL_DO_HANDSHAKE:
-		if (bpf_map_lookup_elem(&kloak_procs, &tgid))
+		if (bpf_map_lookup_elem(&kloak_procs, &tgid)) {
 			bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
+			tls_call(ssl, tgid);
+		}
 		return 0;
 	case KLOAK_FN_SSL_SET_FD:
+	case KLOAK_FN_SSL_SET_WFD:
+		/* Bound at return, once the library's socket BIO is in place. */
+		if (bpf_map_lookup_elem(&kloak_procs, &tgid)) {
+			setfd.ssl = ssl;
+			setfd.fd = (__s32)PT_REGS_PARM2(ctx);
+			bpf_map_update_elem(&kloak_setfd, &tid, &setfd, BPF_ANY);
+		}
+		return 0;
+	case KLOAK_FN_SSL_SET_BIO:
+	case KLOAK_FN_SSL_SET0_WBIO:
 		if (bpf_map_lookup_elem(&kloak_procs, &tgid))
-			bind_conn(ssl, tgid, (__s32)PT_REGS_PARM2(ctx), true);
+			app_bio(ssl, tgid);
 		return 0;
 	case KLOAK_FN_SSL_CTRL:
 		if ((int)PT_REGS_PARM2(ctx) != SSL_CTRL_SET_TLSEXT_HOSTNAME)
@@ -266,7 +346,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 	case KLOAK_FN_SSL_FREE: {
 		struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
 
-		bpf_map_delete_elem(&kloak_conns, &k);
+		forget_conn(&k);
 		return 0;
 	}
 	}
@@ -275,36 +355,55 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 
 static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 {
-	__u64 fn = bpf_get_attach_cookie(ctx);
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 fn = bpf_get_attach_cookie(ctx), id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct kloak_setfd *setfd;
 
-	bpf_map_delete_elem(&kloak_active, &tid);
-	if (fn != KLOAK_FN_SSL_WRITE && fn != KLOAK_FN_SSL_WRITE_EX)
+	switch (fn) {
+	case KLOAK_FN_SSL_WRITE:
+	case KLOAK_FN_SSL_WRITE_EX:
+		bpf_map_delete_elem(&kloak_active, &tid);
+		return on_write_return(mode);
+	case KLOAK_FN_SSL_SET_FD:
+	case KLOAK_FN_SSL_SET_WFD:
+		setfd = bpf_map_lookup_elem(&kloak_setfd, &tid);
+		if (setfd) {
+			if (PT_REGS_RC(ctx) == 1)
+				bind_by_fd(setfd->ssl, id >> 32, (__s32)setfd->fd);
+			bpf_map_delete_elem(&kloak_setfd, &tid);
+		}
 		return 0;
-	return on_write_return(mode);
+	default:
+		bpf_map_delete_elem(&kloak_active, &tid);
+		return 0;
+	}
 }
 
 SEC("uprobe")
 int kloak_tls_stop(struct pt_regs *ctx)
 {
+	keep_task_stack(ctx);
 	return on_entry(ctx, KLOAK_MODE_STOP);
 }
 
 SEC("uretprobe")
 int kloak_tls_ret_stop(struct pt_regs *ctx)
 {
+	keep_task_stack(ctx);
 	return on_return(ctx, KLOAK_MODE_STOP);
 }
 
 SEC("uprobe")
 int kloak_tls_kernel(struct pt_regs *ctx)
 {
+	keep_task_stack(ctx);
 	return on_entry(ctx, KLOAK_MODE_KERNEL);
 }
 
 SEC("uretprobe")
 int kloak_tls_ret_kernel(struct pt_regs *ctx)
 {
+	keep_task_stack(ctx);
 	return on_return(ctx, KLOAK_MODE_KERNEL);
 }
 
@@ -317,7 +416,7 @@ static __always_inline int on_send(__s64 fd)
 	__u64 *ssl = bpf_map_lookup_elem(&kloak_active, &tid);
 
 	if (ssl)
-		bind_conn(*ssl, id >> 32, (__s32)fd, false);
+		bind_by_send(*ssl, id >> 32, (__s32)fd);
 	return 0;
 }
 
@@ -365,6 +464,18 @@ int kloak_exit(void *ctx)
 	return on_exit();
 }
 
+/* A signal for a traced thread: it will stop for kloak's tracer, which must
+ * pass the signal on (or keep it, when it is kloak's own hold) at once. */
+SEC("raw_tp/signal_generate")
+int BPF_PROG(kloak_signal, int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	if (result == 0 /* TRACE_SIGNAL_DELIVERED */ && traced(tgid))
+		wake_event(tgid, BPF_CORE_READ(task, pid));
+	return 0;
+}
+
 /* Keeps every type shared with user space in the object's BTF, where
  * test/dataplane/abi.test.ts checks the TypeScript mirror. Never called, so
  * never loaded. */
@@ -373,6 +484,10 @@ struct kloak_abi_anchor {
 	struct kloak_stop_owner stop_owner;
 	struct kloak_refusal_event refusal_event;
 	struct kloak_sni_event sni_event;
+	struct kloak_block_event block_event;
+	struct kloak_wake_event wake_event;
+	struct kloak_image image;
+	struct kloak_scope scope;
 	struct kloak_conn conn;
 	struct kloak_conn_key conn_key;
 	struct kloak_policy policy;
@@ -382,6 +497,9 @@ struct kloak_abi_anchor {
 	enum kloak_conn_flags conn_flags;
 	enum kloak_rule_kind rule_kind;
 	enum kloak_refusal refusal;
+	enum kloak_action action;
+	enum kloak_scope_flags scope_flags;
+	enum kloak_proc_flags proc_flags;
 	enum kloak_event_type event_type;
 	enum kloak_fn fn;
 	enum kloak_mode mode;

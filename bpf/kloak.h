@@ -34,6 +34,9 @@ enum kloak_fn {
 	KLOAK_FN_SSL_SET_FD = 3,       /* int SSL_set_fd(SSL *, int) */
 	KLOAK_FN_SSL_CTRL = 4,         /* long SSL_ctrl(SSL *, int cmd, long, void *): SNI */
 	KLOAK_FN_SSL_FREE = 5,         /* void SSL_free(SSL *) */
+	KLOAK_FN_SSL_SET_BIO = 6,      /* void SSL_set_bio(SSL *, BIO *rbio, BIO *wbio) */
+	KLOAK_FN_SSL_SET0_WBIO = 7,    /* void SSL_set0_wbio(SSL *, BIO *wbio) */
+	KLOAK_FN_SSL_SET_WFD = 8,      /* int SSL_set_wfd(SSL *, int) */
 };
 
 enum kloak_mode {
@@ -41,53 +44,80 @@ enum kloak_mode {
 	KLOAK_MODE_STOP = 1,   /* SIGSTOP the writer, the agent patches, SIGCONT */
 };
 
-/* Index of kloak_counters (a per-CPU array of u64). */
+/* Index of kloak_counters (a per-CPU array of u64). Refusals are counted by
+ * reason in kloak_refusals instead. */
 enum kloak_counter {
 	KC_WRITES_SEEN = 0,        /* TLS writes of enabled processes */
 	KC_BYTES_SCANNED,
 	KC_SUBSTITUTED,            /* placeholders replaced by their value */
 	KC_RESTORED,               /* placeholders put back at return */
-	KC_REFUSED_UNKNOWN,        /* "kloak:" with a tail that is no loaded placeholder */
-	KC_REFUSED_TRUNCATED,      /* placeholder runs past the end of the write */
-	KC_REFUSED_NOT_ENTITLED,   /* scope may not use this secret */
-	KC_REFUSED_TOO_MANY,       /* more than KLOAK_MAX_SUBST in one write */
-	KC_REFUSED_NO_VALUE,       /* kernel mode: value missing from the map */
-	KC_REFUSED_WRITE_FAILED,   /* kernel mode: bpf_probe_write_user failed */
-	KC_REFUSED_RINGBUF_FULL,   /* stop mode: no room for the request */
-	KC_SCAN_TRUNCATED,         /* writes longer than the scan cap */
 	KC_BYTES_UNSCANNED,        /* bytes beyond the scan cap */
 	KC_CANDIDATES_DROPPED,     /* "kloak:" beyond KLOAK_MAX_CANDIDATES */
 	KC_EVENTS_LOST,            /* process/refusal events the ring could not take */
 	KC_NESTED_WRITE,           /* write entered while one is in flight on the thread, or
-	                            * while a preempted program holds the CPU's scratch slot */
-	KC_REFUSED_CONCURRENT,     /* stop mode: another thread of the process holds the stop */
-	KC_REFUSED_DESTINATION,    /* peer (IP, port, name) matches no rule of the secret */
-	KC_REFUSED_SNI,            /* peer is allowed but the client's SNI names another host */
-	KC_REFUSED_UNKNOWN_PEER,   /* the write's socket or peer could not be established */
+	                            * while preempted programs hold every work slot of the CPU */
 	KC_UNRESTRICTED,           /* substitutions of secrets that have no rules */
 	KC_CONNS_BOUND,            /* TLS connections tied to their socket */
 	KC_BIND_CONFLICT,          /* a connection seen on two sockets: never substituted */
+	KC_CONNS_UNTRACKED,        /* connections kloak could not track (table or per-process quota full) */
 	KC_SNI_HELD,               /* new SNI names the client was held for until resolved */
 	KC_SNI_UNHELD,             /* ... not held: another thread had a stop in flight */
 	KC_CGROUP_JOINED,          /* processes that joined a scope through their cgroup */
 	KC_PROCS_FULL,             /* ... could not: kloak_procs is full (they run unprotected) */
+	KC_KILLED_NO_RESTORE,      /* writers killed because their placeholder could not be put back */
+	KC_VIOLATION_KILLS,        /* processes killed by the violation policy */
+	KC_VIOLATION_BLOCKS,       /* connections shut down by the violation policy */
+	KC_EXEC_HELD,              /* execs in a scope held until their image was attached */
+	KC_EXEC_KNOWN,             /* execs of a traced process into a known image: not held */
 	KC__COUNT
 };
 
-/* Why a placeholder was left in place; carried by refusal events. */
+/*
+ * Why a placeholder was left in place: the index of kloak_refusals and the
+ * reason of refusal events. src/dataplane/refusals.ts is the one table of
+ * reasons (names, meaning, violation or not); test/dataplane/abi.test.ts
+ * checks this enum against it.
+ */
 enum kloak_refusal {
-	KR_UNKNOWN_PLACEHOLDER = 1,
-	KR_TRUNCATED = 2,
-	KR_NOT_ENTITLED = 3,
-	KR_TOO_MANY = 4,
-	KR_NO_VALUE = 5,
-	KR_WRITE_FAILED = 6,
-	KR_RINGBUF_FULL = 7,
-	KR_BEYOND_SCAN_CAP = 8,
-	KR_CONCURRENT_WRITE = 9,
-	KR_DESTINATION_NOT_ALLOWED = 10,
-	KR_SNI_MISMATCH = 11,
-	KR_UNKNOWN_PEER = 12,
+	KR_UNKNOWN_PLACEHOLDER = 0,   /* "kloak:" with a tail that is no loaded placeholder */
+	KR_TRUNCATED,                 /* runs past the end of the write */
+	KR_NOT_ENTITLED,              /* the scope may not use this secret */
+	KR_TOO_MANY,                  /* more than KLOAK_MAX_SUBST in one write */
+	KR_WRITE_FAILED,              /* kernel mode: bpf_probe_write_user failed */
+	KR_RINGBUF_FULL,              /* stop mode: no room for the request and its restore */
+	KR_BEYOND_SCAN_CAP,           /* the write is longer than the scan cap */
+	KR_CONCURRENT_WRITE,          /* stop mode: another thread of the process holds the stop */
+	KR_DESTINATION_NOT_ALLOWED,   /* the peer (IP, port, name) matches no rule */
+	KR_SNI_MISMATCH,              /* the peer is allowed but the SNI names another host */
+	KR_UNKNOWN_PEER,              /* the write's socket or peer could not be established */
+	KR_INFLIGHT_FULL,             /* no room to record the restore before a byte changes */
+	KR_BINDING_CHANGED,           /* the connection's BIO or fd changed after it was bound */
+	KR_SNI_CHANGED,               /* the SNI was set again after the handshake began */
+	KR_SHARED_FD_TABLE,           /* the process shares its fd table with another process */
+	KR_FOREIGN_NETNS,             /* the socket is in another network namespace than the scope's */
+	KR_BUFFER_NOT_PRIVATE,        /* the placeholder lies in shared, file-backed or read-only memory */
+	KR_APP_BIO,                   /* strict binding: the connection writes through the app's own BIO */
+	KR_BUFFER_UNCHECKED,          /* the writer's memory map was busy: the buffer could not be checked */
+	KR__COUNT
+};
+
+/* What a violation (a refusal that only an attempt to misuse a secret
+ * causes) does to the writer. */
+enum kloak_action {
+	KLOAK_ACTION_PASS = 0,  /* the placeholder goes out; counted and reported */
+	KLOAK_ACTION_BLOCK = 1, /* the connection is shut down before the write leaves */
+	KLOAK_ACTION_KILL = 2,  /* the process is killed */
+};
+
+/* kloak_scopes[scope_id]: how a scope is protected. */
+enum kloak_scope_flags {
+	KLOAK_SCOPE_STRICT_BINDING = 1, /* refuse connections bound only by observed sends (app BIOs) */
+};
+
+struct kloak_scope {
+	__u64 netns;        /* inode of the network namespace its sockets must be in; 0: not set (refused) */
+	__u32 flags;        /* enum kloak_scope_flags */
+	__u32 on_violation; /* enum kloak_action, for secrets without their own */
 };
 
 /* kloak_stop_owner[tgid] in stop mode: the one thread whose substitution is in
@@ -109,6 +139,17 @@ enum kloak_event_type {
 	KE_EXIT = 5,       /* last thread of a process in a scope exited */
 	KE_REFUSED = 6,    /* a placeholder was left in place */
 	KE_SNI = 7,        /* a process in a scope set the SNI of a connection */
+	KE_BLOCK = 8,      /* violation policy "block": shut this socket down, then resume */
+	KE_WAKE = 9,       /* a traced thread will stop for kloak's tracer (signal, clone, exit) */
+	KE_EXEC_KNOWN = 10, /* a traced process in a scope exec'd a known image: not held */
+};
+
+/* Key of kloak_images: an executable, in the mount namespace that decides
+ * which libraries it loads. */
+struct kloak_image {
+	__u64 ino;
+	__u32 dev;   /* the kernel's dev_t of its filesystem */
+	__u32 mntns; /* inode of the exec'ing process's mount namespace */
 };
 
 /* Key of kloak_placeholders: the bytes after the marker, zero padded. */
@@ -125,11 +166,23 @@ struct kloak_bytes {
 	__u8 data[KLOAK_VALUE_MAX];
 };
 
+enum kloak_proc_flags {
+	/* kloak traces every thread of the process (ptrace): a hold is a stop
+	 * of the one thread, reported to kloak alone, never seen by the
+	 * process's parent. Children and threads inherit it (ptrace attaches
+	 * them as they are created). */
+	KLOAK_PROC_TRACED = 1,
+};
+
 /* kloak_procs[tgid]: the process belongs to a scope. */
 struct kloak_proc {
 	__u32 scope_id;
-	__u32 flags;
+	__u32 flags; /* enum kloak_proc_flags */
 };
+
+/* Per-process cap on tracked connections: one process cannot push another's
+ * connections out of kloak_conns (which never evicts). */
+#define KLOAK_CONNS_PER_PROCESS 4096
 
 /* kloak_entitled[{scope_id, secret_id}] exists when the scope may use it. */
 struct kloak_grant {
@@ -151,6 +204,14 @@ struct kloak_write_event {
 	__u32 count;
 	__u64 seq;
 	struct kloak_item items[KLOAK_MAX_SUBST];
+};
+
+/* KE_WAKE */
+struct kloak_wake_event {
+	__u32 type;
+	__u32 tgid;
+	__u32 tid;
+	__u32 _pad;
 };
 
 /* KE_EXEC / KE_FORK / KE_EXIT */
@@ -177,9 +238,14 @@ struct kloak_conn_key {
 };
 
 enum kloak_conn_flags {
-	KLOAK_CONN_BOUND = 1,     /* fd and ino are set */
-	KLOAK_CONN_BY_FD = 2,     /* bound by SSL_set_fd (else by a handshake send) */
-	KLOAK_CONN_CONFLICT = 4,  /* seen on two sockets: never substituted */
+	KLOAK_CONN_BOUND = 1,         /* fd and ino are set */
+	KLOAK_CONN_BY_FD = 2,         /* bound by SSL_set_fd/SSL_set_wfd: the library's own socket BIO */
+	KLOAK_CONN_CONFLICT = 4,      /* seen on two sockets: never substituted */
+	KLOAK_CONN_APP_BIO = 8,       /* the app installed its own BIO: bound by observed sends only */
+	KLOAK_CONN_BIO_REPLACED = 16, /* the BIO was replaced after binding: never substituted */
+	KLOAK_CONN_HANDSHAKE = 32,    /* a TLS call ran: the SNI on the wire is fixed */
+	KLOAK_CONN_SNI_CHANGED = 64,  /* the SNI was set again after that: never substituted */
+	KLOAK_CONN_LATE = 128,        /* first seen mid-connection (setup unseen): never substituted */
 };
 
 struct kloak_conn {
@@ -232,11 +298,24 @@ struct kloak_refusal_event {
 	__u32 tgid;
 	__u32 scope_id;
 	__u32 secret_id; /* 0 when no secret could be identified */
-	__u32 reason;
+	__u32 reason;    /* enum kloak_refusal */
 	__u32 sni_len;
 	__u64 offset; /* offset in the write where the placeholder starts */
 	struct kloak_peer peer;
+	__u32 action; /* enum kloak_action taken (a violation); PASS otherwise */
+	__u32 _pad;
 	char sni[KLOAK_NAME_MAX];
+};
+
+/* KE_BLOCK: the writer is held until user space has shut down the socket
+ * (fd, checked against ino) and resumed it; the write then fails. */
+struct kloak_block_event {
+	__u32 type;
+	__u32 tgid;
+	__u32 tid;
+	__s32 fd;
+	__u64 ino;
+	__u64 seq;
 };
 
 /* KE_SNI. With hold set, the process is stopped (and holds the stop claim
@@ -249,15 +328,17 @@ struct kloak_sni_event {
 	__u32 scope_id;
 	__u32 sni_len;
 	__u32 hold;
-	__u32 _pad;
+	__u32 tid; /* the held thread */
 	__u64 seq;
 	char sni[KLOAK_NAME_MAX];
 };
 
 /* Knobs user space sets in .rodata before load. */
 struct kloak_config {
-	__u32 mode;     /* enum kloak_mode */
-	__u32 scan_cap; /* bytes of each write that are scanned */
+	__u32 mode;       /* enum kloak_mode */
+	__u32 scan_cap;   /* bytes of each write that are scanned */
+	__u32 violations; /* bit (1 << enum kloak_refusal) set: that refusal is a violation */
+	__u32 _pad;
 };
 
 #endif /* KLOAK_H */

@@ -11,12 +11,32 @@
 const volatile struct kloak_config kloak_cfg SEC(".rodata.config") = {
 	.mode = KLOAK_MODE_STOP,
 	.scan_cap = 65536,
+	.violations = 0,
 };
 
+/* Refusals, SNI and process events. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } tls_events SEC(".maps");
+
+#define KLOAK_WRITES_RING (1 << 20)
+/* Stop mode's requests (substitute, restore, block): a ring of their own, so
+ * no flood of other events can take the room a restore needs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, KLOAK_WRITES_RING);
+} kloak_writes SEC(".maps");
+
+/* [0]: restores owed on kloak_writes (substitutions whose restore is not yet
+ * queued). A substitution needs room for itself, its restore and every
+ * restore owed before it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} kloak_owed SEC(".maps");
 
 /* placeholder key -> secret id */
 struct {
@@ -53,6 +73,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct kloak_proc);
 } kloak_procs SEC(".maps");
+
+/* Executables whose TLS files are all attached (user space adds them after
+ * an exec it held): a traced process that execs one is not held. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct kloak_image);
+	__type(value, __u8);
+} kloak_images SEC(".maps");
 
 /* tgid -> scope: processes whose children join a scope (the kloak exec
  * launcher itself, which is never attached) */
@@ -109,14 +138,57 @@ struct {
 	__type(value, __u64);
 } kloak_stop_released SEC(".maps");
 
-/* {ssl, tgid} -> the TLS connection's socket and SNI. LRU: a connection
- * evicted from here is simply unknown, which fails closed. */
+/* {ssl, tgid} -> the TLS connection's socket and SNI. Never evicts (an LRU
+ * would let a process push a connection out and have it re-learned without
+ * its history): a process may track KLOAK_CONNS_PER_PROCESS connections, and
+ * a connection kloak cannot track is unknown, which fails closed. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct kloak_conn_key);
 	__type(value, struct kloak_conn);
 } kloak_conns SEC(".maps");
+
+/* tgid -> connections it has in kloak_conns */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_conn_count SEC(".maps");
+
+/* tid -> {ssl, fd} between the entry and the return of SSL_set_fd/SSL_set_wfd:
+ * the binding is made at return, after the library has installed its socket
+ * BIO (through SSL_set_bio, which alone would mean a replaced BIO). */
+struct kloak_setfd {
+	__u64 ssl;
+	__s64 fd;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct kloak_setfd);
+} kloak_setfd SEC(".maps");
+
+/* scope id -> how the scope is protected (its network namespace, strictness,
+ * default violation action) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct kloak_scope);
+} kloak_scopes SEC(".maps");
+
+/* secret id -> enum kloak_action for its violations (else the scope's) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_on_violation SEC(".maps");
 
 /* tid -> SSL* while the thread is inside a TLS call (handshake or write):
  * sends it makes then are that connection's, which ties SSL* to socket. */
@@ -169,6 +241,14 @@ struct {
 	__type(value, __u64);
 } kloak_counters SEC(".maps");
 
+/* Refusals by reason (enum kloak_refusal). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KR__COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} kloak_refusals SEC(".maps");
+
 static __always_inline void count(__u32 idx, __u64 n)
 {
 	__u64 *c = bpf_map_lookup_elem(&kloak_counters, &idx);
@@ -177,13 +257,18 @@ static __always_inline void count(__u32 idx, __u64 n)
 }
 
 /*
- * Per-CPU work area of one TLS write. A uprobe program runs with migration
+ * Per-CPU work areas of TLS writes. A uprobe program runs with migration
  * disabled but, on a preemptible kernel, can be preempted by another uprobe
- * program on the same CPU: `busy` marks the slot taken, and a newcomer that
- * finds it taken fails closed (KC_NESTED_WRITE). Every global function of the
- * write path finds the slot itself (scratch()), so the verifier sees them as
- * functions of scalars and checks each one once.
+ * program on the same CPU (a writer preempted mid-scan is common when several
+ * TLS writers share a CPU: measured 8 of 40 writes on a 1-CPU PREEMPT_RT VM
+ * with one slot). Each CPU has KLOAK_SCRATCH_SLOTS of them; a write takes the
+ * first free one (`busy`), and only a write that finds all of them taken
+ * fails closed (KC_NESTED_WRITE). The slot number is passed down as a
+ * scalar and every global function of the write path looks the slot up
+ * itself (scratch(slot)), so the verifier checks each one once.
  */
+#define KLOAK_SCRATCH_SLOTS 8
+
 struct scratch {
 	__u8 chunk[KLOAK_CHUNK];
 	__u8 cmp[KLOAK_VALUE_MAX];
@@ -196,13 +281,18 @@ struct scratch {
 	__u32 tgid;
 	__u32 scope_id;
 	struct kloak_write_event ev;
-	/* the write's connection, loaded on first need (kloak_peer_known) */
+	/* the write's connection, loaded on first need (kloak_load_peer) */
 	__u64 ssl;
 	__u32 peer_state;
 	__u32 sni_len;
 	__u64 bound_ns;
 	struct kloak_peer peer;
+	__s32 conn_fd; /* the bound socket, for a "block" */
+	__u32 _pad1;
+	__u64 conn_ino;
 	char sni[KLOAK_NAME_MAX];
+	/* the strongest violation action this write has met */
+	__u32 violation;
 	/* byte-for-byte check of one placeholder */
 	__u32 match_id;
 	__u32 match_len;
@@ -220,15 +310,14 @@ struct scratch {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, KLOAK_SCRATCH_SLOTS);
 	__type(key, __u32);
 	__type(value, struct scratch);
 } kloak_scratch SEC(".maps");
 
-static __always_inline struct scratch *scratch(void)
+static __always_inline struct scratch *scratch(__u32 slot)
 {
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&kloak_scratch, &zero);
+	return bpf_map_lookup_elem(&kloak_scratch, &slot);
 }
 
 #endif /* KLOAK_MAPS_H */

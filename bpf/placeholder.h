@@ -18,11 +18,11 @@ static __always_inline bool is_marker(struct scratch *s, __u64 start)
 }
 
 /* The secret whose placeholder starts at buf+start; 0 when none. */
-__noinline __u32 kloak_lookup_placeholder(__u64 start)
+__noinline __u32 kloak_lookup_placeholder(__u32 slot, __u64 start)
 {
 	struct kloak_ph_key key = {};
 	__u8 head[KLOAK_MARKER_LEN + KLOAK_KEY_LEN] = {};
-	struct scratch *s = scratch();
+	struct scratch *s = scratch(slot);
 	__u32 tail, t, i, *id;
 	__u64 avail;
 
@@ -57,9 +57,10 @@ __noinline __u32 kloak_lookup_placeholder(__u64 start)
  * one. Word offsets are clamped to len - 8, so the last word may overlap the
  * one before (len >= 8) and no byte loop is needed.
  */
-static long match_block(__u32 blk, void *unused)
+static long match_block(__u32 blk, void *ctx)
 {
-	struct scratch *s = scratch();
+	__u32 slot = *(__u32 *)ctx;
+	struct scratch *s = scratch(slot);
 	struct kloak_bytes *ph;
 	__u64 off;
 	__u32 w;
@@ -86,9 +87,9 @@ static long match_block(__u32 blk, void *unused)
 }
 
 /* Every byte at buf+start equals the loaded placeholder of secret id. */
-__noinline int kloak_placeholder_matches(__u64 start, __u32 id)
+__noinline int kloak_placeholder_matches(__u32 slot, __u64 start, __u32 id)
 {
-	struct scratch *s = scratch();
+	struct scratch *s = scratch(slot);
 	struct kloak_bytes *ph = bpf_map_lookup_elem(&kloak_secrets, &id);
 	__u32 len;
 
@@ -102,7 +103,7 @@ __noinline int kloak_placeholder_matches(__u64 start, __u32 id)
 	s->match_id = id;
 	s->match_len = len;
 	s->match_ok = 1;
-	bpf_loop((len + MATCH_BLOCK - 1) / MATCH_BLOCK, match_block, NULL, 0);
+	bpf_loop((len + MATCH_BLOCK - 1) / MATCH_BLOCK, match_block, &slot, 0);
 	return s->match_ok;
 }
 

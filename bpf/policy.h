@@ -39,9 +39,10 @@ static __always_inline bool names_equal(const char *a, const char *b)
 }
 
 /* bpf_loop callback: byte j of the rule's suffix equals the SNI's at s->sfx_off + j. */
-static long suffix_byte(__u32 j, void *unused)
+static long suffix_byte(__u32 j, void *ctx)
 {
-	struct scratch *s = scratch();
+	__u32 slot = *(__u32 *)ctx;
+	struct scratch *s = scratch(slot);
 	struct kloak_policy *pol;
 	__u64 at;
 
@@ -61,7 +62,7 @@ static long suffix_byte(__u32 j, void *unused)
 }
 
 /* sni is "<one or more labels>." + the suffix of rule idx */
-static __always_inline bool under_suffix(struct scratch *s, struct kloak_rule *r, __u32 idx)
+static __always_inline bool under_suffix(__u32 slot, struct scratch *s, struct kloak_rule *r, __u32 idx)
 {
 	__u32 n = s->sni_len, m = r->name_len, off;
 
@@ -73,7 +74,7 @@ static __always_inline bool under_suffix(struct scratch *s, struct kloak_rule *r
 	s->sfx_off = off;
 	s->sfx_rule = idx;
 	s->sfx_ok = 1;
-	bpf_loop(m, suffix_byte, NULL, 0);
+	bpf_loop(m, suffix_byte, &slot, 0);
 	return s->sfx_ok;
 }
 
@@ -90,9 +91,9 @@ static __always_inline bool resolved_to_peer(struct scratch *s, const char *name
 }
 
 /* Rule idx of secret s->check_id against the loaded peer; raises s->verdict. */
-__noinline int kloak_match_rule(__u32 idx)
+__noinline int kloak_match_rule(__u32 slot, __u32 idx)
 {
-	struct scratch *s = scratch();
+	struct scratch *s = scratch(slot);
 	struct kloak_policy *pol;
 	struct kloak_rule *r;
 
@@ -121,7 +122,7 @@ __noinline int kloak_match_rule(__u32 idx)
 		break;
 	case KLOAK_RULE_WILDCARD:
 		/* Only the SNI can say which name under the suffix is meant. */
-		if (s->sni_len && under_suffix(s, r, idx) && resolved_to_peer(s, s->sni))
+		if (s->sni_len && under_suffix(slot, s, r, idx) && resolved_to_peer(s, s->sni))
 			s->verdict = VERDICT_ALLOW;
 		break;
 	}
@@ -129,14 +130,15 @@ __noinline int kloak_match_rule(__u32 idx)
 }
 
 /* bpf_loop callback: stop at the first rule that allows. */
-static long check_rule(__u32 idx, void *unused)
+static long check_rule(__u32 idx, void *ctx)
 {
-	return kloak_match_rule(idx) ? 1 : 0;
+	__u32 slot = *(__u32 *)ctx;
+	return kloak_match_rule(slot, idx) ? 1 : 0;
 }
 
 /* The secret may go to this write's peer (any peer when it has no rules:
  * counted); refuses, and says why, otherwise. */
-__noinline int kloak_destination_allowed(__u32 id, __u64 start)
+__noinline int kloak_destination_allowed(__u32 slot, __u32 id, __u64 start)
 {
 	struct kloak_policy *pol = bpf_map_lookup_elem(&kloak_policy, &id);
 	struct scratch *s;
@@ -147,22 +149,22 @@ __noinline int kloak_destination_allowed(__u32 id, __u64 start)
 		return 1;
 	}
 	n = pol->nrules < KLOAK_MAX_RULES ? pol->nrules : KLOAK_MAX_RULES;
-	if (!kloak_peer_known()) {
-		kloak_refuse(KR_UNKNOWN_PEER, KC_REFUSED_UNKNOWN_PEER, id, start);
-		return 0;
-	}
-	s = scratch();
+	s = scratch(slot);
 	if (!s)
 		return 0;
+	if (!kloak_load_peer(slot)) {
+		kloak_refuse(slot, s->peer_state, id, start);
+		return 0;
+	}
 	s->check_id = id;
 	s->verdict = VERDICT_NONE;
-	bpf_loop(n, check_rule, NULL, 0);
+	bpf_loop(n, check_rule, &slot, 0);
 	if (s->verdict == VERDICT_ALLOW)
 		return 1;
 	if (s->verdict == VERDICT_SNI_MISMATCH)
-		kloak_refuse(KR_SNI_MISMATCH, KC_REFUSED_SNI, id, start);
+		kloak_refuse(slot, KR_SNI_MISMATCH, id, start);
 	else
-		kloak_refuse(KR_DESTINATION_NOT_ALLOWED, KC_REFUSED_DESTINATION, id, start);
+		kloak_refuse(slot, KR_DESTINATION_NOT_ALLOWED, id, start);
 	return 0;
 }
 

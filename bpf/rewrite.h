@@ -2,17 +2,28 @@
 /*
  * Putting bytes into the writer's buffer, by one of two modes:
  *  - kernel: bpf_probe_write_user in the probe (needs lockdown=none);
- *  - stop:   a request on tls_events, then SIGSTOP to the writer's thread
+ *  - stop:   a request on kloak_writes, then SIGSTOP to the writer's thread
  *            group; the agent patches with process_vm_writev and sends
  *            SIGCONT. One thread per process holds the stop at a time.
+ * Before a byte changes, the restore is made certain: its record is stored
+ * (kloak_inflight) and, in stop mode, the ring has room for the restore.
+ * A placeholder that cannot be put back costs the writer its life, never the
+ * value its place in memory.
  */
 #ifndef KLOAK_REWRITE_H
 #define KLOAK_REWRITE_H
 
+#define SIGKILL 9
 #define SIGSTOP 19
 
 /* An owner older than this lost its restore (thread died, event lost). */
 #define STOP_OWNER_STALE_NS 1000000000ULL
+
+/* Room one write request takes on kloak_writes: the record and its header,
+ * 8-byte aligned. */
+#define WRITE_REC (((sizeof(struct kloak_write_event) + 8) + 7) & ~7ULL)
+/* Requests that may race between the room check and the reservation. */
+#define WRITE_MARGIN 64
 
 /*
  * Kernel mode: write secret id's value (restore: its placeholder) of len
@@ -30,12 +41,38 @@ __noinline int kloak_poke(__u64 addr, __u32 id, __u32 len, __u32 restore)
 	return bpf_probe_write_user((void *)addr, src->data, BOUNDED(len - 1, KLOAK_VALUE_MAX - 1) + 1);
 }
 
-/* Take the process's one stop claim; false while another thread holds it. */
+/* kloak traces the process: a hold is a stop of this thread, for kloak alone. */
+static __always_inline bool traced(__u32 tgid)
+{
+	struct kloak_proc *p = bpf_map_lookup_elem(&kloak_procs, &tgid);
+
+	return p && (p->flags & KLOAK_PROC_TRACED);
+}
+
+/*
+ * Hold the writer until user space lets it go. A traced thread gets a
+ * thread-directed SIGSTOP: it stops in ptrace's signal-delivery stop, which
+ * only kloak's tracer sees, and which it ends without delivering the signal.
+ * An untraced process stops as a whole (a group stop, which its parent can
+ * see), ended by SIGCONT.
+ */
+static __always_inline void hold_writer(__u32 tgid)
+{
+	if (traced(tgid))
+		bpf_send_signal_thread(SIGSTOP);
+	else
+		bpf_send_signal(SIGSTOP);
+}
+
+/* Take the process's one stop claim; false while another thread holds it.
+ * Only group stops need one: a traced thread is held on its own. */
 static __always_inline bool claim_stop(__u32 tgid, __u32 tid, __u64 seq)
 {
 	struct kloak_stop_owner me = { .tid = tid, .seq = seq }, *cur;
 	__u64 *released;
 
+	if (traced(tgid))
+		return true;
 	if (bpf_map_update_elem(&kloak_stop_owner, &tgid, &me, BPF_NOEXIST) == 0)
 		return true;
 	cur = bpf_map_lookup_elem(&kloak_stop_owner, &tgid);
@@ -48,20 +85,91 @@ static __always_inline bool claim_stop(__u32 tgid, __u32 tid, __u64 seq)
 	return true;
 }
 
-/* Stop mode: queue the request and stop the thread group; -1 when the ring is full. */
+static __always_inline __s64 *owed(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&kloak_owed, &zero);
+}
+
+/* Stop mode: is there room on kloak_writes for a request, its restore and
+ * every restore owed already? */
+static __always_inline bool room_for_substitution(void)
+{
+	__u64 used = bpf_ringbuf_query(&kloak_writes, BPF_RB_AVAIL_DATA);
+	__s64 *o = owed(), n = o ? *o : 0;
+
+	if (!o || n < 0)
+		n = 0;
+	return used + ((__u64)n + 2 + WRITE_MARGIN) * WRITE_REC <= KLOAK_WRITES_RING;
+}
+
+/* Stop mode: queue the request and stop the thread group; -1 when the ring
+ * is full. A substitution makes one restore owed; a restore pays it. */
 static __always_inline int stop_with(const struct kloak_write_event *ev, __u32 type)
 {
-	struct kloak_write_event *e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
+	struct kloak_write_event *e = bpf_ringbuf_reserve(&kloak_writes, sizeof(*e), 0);
+	__s64 *o = owed();
 
 	if (!e)
 		return -1;
 	__builtin_memcpy(e, ev, sizeof(*e));
 	e->type = type;
 	bpf_ringbuf_submit(e, 0);
-	/* The group stops before the thread runs another instruction of
-	 * SSL_write; the agent resumes it once the buffer is patched. */
-	bpf_send_signal(SIGSTOP);
+	if (o && type == KE_SUBSTITUTE)
+		__sync_fetch_and_add(o, 1);
+	else if (o && type == KE_RESTORE)
+		__sync_fetch_and_add(o, -1);
+	/* The writer stops before it runs another instruction of SSL_write;
+	 * user space resumes it once the buffer is patched. */
+	hold_writer(ev->tgid);
 	return 0;
+}
+
+#define VM_WRITE 0x2
+#define VM_SHARED 0x8
+
+struct vma_check {
+	__u64 end;
+	__u32 ok;
+};
+
+static long vma_private(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+	struct vma_check *v = data;
+	__u64 flags = BPF_CORE_READ(vma, vm_flags);
+
+	v->ok = (flags & (VM_WRITE | VM_SHARED)) == VM_WRITE && !BPF_CORE_READ(vma, vm_file) &&
+		v->end <= BPF_CORE_READ(vma, vm_end);
+	return 0;
+}
+
+#define EBUSY 16
+
+/*
+ * Whether the len bytes at addr lie in one private, writable, anonymous
+ * mapping of the writer (heap, stack, anonymous mmap): 0 if so, else the
+ * refusal. A value written into a shared or file-backed mapping would reach
+ * another process or a file; a read-only one could not be restored. The
+ * mapping is looked up under a trylock: a busy memory map is no violation.
+ */
+__noinline int kloak_buffer_refusal(__u64 addr, __u32 len)
+{
+	struct vma_check v = { .end = addr + len, .ok = 0 };
+	long err = bpf_find_vma(bpf_get_current_task_btf(), addr, vma_private, &v, 0);
+
+	if (err == -EBUSY)
+		return KR_BUFFER_UNCHECKED;
+	if (err || !v.ok)
+		return KR_BUFFER_NOT_PRIVATE;
+	return 0;
+}
+
+/* A restore that can never happen: the writer dies with the value rather
+ * than go on holding it. */
+static __always_inline void kill_holder(void)
+{
+	count(KC_KILLED_NO_RESTORE, 1);
+	bpf_send_signal(SIGKILL);
 }
 
 #endif /* KLOAK_REWRITE_H */

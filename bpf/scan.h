@@ -23,9 +23,9 @@ static __always_inline bool marker_before(const __u8 *chunk, __u32 p)
  * holds a ':'; note every position where a marker could start. Global: the
  * verifier checks it once, not once per word of the scan loop.
  */
-__noinline int kloak_note_colons(__u32 chunk_off, __u32 word, __u32 n)
+__noinline int kloak_note_colons(__u32 slot, __u32 chunk_off, __u32 word, __u32 n)
 {
-	struct scratch *s = scratch();
+	struct scratch *s = scratch(slot);
 	__u32 b, p, i;
 
 	if (!s)
@@ -56,9 +56,10 @@ __noinline int kloak_note_colons(__u32 chunk_off, __u32 word, __u32 n)
 }
 
 /* bpf_loop callback: copy chunk idx of the write and test it word by word. */
-static long scan_chunk(__u32 idx, void *unused)
+static long scan_chunk(__u32 idx, void *ctx)
 {
-	struct scratch *s = scratch();
+	__u32 slot = *(__u32 *)ctx;
+	struct scratch *s = scratch(slot);
 	__u64 off, n;
 	__u32 w;
 
@@ -80,20 +81,20 @@ static long scan_chunk(__u32 idx, void *unused)
 #pragma unroll
 	for (w = 0; w < KLOAK_CHUNK / 8; w++)
 		if (has_byte(*(__u64 *)&s->chunk[w * 8], ':'))
-			kloak_note_colons(off, w, n);
+			kloak_note_colons(slot, off, w, n);
 	return 0;
 }
 
 /* Fill s->cand with where markers may start in the first s->scan_len
  * bytes of the write; returns how many. */
-__noinline __u32 kloak_scan(void)
+__noinline __u32 kloak_scan(__u32 slot)
 {
-	struct scratch *s = scratch();
+	struct scratch *s = scratch(slot);
 
 	if (!s)
 		return 0;
 	s->ncand = 0;
-	bpf_loop((s->scan_len + KLOAK_CHUNK - 1) / KLOAK_CHUNK, scan_chunk, NULL, 0);
+	bpf_loop((s->scan_len + KLOAK_CHUNK - 1) / KLOAK_CHUNK, scan_chunk, &slot, 0);
 	return s->ncand;
 }
 

@@ -43,11 +43,17 @@ static __always_inline int on_fork(struct task_struct *parent, struct task_struc
 	struct kloak_proc *pp, np = {};
 	__u32 *launcher, *scope;
 
-	if (ctgid != (__u32)BPF_CORE_READ(child, pid))
-		return 0; /* a new thread, not a new process */
+	if (ctgid != (__u32)BPF_CORE_READ(child, pid)) {
+		/* A new thread: of a traced process, it starts stopped for the tracer. */
+		if (traced(ctgid))
+			wake_event(ctgid, BPF_CORE_READ(child, pid));
+		return 0;
+	}
 	pp = bpf_map_lookup_elem(&kloak_procs, &ptgid);
 	if (pp) {
 		np.scope_id = pp->scope_id;
+		/* ptrace attaches a traced parent's children as they are created */
+		np.flags = pp->flags & KLOAK_PROC_TRACED;
 	} else if ((launcher = bpf_map_lookup_elem(&kloak_launchers, &ptgid))) {
 		np.scope_id = *launcher;
 	} else {
@@ -70,17 +76,42 @@ static __always_inline int on_fork(struct task_struct *parent, struct task_struc
 	}
 	bpf_map_update_elem(&kloak_procs, &ctgid, &np, BPF_ANY);
 	proc_event(KE_FORK, ctgid, ptgid, np.scope_id);
+	/* The traced parent stops at ptrace's fork event, the child at its first stop. */
+	if (np.flags & KLOAK_PROC_TRACED)
+		wake_event(ptgid, BPF_CORE_READ(parent, pid));
 	return 0;
 }
 
+/* The image the current task just exec'd, as kloak_images keys it. */
+static __always_inline void current_image(struct kloak_image *img)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	img->ino = BPF_CORE_READ(t, mm, exe_file, f_inode, i_ino);
+	img->dev = BPF_CORE_READ(t, mm, exe_file, f_inode, i_sb, s_dev);
+	img->mntns = BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
+}
+
 /* sched_process_exec: hold a scoped process before its first instruction
- * until the agent has attached to the new image. */
+ * until the agent has attached to the new image — unless kloak traces it and
+ * has attached every TLS file of that image already. */
 static __always_inline int on_exec(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct kloak_proc *p = bpf_map_lookup_elem(&kloak_procs, &tgid), np = {};
 	struct kloak_proc_event *e;
+	struct kloak_image img = {};
 	__u32 *scope = NULL;
+
+	/* Only a traced process: an untraced one is adopted while held. */
+	if (p && (p->flags & KLOAK_PROC_TRACED)) {
+		current_image(&img);
+		if (bpf_map_lookup_elem(&kloak_images, &img)) {
+			count(KC_EXEC_KNOWN, 1);
+			proc_event(KE_EXEC_KNOWN, tgid, 0, p->scope_id);
+			return 0;
+		}
+	}
 
 	if (!p) {
 		/* Not a descendant of a protected process, but inside a pod's
@@ -113,26 +144,48 @@ static __always_inline int on_exec(void)
 	e->ppid = 0;
 	e->scope_id = p ? p->scope_id : np.scope_id;
 	bpf_ringbuf_submit(e, 0);
-	bpf_send_signal(SIGSTOP);
+	count(KC_EXEC_HELD, 1);
+	hold_writer(tgid);
 	return 0;
 }
 
-/* sched_process_exit: the thread-group leader's exit ends the process for
- * kloak (portable across kernels whose exit tracepoint lacks group_dead). */
+static long drop_conn(struct bpf_map *map, struct kloak_conn_key *k, struct kloak_conn *c, __u32 *tgid)
+{
+	if (k->tgid == *tgid)
+		bpf_map_delete_elem(map, k);
+	return 0;
+}
+
+/* sched_process_exit: a thread's state goes with it; the thread-group
+ * leader's exit ends the process for kloak (portable across kernels whose
+ * exit tracepoint lacks group_dead). */
 static __always_inline int on_exit(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct kloak_proc *p;
+	__s64 *o;
 	__u32 scope;
 
 	p = bpf_map_lookup_elem(&kloak_procs, &tgid);
 	if (!p)
 		return 0;
-	bpf_map_delete_elem(&kloak_inflight, &tid);
+	/* A traced thread's exit waits to be reaped by the tracer (and the
+	 * leader's, before its real parent hears of it). */
+	if (p->flags & KLOAK_PROC_TRACED)
+		wake_event(tgid, tid);
+	/* A thread that dies mid-write owes no restore any more. */
+	if (bpf_map_delete_elem(&kloak_inflight, &tid) == 0 && kloak_cfg.mode == KLOAK_MODE_STOP && (o = owed()))
+		__sync_fetch_and_add(o, -1);
+	bpf_map_delete_elem(&kloak_active, &tid);
+	bpf_map_delete_elem(&kloak_setfd, &tid);
 	if (tgid != tid)
 		return 0;
 	scope = p->scope_id;
+	if (bpf_map_lookup_elem(&kloak_conn_count, &tgid)) {
+		bpf_for_each_map_elem(&kloak_conns, drop_conn, &tgid, 0);
+		bpf_map_delete_elem(&kloak_conn_count, &tgid);
+	}
 	bpf_map_delete_elem(&kloak_procs, &tgid);
 	bpf_map_delete_elem(&kloak_stop_owner, &tgid);
 	bpf_map_delete_elem(&kloak_stop_released, &tgid);

@@ -18,4 +18,31 @@
 		__v & (mask);     \
 	})
 
+/*
+ * Keep a program's frames on the task's own kernel stack.
+ *
+ * Since 6.13 the verifier puts every frame of 64 bytes or more of a
+ * kprobe-type program on a per-CPU "private stack", on the assumption that
+ * the kernel never runs such a program twice at once on one CPU. Uprobe
+ * programs break it: they run preemptible (migration disabled only), so on a
+ * PREEMPT_LAZY or RT kernel a second writer's program runs on the same CPU
+ * while the first is preempted, on the same private stack, and the first
+ * resumes with the second's locals (seen on Debian's 7.3: a write took one
+ * work slot and released another). A program that contains a tail call never
+ * gets a private stack (check_max_stack_depth), so every uprobe program
+ * starts with one that cannot go anywhere: the prog array stays empty, and a
+ * tail call to an empty slot falls through.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_own_stack SEC(".maps");
+
+static __always_inline void keep_task_stack(void *ctx)
+{
+	bpf_tail_call(ctx, &kloak_own_stack, 0);
+}
+
 #endif /* KLOAK_VERIFIER_H */

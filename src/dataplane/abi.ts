@@ -4,6 +4,7 @@
  * and the header, so a drift fails the suite instead of corrupting a map.
  */
 import ipaddr from "ipaddr.js";
+import { actionName, refusalName, type ViolationAction } from "./refusals.ts";
 
 export const MARKER_LEN = 6;
 export const VALUE_MIN = 8;
@@ -18,60 +19,60 @@ export const NAME_MAX = 256;
 /** cgroup v2 levels the kernel searches for a registered ancestor (kloak_cgroups) */
 export const CGROUP_DEPTH = 16;
 
-export const Fn = { SSL_WRITE: 0, SSL_WRITE_EX: 1, SSL_DO_HANDSHAKE: 2, SSL_SET_FD: 3, SSL_CTRL: 4, SSL_FREE: 5 } as const;
-export const ConnFlags = { BOUND: 1, BY_FD: 2, CONFLICT: 4 } as const;
+export const Fn = {
+  SSL_WRITE: 0,
+  SSL_WRITE_EX: 1,
+  SSL_DO_HANDSHAKE: 2,
+  SSL_SET_FD: 3,
+  SSL_CTRL: 4,
+  SSL_FREE: 5,
+  SSL_SET_BIO: 6,
+  SSL_SET0_WBIO: 7,
+  SSL_SET_WFD: 8,
+} as const;
+export const ConnFlags = {
+  BOUND: 1,
+  BY_FD: 2,
+  CONFLICT: 4,
+  APP_BIO: 8,
+  BIO_REPLACED: 16,
+  HANDSHAKE: 32,
+  SNI_CHANGED: 64,
+  LATE: 128,
+} as const;
+export const ScopeFlags = { STRICT_BINDING: 1 } as const;
+/** Connections one process may have tracked at a time. */
+export const CONNS_PER_PROCESS = 4096;
 export const RuleKind = { CIDR: 1, HOST: 2, WILDCARD: 3 } as const;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const Mode = { KERNEL: 0, STOP: 1 } as const;
 
-/** enum kloak_counter, in order; the names become metric label values. */
+/** enum kloak_counter, in order. Refusals are counted by reason (refusals.ts). */
 export const COUNTERS = [
   "writes_seen",
   "bytes_scanned",
   "substituted",
   "restored",
-  "refused_unknown",
-  "refused_truncated",
-  "refused_not_entitled",
-  "refused_too_many",
-  "refused_no_value",
-  "refused_write_failed",
-  "refused_ringbuf_full",
-  "scan_truncated",
   "bytes_unscanned",
   "candidates_dropped",
   "events_lost",
   "nested_write",
-  "refused_concurrent",
-  "refused_destination",
-  "refused_sni",
-  "refused_unknown_peer",
   "unrestricted",
   "conns_bound",
   "bind_conflict",
+  "conns_untracked",
   "sni_held",
   "sni_unheld",
   "cgroup_joined",
   "procs_full",
+  "killed_no_restore",
+  "violation_kills",
+  "violation_blocks",
+  "exec_held",
+  "exec_known",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
-
-/** enum kloak_refusal; the names are the `reason` label of refusals. */
-export const REFUSAL_REASONS: Record<number, string> = {
-  1: "unknown_placeholder",
-  2: "truncated",
-  3: "scope_not_entitled",
-  4: "too_many_placeholders",
-  5: "no_value",
-  6: "write_failed",
-  7: "ringbuf_full",
-  8: "beyond_scan_cap",
-  9: "concurrent_write",
-  10: "destination_not_allowed",
-  11: "sni_mismatch",
-  12: "unknown_peer",
-};
 
 export const EventType = {
   SUBSTITUTE: 1,
@@ -81,6 +82,14 @@ export const EventType = {
   EXIT: 5,
   REFUSED: 6,
   SNI: 7,
+  BLOCK: 8,
+  WAKE: 9,
+  EXEC_KNOWN: 10,
+} as const;
+
+/** enum kloak_proc_flags: kloak_procs[tgid].flags */
+export const ProcFlags = {
+  TRACED: 1,
 } as const;
 
 /** Struct sizes and field offsets, exactly as in kloak.h. */
@@ -95,6 +104,8 @@ export const LAYOUT = {
     fields: { type: 0, tgid: 4, tid: 8, count: 12, seq: 16, items: 24 },
   },
   kloak_proc_event: { size: 16, fields: { type: 0, tgid: 4, ppid: 8, scope_id: 12 } },
+  kloak_wake_event: { size: 16, fields: { type: 0, tgid: 4, tid: 8, _pad: 12 } },
+  kloak_image: { size: 16, fields: { ino: 0, dev: 8, mntns: 12 } },
   kloak_peer: { size: 24, fields: { addr: 0, port: 16, family: 18, _pad: 20 } },
   kloak_conn_key: { size: 16, fields: { ssl: 0, tgid: 8, _pad: 12 } },
   kloak_conn: {
@@ -106,14 +117,16 @@ export const LAYOUT = {
   kloak_name_addr: { size: NAME_MAX + 16, fields: { name: 0, addr: NAME_MAX } },
   kloak_resolved: { size: 8, fields: { valid_until_ns: 0 } },
   kloak_refusal_event: {
-    size: 56 + NAME_MAX,
-    fields: { type: 0, tgid: 4, scope_id: 8, secret_id: 12, reason: 16, sni_len: 20, offset: 24, peer: 32, sni: 56 },
+    size: 64 + NAME_MAX,
+    fields: { type: 0, tgid: 4, scope_id: 8, secret_id: 12, reason: 16, sni_len: 20, offset: 24, peer: 32, action: 56, _pad: 60, sni: 64 },
   },
+  kloak_block_event: { size: 32, fields: { type: 0, tgid: 4, tid: 8, fd: 12, ino: 16, seq: 24 } },
+  kloak_scope: { size: 16, fields: { netns: 0, flags: 8, on_violation: 12 } },
   kloak_sni_event: {
     size: 32 + NAME_MAX,
-    fields: { type: 0, tgid: 4, scope_id: 8, sni_len: 12, hold: 16, _pad: 20, seq: 24, sni: 32 },
+    fields: { type: 0, tgid: 4, scope_id: 8, sni_len: 12, hold: 16, tid: 20, seq: 24, sni: 32 },
   },
-  kloak_config: { size: 8, fields: { mode: 0, scan_cap: 4 } },
+  kloak_config: { size: 16, fields: { mode: 0, scan_cap: 4, violations: 8, _pad: 12 } },
   kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, seq: 8 } },
 } as const;
 
@@ -123,6 +136,16 @@ const u32 = (n: number) => {
   return b;
 };
 export const encodeU32 = u32;
+
+/** struct kloak_image: an executable in a mount namespace. */
+export function encodeImage(ino: bigint, dev: number, mntns: number): Uint8Array {
+  const b = new Uint8Array(LAYOUT.kloak_image.size);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(LAYOUT.kloak_image.fields.ino, ino, true);
+  v.setUint32(LAYOUT.kloak_image.fields.dev, dev, true);
+  v.setUint32(LAYOUT.kloak_image.fields.mntns, mntns, true);
+  return b;
+}
 
 /** A __u64 map key or value (kloak_cgroups: the cgroup v2 id). */
 export function encodeU64(n: bigint): Uint8Array {
@@ -158,6 +181,16 @@ export function encodeGrant(scopeId: number, secretId: number): Uint8Array {
   return encodeProc(scopeId, secretId);
 }
 
+export function encodeScope(s: { netns: bigint; flags: number; onViolation: number }): Uint8Array {
+  const F = LAYOUT.kloak_scope.fields;
+  const b = new Uint8Array(LAYOUT.kloak_scope.size);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(F.netns, s.netns, true);
+  v.setUint32(F.flags, s.flags, true);
+  v.setUint32(F.on_violation, s.onViolation, true);
+  return b;
+}
+
 export interface WriteItem {
   addr: bigint;
   secretId: number;
@@ -171,7 +204,7 @@ export interface WriteEvent {
   items: WriteItem[];
 }
 export interface ProcEvent {
-  type: typeof EventType.EXEC | typeof EventType.FORK | typeof EventType.EXIT;
+  type: typeof EventType.EXEC | typeof EventType.EXEC_KNOWN | typeof EventType.FORK | typeof EventType.EXIT;
   tgid: number;
   ppid: number;
   scopeId: number;
@@ -189,19 +222,37 @@ export interface RefusalEvent {
   reason: string;
   offset: bigint;
   peer: Peer;
+  /** what the violation policy did ("pass" for refusals that are no violation) */
+  action: ViolationAction;
   /** the client's SNI; "" when it sent none (or the connection is unknown) */
   sni: string;
+}
+/** Violation policy "block": the writer is held until its socket (fd, inode ino) is shut down. */
+export interface BlockEvent {
+  type: typeof EventType.BLOCK;
+  tgid: number;
+  tid: number;
+  fd: number;
+  ino: bigint;
+  seq: bigint;
 }
 export interface SniEvent {
   type: typeof EventType.SNI;
   tgid: number;
   scopeId: number;
   sni: string;
-  /** the process is stopped, holding the stop claim `seq`, until the agent resumes it */
+  /** thread tid is held (untraced: the whole process, holding the stop claim `seq`) until kloak releases it */
   hold: boolean;
+  tid: number;
   seq: bigint;
 }
-export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent | SniEvent;
+/** A traced thread is about to stop for kloak's tracer: the ring worker should look. */
+export interface WakeEvent {
+  type: typeof EventType.WAKE;
+  tgid: number;
+  tid: number;
+}
+export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent | SniEvent | BlockEvent | WakeEvent;
 
 function peerAddress(addr: Uint8Array, family: number): string {
   if (family === AF_INET) return ipaddr.fromByteArray([...addr.subarray(12, 16)]).toString();
@@ -285,21 +336,34 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
       return { type, tgid: v.getUint32(4, true), tid: v.getUint32(8, true), seq: v.getBigUint64(16, true), items };
     }
     case EventType.EXEC:
+    case EventType.EXEC_KNOWN:
     case EventType.FORK:
     case EventType.EXIT:
       return { type, tgid: v.getUint32(4, true), ppid: v.getUint32(8, true), scopeId: v.getUint32(12, true) };
     case EventType.REFUSED: {
-      const P = 32;
-      const addr = new Uint8Array(v.buffer, v.byteOffset + P, 16);
+      const F = LAYOUT.kloak_refusal_event.fields;
+      const addr = new Uint8Array(v.buffer, v.byteOffset + F.peer, 16);
       return {
         type,
-        tgid: v.getUint32(4, true),
-        scopeId: v.getUint32(8, true),
-        secretId: v.getUint32(12, true),
-        reason: REFUSAL_REASONS[v.getUint32(16, true)] ?? "unknown",
-        offset: v.getBigUint64(24, true),
-        peer: { address: peerAddress(addr, v.getUint16(P + 18, true)), port: v.getUint16(P + 16, true) },
-        sni: name(v, 56, v.getUint32(20, true)),
+        tgid: v.getUint32(F.tgid, true),
+        scopeId: v.getUint32(F.scope_id, true),
+        secretId: v.getUint32(F.secret_id, true),
+        reason: refusalName(v.getUint32(F.reason, true)),
+        offset: v.getBigUint64(F.offset, true),
+        peer: { address: peerAddress(addr, v.getUint16(F.peer + 18, true)), port: v.getUint16(F.peer + 16, true) },
+        action: actionName(v.getUint32(F.action, true)),
+        sni: name(v, F.sni, v.getUint32(F.sni_len, true)),
+      };
+    }
+    case EventType.BLOCK: {
+      const F = LAYOUT.kloak_block_event.fields;
+      return {
+        type,
+        tgid: v.getUint32(F.tgid, true),
+        tid: v.getUint32(F.tid, true),
+        fd: v.getInt32(F.fd, true),
+        ino: v.getBigUint64(F.ino, true),
+        seq: v.getBigUint64(F.seq, true),
       };
     }
     case EventType.SNI:
@@ -309,8 +373,11 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
         scopeId: v.getUint32(8, true),
         sni: name(v, 32, v.getUint32(12, true)),
         hold: v.getUint32(16, true) !== 0,
+        tid: v.getUint32(20, true),
         seq: v.getBigUint64(24, true),
       };
+    case EventType.WAKE:
+      return { type, tgid: v.getUint32(4, true), tid: v.getUint32(8, true) };
     default:
       return null;
   }

@@ -1,8 +1,11 @@
 /**
- * Per-process uprobes on TLS library functions. Probes are filtered by pid in
- * the kernel, so processes kloak does not protect never run them. Detaching
- * hands the fds to a closer thread: the kernel's unregister waits for a grace
- * period, and processes held at exec must not wait for that.
+ * Uprobes on TLS library functions, one set per file for every process that
+ * maps it: a uprobe lives on the inode, and the programs return at once for a
+ * process outside every scope (kloak_procs). So a process costs nothing to
+ * attach once its files are attached — an exec of a known program, a fork —
+ * and a file's probes go only when the last protected process using it does.
+ * Detaching hands the fds to a closer thread: the kernel's unregister waits
+ * for a grace period, and processes held at exec must not wait for that.
  */
 import { FdCloser } from "../../lib/fd-closer.ts";
 import { attachUprobe, attachUprobeMulti } from "../../lib/uprobe.ts";
@@ -10,17 +13,29 @@ import type { UprobeKind } from "./bpf-object.ts";
 import type { TlsTarget, TlsTargetFinder } from "./tls-targets.ts";
 
 export interface AttachResult {
+  /** functions newly attached (0 when every file of the process was attached already) */
   attached: number;
-  /** the process went away before or while attaching */
-  vanished: boolean;
+  /** ids of the process's TLS files */
+  files: string[];
   errors: string[];
 }
 
-const ESRCH = 3;
+/** Who keeps a file attached: a protected process (its pid), or a known image (its key). */
+type User = number | string;
+
+interface AttachedFile {
+  /** the fds that hold its probes */
+  fds: number[];
+  users: Set<User>;
+}
+
+/** uprobe_multi's "every process"; perf_event_open's is -1. */
+const EVERY_PROCESS = { multi: 0, single: -1 } as const;
 
 export class Attacher {
-  /** pid -> target id -> the fds that hold its probes */
-  private readonly probes = new Map<number, Map<string, number[]>>();
+  private readonly files = new Map<string, AttachedFile>();
+  /** user -> ids of the files it keeps */
+  private readonly byUser = new Map<User, Set<string>>();
   private readonly closer = new FdCloser();
   attachErrors = 0;
 
@@ -31,48 +46,61 @@ export class Attacher {
     private readonly kind: UprobeKind,
   ) {}
 
-  /** processes kloak tracks (attached to their TLS files, or to none yet) */
+  /** protected processes kloak has looked at (attached to their TLS files, or to none) */
   get processes(): number {
-    return this.probes.size;
+    let n = 0;
+    for (const u of this.byUser.keys()) if (typeof u === "number") n++;
+    return n;
   }
 
   /** fds holding probes: one per multi-uprobe link, or a link + perf event per single uprobe */
   get links(): number {
     let n = 0;
-    for (const m of this.probes.values()) for (const fds of m.values()) n += fds.length;
+    for (const f of this.files.values()) n += f.fds.length;
     return n;
   }
 
+  /** files with probes */
+  get attachedFiles(): number {
+    return this.files.size;
+  }
+
   /**
-   * Make the probes of pid match its current image: attach new targets, drop
-   * those it no longer has (after exec). Probes survive exec for files the new
-   * image also uses, since a pid-filtered uprobe follows the task.
+   * Make sure every TLS file of pid's current image is attached (after exec,
+   * the files of its old image are no longer counted as its).
    */
   sync(pid: number): AttachResult {
-    const result: AttachResult = { attached: 0, vanished: false, errors: [] };
+    const result: AttachResult = { attached: 0, files: [], errors: [] };
     const targets = this.finder.targetsFor(pid);
-    let mine = this.probes.get(pid);
-    if (!mine) this.probes.set(pid, (mine = new Map()));
     const wanted = new Set(targets.map((t) => t.id));
-    for (const [id, fds] of mine) {
-      if (!wanted.has(id)) {
-        this.release(fds);
-        mine.delete(id);
-      }
-    }
+    for (const id of this.byUser.get(pid) ?? []) if (!wanted.has(id)) this.drop(pid, id);
     for (const t of targets) {
-      if (mine.has(t.id)) continue;
-      mine.set(t.id, this.attachTarget(pid, t, result));
-      if (result.vanished) {
-        this.detach(pid);
-        break;
-      }
+      if (!this.files.has(t.id)) this.files.set(t.id, { fds: this.attachTarget(t, result), users: new Set() });
+      this.use(pid, t.id);
+      result.files.push(t.id);
     }
     return result;
   }
 
-  private attachTarget(pid: number, t: TlsTarget, result: AttachResult): number[] {
+  /** Keep these files attached for a known image until unpin(image). */
+  pin(image: string, files: string[]): void {
+    for (const id of files) if (this.files.has(id)) this.use(image, id);
+  }
+
+  unpin(image: string): void {
+    this.detach(image);
+  }
+
+  private use(user: User, id: string): void {
+    this.files.get(id)!.users.add(user);
+    let mine = this.byUser.get(user);
+    if (!mine) this.byUser.set(user, (mine = new Set()));
+    mine.add(id);
+  }
+
+  private attachTarget(t: TlsTarget, result: AttachResult): number[] {
     const fds: number[] = [];
+    const pid = EVERY_PROCESS[this.kind];
     const groups = [
       { progFd: this.entryFd, retprobe: false, fns: t.functions },
       { progFd: this.retFd, retprobe: true, fns: t.functions.filter((f) => f.ret) },
@@ -93,10 +121,6 @@ export class Attacher {
           }
           result.attached += batch.length;
         } catch (e) {
-          if ((e as { errno?: number }).errno === ESRCH) {
-            result.vanished = true;
-            return fds;
-          }
           this.attachErrors++;
           result.errors.push(`${batch.map((f) => f.name).join(", ")} in ${t.path}: ${(e as Error).message}`);
         }
@@ -105,19 +129,30 @@ export class Attacher {
     return fds;
   }
 
-  private release(fds: number[]): void {
-    this.closer.close(fds);
+  /** user no longer uses file id; the file's probes go with its last user. */
+  private drop(user: User, id: string): void {
+    this.byUser.get(user)?.delete(id);
+    const f = this.files.get(id);
+    if (!f) return;
+    f.users.delete(user);
+    if (f.users.size === 0) {
+      this.closer.close(f.fds);
+      this.files.delete(id);
+    }
   }
 
-  detach(pid: number): void {
-    const mine = this.probes.get(pid);
+  /** pid exited or left its scope (or an image is forgotten). */
+  detach(user: User): void {
+    const mine = this.byUser.get(user);
     if (!mine) return;
-    for (const fds of mine.values()) this.release(fds);
-    this.probes.delete(pid);
+    for (const id of [...mine]) this.drop(user, id);
+    this.byUser.delete(user);
   }
 
   async detachAll(): Promise<void> {
-    for (const pid of [...this.probes.keys()]) this.detach(pid);
+    for (const f of this.files.values()) this.closer.close(f.fds);
+    this.files.clear();
+    this.byUser.clear();
     await this.closer.stop();
   }
 }

@@ -11,6 +11,7 @@ import { BPF_TRACE_UPROBE_MULTI, uprobeMultiSupported } from "../../lib/uprobe.t
 import objectPath from "../../bpf/kloak.bpf.o" with { type: "file" };
 import { EnvironmentError } from "../errors.ts";
 import { LAYOUT, Mode } from "./abi.ts";
+import { violationMask } from "./refusals.ts";
 import {
   NodeFacts,
   probeRewriteMode,
@@ -37,8 +38,8 @@ export const MODE_PROGRAMS: Record<RewriteMode, readonly [entry: string, ret: st
   stop: ["kloak_tls_stop", "kloak_tls_ret_stop"],
 };
 
-/** Process lifecycle: scopes follow fork, exec is held until attached, exit detaches. */
-export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit"] as const;
+/** Process lifecycle: scopes follow fork, exec is held until attached, exit detaches; signals to traced threads wake the tracer. */
+export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit", "kloak_signal"] as const;
 /** Sends inside TLS calls, which tie a connection to its socket. */
 export const SEND_TRACEPOINTS = ["kloak_send_write", "kloak_send_writev", "kloak_send_sendto", "kloak_send_sendmsg"] as const;
 
@@ -118,6 +119,7 @@ export function loadInMode(
     if (cfg.byteLength < LAYOUT.kloak_config.size) throw new Error(".rodata.config is smaller than struct kloak_config");
     cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);
     cfg.setUint32(LAYOUT.kloak_config.fields.scan_cap, o.scanCap, true);
+    cfg.setUint32(LAYOUT.kloak_config.fields.violations, violationMask(), true);
     // Real values live in the kernel only in kernel mode.
     if (mode === "stop") obj.map("kloak_values").setMaxEntries(1);
     const programs = obj.programs().filter((p) => p.autoload);

@@ -6,17 +6,20 @@
 import { BpfLink, BpfMap, BpfObject, possibleCpus } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
 import { existsSync, readdirSync } from "node:fs";
+import { exePath, kernelFileId, mntnsInode, netnsInode } from "../../lib/proc.ts";
 import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT } from "../../lib/libc.ts";
 import {
   COUNTERS,
   encodeBytes,
   encodeGrant,
+  encodeImage,
   encodeName256,
   encodeNameAddr,
   encodePhKey,
   encodePolicy,
   encodeProc,
   encodeResolved,
+  encodeScope,
   encodeU32,
   encodeU64,
   EventType,
@@ -29,7 +32,9 @@ import {
   type KernelRule,
   type RefusalEvent,
   type SniEvent,
+  ScopeFlags,
 } from "./abi.ts";
+import { actionCode, REFUSALS, type ViolationAction } from "./refusals.ts";
 import { Attacher } from "./attacher.ts";
 import {
   loadObject,
@@ -41,7 +46,9 @@ import {
   type UprobeKind,
 } from "./bpf-object.ts";
 import type { FromWorker, ToWorker, WorkerStats } from "./ring-protocol.ts";
+import type { HoldMethod } from "./tracer.ts";
 import { TlsTargetFinder } from "./tls-targets.ts";
+import { PINNED_MAPS, pinPath, unpinState } from "./release.ts";
 
 export interface DataplaneOptions {
   mode: RewriteMode | "auto";
@@ -51,8 +58,17 @@ export interface DataplaneOptions {
   stopWaitMs?: number;
   /** default: multi-uprobe links where the kernel has them */
   uprobes?: UprobeKind | "auto";
+  /** default ptrace: holds no parent sees (tracer.ts) */
+  holds?: HoldMethod;
   /** called for attach problems and other things an operator should see */
   warn?: (msg: string) => void;
+}
+
+export interface ScopeSettings {
+  /** inode of the network namespace the scope's sockets must be in; null: its first process's */
+  netns: bigint | null;
+  strictBinding: boolean;
+  onViolation: ViolationAction;
 }
 
 export interface SecretEntry {
@@ -91,6 +107,10 @@ export class Dataplane {
     | "entitled"
     | "counters"
     | "events"
+    | "writes"
+    | "refusals"
+    | "scopes"
+    | "onViolation"
     | "stopReleased"
     | "policy"
     | "resolved"
@@ -99,13 +119,14 @@ export class Dataplane {
     | "cgroups"
     | "conns"
     | "inflight"
-    | "stopOwner",
+    | "stopOwner"
+    | "images",
     BpfMap
   >;
   private readonly tracepoints: BpfLink[] = [];
   private readonly attacher: Attacher;
   private readonly worker: Worker;
-  private readonly bellFd: number;
+  private bellFd: number;
   private readonly cpus = possibleCpus();
   private seq = 0;
   private readonly acks = new Map<number, () => void>();
@@ -117,9 +138,18 @@ export class Dataplane {
     patchFailed: 0,
     notStopped: 0,
     noValue: 0,
+    killedNoRestore: 0,
+    blocked: 0,
+    traced: 0,
+    traceFailed: 0,
+    holdsEnded: 0,
   };
   private statsWaiters: (() => void)[] = [];
   private closed = false;
+  private readonly scopes = new Map<number, ScopeSettings>();
+  private readonly learnedNetns = new Set<number>();
+  /** images whose exec needs no hold (kloak_images), by key: the scope that taught it */
+  private readonly images = new Map<string, { key: Uint8Array; scope: number }>();
   /** removed processes whose probes go once no write of theirs is in flight */
   private readonly detaching = new Map<number, ReturnType<typeof setTimeout>>();
 
@@ -142,6 +172,10 @@ export class Dataplane {
       entitled: obj.map("kloak_entitled"),
       counters: obj.map("kloak_counters"),
       events: obj.map("tls_events"),
+      writes: obj.map("kloak_writes"),
+      refusals: obj.map("kloak_refusals"),
+      scopes: obj.map("kloak_scopes"),
+      onViolation: obj.map("kloak_on_violation"),
       stopReleased: obj.map("kloak_stop_released"),
       policy: obj.map("kloak_policy"),
       resolved: obj.map("kloak_resolved"),
@@ -151,6 +185,7 @@ export class Dataplane {
       conns: obj.map("kloak_conns"),
       inflight: obj.map("kloak_inflight"),
       stopOwner: obj.map("kloak_stop_owner"),
+      images: obj.map("kloak_images"),
     };
     const [entry, ret] = MODE_PROGRAMS[mode];
     this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder(), uprobes);
@@ -198,16 +233,21 @@ export class Dataplane {
       };
       this.post({
         type: "init",
-        ringFd: this.maps.events.fd,
-        ringSize: this.maps.events.maxEntries,
+        eventsFd: this.maps.events.fd,
+        eventsSize: this.maps.events.maxEntries,
+        writesFd: this.maps.writes.fd,
+        writesSize: this.maps.writes.maxEntries,
         bellFd: this.bellFd,
         stopReleasedFd: this.maps.stopReleased.fd,
+        procsFd: this.maps.procs.fd,
         stopWaitMs: this.opts.stopWaitMs ?? 500,
+        trace: (this.opts.holds ?? "ptrace") === "ptrace",
       });
     });
   }
 
   private post(m: ToWorker): void {
+    if (this.bellFd < 0) return; // the worker is gone
     this.worker.postMessage(m);
     eventfdSignal(this.bellFd);
   }
@@ -230,11 +270,7 @@ export class Dataplane {
   }
 
   private addStats(s: WorkerStats): void {
-    this.workerTotals.patched += s.patched;
-    this.workerTotals.restored += s.restored;
-    this.workerTotals.patchFailed += s.patchFailed;
-    this.workerTotals.notStopped += s.notStopped;
-    this.workerTotals.noValue += s.noValue;
+    for (const k of Object.keys(this.workerTotals) as (keyof WorkerStats)[]) this.workerTotals[k] += s[k];
   }
 
   private onEvents(events: DataplaneEvent[]): void {
@@ -246,10 +282,16 @@ export class Dataplane {
       switch (ev.type) {
         case EventType.FORK:
           sync.add(ev.tgid);
+          this.learnNetns(ev.scopeId, ev.tgid);
           break;
         case EventType.EXEC:
           sync.add(ev.tgid);
           resume.add(ev.tgid);
+          this.learnNetns(ev.scopeId, ev.tgid);
+          break;
+        case EventType.EXEC_KNOWN:
+          // Not held: its files are attached; only the bookkeeping of who uses them.
+          sync.add(ev.tgid);
           break;
         case EventType.EXIT:
           sync.delete(ev.tgid);
@@ -265,13 +307,38 @@ export class Dataplane {
       }
     }
     // A process removed from its scope meanwhile (removeProcess) is not attached again.
-    for (const tgid of sync) if (this.processScope(tgid) !== undefined) this.attach(tgid);
-    for (const tgid of resume) kill(tgid, SIGCONT);
+    for (const tgid of sync) {
+      const scope = this.processScope(tgid);
+      if (scope === undefined) continue;
+      const files = this.attach(tgid);
+      // Held now, and every TLS file of its image attached: the image's next exec needs no hold.
+      if (files && resume.has(tgid)) this.learnImage(tgid, scope, files);
+    }
+    for (const tgid of resume) this.post({ type: "release", reason: "exec", tgid, tid: tgid, seq: 0n });
   }
 
-  private attach(tgid: number): void {
+  /** Attach the TLS files of tgid; its file ids, or null when some could not be attached. */
+  private attach(tgid: number): string[] | null {
     const r = this.attacher.sync(tgid);
     for (const err of r.errors) this.opts.warn?.(`attach to pid ${tgid}: ${err}`);
+    return r.errors.length ? null : r.files;
+  }
+
+  /**
+   * Remember pid's executable (in its mount namespace, which decides the
+   * libraries it loads) as known: a traced process that execs it is not held.
+   * Its files stay attached while the image is known (until its scope goes).
+   */
+  private learnImage(pid: number, scope: number, files: string[]): void {
+    const file = exePath(pid) === null ? null : kernelFileId(`/proc/${pid}/exe`);
+    const mntns = mntnsInode(pid);
+    if (!file || mntns === null) return;
+    const key = encodeImage(file.ino, file.dev, mntns);
+    const id = Buffer.from(key).toString("hex");
+    if (this.images.has(id)) return;
+    this.attacher.pin(id, files);
+    this.images.set(id, { key, scope });
+    this.maps.images.update(key, new Uint8Array([1]));
   }
 
   onRefusal(fn: (e: RefusalEvent) => void): void {
@@ -304,12 +371,9 @@ export class Dataplane {
     // Closed meanwhile: the maps are gone, but a held client must still run.
     if (!this.closed) this.maps.names.update(encodeName256(e.sni), new Uint8Array([1]));
     if (!e.hold) return;
-    kill(e.tgid, SIGCONT);
-    if (this.closed) return;
-    // Release the claim after the SIGCONT, by its seq, as the ring worker does.
-    const seq = new Uint8Array(8);
-    new DataView(seq.buffer).setBigUint64(0, e.seq, true);
-    this.maps.stopReleased.update(encodeU32(e.tgid), seq);
+    // Closed: the worker let every traced thread go; an untraced process needs its SIGCONT.
+    if (this.closed) kill(e.tgid, SIGCONT);
+    else this.post({ type: "release", reason: "sni", tgid: e.tgid, tid: e.tid, seq: e.seq });
   }
 
   /** Load one secret; resolves once the worker holds it too, so it is usable at once. */
@@ -411,6 +475,7 @@ export class Dataplane {
    */
   removeProcess(pid: number): boolean {
     const had = this.maps.procs.delete(encodeU32(pid));
+    this.post({ type: "disown", tgid: pid });
     // Not at once: a probe that found the process in the map just before the
     // delete may be about to record its write.
     this.detachWhenIdle(pid, INFLIGHT_POLL_MS);
@@ -492,6 +557,7 @@ export class Dataplane {
     this.maps.secrets.delete(encodeU32(id));
     if (this.mode === "kernel") this.maps.values.delete(encodeU32(id));
     this.maps.policy.delete(encodeU32(id));
+    this.maps.onViolation.delete(encodeU32(id));
     if (this.mode === "stop") await this.toWorker({ type: "delete", seq: 0, id });
   }
 
@@ -517,12 +583,24 @@ export class Dataplane {
   /** Protect a running process (and, through the fork tracepoint, its future children). */
   addProcess(pid: number, scopeId: number): void {
     this.maps.procs.update(encodeU32(pid), encodeProc(scopeId));
+    this.learnNetns(scopeId, pid);
+    // Traced before its probes exist: its first hold is already one its parent cannot see.
+    this.post({ type: "adopt", tgid: pid });
     this.attach(pid);
   }
 
-  /** Pin the process map so a guardian can release stopped processes if this process dies. */
-  pinProcesses(path: string): void {
-    this.maps.procs.pin(path);
+  /**
+   * Pin the maps a guardian needs to release this kloak's processes without
+   * leaving a value behind (release.ts): processes, writes in flight,
+   * placeholders, stop claims. Undone by unpin().
+   */
+  pinState(base: string): void {
+    try {
+      for (const [suffix, name] of Object.entries(PINNED_MAPS)) this.obj.map(name).pin(pinPath(base, suffix as keyof typeof PINNED_MAPS));
+    } catch (e) {
+      unpinState(base);
+      throw e;
+    }
   }
 
   counters(): Record<CounterName, bigint> {
@@ -536,6 +614,70 @@ export class Dataplane {
       out[name] = sum;
     });
     return out;
+  }
+
+  /** Refusals the kernel counted, by reason (refusals.ts); the worker's are in workerStats(). */
+  refusalCounts(): Record<string, bigint> {
+    const out: Record<string, bigint> = {};
+    const value = new Uint8Array(8 * this.cpus);
+    const view = new DataView(value.buffer);
+    for (const r of REFUSALS) {
+      if (r.kernel === null) continue;
+      let sum = 0n;
+      if (this.maps.refusals.lookup(encodeU32(r.kernel), value))
+        for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
+      out[r.name] = sum;
+    }
+    return out;
+  }
+
+  /**
+   * How a scope is protected: the network namespace (inode of /proc/<pid>/ns/net)
+   * its sockets must be in, strict binding (refuse connections bound only
+   * through the app's own BIO), and what a violation does unless the secret
+   * says otherwise. netns null: the namespace of the first process seen in the
+   * scope (a pod's); until then its secrets with rules are refused.
+   */
+  setScope(scopeId: number, s: ScopeSettings): void {
+    this.scopes.set(scopeId, s);
+    this.writeScope(scopeId, s.netns ?? 0n);
+  }
+
+  removeScope(scopeId: number): void {
+    this.scopes.delete(scopeId);
+    this.maps.scopes.delete(encodeU32(scopeId));
+    for (const [id, img] of this.images) {
+      if (img.scope !== scopeId) continue;
+      this.maps.images.delete(img.key);
+      this.attacher.unpin(id);
+      this.images.delete(id);
+    }
+  }
+
+  private writeScope(scopeId: number, netns: bigint): void {
+    const s = this.scopes.get(scopeId);
+    if (!s) return;
+    const flags = s.strictBinding ? ScopeFlags.STRICT_BINDING : 0;
+    this.maps.scopes.update(encodeU32(scopeId), encodeScope({ netns, flags, onViolation: actionCode(s.onViolation) }));
+  }
+
+  /** A scope waiting for its first process's network namespace takes pid's. */
+  private learnNetns(scopeId: number, pid: number): void {
+    const s = this.scopes.get(scopeId);
+    if (!s || s.netns !== null || this.learnedNetns.has(scopeId)) return;
+    try {
+      const netns = netnsInode(pid);
+      this.learnedNetns.add(scopeId);
+      this.writeScope(scopeId, netns);
+    } catch {
+      // gone already: the next process will tell
+    }
+  }
+
+  /** What a violation with this secret does (else its scope's default). */
+  setViolationAction(secretId: number, action: ViolationAction | null): void {
+    if (action === null) this.maps.onViolation.delete(encodeU32(secretId));
+    else this.maps.onViolation.update(encodeU32(secretId), encodeU32(actionCode(action)));
   }
 
   /** Substitution results of stop mode, as counted by the worker. */
@@ -579,6 +721,7 @@ export class Dataplane {
     });
     this.worker.terminate();
     closeFd(this.bellFd);
+    this.bellFd = -1;
     this.obj.close();
   }
 }

@@ -1,64 +1,200 @@
 /**
- * Releasing processes that kloak stopped and can no longer resume itself.
+ * Releasing the processes of a kloak that can no longer serve them, without
+ * leaving a value behind.
  *
- * In stop mode a writer waits, stopped, for the agent. If the agent dies
- * there, something else must send SIGCONT: `kloak exec` pins its process map
- * in bpffs and leaves a guardian process that, when the agent is gone, resumes
- * every stopped process of that map. A later kloak start does the same for
- * pins whose agent is dead (the guardian died too).
+ * A kloak (exec or agent) pins four of its maps in bpffs: its processes, the
+ * writes in flight (what was substituted where), the placeholders, and the
+ * stop claims. A guardian process watches it; when kloak dies, or leaves a
+ * writer stopped past STUCK_MS (kloak itself stopped or hung), the guardian
+ * stops the writers that have a substitution in flight, puts every
+ * placeholder back, and only then resumes them. A later kloak start does the
+ * same for pins whose owner and guardian are both gone.
  */
 import { existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
-import { mapKeys, objGet } from "../../lib/libbpf.ts";
-import { close, kill, SIGCONT } from "../../lib/libc.ts";
-import { isStopped } from "../../lib/proc.ts";
+import { mapKeys, mapLookup, objGet } from "../../lib/libbpf.ts";
+import { close, kill, monotonicNs, procMemWrite, SIGCONT, SIGKILL, SIGSTOP } from "../../lib/libc.ts";
+import { isStopped, threadState } from "../../lib/proc.ts";
+import { LAYOUT, MAX_SUBST } from "./abi.ts";
 
 export const PIN_DIR = "/sys/fs/bpf/kloak";
 
-export function execPinPath(agentPid: number): string {
-  return `${PIN_DIR}/exec-${agentPid}-procs`;
+/** The maps a kloak pins, by the suffix of their pin (`<base>-<suffix>`). */
+export const PINNED_MAPS = {
+  procs: "kloak_procs",
+  inflight: "kloak_inflight",
+  secrets: "kloak_secrets",
+  stopowner: "kloak_stop_owner",
+  released: "kloak_stop_released",
+} as const;
+type Pinned = keyof typeof PINNED_MAPS;
+
+/** The pins of a kloak exec (`.../exec-<pid>`) or agent (`.../agent-<pid>`): add `-<map>`. */
+export function execPinBase(pid: number): string {
+  return `${PIN_DIR}/exec-${pid}`;
+}
+export function agentPinBase(pid: number): string {
+  return `${PIN_DIR}/agent-${pid}`;
 }
 
-/** The node agent's pin: same release path as kloak exec's. */
-export function agentPinPath(agentPid: number): string {
-  return `${PIN_DIR}/agent-${agentPid}-procs`;
+export function pinPath(base: string, map: Pinned): string {
+  return `${base}-${map}`;
 }
 
 export function ensurePinDir(): void {
   mkdirSync(PIN_DIR, { recursive: true, mode: 0o700 });
 }
 
-/** SIGCONT every stopped process in the pinned map; returns how many were resumed. */
-export function releasePinned(pinPath: string): number {
-  const fd = objGet(pinPath);
+/** A writer's stop lasting longer than this means its kloak is stopped, hung or gone. */
+export const STUCK_MS = 1500;
+
+const u32 = (b: Uint8Array, off = 0) => new DataView(b.buffer, b.byteOffset).getUint32(off, true);
+
+function withFd<T>(path: string, fn: (fd: number) => T): T | undefined {
+  if (!existsSync(path)) return undefined;
+  const fd = objGet(path);
   try {
-    let resumed = 0;
-    for (const key of mapKeys(fd, 4)) {
-      const pid = new DataView(key.buffer).getUint32(0, true);
-      if (isStopped(pid) && kill(pid, SIGCONT)) resumed++;
-    }
-    return resumed;
+    return fn(fd);
   } finally {
     close(fd);
   }
 }
 
-/**
- * Release, then keep releasing for a short while: a probe that was running
- * when the agent died may still stop its writer after the first pass.
- * Bound: every process is resumed within the last round (1 s after start).
- */
-export async function releaseUntilQuiet(pinPath: string, rounds = [0, 20, 50, 100, 200, 300, 330]): Promise<number> {
-  let total = 0;
-  for (const wait of rounds) {
-    if (wait) await Bun.sleep(wait);
-    if (!existsSync(pinPath)) break;
-    total += releasePinned(pinPath);
+function waitStopped(pid: number, tid: number, ms: number): boolean {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    if (isStopped(pid, tid)) return true;
+    const st = threadState(pid, tid);
+    if (st === null || st === "Z" || st === "X") return false;
+    Bun.sleepSync(1);
   }
-  rmSync(pinPath, { force: true });
-  return total;
+  return false;
 }
 
-/** Pins left by kloak exec or agent processes that no longer exist. */
+/**
+ * Put back the placeholders of every write in flight in the given processes
+ * (all of them when `only` is absent). Each writer is stopped first: its
+ * thread must not be encrypting the buffer meanwhile. A placeholder that
+ * cannot be put back kills its process. Returns the pids it left stopped (the
+ * caller resumes them) and how many it killed.
+ */
+export function restoreInFlight(base: string, only?: Set<number>): { stopped: Set<number>; killed: number } {
+  const stopped = new Set<number>();
+  let killed = 0;
+  const F = LAYOUT.kloak_write_event.fields;
+  const I = LAYOUT.kloak_item;
+  withFd(pinPath(base, "inflight"), (inflight) =>
+    withFd(pinPath(base, "secrets"), (secrets) => {
+      const rec = new Uint8Array(LAYOUT.kloak_write_event.size);
+      const ph = new Uint8Array(LAYOUT.kloak_bytes.size);
+      for (const key of mapKeys(inflight, 4)) {
+        if (!mapLookup(inflight, key, rec)) continue;
+        const v = new DataView(rec.buffer);
+        const pid = v.getUint32(F.tgid, true);
+        const tid = v.getUint32(F.tid, true);
+        if (only && !only.has(pid)) continue;
+        if (threadState(pid, tid) === null) continue; // gone, and the value with it
+        if (!isStopped(pid, tid)) {
+          kill(pid, SIGSTOP);
+          if (!waitStopped(pid, tid, 500)) {
+            kill(pid, SIGKILL);
+            killed++;
+            continue;
+          }
+        }
+        stopped.add(pid);
+        let ok = true;
+        const n = Math.min(v.getUint32(F.count, true), MAX_SUBST);
+        for (let i = 0; i < n; i++) {
+          const o = F.items + i * I.size;
+          const addr = v.getBigUint64(o + I.fields.addr, true);
+          const len = v.getUint32(o + I.fields.len, true);
+          const id = new Uint8Array(4);
+          new DataView(id.buffer).setUint32(0, v.getUint32(o + I.fields.secret_id, true), true);
+          try {
+            ok = mapLookup(secrets, id, ph) && u32(ph) === len && procMemWrite(pid, addr, ph.subarray(8, 8 + len)) === len && ok;
+          } catch {
+            ok = false;
+          }
+        }
+        if (!ok) {
+          kill(pid, SIGKILL);
+          killed++;
+          stopped.delete(pid);
+        }
+      }
+    }),
+  );
+  return { stopped, killed };
+}
+
+/** Every process of the pin that is stopped gets SIGCONT; returns how many. */
+function resumeAll(base: string): number {
+  return (
+    withFd(pinPath(base, "procs"), (procs) => {
+      let n = 0;
+      for (const key of mapKeys(procs, 4)) {
+        const pid = u32(key);
+        if (isStopped(pid) && kill(pid, SIGCONT)) n++;
+      }
+      return n;
+    }) ?? 0
+  );
+}
+
+/**
+ * The owner is gone: restore every write in flight, resume everything, then
+ * keep resuming for a short while (a probe that ran as the owner died may
+ * still stop its writer after the first pass; every process is resumed within
+ * the last round, 1 s after start). Removes the pins.
+ */
+export async function releaseDead(base: string, rounds = [0, 20, 50, 100, 200, 300, 330]): Promise<{ resumed: number; killed: number }> {
+  let resumed = 0;
+  let killed = 0;
+  for (const wait of rounds) {
+    if (wait) await Bun.sleep(wait);
+    if (!existsSync(pinPath(base, "procs"))) break;
+    killed += restoreInFlight(base).killed;
+    resumed += resumeAll(base);
+  }
+  unpinState(base);
+  return { resumed, killed };
+}
+
+/** Remove every pin of base (the owner's clean exit, or after a release). */
+export function unpinState(base: string): void {
+  for (const m of Object.keys(PINNED_MAPS) as Pinned[]) rmSync(pinPath(base, m), { force: true });
+}
+
+/**
+ * The owner lives but has left writers stopped past STUCK_MS: put their
+ * placeholders back and resume them. (The kernel treats such a claim as stale
+ * after 1 s; the owner, should it wake, finds the writer running and fails
+ * closed.) Returns how many writers were released.
+ */
+export function releaseStuck(base: string): number {
+  const stuck = new Set<number>();
+  const now = monotonicNs();
+  withFd(pinPath(base, "stopowner"), (owners) =>
+    withFd(pinPath(base, "released"), (released) => {
+      const value = new Uint8Array(LAYOUT.kloak_stop_owner.size);
+      const done = new Uint8Array(8);
+      for (const key of mapKeys(owners, 4)) {
+        if (!mapLookup(owners, key, value)) continue;
+        const seq = new DataView(value.buffer).getBigUint64(LAYOUT.kloak_stop_owner.fields.seq, true);
+        // A claim the owner released is over: a stop now is someone else's (a user's ^Z).
+        if (mapLookup(released, key, done) && new DataView(done.buffer).getBigUint64(0, true) === seq) continue;
+        const pid = u32(key);
+        if (now - seq > BigInt(STUCK_MS) * 1_000_000n && isStopped(pid)) stuck.add(pid);
+      }
+    }),
+  );
+  if (stuck.size === 0) return 0;
+  restoreInFlight(base, stuck);
+  for (const pid of stuck) kill(pid, SIGCONT);
+  return stuck.size;
+}
+
+/** Pin bases of kloak exec or agent processes that no longer exist. */
 export function stalePins(): string[] {
   let names: string[];
   try {
@@ -67,7 +203,7 @@ export function stalePins(): string[] {
     return [];
   }
   return names
-    .map((n) => /^(?:exec|agent)-(\d+)-procs$/.exec(n))
-    .filter((m): m is RegExpExecArray => m !== null && !existsSync(`/proc/${m[1]}`))
-    .map((m) => `${PIN_DIR}/${m[0]}`);
+    .map((n) => /^((?:exec|agent)-(\d+))-procs$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null && !existsSync(`/proc/${m[2]}`))
+    .map((m) => `${PIN_DIR}/${m[1]}`);
 }

@@ -2,11 +2,29 @@
 import type { DataplaneEvent } from "./abi.ts";
 
 export type ToWorker =
-  | { type: "init"; ringFd: number; ringSize: number; bellFd: number; stopReleasedFd: number; stopWaitMs: number }
+  | {
+      type: "init";
+      eventsFd: number;
+      eventsSize: number;
+      writesFd: number;
+      writesSize: number;
+      bellFd: number;
+      stopReleasedFd: number;
+      procsFd: number;
+      stopWaitMs: number;
+      /** hold by ptrace (tracer.ts); false: group stops, which parents see */
+      trace: boolean;
+    }
   | { type: "secret"; seq: number; id: number; placeholder: Uint8Array; value: Uint8Array }
   /** a secret is being deleted: serve every request already in the ring (a pending restore
    * still needs the placeholder), then drop the value and placeholder; acked */
   | { type: "delete"; seq: number; id: number }
+  /** a hold announced on tls_events is over: exec (attached) or SNI (name resolved) */
+  | { type: "release"; reason: "exec" | "sni"; tgid: number; tid: number; seq: bigint }
+  /** trace a running process that joined a scope (agent: pods already running) */
+  | { type: "adopt"; tgid: number }
+  /** stop tracing a process that left its scope */
+  | { type: "disown"; tgid: number }
   | { type: "stats" }
   | { type: "stop" };
 
@@ -19,6 +37,16 @@ export interface WorkerStats {
   /** requests dropped because the writer was not seen stopped in time */
   notStopped: number;
   noValue: number;
+  /** writers killed because a placeholder could not be put back */
+  killedNoRestore: number;
+  /** connections shut down by the violation policy "block" */
+  blocked: number;
+  /** processes kloak traced (their holds are invisible to their parents) */
+  traced: number;
+  /** processes kloak could not trace (already traced by another): held with group stops */
+  traceFailed: number;
+  /** holds ended by the tracer */
+  holdsEnded: number;
 }
 
 export type FromWorker =

@@ -1,35 +1,61 @@
 /**
- * The data plane's fast path, on its own thread: it waits on the tls_events
- * ring in epoll_wait (a blocking wait here never freezes the main thread's
- * servers), serves stop-mode substitutions itself (patch the stopped writer
- * with process_vm_writev, then SIGCONT) and forwards everything else to the
- * main thread, which owns libbpf.
+ * The data plane's fast path, on its own thread: it waits on both rings in
+ * epoll_wait (a blocking wait here never freezes the main thread's servers),
+ * serves stop mode's requests itself (kloak_writes: patch the held writer
+ * with process_vm_writev, restore it, or shut a blocked connection down, then
+ * let it go), forwards everything else (tls_events) to the main thread, which
+ * owns libbpf, and is the tracer of the protected processes (tracer.ts: ptrace
+ * binds tracees to this thread), so every hold ends here.
  *
  * Safety rules of stop mode:
- *  - patch a thread only once /proc shows it stopped: the writer cannot be
+ *  - touch a thread only once it is seen held (a traced thread in its hold's
+ *    ptrace stop, an untraced one stopped in /proc): the writer cannot be
  *    reading the buffer then, and only this thread resumes it;
- *  - the kernel lets one thread per process at a time hold a stop (from its
- *    substitution to its restore); the worker releases that claim only after
- *    the restore's SIGCONT, so a SIGCONT never cancels another thread's stop;
- *  - a value that cannot be written whole is undone: the placeholder goes out.
+ *  - untraced processes stop as a whole, so the kernel lets one thread per
+ *    process at a time hold a stop (from its substitution to its restore); the
+ *    worker releases that claim only after the restore's SIGCONT, so a SIGCONT
+ *    never cancels another thread's stop (traced threads are held one by one);
+ *  - a value that cannot be written whole is undone: the placeholder goes out;
+ *  - a placeholder that cannot be put back kills the writer: no value is left
+ *    behind in a process that runs on.
  */
+import { fstatSync } from "node:fs";
 import { RingBufferReader } from "../../lib/ringbuf.ts";
-import { epollAdd, epollCreate, epollWait, eventfdDrain, kill, processVmWrite, SIGCONT } from "../../lib/libc.ts";
+import {
+  close,
+  epollAdd,
+  epollCreate,
+  epollWait,
+  eventfdDrain,
+  kill,
+  pidfdGetfd,
+  pidfdOpen,
+  procMemWrite,
+  processVmWrite,
+  SHUT_RDWR,
+  shutdown,
+  SIGCONT,
+  SIGKILL,
+} from "../../lib/libc.ts";
 import { isStopped, threadState } from "../../lib/proc.ts";
-import { mapUpdateRaw } from "../../lib/uprobe.ts";
-import { decodeEvent, EventType, type DataplaneEvent, type WriteEvent } from "./abi.ts";
+import { BPF_EXIST, mapLookupRaw, mapUpdateRaw } from "../../lib/uprobe.ts";
+import { decodeEvent, encodeU32, EventType, LAYOUT, ProcFlags, type BlockEvent, type DataplaneEvent, type WriteEvent } from "./abi.ts";
 import type { ToWorker, WorkerStats } from "./ring-protocol.ts";
+import { Tracer } from "./tracer.ts";
 
 declare const self: Worker;
 
 const values = new Map<number, Uint8Array>();
 const placeholders = new Map<number, Uint8Array>();
-let ring: RingBufferReader | undefined;
+let writes: RingBufferReader | undefined;
+let events: RingBufferReader | undefined;
 let epfd = -1;
 let bellFd = -1;
 let running = true;
 let stopWaitMs = 500;
 let stopReleasedFd = -1;
+let procsFd = -1;
+let tracer: Tracer | undefined;
 
 const stats: WorkerStats = {
   patched: 0,
@@ -37,7 +63,23 @@ const stats: WorkerStats = {
   patchFailed: 0,
   notStopped: 0,
   noValue: 0,
+  killedNoRestore: 0,
+  blocked: 0,
+  traced: 0,
+  traceFailed: 0,
+  holdsEnded: 0,
 };
+
+/** kloak_procs[tgid].flags TRACED: the kernel holds one thread of it, not the group. */
+function markTraced(tgid: number, on: boolean): void {
+  const key = encodeU32(tgid);
+  const value = new Uint8Array(LAYOUT.kloak_proc.size);
+  if (!mapLookupRaw(procsFd, key, value)) return; // left its scope or exited
+  const v = new DataView(value.buffer);
+  const f = LAYOUT.kloak_proc.fields.flags;
+  v.setUint32(f, on ? v.getUint32(f, true) | ProcFlags.TRACED : v.getUint32(f, true) & ~ProcFlags.TRACED, true);
+  mapUpdateRaw(procsFd, key, value, BPF_EXIST); // never re-add a process that exited meanwhile
+}
 
 function waitStopped(tgid: number, tid: number): boolean {
   const deadline = performance.now() + stopWaitMs;
@@ -50,101 +92,226 @@ function waitStopped(tgid: number, tid: number): boolean {
   }
 }
 
-/** Write every item's bytes; on any failure put placeholders back where written. */
-function patch(ev: WriteEvent, source: Map<number, Uint8Array>, undo: Map<number, Uint8Array> | null): boolean {
+/** Write every item's value; on any failure put placeholders back where written. */
+function substitute(ev: WriteEvent): boolean {
   const done: typeof ev.items = [];
   for (const item of ev.items) {
-    const bytes = source.get(item.secretId);
+    const bytes = values.get(item.secretId);
     if (!bytes || bytes.length !== item.len) {
       stats.noValue++;
-      if (undo) break;
-      continue;
+      break;
     }
     try {
       if (processVmWrite(ev.tgid, item.addr, bytes) !== bytes.length) throw new Error("short write");
       done.push(item);
     } catch {
       stats.patchFailed++;
-      if (undo) break;
+      break;
     }
   }
-  if (undo && done.length !== ev.items.length) {
-    for (const item of done) {
-      const ph = undo.get(item.secretId);
-      if (ph)
-        try {
-          processVmWrite(ev.tgid, item.addr, ph);
-        } catch {
-          // the process went away
-        }
-    }
-    return false;
-  }
-  return true;
+  if (done.length === ev.items.length) return true;
+  for (const item of done) if (!putBack(ev.tgid, item)) return false;
+  return false;
 }
 
-function handle(ev: WriteEvent, resume: Set<number>, release: Map<number, bigint>): void {
-  resume.add(ev.tgid);
-  if (!waitStopped(ev.tgid, ev.tid)) {
-    // Fail closed: never touch a buffer the writer may be encrypting.
-    stats.notStopped++;
-    if (ev.type === EventType.RESTORE) release.set(ev.tgid, ev.seq);
+/** Put one placeholder back, through read-only protections if need be. */
+function putBack(tgid: number, item: WriteEvent["items"][number]): boolean {
+  const ph = placeholders.get(item.secretId);
+  if (!ph || ph.length !== item.len) return false;
+  try {
+    if (processVmWrite(tgid, item.addr, ph) === ph.length) return true;
+  } catch {
+    // read-only now (the process changed it during the call), or unmapped
+  }
+  try {
+    return procMemWrite(tgid, item.addr, ph) === ph.length;
+  } catch {
+    return false; // unmapped or moved: the value may live on elsewhere
+  }
+}
+
+/** The restore must happen; a writer whose buffer cannot be restored dies. */
+function restore(ev: WriteEvent): void {
+  let ok = true;
+  for (const item of ev.items) ok = putBack(ev.tgid, item) && ok;
+  if (ok) {
+    stats.restored += ev.items.length;
     return;
   }
-  if (ev.type === EventType.SUBSTITUTE) {
-    if (patch(ev, values, placeholders)) stats.patched += ev.items.length;
-  } else if (patch(ev, placeholders, null)) {
-    stats.restored += ev.items.length;
+  stats.killedNoRestore++;
+  kill(ev.tgid, SIGKILL);
+}
+
+/** Violation policy "block": shut the writer's socket down before its write runs. */
+function block(ev: BlockEvent): boolean {
+  let pidfd = -1;
+  let fd = -1;
+  try {
+    pidfd = pidfdOpen(ev.tgid);
+    fd = pidfdGetfd(pidfd, ev.fd);
+    if (BigInt(fstatSync(fd).ino) !== ev.ino) return false;
+    shutdown(fd, SHUT_RDWR);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    if (fd >= 0) close(fd);
+    if (pidfd >= 0) close(pidfd);
   }
-  if (ev.type === EventType.RESTORE) release.set(ev.tgid, ev.seq);
+}
+
+/**
+ * Serve one request of kloak_writes. The writer is held: a traced thread in
+ * its ptrace hold (let go here), an untraced process stopped as a whole
+ * (added to `resume`: SIGCONT once the ring is empty, then its claim released).
+ */
+function handle(ev: WriteEvent | BlockEvent, resume: Set<number>, release: Map<number, bigint>): void {
+  const traced = tracer?.traces(ev.tgid) === true;
+  let stopped: boolean;
+  if (traced) {
+    tracer!.expect(ev.tid, "write");
+    stopped = tracer!.waitHeld(ev.tid, stopWaitMs);
+  } else {
+    resume.add(ev.tgid);
+    stopped = waitStopped(ev.tgid, ev.tid);
+    if (ev.type !== EventType.SUBSTITUTE) release.set(ev.tgid, ev.seq);
+  }
+  switch (ev.type) {
+    case EventType.SUBSTITUTE:
+      // Fail closed: never touch a buffer the writer may be encrypting.
+      if (!stopped) stats.notStopped++;
+      else if (substitute(ev)) stats.patched += ev.items.length;
+      break;
+    case EventType.RESTORE:
+      if (stopped) restore(ev);
+      else if (threadState(ev.tgid, ev.tid) !== null) {
+        // Running on with the value in its buffer is the one outcome kloak must not allow.
+        stats.notStopped++;
+        stats.killedNoRestore++;
+        kill(ev.tgid, SIGKILL);
+      }
+      break;
+    case EventType.BLOCK:
+      if (stopped && block(ev)) stats.blocked++;
+      else {
+        resume.delete(ev.tgid);
+        kill(ev.tgid, SIGKILL);
+        return;
+      }
+      break;
+  }
+  if (traced) tracer!.release(ev.tid);
+}
+
+/**
+ * A hold the main thread ends: at exec once the new image is attached, at a
+ * new SNI once its name is known. An untraced process held at exec is adopted
+ * first (it is stopped, single-threaded and in no write), so everything it
+ * does from now on is held where its parent cannot see.
+ */
+function endHold(m: Extract<ToWorker, { type: "release" }>): void {
+  if (tracer?.traces(m.tgid)) {
+    tracer.release(m.tid);
+    return;
+  }
+  if (m.reason === "exec") tracer?.adopt(m.tgid);
+  kill(m.tgid, SIGCONT);
+  if (m.reason === "sni") releaseClaim(m.tgid, m.seq);
+}
+
+/** Only now may another thread of the process take the stop. Naming the claim's seq frees exactly that claim, never one taken since. */
+function releaseClaim(tgid: number, seq: bigint): void {
+  const key = new Uint8Array(4);
+  const value = new Uint8Array(8);
+  new DataView(key.buffer).setUint32(0, tgid, true);
+  new DataView(value.buffer).setBigUint64(0, seq, true);
+  mapUpdateRaw(stopReleasedFd, key, value);
+}
+
+/** Holds the kernel announces on tls_events, which the main thread will end. */
+function announce(ev: DataplaneEvent): void {
+  if (!tracer) return;
+  if (ev.type === EventType.EXEC && tracer.traces(ev.tgid)) tracer.expect(ev.tgid, "exec");
+  else if (ev.type === EventType.SNI && ev.hold && tracer.traces(ev.tgid)) tracer.expect(ev.tid, "sni");
+}
+
+/** Read tls_events: holds it announces are noted, the rest goes to the main thread. */
+function readEvents(forward: DataplaneEvent[]): void {
+  events?.drain((rec) => {
+    const ev = decodeEvent(rec);
+    if (ev?.type === EventType.WAKE) tracer?.woken(); // a wake only asks for a poll
+    if (!ev || ev.type === EventType.WAKE) return;
+    announce(ev);
+    forward.push(ev);
+  });
+}
+
+/** Serve kloak_writes until it is empty. */
+function serveWrites(): void {
+  if (!writes) return;
+  const resume = new Set<number>();
+  const release = new Map<number, bigint>();
+  // Read until the ring is empty, so an untraced process is resumed only when
+  // none of its threads still waits for a patch.
+  for (let round = 0; ; round++) {
+    writes.drain((rec) => {
+      const ev = decodeEvent(rec);
+      if (ev?.type === EventType.SUBSTITUTE || ev?.type === EventType.RESTORE || ev?.type === EventType.BLOCK)
+        handle(ev, resume, release);
+    });
+    // A record still being written may be another thread's request.
+    if (!writes.pending() || round >= 1000) break;
+  }
+  for (const tgid of resume) kill(tgid, SIGCONT);
+  for (const [tgid, seq] of release) releaseClaim(tgid, seq);
 }
 
 function drain(): void {
-  if (!ring) return;
   const forward: DataplaneEvent[] = [];
-  const resume = new Set<number>();
-  const release = new Map<number, bigint>();
-  // Read until the ring is empty, so a process is resumed only when none of
-  // its threads still waits for a patch.
-  for (let round = 0; ; round++) {
-    ring.drain((rec) => {
-      const ev = decodeEvent(rec);
-      if (!ev) return;
-      if (ev.type === EventType.SUBSTITUTE || ev.type === EventType.RESTORE) handle(ev, resume, release);
-      else forward.push(ev);
-    });
-    // A record still being written may be another thread's request.
-    if (resume.size === 0 || !ring.pending() || round >= 1000) break;
-  }
-  for (const tgid of resume) kill(tgid, SIGCONT);
-  // Only now may another thread of the process take the stop. Naming the
-  // claim's seq frees exactly that claim, never one taken since.
-  const key = new Uint8Array(4);
-  const value = new Uint8Array(8);
-  for (const [tgid, seq] of release) {
-    new DataView(key.buffer).setUint32(0, tgid, true);
-    new DataView(value.buffer).setBigUint64(0, seq, true);
-    mapUpdateRaw(stopReleasedFd, key, value);
+  tracer?.beginRead();
+  readEvents(forward);
+  tracer?.poll();
+  serveWrites();
+  if (tracer) {
+    // Every hold is announced on a ring before its signal is sent: a stop
+    // seen unannounced has its record in a ring by the next read pass. Read
+    // both again (serving what they hold); a stop seen before that pass and
+    // still unannounced is nobody's hold.
+    for (let i = 0; i < 3 && tracer.hasUnannounced(); i++) {
+      tracer.beginRead();
+      readEvents(forward);
+      serveWrites();
+    }
+    tracer.settle();
   }
   if (forward.length) postMessage({ type: "events", events: forward });
 }
 
 async function loop(): Promise<void> {
   while (running) {
-    const ready = epollWait(epfd, 50);
+    const ready = epollWait(epfd, tracer?.busy() ? 1 : 50);
     if (ready.includes(bellFd)) eventfdDrain(bellFd);
     drain();
     // Let queued messages (secret updates, stop) in.
     await new Promise((r) => setImmediate(r));
   }
   drain();
-  ring?.close();
+  // The probes are gone: no new hold can start. Held threads go on.
+  tracer?.detachAll();
+  writes?.close();
+  events?.close();
   postMessage({ type: "stopped", stats: takeStats() });
 }
 
 function takeStats(): WorkerStats {
+  if (tracer) {
+    stats.traced = tracer.stats.adopted;
+    stats.traceFailed = tracer.stats.adoptFailed;
+    stats.holdsEnded = tracer.stats.holds;
+    tracer.stats.adopted = tracer.stats.adoptFailed = tracer.stats.holds = 0;
+  }
   const out = { ...stats };
-  stats.patched = stats.restored = stats.patchFailed = stats.notStopped = stats.noValue = 0;
+  for (const k of Object.keys(stats) as (keyof WorkerStats)[]) stats[k] = 0;
   return out;
 }
 
@@ -154,9 +321,13 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     case "init":
       stopWaitMs = m.stopWaitMs;
       stopReleasedFd = m.stopReleasedFd;
-      ring = new RingBufferReader(m.ringFd, m.ringSize);
+      procsFd = m.procsFd;
+      if (m.trace) tracer = new Tracer(markTraced);
+      events = new RingBufferReader(m.eventsFd, m.eventsSize);
+      writes = new RingBufferReader(m.writesFd, m.writesSize);
       epfd = epollCreate();
-      epollAdd(epfd, m.ringFd);
+      epollAdd(epfd, m.eventsFd);
+      epollAdd(epfd, m.writesFd);
       bellFd = m.bellFd;
       epollAdd(epfd, bellFd);
       postMessage({ type: "ready" });
@@ -174,6 +345,15 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       values.delete(m.id);
       placeholders.delete(m.id);
       postMessage({ type: "ack", seq: m.seq });
+      break;
+    case "release":
+      endHold(m);
+      break;
+    case "adopt":
+      tracer?.adopt(m.tgid);
+      break;
+    case "disown":
+      tracer?.disown(m.tgid);
       break;
     case "stats":
       postMessage({ type: "stats", stats: takeStats() });

@@ -10,14 +10,18 @@ import { Fn } from "./abi.ts";
 
 /**
  * The probed functions of a TLS library: the writes, where placeholders are
- * substituted, and what ties a connection to its socket and name. `ret`: the
- * return is probed as well.
+ * substituted, and what ties a connection to its socket and name (the fd
+ * setters, the BIO setters, the SNI, the handshake). `ret`: the return is
+ * probed as well.
  */
 export const TLS_FUNCTIONS = [
   { name: "SSL_write", cookie: Fn.SSL_WRITE, ret: true },
   { name: "SSL_write_ex", cookie: Fn.SSL_WRITE_EX, ret: true },
   { name: "SSL_do_handshake", cookie: Fn.SSL_DO_HANDSHAKE, ret: true },
-  { name: "SSL_set_fd", cookie: Fn.SSL_SET_FD, ret: false },
+  { name: "SSL_set_fd", cookie: Fn.SSL_SET_FD, ret: true },
+  { name: "SSL_set_wfd", cookie: Fn.SSL_SET_WFD, ret: true },
+  { name: "SSL_set_bio", cookie: Fn.SSL_SET_BIO, ret: false },
+  { name: "SSL_set0_wbio", cookie: Fn.SSL_SET0_WBIO, ret: false },
   { name: "SSL_ctrl", cookie: Fn.SSL_CTRL, ret: false },
   { name: "SSL_free", cookie: Fn.SSL_FREE, ret: false },
 ] as const;

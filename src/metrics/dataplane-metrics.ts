@@ -5,28 +5,21 @@
  */
 import { Counter, Registry } from "prom-client";
 import type { CounterName } from "../dataplane/abi.ts";
+import { REFUSALS } from "../dataplane/refusals.ts";
 import type { WorkerStats } from "../dataplane/ring-protocol.ts";
 
 export interface DataplaneSnapshot {
   counters: Record<CounterName, bigint>;
+  /** kernel refusals by reason (refusals.ts) */
+  refusals: Record<string, bigint>;
   /** stop mode only: substitutions the worker did or failed closed */
   worker?: WorkerStats;
 }
 
-/** The `reason` label of kloak_substitutions_refused_total, from the kernel counter that counts it. */
-export const REFUSAL_COUNTERS: Record<string, CounterName> = {
-  unknown_placeholder: "refused_unknown",
-  truncated: "refused_truncated",
-  scope_not_entitled: "refused_not_entitled",
-  too_many_placeholders: "refused_too_many",
-  no_value: "refused_no_value",
-  write_failed: "refused_write_failed",
-  ringbuf_full: "refused_ringbuf_full",
-  beyond_scan_cap: "scan_truncated",
-  concurrent_write: "refused_concurrent",
-  destination_not_allowed: "refused_destination",
-  sni_mismatch: "refused_sni",
-  unknown_peer: "refused_unknown_peer",
+/** Refusals the stop-mode worker decides, from its stats. */
+const WORKER_REFUSALS: Record<string, (w: WorkerStats) => number> = {
+  writer_not_stopped: (w) => w.notStopped,
+  patch_failed: (w) => w.patchFailed + w.noValue,
 };
 
 export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new Registry()): Registry {
@@ -43,8 +36,8 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
   total("kloak_tls_writes_total", "TLS writes of protected processes", (s) => s.counters.writes_seen);
   total(
     "kloak_tls_writes_skipped_total",
-    "TLS writes not scanned (placeholders left in place): nested in another TLS write of the thread, or the " +
-      "CPU's work slot held by a preempted probe",
+    "TLS writes not scanned (placeholders left in place): nested in another TLS write of the thread, or every " +
+      "work slot of the CPU held by preempted probes",
     (s) => s.counters.nested_write,
   );
   total("kloak_bytes_scanned_total", "bytes of TLS writes scanned for placeholders", (s) => s.counters.bytes_scanned);
@@ -63,6 +56,36 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
     (s) => s.counters.bind_conflict,
   );
   total("kloak_events_lost_total", "data-plane events the ring buffer could not take", (s) => s.counters.events_lost);
+  total(
+    "kloak_writers_killed_total",
+    "processes killed: a placeholder could not be put back, or the violation policy said kill",
+    (s) => s.counters.killed_no_restore + s.counters.violation_kills + BigInt(s.worker?.killedNoRestore ?? 0),
+  );
+  total(
+    "kloak_connections_blocked_total",
+    "connections shut down by the violation policy (block)",
+    (s) => BigInt(s.worker?.blocked ?? 0),
+  );
+  total(
+    "kloak_exec_holds_total",
+    "execs in a scope held until kloak had attached to their image",
+    (s) => s.counters.exec_held,
+  );
+  total(
+    "kloak_execs_known_total",
+    "execs of a traced process into an image kloak had attached already: not held",
+    (s) => s.counters.exec_known,
+  );
+  total(
+    "kloak_processes_traced_total",
+    "processes kloak traced: their holds (exec, stop-mode writes, new SNI) are invisible to their parents",
+    (s) => BigInt(s.worker?.traced ?? 0),
+  );
+  total(
+    "kloak_processes_untraced_total",
+    "processes kloak could not trace (another tracer has them): held with group stops their parents can see",
+    (s) => BigInt(s.worker?.traceFailed ?? 0),
+  );
   new Counter({
     name: "kloak_substitutions_refused_total",
     help: "placeholders left in place, by reason",
@@ -71,10 +94,9 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
     collect() {
       const s = read();
       this.reset();
-      for (const [reason, counter] of Object.entries(REFUSAL_COUNTERS)) this.inc({ reason }, Number(s.counters[counter]));
-      if (s.worker) {
-        this.inc({ reason: "writer_not_stopped" }, s.worker.notStopped);
-        this.inc({ reason: "patch_failed" }, s.worker.patchFailed + s.worker.noValue);
+      for (const r of REFUSALS) {
+        const n = r.kernel !== null ? Number(s.refusals[r.name] ?? 0n) : s.worker ? WORKER_REFUSALS[r.name]!(s.worker) : 0;
+        this.inc({ reason: r.name }, n);
       }
     },
   });

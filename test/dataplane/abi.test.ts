@@ -3,6 +3,13 @@ import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as abi from "../../src/dataplane/abi.ts";
+import { ACTIONS, REFUSALS } from "../../src/dataplane/refusals.ts";
+
+/** refusals.ts names whose kernel enum name differs from NAME in upper case. */
+const KR_NAMES: Record<string, string> = {
+  scope_not_entitled: "NOT_ENTITLED",
+  too_many_placeholders: "TOO_MANY",
+};
 import { ROOT } from "../support/kloak.ts";
 
 interface BtfType {
@@ -51,15 +58,17 @@ const sameEnum = (name: string, prefix: string, mirror: Record<string, number>) 
   expect(got).toEqual(Object.fromEntries(Object.entries(mirror).map(([k, v]) => [norm(k), v])));
 };
 
-test("enum kloak_refusal matches REFUSAL_REASONS", () => {
+test("enum kloak_refusal is refusals.ts's kernel reasons, in order; no reason is listed that the kernel lacks", () => {
   const e = enumValues("kloak_refusal");
-  expect(Object.keys(e).length).toBe(Object.keys(abi.REFUSAL_REASONS).length);
-  expect(e.KR_UNKNOWN_PLACEHOLDER).toBe(1);
-  expect(abi.REFUSAL_REASONS[e.KR_BEYOND_SCAN_CAP!]).toBe("beyond_scan_cap");
-  expect(abi.REFUSAL_REASONS[e.KR_NOT_ENTITLED!]).toBe("scope_not_entitled");
-  expect(abi.REFUSAL_REASONS[e.KR_DESTINATION_NOT_ALLOWED!]).toBe("destination_not_allowed");
-  expect(abi.REFUSAL_REASONS[e.KR_SNI_MISMATCH!]).toBe("sni_mismatch");
-  expect(abi.REFUSAL_REASONS[e.KR_UNKNOWN_PEER!]).toBe("unknown_peer");
+  const kernel = REFUSALS.filter((r) => r.kernel !== null);
+  expect(e.KR__COUNT).toBe(kernel.length);
+  expect(Object.keys(e).length).toBe(kernel.length + 1);
+  for (const r of kernel) expect({ name: r.name, value: e[`KR_${KR_NAMES[r.name] ?? r.name.toUpperCase()}`] }).toEqual({ name: r.name, value: r.kernel! });
+});
+
+test("enum kloak_action matches ACTIONS", () => {
+  const e = enumValues("kloak_action");
+  ACTIONS.forEach((a, i) => expect(e[`KLOAK_ACTION_${a.toUpperCase()}`]).toBe(i));
 });
 
 test("enums: event types, functions, modes, connection flags, rule kinds", () => {
@@ -68,6 +77,7 @@ test("enums: event types, functions, modes, connection flags, rule kinds", () =>
   sameEnum("kloak_mode", "KLOAK_MODE_", abi.Mode);
   sameEnum("kloak_conn_flags", "KLOAK_CONN_", abi.ConnFlags);
   sameEnum("kloak_rule_kind", "KLOAK_RULE_", abi.RuleKind);
+  sameEnum("kloak_scope_flags", "KLOAK_SCOPE_", abi.ScopeFlags);
 });
 
 test("#defines of kloak.h", () => {
@@ -88,4 +98,5 @@ test("#defines of kloak.h", () => {
   expect(def("KLOAK_MAX_RULES")).toBe(abi.MAX_RULES);
   expect(def("KLOAK_NAME_MAX")).toBe(abi.NAME_MAX);
   expect(def("KLOAK_CGROUP_DEPTH")).toBe(abi.CGROUP_DEPTH);
+  expect(def("KLOAK_CONNS_PER_PROCESS")).toBe(abi.CONNS_PER_PROCESS);
 });

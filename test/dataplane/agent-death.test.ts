@@ -1,7 +1,7 @@
 /**
- * Stop mode stops writers while the agent patches them. If the agent is
- * SIGKILLed mid-stream, the guardian must resume every process it left
- * stopped (bound: about 1 s) and nothing stays attached.
+ * Stop mode holds writers while kloak patches them. If kloak is SIGKILLed
+ * mid-stream, no process may stay stopped (the kernel lets traced threads go;
+ * the guardian resumes the rest, bound: about 1 s) and nothing stays attached.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { readFileSync, writeFileSync, mkdtempSync, existsSync } from "node:fs";
@@ -43,7 +43,10 @@ test("agent SIGKILLed while the child is sending: no process stays stopped, the 
   const agent = spawnKloak(["exec", "-q", "--secret", `K=${secret}`, "--", ...pythonClientArgs({ port: http.port, caFile: certs.caFile, requestFile: req, repeat: 3000 })]);
   // Wait until substitutions are flowing.
   await http.waitFor((all) => occurrences(all, secret) >= 50, 20_000);
-  const client = children(agent.pid).find((p) => /py_client/.test(readFileSync(`/proc/${p}/cmdline`, "latin1")));
+  // kloak -> its guardian (CMD's parent) -> the client
+  const client = children(agent.pid)
+    .flatMap(children)
+    .find((p) => /py_client/.test(readFileSync(`/proc/${p}/cmdline`, "latin1")));
   expect(client).toBeGreaterThan(0);
   agent.kill("SIGKILL");
   await agent.exited;
@@ -53,7 +56,7 @@ test("agent SIGKILLed while the child is sending: no process stays stopped, the 
   const t0 = performance.now();
   while (performance.now() - t0 < 1500 && state(client!) !== null && state(client!) !== "Z") {
     const s = state(client!);
-    if (s === "T") stoppedSince ??= performance.now();
+    if (s === "T" || s === "t") stoppedSince ??= performance.now();
     else if (stoppedSince !== null) {
       longest = Math.max(longest, performance.now() - stoppedSince);
       stoppedSince = null;
@@ -62,7 +65,7 @@ test("agent SIGKILLed while the child is sending: no process stays stopped, the 
   }
   if (stoppedSince !== null) longest = Math.max(longest, performance.now() - stoppedSince);
   expect(longest).toBeLessThan(1100);
-  expect(state(client!)).not.toBe("T");
+  expect(["T", "t"]).not.toContain(state(client!));
   // The client runs to its end on its own (its writes now carry placeholders: fail closed).
   for (let i = 0; i < 200 && state(client!) !== null && state(client!) !== "Z"; i++) await Bun.sleep(50);
   expect([null, "Z"]).toContain(state(client!));

@@ -9,6 +9,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { RefusalEvent } from "../../src/dataplane/abi.ts";
+import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane, type MapUsage } from "../../src/dataplane/dataplane.ts";
 import { PlaceholderRegistry, placeholderKey } from "../../src/secrets/placeholder.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
@@ -28,6 +29,8 @@ beforeAll(async () => {
   certs = await testCerts();
   http = await startTlsServer({ mode: "http" });
   dp = await Dataplane.start({ mode: "auto", scanCap: 4096 });
+  // Every scope the tests use: sockets in this process\'s network namespace.
+  for (const scope of [1, 2, 3, 4]) dp.setScope(scope, { netns: netnsInode(process.pid), strictBinding: false, onViolation: "pass" });
   dp.onRefusal((e) => refusals.push(e));
 }, 60_000);
 afterAll(async () => {

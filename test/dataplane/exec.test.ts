@@ -242,4 +242,19 @@ describe("kloak exec substitutes inside real TLS writes", () => {
     p.kill("SIGTERM");
     expect(await p.exited).toBe(143);
   });
+
+  test("an exec is held only until its image is attached: later execs of that image (traced) are not held; with --holds signals every exec is", async () => {
+    const metric = (text: string, name: string) => Number(new RegExp(`^${name} (\\d+)$`, "m").exec(text)?.[1]);
+    const seen: Record<string, { held: number; known: number }> = {};
+    for (const holds of ["ptrace", "signals"]) {
+      const file = join(tmp, `execs-${holds}.prom`);
+      const r = await runKloak(["exec", "-q", "--holds", holds, "--secret", `X=${fakeSecret(12)}`, "--metrics-file", file, "--", "bash", "-c", "for i in $(seq 50); do /bin/true; done"]);
+      expect(r.code).toBe(0);
+      const text = readFileSync(file, "utf8");
+      seen[holds] = { held: metric(text, "kloak_exec_holds_total"), known: metric(text, "kloak_execs_known_total") };
+    }
+    // bash (held, then traced), seq and the first /bin/true (held, then known); 49 more not held.
+    expect(seen.ptrace).toEqual({ held: 3, known: 49 });
+    expect(seen.signals).toEqual({ held: 52, known: 0 });
+  });
 });

@@ -22,7 +22,7 @@ const pins = () => (existsSync("/sys/fs/bpf/kloak") ? readdirSync("/sys/fs/bpf/k
 
 /** kloak exec under a wrapper; returns exit code and stderr. */
 async function execUnder(wrapper: string[]): Promise<{ code: number; stderr: string; stdout: string }> {
-  const p = Bun.spawn([...wrapper, ...KLOAK, "exec", "--secret", "API_KEY=abcdefghijkl", "--", "echo", "CMD RAN"], {
+  const p = Bun.spawn([...wrapper, ...KLOAK, "exec", "--user", "root", "--secret", "API_KEY=abcdefghijkl", "--", "echo", "CMD RAN"], {
     stdout: "pipe",
     stderr: "pipe",
     env: { ...process.env, HOME: "/tmp" },

@@ -1,24 +1,52 @@
-/** The metrics read the kernel counters; every refusal reason the kernel reports has its counter. */
+/** The metrics read the kernel's counters at collection time; every refusal reason has its label. */
 import { expect, test } from "bun:test";
-import { COUNTERS, REFUSAL_REASONS, type CounterName } from "../../src/dataplane/abi.ts";
-import { dataplaneMetrics, REFUSAL_COUNTERS } from "../../src/metrics/dataplane-metrics.ts";
+import { COUNTERS, type CounterName } from "../../src/dataplane/abi.ts";
+import { REFUSALS } from "../../src/dataplane/refusals.ts";
+import { dataplaneMetrics } from "../../src/metrics/dataplane-metrics.ts";
 
-test("every refusal reason of the kernel maps to a kernel counter", () => {
-  for (const reason of Object.values(REFUSAL_REASONS)) {
-    expect(REFUSAL_COUNTERS[reason]).toBeDefined();
-    expect(COUNTERS).toContain(REFUSAL_COUNTERS[reason]!);
-  }
-});
+const zero = () => Object.fromEntries(COUNTERS.map((c) => [c, 0n])) as Record<CounterName, bigint>;
+const noWorker = {
+  patched: 0,
+  restored: 0,
+  patchFailed: 0,
+  notStopped: 0,
+  noValue: 0,
+  killedNoRestore: 0,
+  blocked: 0,
+  traced: 0,
+  traceFailed: 0,
+  holdsEnded: 0,
+};
 
-test("kloak_substitutions_refused_total{reason} reads the counters at collection time", async () => {
-  const counters = Object.fromEntries(COUNTERS.map((c) => [c, 0n])) as Record<CounterName, bigint>;
-  const registry = dataplaneMetrics(() => ({ counters }));
-  counters.refused_destination = 3n;
+test("kloak_substitutions_refused_total has one series per reason of refusals.ts, read at collection time", async () => {
+  const counters = zero();
+  const refusals: Record<string, bigint> = { destination_not_allowed: 3n };
+  const worker = { ...noWorker, notStopped: 2, patched: 5 };
+  const registry = dataplaneMetrics(() => ({ counters, refusals, worker }));
   counters.substituted = 5n;
   const text = await registry.metrics();
+  for (const r of REFUSALS) expect(text).toContain(`kloak_substitutions_refused_total{reason="${r.name}"}`);
   expect(text).toContain('kloak_substitutions_refused_total{reason="destination_not_allowed"} 3');
   expect(text).toContain('kloak_substitutions_refused_total{reason="sni_mismatch"} 0');
+  expect(text).toContain('kloak_substitutions_refused_total{reason="writer_not_stopped"} 2');
   expect(text).toMatch(/^kloak_substitutions_total 5$/m);
-  counters.refused_destination = 4n;
+  refusals.destination_not_allowed = 4n;
   expect(await registry.metrics()).toContain('kloak_substitutions_refused_total{reason="destination_not_allowed"} 4');
+});
+
+test("kills (no restore possible, or the violation policy) and blocks are counted", async () => {
+  const counters = zero();
+  counters.violation_kills = 1n;
+  counters.killed_no_restore = 1n;
+  const registry = dataplaneMetrics(() => ({ counters, refusals: {}, worker: { ...noWorker, killedNoRestore: 1, blocked: 2 } }));
+  const text = await registry.metrics();
+  expect(text).toMatch(/^kloak_writers_killed_total 3$/m);
+  expect(text).toMatch(/^kloak_connections_blocked_total 2$/m);
+});
+
+test("traced and untraced processes are counted", async () => {
+  const registry = dataplaneMetrics(() => ({ counters: zero(), refusals: {}, worker: { ...noWorker, traced: 4, traceFailed: 1 } }));
+  const text = await registry.metrics();
+  expect(text).toMatch(/^kloak_processes_traced_total 4$/m);
+  expect(text).toMatch(/^kloak_processes_untraced_total 1$/m);
 });
