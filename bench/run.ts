@@ -335,7 +335,8 @@ async function runOne(
     // --secret NAME takes the value from kloak's environment: it never appears in argv.
     cmd = [
       ...(PIN ? [TASKSET!, "-c", ALL_CPUS] : []), // undo the affinity inherited from the pinned server
-      process.execPath, KLOAK_MAIN, "exec", "--secret", SECRET_NAME,
+      // --user root: the client runs from root's files; the benchmark measures the data path.
+      process.execPath, KLOAK_MAIN, "exec", "--user", "root", "--secret", SECRET_NAME,
       ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), "--", ...client,
     ];
     env[SECRET_NAME] = ctx.value;

@@ -24,7 +24,7 @@ async function main(argv: string[]): Promise<number> {
     case "--version":
       return (await import("./cli/version.ts")).versionCommand();
     case "__guardian":
-      return (await import("./cli/guardian.ts")).guardianCommand(rest);
+      return (await import("./supervisor/guardian.ts")).guardianCommand(rest);
     case "help":
     case "--help":
     case "-h":

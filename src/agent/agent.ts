@@ -6,11 +6,11 @@
  */
 import { AdmissionregistrationV1Api, CoreV1Api, AppsV1Api, type KubeConfig } from "@kubernetes/client-node";
 import { Registry } from "prom-client";
-import { rmSync } from "node:fs";
-import { VERSION, gitCommit, selfCommand } from "../build-info.ts";
-import { agentPinPath, ensurePinDir, releaseUntilQuiet, stalePins } from "../dataplane/release.ts";
+import { VERSION, gitCommit } from "../build-info.ts";
+import { agentPinBase, ensurePinDir, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
 import { Dataplane } from "../dataplane/dataplane.ts";
-import { describeDestination, HINTS } from "../cli/refusals.ts";
+import { Guardian } from "../supervisor/guardian-client.ts";
+import { ACTION_SUFFIX, describeDestination, refusalHint } from "../dataplane/refusals.ts";
 import { dataplaneMetrics, type DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
 import { agentMetrics } from "../metrics/agent-metrics.ts";
 import { PolicyEngine } from "../policy/policy-engine.ts";
@@ -72,7 +72,12 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
         },
       ],
       metrics: async () => {
-        if (state.dp) snapshot = { counters: state.dp.counters(), worker: state.dp.mode === "stop" ? await state.dp.workerStats() : undefined };
+        if (state.dp)
+          snapshot = {
+            counters: state.dp.counters(),
+            refusals: state.dp.refusalCounts(),
+            worker: state.dp.mode === "stop" ? await state.dp.workerStats() : undefined,
+          };
         return { contentType: registry.contentType, body: snapshot ? await registry.metrics() : "" };
       },
     }).fetch,
@@ -85,21 +90,20 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
 
   // A previous agent on this node that died may have left writers stopped.
   for (const stale of stalePins()) {
-    const n = await releaseUntilQuiet(stale);
-    log("warn", "a previous kloak process died; resumed the processes it had stopped", { pin: stale, resumed: n });
+    const { resumed, killed } = await releaseDead(stale);
+    log("warn", "a previous kloak process died; put its placeholders back and resumed its processes", { pin: stale, resumed, killed });
   }
-  const dp = await Dataplane.start({ mode: cfg.rewriteMode, scanCap: cfg.scanCap, warn: (msg) => log("warn", msg) });
+  const dp = await Dataplane.start({ mode: cfg.rewriteMode, scanCap: cfg.scanCap, holds: cfg.holds, warn: (msg) => log("warn", msg) });
   state.dp = dp;
-  // If this process dies, the guardian (or the next agent, via the pin) resumes what it stopped.
-  const pin = agentPinPath(process.pid);
+  // If this process dies, the guardian (or the next agent, via the pins) restores and resumes what it stopped.
+  const pins = agentPinBase(process.pid);
   ensurePinDir();
-  dp.pinProcesses(pin);
-  const guardian = Bun.spawn([...selfCommand(), "__guardian", pin], { stdin: "pipe", stdout: "ignore", stderr: "inherit" });
+  dp.pinState(pins);
+  const guardian = await Guardian.start(pins);
   stops.push(async () => {
     await dp.close();
-    rmSync(pin, { force: true });
-    (guardian.stdin as import("bun").FileSink).end();
-    await guardian.exited;
+    unpinState(pins);
+    await guardian.close();
   });
   log("info", "ebpf object loaded", { mode: dp.mode, reason: dp.modeReason, uprobes: dp.uprobes });
 
@@ -137,7 +141,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   const { secrets, catalog, writer, elector } = plane;
   const reflectors = [secrets, pods, namespaces, ...Object.values(owners)] as Reflector<unknown>[];
 
-  const attacher = new PodAttacher(dp, { cgroupRoot, log });
+  const attacher = new PodAttacher(dp, { cgroupRoot, log, strictBinding: cfg.strictBinding, onViolation: cfg.onViolation });
   // Before the data plane closes: its retry timer must not touch closed maps.
   stops.unshift(() => attacher.close());
   const podController = new PodController({ pods, namespaces, owners, secrets, catalog, attacher, events, log });
@@ -163,12 +167,15 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     if (!pod) return;
     const s = catalog.describe(e.secretId);
     const what = s ? `secret ${s.name} key ${s.key}` : "a placeholder";
-    const hint = e.reason === "destination_not_allowed" ? "add the host to the Secret's getkloak.io/hosts annotation if it is meant to" : HINTS[e.reason];
+    const hint =
+      e.reason === "destination_not_allowed"
+        ? "add the host to the Secret's getkloak.io/hosts annotation if it is meant to"
+        : refusalHint(e.reason);
     events.record(
       { apiVersion: "v1", kind: "Pod", namespace: pod.namespace, name: pod.name, uid: pod.uid },
       "Warning",
       "KloakSubstitutionRefused",
-      `kloak left ${what} as a placeholder in a TLS write to ${describeDestination(e)}: ${e.reason}${hint ? ` (${hint})` : ""}`,
+      `kloak left ${what} as a placeholder in a TLS write to ${describeDestination(e)}: ${e.reason}${hint ? ` (${hint})` : ""}${ACTION_SUFFIX[e.action]}`,
     );
   });
 
@@ -201,7 +208,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     },
     { version: VERSION, commit, mode: dp.mode },
   );
-  dataplaneMetrics(() => snapshot ?? { counters: dp.counters() }, registry);
+  dataplaneMetrics(() => snapshot ?? { counters: dp.counters(), refusals: dp.refusalCounts() }, registry);
   const app = webhookApp({
     secrets: { get: (ns, name) => secrets.get(ns, name), synced: () => state.catalogSynced },
     onRequest: (path, outcome, seconds) => webhookMetrics.webhook(path, outcome, seconds),

@@ -9,6 +9,8 @@ import { parseArgs } from "node:util";
 import * as v from "valibot";
 import { UsageError } from "../errors.ts";
 import { MAX_SCAN_CAP, MIN_SCAN_CAP, parseSize } from "../dataplane/scan-cap.ts";
+import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
+import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
 
 export const AGENT_USAGE = `usage: kloak agent [options]
 
@@ -38,6 +40,14 @@ options:
   --dns-server IP[:PORT]   KLOAK_DNS_SERVERS   resolver for getkloak.io/hosts names (comma separated; default resolv.conf)
   --rewrite-mode MODE      KLOAK_REWRITE_MODE  auto (default), kernel or stop
   --scan-cap SIZE          KLOAK_SCAN_CAP      bytes of each TLS write scanned (default 64KiB)
+  --on-violation ACTION    KLOAK_ON_VIOLATION  pass (default), block or kill: what an attempt to send a
+                                               secret where it may not go does, for Secrets without
+                                               getkloak.io/on-violation
+  --strict-binding BOOL    KLOAK_STRICT_BINDING  true: refuse connections that write through the app's
+                                               own BIO (docs/policy.md); default false
+  --holds METHOD           KLOAK_HOLDS         ptrace (default): kloak traces pod processes, so no
+                                               parent sees its holds; signals: job-control stops, for
+                                               pods that run debuggers or strace (one tracer each)
   --log-level LEVEL        KLOAK_LOG_LEVEL     debug, info (default), warn or error
   -h, --help                                   this text`;
 
@@ -61,6 +71,9 @@ export interface AgentConfig {
   dnsServers: string[];
   rewriteMode: "auto" | "kernel" | "stop";
   scanCap: number;
+  onViolation: ViolationAction;
+  strictBinding: boolean;
+  holds: HoldMethod;
   logLevel: "debug" | "info" | "warn" | "error";
 }
 
@@ -91,6 +104,9 @@ const OPTIONS = {
   dnsServers: { flag: "dns-server", env: "KLOAK_DNS_SERVERS" },
   rewriteMode: { flag: "rewrite-mode", env: "KLOAK_REWRITE_MODE", default: "auto" },
   scanCap: { flag: "scan-cap", env: "KLOAK_SCAN_CAP", default: "64KiB" },
+  onViolation: { flag: "on-violation", env: "KLOAK_ON_VIOLATION", default: "pass" },
+  strictBinding: { flag: "strict-binding", env: "KLOAK_STRICT_BINDING", default: "false" },
+  holds: { flag: "holds", env: "KLOAK_HOLDS", default: "ptrace" },
   logLevel: { flag: "log-level", env: "KLOAK_LOG_LEVEL", default: "info" },
 } satisfies Record<keyof AgentConfig, Option>;
 
@@ -157,6 +173,9 @@ const SCHEMA = v.object({
     v.minValue(MIN_SCAN_CAP, `must be at least ${MIN_SCAN_CAP} bytes`),
     v.maxValue(MAX_SCAN_CAP, `must be at most ${MAX_SCAN_CAP} bytes`),
   ),
+  onViolation: oneOf(ACTIONS),
+  strictBinding: v.pipe(oneOf(["true", "false"] as const), v.transform((s) => s === "true")),
+  holds: oneOf(HOLD_METHODS),
   logLevel: oneOf(["debug", "info", "warn", "error"] as const),
 });
 

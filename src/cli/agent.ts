@@ -2,6 +2,7 @@
 import { AGENT_USAGE, parseAgentConfig } from "../agent/config.ts";
 import { jsonLogger } from "../agent/log.ts";
 import { loadKubeConfig } from "../kube/client.ts";
+import { hardenSupervisor } from "../supervisor/harden.ts";
 
 export async function agentCommand(argv: string[]): Promise<number> {
   const cfg = parseAgentConfig(argv, process.env);
@@ -10,6 +11,7 @@ export async function agentCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const log = jsonLogger(cfg.logLevel);
+  hardenSupervisor();
   // Before anything loads: a wrong kubeconfig is a usage error (exit 2).
   const kube = loadKubeConfig(cfg);
   const { startAgent } = await import("../agent/agent.ts");

@@ -3,21 +3,27 @@
  * secrets; CMD and every descendant get the real value substituted inside
  * their TLS writes.
  */
-import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
 import { constants } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { UsageError, EnvironmentError } from "../errors.ts";
-import { selfCommand } from "../build-info.ts";
 import { parseScanCap } from "../dataplane/scan-cap.ts";
+import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
+import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
+import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane } from "../dataplane/dataplane.ts";
-import { ensurePinDir, execPinPath, releaseUntilQuiet, stalePins } from "../dataplane/release.ts";
+import { ensurePinDir, execPinBase, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
+import { hardenSupervisor, scrubStartArgs } from "../supervisor/harden.ts";
+import { Guardian } from "../supervisor/guardian-client.ts";
+import { resolveRunAs, type RunAs } from "./run-as.ts";
 import { PlaceholderRegistry, placeholderKey } from "../secrets/placeholder.ts";
 import { loadSecretsFile, mergeSecrets, parseSecretFlag, type SecretSpec } from "../secrets/secrets-file.ts";
 import { kernelRules, PolicyEngine } from "../policy/policy-engine.ts";
 import { dnsLookup } from "../policy/resolver.ts";
 import { formatRule, MAX_RULES, parseRuleList, RuleError, type Rule } from "../policy/rules.ts";
 import { RefusalLog } from "./refusals.ts";
+import type { DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
 
 export const EXEC_USAGE = `usage: kloak exec [options] -- CMD [ARGS...]
 
@@ -36,6 +42,22 @@ options:
                            default: the system's resolv.conf)
   --metrics-file FILE      on exit, write Prometheus metrics to FILE
   --placeholder-dir DIR    also write each placeholder to DIR/NAME (mode 0600)
+  --on-violation ACTION    what an attempt to send a secret where it may not go
+                           does: pass (default: the placeholder goes out),
+                           block (the connection is shut down) or kill (the
+                           process is killed); a secrets file's onViolation:
+                           sets it per secret
+  --user USER[:GROUP]      run CMD as this user (name or uid; group: its primary
+                           group by default). Default: the user who ran sudo
+                           (SUDO_UID/SUDO_GID). CMD as root (--user root) can read
+                           the real values from kloak: threat model A only
+  --strict-binding         refuse connections that write through the app's own
+                           BIO (curl, Node, asyncio): code in the process could
+                           route their ciphertext elsewhere (docs/policy.md)
+  --holds METHOD           ptrace (default): kloak traces CMD's tree, so no
+                           parent sees it hold a process; signals: job-control
+                           stops instead, for trees that run a debugger or
+                           strace themselves (a process has one tracer)
   --rewrite-mode MODE      auto (default), kernel or stop
   --scan-cap SIZE          bytes of each write scanned (default 64KiB, max 16MiB)
   --quiet                  no summary on exit
@@ -47,6 +69,11 @@ const FORWARDED = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2
 export interface ExecOptions {
   secrets: SecretSpec[];
   command: string[];
+  /** who CMD runs as */
+  user: RunAs;
+  onViolation: ViolationAction;
+  strictBinding: boolean;
+  holds: HoldMethod;
   mode: "auto" | "kernel" | "stop";
   scanCap: number;
   placeholderDir?: string;
@@ -73,6 +100,10 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
         "metrics-file": { type: "string" },
         "placeholder-dir": { type: "string" },
         "rewrite-mode": { type: "string", default: "auto" },
+        "on-violation": { type: "string", default: "pass" },
+        "strict-binding": { type: "boolean", default: false },
+        holds: { type: "string", default: "ptrace" },
+        user: { type: "string" },
         "scan-cap": { type: "string", default: "64KiB" },
         quiet: { type: "boolean", short: "q", default: false },
         help: { type: "boolean", short: "h", default: false },
@@ -91,6 +122,11 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
   if (mode !== "auto" && mode !== "kernel" && mode !== "stop")
     throw new UsageError(`exec: --rewrite-mode ${JSON.stringify(mode)}: use auto, kernel or stop`);
   const scanCap = parseScanCap("--scan-cap", v["scan-cap"]!);
+  const onViolation = v["on-violation"]! as ViolationAction;
+  if (!ACTIONS.includes(onViolation))
+    throw new UsageError(`exec: --on-violation ${JSON.stringify(v["on-violation"])}: use ${ACTIONS.join(", ")}`);
+  const holds = v.holds! as HoldMethod;
+  if (!HOLD_METHODS.includes(holds)) throw new UsageError(`exec: --holds ${JSON.stringify(v.holds)}: use ${HOLD_METHODS.join(" or ")}`);
   const lists: SecretSpec[][] = [(v.secret ?? []).map((s) => parseSecretFlag(s, env))];
   for (const f of v["secrets-file"] ?? []) lists.push(await loadSecretsFile(f, env));
   const secrets = mergeSecrets(lists);
@@ -98,9 +134,14 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
     throw new UsageError("exec: no secrets given; add --secret NAME=VALUE, --secret NAME or --secrets-file FILE");
   applyAllowFlags(secrets, v.allow ?? []);
   const dnsServers = (v["dns-server"] ?? []).map(checkDnsServer);
+  const user = resolveRunAs(v.user, env);
   return {
     secrets,
     command,
+    user,
+    onViolation,
+    strictBinding: v["strict-binding"]!,
+    holds,
     mode,
     scanCap,
     placeholderDir: v["placeholder-dir"],
@@ -178,17 +219,23 @@ export async function execCommand(argv: string[]): Promise<number> {
     process.stdout.write(EXEC_USAGE + "\n");
     return 0;
   }
+  // A value given as --secret NAME=VALUE, or read from kloak's environment, leaves
+  // the command line and environment this process was started with (while it
+  // may still open its own /proc/self/mem: before it stops being dumpable).
+  scrubStartArgs(opts.secrets.map((s) => s.value));
+  hardenSupervisor();
 
   // Everything that can be refused is checked before anything is loaded.
   const registry = new PlaceholderRegistry();
   const placeholders = new Map<string, string>();
   for (const s of opts.secrets) placeholders.set(s.name, registry.create(s.name, s.value.length));
   const { env, dropped } = childEnvironment(process.env, opts.secrets, placeholders);
-  if (opts.placeholderDir) writePlaceholderFiles(opts.placeholderDir, placeholders);
+  Object.assign(env, opts.user.env);
+  if (opts.placeholderDir) writePlaceholderFiles(opts.placeholderDir, placeholders, opts.user);
 
-  for (const stale of stalePins()) await releaseUntilQuiet(stale);
+  for (const stale of stalePins()) await releaseDead(stale);
 
-  const dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, warn: say });
+  const dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn: say });
   const refusals = new RefusalLog(new Map(opts.secrets.map((s, i) => [i + 1, s.name])));
   dp.onRefusal((e) => refusals.add(e));
   const policy = new PolicyEngine(dp, {
@@ -197,9 +244,11 @@ export async function execCommand(argv: string[]): Promise<number> {
   });
   dp.onSni((e) => policy.sawSni(e.sni));
   dp.holdAtNewSni(opts.secrets.some((s) => s.rules.some((r) => r.kind === "wildcard")));
-  let guardian: ReturnType<typeof Bun.spawn> | undefined;
-  const pin = execPinPath(process.pid);
+  let guardian: Guardian | undefined;
+  const pins = execPinBase(process.pid);
   try {
+    // The tree's sockets must be in kloak's own network namespace, where it resolves the rules.
+    dp.setScope(SCOPE, { netns: netnsInode(process.pid), strictBinding: opts.strictBinding, onViolation: opts.onViolation });
     // Names first: a rule's host must have its addresses before CMD can connect.
     await policy.add(opts.secrets.flatMap((s) => s.rules));
     let id = 0;
@@ -212,6 +261,7 @@ export async function execCommand(argv: string[]): Promise<number> {
         value: s.value,
         rules: kernelRules(s.rules),
       });
+      if (s.onViolation) dp.setViolationAction(id, s.onViolation);
       dp.grant(SCOPE, id);
     }
     const unrestricted = opts.secrets.filter((s) => s.rules.length === 0).map((s) => s.name);
@@ -226,37 +276,45 @@ export async function execCommand(argv: string[]): Promise<number> {
           say(`${r.host} (a rule of ${s.name}) resolves to no address yet: ${s.name} is refused there until it does`);
     try {
       ensurePinDir();
-      dp.pinProcesses(pin);
+      dp.pinState(pins);
     } catch (e) {
       throw new EnvironmentError(
-        `cannot pin the process map in bpffs (${(e as Error).message.split("\n")[0]}); mount it: mount -t bpf bpf /sys/fs/bpf`,
+        `cannot pin kloak's maps in bpffs (${(e as Error).message.split("\n")[0]}); mount it: mount -t bpf bpf /sys/fs/bpf`,
       );
     }
-    guardian = Bun.spawn([...selfCommand(), "__guardian", pin], { stdin: "pipe", stdout: "ignore", stderr: "inherit" });
+    // CMD's parent; no secret in its environment: it needs none.
+    guardian = await Guardian.start(pins);
 
     if (!opts.quiet) {
       say(`rewrite mode ${dp.mode} (${dp.modeReason})`);
       if (dropped.length) say(`not passing ${dropped.join(", ")} to the command: it holds a real secret value`);
+      if (opts.user.uid === 0)
+        say("CMD runs as root (--user root): code in it can read the real values from kloak; protection against leaks only (threat model A)");
     }
 
-    let child: ReturnType<typeof Bun.spawn>;
-    dp.addLauncher(process.pid, SCOPE);
+    // The guardian is CMD's parent: its children join the scope, and kloak,
+    // their tracer, is a process apart from their parent (see guardian.ts).
+    let pid: number;
+    dp.addLauncher(guardian.pid, SCOPE);
     try {
-      child = Bun.spawn(opts.command, { env, stdio: ["inherit", "inherit", "inherit"] });
+      pid = await guardian.run({ argv: opts.command, env, uid: opts.user.uid, gid: opts.user.gid });
     } catch (e) {
       throw new UsageError(`cannot run ${opts.command[0]}: ${(e as Error).message}`);
     } finally {
-      dp.removeLauncher(process.pid);
+      dp.removeLauncher(guardian.pid);
     }
+    let running = true;
     const handlers = FORWARDED.map((sig) => {
-      const h = () => child.kill(sig);
+      const h = () => {
+        if (running) process.kill(pid, sig);
+      };
       process.on(sig, h);
       return [sig, h] as const;
     });
-    const code = await child.exited;
+    const end = await guardian.commandEnded;
+    running = false;
     for (const [sig, h] of handlers) process.off(sig, h);
-    const signal = child.signalCode ? constants.signals[child.signalCode as NodeJS.Signals] : undefined;
-    const exitCode = signal ? 128 + signal : code;
+    const exitCode = end.signal ? 128 + end.signal : (end.code ?? 1);
 
     // Let the last events (refusals of the final writes) arrive.
     await Bun.sleep(20);
@@ -270,27 +328,20 @@ export async function execCommand(argv: string[]): Promise<number> {
       );
       for (const line of refusals.summary()) say(line);
     }
-    if (opts.metricsFile) await writeMetrics(opts.metricsFile, counters, stats);
+    if (opts.metricsFile) await writeMetrics(opts.metricsFile, { counters, refusals: dp.refusalCounts(), worker: stats });
     return exitCode;
   } finally {
     policy.close();
     await dp.close();
-    rmSync(pin, { force: true });
-    if (guardian) {
-      (guardian.stdin as import("bun").FileSink).end();
-      await guardian.exited;
-    }
+    unpinState(pins);
+    await guardian?.close();
   }
 }
 
-async function writeMetrics(
-  file: string,
-  counters: ReturnType<Dataplane["counters"]>,
-  stats: Awaited<ReturnType<Dataplane["workerStats"]>>,
-): Promise<void> {
+async function writeMetrics(file: string, snapshot: DataplaneSnapshot): Promise<void> {
   // Loaded only when asked for: prom-client costs the agent a few MiB of RSS.
   const { dataplaneMetrics } = await import("../metrics/dataplane-metrics.ts");
-  const registry = dataplaneMetrics(() => ({ counters, worker: stats }));
+  const registry = dataplaneMetrics(() => snapshot);
   try {
     writeFileSync(file, await registry.metrics());
   } catch (e) {
@@ -298,13 +349,15 @@ async function writeMetrics(
   }
 }
 
-function writePlaceholderFiles(dir: string, placeholders: Map<string, string>): void {
+function writePlaceholderFiles(dir: string, placeholders: Map<string, string>, owner: RunAs): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chownSync(dir, owner.uid, owner.gid);
     for (const [name, ph] of placeholders) {
       const f = join(dir, name);
       writeFileSync(f, ph, { mode: 0o600 });
       chmodSync(f, 0o600);
+      chownSync(f, owner.uid, owner.gid);
     }
   } catch (e) {
     throw new UsageError(`--placeholder-dir ${dir}: ${(e as Error).message}`);

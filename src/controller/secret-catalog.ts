@@ -17,11 +17,13 @@ import { kernelRules } from "../policy/policy-engine.ts";
 import type { Rule } from "../policy/rules.ts";
 import type { KernelRule } from "../dataplane/abi.ts";
 import type { SecretEntry } from "../dataplane/dataplane.ts";
+import type { ViolationAction } from "../dataplane/refusals.ts";
 import type { LogFn } from "../agent/log.ts";
 import type { SecretView } from "./secret-view.ts";
 
 export interface CatalogSink {
   setSecret(s: SecretEntry): Promise<void>;
+  setViolationAction(id: number, action: ViolationAction | null): void;
   deleteSecret(id: number): Promise<void> | void;
   holdAtNewSni(on: boolean): void;
 }
@@ -34,10 +36,17 @@ export interface PolicySource {
   add(rules: readonly Rule[]): Promise<void>;
 }
 
+interface Wanted {
+  placeholder: string;
+  value: Uint8Array;
+  rules: Rule[] | null;
+  onViolation: ViolationAction | null;
+}
+
 interface Loaded {
   id: number;
   placeholder: string;
-  /** sha256 of value + rules: what was loaded, without keeping a copy of the value */
+  /** sha256 of value + rules + violation action: what was loaded, without keeping a copy of the value */
   fingerprint: string;
   wildcard: boolean;
 }
@@ -109,7 +118,7 @@ export class SecretCatalog {
     const key = `${ns}/${name}`;
     const original = this.secrets.get(ns, name);
     const shadow = this.secrets.get(ns, shadowName(name));
-    const want = new Map<string, { placeholder: string; value: Uint8Array; rules: Rule[] | null }>();
+    const want = new Map<string, Wanted>();
     const pair = this.servable(original, shadow);
     if ("checked" in pair) {
       for (const [k, value] of pair.checked.values) {
@@ -120,7 +129,7 @@ export class SecretCatalog {
           this.log("debug", "shadow placeholder does not fit the value yet; key not loaded", { secret: key, key: k });
           continue;
         }
-        want.set(k, { placeholder, value, rules: pair.checked.rules });
+        want.set(k, { placeholder, value, rules: pair.checked.rules, onViolation: pair.checked.onViolation });
       }
     } else if (original && isEnabled(original.metadata)) {
       this.log("info", "enabled secret not served", { secret: key, reason: pair.why });
@@ -145,7 +154,7 @@ export class SecretCatalog {
     return { checked, shadow };
   }
 
-  private async apply(ns: string, name: string, want: Map<string, { placeholder: string; value: Uint8Array; rules: Rule[] | null }>): Promise<void> {
+  private async apply(ns: string, name: string, want: Map<string, Wanted>): Promise<void> {
     const key = `${ns}/${name}`;
     const have = this.loaded.get(key) ?? new Map<string, Loaded>();
     let changed = false;
@@ -161,7 +170,7 @@ export class SecretCatalog {
       changed = true;
     }
     for (const [k, w] of want) {
-      const fingerprint = fingerprintOf(w.value, w.rules);
+      const fingerprint = fingerprintOf(w.value, w.rules, w.onViolation);
       const l = have.get(k);
       if (l && l.fingerprint === fingerprint) continue;
       if (!l) {
@@ -176,6 +185,8 @@ export class SecretCatalog {
       if (w.rules) await this.policy.add(w.rules);
       const id = l?.id ?? this.nextId++;
       const bytes = new TextEncoder().encode(w.placeholder);
+      // Before the placeholder is findable (setSecret makes it so last).
+      this.sink.setViolationAction(id, w.onViolation);
       await this.sink.setSecret({ id, placeholder: bytes, key: placeholderKey(w.placeholder), value: w.value, rules });
       const wildcard = (w.rules ?? []).some((r) => r.kind === "wildcard");
       if (l?.wildcard) this.wildcards--;
@@ -192,10 +203,10 @@ export class SecretCatalog {
   }
 }
 
-function fingerprintOf(value: Uint8Array, rules: Rule[] | null): string {
+function fingerprintOf(value: Uint8Array, rules: Rule[] | null, onViolation: ViolationAction | null): string {
   const h = createHash("sha256");
   h.update(value);
-  h.update(JSON.stringify(rules));
+  h.update(JSON.stringify([rules, onViolation]));
   return h.digest("hex");
 }
 

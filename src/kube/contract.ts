@@ -9,6 +9,8 @@ export const DOMAIN = "getkloak.io";
 export const ENABLED = `${DOMAIN}/enabled`;
 /** annotation (comma separated rules) or label (a single host: label values cannot hold commas) */
 export const HOSTS = `${DOMAIN}/hosts`;
+/** Secret annotation: what a violation with this Secret's values does (pass, block, kill). */
+export const ON_VIOLATION = `${DOMAIN}/on-violation`;
 /** label on shadow Secrets */
 export const MANAGED = `${DOMAIN}/managed`;
 /** label on shadow Secrets: the original's name */

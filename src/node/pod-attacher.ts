@@ -16,6 +16,7 @@
  */
 import type { LogFn } from "../agent/log.ts";
 import type { Dataplane } from "../dataplane/dataplane.ts";
+import type { ViolationAction } from "../dataplane/refusals.ts";
 import { cgroupProcesses, findContainerCgroup, type ContainerCgroup } from "./cgroups.ts";
 
 export interface PodTarget {
@@ -39,6 +40,8 @@ export type PodDataplane = Pick<
   | "removeProcess"
   | "processScope"
   | "processesByScope"
+  | "setScope"
+  | "removeScope"
 >;
 
 export interface PodAttacherOptions {
@@ -51,6 +54,10 @@ export interface PodAttacherOptions {
   retryForMs?: number;
   /** the first scope id handed out; default 1000 (scope ids below are kloak exec's) */
   firstScopeId?: number;
+  /** refuse connections that write through the app's own BIO (docs/policy.md); default false */
+  strictBinding?: boolean;
+  /** what a violation does for secrets without getkloak.io/on-violation; default pass */
+  onViolation?: ViolationAction;
 }
 
 export interface PodAttacherStats {
@@ -132,6 +139,7 @@ export class PodAttacher {
       }
       left = this.dp.processesByScope().get(st.scopeId) ?? [];
       if (left.length) this.opts.log("warn", "pod processes still in its scope after removal", { pod, uid, processes: left.length });
+      this.dp.removeScope(st.scopeId);
       this.opts.log("info", "pod detached", { pod, uid, scope: st.scopeId, containers: st.containers.size });
     } catch (e) {
       this.opts.log("error", "pod detach failed", { pod, uid, error: e as Error });
@@ -188,6 +196,12 @@ export class PodAttacher {
         grants: new Set(),
       };
       this.pods.set(t.uid, st);
+      // Its sockets must be in the pod's network namespace: learned from its first process.
+      this.dp.setScope(st.scopeId, {
+        netns: null,
+        strictBinding: this.opts.strictBinding ?? false,
+        onViolation: this.opts.onViolation ?? "pass",
+      });
     }
     st.namespace = t.namespace;
     st.name = t.name;

@@ -5,7 +5,8 @@
  * so both say the same thing. Messages name keys and lengths, never values.
  */
 import { parseRule, parseRuleList, RuleError, type Rule } from "../policy/rules.ts";
-import { HOSTS, hostsText, type Meta } from "../kube/contract.ts";
+import { HOSTS, hostsText, ON_VIOLATION, type Meta } from "../kube/contract.ts";
+import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
 import { VALUE_MAX, VALUE_MIN } from "./placeholder.ts";
 
 export interface SecretLike {
@@ -28,6 +29,8 @@ export interface CheckedSecret {
   values: Map<string, Uint8Array>;
   /** null: the secret may go anywhere */
   rules: Rule[] | null;
+  /** getkloak.io/on-violation; null: the agent's default */
+  onViolation: ViolationAction | null;
   problems: SecretProblem[];
 }
 
@@ -77,7 +80,13 @@ export function checkSecret(secret: SecretLike): CheckedSecret {
     if (bytes.length < VALUE_MIN || bytes.length > VALUE_MAX) problems.push({ key, message: lengthMessage(key, bytes.length) });
   }
   const rules = checkHosts(secret.metadata, problems);
-  return { values, rules, problems };
+  const action = secret.metadata?.annotations?.[ON_VIOLATION];
+  let onViolation: ViolationAction | null = null;
+  if (action !== undefined) {
+    if ((ACTIONS as readonly string[]).includes(action)) onViolation = action as ViolationAction;
+    else problems.push({ message: `${ON_VIOLATION} annotation ${JSON.stringify(action)}: use ${ACTIONS.join(", ")}` });
+  }
+  return { values, rules, onViolation, problems };
 }
 
 /** One line for an Event or a webhook denial. */

@@ -14,6 +14,7 @@ import * as v from "valibot";
 import { parseDocument } from "yaml";
 import { UsageError } from "../errors.ts";
 import { parseRules, RuleError, type Rule } from "../policy/rules.ts";
+import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
 
 export interface SecretSpec {
   name: string;
@@ -22,6 +23,8 @@ export interface SecretSpec {
   hosts: string[];
   /** `hosts` parsed and deduplicated; empty means any destination. */
   rules: Rule[];
+  /** What a violation with this secret does; undefined: the run's default (--on-violation). */
+  onViolation?: ViolationAction;
   /** Where the secret was defined, for messages: "--secret API_TOKEN", "secrets.yaml: secrets[2]". */
   source: string;
 }
@@ -30,7 +33,7 @@ export interface SecretSpec {
 const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const NAME_RULE = "letters, digits and _, not starting with a digit";
 const VALUE_FIELDS = ["value", "valueFile", "valueEnv"] as const;
-const SECRET_FIELDS = ["name", ...VALUE_FIELDS, "hosts"] as const;
+const SECRET_FIELDS = ["name", ...VALUE_FIELDS, "hosts", "onViolation"] as const;
 
 // Custom messages everywhere: valibot's defaults include the received input,
 // which for `value` would be the secret itself.
@@ -86,6 +89,7 @@ const secretSchema = v.strictObject(
     valueFile: v.optional(str(" (a path)")),
     valueEnv: v.optional(nameSchema),
     hosts: v.optional(v.array(str(), 'must be a list of host patterns, e.g. ["api.example.com"]')),
+    onViolation: v.optional(v.picklist(ACTIONS, `must be one of ${ACTIONS.join(", ")}`)),
   },
   keyIssue(SECRET_FIELDS),
 );
@@ -235,7 +239,14 @@ export async function loadSecretsFile(
       if (!(err instanceof RuleError)) throw err;
       return fail(`${where}.hosts${err.index === null ? "" : `[${err.index}]`}`, err.message);
     }
-    specs.push({ name: entry.name, value, hosts, rules, source: `${path}: ${where}` });
+    specs.push({
+      name: entry.name,
+      value,
+      hosts,
+      rules,
+      source: `${path}: ${where}`,
+      ...(entry.onViolation ? { onViolation: entry.onViolation } : {}),
+    });
   }
   return specs;
 }

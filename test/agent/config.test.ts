@@ -33,6 +33,9 @@ describe("kloak agent configuration", () => {
     expect(c.dnsServers).toEqual(["10.0.0.10", "10.0.0.11:5353"]);
     expect(c.scanCap).toBe(65536);
     expect(c.leaseDurationSeconds).toBe(15);
+    expect(c.holds).toBe("ptrace");
+    const signals = parseAgentConfig([], { ...base, KLOAK_HOLDS: "signals" }, host);
+    expect(signals !== "help" && signals.holds).toBe("signals");
   });
 
   test("each bad value is one line naming the flag, its variable and the value", () => {
@@ -45,6 +48,7 @@ describe("kloak agent configuration", () => {
     fails(["--lease-duration", "2"], base, /--lease-duration/, /5 to 300/);
     fails(["--scan-cap", "lots"], base, /--scan-cap/, /not a size/);
     fails(["--log-level", "loud"], base, /--log-level/);
+    fails(["--holds", "freeze"], base, /--holds \(KLOAK_HOLDS\) "freeze"/, /ptrace, signals/);
     fails(["--dns-server", "dns.example"], base, /--dns-server/, /IP\[:PORT\]/);
     fails(["--cert-mode", "cert-manager"], base, /--cert-dir/);
     fails(["--webhook-port", "9090"], base, /different ports/);

@@ -18,6 +18,10 @@ class RecordingSink implements CatalogSink {
   readonly loaded = new Map<number, { placeholder: string; value: string; restricted: boolean }>();
   sets = 0;
   deletes = 0;
+  readonly actions = new Map<number, string | null>();
+  setViolationAction(id: number, action: string | null): void {
+    this.actions.set(id, action);
+  }
   async setSecret(s: SecretEntry): Promise<void> {
     this.sets++;
     this.loaded.set(s.id, { placeholder: new TextDecoder().decode(s.placeholder), value: new TextDecoder().decode(s.value), restricted: s.rules !== null });
@@ -226,4 +230,22 @@ describe("shadow secrets", () => {
     api.resume();
     await waitFor("rotation after reconnect", () => [...sink.loaded.values()][0]?.value === rotated, 20_000);
   }, 40_000);
+  test("getkloak.io/on-violation: loaded with the Secret's keys, changed live; a bad value is reported, nothing loaded", async () => {
+    api.create(secret("strict", { token: fakeSecret(32) }, { annotations: { "getkloak.io/on-violation": "kill" } }));
+    api.create(secret("typo", { token: fakeSecret(32) }, { annotations: { "getkloak.io/on-violation": "stop" } }));
+    const { plane, sink, events } = agent("a");
+    await plane.start();
+    await waitFor("loaded with kill", () => sink.loaded.size === 1 && [...sink.actions.values()].includes("kill"));
+    const ev = await waitFor("event", () =>
+      (api.events() as unknown as { reason?: string; involvedObject: { name: string }; message: string }[]).find(
+        (e) => e.reason === "KloakCannotServe" && e.involvedObject.name === "typo",
+      ),
+    );
+    expect(ev.message).toContain('getkloak.io/on-violation annotation "stop": use pass, block, kill');
+    const cur = api.get("Secret", "shop", "strict")!;
+    api.update({ ...cur, metadata: { ...cur.metadata, annotations: { "getkloak.io/on-violation": "block" } } });
+    await waitFor("changed to block", () => [...sink.actions.values()].at(-1) === "block");
+    await events.flush();
+  }, 30_000);
+
 });

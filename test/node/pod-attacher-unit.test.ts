@@ -8,6 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PodAttacher, type PodDataplane, type PodTarget } from "../../src/node/pod-attacher.ts";
+import type { ScopeSettings } from "../../src/dataplane/dataplane.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "kloak-podattacher-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -17,7 +18,14 @@ class FakeDp implements PodDataplane {
   cgroups = new Map<bigint, number>();
   grants = new Set<string>();
   removed: number[] = [];
+  scopes = new Map<number, ScopeSettings>();
   failAddProcess = false;
+  setScope(scope: number, settings: ScopeSettings) {
+    this.scopes.set(scope, settings);
+  }
+  removeScope(scope: number) {
+    this.scopes.delete(scope);
+  }
   grant(scope: number, id: number) {
     this.grants.add(`${scope}:${id}`);
   }

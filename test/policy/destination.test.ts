@@ -178,7 +178,7 @@ describe("a secret reaches only its allowed hosts", () => {
     // have put the value into it (it cannot see that socket's peer as allowed).
     expect(Buffer.concat(sinkBytes).length).toBeGreaterThan(0);
     expect(o.stderr).toMatch(/1 substitution\(s\) in 2 TLS write\(s\)/);
-    expect(o.stderr).toMatch(/refused 1x: secret T to unknown destination \(SNI api\.kloak\.test\): unknown_peer/);
+    expect(o.stderr).toMatch(/refused 1x: secret T to unknown destination \(SNI api\.kloak\.test\): binding_changed/);
   });
 
   test("host:port: the wrong port is not substituted, the right one is", async () => {

@@ -168,7 +168,7 @@ describe("loadSecretsFile: errors name the file and field", () => {
     ["field name at the wrong level", "secrets:\n  - { name: A, value: abcdefgh }\nhosts: [a]\n", /: hosts: unknown key here; allowed keys: secrets/],
     ["misspelt top-level key", "Secret:\n  - { name: A, value: abcdefgh }\n", /: Secret: unknown key; did you mean secrets\?/],
     ["item not a mapping", "secrets:\n  - API_TOKEN\n", /secrets\[0\]: must be a mapping/],
-    ["unknown item key", "secrets:\n  - { name: A, value: abcdefgh }\n  - { name: B, vaule: abcdefgh }\n", /secrets\[1\]\.vaule: unknown key; did you mean value\? \(allowed keys: name, value, valueFile, valueEnv, hosts\)/],
+    ["unknown item key", "secrets:\n  - { name: A, value: abcdefgh }\n  - { name: B, vaule: abcdefgh }\n", /secrets\[1\]\.vaule: unknown key; did you mean value\? \(allowed keys: name, value, valueFile, valueEnv, hosts, onViolation\)/],
     ["other unknown item key", "secrets:\n  - { name: A, value: abcdefgh, comment: hi }\n", /secrets\[0\]: has an unknown key/],
     ["missing name", "secrets:\n  - { value: abcdefgh }\n", /secrets\[0\]\.name: is missing/],
     ["bad name", "secrets:\n  - { name: 9abc, value: abcdefgh }\n", /secrets\[0\]\.name: must be an environment-variable name/],

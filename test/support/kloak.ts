@@ -14,8 +14,21 @@ export interface Run {
   stderr: string;
 }
 
+/**
+ * `kloak exec` refuses to run CMD as root unless told (--user root); the
+ * data-plane tests are about substitution, not about who CMD runs as, and
+ * their files (certificates, requests) are root's. Tests that are about the
+ * user (test/security/supervisor.test.ts) pass --user themselves.
+ */
+export function asRootUnlessTold(args: string[]): string[] {
+  if (args[0] !== "exec") return args;
+  const own = args.indexOf("--") < 0 ? args : args.slice(0, args.indexOf("--"));
+  if (own.some((a) => a === "--user" || a.startsWith("--user=") || a === "-h" || a === "--help")) return args;
+  return ["exec", "--user", "root", ...args.slice(1)];
+}
+
 export function spawnKloak(args: string[], o: { env?: Record<string, string | undefined> } = {}) {
-  return Bun.spawn([...KLOAK, ...args], { env: { ...process.env, ...o.env }, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  return Bun.spawn([...KLOAK, ...asRootUnlessTold(args)], { env: { ...process.env, ...o.env }, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
 }
 
 export async function runKloak(args: string[], o: { env?: Record<string, string | undefined>; timeoutMs?: number } = {}): Promise<Run> {
