@@ -3,7 +3,7 @@
  * boots it) or natively for this host's own kernel. Writes result.json into
  * $KLOAK_JOB (or --out) and exits 0 only when every check passed.
  *
- *   bun test/vm/cell.ts --expect kernel|stop|refused [--perf] [--threads]
+ *   bun test/vm/cell.ts --expect kernel|stop|refused [--perf] [--threads] [--security FILES]
  *
  * Work under software emulation is 15-40x slower than on the host, so a cell
  * runs few processes: one trial load per mode and scan cap, one `kloak
@@ -12,7 +12,7 @@
  *
  * Every check compares counts, never values: no secret value is ever printed.
  */
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -49,6 +49,7 @@ const { values: args } = parseArgs({
     expect: { type: "string" },
     perf: { type: "boolean", default: false },
     threads: { type: "boolean", default: false },
+    security: { type: "string" },
     out: { type: "string" },
   },
 });
@@ -156,7 +157,8 @@ async function execSuite(doctorMode: string | null): Promise<void> {
       .map(q)
       .join(" ");
     const script = [`${curl(`${allowed.url}/a`)} >/dev/null`, py, `${curl(`${other.url}/b`)} >/dev/null`, 'echo "APP=$API_KEY"'].join(" && ");
-    const r = await runKloak(["exec", "--secret", `API_KEY=${secret}`, "--allow", "API_KEY=127.0.0.1", "--", "sh", "-c", script], {
+    // bash with job control, as an interactive shell has it: it would report any stop of its children.
+    const r = await runKloak(["exec", "--secret", `API_KEY=${secret}`, "--allow", "API_KEY=127.0.0.1", "--", "bash", "-c", `set -m; ${script}`], {
       timeoutMs: 600_000,
     });
     const got = allowed.received();
@@ -182,6 +184,8 @@ async function execSuite(doctorMode: string | null): Promise<void> {
       `value ${occurrences(refused, secret)}, placeholders ${placeholderCount(refused)}, reported: ${r.stderr.includes("destination_not_allowed")}`,
     );
     check("the app saw only the placeholder", occurrences(r.stdout, secret) === 0 && /^APP=kloak:/m.test(r.stdout), "stdout checked");
+    const stops = (r.stdout + r.stderr).split("\n").filter((l) => /stopped/i.test(l));
+    check("holds invisible to the parent (bash with job control)", stops.length === 0, stops.length ? stops.slice(0, 3).join(" | ") : "no stop reported");
     check("nothing left pinned", bpfPins().length === pinsBefore, `${bpfPins().length} pin(s) under /sys/fs/bpf/kloak`);
   } finally {
     await allowed.close();
@@ -191,7 +195,7 @@ async function execSuite(doctorMode: string | null): Promise<void> {
 
 /**
  * Writers on four threads at once (PREEMPT_RT preempts uprobe programs, so
- * the per-CPU slot's busy guard is exercised): every request arrives with the
+ * the per-CPU work slots are contended): every request arrives with the
  * value or, counted and reported, with the placeholder; never corrupted.
  */
 async function threadSuite(): Promise<void> {
@@ -233,6 +237,15 @@ async function threadSuite(): Promise<void> {
 const PERF_REPS = 3;
 
 /** Mean time per 1 KiB request with one placeholder: no kloak, stop mode, kernel mode (interleaved, median of each). */
+/** The refusal reasons and skipped writes a metrics file counted, e.g. "nested_write 1". */
+function notableCounts(prom: string): string {
+  const out: string[] = [];
+  for (const m of prom.matchAll(/^kloak_substitutions_refused_total\{reason="([a-z_]+)"\} (\d+)$/gm)) if (m[2] !== "0") out.push(`${m[1]} ${m[2]}`);
+  const skipped = /^kloak_tls_writes_skipped_total (\d+)$/m.exec(prom)?.[1];
+  if (skipped && skipped !== "0") out.push(`writes skipped ${skipped}`);
+  return out.join(", ");
+}
+
 async function perfSuite(): Promise<void> {
   const certs = await testCerts();
   const secret = fakeSecret(32);
@@ -263,10 +276,15 @@ async function perfSuite(): Promise<void> {
       "32",
       ...(placeholderEnv ? ["--placeholder-env", "API_KEY"] : []),
     ];
+    const metricsDir = mkdtempSync(join(tmpdir(), "kloak-cell-perf-"));
+    let runs = 0;
     const run = async (mode: RewriteMode | null) => {
       server.reset();
+      const metrics = join(metricsDir, `${++runs}.prom`);
       const r = mode
-        ? await runKloak(["exec", "--quiet", "--rewrite-mode", mode, "--secret", `API_KEY=${secret}`, "--", ...client(true)], { timeoutMs: 300_000 })
+        ? await runKloak(["exec", "--quiet", "--rewrite-mode", mode, "--secret", `API_KEY=${secret}`, "--metrics-file", metrics, "--", ...client(true)], {
+            timeoutMs: 300_000,
+          })
         : await (async () => {
             const p = Bun.spawn(client(false), { stdout: "pipe", stderr: "pipe" });
             const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
@@ -276,7 +294,9 @@ async function perfSuite(): Promise<void> {
       const res = JSON.parse(line) as { writes_total?: number; latency?: { mean_ns?: number } };
       const stats = server.snapshot();
       // warm-up writes carry the placeholder too: compare against every write
-      return { code: r.code, count: res.writes_total ?? 0, mean: res.latency?.mean_ns ?? 0, valueHits: stats.valueHits, markers: stats.markerHits };
+      // Why a write went out with the placeholder, should one have: the refusals kloak counted.
+      const why = mode && existsSync(metrics) ? notableCounts(readFileSync(metrics, "utf8")) : "";
+      return { code: r.code, count: res.writes_total ?? 0, mean: res.latency?.mean_ns ?? 0, valueHits: stats.valueHits, markers: stats.markerHits, why };
     };
     // Interleaved repetitions, median of each variant: the VM shares the host's two cores.
     const reps: Record<"base" | "stop" | "kernel", Awaited<ReturnType<typeof run>>[]> = { base: [], stop: [], kernel: [] };
@@ -289,11 +309,12 @@ async function perfSuite(): Promise<void> {
     const ok = all.every((x) => x.code === 0 && x.count > 0 && x.mean > 0);
     const whole = [...reps.stop, ...reps.kernel].every((x) => x.valueHits === x.count && x.markers === 0);
     const writes = (xs: typeof all) => xs.reduce((a, x) => a + x.count, 0);
+    const show = (xs: typeof all) =>
+      xs.map((x) => `${x.valueHits}/${x.count}${x.markers ? ` +${x.markers} placeholders (${x.why || "no refusal counted"})` : ""}${x.code ? ` exit ${x.code}` : ""}`).join(", ");
     check(
       "perf runs substituted every write",
       ok && whole,
-      `${PERF_REPS} reps each: baseline ${writes(reps.base)}, stop ${writes(reps.stop)}, kernel ${writes(reps.kernel)} writes; ` +
-        `every stop and kernel write carried the value: ${whole}`,
+      `${PERF_REPS} reps each: baseline ${writes(reps.base)} writes; writes with the value: stop ${show(reps.stop)}; kernel ${show(reps.kernel)}`,
     );
     const median = (xs: typeof all) => xs.map((x) => x.mean).sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     if (ok) {
@@ -308,6 +329,34 @@ async function perfSuite(): Promise<void> {
   } finally {
     await server.close();
   }
+}
+
+/**
+ * Attacks from inside the tree (test/security/), on this kernel: they rest on
+ * kernel facts (BIO probes, a socket's network namespace, the fd table's
+ * references, the writer's memory map, kernel-mode restores) that differ by
+ * version. A subset, chosen by the matrix: each test costs a kloak exec.
+ */
+async function securitySuite(files: string[]): Promise<void> {
+  const p = Bun.spawn([process.execPath, "test", "--timeout", "900000", ...files.map((f) => join(ROOT, f))], {
+    cwd: ROOT,
+    env: { ...process.env, KLOAK_BIN: KLOAK },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const text = out + err;
+  const pass = Number(/^\s*(\d+) pass$/m.exec(text)?.[1] ?? 0);
+  const fail = Number(/^\s*(\d+) fail$/m.exec(text)?.[1] ?? 0);
+  const failed = [...text.matchAll(/^\(fail\) (.*?)(?: \[[\d.]+m?s\])?$/gm)].map((m) => m[1]);
+  // What failed, for the console: each error and the lines that say what was expected.
+  for (const m of text.matchAll(/^error: .*(?:\n(?:Expected.*|Received.*|[-+] .*|\s+at .*|))*/gm))
+    console.log(`cell: attack error: ${m[0].split("\n").filter((l) => l.trim()).join(" | ")}`);
+  check(
+    `attacks from inside the tree (${files.join(", ")})`,
+    code === 0 && pass > 0 && fail === 0,
+    `${pass} passed, ${fail} failed${failed.length ? `: ${[...new Set(failed)].join("; ")}` : ""}`,
+  );
 }
 
 /** A node kloak cannot run on: one line, exit code 1, nothing loaded or pinned, for exec and doctor alike. */
@@ -334,6 +383,7 @@ if (expect === "refused") {
   const mode = await timed("doctor", doctor);
   await timed("exec", () => execSuite(mode ?? null));
   if (args.threads) await timed("threads", threadSuite);
+  if (args.security) await timed("security", () => securitySuite(args.security!.split(",")));
   if (args.perf) await timed("perf", perfSuite);
 }
 const out = args.out ?? process.env.KLOAK_JOB;

@@ -46,9 +46,14 @@ mount -t cgroup2 cgroup2 $r/sys/fs/cgroup
 ip link set lo up
 
 say "ready $(uname -r) $(cat /sys/kernel/security/lockdown 2>/dev/null)"
-chroot $r /bin/sh -c 'cd "$(cat /kloak-job/cwd)" && exec /bin/sh /kloak-job/run.sh' </dev/console >/dev/console 2>&1
+# The job runs in the new root proper (switch_root, not chroot): a chrooted
+# process may not create user namespaces, and the tests do (unshare -Urn).
+cat >$r/run/kloak-stage2 <<'EOF'
+cd "$(cat /kloak-job/cwd)" && /bin/sh /kloak-job/run.sh </dev/console >/dev/console 2>&1
 code=$?
-echo $code >$r/kloak-job/exit
+echo $code >/kloak-job/exit
 sync
-say "exit $code"
-poweroff -f
+echo "kloak-vm: exit $code" >/dev/console
+echo o >/proc/sysrq-trigger
+EOF
+exec switch_root $r /bin/sh /run/kloak-stage2
