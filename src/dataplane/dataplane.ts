@@ -45,7 +45,7 @@ import {
   type RewriteMode,
   type UprobeKind,
 } from "./bpf-object.ts";
-import type { FromWorker, ToWorker, WorkerStats } from "./ring-protocol.ts";
+import { noWorkerStats, type FromWorker, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
 import type { HoldMethod } from "./tracer.ts";
 import { TlsTargetFinder } from "./tls-targets.ts";
 import { PINNED_MAPS, pinPath, unpinState } from "./release.ts";
@@ -132,18 +132,7 @@ export class Dataplane {
   private readonly acks = new Map<number, () => void>();
   private readonly refusalListeners: ((e: RefusalEvent) => void)[] = [];
   private sniHandler: (e: SniEvent) => Promise<void> | void = () => {};
-  private readonly workerTotals: WorkerStats = {
-    patched: 0,
-    restored: 0,
-    patchFailed: 0,
-    notStopped: 0,
-    noValue: 0,
-    killedNoRestore: 0,
-    blocked: 0,
-    traced: 0,
-    traceFailed: 0,
-    holdsEnded: 0,
-  };
+  private readonly workerTotals: WorkerStats = noWorkerStats();
   private statsWaiters: (() => void)[] = [];
   private closed = false;
   private readonly scopes = new Map<number, ScopeSettings>();

@@ -49,6 +49,22 @@ export interface WorkerStats {
   holdsEnded: number;
 }
 
+/** Every count at zero: the worker's start, the main thread's totals. */
+export function noWorkerStats(): WorkerStats {
+  return {
+    patched: 0,
+    restored: 0,
+    patchFailed: 0,
+    notStopped: 0,
+    noValue: 0,
+    killedNoRestore: 0,
+    blocked: 0,
+    traced: 0,
+    traceFailed: 0,
+    holdsEnded: 0,
+  };
+}
+
 export type FromWorker =
   | { type: "ready" }
   | { type: "ack"; seq: number }

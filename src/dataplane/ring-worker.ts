@@ -40,7 +40,7 @@ import {
 import { isStopped, threadState } from "../../lib/proc.ts";
 import { BPF_EXIST, mapLookupRaw, mapUpdateRaw } from "../../lib/uprobe.ts";
 import { decodeEvent, encodeU32, EventType, LAYOUT, ProcFlags, type BlockEvent, type DataplaneEvent, type WriteEvent } from "./abi.ts";
-import type { ToWorker, WorkerStats } from "./ring-protocol.ts";
+import { noWorkerStats, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
 import { Tracer } from "./tracer.ts";
 
 declare const self: Worker;
@@ -57,18 +57,7 @@ let stopReleasedFd = -1;
 let procsFd = -1;
 let tracer: Tracer | undefined;
 
-const stats: WorkerStats = {
-  patched: 0,
-  restored: 0,
-  patchFailed: 0,
-  notStopped: 0,
-  noValue: 0,
-  killedNoRestore: 0,
-  blocked: 0,
-  traced: 0,
-  traceFailed: 0,
-  holdsEnded: 0,
-};
+const stats: WorkerStats = noWorkerStats();
 
 /** kloak_procs[tgid].flags TRACED: the kernel holds one thread of it, not the group. */
 function markTraced(tgid: number, on: boolean): void {

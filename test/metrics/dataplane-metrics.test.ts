@@ -3,20 +3,10 @@ import { expect, test } from "bun:test";
 import { COUNTERS, type CounterName } from "../../src/dataplane/abi.ts";
 import { REFUSALS } from "../../src/dataplane/refusals.ts";
 import { dataplaneMetrics } from "../../src/metrics/dataplane-metrics.ts";
+import { noWorkerStats } from "../../src/dataplane/ring-protocol.ts";
 
 const zero = () => Object.fromEntries(COUNTERS.map((c) => [c, 0n])) as Record<CounterName, bigint>;
-const noWorker = {
-  patched: 0,
-  restored: 0,
-  patchFailed: 0,
-  notStopped: 0,
-  noValue: 0,
-  killedNoRestore: 0,
-  blocked: 0,
-  traced: 0,
-  traceFailed: 0,
-  holdsEnded: 0,
-};
+const noWorker = noWorkerStats();
 
 test("kloak_substitutions_refused_total has one series per reason of refusals.ts, read at collection time", async () => {
   const counters = zero();
