@@ -4,6 +4,7 @@
  * /proc files) or stop it. Through sudo, CMD runs as the user who ran sudo;
  * otherwise --user says who; --user root is allowed, and said aloud.
  */
+import { existsSync, readFileSync } from "node:fs";
 import { UsageError } from "../errors.ts";
 
 export interface RunAs {
@@ -20,19 +21,36 @@ interface PasswdEntry {
   home: string;
 }
 
-/** The user database entry of a name or uid, through getent (so NSS sources count too). */
+/** getent by its path: kloak's own PATH may be anything (or unset). */
+const GETENT = ["/usr/bin/getent", "/bin/getent"].find((p) => existsSync(p));
+
+/** The entry of `key` (a name or a numeric id) in database passwd or group: through getent, so NSS
+ * sources count too; from /etc/passwd or /etc/group where there is no getent (minimal images). */
+function lookup(db: "passwd" | "group", key: string): string[] | undefined {
+  let lines: string[];
+  if (GETENT) {
+    const r = Bun.spawnSync([GETENT, db, key], { stderr: "ignore" });
+    lines = r.success ? r.stdout.toString().split("\n") : [];
+  } else {
+    try {
+      lines = readFileSync(`/etc/${db}`, "utf8").split("\n");
+    } catch {
+      return undefined;
+    }
+  }
+  return lines.map((l) => l.split(":")).find((f) => f.length >= 3 && (f[0] === key || f[2] === key));
+}
+
 function lookupUser(who: string): PasswdEntry | undefined {
-  const r = Bun.spawnSync(["getent", "passwd", who], { stderr: "ignore" });
-  const f = r.success ? r.stdout.toString().trim().split("\n")[0]?.split(":") : undefined;
+  const f = lookup("passwd", who);
   if (!f || f.length < 7) return undefined;
   return { name: f[0]!, uid: Number(f[2]), gid: Number(f[3]), home: f[5]! };
 }
 
 function lookupGroup(group: string): number | undefined {
   if (/^\d+$/.test(group)) return Number(group);
-  const r = Bun.spawnSync(["getent", "group", group], { stderr: "ignore" });
-  const f = r.success ? r.stdout.toString().trim().split(":") : [];
-  return f.length >= 3 ? Number(f[2]) : undefined;
+  const f = lookup("group", group);
+  return f ? Number(f[2]) : undefined;
 }
 
 function runAs(p: { uid: number; gid: number; name?: string; home?: string }): RunAs {
