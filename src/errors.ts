@@ -6,8 +6,9 @@
 export class KloakError extends Error {
   constructor(
     message: string,
-    /** 2: the invocation is wrong (usage, input files); 1: the machine cannot run kloak. */
-    readonly exitCode: 1 | 2,
+    /** 2: the invocation is wrong (usage, input files); 1: the machine cannot run kloak;
+     * 126/127: the command cannot be executed / was not found (a shell's codes). */
+    readonly exitCode: 1 | 2 | 126 | 127,
   ) {
     super(message);
     this.name = new.target.name;
@@ -18,6 +19,13 @@ export class KloakError extends Error {
 export class UsageError extends KloakError {
   constructor(message: string) {
     super(message, 2);
+  }
+}
+
+/** CMD of `kloak exec` cannot run: 127 not found, 126 not executable. */
+export class CommandError extends KloakError {
+  constructor(message: string, exitCode: 126 | 127) {
+    super(message, exitCode);
   }
 }
 

@@ -3,11 +3,12 @@
  * secrets; CMD and every descendant get the real value substituted inside
  * their TLS writes.
  */
-import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
+import { accessSync, chmodSync, chownSync, constants as fsConstants, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { constants } from "node:os";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { UsageError, EnvironmentError } from "../errors.ts";
+import { CommandError, UsageError, EnvironmentError } from "../errors.ts";
+import { checkCommand } from "./command-path.ts";
 import { parseScanCap } from "../dataplane/scan-cap.ts";
 import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
 import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
@@ -24,6 +25,9 @@ import { dnsLookup } from "../policy/resolver.ts";
 import { formatRule, MAX_RULES, parseRuleList, RuleError, type Rule } from "../policy/rules.ts";
 import { RefusalLog } from "./refusals.ts";
 import type { DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
+
+/** kloak exec's exit code under --fail-on-refusal when CMD exited 0 but a placeholder went out. */
+export const REFUSED_EXIT = 3;
 
 export const EXEC_USAGE = `usage: kloak exec [options] -- CMD [ARGS...]
 
@@ -60,6 +64,8 @@ options:
                            strace themselves (a process has one tracer)
   --rewrite-mode MODE      auto (default), kernel or stop
   --scan-cap SIZE          bytes of each write scanned (default 64KiB, max 16MiB)
+  --fail-on-refusal        exit ${REFUSED_EXIT} when CMD succeeded but a substitution was
+                           refused (or failed closed): for CI jobs and checks
   --quiet                  no summary on exit
   -h, --help               this text`;
 
@@ -78,6 +84,7 @@ export interface ExecOptions {
   scanCap: number;
   placeholderDir?: string;
   quiet: boolean;
+  failOnRefusal: boolean;
   dnsServers: string[];
   metricsFile?: string;
 }
@@ -106,6 +113,7 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
         user: { type: "string" },
         "scan-cap": { type: "string", default: "64KiB" },
         quiet: { type: "boolean", short: "q", default: false },
+        "fail-on-refusal": { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -134,6 +142,7 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
     throw new UsageError("exec: no secrets given; add --secret NAME=VALUE, --secret NAME or --secrets-file FILE");
   applyAllowFlags(secrets, v.allow ?? []);
   const dnsServers = (v["dns-server"] ?? []).map(checkDnsServer);
+  if (v["metrics-file"] !== undefined) checkOutputFile("--metrics-file", v["metrics-file"]);
   const user = resolveRunAs(v.user, env);
   return {
     secrets,
@@ -146,6 +155,7 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
     scanCap,
     placeholderDir: v["placeholder-dir"],
     quiet: v.quiet!,
+    failOnRefusal: v["fail-on-refusal"]!,
     dnsServers,
     metricsFile: v["metrics-file"],
   };
@@ -179,6 +189,26 @@ function applyAllowFlags(secrets: SecretSpec[], flags: string[]): void {
         `exec: secret ${secret.name} has ${merged.length} rules; at most ${MAX_RULES} — use a wildcard or a CIDR to cover several`,
       );
     secret.rules = merged;
+  }
+}
+
+/** A file kloak writes once CMD has ended must be writable before CMD starts: its output is not lost. */
+function checkOutputFile(flag: string, file: string): void {
+  const dir = dirname(resolve(file));
+  let isDir = false;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch {}
+  if (!isDir) throw new UsageError(`exec: ${flag} ${file}: no directory ${dir}; create it or choose another path`);
+  let existing: ReturnType<typeof statSync> | undefined;
+  try {
+    existing = statSync(file);
+  } catch {}
+  if (existing?.isDirectory()) throw new UsageError(`exec: ${flag} ${file}: is a directory; name a file`);
+  try {
+    accessSync(existing ? file : dir, fsConstants.W_OK);
+  } catch {
+    throw new UsageError(`exec: ${flag} ${file}: ${existing ? "the file" : dir} is not writable; choose another path`);
   }
 }
 
@@ -231,6 +261,7 @@ export async function execCommand(argv: string[]): Promise<number> {
   for (const s of opts.secrets) placeholders.set(s.name, registry.create(s.name, s.value.length));
   const { env, dropped } = childEnvironment(process.env, opts.secrets, placeholders);
   Object.assign(env, opts.user.env);
+  checkCommand(opts.command[0]!, env.PATH, opts.user);
   if (opts.placeholderDir) writePlaceholderFiles(opts.placeholderDir, placeholders, opts.user);
 
   for (const stale of stalePins()) await releaseDead(stale);
@@ -299,7 +330,9 @@ export async function execCommand(argv: string[]): Promise<number> {
     try {
       pid = await guardian.run({ argv: opts.command, env, uid: opts.user.uid, gid: opts.user.gid });
     } catch (e) {
-      throw new UsageError(`cannot run ${opts.command[0]}: ${(e as Error).message}`);
+      // checkCommand saw it runnable; it changed since, or the kernel refused (e.g. a bad ELF).
+      const msg = (e as Error).message;
+      throw new CommandError(`cannot run ${opts.command[0]}: ${msg}`, /ENOENT/.test(msg) ? 127 : 126);
     } finally {
       dp.removeLauncher(guardian.pid);
     }
@@ -320,6 +353,7 @@ export async function execCommand(argv: string[]): Promise<number> {
     await Bun.sleep(20);
     const counters = dp.counters();
     const stats = await dp.workerStats();
+    const refusalCounts = dp.refusalCounts();
     if (!opts.quiet) {
       const substituted = dp.mode === "stop" ? stats.patched : Number(counters.substituted);
       say(
@@ -328,7 +362,13 @@ export async function execCommand(argv: string[]): Promise<number> {
       );
       for (const line of refusals.summary()) say(line);
     }
-    if (opts.metricsFile) await writeMetrics(opts.metricsFile, { counters, refusals: dp.refusalCounts(), worker: stats });
+    if (opts.metricsFile) await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats });
+    const refused =
+      Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue;
+    if (opts.failOnRefusal && refused > 0 && exitCode === 0) {
+      say(`${refused} substitution(s) refused or failed closed: exit ${REFUSED_EXIT} (--fail-on-refusal)`);
+      return REFUSED_EXIT;
+    }
     return exitCode;
   } finally {
     policy.close();

@@ -1,6 +1,6 @@
 /** Bad input to `kloak exec`: one clear line, the right exit code, nothing loaded or left behind. */
-import { afterAll, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fakeSecret, occurrences, runKloak } from "../support/kloak.ts";
@@ -80,8 +80,38 @@ test("a bad rule in a secrets file: nothing loaded, the file, the secret's place
   expect(r.stderr.trim().split("\n").length).toBe(1);
 });
 
-test("a command that does not exist", async () => {
-  const r = await runKloak(["exec", "-q", "--secret", "A=abcdefgh", "--", "/nonexistent/cmd"]);
+describe("a command that cannot run: the shell's exit codes, one line, before anything is loaded", () => {
+  const script = join(dir, "not-executable.sh");
+  writeFileSync(script, "#!/bin/sh\necho ran\n", { mode: 0o644 });
+  const cases: [string, string[], Record<string, string> | undefined, number, RegExp][] = [
+    ["a path that does not exist", ["/nonexistent/cmd"], undefined, 127, /^kloak: cannot run \/nonexistent\/cmd: no such file; check the path$/],
+    ["a name not in PATH", ["kloak-no-such-command"], undefined, 127, /^kloak: cannot run kloak-no-such-command: command not found in PATH \(.*\); check the name/],
+    ["a name found only in a PATH entry that does not hold it", ["true"], { PATH: "/nonexistent" }, 127, /command not found in PATH \(\/nonexistent\)/],
+    ["a file without execute permission", [script], undefined, 126, /^kloak: cannot run .*not-executable\.sh: .* is not executable by uid \d+; check the path, or chmod \+x it$/],
+    ["a directory", [dir], undefined, 126, /is a directory/],
+  ];
+  for (const [name, command, env, code, msg] of cases) {
+    test(name, async () => {
+      const t0 = performance.now();
+      const r = await runKloak(["exec", "--secret", "A=abcdefgh", "--", ...command], env ? { env } : {});
+      expect({ code: r.code, stderr: r.stderr.trim() }).toMatchObject({ code, stderr: expect.stringMatching(msg) });
+      expect(r.stderr.trim().split("\n").length).toBe(1); // nothing started: no mode line, no rules warning
+      expect(r.stdout).toBe("");
+      expect(performance.now() - t0).toBeLessThan(5_000); // not after a data plane start and stop
+    });
+  }
+});
+
+test("--metrics-file in a directory that does not exist: refused before CMD runs", async () => {
+  const marker = join(dir, "ran");
+  const r = await runKloak(["exec", "--secret", "A=abcdefgh", "--metrics-file", "/nonexistent/dir/m.prom", "--", "touch", marker]);
   expect(r.code).toBe(2);
-  expect(r.stderr).toMatch(/cannot run \/nonexistent\/cmd/);
+  expect(r.stderr.trim()).toBe("kloak: exec: --metrics-file /nonexistent/dir/m.prom: no directory /nonexistent/dir; create it or choose another path");
+  expect(existsSync(marker)).toBe(false);
+});
+
+test("--metrics-file naming a directory: refused before CMD runs", async () => {
+  const r = await runKloak(["exec", "--secret", "A=abcdefgh", "--metrics-file", dir, "--", "true"]);
+  expect(r.code).toBe(2);
+  expect(r.stderr.trim()).toBe(`kloak: exec: --metrics-file ${dir}: is a directory; name a file`);
 });
