@@ -8,8 +8,10 @@ commands:
   exec [options] -- CMD [ARGS]   run CMD with placeholders; real values only inside its TLS writes
   agent [options]                the Kubernetes node agent (DaemonSet); see kloak agent --help
   doctor [--json]                check whether this node can run kloak
-  version                        version, commit, libbpf and eBPF object build id
-  help                           this text`;
+  version [--json]               version, commit, libbpf and eBPF object build id
+  help [COMMAND]                 this text, or a command's (same as COMMAND --help)`;
+
+const COMMANDS = ["exec", "agent", "doctor", "version"];
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -21,11 +23,21 @@ async function main(argv: string[]): Promise<number> {
     case "doctor":
       return (await import("./cli/doctor.ts")).doctorCommand(rest);
     case "version":
+      return (await import("./cli/version.ts")).versionCommand(rest);
     case "--version":
       return (await import("./cli/version.ts")).versionCommand();
     case "__guardian":
       return (await import("./supervisor/guardian.ts")).guardianCommand(rest);
     case "help":
+      if (rest.length > 0) {
+        if (!COMMANDS.includes(rest[0]!)) {
+          process.stderr.write(`kloak: help: no command ${JSON.stringify(rest[0])}; commands: ${COMMANDS.join(", ")}\n`);
+          return 2;
+        }
+        return main([rest[0]!, "--help"]);
+      }
+      process.stdout.write(USAGE + "\n");
+      return 0;
     case "--help":
     case "-h":
       process.stdout.write(USAGE + "\n");

@@ -310,3 +310,32 @@ describe("refusals are counted", () => {
     }
   });
 });
+
+describe("--fail-on-refusal", () => {
+  const runFlag = async (steps: Step[], extra: string[]) => {
+    const secret = fakeSecret(40);
+    const req = buildHttpRequest({ host: "x", headers: { "X-T": "{{T}}" } }).toString("latin1");
+    return runKloak(
+      ["exec", "-q", "--secret", `T=${secret}`, "--dns-server", dns.address, "--allow", "T=api.kloak.test", ...extra,
+        "--", pythonPath(), PY_STEPS, JSON.stringify(steps)],
+      { env: { KLOAK_TEST_REQUEST: req, KLOAK_TEST_CA: certs.caFile } },
+    );
+  };
+
+  test("a refused substitution turns CMD's success into exit 3, saying why; without the flag, CMD's 0", async () => {
+    const steps = [open("a", s2, "api.kloak.test"), send("a"), open("b", s3, "other.kloak.test"), send("b")];
+    const flagged = await runFlag(steps, ["--fail-on-refusal"]);
+    expect(flagged.code).toBe(3);
+    expect(flagged.stderr).toBe("kloak: 1 substitution(s) refused or failed closed: exit 3 (--fail-on-refusal)\n");
+    expect(s3.received().length).toBeGreaterThan(0); // CMD ran to its end: only the exit code changes
+    const plain = await runFlag(steps, []);
+    expect(plain.code).toBe(0);
+  });
+
+  test("nothing refused: CMD's exit code", async () => {
+    const r = await runFlag([open("a", s2, "api.kloak.test"), send("a", 2)], ["--fail-on-refusal"]);
+    expect(r.code).toBe(0);
+    expect(s2.received().length).toBeGreaterThan(0);
+    expect(r.stderr).toBe("");
+  });
+});
