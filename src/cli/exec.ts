@@ -70,6 +70,11 @@ options:
   -h, --help               this text`;
 
 const SCOPE = 1;
+
+/** After a run in which kloak saw no TLS write: why that can be, and what it means for the placeholders. */
+export const NO_TLS_WRITES =
+  "no TLS write went through a library kloak hooks (OpenSSL's libssl, or OpenSSL linked into the program, as in " +
+  "node); a client that sent a secret over Go's crypto/tls, GnuTLS (wget) or Bun's own TLS sent its placeholder";
 const FORWARDED = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH"] as const;
 
 export interface ExecOptions {
@@ -360,6 +365,7 @@ export async function execCommand(argv: string[]): Promise<number> {
         `${substituted} substitution(s) in ${counters.writes_seen} TLS write(s)` +
           (stats.notStopped + stats.patchFailed ? `, ${stats.notStopped + stats.patchFailed} failed closed` : ""),
       );
+      if (counters.writes_seen === 0n) say(NO_TLS_WRITES);
       for (const line of refusals.summary()) say(line);
     }
     if (opts.metricsFile) await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats });

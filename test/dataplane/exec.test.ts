@@ -14,6 +14,7 @@ import { testCerts, type TestCerts } from "../support/certs.ts";
 import { buildHttpRequest, curlArgs, nodeClientArgs, parseClientOutput, pythonClientArgs } from "../support/clients.ts";
 import { fakeSecret, occurrences, placeholderCount, runKloak, spawnKloak } from "../support/kloak.ts";
 import { startTlsServer, type TlsServer } from "../support/tls-server.ts";
+import { NO_TLS_WRITES } from "../../src/cli/exec.ts";
 
 let certs: TestCerts;
 let http: TlsServer;
@@ -65,6 +66,14 @@ describe("kloak exec substitutes inside real TLS writes", () => {
     expect(r.stdout).toMatch(/^APP=kloak:[0-9A-Z]{34}$/m);
     expect(r.stderr).toContain("rewrite mode stop");
     expect(r.stderr).toContain("may be sent to any TLS destination");
+    expect(r.stderr).not.toContain(NO_TLS_WRITES);
+  });
+
+  test("a run with no TLS write kloak could see says so, and what it means for the placeholders", async () => {
+    const r = await runKloak(["exec", "--secret", `API_TOKEN=${fakeSecret(20)}`, "--", "sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' >/dev/null"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain("kloak: 0 substitution(s) in 0 TLS write(s)\n");
+    expect(r.stderr).toContain(`kloak: ${NO_TLS_WRITES}\n`);
   });
 
   test("python ssl: sendall of a bytes object; after the call the object still holds the placeholder", async () => {
