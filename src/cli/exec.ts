@@ -300,16 +300,18 @@ export async function execCommand(argv: string[]): Promise<number> {
       if (s.onViolation) dp.setViolationAction(id, s.onViolation);
       dp.grant(SCOPE, id);
     }
+    // Advice about the configuration: --quiet means none of it.
+    const advise = opts.quiet ? () => {} : say;
     const unrestricted = opts.secrets.filter((s) => s.rules.length === 0).map((s) => s.name);
     if (unrestricted.length)
-      say(
+      advise(
         `no destination rules for ${unrestricted.join(", ")}: may be sent to any TLS destination; ` +
           `restrict with --allow NAME=HOST[,HOST] or hosts: in the secrets file`,
       );
     for (const s of opts.secrets)
       for (const r of s.rules)
         if (r.kind === "host" && policy.addresses(r.host).length === 0)
-          say(`${r.host} (a rule of ${s.name}) resolves to no address yet: ${s.name} is refused there until it does`);
+          advise(`${r.host} (a rule of ${s.name}) resolves to no address yet: ${s.name} is refused there until it does`);
     try {
       ensurePinDir();
       dp.pinState(pins);

@@ -115,3 +115,10 @@ test("--metrics-file naming a directory: refused before CMD runs", async () => {
   expect(r.code).toBe(2);
   expect(r.stderr.trim()).toBe(`kloak: exec: --metrics-file ${dir}: is a directory; name a file`);
 });
+
+test("--quiet: a successful run prints nothing, not even advice about missing rules", async () => {
+  const r = await runKloak(["exec", "--quiet", "--secret", "A=abcdefgh", "--", "true"]);
+  expect(r).toEqual({ code: 0, stdout: "", stderr: "" });
+  const loud = await runKloak(["exec", "--secret", "A=abcdefgh", "--", "true"]);
+  expect(loud.stderr).toContain("no destination rules for A: may be sent to any TLS destination");
+});
