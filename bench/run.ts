@@ -975,7 +975,7 @@ async function main(): Promise<number> {
     L(
       `- kloak, 1 placeholder per write: ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} per write (mean). ` +
         `Client kernel time ${fmtSigned(d.added_client_sys_us_per_write_placeholder)} µs/write; BPF ${bpfPerWrite("kloak+ph").toFixed(2)} µs/write (${progText("kloak+ph")}); ` +
-        `agent CPU ${p.agent_cpu_us_per_op.toFixed(1)} µs/write: each substituted write is two stop → wait for /proc state "T" → process_vm_writev → SIGCONT round trips (substitute at entry, restore at return), served by the agent's ring worker thread.`,
+        `agent CPU ${p.agent_cpu_us_per_op.toFixed(1)} µs/write: each substituted write is two holds (substitute at entry, restore at return): the kernel stops the writing thread (SIGSTOP, reported to kloak's ring worker through ptrace), the worker patches it with process_vm_writev and lets it go (PTRACE_CONT).`,
     );
     L();
   }
