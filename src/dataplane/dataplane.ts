@@ -7,7 +7,7 @@ import { BpfLink, BpfMap, BpfObject, possibleCpus } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
 import { existsSync, readdirSync } from "node:fs";
 import { exePath, kernelFileId, mntnsInode, netnsInode } from "../../lib/proc.ts";
-import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT } from "../../lib/libc.ts";
+import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT, SIGKILL } from "../../lib/libc.ts";
 import {
   COUNTERS,
   encodeBytes,
@@ -86,6 +86,8 @@ const SNI_HOLD_MS = 1000;
 const INFLIGHT_POLL_MS = 20;
 /** deleteSecret waits at most this long for writes that substituted the secret to return. */
 const DELETE_WAIT_MS = 30_000;
+/** How long close() lets writes in flight finish (and be restored) before it kills their writers. */
+const CLOSE_WAIT_MS = 3_000;
 
 /** Entries and capacity of one BPF map (exported by the agent as metrics). */
 export interface MapUsage {
@@ -490,6 +492,42 @@ export class Dataplane {
     this.detaching.set(pid, timer);
   }
 
+  /**
+   * Before anything is detached: no process is in a scope any more (what it
+   * writes from now on goes out as it is), and every write already in flight
+   * gets its restore, from its return probe (kernel mode) or from the worker
+   * (stop mode), which both still run. A process still inside such a write
+   * after CLOSE_WAIT_MS is killed: once the probes are gone nothing could put
+   * its placeholder back, and it must not live on with the value (a
+   * descendant that outlived CMD, a pod's process when the agent stops).
+   */
+  private async settleWrites(): Promise<void> {
+    for (const map of [this.maps.cgroups, this.maps.launchers, this.maps.procs]) for (const key of map.keys()) map.delete(key);
+    const F = LAYOUT.kloak_write_event.fields;
+    const value = new Uint8Array(LAYOUT.kloak_write_event.size);
+    const v = new DataView(value.buffer);
+    const deadline = performance.now() + CLOSE_WAIT_MS;
+    for (;;) {
+      // A probe that found its process just before the delete may still be recording its write.
+      await Bun.sleep(INFLIGHT_POLL_MS);
+      const writers = new Set<number>();
+      for (const key of this.maps.inflight.keys()) {
+        if (!this.maps.inflight.lookup(key, value)) continue;
+        const tgid = v.getUint32(F.tgid, true);
+        // A thread that died inside its write leaves its record behind.
+        if (existsSync(`/proc/${tgid}/task/${v.getUint32(F.tid, true)}`)) writers.add(tgid);
+      }
+      if (writers.size === 0) return;
+      if (performance.now() >= deadline) {
+        for (const pid of writers) {
+          kill(pid, SIGKILL);
+          this.opts.warn?.(`killed process ${pid}: still inside a TLS write holding a secret ${CLOSE_WAIT_MS} ms after kloak began to stop`);
+        }
+        return;
+      }
+    }
+  }
+
   /** Whether a thread of pid is between a substitution and its restore. */
   private writesInFlight(pid: number): boolean {
     let tids: string[];
@@ -697,6 +735,7 @@ export class Dataplane {
     this.closed = true;
     for (const t of this.detaching.values()) clearTimeout(t);
     this.detaching.clear();
+    await this.settleWrites();
     // Detach first so no new stop can start, then let the worker finish what is queued.
     for (const l of this.tracepoints) l.destroy();
     await this.attacher.detachAll();

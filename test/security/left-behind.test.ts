@@ -6,13 +6,13 @@
  * the tree floods the event ring with. API_KEY may go to 127.0.0.1.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { startTlsServer, type TlsServer } from "../support/tls-server.ts";
-import { pythonPath } from "../support/clients.ts";
-import { attack, connectSteps, count, fakeSecret, OSSL_CLIENT } from "./attack.ts";
+import { parseClientOutput, pythonPath } from "../support/clients.ts";
+import { attack, connectSteps, count, fakeSecret, OSSL_CLIENT, type AttackRun } from "./attack.ts";
 
 const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
@@ -107,6 +107,51 @@ describe("the value does not outlive the write", () => {
     expect(r.code).toBe(128 + 9); // SIGKILL, before it could run on with the value
     expect(r.stdout).not.toContain("WROTE=");
     expect(metric(metrics, "kloak_writers_killed_total")).toBe(1);
+  });
+
+  /** A descendant whose write sleeps `sleep` s inside the call (a BIO of the app's), holding the
+   * value, while CMD exits 1 s into the write and kloak closes down; what it printed, once it ended. */
+  async function survivor(sleep: number): Promise<{ r: AttackRun; out: Record<string, string[]>; text: string; secret: string }> {
+    const secret = fakeSecret(32);
+    const out = join(tmp, `survivor-${sleep}.out`);
+    const steps = JSON.stringify([
+      { op: "tcp", id: "t", host: "127.0.0.1", port: server.port },
+      { op: "ssl", id: "c" },
+      { op: "buffer", id: "b", kind: "page" },
+      { op: "app_bio", id: "c", sock: "t", during_write: `sleep:${sleep}` },
+      { op: "connect", id: "c" },
+      { op: "say", text: "READY" },
+      { op: "write", id: "c", buf: "b" },
+      { op: "check", buf: "b" },
+    ]);
+    const py = `${q(pythonPath())} ${q(OSSL_CLIENT)} ${q(steps)}`;
+    const r = await attack({
+      secret,
+      allow: ["127.0.0.1"],
+      flags: ["--quiet"],
+      steps: [],
+      // CMD exits 1 s after the descendant began its write (however slow the machine).
+      wrap: ["sh", "-c", `${py} >${q(out)} 2>&1 & until grep -q READY ${q(out)}; do sleep 0.1; done; sleep 1; exit 0 #`],
+    });
+    // Until the descendant has ended (it shares the output file's writers: wait for its exit).
+    for (let i = 0; i < 100 && Bun.spawnSync(["pgrep", "-f", `survivor-${sleep}|sleep:${sleep}`]).success; i++) await Bun.sleep(100);
+    const text = existsSync(out) ? readFileSync(out, "utf8") : "";
+    return { r, out: parseClientOutput(text), text, secret };
+  }
+
+  test("a descendant still inside a write when CMD exits and kloak stops: its buffer gets the placeholder back", async () => {
+    const { r, out } = await survivor(2);
+    expect(r.code).toBe(0);
+    expect(out.BUF_B).toEqual(["placeholder"]);
+    expect(r.stderr).toBe("");
+  });
+
+  test("... and one still inside it 3 s after kloak began to stop is killed: it never runs on with the value", async () => {
+    const { r, out, text } = await survivor(6);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/^kloak: killed process \d+: still inside a TLS write holding a secret 3000 ms after kloak began to stop\n$/);
+    expect(out.BUF_B).toBeUndefined();
+    expect(text).not.toContain("WROTE=");
   });
 
   test("a flood of refusal events overflows their ring: every substitution is still restored", async () => {
