@@ -295,8 +295,12 @@ async function perfSuite(): Promise<void> {
       const stats = server.snapshot();
       // warm-up writes carry the placeholder too: compare against every write
       // Why a write went out with the placeholder, should one have: the refusals kloak counted.
-      const why = mode && existsSync(metrics) ? notableCounts(readFileSync(metrics, "utf8")) : "";
-      return { code: r.code, count: res.writes_total ?? 0, mean: res.latency?.mean_ns ?? 0, valueHits: stats.valueHits, markers: stats.markerHits, why };
+      const prom = mode && existsSync(metrics) ? readFileSync(metrics, "utf8") : "";
+      const why = notableCounts(prom);
+      // The one refusal a correct run may show: the writer's memory map was locked by the kernel
+      // (e.g. khugepaged) when the buffer was to be checked, so kloak failed closed.
+      const unchecked = Number(/^kloak_substitutions_refused_total\{reason="buffer_unchecked"\} (\d+)$/m.exec(prom)?.[1] ?? 0);
+      return { code: r.code, count: res.writes_total ?? 0, mean: res.latency?.mean_ns ?? 0, valueHits: stats.valueHits, markers: stats.markerHits, unchecked, why };
     };
     // Interleaved repetitions, median of each variant: the VM shares the host's two cores.
     const reps: Record<"base" | "stop" | "kernel", Awaited<ReturnType<typeof run>>[]> = { base: [], stop: [], kernel: [] };
@@ -307,7 +311,8 @@ async function perfSuite(): Promise<void> {
     }
     const all = [...reps.base, ...reps.stop, ...reps.kernel];
     const ok = all.every((x) => x.code === 0 && x.count > 0 && x.mean > 0);
-    const whole = [...reps.stop, ...reps.kernel].every((x) => x.valueHits === x.count && x.markers === 0);
+    // Every write carried the value, or the placeholder of a counted buffer_unchecked refusal.
+    const whole = [...reps.stop, ...reps.kernel].every((x) => x.valueHits + x.markers === x.count && x.markers <= x.unchecked);
     const writes = (xs: typeof all) => xs.reduce((a, x) => a + x.count, 0);
     const show = (xs: typeof all) =>
       xs.map((x) => `${x.valueHits}/${x.count}${x.markers ? ` +${x.markers} placeholders (${x.why || "no refusal counted"})` : ""}${x.code ? ` exit ${x.code}` : ""}`).join(", ");
