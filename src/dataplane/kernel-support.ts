@@ -54,8 +54,8 @@ const PRIV_REMEDY =
   "or capabilities.add: [BPF, PERFMON, SYS_PTRACE, KILL, SYS_ADMIN]; locally: sudo kloak ...)";
 // Without CAP_BPF/CAP_SYS_ADMIN every trial load fails with EPERM, which libbpf
 // reports as "helper supported" and "map type unsupported": neither means anything.
-const UNPROBED = "trial loads need CAP_BPF or CAP_SYS_ADMIN";
-const PROBE_REMEDY = "run as root (or with CAP_BPF) so the kernel can be probed";
+export const UNPROBED = "trial loads need CAP_BPF or CAP_SYS_ADMIN";
+export const PROBE_REMEDY = "run as root (or with CAP_BPF) so the kernel can be probed";
 
 export interface Mount {
   mountPoint: string;

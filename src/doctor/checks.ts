@@ -8,7 +8,7 @@
  * other checks are informational. A check that throws becomes a "fail"
  * carrying the error message, so the doctor itself never crashes.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { libbpfVersion } from "../../lib/libbpf.ts";
 import { uprobeMultiSupported } from "../../lib/uprobe.ts";
 import { DEFAULT_SCAN_CAP } from "../dataplane/scan-cap.ts";
@@ -27,6 +27,8 @@ import {
   mountedAt,
   NodeFacts,
   ok,
+  PROBE_REMEDY,
+  UNPROBED,
   requirementChecks,
   runCheck,
   testedStatus,
@@ -136,6 +138,11 @@ function infoChecks(f: NodeFacts, trial: Trial): CheckDef[] {
       run: () => {
         const base = f.tracefs();
         if (!base) return warn("tracefs not mounted: cannot tell (see the tracefs check)");
+        try {
+          accessSync(`${base}/events`, constants.R_OK | constants.X_OK);
+        } catch {
+          return warn(`unverified: ${base}/events is readable by root only`, "run kloak doctor as root");
+        }
         const missing = SEND_SYSCALLS.filter((n) => !existsSync(`${base}/events/syscalls/sys_enter_${n}`));
         if (missing.length)
           return warn(
@@ -151,6 +158,7 @@ function infoChecks(f: NodeFacts, trial: Trial): CheckDef[] {
       required: false,
       remedy: "a 6.6 or later kernel detaches faster; nothing else changes",
       run: () => {
+        if (!f.canProbe()) return warn(`unverified: ${UNPROBED}`, PROBE_REMEDY);
         if (uprobeMultiSupported()) return ok("one link per library and process (6.6+)");
         return warn(
           "unavailable: one perf event per probed function; works the same, but each process's detach waits one RCU grace period per probe",

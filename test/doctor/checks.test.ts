@@ -232,6 +232,18 @@ describe("runChecks in other machine states (child processes)", () => {
     expect(r.ok).toBe(false);
   });
 
+  test("not root: what only root can see is 'unverified', never 'unavailable'", async () => {
+    const r = await doctorIn(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+    const sys = byId(r, "syscall-tracepoints");
+    expect(sys.status).toBe("warn");
+    expect(sys.detail).toMatch(/^unverified: .*\/events is readable by root only$/);
+    expect(sys.remedy).toBe("run kloak doctor as root");
+    const multi = byId(r, "uprobe-multi");
+    expect(multi).toMatchObject({ status: "warn", detail: "unverified: trial loads need CAP_BPF or CAP_SYS_ADMIN" });
+    expect(byId(r, "capabilities").status).toBe("fail");
+    expect(r.ok).toBe(false);
+  });
+
   test("CAP_SYS_PTRACE, CAP_KILL and CAP_SYS_ADMIN dropped: capabilities fail, nothing is loaded, no mode", async () => {
     const r = await doctorIn(["setpriv", "--bounding-set=-sys_ptrace,-kill,-sys_admin"], true);
     const caps = byId(r, "capabilities");
