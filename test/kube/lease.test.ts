@@ -223,6 +223,9 @@ describe("LeaseElector against the API server double", () => {
           // before the pause: stepping down must come no later than
           // renewDeadline after the pause (plus timer slack).
           steppedDown = await waitFor("the leader to step down", () => !leader.elector.isLeader(), FAST.renewDeadlineMs + 300);
+          // isLeader() turns false at the deadline by itself; listeners hear it when the
+          // renewal loop next runs (its request to the paused server times out first).
+          await waitFor("the step-down reported to listeners", () => leader.changes.length >= 2, 3000);
           expect(leader.changes).toEqual([true, false]);
           // nobody can take over while the API server is away
           const seen = await neverTwo(cs, 1500);
