@@ -504,19 +504,12 @@ export class Dataplane {
   private async settleWrites(): Promise<void> {
     for (const map of [this.maps.cgroups, this.maps.launchers, this.maps.procs]) for (const key of map.keys()) map.delete(key);
     const F = LAYOUT.kloak_write_event.fields;
-    const value = new Uint8Array(LAYOUT.kloak_write_event.size);
-    const v = new DataView(value.buffer);
     const deadline = performance.now() + CLOSE_WAIT_MS;
     for (;;) {
       // A probe that found its process just before the delete may still be recording its write.
       await Bun.sleep(INFLIGHT_POLL_MS);
       const writers = new Set<number>();
-      for (const key of this.maps.inflight.keys()) {
-        if (!this.maps.inflight.lookup(key, value)) continue;
-        const tgid = v.getUint32(F.tgid, true);
-        // A thread that died inside its write leaves its record behind.
-        if (existsSync(`/proc/${tgid}/task/${v.getUint32(F.tid, true)}`)) writers.add(tgid);
-      }
+      for (const v of this.liveWrites()) writers.add(v.getUint32(F.tgid, true));
       if (writers.size === 0) return;
       if (performance.now() >= deadline) {
         for (const pid of writers) {
@@ -540,18 +533,23 @@ export class Dataplane {
     return tids.some((tid) => this.maps.inflight.lookup(encodeU32(Number(tid)), value));
   }
 
-  /** Whether a live thread is between substituting secret id and restoring it. */
-  private secretInFlight(id: number): boolean {
+  /** The restore records (kloak_write_event) of live threads; a thread that died inside its write leaves its record behind. */
+  private *liveWrites(): Generator<DataView> {
     const F = LAYOUT.kloak_write_event.fields;
     const value = new Uint8Array(LAYOUT.kloak_write_event.size);
     const v = new DataView(value.buffer);
     for (const key of this.maps.inflight.keys()) {
       if (!this.maps.inflight.lookup(key, value)) continue;
+      if (existsSync(`/proc/${v.getUint32(F.tgid, true)}/task/${v.getUint32(F.tid, true)}`)) yield v;
+    }
+  }
+
+  /** Whether a live thread is between substituting secret id and restoring it. */
+  private secretInFlight(id: number): boolean {
+    const F = LAYOUT.kloak_write_event.fields;
+    for (const v of this.liveWrites()) {
       const n = Math.min(v.getUint32(F.count, true), MAX_SUBST);
-      let uses = false;
-      for (let i = 0; i < n && !uses; i++) uses = v.getUint32(F.items + i * LAYOUT.kloak_item.size + 8, true) === id;
-      // A thread that died inside its write leaves its record behind.
-      if (uses && existsSync(`/proc/${v.getUint32(F.tgid, true)}/task/${v.getUint32(F.tid, true)}`)) return true;
+      for (let i = 0; i < n; i++) if (v.getUint32(F.items + i * LAYOUT.kloak_item.size + 8, true) === id) return true;
     }
     return false;
   }
