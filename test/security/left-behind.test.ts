@@ -133,8 +133,8 @@ describe("the value does not outlive the write", () => {
       // CMD exits 1 s after the descendant began its write (however slow the machine).
       wrap: ["sh", "-c", `${py} >${q(out)} 2>&1 & until grep -q READY ${q(out)}; do sleep 0.1; done; sleep 1; exit 0 #`],
     });
-    // Until the descendant has ended (it shares the output file's writers: wait for its exit).
-    for (let i = 0; i < 100 && Bun.spawnSync(["pgrep", "-f", `survivor-${sleep}|sleep:${sleep}`]).success; i++) await Bun.sleep(100);
+    // Until the descendant (its steps name `sleep:N`) has ended: only then is its output complete.
+    for (let i = 0; i < 100 && Bun.spawnSync(["pgrep", "-f", `sleep:${sleep}`]).success; i++) await Bun.sleep(100);
     const text = existsSync(out) ? readFileSync(out, "utf8") : "";
     return { r, out: parseClientOutput(text), text, secret };
   }
