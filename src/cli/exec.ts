@@ -4,7 +4,6 @@
  * their TLS writes.
  */
 import { accessSync, chmodSync, chownSync, constants as fsConstants, mkdirSync, statSync, writeFileSync } from "node:fs";
-import { constants } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { CommandError, UsageError, EnvironmentError } from "../errors.ts";
