@@ -18,7 +18,7 @@ import { hardenSupervisor, scrubStartArgs } from "../supervisor/harden.ts";
 import { Guardian } from "../supervisor/guardian-client.ts";
 import { resolveRunAs, type RunAs } from "./run-as.ts";
 import { PlaceholderRegistry, placeholderKey } from "../secrets/placeholder.ts";
-import { loadSecretsFile, mergeSecrets, parseSecretFlag, type SecretSpec } from "../secrets/secrets-file.ts";
+import { loadEnvFile, loadSecretsFile, mergeSecrets, parseSecretFlag, type SecretSpec } from "../secrets/secrets-file.ts";
 import { kernelRules, PolicyEngine } from "../policy/policy-engine.ts";
 import { dnsLookup } from "../policy/resolver.ts";
 import { formatRule, MAX_RULES, parseRuleList, RuleError, type Rule } from "../policy/rules.ts";
@@ -65,8 +65,18 @@ options:
   --scan-cap SIZE          bytes of each write scanned (default 64KiB, max 16MiB)
   --fail-on-refusal        exit ${REFUSED_EXIT} when CMD succeeded but a substitution was
                            refused (or failed closed): for CI jobs and checks
-  --quiet                  no summary on exit
-  -h, --help               this text`;
+  --env-file FILE          dotenv file (NAME=VALUE lines): each variable is a
+                           secret, as with --secret NAME=VALUE (repeatable)
+  --summary FORMAT         text (default) or json: the exit summary as one JSON
+                           line on stderr (substitutions, refusals, exit code)
+  -q, --quiet              errors and refused substitutions only
+  --silent                 errors only
+  -v, --verbose            also say how kloak runs (rewrite mode)
+  -h, --help               this text
+
+exit status: CMD's; 128+N when CMD was killed by signal N; ${REFUSED_EXIT} under
+--fail-on-refusal; 127 CMD not found, 126 CMD not executable; 2 bad usage;
+1 this machine cannot run kloak (kloak doctor says why).`;
 
 const SCOPE = 1;
 
@@ -75,6 +85,9 @@ export const NO_TLS_WRITES =
   "no TLS write went through a library kloak hooks (OpenSSL's libssl, or OpenSSL linked into the program, as in " +
   "node); a client that sent a secret over Go's crypto/tls, GnuTLS (wget) or Bun's own TLS sent its placeholder";
 const FORWARDED = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH"] as const;
+
+export type Verbosity = "silent" | "quiet" | "normal" | "verbose";
+const LEVEL: Record<Verbosity, number> = { silent: 0, quiet: 1, normal: 2, verbose: 3 };
 
 export interface ExecOptions {
   secrets: SecretSpec[];
@@ -87,7 +100,9 @@ export interface ExecOptions {
   mode: "auto" | "kernel" | "stop";
   scanCap: number;
   placeholderDir?: string;
-  quiet: boolean;
+  /** what kloak says on stderr: silent = errors only; quiet = errors and refusals */
+  verbosity: Verbosity;
+  summary: "text" | "json";
   failOnRefusal: boolean;
   dnsServers: string[];
   metricsFile?: string;
@@ -116,7 +131,11 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
         holds: { type: "string", default: "ptrace" },
         user: { type: "string" },
         "scan-cap": { type: "string", default: "64KiB" },
+        "env-file": { type: "string", multiple: true },
+        summary: { type: "string", default: "text" },
         quiet: { type: "boolean", short: "q", default: false },
+        silent: { type: "boolean", default: false },
+        verbose: { type: "boolean", short: "v", default: false },
         "fail-on-refusal": { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -141,9 +160,15 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
   if (!HOLD_METHODS.includes(holds)) throw new UsageError(`exec: --holds ${JSON.stringify(v.holds)}: use ${HOLD_METHODS.join(" or ")}`);
   const lists: SecretSpec[][] = [(v.secret ?? []).map((s) => parseSecretFlag(s, env))];
   for (const f of v["secrets-file"] ?? []) lists.push(await loadSecretsFile(f, env));
+  for (const f of v["env-file"] ?? []) lists.push(loadEnvFile(f));
   const secrets = mergeSecrets(lists);
   if (secrets.length === 0)
-    throw new UsageError("exec: no secrets given; add --secret NAME=VALUE, --secret NAME or --secrets-file FILE");
+    throw new UsageError("exec: no secrets given; add --secret NAME=VALUE, --secret NAME, --secrets-file FILE or --env-file FILE");
+  const summary = v.summary!;
+  if (summary !== "text" && summary !== "json") throw new UsageError(`exec: --summary ${JSON.stringify(summary)}: use text or json`);
+  const loud = [v.silent && "--silent", v.quiet && "--quiet", v.verbose && "--verbose"].filter(Boolean);
+  if (loud.length > 1) throw new UsageError(`exec: ${loud.join(" and ")} contradict each other; give one`);
+  const verbosity: Verbosity = v.silent ? "silent" : v.quiet ? "quiet" : v.verbose ? "verbose" : "normal";
   applyAllowFlags(secrets, v.allow ?? []);
   const dnsServers = (v["dns-server"] ?? []).map(checkDnsServer);
   if (v["metrics-file"] !== undefined) checkOutputFile("--metrics-file", v["metrics-file"]);
@@ -158,7 +183,8 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
     mode,
     scanCap,
     placeholderDir: v["placeholder-dir"],
-    quiet: v.quiet!,
+    verbosity,
+    summary,
     failOnRefusal: v["fail-on-refusal"]!,
     dnsServers,
     metricsFile: v["metrics-file"],
@@ -270,12 +296,15 @@ export async function execCommand(argv: string[]): Promise<number> {
 
   for (const stale of stalePins()) await releaseDead(stale);
 
-  const dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn: say });
+  const level = LEVEL[opts.verbosity];
+  /** Warnings and advice: hidden by --quiet and --silent. */
+  const warn = level >= LEVEL.normal ? say : () => {};
+  const dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn });
   const refusals = new RefusalLog(new Map(opts.secrets.map((s, i) => [i + 1, s.name])));
   dp.onRefusal((e) => refusals.add(e));
   const policy = new PolicyEngine(dp, {
     lookup: dnsLookup(opts.dnsServers.length ? opts.dnsServers : undefined),
-    warn: say,
+    warn,
   });
   dp.onSni((e) => policy.sawSni(e.sni));
   dp.holdAtNewSni(opts.secrets.some((s) => s.rules.some((r) => r.kind === "wildcard")));
@@ -299,8 +328,7 @@ export async function execCommand(argv: string[]): Promise<number> {
       if (s.onViolation) dp.setViolationAction(id, s.onViolation);
       dp.grant(SCOPE, id);
     }
-    // Advice about the configuration: --quiet means none of it.
-    const advise = opts.quiet ? () => {} : say;
+    const advise = warn;
     const unrestricted = opts.secrets.filter((s) => s.rules.length === 0).map((s) => s.name);
     if (unrestricted.length)
       advise(
@@ -322,8 +350,8 @@ export async function execCommand(argv: string[]): Promise<number> {
     // CMD's parent; no secret in its environment: it needs none.
     guardian = await Guardian.start(pins);
 
-    if (!opts.quiet) {
-      say(`rewrite mode ${dp.mode} (${dp.modeReason})`);
+    if (level >= LEVEL.verbose) say(`rewrite mode ${dp.mode} (${dp.modeReason})`);
+    if (level >= LEVEL.normal) {
       if (dropped.length) say(`not passing ${dropped.join(", ")} to the command: it holds a real secret value`);
       if (opts.user.uid === 0)
         say("CMD runs as root (--user root): code in it can read the real values from kloak; protection against leaks only (threat model A)");
@@ -360,23 +388,36 @@ export async function execCommand(argv: string[]): Promise<number> {
     const counters = dp.counters();
     const stats = await dp.workerStats();
     const refusalCounts = dp.refusalCounts();
-    if (!opts.quiet) {
-      const substituted = dp.mode === "stop" ? stats.patched : Number(counters.substituted);
-      say(
-        `${substituted} substitution(s) in ${counters.writes_seen} TLS write(s)` +
-          (stats.notStopped + stats.patchFailed ? `, ${stats.notStopped + stats.patchFailed} failed closed` : ""),
-      );
-      if (counters.writes_seen === 0n) say(NO_TLS_WRITES);
-      for (const line of refusals.summary()) say(line);
-    }
-    if (opts.metricsFile) await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats });
+    const substituted = dp.mode === "stop" ? stats.patched : Number(counters.substituted);
+    const failedClosed = stats.notStopped + stats.patchFailed;
     const refused =
       Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue;
-    if (opts.failOnRefusal && refused > 0 && exitCode === 0) {
-      say(`${refused} substitution(s) refused or failed closed: exit ${REFUSED_EXIT} (--fail-on-refusal)`);
-      return REFUSED_EXIT;
+    const failRun = opts.failOnRefusal && refused > 0 && exitCode === 0;
+    const kloakExit = failRun ? REFUSED_EXIT : exitCode;
+    if (opts.summary === "json") {
+      // Asked for by name: printed whatever the verbosity, for the machine that reads it.
+      say(
+        JSON.stringify({
+          exitCode: kloakExit,
+          commandExitCode: exitCode,
+          rewriteMode: dp.mode,
+          substitutions: substituted,
+          tlsWrites: Number(counters.writes_seen),
+          failedClosed,
+          refusals: refusals.list(),
+          notes: counters.writes_seen === 0n ? [NO_TLS_WRITES] : [],
+        }),
+      );
+    } else {
+      if (level >= LEVEL.normal) {
+        say(`${substituted} substitution(s) in ${counters.writes_seen} TLS write(s)` + (failedClosed ? `, ${failedClosed} failed closed` : ""));
+        if (counters.writes_seen === 0n) say(NO_TLS_WRITES);
+      }
+      if (level >= LEVEL.quiet) for (const line of refusals.summary()) say(line);
     }
-    return exitCode;
+    if (opts.metricsFile) await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats });
+    if (failRun) say(`${refused} substitution(s) refused or failed closed: exit ${REFUSED_EXIT} (--fail-on-refusal)`);
+    return kloakExit;
   } finally {
     policy.close();
     await dp.close();

@@ -6,7 +6,7 @@
 import type { RefusalEvent } from "../dataplane/abi.ts";
 import { ACTION_SUFFIX, describeDestination, refusalHint, type ViolationAction } from "../dataplane/refusals.ts";
 
-interface Entry {
+export interface RefusalEntry {
   secret: string;
   destination: string;
   reason: string;
@@ -15,7 +15,7 @@ interface Entry {
 }
 
 export class RefusalLog {
-  private readonly entries = new Map<string, Entry>();
+  private readonly entries = new Map<string, RefusalEntry>();
 
   constructor(private readonly secretNames: Map<number, string>) {}
 
@@ -32,6 +32,11 @@ export class RefusalLog {
     let n = 0;
     for (const e of this.entries.values()) n += e.count;
     return n;
+  }
+
+  /** One entry per secret, destination, reason and action, in order of first sight. */
+  list(): RefusalEntry[] {
+    return [...this.entries.values()].map((e) => ({ ...e }));
   }
 
   summary(): string[] {

@@ -8,7 +8,9 @@
  * names, env-var names, paths), and parser messages that quote source text
  * (YAML's and valibot's defaults) are never passed through.
  */
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
+import { parse as parseDotenv } from "dotenv";
 import { dirname, resolve } from "node:path";
 import * as v from "valibot";
 import { parseDocument } from "yaml";
@@ -281,6 +283,36 @@ export function parseSecretFlag(arg: string, env: Record<string, string | undefi
   }
   if (text === "") throw new UsageError(`${source}: the value of secret "${name}" is empty`);
   return { name, value: new TextEncoder().encode(text), hosts: [], rules: [], source };
+}
+
+/**
+ * `--env-file FILE`: a dotenv file (NAME=VALUE lines, # comments, quotes as
+ * dotenv has them), each variable a secret without rules — the file a secret
+ * manager's `run --env-file` takes. Errors name the file and line, never a value.
+ */
+export function loadEnvFile(path: string): SecretSpec[] {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UsageError(`--env-file ${path}: ${code === "ENOENT" ? "no such file" : `cannot read it (${code ?? (e as Error).message})`}`);
+  }
+  // dotenv skips lines it cannot read; a secret silently dropped is worse than an error.
+  text.split("\n").forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) return;
+    const m = /^(?:export\s+)?([^=\s:]+)\s*[=:]/.exec(line);
+    if (!m) throw new UsageError(`--env-file ${path}: line ${i + 1} is not NAME=VALUE`);
+    if (!NAME_RE.test(m[1]!)) throw new UsageError(`--env-file ${path}: line ${i + 1}: the name must be an environment-variable name (${NAME_RULE})`);
+  });
+  const specs: SecretSpec[] = [];
+  for (const [name, value] of Object.entries(parseDotenv(text))) {
+    const source = `${path}: ${name}`;
+    if (value === "") throw new UsageError(`${source}: the value is empty`);
+    specs.push({ name, value: new TextEncoder().encode(value), hosts: [], rules: [], source });
+  }
+  return specs;
 }
 
 /** Concatenates secret lists, refusing a name defined twice (anywhere). */

@@ -36,6 +36,9 @@ const cases: [string, string[], number, RegExp][] = [
   ["--allow: unknown secret", ["exec", "--secret", "A=abcdefgh", "--allow", "B=a.com", "--", "true"], 2, /no secret named B/],
   ["--allow: no rule", ["exec", "--secret", "A=abcdefgh", "--allow", "A", "--", "true"], 2, /write --allow NAME=RULE/],
   ["--dns-server: not an address", ["exec", "--secret", "A=abcdefgh", "--dns-server", "dns.example", "--", "true"], 2, /--dns-server "dns\.example"/],
+  ["--summary: unknown format", ["exec", "--summary", "yaml", "--secret", "A=abcdefgh", "--", "true"], 2, /--summary "yaml": use text or json/],
+  ["--quiet and --silent together", ["exec", "--quiet", "--silent", "--secret", "A=abcdefgh", "--", "true"], 2, /--silent and --quiet contradict each other/],
+  ["--env-file: missing", ["exec", "--env-file", "/nonexistent/.env", "--", "true"], 2, /--env-file \/nonexistent\/\.env: no such file/],
   ["forced kernel mode under lockdown", ["exec", "--rewrite-mode", "kernel", "--secret", "A=abcdefgh", "--", "true"], 1, /kernel is not possible here: lockdown=integrity/],
 ];
 
@@ -114,6 +117,14 @@ test("--metrics-file naming a directory: refused before CMD runs", async () => {
   const r = await runKloak(["exec", "--secret", "A=abcdefgh", "--metrics-file", dir, "--", "true"]);
   expect(r.code).toBe(2);
   expect(r.stderr.trim()).toBe(`kloak: exec: --metrics-file ${dir}: is a directory; name a file`);
+});
+
+test("--env-file: a line that is not NAME=VALUE is refused with its line number, never its text", async () => {
+  const f = join(dir, "bad.env");
+  writeFileSync(f, "# tokens\nA=abcdefgh\nsecretvaluewithoutname\n");
+  const r = await runKloak(["exec", "--env-file", f, "--", "true"]);
+  expect(r.code).toBe(2);
+  expect(r.stderr.trim()).toBe(`kloak: --env-file ${f}: line 3 is not NAME=VALUE`);
 });
 
 test("--quiet: a successful run prints nothing, not even advice about missing rules", async () => {

@@ -62,7 +62,7 @@ describe("the value does not outlive the write", () => {
     const r = await attack({
       secret,
       allow: ["127.0.0.1"],
-      flags: ["--metrics-file", metrics],
+      flags: ["--metrics-file", metrics, "--verbose"],
       steps: [
         { op: "tcp", id: "t", host: "127.0.0.1", port: server.port },
         { op: "ssl", id: "c" },

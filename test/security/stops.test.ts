@@ -45,6 +45,7 @@ for (const mode of ["auto", "stop"] as const) {
         "--allow",
         "API_KEY=127.0.0.1",
         ...(mode === "stop" ? ["--rewrite-mode", "stop"] : []),
+        "--verbose",
         "--",
         pythonPath(),
         ...shellArgs(expected),

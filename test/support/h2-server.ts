@@ -31,8 +31,7 @@ export async function startH2Server(): Promise<H2Server> {
     stdin: "ignore",
   });
   let streams: H2Stream[] = [];
-  let resolvePort: (p: number) => void;
-  const portP = new Promise<number>((r) => (resolvePort = r));
+  const { promise: portP, resolve: resolvePort } = Promise.withResolvers<number>();
   (async () => {
     let pending = "";
     const dec = new TextDecoder();
