@@ -2,16 +2,9 @@
 /** kloak's command line: one executable, a subcommand per job. */
 import { KloakError } from "./errors.ts";
 
-const USAGE = `usage: kloak <command> [options]
+import { COMMANDS as TABLE, USAGE } from "./cli/commands.ts";
 
-commands:
-  exec [options] -- CMD [ARGS]   run CMD with placeholders; real values only inside its TLS writes
-  agent [options]                the Kubernetes node agent (DaemonSet); see kloak agent --help
-  doctor [--json]                check whether this node can run kloak
-  version [--json]               version, commit, libbpf and eBPF object build id
-  help [COMMAND]                 this text, or a command's (same as COMMAND --help)`;
-
-const COMMANDS = ["exec", "agent", "doctor", "version"];
+const COMMANDS = TABLE.map((c) => c.name);
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -24,6 +17,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import("./cli/doctor.ts")).doctorCommand(rest);
     case "version":
       return (await import("./cli/version.ts")).versionCommand(rest);
+    case "completion":
+      return (await import("./cli/completion.ts")).completionCommand(rest);
     case "--version":
       return (await import("./cli/version.ts")).versionCommand();
     case "__guardian":
