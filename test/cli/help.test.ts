@@ -21,7 +21,7 @@ test("kloak help with no command: the command list", async () => {
 
 test("kloak help of an unknown command: one line naming the commands, exit 2", async () => {
   const r = await runKloak(["help", "bogus"]);
-  expect(r).toEqual({ code: 2, stdout: "", stderr: 'kloak: help: no command "bogus"; commands: exec, agent, doctor, version\n' });
+  expect(r).toEqual({ code: 2, stdout: "", stderr: 'kloak: help: no command "bogus"; commands: exec, agent, doctor, version, completion\n' });
 });
 
 test("kloak version --json: one object with version, commit, libbpf and the object's build id", async () => {
