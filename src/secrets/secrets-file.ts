@@ -139,9 +139,9 @@ function stripNewline(bytes: Uint8Array): Uint8Array {
 }
 
 /**
- * Reads a secrets file. YAML and JSON are both accepted without looking at the
- * extension: the YAML parser reads JSON too. `env` is kloak's own environment
- * (for valueEnv); tests pass their own.
+ * Reads a secrets file, YAML or JSON (a file that starts with { or [, or is
+ * named .json, must be valid JSON). `env` is kloak's own environment (for
+ * valueEnv); tests pass their own.
  */
 export async function loadSecretsFile(
   path: string,
@@ -158,6 +158,23 @@ export async function loadSecretsFile(
     return fail("", `the secrets file ${describeIoError(err)}`);
   }
 
+  // JSON is read as JSON: YAML would accept what JSON does not (a trailing comma), and the
+  // file would mean something its author did not check.
+  if (/^\s*[{[]/.test(text) || path.endsWith(".json")) {
+    try {
+      JSON.parse(text);
+    } catch {
+      // Not the parser's message: it may quote the text, and the text holds values.
+      const comma = /,\s*[}\]]/.exec(text);
+      const pos = parseDocument(text).errors[0]?.linePos?.[0]; // YAML's parser knows where JSON breaks off
+      const at = comma
+        ? `line ${text.slice(0, comma.index).split("\n").length}: a trailing comma; `
+        : pos
+          ? `line ${pos.line}, column ${pos.col}: `
+          : "";
+      return fail("", `${at}not valid JSON; fix the syntax (or write the file as YAML)`);
+    }
+  }
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   const syntax = doc.errors[0];
   if (syntax !== undefined) {
@@ -169,7 +186,13 @@ export async function loadSecretsFile(
   let data: unknown;
   try {
     data = doc.toJS();
-  } catch {
+  } catch (e) {
+    // In YAML a bare `*` starts an alias: `- *.example.com` is the usual way to get here.
+    if (/unresolved alias/i.test((e as Error).message)) {
+      const bare = /^[ \t]*(?:-[ \t]+|[\w-]+:[ \t]+)\*/m.exec(text);
+      const at = bare ? `line ${text.slice(0, bare.index).split("\n").length}: ` : "";
+      return fail("", `${at}a YAML value starting with * is an alias; quote wildcard hosts: - "*.example.com"`);
+    }
     // e.g. too many aliases (the "billion laughs" guard)
     return fail("", "the file could not be read as data; simplify it (no deep YAML aliases)");
   }

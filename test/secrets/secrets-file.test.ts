@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { UsageError } from "../../src/errors.ts";
 import { formatRule } from "../../src/policy/rules.ts";
-import { loadSecretsFile, mergeSecrets, parseSecretFlag, type SecretSpec } from "../../src/secrets/secrets-file.ts";
+import { loadEnvFile, loadSecretsFile, mergeSecrets, parseSecretFlag, type SecretSpec } from "../../src/secrets/secrets-file.ts";
 
 let dir: string;
 let n = 0;
@@ -197,7 +197,7 @@ describe("loadSecretsFile: errors name the file and field", () => {
     ["duplicate name in file", "secrets:\n  - { name: A, value: abcdefgh }\n  - { name: A, value: abcdefgi }\n", /secrets\[1\]\.name: secret "A" is already defined by secrets\[0\]; keep one/],
     ["YAML syntax error", "secrets:\n  - name: A\n    value: \"unterminated\n", /line \d+, column \d+: not valid YAML or JSON/],
     ["duplicate YAML key", "secrets:\n  - name: A\n    name: B\n    value: abcdefgh\n", /line 3, column 5: not valid YAML or JSON \(duplicate key\)/],
-    ["JSON syntax error", '{"secrets": [{"name": "A", "value": "abcdefgh"}', /line 1, column \d+: not valid YAML or JSON/],
+    ["JSON syntax error", '{"secrets": [{"name": "A", "value": "abcdefgh"}', /line 1, column \d+: not valid JSON; fix the syntax/],
   ];
   for (const [what, content, expected] of cases) {
     test(what, async () => {
@@ -319,5 +319,54 @@ describe("mergeSecrets", () => {
     expect(msg).toBe(`secret "API_TOKEN" is defined twice: by --secret API_TOKEN and by ${path}: secrets[1]; keep one`);
     expect(msg).not.toContain("flag-secret");
     expect(msg).not.toContain("file-secret");
+  });
+});
+
+describe("loadSecretsFile: the mistakes people make", () => {
+  test("an unquoted wildcard host in YAML: the line, and to quote it", async () => {
+    const e = await loadError(file("secrets:\n  - name: A\n    value: abcdefgh\n    hosts:\n      - *.example.com\n"));
+    expect(e.message).toContain('line 5: a YAML value starting with * is an alias; quote wildcard hosts: - "*.example.com"');
+  });
+
+  test("JSON with a trailing comma is refused (YAML would have taken it), naming the line, never the text", async () => {
+    const path = file('{"secrets": [\n  {"name": "A", "value": "topsecretvalue",}\n]}', `s-${n++}.json`);
+    const e = await loadError(path);
+    expect(e.message).toBe(`${path}: line 2: a trailing comma; not valid JSON; fix the syntax (or write the file as YAML)`);
+  });
+
+  test("valid JSON is read as before", async () => {
+    const specs = await loadSecretsFile(file('{"secrets": [{"name": "A", "value": "abcdefgh", "hosts": ["*.example.com"]}]}', `s-${n++}.json`), {});
+    expect(specs.map((s) => [s.name, s.hosts])).toEqual([["A", ["*.example.com"]]]);
+  });
+});
+
+describe("loadEnvFile (--env-file)", () => {
+  test("dotenv syntax: comments, export, quotes; each variable a secret without rules", () => {
+    const specs = loadEnvFile(file('# tokens\nexport A=abcdefgh\nB="with spaces 123"\nC=\'single\'x\n\n', `e-${n++}.env`));
+    expect(specs.map((s) => [s.name, text(s.value), s.rules.length])).toEqual([
+      ["A", "abcdefgh", 0],
+      ["B", "with spaces 123", 0],
+      ["C", "'single'x", 0],
+    ]);
+  });
+
+  test("a line without NAME=, an invalid name, an empty value: refused, naming the line or name, never a value", () => {
+    for (const [body, msg] of [
+      ["A=abcdefgh\nsecretvalue123\n", "line 2 is not NAME=VALUE"],
+      ["1A=abcdefgh\n", "line 1: the name must be an environment-variable name"],
+      ["A=\n", "A: the value is empty"],
+    ] as const) {
+      const path = file(body, `e-${n++}.env`);
+      let err: unknown;
+      try {
+        loadEnvFile(path);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(UsageError);
+      expect((err as Error).message).toContain(msg);
+      expect((err as Error).message).not.toContain("abcdefgh");
+      expect((err as Error).message).not.toContain("secretvalue123");
+    }
   });
 });
