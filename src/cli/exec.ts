@@ -69,7 +69,7 @@ options:
                            secret, as with --secret NAME=VALUE (repeatable)
   --summary FORMAT         text (default) or json: the exit summary as one JSON
                            line on stderr (substitutions, refusals, exit code)
-  -q, --quiet              errors and refused substitutions only
+  -q, --quiet              errors, refused substitutions and problems only
   --silent                 errors only
   -v, --verbose            also say how kloak runs (rewrite mode)
   -h, --help               this text
@@ -297,8 +297,10 @@ export async function execCommand(argv: string[]): Promise<number> {
   for (const stale of stalePins()) await releaseDead(stale);
 
   const level = LEVEL[opts.verbosity];
-  /** Warnings and advice: hidden by --quiet and --silent. */
-  const warn = level >= LEVEL.normal ? say : () => {};
+  // Problems kloak hit (an attach that failed, a writer it had to kill, a name that does not
+  // resolve) are shown down to --quiet; advice about the configuration only by default.
+  const warn = level >= LEVEL.quiet ? say : () => {};
+  const advise = level >= LEVEL.normal ? say : () => {};
   const dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn });
   const refusals = new RefusalLog(new Map(opts.secrets.map((s, i) => [i + 1, s.name])));
   dp.onRefusal((e) => refusals.add(e));
@@ -328,7 +330,6 @@ export async function execCommand(argv: string[]): Promise<number> {
       if (s.onViolation) dp.setViolationAction(id, s.onViolation);
       dp.grant(SCOPE, id);
     }
-    const advise = warn;
     const unrestricted = opts.secrets.filter((s) => s.rules.length === 0).map((s) => s.name);
     if (unrestricted.length)
       advise(
@@ -420,7 +421,7 @@ export async function execCommand(argv: string[]): Promise<number> {
     return kloakExit;
   } finally {
     policy.close();
-    await dp.close();
+    await dp.close({ handOff: true }); // kloak exits next: the kernel's detach must not hold up its exit
     unpinState(pins);
     await guardian?.close();
   }
