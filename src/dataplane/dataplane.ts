@@ -5,6 +5,7 @@
  */
 import { BpfLink, BpfMap, BpfObject, possibleCpus } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
+import { bpfAndPerfFds, handOffToHolder } from "../../lib/fd-handoff.ts";
 import { existsSync, readdirSync } from "node:fs";
 import { exePath, kernelFileId, mntnsInode, netnsInode } from "../../lib/proc.ts";
 import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT, SIGKILL } from "../../lib/libc.ts";
@@ -728,15 +729,34 @@ export class Dataplane {
     return this.attacher.attachErrors;
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stop: no process is protected any more, every substituted write has been
+   * restored, the worker has finished what was queued. `handOff` (a process
+   * about to exit): the programs, links and maps go to a holder process that
+   * releases them after this one has exited (lib/fd-handoff.ts), instead of
+   * this process waiting for the kernel's detach; kernel-mode values are
+   * wiped from the maps first.
+   */
+  async close(opts: { handOff?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     for (const t of this.detaching.values()) clearTimeout(t);
     this.detaching.clear();
     await this.settleWrites();
+    if (opts.handOff) {
+      for (const key of this.maps.values.keys()) this.maps.values.delete(key);
+      await this.stopWorker();
+      if (handOffToHolder(bpfAndPerfFds())) return; // the fds die with this process; the holder releases the objects
+    }
     // Detach first so no new stop can start, then let the worker finish what is queued.
     for (const l of this.tracepoints) l.destroy();
     await this.attacher.detachAll();
+    await this.stopWorker();
+    this.obj.close();
+  }
+
+  private async stopWorker(): Promise<void> {
+    if (this.bellFd < 0) return;
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, 2000);
       this.statsWaiters.push(() => {
@@ -748,6 +768,5 @@ export class Dataplane {
     this.worker.terminate();
     closeFd(this.bellFd);
     this.bellFd = -1;
-    this.obj.close();
   }
 }
