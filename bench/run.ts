@@ -15,6 +15,7 @@
  *
  *   bun run bench --only agent        just the agent part (or KLOAK_BENCH_ONLY=agent)
  *   bun run bench --only dataplane    just the data-plane part
+ *   bun run bench --only startup      just kloak exec's startup and exit (bench/startup.ts)
  *   agent options: --agent-duration S (20), --agent-warmup S (5),
  *   --agent-rate N (200), --agent-reps N (1), --no-agent-restart;
  *   --quick also shortens the agent part (5 s measured, 2 s warm-up).
@@ -104,8 +105,8 @@ const { values: argv } = parseArgs({
 });
 /** Which parts run: "agent", "dataplane", or both (default). */
 const ONLY = argv.only ?? process.env.KLOAK_BENCH_ONLY ?? "";
-if (!["", "agent", "dataplane"].includes(ONLY)) {
-  console.error(`bench: --only must be "agent" or "dataplane" (got ${JSON.stringify(ONLY)})`);
+if (!["", "agent", "dataplane", "startup"].includes(ONLY)) {
+  console.error(`bench: --only must be "agent", "dataplane" or "startup" (got ${JSON.stringify(ONLY)})`);
   process.exit(2);
 }
 const DURATION = argv.quick ? 1 : Number(argv.duration);
@@ -1073,7 +1074,21 @@ async function agentPart(): Promise<number> {
   return s.correctness.length ? 1 : 0;
 }
 
+/** The startup part (bench/startup.ts). */
+async function startupPart(): Promise<number> {
+  const { runStartupBench, writeStartupReport } = await import("./startup.ts");
+  try {
+    const section = writeStartupReport(REPORT_DIR, await runStartupBench(argv.quick ? 5 : 15));
+    console.log("\n" + section + `\n(startup section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
+    return 0;
+  } catch (e) {
+    console.error(`bench: the startup part could not run: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
 let exitCode = 0;
-if (ONLY !== "agent") exitCode = await main();
-if (ONLY !== "dataplane") exitCode = Math.max(exitCode, await agentPart());
+if (ONLY === "" || ONLY === "startup") exitCode = await startupPart();
+if (ONLY === "" || ONLY === "dataplane") exitCode = Math.max(exitCode, await main());
+if (ONLY === "" || ONLY === "agent") exitCode = Math.max(exitCode, await agentPart());
 process.exitCode = exitCode;
