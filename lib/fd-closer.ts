@@ -6,20 +6,21 @@
 import { workerSpec } from "./worker-spec.ts";
 
 export class FdCloser {
-  private readonly worker = new Worker(workerSpec(new URL("./fd-closer-worker.ts", import.meta.url), "./lib/fd-closer-worker.ts"));
+  /** Started at the first close: a process that never detaches never pays for the thread. */
+  private worker?: Worker;
   private pending = 0;
   private idle: (() => void)[] = [];
-
-  constructor() {
-    this.worker.onmessage = (e: MessageEvent<number>) => {
-      this.pending -= e.data;
-      if (this.pending === 0) for (const f of this.idle.splice(0)) f();
-    };
-  }
 
   close(fds: number[]): void {
     if (!fds.length) return;
     this.pending += fds.length;
+    if (!this.worker) {
+      this.worker = new Worker(workerSpec(new URL("./fd-closer-worker.ts", import.meta.url), "./lib/fd-closer-worker.ts"));
+      this.worker.onmessage = (e: MessageEvent<number>) => {
+        this.pending -= e.data;
+        if (this.pending === 0) for (const f of this.idle.splice(0)) f();
+      };
+    }
     this.worker.postMessage(fds);
   }
 
@@ -30,6 +31,6 @@ export class FdCloser {
 
   async stop(): Promise<void> {
     await this.drain();
-    this.worker.terminate();
+    this.worker?.terminate();
   }
 }

@@ -296,12 +296,23 @@ export async function execCommand(argv: string[]): Promise<number> {
 
   for (const stale of stalePins()) await releaseDead(stale);
 
+  // CMD's parent-to-be is a second process: its start overlaps the data plane's. Until the
+  // pins exist it has nothing to watch, and without them it exits quietly.
+  const pins = execPinBase(process.pid);
+  const guardianStart = Guardian.start(pins);
+  guardianStart.catch(() => {}); // awaited below, where its failure is reported
   const level = LEVEL[opts.verbosity];
   // Problems kloak hit (an attach that failed, a writer it had to kill, a name that does not
   // resolve) are shown down to --quiet; advice about the configuration only by default.
   const warn = level >= LEVEL.quiet ? say : () => {};
   const advise = level >= LEVEL.normal ? say : () => {};
-  const dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn });
+  let dp: Dataplane;
+  try {
+    dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn });
+  } catch (e) {
+    await guardianStart.then((g) => g.close(), () => {});
+    throw e;
+  }
   const refusals = new RefusalLog(new Map(opts.secrets.map((s, i) => [i + 1, s.name])));
   dp.onRefusal((e) => refusals.add(e));
   const policy = new PolicyEngine(dp, {
@@ -311,7 +322,6 @@ export async function execCommand(argv: string[]): Promise<number> {
   dp.onSni((e) => policy.sawSni(e.sni));
   dp.holdAtNewSni(opts.secrets.some((s) => s.rules.some((r) => r.kind === "wildcard")));
   let guardian: Guardian | undefined;
-  const pins = execPinBase(process.pid);
   try {
     // The tree's sockets must be in kloak's own network namespace, where it resolves the rules.
     dp.setScope(SCOPE, { netns: netnsInode(process.pid), strictBinding: opts.strictBinding, onViolation: opts.onViolation });
@@ -349,7 +359,7 @@ export async function execCommand(argv: string[]): Promise<number> {
       );
     }
     // CMD's parent; no secret in its environment: it needs none.
-    guardian = await Guardian.start(pins);
+    guardian = await guardianStart;
 
     if (level >= LEVEL.verbose) say(`rewrite mode ${dp.mode} (${dp.modeReason})`);
     if (level >= LEVEL.normal) {

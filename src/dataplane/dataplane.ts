@@ -195,6 +195,9 @@ export class Dataplane {
     let dp: Dataplane | undefined;
     try {
       dp = new Dataplane(obj, mode, reason, uprobes, opts);
+      // The worker boots (a thread with its own VM) while the tracepoints attach.
+      const workerReady = dp.startWorker();
+      workerReady.catch(() => {}); // awaited below
       for (const name of PROCESS_TRACEPOINTS) dp.tracepoints.push(obj.program(name).attach());
       for (const name of SEND_TRACEPOINTS) {
         try {
@@ -206,7 +209,7 @@ export class Dataplane {
           );
         }
       }
-      await dp.startWorker();
+      await workerReady;
       return dp;
     } catch (e) {
       if (dp) await dp.close();
