@@ -13,6 +13,7 @@ import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
 import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
 import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane } from "../dataplane/dataplane.ts";
+import { type UnhookableReport, unhookableMessage } from "../dataplane/unhookable.ts";
 import { ensurePinDir, execPinBase, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
 import { hardenSupervisor, scrubStartArgs } from "../supervisor/harden.ts";
 import { Guardian } from "../supervisor/guardian-client.ts";
@@ -273,6 +274,8 @@ export async function execCommand(argv: string[]): Promise<number> {
   const dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn: say });
   const refusals = new RefusalLog(new Map(opts.secrets.map((s, i) => [i + 1, s.name])));
   dp.onRefusal((e) => refusals.add(e));
+  const unhookable: UnhookableReport[] = [];
+  dp.unhookable.on((r) => unhookable.push(r));
   const policy = new PolicyEngine(dp, {
     lookup: dnsLookup(opts.dnsServers.length ? opts.dnsServers : undefined),
     warn: say,
@@ -366,10 +369,18 @@ export async function execCommand(argv: string[]): Promise<number> {
         `${substituted} substitution(s) in ${counters.writes_seen} TLS write(s)` +
           (stats.notStopped + stats.patchFailed ? `, ${stats.notStopped + stats.patchFailed} failed closed` : ""),
       );
-      if (counters.writes_seen === 0n) say(NO_TLS_WRITES);
+      // TLS kloak could not see is named; the generic note only when nothing was
+      for (const r of unhookable) say(`warning: ${unhookableMessage(r)}`);
+      if (counters.writes_seen === 0n && unhookable.length === 0) say(NO_TLS_WRITES);
       for (const line of refusals.summary()) say(line);
     }
-    if (opts.metricsFile) await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats });
+    if (opts.metricsFile)
+      await writeMetrics(opts.metricsFile, {
+        counters,
+        refusals: refusalCounts,
+        worker: stats,
+        unhookable: dp.unhookable.counts(),
+      });
     const refused =
       Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue;
     if (opts.failOnRefusal && refused > 0 && exitCode === 0) {
