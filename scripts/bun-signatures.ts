@@ -13,8 +13,8 @@
  *  - the string ".../boringssl/ssl/ssl_lib.cc" in .rodata; BoringSSL's
  *    OPENSSL_PUT_ERROR passes its address to ERR_put_error next to the library
  *    (ERR_LIB_SSL = 0x10) and the reason: `mov $imm32, %r32` sites in .text;
- *  - each site lies in a function (16-byte aligned after int3 padding,
- *    push %rbp; mov %rsp,%rbp); a function is named by the set of reasons it
+ *  - each site lies in a function (16-byte aligned, push %rbp; mov %rsp,%rbp:
+ *    the nearest such start before the site); a function is named by the set of reasons it
  *    raises, from BoringSSL's ssl_lib.cc:
  *      SSL_write                 UNINITIALIZED 226, SSL_HANDSHAKE_FAILURE 215, BAD_LENGTH 111
  *      SSL_do_handshake          CONNECTION_TYPE_NOT_SET 134 (and not BAD_LENGTH: not inlined in a write)

@@ -10,7 +10,7 @@
  *     instructions, with relocated fields as wildcards) matches exactly once
  *     in .text.
  *  3. Second check, independent of the pattern: the match is a function start
- *     (16-byte aligned after int3 padding, frame-pointer prologue), and its
+ *     (16-byte aligned, frame-pointer prologue), and its
  *     body raises the BoringSSL error that only that function raises:
  *     ERR_put_error(ERR_LIB_SSL, reason, ".../ssl/ssl_lib.cc", line), seen as
  *     `mov $imm32` of the file string's address and of the reason.
@@ -136,13 +136,12 @@ export function errorSites(code: Buffer, fileAddr: number, from = 0, to = code.l
   return sites;
 }
 
-/** A function start: 16-byte aligned, after int3 padding, push %rbp; mov %rsp,%rbp (Bun keeps frame pointers). */
+/** A function start: 16-byte aligned, push %rbp; mov %rsp,%rbp (Bun keeps frame pointers). Usually
+ * after int3 padding, but not always: a function can follow one that ends on the boundary. */
 export function isFunctionStart(code: Code, i: number): boolean {
   const b = code.bytes;
   return (
     (code.addr + i) % 16 === 0 &&
-    i > 0 &&
-    b[i - 1] === 0xcc &&
     b[i] === 0x55 &&
     b[i + 1] === 0x48 &&
     b[i + 2] === 0x89 &&

@@ -54,7 +54,7 @@ export const BUN_SIGNATURES: Record<string, { functions: BunSignature[] }> = {
         name: "SSL_write",
         reasons: [226,215,111],
         pattern:
-          "55 48 89 e5 41 57 41 56 41 55 41 54 53 48 83 ec 38 48 89 fb 48 8b 47 30 c7 80 c4 00 00 00 00 00 00 00",
+          "55 48 89 e5 41 57 41 56 41 55 41 54 53 48 83 ec 18 41 89 d7 49 89 f6 48 89 fb 48 8b 47 30",
       },
       {
         name: "SSL_do_handshake",
