@@ -10,6 +10,10 @@
  * Memory-BIO clients (node, Python's SSLObject) also send their ClientHello
  * outside TLS calls, but only after a hooked handshake call created their
  * connection: the connection count rules them out.
+ *
+ * Cheap on purpose (this runs on every send of a scoped process): the record
+ * header and handshake type must be in the first 6 bytes of the send (the
+ * first iovec of writev/sendmsg), as every TLS stack writes a record.
  */
 #ifndef KLOAK_UNHOOKED_H
 #define KLOAK_UNHOOKED_H
