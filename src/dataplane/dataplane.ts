@@ -36,6 +36,7 @@ import {
 } from "./abi.ts";
 import { actionCode, REFUSALS, type ViolationAction } from "./refusals.ts";
 import { UnhookableLog } from "./unhookable-log.ts";
+import { mapsAnyOf } from "./unhookable.ts";
 import { Attacher } from "./attacher.ts";
 import {
   loadObject,
@@ -303,7 +304,8 @@ export class Dataplane {
           void this.onSniEvent(ev);
           break;
         case EventType.UNHOOKED_TLS:
-          this.unhookable.unhooked(ev);
+          // a process mapping a probed file: its TLS may be hooked in a way the kernel check does not see
+          if (!mapsAnyOf(ev.tgid, this.attacher.filesOf(ev.tgid))) this.unhookable.unhooked(ev);
           break;
       }
     }

@@ -8,7 +8,7 @@
  * (bpf/unhooked.h; once per process), and the attacher finds a Bun binary it
  * has no signature for (bun-boringssl.ts) before any byte is sent.
  */
-import { readFileSync, readlinkSync } from "node:fs";
+import { readFileSync, readlinkSync, statSync } from "node:fs";
 import type { Peer } from "./abi.ts";
 
 /** Why a process's TLS is invisible to kloak: the label of kloak_tls_unhookable_total. */
@@ -116,4 +116,32 @@ export function unhookableMessage(r: UnhookableReport): string {
     `${r.detail ? ` (${r.detail})` : ""}; it links: ${r.links}. Its placeholders are sent as they are ` +
     `(${r.reason}): ${UNHOOKABLE_HINTS[r.reason]}`
   );
+}
+
+/**
+ * Does pid map one of these files (ids dev:ino, as the attacher keys them)?
+ * A process that maps a file kloak probes is not reported: its TLS may be
+ * hooked by a binding this report does not know of.
+ */
+export function mapsAnyOf(pid: number, ids: ReadonlySet<string>): boolean {
+  if (ids.size === 0) return false;
+  const paths = new Set<string>();
+  try {
+    for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
+      const at = line.indexOf("/");
+      if (at >= 0) paths.add(line.slice(at).replace(/ \(deleted\)$/, ""));
+    }
+  } catch {
+    return false; // gone
+  }
+  const files = [`/proc/${pid}/exe`, ...[...paths].map((p) => `/proc/${pid}/root${p}`)];
+  for (const f of files) {
+    try {
+      const st = statSync(f);
+      if (ids.has(`${st.dev}:${st.ino}`)) return true;
+    } catch {
+      // unmapped or gone meanwhile
+    }
+  }
+  return false;
 }

@@ -147,6 +147,20 @@ asyncio.run(main())
       expect(readFileSync(metrics, "utf8")).toContain('kloak_tls_unhookable_total{reason="static_tls"} 1');
     });
 
+  test("a process that maps a probed library (libssl) is not reported: its TLS may be hooked", async () => {
+    const r = await runKloak([
+      "exec",
+      "--secret",
+      `API_TOKEN=${fakeSecret(20)}`,
+      "--",
+      "python3",
+      "-c",
+      `import socket, ssl; s = socket.create_connection(("127.0.0.1", ${server.port})); s.sendall(bytes([0x16, 3, 1, 0, 4, 1, 0, 0, 0])); s.close()`,
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).not.toContain("warning: process");
+  });
+
   test("plain TCP that is no TLS is not reported", async () => {
     const r = await runKloak([
       "exec",
