@@ -185,8 +185,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   dp.unhookable.on((r) => {
     const pod = attacher.podOfScope(r.scopeId);
     log("warn", "unhookable TLS", { pid: r.tgid, comm: r.comm, exe: r.exe, reason: r.reason, pod: pod?.name });
-    if (!pod)
-      return;
+    if (!pod) return;
     events.record(
       { apiVersion: "v1", kind: "Pod", namespace: pod.namespace, name: pod.name, uid: pod.uid },
       "Warning",
