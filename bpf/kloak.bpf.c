@@ -40,6 +40,7 @@
 #include "conn.h"
 #include "policy.h"
 #include "scope.h"
+#include "unhooked.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -343,6 +344,11 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		if (proc)
 			kloak_set_sni(ssl, PT_REGS_PARM4(ctx), proc->scope_id);
 		return 0;
+	case KLOAK_FN_BSSL_SET_HOSTNAME:
+		proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
+		if (proc)
+			kloak_set_sni(ssl, PT_REGS_PARM2(ctx), proc->scope_id);
+		return 0;
 	case KLOAK_FN_SSL_FREE: {
 		struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
 
@@ -372,6 +378,9 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 				bind_by_fd(setfd->ssl, id >> 32, (__s32)setfd->fd);
 			bpf_map_delete_elem(&kloak_setfd, &tid);
 		}
+		return 0;
+	case KLOAK_FN_BUN_SSL_NEW:
+		bun_ssl_new(PT_REGS_RC(ctx), id >> 32);
 		return 0;
 	default:
 		bpf_map_delete_elem(&kloak_active, &tid);
@@ -409,7 +418,7 @@ int kloak_tls_ret_kernel(struct pt_regs *ctx)
 
 /* ---- sends inside TLS calls tie their connection to the socket ------------- */
 
-static __always_inline int on_send(__s64 fd)
+static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, __u32 how)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
@@ -417,31 +426,33 @@ static __always_inline int on_send(__s64 fd)
 
 	if (ssl)
 		bind_by_send(*ssl, id >> 32, (__s32)fd);
+	else
+		kloak_unhooked_hello((__s32)fd, buf, len, how); /* TLS kloak does not see? */
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
 int kloak_send_write(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_FLAT);
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
 int kloak_send_writev(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_IOVEC);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int kloak_send_sendto(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_FLAT);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int kloak_send_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_MSGHDR);
 }
 
 /* ---- process lifecycle ------------------------------------------------------ */
@@ -486,6 +497,7 @@ struct kloak_abi_anchor {
 	struct kloak_sni_event sni_event;
 	struct kloak_block_event block_event;
 	struct kloak_wake_event wake_event;
+	struct kloak_unhooked_event unhooked_event;
 	struct kloak_image image;
 	struct kloak_scope scope;
 	struct kloak_conn conn;

@@ -7,6 +7,7 @@ import { readdirSync, readlinkSync, statSync } from "node:fs";
 import { functionOffsets } from "../../lib/elf.ts";
 import { exePath, mappedFiles } from "../../lib/proc.ts";
 import { Fn } from "./abi.ts";
+import { bunTlsFunctions } from "./bun-boringssl.ts";
 
 /**
  * The probed functions of a TLS library: the writes, where placeholders are
@@ -53,9 +54,20 @@ const LIB_DIRS = [
 ];
 const LIBSSL = /^libssl\.so(\.[0-9.]+)?$/;
 
+/** A Bun binary whose BoringSSL kloak has no signature for: nothing of it is probed. */
+export interface UnrecognisedBun {
+  pid: number;
+  path: string;
+  version: string;
+  why: string;
+}
+
 export class TlsTargetFinder {
   private readonly byFile = new Map<string, TlsFunction[] | null>();
   private readonly libsByRoot = new Map<string, string[]>();
+  private readonly unrecognisedBun = new Map<string, { version: string; why: string }>();
+
+  constructor(private readonly onUnrecognisedBun?: (b: UnrecognisedBun) => void) {}
 
   /** Files that define TLS write functions, for this process (its exe, its mappings, its libssl). */
   targetsFor(pid: number): TlsTarget[] {
@@ -72,8 +84,11 @@ export class TlsTargetFinder {
         if (!st.isFile()) continue;
         id = `${st.dev}:${st.ino}`;
         if (targets.has(id)) continue;
-        const functions = this.functionsOf(path, `${id}:${st.mtimeMs}:${st.size}`);
+        const key = `${id}:${st.mtimeMs}:${st.size}`;
+        const functions = this.functionsOf(path, key);
         if (functions) targets.set(id, { id, path, functions });
+        const bun = this.unrecognisedBun.get(key);
+        if (bun) this.onUnrecognisedBun?.({ pid, path: p, ...bun });
       } catch {
         continue; // vanished or unreadable: nothing to attach to
       }
@@ -97,6 +112,12 @@ export class TlsTargetFinder {
       }));
       // A file is a target when it can write TLS; the rest only helps the writes.
       fns = list.some((f) => WRITE_COOKIES.has(f.cookie)) ? list : null;
+      if (!fns) {
+        // Bun: BoringSSL linked in without symbols, found by signature
+        const bun = bunTlsFunctions(path);
+        if (bun && "functions" in bun) fns = bun.functions;
+        else if (bun) this.unrecognisedBun.set(cacheKey, bun.unrecognised);
+      }
     } catch {
       fns = null; // not ELF (scripts, data files)
     }

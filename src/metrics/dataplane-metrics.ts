@@ -6,6 +6,7 @@
 import { Counter, Registry } from "prom-client";
 import type { CounterName } from "../dataplane/abi.ts";
 import { REFUSALS } from "../dataplane/refusals.ts";
+import { UNHOOKABLE_REASONS } from "../dataplane/unhookable.ts";
 import type { WorkerStats } from "../dataplane/ring-protocol.ts";
 
 export interface DataplaneSnapshot {
@@ -14,6 +15,8 @@ export interface DataplaneSnapshot {
   refusals: Record<string, bigint>;
   /** stop mode only: substitutions the worker did or failed closed */
   worker?: WorkerStats;
+  /** processes whose TLS kloak cannot hook, by reason (unhookable.ts) */
+  unhookable?: Record<string, number>;
 }
 
 /** Refusals the stop-mode worker decides, from its stats. */
@@ -98,6 +101,17 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
         const n = r.kernel !== null ? Number(s.refusals[r.name] ?? 0n) : s.worker ? WORKER_REFUSALS[r.name]!(s.worker) : 0;
         this.inc({ reason: r.name }, n);
       }
+    },
+  });
+  new Counter({
+    name: "kloak_tls_unhookable_total",
+    help: "processes in a scope that did TLS through a library kloak has no probes in (placeholders sent as they are), by reason",
+    labelNames: ["reason"],
+    registers: [registry],
+    collect() {
+      const s = read();
+      this.reset();
+      for (const reason of Object.keys(UNHOOKABLE_REASONS)) this.inc({ reason }, s.unhookable?.[reason] ?? 0);
     },
   });
   return registry;
