@@ -15,6 +15,7 @@
  *   scan.h         where markers may start in a write
  *   placeholder.h  marker -> loaded placeholder, verified byte for byte
  *   conn.h         SSL* -> socket -> peer, and the SNI
+ *   membio.h       binding connections whose app moves the ciphertext itself
  *   policy.h       may this secret go to this peer
  *   scope.h        which processes are protected (fork, exec, exit)
  *
@@ -38,6 +39,7 @@
 #include "scan.h"
 #include "placeholder.h"
 #include "conn.h"
+#include "membio.h"
 #include "policy.h"
 #include "scope.h"
 
@@ -317,6 +319,8 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		__sync_fetch_and_add(&s->busy, -1);
 		return ret;
 	case KLOAK_FN_SSL_DO_HANDSHAKE:
+	case KLOAK_FN_SSL_READ:
+	case KLOAK_FN_SSL_READ_EX:
 		if (bpf_map_lookup_elem(&kloak_procs, &tgid)) {
 			bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
 			tls_call(ssl, tgid);
@@ -362,6 +366,7 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 	switch (fn) {
 	case KLOAK_FN_SSL_WRITE:
 	case KLOAK_FN_SSL_WRITE_EX:
+		membio_return(id, true);
 		bpf_map_delete_elem(&kloak_active, &tid);
 		return on_write_return(mode);
 	case KLOAK_FN_SSL_SET_FD:
@@ -374,6 +379,7 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 		}
 		return 0;
 	default:
+		membio_return(id, false);
 		bpf_map_delete_elem(&kloak_active, &tid);
 		return 0;
 	}
@@ -407,41 +413,58 @@ int kloak_tls_ret_kernel(struct pt_regs *ctx)
 	return on_return(ctx, KLOAK_MODE_KERNEL);
 }
 
-/* ---- sends inside TLS calls tie their connection to the socket ------------- */
+/* ---- sends tie their connection to the socket ---------------------------------
+ * Inside a TLS call: the library's or the app's BIO sending (conn.h). Outside
+ * one, after a memory-BIO connection's call returned: the app moving its
+ * ciphertext (membio.h); only then is the payload's head read. */
 
-static __always_inline int on_send(__s64 fd)
+static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, int iov)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	__u64 *ssl = bpf_map_lookup_elem(&kloak_active, &tid);
+	__u8 head[6] = {};
+	int have;
 
-	if (ssl)
+	if (ssl) {
 		bind_by_send(*ssl, id >> 32, (__s32)fd);
+		return 0;
+	}
+	if (!bpf_map_lookup_elem(&kloak_membio_pending, &tid))
+		return 0;
+	have = iov ? iov_head(head, buf, len) : send_head(head, buf, len);
+	membio_send(id >> 32, tid, (__s32)fd, head, have);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
 int kloak_send_write(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
 int kloak_send_writev(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], 1);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int kloak_send_sendto(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int kloak_send_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct user_msghdr m = {};
+
+	/* The message header is read only when its payload will be. */
+	if (!bpf_map_lookup_elem(&kloak_active, &tid) && bpf_map_lookup_elem(&kloak_membio_pending, &tid))
+		bpf_probe_read_user(&m, sizeof(m), (const void *)ctx->args[1]);
+	return on_send(ctx->args[0], (__u64)m.msg_iov, m.msg_iovlen, 1);
 }
 
 /* ---- process lifecycle ------------------------------------------------------ */

@@ -37,6 +37,9 @@ enum kloak_fn {
 	KLOAK_FN_SSL_SET_BIO = 6,      /* void SSL_set_bio(SSL *, BIO *rbio, BIO *wbio) */
 	KLOAK_FN_SSL_SET0_WBIO = 7,    /* void SSL_set0_wbio(SSL *, BIO *wbio) */
 	KLOAK_FN_SSL_SET_WFD = 8,      /* int SSL_set_wfd(SSL *, int) */
+	/* 9..15: memory-BIO connections (bpf/membio.h) */
+	KLOAK_FN_SSL_READ = 9,         /* int SSL_read(SSL *, void *, int): node's handshake runs in it */
+	KLOAK_FN_SSL_READ_EX = 10,     /* int SSL_read_ex(SSL *, void *, size_t, size_t *) */
 };
 
 enum kloak_mode {

@@ -29,6 +29,8 @@ export const Fn = {
   SSL_SET_BIO: 6,
   SSL_SET0_WBIO: 7,
   SSL_SET_WFD: 8,
+  SSL_READ: 9,
+  SSL_READ_EX: 10,
 } as const;
 export const ConnFlags = {
   BOUND: 1,

@@ -1,0 +1,131 @@
+/**
+ * Memory-BIO TLS clients (bpf/membio.h): the app encrypts into a memory BIO
+ * and moves the ciphertext to its socket itself, after the TLS call returned.
+ * node https and fetch (undici) run TLSWrap on node's static OpenSSL; Python's
+ * asyncio (pyenv CPython and Debian's python3 with python3-aiohttp,
+ * python3-httpx, python3-uvloop) runs SSLObject on the system libssl3. Each
+ * runs under the real `kloak exec` against real local TLS servers, which
+ * record what arrived: with a rule (the value arrives, one substitution per
+ * placeholder), to a disallowed destination (the placeholder arrives, the
+ * refusal is reported) and with no rules.
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { testCerts, type TestCerts } from "../support/certs.ts";
+import { nodePath, parseClientOutput, pythonPath } from "../support/clients.ts";
+import { fakeSecret, occurrences, placeholderCount, runKloak } from "../support/kloak.ts";
+import { startTlsServer, type TlsServer } from "../support/tls-server.ts";
+
+const NODE_CLIENT = join(import.meta.dir, "..", "support", "membio_client.mjs");
+const PY_CLIENT = join(import.meta.dir, "..", "support", "membio_client.py");
+/** Debian's interpreter: the one python3-aiohttp, python3-httpx and python3-uvloop are built for. */
+const DEBIAN_PYTHON = "/usr/bin/python3";
+
+let certs: TestCerts;
+let one: TlsServer; // 127.0.0.1: API_KEY may go here
+let two: TlsServer; // 127.0.0.2: another host
+
+beforeAll(async () => {
+  certs = await testCerts();
+  one = await startTlsServer({ host: "127.0.0.1" });
+  two = await startTlsServer({ host: "127.0.0.2" });
+});
+afterAll(async () => {
+  await one.close();
+  await two.close();
+});
+beforeEach(() => {
+  one.reset();
+  two.reset();
+});
+
+type Client = { name: string; argv: (urls: string[], concurrent: number) => string[]; needs?: string };
+const node = (kind: string): Client => ({
+  name: `node ${kind}`,
+  argv: (urls, n) => [nodePath(), NODE_CLIENT, "--kind", kind, "--ca", certs.caFile, "--concurrent", String(n), ...urls.flatMap((u) => ["--url", u])],
+});
+const py = (kind: string, python: () => string, label: string, module?: string): Client => ({
+  name: `${label} ${kind}`,
+  argv: (urls, n) => [python(), PY_CLIENT, "--kind", kind, "--ca", certs.caFile, "--concurrent", String(n), ...urls.flatMap((u) => ["--url", u])],
+  needs: module,
+});
+const CLIENTS: Client[] = [
+  node("https"),
+  node("fetch"),
+  py("streams", pythonPath, "python asyncio"),
+  py("streams", () => DEBIAN_PYTHON, "debian python3 asyncio"),
+  py("aiohttp", () => DEBIAN_PYTHON, "debian python3", "aiohttp"),
+  py("httpx", () => DEBIAN_PYTHON, "debian python3", "httpx"),
+  py("uvloop", () => DEBIAN_PYTHON, "debian python3", "uvloop"),
+];
+
+/** A client that cannot run fails the test, saying what to install. */
+function ensureRunnable(c: Client): void {
+  if (c.needs === undefined) return;
+  const r = Bun.spawnSync([DEBIAN_PYTHON, "-c", `import ${c.needs}`]);
+  if (!existsSync(DEBIAN_PYTHON) || !r.success)
+    throw new Error(`${c.name}: ${DEBIAN_PYTHON} cannot import ${c.needs}: apt-get install python3-${c.needs} (bookworm)`);
+}
+
+async function run(c: Client, secret: string, allow: string[], urls: string[], concurrent = 1) {
+  ensureRunnable(c);
+  const args = ["exec", "--secret", `API_KEY=${secret}`];
+  for (const a of allow) args.push("--allow", `API_KEY=${a}`);
+  args.push("--", ...c.argv(urls, concurrent));
+  const r = await runKloak(args, { env: { NODE_EXTRA_CA_CERTS: certs.caFile }, timeoutMs: 90_000 });
+  return { ...r, out: parseClientOutput(r.stdout) };
+}
+
+const seen = (s: TlsServer, secret: string) => ({ values: occurrences(s.received(), secret), placeholders: placeholderCount(s.received()) });
+const substitutions = (stderr: string) => Number(/kloak: (\d+) substitution\(s\)/.exec(stderr)?.[1] ?? -1);
+
+describe.each(CLIENTS)("$name", (c) => {
+  test("with a rule for the destination: the value arrives, one substitution per placeholder", async () => {
+    const secret = fakeSecret(32);
+    const r = await run(c, secret, ["127.0.0.1"], [`${one.url}/a`]);
+    expect(r.stderr).not.toMatch(/refused/);
+    expect(r.code).toBe(0);
+    expect(r.out.STATUS).toEqual(["200"]);
+    expect(seen(one, secret)).toEqual({ values: 2, placeholders: 0 });
+    expect(substitutions(r.stderr)).toBe(2);
+  });
+
+  test("to a destination the rule does not allow: the placeholder arrives, the refusal is reported", async () => {
+    const secret = fakeSecret(32);
+    const r = await run(c, secret, ["127.0.0.1"], [`${two.url}/a`]);
+    expect(r.code).toBe(0);
+    expect(seen(two, secret)).toEqual({ values: 0, placeholders: 2 });
+    expect(substitutions(r.stderr)).toBe(0);
+    expect(r.stderr).toMatch(/refused 2x: secret API_KEY to 127\.0\.0\.2:\d+: destination_not_allowed/);
+  });
+
+  test("no rules: the value arrives", async () => {
+    const secret = fakeSecret(32);
+    const r = await run(c, secret, [], [`${one.url}/a`]);
+    expect(r.code).toBe(0);
+    expect(seen(one, secret)).toEqual({ values: 2, placeholders: 0 });
+    expect(substitutions(r.stderr)).toBe(2);
+  });
+
+  test("two hosts in one process: each connection is bound to its own socket", async () => {
+    const secret = fakeSecret(32);
+    const r = await run(c, secret, ["127.0.0.1"], [`${one.url}/a`, `${two.url}/b`]);
+    expect(r.code).toBe(0);
+    expect(r.out.STATUS).toEqual(["200", "200"]);
+    expect(seen(one, secret)).toEqual({ values: 2, placeholders: 0 });
+    expect(seen(two, secret)).toEqual({ values: 0, placeholders: 2 });
+    expect(substitutions(r.stderr)).toBe(2);
+    expect(r.stderr).toMatch(/refused 2x: secret API_KEY to 127\.0\.0\.2:\d+: destination_not_allowed/);
+  });
+
+  test("eight connections writing at once on one event loop, to both hosts", async () => {
+    const secret = fakeSecret(32);
+    const r = await run(c, secret, ["127.0.0.1"], [`${one.url}/a`, `${two.url}/b`], 4);
+    expect(r.code).toBe(0);
+    expect(r.out.STATUS?.length).toBe(8);
+    expect(seen(one, secret)).toEqual({ values: 8, placeholders: 0 });
+    expect(seen(two, secret)).toEqual({ values: 0, placeholders: 8 });
+    expect(substitutions(r.stderr)).toBe(8);
+  });
+});
