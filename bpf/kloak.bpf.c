@@ -254,7 +254,7 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 /* Works on the inflight record itself, not the per-CPU slot: a restore must
  * never be skipped because the slot is busy. A placeholder that cannot be put
  * back kills the writer. */
-static __always_inline int on_write_return(const int mode)
+static __always_inline int on_write_return(const int mode, bool taken)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid(), i;
 	struct kloak_write_event *ev;
@@ -263,6 +263,8 @@ static __always_inline int on_write_return(const int mode)
 	ev = bpf_map_lookup_elem(&kloak_inflight, &tid);
 	if (!ev)
 		return 0;
+	if (!taken)
+		count(KC_SUBST_NOT_TAKEN, ev->count);
 	if (mode == KLOAK_MODE_KERNEL) {
 		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 			if (i >= ev->count)
@@ -368,7 +370,9 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 	case KLOAK_FN_SSL_WRITE_EX:
 		membio_return(id, true);
 		bpf_map_delete_elem(&kloak_active, &tid);
-		return on_write_return(mode);
+		/* SSL_write: bytes written (> 0); SSL_write_ex: 1. Otherwise the
+		 * library took nothing of the buffer, and the app must retry. */
+		return on_write_return(mode, fn == KLOAK_FN_SSL_WRITE ? (int)PT_REGS_RC(ctx) > 0 : (int)PT_REGS_RC(ctx) == 1);
 	case KLOAK_FN_SSL_SET_FD:
 	case KLOAK_FN_SSL_SET_WFD:
 		setfd = bpf_map_lookup_elem(&kloak_setfd, &tid);
@@ -423,6 +427,7 @@ static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, int iov)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	__u64 *ssl = bpf_map_lookup_elem(&kloak_active, &tid);
+	struct membio_pending *p;
 	__u8 head[6] = {};
 	int have;
 
@@ -430,10 +435,11 @@ static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, int iov)
 		bind_by_send(*ssl, id >> 32, (__s32)fd);
 		return 0;
 	}
-	if (!bpf_map_lookup_elem(&kloak_membio_pending, &tid))
+	p = bpf_map_lookup_elem(&kloak_membio_pending, &tid);
+	if (!p)
 		return 0;
 	have = iov ? iov_head(head, buf, len) : send_head(head, buf, len);
-	membio_send(id >> 32, tid, (__s32)fd, head, have);
+	membio_send(p, id >> 32, (__s32)fd, head, have);
 	return 0;
 }
 

@@ -33,39 +33,64 @@
 #ifndef KLOAK_MEMBIO_H
 #define KLOAK_MEMBIO_H
 
-/* tid -> the SSL* whose TLS call returned last on that thread, while its
- * ciphertext may still be waiting in a memory BIO */
+/* kloak_membio_pending[tid]: TLS calls returned on this thread, and their
+ * ciphertext may still wait in a memory BIO for the app to send it. A
+ * ClientHello on a fresh socket can only be the first flight of a connection
+ * not bound yet, so binding looks at unbound connections only, and the check
+ * of a bound connection's writes at bound ones only. Two connections of one
+ * kind between sends make that kind ambiguous (uvloop and anyio send after
+ * other connections ran, in no set order): it then binds or checks nothing
+ * until the next send of that kind. */
+struct membio_pending {
+	__u64 bind_ssl;        /* the last unbound connection whose call returned */
+	__u64 check_ssl;       /* the last bound connection whose write returned */
+	__u32 bind_ambiguous;  /* another unbound connection returned since the last ClientHello */
+	__u32 check_ambiguous; /* another bound connection returned since the last send */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct membio_pending);
 } kloak_membio_pending SEC(".maps");
 
 #define TLS_RECORD_HANDSHAKE 0x16
 #define TLS_HANDSHAKE_CLIENT_HELLO 0x01
 
-/* A TLS call on ssl returned on this thread. `wrote`: it was a write, whose
- * ciphertext must follow the binding; other calls matter only until the
- * connection is bound (they produce the handshake flights). */
+/* A TLS call on ssl returned on this thread. A connection on the library's
+ * own socket BIO sent its ciphertext inside the call: nothing waits. */
 static __always_inline void membio_after_call(__u64 ssl, __u32 tgid, __u32 tid, bool wrote)
 {
 	struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
 	struct kloak_conn *c = bpf_map_lookup_elem(&kloak_conns, &k);
-	__u32 flags;
+	struct membio_pending *p, fresh = {};
 
-	if (!c) {
-		bpf_map_delete_elem(&kloak_membio_pending, &tid);
+	if (c && (c->flags & KLOAK_CONN_BY_FD))
+		return;
+	p = bpf_map_lookup_elem(&kloak_membio_pending, &tid);
+	if (!p) {
+		if (bpf_map_update_elem(&kloak_membio_pending, &tid, &fresh, BPF_NOEXIST) &&
+		    bpf_map_update_elem(&kloak_membio_pending, &tid, &fresh, BPF_ANY))
+			return;
+		p = bpf_map_lookup_elem(&kloak_membio_pending, &tid);
+		if (!p)
+			return;
+	}
+	if (!c || !(c->flags & KLOAK_CONN_BOUND)) {
+		if (p->bind_ssl && p->bind_ssl != ssl)
+			p->bind_ambiguous = 1;
+		p->bind_ssl = ssl;
 		return;
 	}
-	flags = c->flags;
-	if (!(flags & KLOAK_CONN_APP_BIO) ||
-	    (flags & (KLOAK_CONN_BY_FD | KLOAK_CONN_LATE | KLOAK_CONN_CONFLICT | KLOAK_CONN_BIO_REPLACED)) ||
-	    ((flags & KLOAK_CONN_BOUND) && !wrote)) {
-		bpf_map_delete_elem(&kloak_membio_pending, &tid);
-		return;
-	}
-	bpf_map_update_elem(&kloak_membio_pending, &tid, &ssl, BPF_ANY);
+	if (p->check_ssl && p->check_ssl != ssl)
+		p->check_ambiguous = 1;
+	/* Only a write's send is checked; other calls of a bound connection
+	 * (a read answering a key update) only make the check ambiguous. */
+	if (wrote)
+		p->check_ssl = ssl;
+	else if (p->check_ssl != ssl && p->check_ssl)
+		p->check_ambiguous = 1;
 }
 
 /* The return of a TLS call (kloak_active still holds its SSL*, set at entry
@@ -113,44 +138,54 @@ static __always_inline bool tcp_fresh(struct sock *sk)
 	return BPF_CORE_READ(tp, bytes_sent) == 0 && queued == BPF_CORE_READ(tp, snd_nxt) && queued == BPF_CORE_READ(tp, snd_una);
 }
 
-/* A send on fd outside any TLS call, while a memory-BIO connection of this
- * thread is pending; `head` holds the first 6 bytes (valid when have_head). */
-static __always_inline void membio_send(__u32 tgid, __u32 tid, __s32 fd, const __u8 *head, int have_head)
+/* A send on fd outside any TLS call while ciphertext of this thread may wait
+ * (p); `head` holds its first 6 bytes when have_head. Sends to non-TCP fds
+ * (pipes, files, UDP for DNS) are not where ciphertext goes and count for
+ * nothing. */
+static __always_inline void membio_send(struct membio_pending *p, __u32 tgid, __s32 fd, const __u8 *head, int have_head)
 {
-	__u64 *pending = bpf_map_lookup_elem(&kloak_membio_pending, &tid);
 	struct kloak_conn_key k = { .tgid = tgid };
 	struct kloak_conn *c;
 	struct file *f;
 	struct sock *sk;
 	__u64 ino = 0;
+	bool hello;
 
-	if (!pending)
-		return;
 	f = fd_file(fd);
 	sk = f ? inet_stream(f, &ino) : NULL;
 	if (!sk)
-		return; /* a pipe, a file, UDP (DNS): not where ciphertext goes */
-	k.ssl = *pending;
-	bpf_map_delete_elem(&kloak_membio_pending, &tid);
-	if (!have_head || !tls_record(head))
-		return; /* plain bytes to some socket: not this connection's */
-	c = bpf_map_lookup_elem(&kloak_conns, &k);
-	if (!c || !(c->flags & KLOAK_CONN_APP_BIO) || (c->flags & (KLOAK_CONN_BY_FD | KLOAK_CONN_LATE)))
 		return;
-	if (c->flags & KLOAK_CONN_BOUND) {
-		if (c->ino != ino && !(c->flags & KLOAK_CONN_CONFLICT)) {
-			c->flags |= KLOAK_CONN_CONFLICT;
-			count(KC_BIND_CONFLICT, 1);
-		}
+	hello = have_head && head[0] == TLS_RECORD_HANDSHAKE && head[1] == 3 && head[2] <= 4 &&
+		head[5] == TLS_HANDSHAKE_CLIENT_HELLO && tcp_fresh(sk);
+	if (hello) {
+		/* Some unbound connection's first flight: bound when exactly one
+		 * unbound connection can have produced it. */
+		k.ssl = p->bind_ambiguous ? 0 : p->bind_ssl;
+		p->bind_ssl = 0;
+		p->bind_ambiguous = 0;
+		c = k.ssl ? bpf_map_lookup_elem(&kloak_conns, &k) : NULL;
+		if (!c || (c->flags & (KLOAK_CONN_BOUND | KLOAK_CONN_BY_FD | KLOAK_CONN_LATE)) || !(c->flags & KLOAK_CONN_APP_BIO))
+			return;
+		c->fd = fd;
+		c->ino = ino;
+		c->bound_ns = bpf_ktime_get_ns();
+		c->flags |= KLOAK_CONN_BOUND;
+		count(KC_CONNS_BOUND, 1);
 		return;
 	}
-	if (head[0] != TLS_RECORD_HANDSHAKE || head[5] != TLS_HANDSHAKE_CLIENT_HELLO || !tcp_fresh(sk))
+	k.ssl = p->check_ambiguous ? 0 : p->check_ssl;
+	p->check_ssl = 0;
+	p->check_ambiguous = 0;
+	/* Bytes that do not start a TLS record (plain text, or the rest of a
+	 * record a short send left) are not checked. */
+	if (!k.ssl || !have_head || !tls_record(head))
 		return;
-	c->fd = fd;
-	c->ino = ino;
-	c->bound_ns = bpf_ktime_get_ns();
-	c->flags |= KLOAK_CONN_BOUND;
-	count(KC_CONNS_BOUND, 1);
+	c = bpf_map_lookup_elem(&kloak_conns, &k);
+	if (c && (c->flags & KLOAK_CONN_BOUND) && c->ino != ino && !(c->flags & KLOAK_CONN_CONFLICT)) {
+		/* The write's ciphertext went to another socket. */
+		c->flags |= KLOAK_CONN_CONFLICT;
+		count(KC_BIND_CONFLICT, 1);
+	}
 }
 
 #endif /* KLOAK_MEMBIO_H */

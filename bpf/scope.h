@@ -179,6 +179,7 @@ static __always_inline int on_exit(void)
 		__sync_fetch_and_add(o, -1);
 	bpf_map_delete_elem(&kloak_active, &tid);
 	bpf_map_delete_elem(&kloak_setfd, &tid);
+	bpf_map_delete_elem(&kloak_membio_pending, &tid);
 	if (tgid != tid)
 		return 0;
 	scope = p->scope_id;

@@ -73,6 +73,7 @@ export const COUNTERS = [
   "violation_blocks",
   "exec_held",
   "exec_known",
+  "subst_not_taken",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 

@@ -45,6 +45,11 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
     s.worker ? s.worker.patched : s.counters.substituted,
   );
   total(
+    "kloak_substitutions_not_taken_total",
+    "substitutions in writes the TLS library returned without taking (retried during a handshake): put back unsent",
+    (s) => s.counters.subst_not_taken,
+  );
+  total(
     "kloak_unrestricted_substitutions_total",
     "substitutions of secrets that have no destination rules (allowed anywhere)",
     (s) => s.counters.unrestricted,
