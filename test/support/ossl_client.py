@@ -19,8 +19,9 @@ steps come as a JSON list in argv[1]:
   {"op": "check", "buf": "b"}                                      BUF_<B>=placeholder|changed (after a write)
   {"op": "mem_bio", "id": "c"}                                     SSL_set_bio(memory BIOs)
   {"op": "relay", "id": "c", "sock": "t"}                          what the memory BIO holds, sent to socket t
-  {"op": "mem_handshake", "id": "c", "sock": "t"}                  SSL_connect over the memory BIOs, relayed
-                                                                   to and from socket t
+  {"op": "mem_handshake", "id": "c", "sock": "t", "decoy": "d"}   SSL_connect over the memory BIOs, relayed
+                                                                   to and from socket t (the ClientHello sent
+                                                                   to socket d first, when given)
   {"op": "socket_bio", "id": "c", "sock": "t"}                     SSL_set_bio(a socket BIO on t)
   {"op": "app_bio", "id": "c", "sock": "t", "during_write": "mprotect:b|mremap:b|sleep:2|none"}
                                                                    SSL_set_bio(a BIO of this script that
@@ -240,6 +241,9 @@ def run(steps):
                 if n:
                     b = ctypes.create_string_buffer(n)
                     got = crypto.BIO_read(w, b, n)
+                    if "decoy" in st:
+                        # the first flight to another socket first, then where the handshake runs
+                        socks[st.pop("decoy")].sendall(b.raw[: got])
                     sock.sendall(b.raw[: got])
                 if rc == 1:
                     break
