@@ -167,6 +167,7 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 	if (!proc)
 		return 0;
 	bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
+	membio_before_call(ssl, tgid, tid);
 	tls_call(ssl, tgid);
 	if (fn == KLOAK_FN_SSL_WRITE) {
 		int num = (int)PT_REGS_PARM3(ctx);
@@ -325,6 +326,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 	case KLOAK_FN_SSL_READ_EX:
 		if (bpf_map_lookup_elem(&kloak_procs, &tgid)) {
 			bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
+			membio_before_call(ssl, tgid, tid);
 			tls_call(ssl, tgid);
 		}
 		return 0;
@@ -435,6 +437,8 @@ static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, int iov)
 		bind_by_send(*ssl, id >> 32, (__s32)fd);
 		return 0;
 	}
+	if (!membio_wants(tid))
+		return 0;
 	p = bpf_map_lookup_elem(&kloak_membio_pending, &tid);
 	if (!p)
 		return 0;
@@ -468,7 +472,7 @@ int kloak_send_sendmsg(struct trace_event_raw_sys_enter *ctx)
 	struct user_msghdr m = {};
 
 	/* The message header is read only when its payload will be. */
-	if (!bpf_map_lookup_elem(&kloak_active, &tid) && bpf_map_lookup_elem(&kloak_membio_pending, &tid))
+	if (!bpf_map_lookup_elem(&kloak_active, &tid) && membio_wants(tid))
 		bpf_probe_read_user(&m, sizeof(m), (const void *)ctx->args[1]);
 	return on_send(ctx->args[0], (__u64)m.msg_iov, m.msg_iovlen, 1);
 }

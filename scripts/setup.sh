@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 need=()
 # qemu-system-x86, busybox-static, cpio, xz-utils, zstd and debian-archive-keyring: the VM kernel
 # matrix (bun run test:kernels) boots Debian kernels fetched from Debian's archive.
+# python3-aiohttp, python3-httpx, python3-uvloop: memory-BIO clients of test/runtime/membio.test.ts.
 for pkg in libbpf1 libbpf-dev clang llvm bpftool openssl curl ca-certificates python3 git binutils procps util-linux \
+  python3-aiohttp python3-httpx python3-uvloop \
   qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
