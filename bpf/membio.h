@@ -100,11 +100,15 @@ static __always_inline void membio_after_call(__u64 ssl, __u32 tgid, __u32 tid, 
 		return;
 	if (p->first_ssl == ssl) {
 		p->first_ssl = 0;
-		if (p->bind_n)
-			p->bind_ambiguous = 1;
-		p->bind_n++;
-		p->bind_ssl = ssl;
-		return;
+		/* Bound inside the call (an app BIO that sends, like curl's):
+		 * its ClientHello went out already. */
+		if (!(c->flags & KLOAK_CONN_BOUND)) {
+			if (p->bind_n)
+				p->bind_ambiguous = 1;
+			p->bind_n++;
+			p->bind_ssl = ssl;
+			return;
+		}
 	}
 	if (!(c->flags & KLOAK_CONN_BOUND))
 		return;
