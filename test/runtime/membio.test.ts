@@ -11,6 +11,8 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { nodePath, parseClientOutput, pythonPath } from "../support/clients.ts";
@@ -172,3 +174,49 @@ function expectFailClosedOrBound(stderr: string, one: Seen, two: Seen, requests:
   expect(substitutions(stderr)).toBe(one.values);
   expect(refused(stderr, "unknown_peer") + refused(stderr, "destination_not_allowed")).toBe(one.placeholders + two.placeholders);
 }
+
+/** node http2 over TLSWrap: the body goes in DATA frames (header blocks are HPACK-coded, see the HTTP/2 tests). */
+describe("node http2 (DATA frames)", () => {
+  let received: Buffer[] = [];
+  let servers: http2.Http2SecureServer[] = [];
+  const h2 = async (host: string): Promise<string> => {
+    const s = http2.createSecureServer({ key: certs.key, cert: certs.cert });
+    s.on("stream", (stream) => {
+      stream.on("data", (d: Buffer) => received.push(Buffer.from(d)));
+      stream.on("end", () => {
+        stream.respond({ ":status": 200 });
+        stream.end("ok");
+      });
+    });
+    await new Promise<void>((r) => s.listen(0, host, r));
+    servers.push(s);
+    return `https://${host}:${(s.address() as AddressInfo).port}/h2`;
+  };
+  afterAll(() => {
+    for (const s of servers) s.close();
+    servers = [];
+  });
+  beforeEach(() => {
+    received = [];
+  });
+  const client = node("http2");
+
+  test("with a rule: the value arrives in the DATA frame, one substitution", async () => {
+    const secret = fakeSecret(32);
+    const r = await run(client, secret, ["127.0.0.1"], [await h2("127.0.0.1")]);
+    expect(r.code).toBe(0);
+    expect(r.out.STATUS).toEqual(["200"]);
+    expect(occurrences(Buffer.concat(received), secret)).toBe(1);
+    expect(placeholderCount(Buffer.concat(received))).toBe(0);
+    expect(substitutions(r.stderr)).toBe(1);
+  });
+
+  test("to a disallowed host: the placeholder arrives, the refusal is reported", async () => {
+    const secret = fakeSecret(32);
+    const r = await run(client, secret, ["127.0.0.1"], [await h2("127.0.0.2")]);
+    expect(r.code).toBe(0);
+    expect(occurrences(Buffer.concat(received), secret)).toBe(0);
+    expect(placeholderCount(Buffer.concat(received))).toBe(1);
+    expect(refused(r.stderr, "destination_not_allowed")).toBeGreaterThanOrEqual(1);
+  });
+});
