@@ -181,7 +181,7 @@ describe("node http2 (DATA frames)", () => {
   let servers: http2.Http2SecureServer[] = [];
   const h2 = async (host: string): Promise<string> => {
     const s = http2.createSecureServer({ key: certs.key, cert: certs.cert });
-    s.on("stream", (stream) => {
+    s.on("stream", (stream: http2.ServerHttp2Stream) => {
       stream.on("data", (d: Buffer) => received.push(Buffer.from(d)));
       stream.on("end", () => {
         stream.respond({ ":status": 200 });
