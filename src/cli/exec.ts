@@ -361,14 +361,15 @@ export async function execCommand(argv: string[]): Promise<number> {
     const stats = await dp.workerStats();
     const refusalCounts = dp.refusalCounts();
     if (!opts.quiet) {
-      // A write the library returned without taking (node retries SSL_write
-      // while the handshake runs) sent nothing: its substitutions are not counted.
+      // A write the library returned as not done (node retries SSL_write while
+      // the handshake runs; a full socket) is retried with the same bytes: one
+      // placeholder, one substitution.
       const notTaken = Number(counters.subst_not_taken ?? 0n);
       const substituted = Math.max(0, (dp.mode === "stop" ? stats.patched : Number(counters.substituted)) - notTaken);
       say(
         `${substituted} substitution(s) in ${counters.writes_seen} TLS write(s)` +
           (stats.notStopped + stats.patchFailed ? `, ${stats.notStopped + stats.patchFailed} failed closed` : "") +
-          (notTaken ? `; ${notTaken} more put back unsent (writes the TLS library did not take, retried)` : ""),
+          (notTaken ? `; ${notTaken} more in writes the TLS library returned as not done (retried)` : ""),
       );
       if (counters.writes_seen === 0n) say(NO_TLS_WRITES);
       for (const line of refusals.summary()) say(line);

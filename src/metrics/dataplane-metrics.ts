@@ -46,7 +46,7 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
   );
   total(
     "kloak_substitutions_not_taken_total",
-    "substitutions in writes the TLS library returned without taking (retried during a handshake): put back unsent",
+    "substitutions in writes the TLS library returned as not done (SSL_write <= 0; the app retries the same bytes): not counted as substitutions",
     (s) => s.counters.subst_not_taken,
   );
   total(
