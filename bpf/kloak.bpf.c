@@ -355,6 +355,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
 
 		forget_conn(&k);
+		membio_forget(ssl, tid);
 		return 0;
 	}
 	}

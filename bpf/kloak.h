@@ -72,8 +72,8 @@ enum kloak_counter {
 	KC_VIOLATION_BLOCKS,       /* connections shut down by the violation policy */
 	KC_EXEC_HELD,              /* execs in a scope held until their image was attached */
 	KC_EXEC_KNOWN,             /* execs of a traced process into a known image: not held */
-	KC_SUBST_NOT_TAKEN,        /* substituted placeholders of writes the library returned without
-	                            * taking (node retries SSL_write while the handshake runs): put back */
+	KC_SUBST_NOT_TAKEN,        /* substituted placeholders of writes the library returned as not
+	                            * done (SSL_write <= 0): the app retries the same bytes */
 	KC__COUNT
 };
 

@@ -165,6 +165,26 @@ static __always_inline bool tcp_fresh(struct sock *sk)
 	return BPF_CORE_READ(tp, bytes_sent) == 0 && queued == BPF_CORE_READ(tp, snd_nxt) && queued == BPF_CORE_READ(tp, snd_una);
 }
 
+/* SSL_free(ssl) on this thread: a pending first flight of it that never went
+ * out (the app gave up) must not leave every later connection ambiguous. Its
+ * bytes, if they still went out, would be a ClientHello no call made: the
+ * last binding is then marked conflicting, which only fails closed. */
+static __always_inline void membio_forget(__u64 ssl, __u32 tid)
+{
+	struct membio_pending *p = bpf_map_lookup_elem(&kloak_membio_pending, &tid);
+
+	if (!p)
+		return;
+	if (p->bind_ssl == ssl && p->bind_n == 1 && !p->bind_ambiguous) {
+		p->bind_ssl = 0;
+		p->bind_n = 0;
+	}
+	if (p->first_ssl == ssl)
+		p->first_ssl = 0;
+	if (p->check_ssl == ssl)
+		p->check_ssl = 0;
+}
+
 /* Whether the thread's next sends can bind or check anything (else their
  * payload is not read). */
 static __always_inline bool membio_wants(__u32 tid)
