@@ -37,6 +37,9 @@ enum kloak_fn {
 	KLOAK_FN_SSL_SET_BIO = 6,      /* void SSL_set_bio(SSL *, BIO *rbio, BIO *wbio) */
 	KLOAK_FN_SSL_SET0_WBIO = 7,    /* void SSL_set0_wbio(SSL *, BIO *wbio) */
 	KLOAK_FN_SSL_SET_WFD = 8,      /* int SSL_set_wfd(SSL *, int) */
+	/* 9..15: memory-BIO connections (bpf/membio.h) */
+	KLOAK_FN_SSL_READ = 9,         /* int SSL_read(SSL *, void *, int): node's handshake runs in it */
+	KLOAK_FN_SSL_READ_EX = 10,     /* int SSL_read_ex(SSL *, void *, size_t, size_t *) */
 	/* Bun's static BoringSSL, found by signature (src/dataplane/bun-boringssl.ts) */
 	KLOAK_FN_BSSL_SET_HOSTNAME = 40, /* int SSL_set_tlsext_host_name(SSL *, const char *): SNI */
 	KLOAK_FN_BUN_SSL_NEW = 41,       /* SSL *SSL_new(SSL_CTX *), at return: a new connection */
@@ -73,6 +76,8 @@ enum kloak_counter {
 	KC_EXEC_HELD,              /* execs in a scope held until their image was attached */
 	KC_EXEC_KNOWN,             /* execs of a traced process into a known image: not held */
 	KC_UNHOOKED_HELLO,         /* TLS ClientHellos of scoped processes no hooked TLS library made */
+	KC_SUBST_NOT_TAKEN,        /* substituted placeholders of writes the library returned as not
+	                            * done (SSL_write <= 0): the app retries the same bytes */
 	KC__COUNT
 };
 

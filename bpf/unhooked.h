@@ -27,17 +27,6 @@ struct {
 	__type(value, __u64);
 } kloak_unhooked SEC(".maps");
 
-/* How the send syscall passes its bytes. */
-#define SEND_FLAT 0   /* write, sendto: (fd, buf, len) */
-#define SEND_IOVEC 1  /* writev: (fd, iov, iovcnt) */
-#define SEND_MSGHDR 2 /* sendmsg: (fd, msg, flags) */
-
-static __always_inline bool is_client_hello(const __u8 *h)
-{
-	/* record: handshake (22), TLS 1.x, then handshake type client_hello (1) */
-	return h[0] == 0x16 && h[1] == 0x03 && h[2] <= 0x04 && h[5] == 0x01;
-}
-
 __noinline int kloak_unhooked_hello(__s32 fd, __u64 buf, __u64 len, __u32 how)
 {
 	__u64 id = bpf_get_current_pid_tgid(), start, *seen;
@@ -48,26 +37,12 @@ __noinline int kloak_unhooked_hello(__s32 fd, __u64 buf, __u64 len, __u32 how)
 	struct file *f;
 	struct sock *sk;
 	__u64 ino = 0;
-	__u8 h[6];
+	__u8 h[SEND_HEAD_LEN];
 
 	proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
 	if (!proc)
 		return 0;
-	if (how == SEND_MSGHDR) {
-		/* msg_iovlen, then msg_iov (read last: it replaces buf) */
-		if (bpf_probe_read_user(&len, sizeof(len), (void *)(buf + 24)) ||
-		    bpf_probe_read_user(&buf, sizeof(buf), (void *)(buf + 16)))
-			return 0;
-		how = SEND_IOVEC;
-	}
-	if (how == SEND_IOVEC) {
-		if (len == 0)
-			return 0;
-		if (bpf_probe_read_user(&len, sizeof(len), (void *)(buf + 8)) ||
-		    bpf_probe_read_user(&buf, sizeof(buf), (void *)buf))
-			return 0;
-	}
-	if (len < sizeof(h) || bpf_probe_read_user(h, sizeof(h), (void *)buf) || !is_client_hello(h))
+	if (!send_head(h, buf, len, how) || !client_hello(h))
 		return 0;
 	conns = bpf_map_lookup_elem(&kloak_conn_count, &tgid);
 	if (conns && *conns)

@@ -402,7 +402,10 @@ export async function execCommand(argv: string[]): Promise<number> {
     const counters = dp.counters();
     const stats = await dp.workerStats();
     const refusalCounts = dp.refusalCounts();
-    const substituted = dp.mode === "stop" ? stats.patched : Number(counters.substituted);
+    // A write the library returned as not done (node retries SSL_write while the handshake
+    // runs; a full socket) is retried with the same bytes: one placeholder, one substitution.
+    const notTaken = Number(counters.subst_not_taken ?? 0n);
+    const substituted = Math.max(0, (dp.mode === "stop" ? stats.patched : Number(counters.substituted)) - notTaken);
     const failedClosed = stats.notStopped + stats.patchFailed;
     const refused =
       Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue;

@@ -29,6 +29,8 @@ export const Fn = {
   SSL_SET_BIO: 6,
   SSL_SET0_WBIO: 7,
   SSL_SET_WFD: 8,
+  SSL_READ: 9,
+  SSL_READ_EX: 10,
   BSSL_SET_HOSTNAME: 40,
   BUN_SSL_NEW: 41,
 } as const;
@@ -74,6 +76,7 @@ export const COUNTERS = [
   "exec_held",
   "exec_known",
   "unhooked_hello",
+  "subst_not_taken",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 

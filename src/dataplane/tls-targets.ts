@@ -12,7 +12,8 @@ import { bunTlsFunctions } from "./bun-boringssl.ts";
 /**
  * The probed functions of a TLS library: the writes, where placeholders are
  * substituted, and what ties a connection to its socket and name (the fd
- * setters, the BIO setters, the SNI, the handshake). `ret`: the return is
+ * setters, the BIO setters, the SNI, the handshake and the reads that may run
+ * it). `ret`: the return is
  * probed as well.
  */
 export const TLS_FUNCTIONS = [
@@ -25,6 +26,9 @@ export const TLS_FUNCTIONS = [
   { name: "SSL_set0_wbio", cookie: Fn.SSL_SET0_WBIO, ret: false },
   { name: "SSL_ctrl", cookie: Fn.SSL_CTRL, ret: false },
   { name: "SSL_free", cookie: Fn.SSL_FREE, ret: false },
+  // Memory-BIO clients (bpf/membio.h): node's handshake runs inside SSL_read.
+  { name: "SSL_read", cookie: Fn.SSL_READ, ret: true },
+  { name: "SSL_read_ex", cookie: Fn.SSL_READ_EX, ret: true },
 ] as const;
 const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_EX]);
 

@@ -48,6 +48,11 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
     s.worker ? s.worker.patched : s.counters.substituted,
   );
   total(
+    "kloak_substitutions_not_taken_total",
+    "substitutions in writes the TLS library returned as not done (SSL_write <= 0; the app retries the same bytes): not counted as substitutions",
+    (s) => s.counters.subst_not_taken,
+  );
+  total(
     "kloak_unrestricted_substitutions_total",
     "substitutions of secrets that have no destination rules (allowed anywhere)",
     (s) => s.counters.unrestricted,
