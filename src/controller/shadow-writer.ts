@@ -11,7 +11,7 @@
 import type { CoreV1Api, V1Secret } from "@kubernetes/client-node";
 import { isEnabled, isShadow, MANAGED, OWNER, shadowName, shadowOwner } from "../kube/contract.ts";
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
-import { isPlaceholderShaped, PlaceholderRegistry } from "../secrets/placeholder.ts";
+import { isPlaceholderShaped, placeholderFits, PlaceholderRegistry, valueShape } from "../secrets/placeholder.ts";
 import type { LogFn } from "../agent/log.ts";
 import type { SecretView } from "./secret-view.ts";
 
@@ -223,13 +223,16 @@ export class ShadowWriter {
     for (const [k, value] of values) {
       const old = shadow?.data?.[k];
       const ph = old === undefined ? undefined : Buffer.from(old, "base64").toString("latin1");
-      if (ph !== undefined && isPlaceholderShaped(ph) && ph.length === value.length) {
+      // A rotated value keeps its placeholder only if the Huffman code length
+      // still matches too: else HTTP/2 headers would carry a code of the
+      // wrong length (upstream Kloak #269).
+      if (ph !== undefined && placeholderFits(ph, valueShape(value))) {
         data[k] = old!;
         kept.add(ph);
         continue;
       }
       this.registry ??= this.registryOfAllShadows();
-      const fresh = this.registry.create(`${ns}/${name}:${k}`, value.length);
+      const fresh = this.registry.create(`${ns}/${name}:${k}`, value);
       created.push(fresh);
       data[k] = Buffer.from(fresh, "latin1").toString("base64");
     }
