@@ -11,6 +11,7 @@ import type { CatalogSink } from "../../src/controller/secret-catalog.ts";
 import type { SecretEntry } from "../../src/dataplane/dataplane.ts";
 import { EventRecorder } from "../../src/kube/events.ts";
 import { isPlaceholderShaped } from "../../src/secrets/placeholder.ts";
+import { huffmanBits } from "../../src/dataplane/hpack.ts";
 import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
 import { fakeSecret } from "../support/kloak.ts";
 
@@ -95,6 +96,14 @@ afterAll(async () => {
   await api.stop();
 });
 
+/** A new random value with the byte length and HPACK code length of placeholder ph (so ph still fits it). */
+function sameShape(ph: string): string {
+  for (;;) {
+    const v = fakeSecret(ph.length);
+    if (huffmanBits(v) === huffmanBits(ph)) return v;
+  }
+}
+
 describe("shadow secrets", () => {
   test("an enabled Secret gets a shadow: same type and keys, placeholders of the same length, labels, owner", async () => {
     const token = fakeSecret(40);
@@ -121,30 +130,43 @@ describe("shadow secrets", () => {
     expect(annotated.metadata.uid).toBeDefined();
   }, 30_000);
 
-  test("placeholders survive an update unless the length changes; a rotated value is loaded live", async () => {
-    api.create(secret("api", { a: fakeSecret(32), b: fakeSecret(32) }));
+  test("placeholders survive an update unless the length or Huffman code length changes; a rotated value is loaded live", async () => {
+    const c = fakeSecret(32);
+    api.create(secret("api", { a: fakeSecret(32), b: fakeSecret(32), c }));
     const { plane, sink } = agent("a");
     await plane.start();
     const first = await waitFor("shadow", () => shadowOf("api"));
     const phA = unb64(first.data!.a!);
     const phB = unb64(first.data!.b!);
-    await waitFor("loaded", () => sink.loaded.size === 2);
+    const phC = unb64(first.data!.c!);
+    await waitFor("loaded", () => sink.loaded.size === 3);
 
-    const rotatedA = fakeSecret(32); // same length
+    // Same length and same HPACK code length: the placeholder stays.
+    const rotatedA = sameShape(phA);
     const longerB = fakeSecret(48);
+    // Same length, another code length (upstream Kloak #269: keeping the old
+    // placeholder broke HTTP/2): c gets a new placeholder that fits.
+    let rotatedC: string;
+    do rotatedC = fakeSecret(32);
+    while (huffmanBits(rotatedC) === huffmanBits(c));
     const cur = api.get("Secret", "shop", "api") as KubeObject & { data: Record<string, string> };
-    api.update({ ...cur, data: { a: b64(rotatedA), b: b64(longerB) } });
+    api.update({ ...cur, data: { a: b64(rotatedA), b: b64(longerB), c: b64(rotatedC) } });
 
-    const second = await waitFor("b's new placeholder", () => {
+    const second = await waitFor("b's and c's new placeholders", () => {
       const s = shadowOf("api");
-      return s && unb64(s.data!.b!).length === 48 ? s : undefined;
+      return s && unb64(s.data!.b!).length === 48 && unb64(s.data!.c!) !== phC ? s : undefined;
     });
     expect(unb64(second.data!.a!)).toBe(phA);
     expect(unb64(second.data!.b!)).not.toBe(phB);
+    const newC = unb64(second.data!.c!);
+    expect(newC.length).toBe(32);
+    expect(huffmanBits(newC)).toBe(huffmanBits(rotatedC));
     await waitFor("rotated value live", () => sink.byPlaceholder(phA)?.value === rotatedA);
     await waitFor("new placeholder of b loaded", () => sink.byPlaceholder(unb64(second.data!.b!))?.value === longerB);
-    // The old placeholder of b is gone from the sink: it can never be redeemed again.
+    await waitFor("new placeholder of c loaded", () => sink.byPlaceholder(newC)?.value === rotatedC);
+    // The old placeholders are gone from the sink: they can never be redeemed again.
     expect(sink.byPlaceholder(phB)).toBeUndefined();
+    expect(sink.byPlaceholder(phC)).toBeUndefined();
   }, 30_000);
 
   test("removing the enablement deletes the shadow and unloads the keys", async () => {
