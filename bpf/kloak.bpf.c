@@ -16,6 +16,7 @@
  *   placeholder.h  marker -> loaded placeholder, verified byte for byte
  *   conn.h         SSL* -> socket -> peer, and the SNI
  *   policy.h       may this secret go to this peer
+ *   hpack.h        placeholders Huffman-coded in HTTP/2 header blocks
  *   scope.h        which processes are protected (fork, exec, exit)
  *
  * Verifier budget: the work of a write is split into global functions of
@@ -39,6 +40,7 @@
 #include "placeholder.h"
 #include "conn.h"
 #include "policy.h"
+#include "hpack.h"
 #include "scope.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -100,6 +102,8 @@ __noinline int kloak_check_candidate(__u32 slot, __u32 idx)
 	item->addr = s->buf + start;
 	item->secret_id = id;
 	item->len = ph->len;
+	item->hbits = 0;
+	item->hshift = 0;
 	s->ev.count = n + 1;
 	return 0;
 }
@@ -204,9 +208,10 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 		count(KC_BYTES_UNSCANNED, len - s->scan_len);
 		kloak_refuse(slot, KR_BEYOND_SCAN_CAP, 0, s->scan_len);
 	}
-	if (kloak_scan(slot) == 0)
+	if (kloak_scan(slot) + kloak_hpack_scan(slot) == 0)
 		return 0;
 	bpf_loop(s->ncand, verify_candidate, &slot, 0);
+	kloak_hpack_verify(slot, mode);
 	if (s->violation != KLOAK_ACTION_PASS) {
 		/* Nothing of this write leaves: not even the verified items. */
 		enforce(s, tgid, tid);
@@ -347,6 +352,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
 
 		forget_conn(&k);
+		bpf_map_delete_elem(&kloak_h2, &k);
 		return 0;
 	}
 	}
@@ -493,6 +499,7 @@ struct kloak_abi_anchor {
 	struct kloak_policy policy;
 	struct kloak_name_addr name_addr;
 	struct kloak_resolved resolved;
+	struct kloak_hcode hcode;
 	enum kloak_counter counter;
 	enum kloak_conn_flags conn_flags;
 	enum kloak_rule_kind rule_kind;

@@ -36,6 +36,7 @@ import {
 } from "./abi.ts";
 import { actionCode, REFUSALS, type ViolationAction } from "./refusals.ts";
 import { Attacher } from "./attacher.ts";
+import { encodeHcode } from "./hpack-splice.ts";
 import {
   loadObject,
   MODE_PROGRAMS,
@@ -122,7 +123,8 @@ export class Dataplane {
     | "conns"
     | "inflight"
     | "stopOwner"
-    | "images",
+    | "images"
+    | "hcodes",
     BpfMap
   >;
   private readonly tracepoints: BpfLink[] = [];
@@ -177,6 +179,7 @@ export class Dataplane {
       inflight: obj.map("kloak_inflight"),
       stopOwner: obj.map("kloak_stop_owner"),
       images: obj.map("kloak_images"),
+      hcodes: obj.map("kloak_hcodes"),
     };
     const [entry, ret] = MODE_PROGRAMS[mode];
     this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder(), uprobes);
@@ -373,6 +376,8 @@ export class Dataplane {
     if (s.rules) this.maps.policy.update(encodeU32(s.id), encodePolicy(s.rules));
     else this.maps.policy.delete(encodeU32(s.id));
     this.maps.secrets.update(encodeU32(s.id), encodeBytes(s.placeholder));
+    // For HTTP/2 header blocks (bpf/hpack.h): the placeholder's Huffman code.
+    this.maps.hcodes.update(encodeU32(s.id), encodeHcode(s.placeholder, s.value));
     if (this.mode === "kernel") this.maps.values.update(encodeU32(s.id), encodeBytes(s.value));
     else await this.toWorker({ type: "secret", seq: 0, id: s.id, placeholder: s.placeholder, value: s.value });
     // Findable last: the kernel never sees a placeholder whose value is not ready.
@@ -580,6 +585,7 @@ export class Dataplane {
     if (this.secretInFlight(id))
       this.opts.warn?.(`secret ${id}: a write that substituted it is still in flight after ${DELETE_WAIT_MS} ms; deleting it anyway`);
     this.maps.secrets.delete(encodeU32(id));
+    this.maps.hcodes.delete(encodeU32(id));
     if (this.mode === "kernel") this.maps.values.delete(encodeU32(id));
     this.maps.policy.delete(encodeU32(id));
     this.maps.onViolation.delete(encodeU32(id));

@@ -101,3 +101,48 @@ export function huffmanDecode(code: Uint8Array): Uint8Array | undefined {
 }
 
 const DECODE = new Map<number, number>(Array.from({ length: 256 }, (_, i) => [HUFFMAN_BITS[i]! * 2 ** 32 + HUFFMAN_CODE[i]!, i]));
+
+/** The placeholder alphabet and marker, repeated here so the tables below need nothing from src/secrets. */
+const MARKER_TEXT = "kloak:";
+const TAIL_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/**
+ * The constants bpf/hpack.h is built on, as C, between its "generated"
+ * markers (test/dataplane/hpack.test.ts checks the header holds exactly this):
+ *  - HP_MARKER: the 37-bit code of "kloak:";
+ *  - per bit alignment a (where in its first byte the marker's code starts),
+ *    one byte wholly inside the code (HP_COREa, byte HP_ATa of the code's
+ *    span) that the scan looks for a word at a time; a byte that is rare in
+ *    ASCII text, so raw literals and DATA rarely wake the slow check;
+ *  - hp_sym: for each 8-bit window, the placeholder tail character whose code
+ *    starts it and that code's length (len << 8 | char), 0 for none. Tail
+ *    characters code in 5 to 8 bits, so one window decodes one of them.
+ */
+export function bpfTables(): string {
+  const { code } = huffmanEncode(MARKER_TEXT, 0);
+  let m = 0n;
+  for (const b of code) m = (m << 8n) | BigInt(b);
+  const bits = huffmanBits(MARKER_TEXT);
+  m >>= BigInt(code.length * 8 - bits);
+  const lines = [`#define HP_MARKER_BITS ${bits}`, `#define HP_MARKER 0x${m.toString(16)}ULL`];
+  for (let a = 0; a < 8; a++) {
+    const w = m << BigInt(64 - bits - a);
+    // Bytes wholly inside the code's span: 1..3 for every alignment.
+    const candidates = [1, 2, 3].map((j) => ({ j, b: Number((w >> BigInt(56 - 8 * j)) & 0xffn) }));
+    const rare = candidates.find((c) => c.b >= 0x80 || c.b < 0x20) ?? candidates[0]!;
+    lines.push(`#define HP_CORE${a} 0x${rare.b.toString(16).padStart(2, "0")}`, `#define HP_AT${a} ${rare.j}`);
+  }
+  const sym = new Array<number>(256).fill(0);
+  for (const c of TAIL_ALPHABET) {
+    const b = c.charCodeAt(0);
+    const len = HUFFMAN_BITS[b]!;
+    const first = HUFFMAN_CODE[b]! << (8 - len);
+    for (let v = first; v < first + (1 << (8 - len)); v++) sym[v] = (len << 8) | b;
+  }
+  lines.push("static const __u16 hp_sym[256] = {");
+  for (let i = 0; i < 256; i += 8) lines.push(`\t${sym.slice(i, i + 8).map((x) => `0x${x.toString(16).padStart(3, "0")},`).join(" ")}`);
+  lines.push("};");
+  return lines.join("\n") + "\n";
+}
+
+if (import.meta.main && process.argv[2] === "--bpf-tables") process.stdout.write(bpfTables());

@@ -94,6 +94,18 @@ export const REFUSALS: readonly RefusalReason[] = [
     hint: "the process's memory map was busy (it was mapping memory), so the buffer could not be checked",
   },
   {
+    name: "hpack_kernel_mode",
+    kernel: 19,
+    violation: false,
+    hint: "an HTTP/2 header carried the placeholder Huffman-coded, which only stop mode can substitute (--rewrite-mode stop)",
+  },
+  {
+    name: "hpack_code_length",
+    kernel: 20,
+    violation: false,
+    hint: "an HTTP/2 header carried the placeholder Huffman-coded, but its value's code has another length; reload the secret so kloak issues a fitting placeholder",
+  },
+  {
     name: "writer_not_stopped",
     kernel: null,
     violation: false,
