@@ -19,8 +19,9 @@
  * keeping the neighbouring bits, and the placeholder's code back at return.
  * Issuance guarantees the value's code has the placeholder's length
  * (src/secrets/placeholder.ts); a secret loaded without (fits == 0) is
- * refused. Kernel mode does not splice bits: it refuses these candidates
- * (KR_HPACK_KERNEL_MODE), and the placeholder goes out.
+ * refused. Kernel mode splices in the probe (kloak_item_poke), a word at a
+ * time: each 8-byte word of the span is read, its covered bits replaced, and
+ * written back, so no buffer is needed and a restore never waits for a slot.
  */
 #ifndef KLOAK_HPACK_H
 #define KLOAK_HPACK_H
@@ -107,6 +108,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct kloak_hcode);
 } kloak_hcodes SEC(".maps");
+
+/* secret id -> its value's Huffman code; kernel mode only (as kloak_values) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct kloak_hcode);
+} kloak_hvalues SEC(".maps");
 
 struct hpack_scratch {
 	__u8 chunk[HP_CHUNK + 8]; /* 8 bytes of slack: a window read at any chunk byte stays inside */
@@ -410,7 +420,8 @@ __noinline int kloak_hpack_check(__u32 slot, __u32 idx, __u32 mode)
 		kloak_refuse(slot, KR_HPACK_CODE_LENGTH, id, start);
 		return 0;
 	}
-	if (mode == KLOAK_MODE_KERNEL) {
+	/* Kernel mode needs the value's code, loaded with the value itself. */
+	if (mode == KLOAK_MODE_KERNEL && !bpf_map_lookup_elem(&kloak_hvalues, &id)) {
 		kloak_refuse(slot, KR_HPACK_KERNEL_MODE, id, start);
 		return 0;
 	}
@@ -450,6 +461,79 @@ static __always_inline void kloak_hpack_verify(__u32 slot, __u32 mode)
 
 	if (h && h->ncand)
 		bpf_loop(h->ncand, hpack_verify_one, &v, 0);
+}
+
+/* ---- kernel mode: the splice in the probe ---------------------------------- */
+
+struct hpack_poke {
+	__u64 addr;
+	__u32 id;
+	__u32 nb;    /* bytes the code's bits touch */
+	__u32 bits;
+	__u32 shift;
+	__u32 restore;
+	__u32 failed;
+};
+
+/* bpf_loop callback: span word w (bytes 8w..8w+7, fewer at the end) gets the
+ * code's bits that fall into it; the bits around the code keep theirs. */
+static long hpack_poke_word(__u32 w, void *ctx)
+{
+	struct hpack_poke *p = ctx;
+	struct kloak_hcode *hc = p->restore ? bpf_map_lookup_elem(&kloak_hcodes, &p->id)
+					    : bpf_map_lookup_elem(&kloak_hvalues, &p->id);
+	__u64 cur = 0, code, mask = ~0ULL, first, end, o = (__u64)w * 8;
+	__u32 n, shift = p->shift & 7;
+	__u8 b[8] = {};
+
+	if (!hc || hc->bits != p->bits || o >= p->nb) {
+		p->failed = 1;
+		return 1;
+	}
+	n = p->nb - o > 8 ? 8 : p->nb - o;
+	n = BOUNDED(n - 1, 7) + 1;
+	if (bpf_probe_read_user(b, n, (void *)(p->addr + o))) {
+		p->failed = 1;
+		return 1;
+	}
+	cur = be64_at(b);
+	o = BOUNDED(o, KLOAK_VALUE_MAX - 1);
+	/* The code's bits as they lie in this word: shifted right by shift,
+	 * with the low bits of the byte before carried in. */
+	code = be64_at(&hc->code[o]) >> shift;
+	if (shift && o > 0)
+		code |= (__u64)hc->code[o - 1] << (64 - shift);
+	/* Bits of the word inside [shift, shift + bits) of the span. */
+	first = (__u64)w * 64;
+	end = shift + (__u64)p->bits;
+	if (first < shift)
+		mask &= ~0ULL >> (shift - first);
+	if (end < first + 64)
+		mask &= ~(~0ULL >> (end - first));
+	cur = (cur & ~mask) | (code & mask);
+	*(__u64 *)b = __builtin_bswap64(cur);
+	if (bpf_probe_write_user((void *)(p->addr + (__u64)w * 8), b, n)) {
+		p->failed = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Kernel mode: write an item's value in (restore: its placeholder back). A
+ * byte item is kloak_poke's; a Huffman item is spliced word by word. 0 on
+ * success; a failure may leave part written, which the restore undoes.
+ */
+__noinline int kloak_item_poke(__u64 addr, __u32 id, __u32 len, __u32 hbits, __u32 how)
+{
+	struct hpack_poke p = { .addr = addr, .id = id, .nb = len, .bits = hbits, .shift = how & 7, .restore = how >> 8 };
+
+	if (hbits == 0)
+		return kloak_poke(addr, id, len, how >> 8);
+	if (hbits < HP_MARKER_BITS || hbits > 8 * KLOAK_VALUE_MAX || len != ((how & 7) + hbits + 7) >> 3)
+		return -1;
+	bpf_loop((len + 7) / 8, hpack_poke_word, &p, 0);
+	return p.failed ? -1 : 0;
 }
 
 #endif /* KLOAK_HPACK_H */

@@ -229,7 +229,8 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 			if (i >= s->ev.count)
 				break;
-			if (kloak_poke(s->ev.items[i].addr, s->ev.items[i].secret_id, s->ev.items[i].len, 0)) {
+			if (kloak_item_poke(s->ev.items[i].addr, s->ev.items[i].secret_id, s->ev.items[i].len,
+					    s->ev.items[i].hbits, s->ev.items[i].hshift)) {
 				/* A failed write may be partial: the item stays, so the
 				 * return probe puts the placeholder back regardless. */
 				kloak_refuse(slot, KR_WRITE_FAILED, s->ev.items[i].secret_id, s->ev.items[i].addr - s->buf);
@@ -270,7 +271,8 @@ static __always_inline int on_write_return(const int mode)
 		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 			if (i >= ev->count)
 				break;
-			if (kloak_poke(ev->items[i].addr, ev->items[i].secret_id, ev->items[i].len, 1) == 0)
+			if (kloak_item_poke(ev->items[i].addr, ev->items[i].secret_id, ev->items[i].len, ev->items[i].hbits,
+					    ev->items[i].hshift | 1 << 8) == 0)
 				count(KC_RESTORED, 1);
 			else
 				lost = true;

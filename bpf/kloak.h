@@ -98,7 +98,7 @@ enum kloak_refusal {
 	KR_BUFFER_NOT_PRIVATE,        /* the placeholder lies in shared, file-backed or read-only memory */
 	KR_APP_BIO,                   /* strict binding: the connection writes through the app's own BIO */
 	KR_BUFFER_UNCHECKED,          /* the writer's memory map was busy: the buffer could not be checked */
-	KR_HPACK_KERNEL_MODE,         /* a Huffman-coded placeholder (HTTP/2 header) in kernel mode, which cannot splice bits */
+	KR_HPACK_KERNEL_MODE,         /* kernel mode: Huffman-coded (HTTP/2 header), and the value's code is not loaded */
 	KR_HPACK_CODE_LENGTH,         /* Huffman-coded, but the value's code is not as long as the placeholder's */
 	KR__COUNT
 };

@@ -97,7 +97,7 @@ export const REFUSALS: readonly RefusalReason[] = [
     name: "hpack_kernel_mode",
     kernel: 19,
     violation: false,
-    hint: "an HTTP/2 header carried the placeholder Huffman-coded, which only stop mode can substitute (--rewrite-mode stop)",
+    hint: "kernel mode: an HTTP/2 header carried the placeholder Huffman-coded, and the value's code was not loaded; reload the secret",
   },
   {
     name: "hpack_code_length",
