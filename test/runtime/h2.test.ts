@@ -104,7 +104,10 @@ function nodeH2(headers: string[], o: { body?: string; raw?: boolean } = {}): st
 }
 
 async function kloakExec(secret: string, allow: string | undefined, cmd: string) {
-  return runKloak(["exec", "--secret", `API_TOKEN=${secret}`, ...(allow ? ["--allow", `API_TOKEN=${allow}`] : []), "--", "sh", "-c", cmd]);
+  // Generous: the same file runs under TCG in the kernel matrix's VMs (kernel mode).
+  return runKloak(["exec", "--secret", `API_TOKEN=${secret}`, ...(allow ? ["--allow", `API_TOKEN=${allow}`] : []), "--", "sh", "-c", cmd], {
+    timeoutMs: 900_000,
+  });
 }
 
 /** Every header that carries the placeholder in this suite's requests. */
