@@ -7,10 +7,12 @@
  * the placeholder's own bytes, which the byte scan (scan.h) finds.
  *
  * Only connections that speak HTTP/2 pay for this: a write that starts with
- * the client preface marks its connection (kloak_h2), and only writes of
- * marked connections are scanned again, for the marker's code at each of the
- * 8 bit alignments: one byte wholly inside the code is looked for a word at a
- * time, and a hit is checked against the whole 37 bits. A candidate is
+ * the client preface marks its connection (kloak_h2). Writes of marked
+ * connections have their frame headers walked (a frame may continue into the
+ * next write), and only header-block payload is scanned again, for the
+ * marker's code at each of the 8 bit alignments: one byte wholly inside the
+ * code is looked for a word at a time, and a hit is checked against the whole
+ * 37 bits. A connection whose frames stop parsing is scanned whole from then. A candidate is
  * verified bit for bit against the loaded placeholder's code (kloak_hcodes,
  * which user space fills from the placeholder) and goes through the same
  * checks as a byte placeholder: entitlement, destination, buffer. An
@@ -90,6 +92,22 @@ static const __u16 hp_sym[256] = {
 };
 /* END generated */
 
+/*
+ * Where a connection's frames stand between writes: the frame headers are
+ * walked so that only header blocks (HEADERS, PUSH_PROMISE, CONTINUATION
+ * payloads) are scanned for Huffman codes, not DATA. A frame that goes on
+ * into the next write is carried. Anything that does not parse as frames (a
+ * frame header cut by a write, a partial write the app repeats, more frames
+ * than one walk takes) ends the walking for the connection: its writes are
+ * then scanned whole, which finds the same placeholders at a higher cost.
+ */
+struct h2_state {
+	__u32 carry;    /* bytes of the current frame still to come */
+	__u8 carry_hb;  /* ... and they are header block */
+	__u8 unframed;  /* lost track: scan whole writes */
+	__u8 _pad[2];
+};
+
 /* {ssl, tgid} of connections that sent the HTTP/2 client preface. An LRU:
  * an evicted connection only stops being scanned for Huffman codes (its
  * placeholders go out), which fails closed. */
@@ -97,8 +115,12 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct kloak_conn_key);
-	__type(value, __u32);
+	__type(value, struct h2_state);
 } kloak_h2 SEC(".maps");
+
+#define HP_MAX_RANGES 8  /* header-block pieces scanned in one write */
+#define HP_MAX_FRAMES 128 /* frame headers walked in one write */
+#define HP_PREFACE_LEN 24
 
 /* secret id -> its placeholder's Huffman code */
 struct {
@@ -122,6 +144,14 @@ struct hpack_scratch {
 	__u8 chunk[HP_CHUNK + 8]; /* 8 bytes of slack: a window read at any chunk byte stays inside */
 	__u8 cmp[HP_CMP + 16];
 	__u64 cand[HP_MAX_CAND]; /* offset in the write << 3 | bit where the code starts */
+	__u32 rstart[HP_MAX_RANGES]; /* header-block bytes of the write: [rstart, rend) */
+	__u32 rend[HP_MAX_RANGES];
+	__u32 nranges;
+	__u32 whole;   /* scan the whole write (not walking frames) */
+	__u32 off;     /* frame walk: next frame header */
+	__u32 walk_end; /* frame walk: 1 done, 2 lost track */
+	__u32 carry;    /* frame walk: what the write leaves open for the next */
+	__u32 carry_hb;
 	__u32 ncand;
 	/* bit-for-bit check of one candidate */
 	__u32 id;
@@ -149,6 +179,34 @@ static __always_inline __u64 be64_at(const __u8 *p)
 	return __builtin_bswap64(*(const __u64 *)p);
 }
 
+/* Whether byte pos of the write is header block. */
+static __always_inline bool in_ranges(struct hpack_scratch *h, __u32 pos)
+{
+	__u32 r;
+
+	for (r = 0; r < HP_MAX_RANGES; r++) {
+		if (r >= h->nranges)
+			break;
+		if (pos >= h->rstart[r] && pos < h->rend[r])
+			return true;
+	}
+	return false;
+}
+
+/* Whether [off, off + HP_CHUNK) meets header block. */
+static __always_inline bool chunk_in_ranges(struct hpack_scratch *h, __u32 off)
+{
+	__u32 r;
+
+	for (r = 0; r < HP_MAX_RANGES; r++) {
+		if (r >= h->nranges)
+			break;
+		if (off < h->rend[r] && off + HP_CHUNK > h->rstart[r])
+			return true;
+	}
+	return false;
+}
+
 /* The marker's code starts at bit a of chunk byte b: note it, once. */
 static __always_inline void hpack_try(struct hpack_scratch *h, __u32 off, __u32 b, __u32 a, __u32 n)
 {
@@ -157,6 +215,8 @@ static __always_inline void hpack_try(struct hpack_scratch *h, __u32 off, __u32 
 
 	/* Starting in the 8 bytes the next chunk repeats: that chunk notes it. */
 	if (b >= HP_STRIDE || b + ((a + HP_MARKER_BITS + 7) >> 3) > n)
+		return;
+	if (!h->whole && !in_ranges(h, off + b))
 		return;
 	w = be64_at(&h->chunk[BOUNDED(b, HP_CHUNK - 1)]);
 	if (((w << a) >> (64 - HP_MARKER_BITS)) != HP_MARKER)
@@ -221,6 +281,8 @@ static long hpack_chunk(__u32 idx, void *ctx)
 	off = (__u64)idx * HP_STRIDE;
 	if (off >= s->scan_len)
 		return 1;
+	if (!h->whole && !chunk_in_ranges(h, off))
+		return 0;
 	n = s->scan_len - off;
 	if (n > HP_CHUNK)
 		n = HP_CHUNK;
@@ -235,29 +297,138 @@ static long hpack_chunk(__u32 idx, void *ctx)
 	return 0;
 }
 
+static __always_inline void add_range(struct hpack_scratch *h, __u64 from, __u64 to)
+{
+	__u32 r = h->nranges;
+
+	if (from >= to)
+		return;
+	if (r >= HP_MAX_RANGES) {
+		h->whole = 1;
+		return;
+	}
+	h->rstart[BOUNDED(r, HP_MAX_RANGES - 1)] = from;
+	h->rend[BOUNDED(r, HP_MAX_RANGES - 1)] = to;
+	h->nranges = r + 1;
+}
+
+#define H2_DATA 0
+#define H2_HEADERS 1
+#define H2_PUSH_PROMISE 5
+#define H2_CONTINUATION 9
+
+/* bpf_loop callback: one frame header at h->off. */
+static long walk_frame(__u32 idx, void *ctx)
+{
+	__u32 slot = *(__u32 *)ctx;
+	struct scratch *s = scratch(slot);
+	struct hpack_scratch *h = hscratch(slot);
+	__u8 fh[9];
+	__u64 off, flen, end;
+	__u32 type, stream;
+	bool hb;
+
+	if (!s || !h)
+		return 1;
+	off = h->off;
+	if (off >= s->len) {
+		h->walk_end = 1;
+		return 1;
+	}
+	if (off + sizeof(fh) > s->len || bpf_probe_read_user(fh, sizeof(fh), (void *)(s->buf + off))) {
+		h->walk_end = 2; /* a frame header cut by the write */
+		return 1;
+	}
+	flen = (__u64)fh[0] << 16 | (__u64)fh[1] << 8 | fh[2];
+	type = fh[3];
+	stream = (__u32)fh[5] << 24 | (__u32)fh[6] << 16 | (__u32)fh[7] << 8 | fh[8];
+	/* Not a frame a client sends (types 0-9; the reserved bit clear;
+	 * stream frames on a stream): the walk is off track. */
+	if (type > H2_CONTINUATION || (stream & 0x80000000) ||
+	    ((type <= 3 || type == H2_PUSH_PROMISE || type == H2_CONTINUATION) && stream == 0) ||
+	    ((type == 4 || type == 6 || type == 7) && stream != 0)) {
+		h->walk_end = 2;
+		return 1;
+	}
+	hb = type == H2_HEADERS || type == H2_PUSH_PROMISE || type == H2_CONTINUATION;
+	end = off + sizeof(fh) + flen;
+	if (hb)
+		add_range(h, off + sizeof(fh), end < s->len ? end : s->len);
+	h->off = end;
+	if (end >= s->len) {
+		h->walk_end = 1;
+		h->carry = end - s->len;
+		h->carry_hb = hb;
+		return 1;
+	}
+	return 0;
+}
+
 /*
  * Fill the hpack candidates of this write; returns how many. Writes of
  * connections not (yet) seen to speak HTTP/2 cost one map lookup and, for the
- * ones that could be a preface, an 8-byte read.
+ * ones that could be a preface, an 8-byte read; writes of HTTP/2 connections
+ * have their frame headers walked and only their header blocks scanned.
  */
 __noinline __u32 kloak_hpack_scan(__u32 slot)
 {
 	struct scratch *s = scratch(slot);
 	struct hpack_scratch *h = hscratch(slot);
 	struct kloak_conn_key k = {};
-	__u64 head = 0;
-	__u32 one = 1;
+	struct h2_state fresh = {}, *st;
+	__u64 head = 0, c;
 
 	if (!s || !h)
 		return 0;
 	h->ncand = 0;
+	h->nranges = 0;
+	h->whole = 0;
+	h->off = 0;
+	h->walk_end = 0;
+	h->carry = 0;
+	h->carry_hb = 0;
 	k.ssl = s->ssl;
 	k.tgid = s->tgid;
-	if (!bpf_map_lookup_elem(&kloak_h2, &k)) {
-		if (s->len < 24 || bpf_probe_read_user(&head, sizeof(head), (void *)s->buf) || head != HP_PREFACE)
+	st = bpf_map_lookup_elem(&kloak_h2, &k);
+	if (!st) {
+		if (s->len < HP_PREFACE_LEN || bpf_probe_read_user(&head, sizeof(head), (void *)s->buf) || head != HP_PREFACE)
 			return 0;
-		bpf_map_update_elem(&kloak_h2, &k, &one, BPF_ANY);
+		bpf_map_update_elem(&kloak_h2, &k, &fresh, BPF_ANY);
+		st = bpf_map_lookup_elem(&kloak_h2, &k);
+		if (!st)
+			return 0;
+		h->off = HP_PREFACE_LEN;
 	}
+	if (st->unframed) {
+		h->whole = 1;
+	} else {
+		c = st->carry;
+		if (c) {
+			/* The frame the last write left open goes on here. */
+			if (st->carry_hb)
+				add_range(h, 0, c < s->len ? c : s->len);
+			h->off = c;
+		}
+		if (h->off >= s->len) {
+			h->carry = h->off - s->len;
+			h->carry_hb = st->carry_hb;
+			h->walk_end = 1;
+		} else {
+			bpf_loop(HP_MAX_FRAMES, walk_frame, &slot, 0);
+		}
+		if (h->walk_end == 1) {
+			st->carry = h->carry;
+			st->carry_hb = h->carry_hb;
+		} else {
+			/* Lost track (or more frames than one walk takes): from now
+			 * on this connection's writes are scanned whole. */
+			st->unframed = 1;
+			st->carry = 0;
+			h->whole = 1;
+		}
+	}
+	if (!h->whole && !h->nranges)
+		return 0;
 	bpf_loop((s->scan_len + HP_STRIDE - 1) / HP_STRIDE, hpack_chunk, &slot, 0);
 	return h->ncand;
 }

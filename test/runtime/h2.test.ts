@@ -17,7 +17,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:tes
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { huffmanBits } from "../../src/dataplane/hpack.ts";
+import { huffmanBits, huffmanDecode } from "../../src/dataplane/hpack.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { nodePath } from "../support/clients.ts";
 import { H2_CLIENT, startH2Server, type H2Server } from "../support/h2-server.ts";
@@ -95,9 +95,11 @@ function curlH2(headers: string[], o: { body?: string; bodyFile?: string; extra?
   return argv.map(q).join(" ");
 }
 
-function nodeH2(headers: string[], o: { body?: string; raw?: boolean } = {}): string {
+function nodeH2(headers: string[], o: { body?: string; raw?: boolean; splitLast?: boolean; huffmanData?: boolean } = {}): string {
   const argv = [nodePath(), H2_CLIENT, "--url", `${h2.url}/api`, "--ca", certs.caFile];
   if (o.raw) argv.push("--raw");
+  if (o.splitLast) argv.push("--split-last");
+  if (o.huffmanData) argv.push("--huffman-data");
   for (const h of headers) argv.push("-H", h);
   if (o.body !== undefined) argv.push("--body", o.body);
   return argv.map(q).join(" ");
@@ -204,6 +206,24 @@ describe("HTTP/2: placeholders in HPACK header blocks and DATA", () => {
     expect(tally(secret, { header: "authorization" })).toEqual({ value: 1, placeholder: 0 });
     expect(tally(secret, {})).toEqual({ value: headers.length, placeholder: 0 });
     expect(tally(secret, { data: true })).toEqual({ value: 1, placeholder: 0 });
+  });
+
+  test("frames are walked across writes: a CONTINUATION that starts in the next write is scanned; Huffman codes in DATA are left alone", async () => {
+    const secret = fakeSecret(40);
+    // The second write starts inside the CONTINUATION frame, with the authorization field.
+    const r = await kloakExec(
+      secret,
+      undefined,
+      nodeH2(["x-first: $API_TOKEN", "authorization: Bearer $API_TOKEN"], { raw: true, splitLast: true, huffmanData: true, body: "Bearer $API_TOKEN" }),
+    );
+    expect(r.code).toBe(0);
+    await h2.waitStreams(1);
+    expect(tally(secret, {})).toEqual({ value: 2, placeholder: 0 });
+    // DATA is bytes to the server, not a header: a Huffman-coded placeholder there is no
+    // placeholder, and walking the frames keeps kloak from touching it.
+    const data = Buffer.from(huffmanDecode(h2.streams[0]!.data) ?? new Uint8Array());
+    expect({ value: occurrences(data, secret), placeholder: placeholderCount(data) }).toEqual({ value: 0, placeholder: 1 });
+    expect(r.stderr).toContain("kloak: 2 substitution(s)");
   });
 
   test("node http2 with rules: allowed destination (memory-BIO binding) and a disallowed one", async () => {

@@ -9,6 +9,11 @@
 // header block is HEADERS + CONTINUATION frames (split before the last header,
 // which thus lies wholly in the CONTINUATION), each header a literal without
 // indexing, Huffman-coded (RFC 7541 Appendix B); then DATA with the body.
+//   --split-last     write the request in two TLS writes, 100 ms apart, split
+//                    right before the last header field (so the second write
+//                    starts inside the CONTINUATION frame)
+//   --huffman-data   send the body Huffman-coded in the DATA frame (bytes that
+//                    only look like a header value: kloak must leave them)
 // Header values read $NAME from the environment ("$API_TOKEN").
 // Prints "STATUS=<code>"; exit 0 on a 2xx.
 import { readFileSync } from "node:fs";
@@ -24,6 +29,8 @@ const { values: o } = parseArgs({
     header: { type: "string", short: "H", multiple: true, default: [] },
     body: { type: "string" },
     raw: { type: "boolean", default: false },
+    "split-last": { type: "boolean", default: false },
+    "huffman-data": { type: "boolean", default: false },
   },
   strict: true,
 });
@@ -116,6 +123,10 @@ function frame(type, flags, stream, payload) {
 }
 
 function rawRequest() {
+  // No frame may come between HEADERS and its last CONTINUATION (RFC 9113
+  // 6.10): a SETTINGS ack due meanwhile waits until the header block is whole.
+  let blockOpen = false;
+  let ackOwed = false;
   const sock = tls.connect({ host: url.hostname, port: Number(url.port), ca, ALPNProtocols: ["h2"], servername: url.hostname }, () => {
     const all = [
       [":method", body === undefined ? "GET" : "POST"],
@@ -129,14 +140,24 @@ function rawRequest() {
     const END_STREAM = 1, END_HEADERS = 4;
     sock.write(Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
     sock.write(frame(4, 0, 0, Buffer.alloc(0))); // SETTINGS
-    // One write holding HEADERS and CONTINUATION, as a client library would batch them.
-    sock.write(
-      Buffer.concat([
-        frame(1, body === undefined ? END_STREAM : 0, 1, first),
-        frame(9, END_HEADERS, 1, last),
-        ...(body === undefined ? [] : [frame(0, END_STREAM, 1, Buffer.from(body))]),
-      ]),
-    );
+    const payload = body === undefined ? undefined : o["huffman-data"] ? huffman(body) : Buffer.from(body);
+    // HEADERS and CONTINUATION (and DATA) in one write, as a client library would batch them.
+    const request = Buffer.concat([
+      frame(1, payload === undefined ? END_STREAM : 0, 1, first),
+      frame(9, END_HEADERS, 1, last),
+      ...(payload === undefined ? [] : [frame(0, END_STREAM, 1, payload)]),
+    ]);
+    if (!o["split-last"]) sock.write(request);
+    else {
+      const cut = 9 + first.length + 9; // the CONTINUATION's payload starts here
+      blockOpen = true;
+      sock.write(request.subarray(0, cut));
+      setTimeout(() => {
+        sock.write(request.subarray(cut));
+        blockOpen = false;
+        if (ackOwed) sock.write(frame(4, 1, 0, Buffer.alloc(0)));
+      }, 100);
+    }
   });
   let buf = Buffer.alloc(0);
   sock.on("data", (d) => {
@@ -148,7 +169,10 @@ function rawRequest() {
       const flags = buf[4];
       const payload = buf.subarray(9, 9 + len);
       buf = buf.subarray(9 + len);
-      if (type === 4 && !(flags & 1)) sock.write(frame(4, 1, 0, Buffer.alloc(0))); // SETTINGS ack
+      if (type === 4 && !(flags & 1)) {
+        if (blockOpen) ackOwed = true;
+        else sock.write(frame(4, 1, 0, Buffer.alloc(0))); // SETTINGS ack
+      }
       // The server's HEADERS: ":status: 200" is static index 8 (0x88) as node sends it.
       if (type === 1 && payload[0] === 0x88) {
         sock.end();
