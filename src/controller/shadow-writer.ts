@@ -42,6 +42,8 @@ export class ShadowWriter {
   /** shadow writes (create/update/delete) done, for metrics */
   writes = 0;
   errors = 0;
+  /** enabled Secrets this writer refuses to serve now (a value with no fitting placeholder, bad rules), for metrics */
+  readonly unservable = new Set<string>();
 
   constructor(
     private readonly core: CoreV1Api,
@@ -135,6 +137,7 @@ export class ShadowWriter {
     const ours = shadowOwner(shadow?.metadata) === name;
 
     if (!original || isShadow(original.metadata) || !isEnabled(original.metadata)) {
+      this.unservable.delete(`${ns}/${name}`);
       if (ours) await this.deleteShadow(ns, name, shadow!);
       return;
     }
@@ -149,6 +152,8 @@ export class ShadowWriter {
       return;
     }
     const checked = checkSecret(original);
+    if (checked.problems.length) this.unservable.add(`${ns}/${name}`);
+    else this.unservable.delete(`${ns}/${name}`);
     if (checked.problems.length) {
       this.events.record(
         ref,

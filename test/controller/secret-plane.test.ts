@@ -13,7 +13,7 @@ import { EventRecorder } from "../../src/kube/events.ts";
 import { isPlaceholderShaped } from "../../src/secrets/placeholder.ts";
 import { huffmanBits } from "../../src/dataplane/hpack.ts";
 import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
-import { fakeSecret } from "../support/kloak.ts";
+import { fakeSecret, fakeSecretFitting } from "../support/kloak.ts";
 
 class RecordingSink implements CatalogSink {
   readonly loaded = new Map<number, { placeholder: string; value: string; restricted: boolean }>();
@@ -96,14 +96,6 @@ afterAll(async () => {
   await api.stop();
 });
 
-/** A new random value with the byte length and HPACK code length of placeholder ph (so ph still fits it). */
-function sameShape(ph: string): string {
-  for (;;) {
-    const v = fakeSecret(ph.length);
-    if (huffmanBits(v) === huffmanBits(ph)) return v;
-  }
-}
-
 describe("shadow secrets", () => {
   test("an enabled Secret gets a shadow: same type and keys, placeholders of the same length, labels, owner", async () => {
     const token = fakeSecret(40);
@@ -142,7 +134,7 @@ describe("shadow secrets", () => {
     await waitFor("loaded", () => sink.loaded.size === 3);
 
     // Same length and same HPACK code length: the placeholder stays.
-    const rotatedA = sameShape(phA);
+    const rotatedA = fakeSecretFitting(phA);
     const longerB = fakeSecret(48);
     // Same length, another code length (upstream Kloak #269: keeping the old
     // placeholder broke HTTP/2): c gets a new placeholder that fits.
@@ -181,19 +173,24 @@ describe("shadow secrets", () => {
     await waitFor("unloaded", () => sink.loaded.size === 0);
   }, 30_000);
 
-  test("a value out of range or a bad hosts annotation: an Event on the Secret, no shadow", async () => {
+  test("a value out of range, one with no Huffman-exact placeholder, or a bad hosts annotation: an Event on the Secret, no shadow", async () => {
     api.create(secret("short", { pin: "1234" }));
+    api.create(secret("huff", { token: "aaaaeeeeoooo" }));
     api.create(secret("hosts", { token: fakeSecret(32) }, { annotations: { "getkloak.io/hosts": "api.example.com,*." } }));
     const { plane, sink, events } = agent("a");
     await plane.start();
-    const evs = await waitFor("two events", () => {
+    const evs = await waitFor("three events", () => {
       const e = api.events().filter((x) => (x as { reason?: string }).reason === "KloakCannotServe");
-      return e.length >= 2 ? e : undefined;
+      return e.length >= 3 ? e : undefined;
     });
     type Ev = { involvedObject: { name: string }; message: string };
     const text = (name: string) => (evs as unknown as Ev[]).find((e) => e.involvedObject.name === name)!.message;
     expect(text("short")).toMatch(/key "pin" is 4 bytes/);
     expect(text("hosts")).toMatch(/getkloak.io\/hosts annotation/);
+    expect(text("huff")).toContain('key "token" cannot get a placeholder that HTTP/2 can carry');
+    expect(text("huff")).toContain("Rotate it");
+    expect(text("huff")).not.toContain("aaaaeeeeoooo");
+    expect(shadowOf("huff")).toBeUndefined();
     expect(shadowOf("short")).toBeUndefined();
     expect(shadowOf("hosts")).toBeUndefined();
     expect(sink.loaded.size).toBe(0);

@@ -4,7 +4,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { huffmanProblem, valueShape } from "../../src/secrets/placeholder.ts";
+import { huffmanProblem, placeholderFits, valueShape } from "../../src/secrets/placeholder.ts";
 
 export const ROOT = join(import.meta.dir, "..", "..");
 export const KLOAK: string[] = process.env.KLOAK_BIN ? [process.env.KLOAK_BIN] : [process.execPath, join(ROOT, "src", "main.ts")];
@@ -49,6 +49,18 @@ export function fakeSecret(length = 32): string {
   for (;;) {
     const v = randomBytes(length).toString("base64url").slice(0, length);
     if (huffmanProblem("fake", valueShape(v)) === undefined) return v;
+  }
+}
+
+/**
+ * A new synthetic value that placeholder ph still fits: same length and same
+ * HPACK Huffman code length (a rotation that keeps the placeholder; any other
+ * rotation gets a new one, src/secrets/placeholder.ts).
+ */
+export function fakeSecretFitting(ph: string): string {
+  for (;;) {
+    const v = fakeSecret(ph.length);
+    if (placeholderFits(ph, valueShape(v))) return v;
   }
 }
 
