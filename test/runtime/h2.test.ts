@@ -118,9 +118,12 @@ function tokenHeaders(): string[] {
     "authorization: Bearer $API_TOKEN",
     ...ALIGN_PREFIXES.map((p, k) => `x-align-${k}: ${p}$API_TOKEN`),
     `x-raw: ${RAW_PREFIX}$API_TOKEN`,
+    // Two in one Huffman string: the first one's code ends inside a byte the second one's begins in.
+    "x-two: $API_TOKEN $API_TOKEN",
   ];
 }
-const TOKEN_HEADERS = 1 + 8 + 1;
+/** Placeholders in tokenHeaders() */
+const TOKEN_HEADERS = 1 + 8 + 1 + 2;
 
 describe("HTTP/2: placeholders in HPACK header blocks and DATA", () => {
   test("the prefixes cover all 8 bit alignments; the raw prefix makes the literal longer Huffman-coded", () => {
@@ -129,13 +132,17 @@ describe("HTTP/2: placeholders in HPACK header blocks and DATA", () => {
   });
 
   test("curl --http2, allowed destination: every header (8 alignments, Huffman and raw) and the DATA carry the value", async () => {
-    const secret = fakeSecret(40);
+    // x-two: the second placeholder's code starts in the byte where the first one's ends.
+    let secret: string;
+    do secret = fakeSecret(40);
+    while ((huffmanBits(secret) + huffmanBits(" ")) % 8 === 0);
     const r = await kloakExec(secret, "localhost", curlH2(tokenHeaders(), { body: "token=$API_TOKEN&x=1" }));
     expect(r.code).toBe(0);
     await h2.waitStreams(1);
     expect(tally(secret, {})).toEqual({ value: TOKEN_HEADERS, placeholder: 0 });
     expect(tally(secret, { header: "authorization" })).toEqual({ value: 1, placeholder: 0 });
     for (let k = 0; k < 8; k++) expect(tally(secret, { header: `x-align-${k}` })).toEqual({ value: 1, placeholder: 0 });
+    expect(tally(secret, { header: "x-two" })).toEqual({ value: 2, placeholder: 0 });
     expect(tally(secret, { data: true })).toEqual({ value: 1, placeholder: 0 });
     expect(r.stderr).toContain(`kloak: ${TOKEN_HEADERS + 1} substitution(s)`);
     expect(occurrences(r.stdout + r.stderr, secret)).toBe(0);
