@@ -19,9 +19,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { huffmanBits, huffmanDecode } from "../../src/dataplane/hpack.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
-import { nodePath } from "../support/clients.ts";
+import { nodePath, parseClientOutput, pythonPath } from "../support/clients.ts";
+import { OSSL_CLIENT } from "../security/attack.ts";
+import { startTlsServer } from "../support/tls-server.ts";
 import { H2_CLIENT, startH2Server, type H2Server } from "../support/h2-server.ts";
-import { fakeSecret, occurrences, placeholderCount, runKloak } from "../support/kloak.ts";
+import { fakeSecret, KLOAK, occurrences, placeholderCount, runKloak } from "../support/kloak.ts";
 
 /**
  * node's TLS (TLSWrap) writes through memory BIOs, which kloak binds to their
@@ -254,6 +256,83 @@ describe("HTTP/2: placeholders in HPACK header blocks and DATA", () => {
     expect(tally(secret, { header: "authorization" })).toEqual({ value: 0, placeholder: 1 });
     expect(tally(secret, { data: true })).toEqual({ value: 0, placeholder: 1 });
     expect(refused(denied.stderr, NODE_MEMORY_BIO_BOUND ? "destination_not_allowed" : "(unknown_peer|destination_not_allowed)")).toBe(2);
+  });
+});
+
+/** The header values of the one HEADERS frame a hand-built HTTP/2 request (ossl_client "h2") sent, decoded. */
+function h2HeaderValues(plain: Buffer): string[] {
+  let at = 24; // the preface
+  const values: string[] = [];
+  while (at + 9 <= plain.length) {
+    const len = plain.readUIntBE(at, 3);
+    const type = plain[at + 3];
+    const payload = plain.subarray(at + 9, at + 9 + len);
+    at += 9 + len;
+    if (type !== 1) continue;
+    // Literal fields without indexing, new name, both strings Huffman-coded, lengths < 127 (ossl_client's).
+    for (let p = 0; p < payload.length; ) {
+      p++; // 0x00
+      const nlen = payload[p]! & 0x7f;
+      p += 1 + nlen;
+      let vlen = payload[p]! & 0x7f;
+      p++;
+      if (vlen === 0x7f) {
+        vlen = 0x7f;
+        let m = 0;
+        for (;;) {
+          const b = payload[p++]!;
+          vlen += (b & 0x7f) << m;
+          m += 7;
+          if (!(b & 0x80)) break;
+        }
+      }
+      values.push(Buffer.from(huffmanDecode(payload.subarray(p, p + vlen)) ?? new Uint8Array()).toString("latin1"));
+      p += vlen;
+    }
+  }
+  return values;
+}
+
+describe("nothing left behind", () => {
+  test("kloak killed while an HTTP/2 write holds the value Huffman-coded: the guardian splices the placeholder's code back", async () => {
+    const server = await startTlsServer({ mode: "raw" });
+    try {
+      const secret = fakeSecret(32);
+      const steps = [
+        { op: "tcp", id: "t", host: "127.0.0.1", port: server.port },
+        { op: "ssl", id: "c" },
+        { op: "buffer", id: "b", h2: true },
+        { op: "app_bio", id: "c", sock: "t", during_write: "sleep:2" },
+        { op: "connect", id: "c" },
+        { op: "write", id: "c", buf: "b" },
+        { op: "check", buf: "b", h2: true },
+      ];
+      const p = Bun.spawn(
+        [...KLOAK, "exec", "--user", "root", "--secret", `API_KEY=${secret}`, "--allow", "API_KEY=127.0.0.1", "--", pythonPath(), OSSL_CLIENT, JSON.stringify(steps)],
+        { stdout: "pipe", stderr: "pipe", env: { ...process.env, KLOAK_TEST_REQUEST: "GET / HTTP/1.1\r\nauthorization: Bearer {{API_KEY}}\r\n\r\n" } },
+      );
+      const reader = p.stdout.getReader();
+      let out = "";
+      const until = async (mark: string) => {
+        while (!out.includes(mark)) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          out += new TextDecoder().decode(value);
+        }
+      };
+      await until("IN_WRITE=1");
+      expect(out).toContain("IN_WRITE=1"); // the value's code is in the writer's buffer now
+      process.kill(p.pid, "SIGKILL");
+      await until("\u0000");
+      expect(parseClientOutput(out).BUF_B).toEqual(["placeholder"]);
+      // That write had gone out with the value, Huffman-coded.
+      await server.waitFor((all) => all.length > 24);
+      const values = h2HeaderValues(server.received());
+      expect(values.filter((v) => v === `Bearer ${secret}`).length).toBe(1);
+      expect(await new Response(p.stderr).text()).toMatch(/kloak guardian: kloak died; put back the placeholders of writes in flight/);
+    } finally {
+      await server.close();
+    }
   });
 });
 
