@@ -391,7 +391,8 @@ __noinline __u32 kloak_hpack_scan(__u32 slot)
 	k.tgid = s->tgid;
 	st = bpf_map_lookup_elem(&kloak_h2, &k);
 	if (!st) {
-		if (s->len < HP_PREFACE_LEN || bpf_probe_read_user(&head, sizeof(head), (void *)s->buf) || head != HP_PREFACE)
+		/* A preface cut short by its write is carried like a frame. */
+		if (s->len < sizeof(head) || bpf_probe_read_user(&head, sizeof(head), (void *)s->buf) || head != HP_PREFACE)
 			return 0;
 		bpf_map_update_elem(&kloak_h2, &k, &fresh, BPF_ANY);
 		st = bpf_map_lookup_elem(&kloak_h2, &k);
