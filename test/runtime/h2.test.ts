@@ -97,7 +97,10 @@ function curlH2(headers: string[], o: { body?: string; bodyFile?: string; extra?
   return argv.map(q).join(" ");
 }
 
-function nodeH2(headers: string[], o: { body?: string; raw?: boolean; splitLast?: boolean; huffmanData?: boolean } = {}): string {
+function nodeH2(
+  headers: string[],
+  o: { body?: string; raw?: boolean; splitLast?: boolean; huffmanData?: boolean } = {},
+): string {
   const argv = [nodePath(), H2_CLIENT, "--url", `${h2.url}/api`, "--ca", certs.caFile];
   if (o.raw) argv.push("--raw");
   if (o.splitLast) argv.push("--split-last");
@@ -217,13 +220,18 @@ describe("HTTP/2: placeholders in HPACK header blocks and DATA", () => {
     expect(tally(secret, { data: true })).toEqual({ value: 1, placeholder: 0 });
   });
 
-  test("frames are walked across writes: a CONTINUATION that starts in the next write is scanned; Huffman codes in DATA are left alone", async () => {
+  test("frames are walked across writes (a CONTINUATION cut by a write); Huffman codes in DATA are left alone", async () => {
     const secret = fakeSecret(40);
-    // The second write starts inside the CONTINUATION frame, with the authorization field.
+    // The request's second write starts inside the CONTINUATION frame, with the authorization field.
     const r = await kloakExec(
       secret,
       undefined,
-      nodeH2(["x-first: $API_TOKEN", "authorization: Bearer $API_TOKEN"], { raw: true, splitLast: true, huffmanData: true, body: "Bearer $API_TOKEN" }),
+      nodeH2(["x-first: $API_TOKEN", "authorization: Bearer $API_TOKEN"], {
+        raw: true,
+        splitLast: true,
+        huffmanData: true,
+        body: "Bearer $API_TOKEN",
+      }),
     );
     expect(r.code).toBe(0);
     await h2.waitStreams(1);

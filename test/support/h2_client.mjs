@@ -30,6 +30,7 @@ const { values: o } = parseArgs({
     body: { type: "string" },
     raw: { type: "boolean", default: false },
     "split-last": { type: "boolean", default: false },
+
     "huffman-data": { type: "boolean", default: false },
   },
   strict: true,
@@ -138,7 +139,8 @@ function rawRequest() {
     const first = Buffer.concat(all.slice(0, -1).map(([n, v]) => field(n, v)));
     const last = field(...all[all.length - 1]);
     const END_STREAM = 1, END_HEADERS = 4;
-    sock.write(Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+    const preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    sock.write(preface);
     sock.write(frame(4, 0, 0, Buffer.alloc(0))); // SETTINGS
     const payload = body === undefined ? undefined : o["huffman-data"] ? huffman(body) : Buffer.from(body);
     // HEADERS and CONTINUATION (and DATA) in one write, as a client library would batch them.
@@ -156,6 +158,7 @@ function rawRequest() {
         sock.write(request.subarray(cut));
         blockOpen = false;
         if (ackOwed) sock.write(frame(4, 1, 0, Buffer.alloc(0)));
+        ackOwed = false;
       }, 100);
     }
   });
@@ -179,7 +182,7 @@ function rawRequest() {
         done(200);
       }
       if (type === 7 || type === 3) {
-        process.stderr.write(`server sent ${type === 7 ? "GOAWAY" : "RST_STREAM"}\n`);
+        process.stderr.write(`server sent ${type === 7 ? "GOAWAY" : "RST_STREAM"} (error ${type === 7 ? payload.readUInt32BE(4) : payload.readUInt32BE(0)})\n`);
         process.exit(1);
       }
     }
