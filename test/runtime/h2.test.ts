@@ -141,7 +141,7 @@ describe("HTTP/2: placeholders in HPACK header blocks and DATA", () => {
     let secret: string;
     do secret = fakeSecret(40);
     while ((huffmanBits(secret) + huffmanBits(" ")) % 8 === 0);
-    const r = await kloakExec(secret, "localhost", curlH2(tokenHeaders(), { body: "token=$API_TOKEN&x=1" }));
+    const r = await kloakExec(secret, "127.0.0.1", curlH2(tokenHeaders(), { body: "token=$API_TOKEN&x=1" }));
     expect(r.code).toBe(0);
     await h2.waitStreams(1);
     expect(tally(secret, {})).toEqual({ value: TOKEN_HEADERS, placeholder: 0 });
@@ -179,7 +179,7 @@ describe("HTTP/2: placeholders in HPACK header blocks and DATA", () => {
     const cmd = `printf '%s' "$API_TOKEN" > ${q(join(tmp, "tok"))} && ${q(process.execPath)} -e ${q(
       `const fs=require("fs");const t=fs.readFileSync(${JSON.stringify(join(tmp, "tok"))},"latin1");const m=Buffer.from("\\x0a\\x30"+t,"latin1");const h=Buffer.alloc(5);h.writeUInt32BE(m.length,1);fs.writeFileSync(${JSON.stringify(file)},Buffer.concat([h,m]))`,
     )} && ${curlH2(grpcHeaders, { bodyFile: file })}`;
-    const r = await kloakExec(secret, "localhost", cmd);
+    const r = await kloakExec(secret, "127.0.0.1", cmd);
     expect(r.code).toBe(0);
     await h2.waitStreams(1);
     expect(tally(secret, { header: "authorization" })).toEqual({ value: 1, placeholder: 0 });
@@ -192,7 +192,7 @@ describe("HTTP/2: placeholders in HPACK header blocks and DATA", () => {
   test("curl --http2, a header block too big for one frame: the placeholder in the CONTINUATION is substituted", async () => {
     const secret = fakeSecret(40);
     // 20000 'y' code into 17500 bytes: the block outgrows a 16384-byte HEADERS frame.
-    const r = await kloakExec(secret, "localhost", curlH2([`x-big: ${"y".repeat(20_000)}`, "authorization: Bearer $API_TOKEN"]));
+    const r = await kloakExec(secret, "127.0.0.1", curlH2([`x-big: ${"y".repeat(20_000)}`, "authorization: Bearer $API_TOKEN"]));
     expect(r.code).toBe(0);
     await h2.waitStreams(1);
     expect(tally(secret, { header: "authorization" })).toEqual({ value: 1, placeholder: 0 });
@@ -246,7 +246,7 @@ describe("HTTP/2: placeholders in HPACK header blocks and DATA", () => {
   test("node http2 with rules: allowed destination (memory-BIO binding) and a disallowed one", async () => {
     const secret = fakeSecret(40);
     const cmd = nodeH2(["authorization: Bearer $API_TOKEN"], { body: "token=$API_TOKEN" });
-    const ok = await kloakExec(secret, "localhost", cmd);
+    const ok = await kloakExec(secret, "127.0.0.1", cmd);
     expect(ok.code).toBe(0);
     await h2.waitStreams(1);
     if (NODE_MEMORY_BIO_BOUND) {
