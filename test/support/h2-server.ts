@@ -55,14 +55,15 @@ export async function startH2Server(o: { certFile: string; keyFile: string; host
       }
     }
   })();
-  const timer = setTimeout(() => proc.kill(), 15_000);
+  // Generous: node starts slowly in the kernel matrix's TCG VMs.
+  const timer = setTimeout(() => proc.kill(), 180_000);
   await Promise.race([listening, proc.exited.then((c) => Promise.reject(new Error(`h2 server exited (${c}) before listening`)))]);
   clearTimeout(timer);
   return {
     port,
     url: `https://localhost:${port}`,
     streams,
-    async waitStreams(n, timeoutMs = 10_000) {
+    async waitStreams(n, timeoutMs = 60_000) {
       const end = performance.now() + timeoutMs;
       while (streams.length < n) {
         if (performance.now() > end) throw new Error(`h2 server: ${streams.length} of ${n} streams completed`);
