@@ -52,7 +52,7 @@ async function execInstants(dir: string): Promise<[number, number]> {
   const last = join(dir, "last");
   const script = `date +%s%N > ${first}; date +%s%N > ${last}`;
   const t0 = Date.now();
-  const p = Bun.spawn([KLOAK, "exec", "--quiet", "--user", "root", "--secret", "A=abcdefgh", "--", "sh", "-c", script], {
+  const p = Bun.spawn([KLOAK, "exec", "--quiet", "--user", "root", "--secret", "A=abcdefXY", "--", "sh", "-c", script], {
     stdout: "ignore",
     stderr: "pipe",
     stdin: "ignore",
@@ -82,7 +82,7 @@ export async function runStartupBench(reps = 15): Promise<StartupResult> {
   try {
     const trueMs = await repeat(reps, () => wall(["true"]));
     const envTrueMs = await repeat(reps, () => wall(["env", "-i", "true"]));
-    const execMs = await repeat(reps, () => wall([KLOAK, "exec", "--quiet", "--user", "root", "--secret", "A=abcdefgh", "--", "true"]));
+    const execMs = await repeat(reps, () => wall([KLOAK, "exec", "--quiet", "--user", "root", "--secret", "A=abcdefXY", "--", "true"]));
     const versionMs = await repeat(reps, () => wall([KLOAK, "version"]));
     const helpMs = await repeat(reps, () => wall([KLOAK, "--help"]));
     await execInstants(dir);

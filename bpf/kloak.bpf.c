@@ -18,6 +18,7 @@
  *   sends.h        the first bytes of a send syscall (is it a ClientHello?)
  *   membio.h       binding connections whose app moves the ciphertext itself
  *   policy.h       may this secret go to this peer
+ *   hpack.h        placeholders Huffman-coded in HTTP/2 header blocks
  *   scope.h        which processes are protected (fork, exec, exit)
  *
  * Verifier budget: the work of a write is split into global functions of
@@ -43,6 +44,7 @@
 #include "sends.h"
 #include "membio.h"
 #include "policy.h"
+#include "hpack.h"
 #include "scope.h"
 #include "unhooked.h"
 
@@ -105,6 +107,8 @@ __noinline int kloak_check_candidate(__u32 slot, __u32 idx)
 	item->addr = s->buf + start;
 	item->secret_id = id;
 	item->len = ph->len;
+	item->hbits = 0;
+	item->hshift = 0;
 	s->ev.count = n + 1;
 	return 0;
 }
@@ -210,9 +214,10 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 		count(KC_BYTES_UNSCANNED, len - s->scan_len);
 		kloak_refuse(slot, KR_BEYOND_SCAN_CAP, 0, s->scan_len);
 	}
-	if (kloak_scan(slot) == 0)
+	if (kloak_scan(slot) + kloak_hpack_scan(slot) == 0)
 		return 0;
 	bpf_loop(s->ncand, verify_candidate, &slot, 0);
+	kloak_hpack_verify(slot, mode);
 	if (s->violation != KLOAK_ACTION_PASS) {
 		/* Nothing of this write leaves: not even the verified items. */
 		enforce(s, tgid, tid);
@@ -230,7 +235,8 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 			if (i >= s->ev.count)
 				break;
-			if (kloak_poke(s->ev.items[i].addr, s->ev.items[i].secret_id, s->ev.items[i].len, 0)) {
+			if (kloak_item_poke(s->ev.items[i].addr, s->ev.items[i].secret_id, s->ev.items[i].len,
+					    s->ev.items[i].hbits, s->ev.items[i].hshift)) {
 				/* A failed write may be partial: the item stays, so the
 				 * return probe puts the placeholder back regardless. */
 				kloak_refuse(slot, KR_WRITE_FAILED, s->ev.items[i].secret_id, s->ev.items[i].addr - s->buf);
@@ -273,7 +279,8 @@ static __always_inline int on_write_return(const int mode, bool taken)
 		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 			if (i >= ev->count)
 				break;
-			if (kloak_poke(ev->items[i].addr, ev->items[i].secret_id, ev->items[i].len, 1) == 0)
+			if (kloak_item_poke(ev->items[i].addr, ev->items[i].secret_id, ev->items[i].len, ev->items[i].hbits,
+					    ev->items[i].hshift | 1 << 8) == 0)
 				count(KC_RESTORED, 1);
 			else
 				lost = true;
@@ -364,6 +371,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 
 		forget_conn(&k);
 		membio_forget(ssl, tid);
+		bpf_map_delete_elem(&kloak_h2, &k);
 		return 0;
 	}
 	}
@@ -534,6 +542,7 @@ struct kloak_abi_anchor {
 	struct kloak_policy policy;
 	struct kloak_name_addr name_addr;
 	struct kloak_resolved resolved;
+	struct kloak_hcode hcode;
 	enum kloak_counter counter;
 	enum kloak_conn_flags conn_flags;
 	enum kloak_rule_kind rule_kind;

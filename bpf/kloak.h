@@ -107,6 +107,8 @@ enum kloak_refusal {
 	KR_BUFFER_NOT_PRIVATE,        /* the placeholder lies in shared, file-backed or read-only memory */
 	KR_APP_BIO,                   /* strict binding: the connection writes through the app's own BIO */
 	KR_BUFFER_UNCHECKED,          /* the writer's memory map was busy: the buffer could not be checked */
+	KR_HPACK_KERNEL_MODE,         /* kernel mode: Huffman-coded (HTTP/2 header), and the value's code is not loaded */
+	KR_HPACK_CODE_LENGTH,         /* Huffman-coded, but the value's code is not as long as the placeholder's */
 	KR__COUNT
 };
 
@@ -203,7 +205,16 @@ struct kloak_grant {
 struct kloak_item {
 	__u64 addr; /* where the placeholder starts in the writer's memory */
 	__u32 secret_id;
-	__u32 len;
+	__u32 len;    /* bytes at addr the item covers */
+	__u32 hbits;  /* 0: the placeholder's bytes; else its HPACK Huffman code, hbits long, */
+	__u32 hshift; /* ... starting at bit hshift (from the top) of the byte at addr */
+};
+
+/* kloak_hcodes[secret_id]: the placeholder's HPACK Huffman code (bpf/hpack.h). */
+struct kloak_hcode {
+	__u32 bits; /* code length */
+	__u32 fits; /* 1: the value's code is exactly as long (issuance makes it so) */
+	__u8 code[KLOAK_VALUE_MAX + 8]; /* MSB first, zero padded; 8 spare bytes for whole-word reads */
 };
 
 /* KE_SUBSTITUTE / KE_RESTORE; also kloak_inflight[tid] between entry and return. */

@@ -21,6 +21,11 @@ const libc = dlopen("libc.so.6", {
     args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.u64, FFIType.u64],
     returns: FFIType.i64,
   },
+  process_vm_readv: {
+    args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.u64, FFIType.u64],
+    returns: FFIType.i64,
+  },
+  pread: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i64], returns: FFIType.i64 },
   kill: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   mount: { args: [FFIType.cstring, FFIType.cstring, FFIType.cstring, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   vsnprintf: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
@@ -136,6 +141,26 @@ export function processVmWrite(pid: number, addr: bigint, data: Uint8Array): num
   iovRemote.writeBigUInt64LE(addr, 0);
   iovRemote.writeBigUInt64LE(BigInt(data.byteLength), 8);
   return check("process_vm_writev", c.process_vm_writev(pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
+}
+
+/** Read len bytes of another process at addr into data; returns bytes read (may be short). */
+export function processVmRead(pid: number, addr: bigint, data: Uint8Array): number {
+  iovLocal.writeBigUInt64LE(BigInt(ptr(data)), 0);
+  iovLocal.writeBigUInt64LE(BigInt(data.byteLength), 8);
+  iovRemote.writeBigUInt64LE(addr, 0);
+  iovRemote.writeBigUInt64LE(BigInt(data.byteLength), 8);
+  return check("process_vm_readv", c.process_vm_readv(pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
+}
+
+/** Read another process's memory at addr through /proc/<pid>/mem (also where process_vm_readv cannot). */
+export function procMemRead(pid: number, addr: bigint, data: Uint8Array): number {
+  const fd = c.open(Buffer.from(`/proc/${pid}/mem\0`), 0 /* O_RDONLY */ | 0o2000000 /* O_CLOEXEC */);
+  if (fd < 0) throw new SysError(`open /proc/${pid}/mem`, errno());
+  try {
+    return check("pread /proc/<pid>/mem", c.pread(fd, ptr(data), data.byteLength, addr));
+  } finally {
+    c.close(fd);
+  }
 }
 
 export const SIGKILL = 9;

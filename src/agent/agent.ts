@@ -217,7 +217,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
       pods: () => podController.trackedPods,
       leader: () => elector.isLeader(),
       watches: () => reflectors.map((r) => ({ resource: r.name, connected: r.connected, errors: r.errors })),
-      shadowWrites: () => ({ writes: writer.writes, errors: writer.errors }),
+      shadowWrites: () => ({ writes: writer.writes, errors: writer.errors, unservable: writer.unservable.size }),
       eventsDropped: () => events.dropped(),
       certNotAfter: () => state.material?.notAfter,
     },

@@ -289,7 +289,7 @@ export async function execCommand(argv: string[]): Promise<number> {
   // Everything that can be refused is checked before anything is loaded.
   const registry = new PlaceholderRegistry();
   const placeholders = new Map<string, string>();
-  for (const s of opts.secrets) placeholders.set(s.name, registry.create(s.name, s.value.length));
+  for (const s of opts.secrets) placeholders.set(s.name, registry.create(s.name, s.value));
   const { env, dropped } = childEnvironment(process.env, opts.secrets, placeholders);
   Object.assign(env, opts.user.env);
   checkCommand(opts.command[0]!, env.PATH, opts.user);

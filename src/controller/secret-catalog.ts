@@ -12,7 +12,7 @@
 import { createHash } from "node:crypto";
 import { isEnabled, isShadow, shadowName, shadowOwner } from "../kube/contract.ts";
 import { checkSecret, describeProblems, type CheckedSecret } from "../secrets/secret-check.ts";
-import { isPlaceholderShaped, placeholderKey, PlaceholderRegistry } from "../secrets/placeholder.ts";
+import { placeholderFits, placeholderKey, PlaceholderRegistry, valueShape } from "../secrets/placeholder.ts";
 import { kernelRules } from "../policy/policy-engine.ts";
 import type { Rule } from "../policy/rules.ts";
 import type { KernelRule } from "../dataplane/abi.ts";
@@ -124,7 +124,7 @@ export class SecretCatalog {
       for (const [k, value] of pair.checked.values) {
         const b64 = pair.shadow.data?.[k];
         const placeholder = b64 === undefined ? undefined : Buffer.from(b64, "base64").toString("latin1");
-        if (placeholder === undefined || !isPlaceholderShaped(placeholder) || placeholder.length !== value.length) {
+        if (placeholder === undefined || !placeholderFits(placeholder, valueShape(value))) {
           // The leader writes a fitting placeholder; until then the key stays unloaded.
           this.log("debug", "shadow placeholder does not fit the value yet; key not loaded", { secret: key, key: k });
           continue;

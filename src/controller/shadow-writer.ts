@@ -11,7 +11,7 @@
 import type { CoreV1Api, V1Secret } from "@kubernetes/client-node";
 import { isEnabled, isShadow, MANAGED, OWNER, shadowName, shadowOwner } from "../kube/contract.ts";
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
-import { isPlaceholderShaped, PlaceholderRegistry } from "../secrets/placeholder.ts";
+import { isPlaceholderShaped, placeholderFits, PlaceholderRegistry, valueShape } from "../secrets/placeholder.ts";
 import type { LogFn } from "../agent/log.ts";
 import type { SecretView } from "./secret-view.ts";
 
@@ -42,6 +42,8 @@ export class ShadowWriter {
   /** shadow writes (create/update/delete) done, for metrics */
   writes = 0;
   errors = 0;
+  /** enabled Secrets this writer refuses to serve now (a value with no fitting placeholder, bad rules), for metrics */
+  readonly unservable = new Set<string>();
 
   constructor(
     private readonly core: CoreV1Api,
@@ -135,6 +137,7 @@ export class ShadowWriter {
     const ours = shadowOwner(shadow?.metadata) === name;
 
     if (!original || isShadow(original.metadata) || !isEnabled(original.metadata)) {
+      this.unservable.delete(`${ns}/${name}`);
       if (ours) await this.deleteShadow(ns, name, shadow!);
       return;
     }
@@ -149,6 +152,8 @@ export class ShadowWriter {
       return;
     }
     const checked = checkSecret(original);
+    if (checked.problems.length) this.unservable.add(`${ns}/${name}`);
+    else this.unservable.delete(`${ns}/${name}`);
     if (checked.problems.length) {
       this.events.record(
         ref,
@@ -223,13 +228,16 @@ export class ShadowWriter {
     for (const [k, value] of values) {
       const old = shadow?.data?.[k];
       const ph = old === undefined ? undefined : Buffer.from(old, "base64").toString("latin1");
-      if (ph !== undefined && isPlaceholderShaped(ph) && ph.length === value.length) {
+      // A rotated value keeps its placeholder only if the Huffman code length
+      // still matches too: else HTTP/2 headers would carry a code of the
+      // wrong length (upstream Kloak #269).
+      if (ph !== undefined && placeholderFits(ph, valueShape(value))) {
         data[k] = old!;
         kept.add(ph);
         continue;
       }
       this.registry ??= this.registryOfAllShadows();
-      const fresh = this.registry.create(`${ns}/${name}:${k}`, value.length);
+      const fresh = this.registry.create(`${ns}/${name}:${k}`, value);
       created.push(fresh);
       data[k] = Buffer.from(fresh, "latin1").toString("base64");
     }

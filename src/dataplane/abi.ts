@@ -105,9 +105,10 @@ export const LAYOUT = {
   kloak_bytes: { size: 8 + VALUE_MAX, fields: { len: 0, _pad: 4, data: 8 } },
   kloak_proc: { size: 8, fields: { scope_id: 0, flags: 4 } },
   kloak_grant: { size: 8, fields: { scope_id: 0, secret_id: 4 } },
-  kloak_item: { size: 16, fields: { addr: 0, secret_id: 8, len: 12 } },
+  kloak_item: { size: 24, fields: { addr: 0, secret_id: 8, len: 12, hbits: 16, hshift: 20 } },
+  kloak_hcode: { size: 8 + VALUE_MAX + 8, fields: { bits: 0, fits: 4, code: 8 } },
   kloak_write_event: {
-    size: 24 + 16 * MAX_SUBST,
+    size: 24 + 24 * MAX_SUBST,
     fields: { type: 0, tgid: 4, tid: 8, count: 12, seq: 16, items: 24 },
   },
   kloak_proc_event: { size: 16, fields: { type: 0, tgid: 4, ppid: 8, scope_id: 12 } },
@@ -203,6 +204,9 @@ export interface WriteItem {
   addr: bigint;
   secretId: number;
   len: number;
+  /** 0: the placeholder's bytes; else its HPACK Huffman code of hbits bits, from bit hshift of addr's byte */
+  hbits: number;
+  hshift: number;
 }
 export interface WriteEvent {
   type: typeof EventType.SUBSTITUTE | typeof EventType.RESTORE;
@@ -346,8 +350,14 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
       const count = Math.min(v.getUint32(12, true), MAX_SUBST);
       const items: WriteItem[] = [];
       for (let i = 0; i < count; i++) {
-        const o = 24 + i * 16;
-        items.push({ addr: v.getBigUint64(o, true), secretId: v.getUint32(o + 8, true), len: v.getUint32(o + 12, true) });
+        const o = LAYOUT.kloak_write_event.fields.items + i * LAYOUT.kloak_item.size;
+        items.push({
+          addr: v.getBigUint64(o, true),
+          secretId: v.getUint32(o + 8, true),
+          len: v.getUint32(o + 12, true),
+          hbits: v.getUint32(o + 16, true),
+          hshift: v.getUint32(o + 20, true),
+        });
       }
       return { type, tgid: v.getUint32(4, true), tid: v.getUint32(8, true), seq: v.getBigUint64(16, true), items };
     }

@@ -39,6 +39,8 @@ import { actionCode, REFUSALS, type ViolationAction } from "./refusals.ts";
 import { UnhookableLog } from "./unhookable-log.ts";
 import { mapsAnyOf } from "./unhookable.ts";
 import { Attacher } from "./attacher.ts";
+import { encodeHcode } from "./hpack-splice.ts";
+import { huffmanBits } from "./hpack.ts";
 import {
   loadObject,
   MODE_PROGRAMS,
@@ -125,7 +127,9 @@ export class Dataplane {
     | "conns"
     | "inflight"
     | "stopOwner"
-    | "images",
+    | "images"
+    | "hcodes"
+    | "hvalues",
     BpfMap
   >;
   private readonly tracepoints: BpfLink[] = [];
@@ -180,6 +184,8 @@ export class Dataplane {
       inflight: obj.map("kloak_inflight"),
       stopOwner: obj.map("kloak_stop_owner"),
       images: obj.map("kloak_images"),
+      hcodes: obj.map("kloak_hcodes"),
+      hvalues: obj.map("kloak_hvalues"),
     };
     const [entry, ret] = MODE_PROGRAMS[mode];
     this.attacher = new Attacher(
@@ -392,8 +398,14 @@ export class Dataplane {
     if (s.rules) this.maps.policy.update(encodeU32(s.id), encodePolicy(s.rules));
     else this.maps.policy.delete(encodeU32(s.id));
     this.maps.secrets.update(encodeU32(s.id), encodeBytes(s.placeholder));
-    if (this.mode === "kernel") this.maps.values.update(encodeU32(s.id), encodeBytes(s.value));
-    else await this.toWorker({ type: "secret", seq: 0, id: s.id, placeholder: s.placeholder, value: s.value });
+    // For HTTP/2 header blocks (bpf/hpack.h): the placeholder's Huffman code.
+    this.maps.hcodes.update(encodeU32(s.id), encodeHcode(s.placeholder, s.value));
+    if (this.mode === "kernel") {
+      this.maps.values.update(encodeU32(s.id), encodeBytes(s.value));
+      // Only a value whose code fits its placeholder's bits is ever spliced.
+      if (huffmanBits(s.value) === huffmanBits(s.placeholder)) this.maps.hvalues.update(encodeU32(s.id), encodeHcode(s.value, s.value));
+      else this.maps.hvalues.delete(encodeU32(s.id));
+    } else await this.toWorker({ type: "secret", seq: 0, id: s.id, placeholder: s.placeholder, value: s.value });
     // Findable last: the kernel never sees a placeholder whose value is not ready.
     this.maps.placeholders.update(encodePhKey(s.key.tail, s.key.tailLen), encodeU32(s.id));
   }
@@ -599,7 +611,11 @@ export class Dataplane {
     if (this.secretInFlight(id))
       this.opts.warn?.(`secret ${id}: a write that substituted it is still in flight after ${DELETE_WAIT_MS} ms; deleting it anyway`);
     this.maps.secrets.delete(encodeU32(id));
-    if (this.mode === "kernel") this.maps.values.delete(encodeU32(id));
+    this.maps.hcodes.delete(encodeU32(id));
+    if (this.mode === "kernel") {
+      this.maps.values.delete(encodeU32(id));
+      this.maps.hvalues.delete(encodeU32(id));
+    }
     this.maps.policy.delete(encodeU32(id));
     this.maps.onViolation.delete(encodeU32(id));
     if (this.mode === "stop") await this.toWorker({ type: "delete", seq: 0, id });

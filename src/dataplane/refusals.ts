@@ -94,6 +94,18 @@ export const REFUSALS: readonly RefusalReason[] = [
     hint: "the process's memory map was busy (it was mapping memory), so the buffer could not be checked",
   },
   {
+    name: "hpack_kernel_mode",
+    kernel: 19,
+    violation: false,
+    hint: "kernel mode: an HTTP/2 header carried the placeholder Huffman-coded, and the value's code was not loaded; reload the secret",
+  },
+  {
+    name: "hpack_code_length",
+    kernel: 20,
+    violation: false,
+    hint: "an HTTP/2 header carried the placeholder Huffman-coded, but its value's code has another length; reload the secret so kloak issues a fitting placeholder",
+  },
+  {
     name: "writer_not_stopped",
     kernel: null,
     violation: false,

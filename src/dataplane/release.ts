@@ -12,9 +12,10 @@
  */
 import { existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import { mapKeys, mapLookup, objGet } from "../../lib/libbpf.ts";
-import { close, kill, monotonicNs, procMemWrite, SIGCONT, SIGKILL, SIGSTOP } from "../../lib/libc.ts";
+import { close, kill, monotonicNs, procMemRead, procMemWrite, SIGCONT, SIGKILL, SIGSTOP } from "../../lib/libc.ts";
 import { isStopped, threadState } from "../../lib/proc.ts";
 import { LAYOUT, MAX_SUBST } from "./abi.ts";
+import { codeOf, spliceCode } from "./hpack-splice.ts";
 
 export const PIN_DIR = "/sys/fs/bpf/kloak";
 
@@ -108,10 +109,24 @@ export function restoreInFlight(base: string, only?: Set<number>): { stopped: Se
           const o = F.items + i * I.size;
           const addr = v.getBigUint64(o + I.fields.addr, true);
           const len = v.getUint32(o + I.fields.len, true);
+          const hbits = v.getUint32(o + I.fields.hbits, true);
           const id = new Uint8Array(4);
           new DataView(id.buffer).setUint32(0, v.getUint32(o + I.fields.secret_id, true), true);
           try {
-            ok = mapLookup(secrets, id, ph) && u32(ph) === len && procMemWrite(pid, addr, ph.subarray(8, 8 + len)) === len && ok;
+            if (!mapLookup(secrets, id, ph)) ok = false;
+            else if (hbits === 0) ok = u32(ph) === len && procMemWrite(pid, addr, ph.subarray(8, 8 + len)) === len && ok;
+            else {
+              // An HTTP/2 header's Huffman-coded placeholder: its code back into its bits.
+              const shift = v.getUint32(o + I.fields.hshift, true);
+              const code = codeOf(ph.subarray(8, 8 + u32(ph)));
+              const span = new Uint8Array(len);
+              ok =
+                code.bits === hbits &&
+                len === (shift + hbits + 7) >> 3 &&
+                procMemRead(pid, addr, span) === len &&
+                procMemWrite(pid, addr, spliceCode(span, shift, code.code, hbits)) === len &&
+                ok;
+            }
           } catch {
             ok = false;
           }

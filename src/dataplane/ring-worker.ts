@@ -30,7 +30,9 @@ import {
   kill,
   pidfdGetfd,
   pidfdOpen,
+  procMemRead,
   procMemWrite,
+  processVmRead,
   processVmWrite,
   SHUT_RDWR,
   shutdown,
@@ -42,11 +44,14 @@ import { BPF_EXIST, mapLookupRaw, mapUpdateRaw } from "../../lib/uprobe.ts";
 import { decodeEvent, encodeU32, EventType, LAYOUT, ProcFlags, type BlockEvent, type DataplaneEvent, type WriteEvent } from "./abi.ts";
 import { noWorkerStats, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
 import { Tracer } from "./tracer.ts";
+import { codeOf, holdsCode, spliceCode } from "./hpack-splice.ts";
 
 declare const self: Worker;
 
 const values = new Map<number, Uint8Array>();
 const placeholders = new Map<number, Uint8Array>();
+/** Huffman codes of each secret's placeholder and value, for items in HTTP/2 header blocks. */
+const codes = new Map<number, { ph: { code: Uint8Array; bits: number }; value: { code: Uint8Array; bits: number } }>();
 let writes: RingBufferReader | undefined;
 let events: RingBufferReader | undefined;
 let epfd = -1;
@@ -81,11 +86,54 @@ function waitStopped(tgid: number, tid: number): boolean {
   }
 }
 
+type Item = WriteEvent["items"][number];
+
+/** The item's bytes as they are now, or undefined when they cannot be read. */
+function readSpan(tgid: number, item: Item): Uint8Array | undefined {
+  const span = new Uint8Array(item.len);
+  try {
+    if (processVmRead(tgid, item.addr, span) === span.length) return span;
+  } catch {
+    // fall through to /proc/<pid>/mem
+  }
+  try {
+    return procMemRead(tgid, item.addr, span) === span.length ? span : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** What the item's bytes become: the value, or for a Huffman-coded placeholder
+ * its bytes with the value's code spliced into exactly the placeholder's bits
+ * (which must still hold the placeholder's code). undefined: not possible. */
+function substituted(tgid: number, item: Item): Uint8Array | undefined {
+  const value = values.get(item.secretId);
+  if (!value) return undefined;
+  if (item.hbits === 0) return value.length === item.len ? value : undefined;
+  const c = codes.get(item.secretId);
+  if (!c || c.ph.bits !== item.hbits || c.value.bits !== item.hbits || item.len !== (item.hshift + item.hbits + 7) >> 3)
+    return undefined;
+  const span = readSpan(tgid, item);
+  if (!span || !holdsCode(span, item.hshift, c.ph.code, item.hbits)) return undefined;
+  return spliceCode(span, item.hshift, c.value.code, item.hbits);
+}
+
+/** What the item's bytes become at the restore: the placeholder (its code put back bit for bit). */
+function restored(tgid: number, item: Item): Uint8Array | undefined {
+  const ph = placeholders.get(item.secretId);
+  if (!ph) return undefined;
+  if (item.hbits === 0) return ph.length === item.len ? ph : undefined;
+  const c = codes.get(item.secretId);
+  if (!c || c.ph.bits !== item.hbits || item.len !== (item.hshift + item.hbits + 7) >> 3) return undefined;
+  const span = readSpan(tgid, item);
+  return span && spliceCode(span, item.hshift, c.ph.code, item.hbits);
+}
+
 /** Write every item's value; on any failure put placeholders back where written. */
 function substitute(ev: WriteEvent): boolean {
   const done: typeof ev.items = [];
   for (const item of ev.items) {
-    const bytes = values.get(item.secretId);
+    const bytes = substituted(ev.tgid, item);
     if (!bytes || bytes.length !== item.len) {
       stats.noValue++;
       break;
@@ -99,13 +147,13 @@ function substitute(ev: WriteEvent): boolean {
     }
   }
   if (done.length === ev.items.length) return true;
-  for (const item of done) if (!putBack(ev.tgid, item)) return false;
+  for (const item of done.reverse()) if (!putBack(ev.tgid, item)) return false;
   return false;
 }
 
 /** Put one placeholder back, through read-only protections if need be. */
 function putBack(tgid: number, item: WriteEvent["items"][number]): boolean {
-  const ph = placeholders.get(item.secretId);
+  const ph = restored(tgid, item);
   if (!ph || ph.length !== item.len) return false;
   try {
     if (processVmWrite(tgid, item.addr, ph) === ph.length) return true;
@@ -122,7 +170,7 @@ function putBack(tgid: number, item: WriteEvent["items"][number]): boolean {
 /** The restore must happen; a writer whose buffer cannot be restored dies. */
 function restore(ev: WriteEvent): void {
   let ok = true;
-  for (const item of ev.items) ok = putBack(ev.tgid, item) && ok;
+  for (const item of [...ev.items].reverse()) ok = putBack(ev.tgid, item) && ok;
   if (ok) {
     stats.restored += ev.items.length;
     return;
@@ -325,6 +373,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     case "secret":
       values.set(m.id, m.value);
       placeholders.set(m.id, m.placeholder);
+      codes.set(m.id, { ph: codeOf(m.placeholder), value: codeOf(m.value) });
       postMessage({ type: "ack", seq: m.seq });
       break;
     case "delete":
@@ -333,6 +382,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       drain();
       values.delete(m.id);
       placeholders.delete(m.id);
+      codes.delete(m.id);
       postMessage({ type: "ack", seq: m.seq });
       break;
     case "release":

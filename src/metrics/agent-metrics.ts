@@ -15,7 +15,7 @@ export interface AgentState {
   pods(): number;
   leader(): boolean;
   watches(): { resource: string; connected: boolean; errors: number }[];
-  shadowWrites(): { writes: number; errors: number };
+  shadowWrites(): { writes: number; errors: number; unservable?: number };
   eventsDropped(): number;
   certNotAfter(): Date | undefined;
 }
@@ -77,6 +77,11 @@ export function agentMetrics(registry: Registry, state: AgentState, build: { ver
   gauge("kloak_leader", "1 while this agent holds the Lease and writes shadow Secrets", () => (state.leader() ? 1 : 0));
   counter("kloak_shadow_writes_total", "shadow Secret creates, updates and deletes by this agent", () => state.shadowWrites().writes);
   counter("kloak_shadow_write_errors_total", "shadow Secret writes that failed (retried)", () => state.shadowWrites().errors);
+  gauge(
+    "kloak_secrets_unservable",
+    "enabled Secrets the shadow writer refuses to serve (a value with no fitting placeholder, bad rules; see their KloakCannotServe Events)",
+    () => state.shadowWrites().unservable ?? 0,
+  );
   counter("kloak_kube_events_dropped_total", "Kubernetes Events not sent (rate limit or API error)", state.eventsDropped);
   new Gauge({
     name: "kloak_kube_watch_connected",

@@ -7,7 +7,7 @@
 import { parseRule, parseRuleList, RuleError, type Rule } from "../policy/rules.ts";
 import { HOSTS, hostsText, ON_VIOLATION, type Meta } from "../kube/contract.ts";
 import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
-import { VALUE_MAX, VALUE_MIN } from "./placeholder.ts";
+import { huffmanProblem, VALUE_MAX, VALUE_MIN, valueShape } from "./placeholder.ts";
 
 export interface SecretLike {
   metadata?: Meta;
@@ -77,7 +77,12 @@ export function checkSecret(secret: SecretLike): CheckedSecret {
   }
   for (const [key, text] of Object.entries(secret.stringData ?? {})) values.set(key, new TextEncoder().encode(text));
   for (const [key, bytes] of values) {
-    if (bytes.length < VALUE_MIN || bytes.length > VALUE_MAX) problems.push({ key, message: lengthMessage(key, bytes.length) });
+    if (bytes.length < VALUE_MIN || bytes.length > VALUE_MAX) {
+      problems.push({ key, message: lengthMessage(key, bytes.length) });
+      continue;
+    }
+    const huffman = huffmanProblem(`key ${JSON.stringify(key)}`, valueShape(bytes));
+    if (huffman !== undefined) problems.push({ key, message: huffman });
   }
   const rules = checkHosts(secret.metadata, problems);
   const action = secret.metadata?.annotations?.[ON_VIOLATION];

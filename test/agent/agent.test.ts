@@ -18,7 +18,7 @@ import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../supp
 import { startTlsServer, type TlsServer } from "../support/tls-server.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { buildHttpRequest, pythonClientArgs, pythonPath } from "../support/clients.ts";
-import { fakeSecret, occurrences, ROOT, spawnKloak } from "../support/kloak.ts";
+import { fakeSecret, fakeSecretFitting, occurrences, ROOT, spawnKloak } from "../support/kloak.ts";
 
 const NODE = "node-e2e";
 const CID = randomBytes(32).toString("hex");
@@ -233,8 +233,9 @@ describe("kloak agent end to end", () => {
     expect(occurrences(got, `Bearer ${token}`)).toBe(1);
     expect(occurrences(got, ph)).toBe(0);
 
-    // Rotation: same length, so the placeholder stays; the next write carries the new value, no restart.
-    const rotated = fakeSecret(40);
+    // Rotation: same length and Huffman code length, so the placeholder stays; the next write
+    // carries the new value, no restart.
+    const rotated = fakeSecretFitting(ph);
     const orig = api.get("Secret", "shop", "api")!;
     api.update({ ...orig, data: { token: b64(rotated) } });
     await waitFor("rotated value loaded", () => agentLog.includes('"secret value or hosts updated"'));

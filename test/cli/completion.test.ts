@@ -49,7 +49,7 @@ function bashComplete(file: string, words: string[]): string[] {
 
 test("bash: subcommands, options, file values, and the command after --", async () => {
   const f = await script("bash");
-  writeFileSync(join(dir, "tokens.env"), "A=abcdefgh\n");
+  writeFileSync(join(dir, "tokens.env"), "A=abcdefXY\n");
   expect(bashComplete(f, ["kloak", "ex"])).toEqual(["exec"]);
   expect(bashComplete(f, ["kloak", "exec", "--al"])).toEqual(["--allow"]);
   expect(bashComplete(f, ["kloak", "exec", "--env-file", "tok"])).toEqual(["tokens.env"]);

@@ -21,25 +21,25 @@ afterAll(() => {
 
 const cases: [string, string[], number, RegExp][] = [
   ["unknown flag", ["exec", "--bogus", "--", "true"], 2, /unknown option '--bogus'|Unknown option '--bogus'/i],
-  ["missing command", ["exec", "--secret", "A=abcdefgh"], 2, /no command given/],
+  ["missing command", ["exec", "--secret", "A=abcdefXY"], 2, /no command given/],
   ["no secrets", ["exec", "--", "true"], 2, /no secrets given/],
-  ["bad rewrite mode", ["exec", "--rewrite-mode", "fast", "--secret", "A=abcdefgh", "--", "true"], 2, /--rewrite-mode "fast": use auto, kernel or stop/],
-  ["bad scan cap", ["exec", "--scan-cap", "12x", "--secret", "A=abcdefgh", "--", "true"], 2, /--scan-cap "12x": not a size/],
-  ["scan cap too small", ["exec", "--scan-cap", "100", "--secret", "A=abcdefgh", "--", "true"], 2, /must be between 4096 bytes and 16MiB/],
+  ["bad rewrite mode", ["exec", "--rewrite-mode", "fast", "--secret", "A=abcdefXY", "--", "true"], 2, /--rewrite-mode "fast": use auto, kernel or stop/],
+  ["bad scan cap", ["exec", "--scan-cap", "12x", "--secret", "A=abcdefXY", "--", "true"], 2, /--scan-cap "12x": not a size/],
+  ["scan cap too small", ["exec", "--scan-cap", "100", "--secret", "A=abcdefXY", "--", "true"], 2, /must be between 4096 bytes and 16MiB/],
   ["missing secrets file", ["exec", "--secrets-file", "/nonexistent/s.yaml", "--", "true"], 2, /s\.yaml/],
-  ["duplicate names", ["exec", "--secret", "A=abcdefgh", "--secret", "A=ijklmnop", "--", "true"], 2, /defined twice/],
-  ["--allow: wildcard without a domain", ["exec", "--secret", "A=abcdefgh", "--allow", "A=*.", "--", "true"], 2, /--allow A: rule "\*\.": /],
-  ["--allow: wildcard glued to a name", ["exec", "--secret", "A=abcdefgh", "--allow", "A=*foo.com", "--", "true"], 2, /rule "\*foo\.com": a wildcard must be "\*\." followed by a domain/],
-  ["--allow: port out of range", ["exec", "--secret", "A=abcdefgh", "--allow", "A=host:99999", "--", "true"], 2, /rule "host:99999": port 99999 is out of range/],
-  ["--allow: bad CIDR", ["exec", "--secret", "A=abcdefgh", "--allow", "A=10.0.0.0/33", "--", "true"], 2, /rule "10\.0\.0\.0\/33"/],
-  ["--allow: empty entry", ["exec", "--secret", "A=abcdefgh", "--allow", "A=a.com,,b.com", "--", "true"], 2, /empty/],
-  ["--allow: unknown secret", ["exec", "--secret", "A=abcdefgh", "--allow", "B=a.com", "--", "true"], 2, /no secret named B/],
-  ["--allow: no rule", ["exec", "--secret", "A=abcdefgh", "--allow", "A", "--", "true"], 2, /write --allow NAME=RULE/],
-  ["--dns-server: not an address", ["exec", "--secret", "A=abcdefgh", "--dns-server", "dns.example", "--", "true"], 2, /--dns-server "dns\.example"/],
-  ["--summary: unknown format", ["exec", "--summary", "yaml", "--secret", "A=abcdefgh", "--", "true"], 2, /--summary "yaml": use text or json/],
-  ["--quiet and --silent together", ["exec", "--quiet", "--silent", "--secret", "A=abcdefgh", "--", "true"], 2, /--silent and --quiet contradict each other/],
+  ["duplicate names", ["exec", "--secret", "A=abcdefXY", "--secret", "A=ijklmnop", "--", "true"], 2, /defined twice/],
+  ["--allow: wildcard without a domain", ["exec", "--secret", "A=abcdefXY", "--allow", "A=*.", "--", "true"], 2, /--allow A: rule "\*\.": /],
+  ["--allow: wildcard glued to a name", ["exec", "--secret", "A=abcdefXY", "--allow", "A=*foo.com", "--", "true"], 2, /rule "\*foo\.com": a wildcard must be "\*\." followed by a domain/],
+  ["--allow: port out of range", ["exec", "--secret", "A=abcdefXY", "--allow", "A=host:99999", "--", "true"], 2, /rule "host:99999": port 99999 is out of range/],
+  ["--allow: bad CIDR", ["exec", "--secret", "A=abcdefXY", "--allow", "A=10.0.0.0/33", "--", "true"], 2, /rule "10\.0\.0\.0\/33"/],
+  ["--allow: empty entry", ["exec", "--secret", "A=abcdefXY", "--allow", "A=a.com,,b.com", "--", "true"], 2, /empty/],
+  ["--allow: unknown secret", ["exec", "--secret", "A=abcdefXY", "--allow", "B=a.com", "--", "true"], 2, /no secret named B/],
+  ["--allow: no rule", ["exec", "--secret", "A=abcdefXY", "--allow", "A", "--", "true"], 2, /write --allow NAME=RULE/],
+  ["--dns-server: not an address", ["exec", "--secret", "A=abcdefXY", "--dns-server", "dns.example", "--", "true"], 2, /--dns-server "dns\.example"/],
+  ["--summary: unknown format", ["exec", "--summary", "yaml", "--secret", "A=abcdefXY", "--", "true"], 2, /--summary "yaml": use text or json/],
+  ["--quiet and --silent together", ["exec", "--quiet", "--silent", "--secret", "A=abcdefXY", "--", "true"], 2, /--silent and --quiet contradict each other/],
   ["--env-file: missing", ["exec", "--env-file", "/nonexistent/.env", "--", "true"], 2, /--env-file \/nonexistent\/\.env: no such file/],
-  ["forced kernel mode under lockdown", ["exec", "--rewrite-mode", "kernel", "--secret", "A=abcdefgh", "--", "true"], 1, /kernel is not possible here: lockdown=integrity/],
+  ["forced kernel mode under lockdown", ["exec", "--rewrite-mode", "kernel", "--secret", "A=abcdefXY", "--", "true"], 1, /kernel is not possible here: lockdown=integrity/],
 ];
 
 for (const [name, args, code, msg] of cases) {
@@ -96,7 +96,7 @@ describe("a command that cannot run: the shell's exit codes, one line, before an
   for (const [name, command, env, code, msg] of cases) {
     test(name, async () => {
       const t0 = performance.now();
-      const r = await runKloak(["exec", "--secret", "A=abcdefgh", "--", ...command], env ? { env } : {});
+      const r = await runKloak(["exec", "--secret", "A=abcdefXY", "--", ...command], env ? { env } : {});
       expect({ code: r.code, stderr: r.stderr.trim() }).toMatchObject({ code, stderr: expect.stringMatching(msg) });
       expect(r.stderr.trim().split("\n").length).toBe(1); // nothing started: no mode line, no rules warning
       expect(r.stdout).toBe("");
@@ -107,29 +107,29 @@ describe("a command that cannot run: the shell's exit codes, one line, before an
 
 test("--metrics-file in a directory that does not exist: refused before CMD runs", async () => {
   const marker = join(dir, "ran");
-  const r = await runKloak(["exec", "--secret", "A=abcdefgh", "--metrics-file", "/nonexistent/dir/m.prom", "--", "touch", marker]);
+  const r = await runKloak(["exec", "--secret", "A=abcdefXY", "--metrics-file", "/nonexistent/dir/m.prom", "--", "touch", marker]);
   expect(r.code).toBe(2);
   expect(r.stderr.trim()).toBe("kloak: exec: --metrics-file /nonexistent/dir/m.prom: no directory /nonexistent/dir; create it or choose another path");
   expect(existsSync(marker)).toBe(false);
 });
 
 test("--metrics-file naming a directory: refused before CMD runs", async () => {
-  const r = await runKloak(["exec", "--secret", "A=abcdefgh", "--metrics-file", dir, "--", "true"]);
+  const r = await runKloak(["exec", "--secret", "A=abcdefXY", "--metrics-file", dir, "--", "true"]);
   expect(r.code).toBe(2);
   expect(r.stderr.trim()).toBe(`kloak: exec: --metrics-file ${dir}: is a directory; name a file`);
 });
 
 test("--env-file: a line that is not NAME=VALUE is refused with its line number, never its text", async () => {
   const f = join(dir, "bad.env");
-  writeFileSync(f, "# tokens\nA=abcdefgh\nsecretvaluewithoutname\n");
+  writeFileSync(f, "# tokens\nA=abcdefXY\nsecretvaluewithoutname\n");
   const r = await runKloak(["exec", "--env-file", f, "--", "true"]);
   expect(r.code).toBe(2);
   expect(r.stderr.trim()).toBe(`kloak: --env-file ${f}: line 3 is not NAME=VALUE`);
 });
 
 test("--quiet: a successful run prints nothing, not even advice about missing rules", async () => {
-  const r = await runKloak(["exec", "--quiet", "--secret", "A=abcdefgh", "--", "true"]);
+  const r = await runKloak(["exec", "--quiet", "--secret", "A=abcdefXY", "--", "true"]);
   expect(r).toEqual({ code: 0, stdout: "", stderr: "" });
-  const loud = await runKloak(["exec", "--secret", "A=abcdefgh", "--", "true"]);
+  const loud = await runKloak(["exec", "--secret", "A=abcdefXY", "--", "true"]);
   expect(loud.stderr).toContain("no destination rules for A: may be sent to any TLS destination");
 });

@@ -11,8 +11,9 @@ import type { CatalogSink } from "../../src/controller/secret-catalog.ts";
 import type { SecretEntry } from "../../src/dataplane/dataplane.ts";
 import { EventRecorder } from "../../src/kube/events.ts";
 import { isPlaceholderShaped } from "../../src/secrets/placeholder.ts";
+import { huffmanBits } from "../../src/dataplane/hpack.ts";
 import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
-import { fakeSecret } from "../support/kloak.ts";
+import { fakeSecret, fakeSecretFitting } from "../support/kloak.ts";
 
 class RecordingSink implements CatalogSink {
   readonly loaded = new Map<number, { placeholder: string; value: string; restricted: boolean }>();
@@ -121,30 +122,43 @@ describe("shadow secrets", () => {
     expect(annotated.metadata.uid).toBeDefined();
   }, 30_000);
 
-  test("placeholders survive an update unless the length changes; a rotated value is loaded live", async () => {
-    api.create(secret("api", { a: fakeSecret(32), b: fakeSecret(32) }));
+  test("placeholders survive an update unless the length or Huffman code length changes; a rotated value is loaded live", async () => {
+    const c = fakeSecret(32);
+    api.create(secret("api", { a: fakeSecret(32), b: fakeSecret(32), c }));
     const { plane, sink } = agent("a");
     await plane.start();
     const first = await waitFor("shadow", () => shadowOf("api"));
     const phA = unb64(first.data!.a!);
     const phB = unb64(first.data!.b!);
-    await waitFor("loaded", () => sink.loaded.size === 2);
+    const phC = unb64(first.data!.c!);
+    await waitFor("loaded", () => sink.loaded.size === 3);
 
-    const rotatedA = fakeSecret(32); // same length
+    // Same length and same HPACK code length: the placeholder stays.
+    const rotatedA = fakeSecretFitting(phA);
     const longerB = fakeSecret(48);
+    // Same length, another code length (upstream Kloak #269: keeping the old
+    // placeholder broke HTTP/2): c gets a new placeholder that fits.
+    let rotatedC: string;
+    do rotatedC = fakeSecret(32);
+    while (huffmanBits(rotatedC) === huffmanBits(c));
     const cur = api.get("Secret", "shop", "api") as KubeObject & { data: Record<string, string> };
-    api.update({ ...cur, data: { a: b64(rotatedA), b: b64(longerB) } });
+    api.update({ ...cur, data: { a: b64(rotatedA), b: b64(longerB), c: b64(rotatedC) } });
 
-    const second = await waitFor("b's new placeholder", () => {
+    const second = await waitFor("b's and c's new placeholders", () => {
       const s = shadowOf("api");
-      return s && unb64(s.data!.b!).length === 48 ? s : undefined;
+      return s && unb64(s.data!.b!).length === 48 && unb64(s.data!.c!) !== phC ? s : undefined;
     });
     expect(unb64(second.data!.a!)).toBe(phA);
     expect(unb64(second.data!.b!)).not.toBe(phB);
+    const newC = unb64(second.data!.c!);
+    expect(newC.length).toBe(32);
+    expect(huffmanBits(newC)).toBe(huffmanBits(rotatedC));
     await waitFor("rotated value live", () => sink.byPlaceholder(phA)?.value === rotatedA);
     await waitFor("new placeholder of b loaded", () => sink.byPlaceholder(unb64(second.data!.b!))?.value === longerB);
-    // The old placeholder of b is gone from the sink: it can never be redeemed again.
+    await waitFor("new placeholder of c loaded", () => sink.byPlaceholder(newC)?.value === rotatedC);
+    // The old placeholders are gone from the sink: they can never be redeemed again.
     expect(sink.byPlaceholder(phB)).toBeUndefined();
+    expect(sink.byPlaceholder(phC)).toBeUndefined();
   }, 30_000);
 
   test("removing the enablement deletes the shadow and unloads the keys", async () => {
@@ -159,19 +173,24 @@ describe("shadow secrets", () => {
     await waitFor("unloaded", () => sink.loaded.size === 0);
   }, 30_000);
 
-  test("a value out of range or a bad hosts annotation: an Event on the Secret, no shadow", async () => {
+  test("a value out of range, one with no Huffman-exact placeholder, or a bad hosts annotation: an Event on the Secret, no shadow", async () => {
     api.create(secret("short", { pin: "1234" }));
+    api.create(secret("huff", { token: "aaaaeeeeoooo" }));
     api.create(secret("hosts", { token: fakeSecret(32) }, { annotations: { "getkloak.io/hosts": "api.example.com,*." } }));
     const { plane, sink, events } = agent("a");
     await plane.start();
-    const evs = await waitFor("two events", () => {
+    const evs = await waitFor("three events", () => {
       const e = api.events().filter((x) => (x as { reason?: string }).reason === "KloakCannotServe");
-      return e.length >= 2 ? e : undefined;
+      return e.length >= 3 ? e : undefined;
     });
     type Ev = { involvedObject: { name: string }; message: string };
     const text = (name: string) => (evs as unknown as Ev[]).find((e) => e.involvedObject.name === name)!.message;
     expect(text("short")).toMatch(/key "pin" is 4 bytes/);
     expect(text("hosts")).toMatch(/getkloak.io\/hosts annotation/);
+    expect(text("huff")).toContain('key "token" cannot get a placeholder that HTTP/2 can carry');
+    expect(text("huff")).toContain("Rotate it");
+    expect(text("huff")).not.toContain("aaaaeeeeoooo");
+    expect(shadowOf("huff")).toBeUndefined();
     expect(shadowOf("short")).toBeUndefined();
     expect(shadowOf("hosts")).toBeUndefined();
     expect(sink.loaded.size).toBe(0);

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import type { RefusalEvent } from "../../src/dataplane/abi.ts";
 import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane, type MapUsage } from "../../src/dataplane/dataplane.ts";
-import { PlaceholderRegistry, placeholderKey } from "../../src/secrets/placeholder.ts";
+import { placeholderKey, PlaceholderRegistry, valueShape } from "../../src/secrets/placeholder.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { buildHttpRequest, parseClientOutput, pythonClientArgs, pythonPath, runClient } from "../support/clients.ts";
 import { fakeSecret, occurrences, placeholderCount } from "../support/kloak.ts";
@@ -42,7 +42,7 @@ const usage = (): Record<string, number> => Object.fromEntries(dp.mapUsage().map
 
 async function load(id: number, name: string, withRules = false) {
   const value = fakeSecret(32);
-  const ph = registry.create(name, value.length);
+  const ph = registry.create(name, valueShape(value));
   const rules = withRules ? [{ kind: "cidr" as const, addr: new Uint8Array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 0]), prefix: 104, port: 0 }] : null;
   await dp.setSecret({ id, placeholder: Buffer.from(ph), key: placeholderKey(ph), value: Buffer.from(value), rules });
   return { value, ph };

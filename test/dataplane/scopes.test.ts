@@ -11,7 +11,7 @@ import { join } from "node:path";
 import type { RefusalEvent } from "../../src/dataplane/abi.ts";
 import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane } from "../../src/dataplane/dataplane.ts";
-import { PlaceholderRegistry, placeholderKey } from "../../src/secrets/placeholder.ts";
+import { placeholderKey, PlaceholderRegistry, valueShape } from "../../src/secrets/placeholder.ts";
 import { testCerts } from "../support/certs.ts";
 import { buildHttpRequest, pythonClientArgs, runClient } from "../support/clients.ts";
 import { fakeSecret, occurrences, placeholderCount } from "../support/kloak.ts";
@@ -56,7 +56,7 @@ async function clientInScope(scopeId: number, req: Buffer): Promise<number> {
 test("scope 2, not entitled to the secret, sends its placeholder: refused scope_not_entitled; scope 1 is substituted", async () => {
   const secret = fakeSecret(36);
   const registry = new PlaceholderRegistry();
-  const ph = registry.create("S", secret.length);
+  const ph = registry.create("S", valueShape(secret));
   await dp.setSecret({ id: 7, placeholder: Buffer.from(ph), key: placeholderKey(ph), value: Buffer.from(secret), rules: null });
   dp.grant(1, 7);
   const req = buildHttpRequest({ host: "x", headers: { "X-S": ph } });

@@ -12,7 +12,7 @@ import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane } from "../../src/dataplane/dataplane.ts";
 import { kernelRules } from "../../src/policy/policy-engine.ts";
 import { parseRuleList } from "../../src/policy/rules.ts";
-import { PlaceholderRegistry, placeholderKey } from "../../src/secrets/placeholder.ts";
+import { placeholderKey, PlaceholderRegistry, valueShape } from "../../src/secrets/placeholder.ts";
 import { testCerts } from "../support/certs.ts";
 import { buildHttpRequest, pythonClientArgs, runClient } from "../support/clients.ts";
 import { fakeSecret, occurrences, placeholderCount } from "../support/kloak.ts";
@@ -35,7 +35,7 @@ afterAll(async () => {
 test("perf-event uprobes (pre-6.6 kernels): substituted for an allowed peer, refused for another", async () => {
   expect(dp.uprobes).toBe("single");
   const secret = fakeSecret(32);
-  const ph = new PlaceholderRegistry().create("S", secret.length);
+  const ph = new PlaceholderRegistry().create("S", valueShape(secret));
   const rules = kernelRules(parseRuleList("127.0.0.2"));
   await dp.setSecret({ id: 3, placeholder: Buffer.from(ph), key: placeholderKey(ph), value: Buffer.from(secret), rules });
   dp.grant(1, 3);

@@ -24,7 +24,7 @@ import type { RefusalEvent } from "../../src/dataplane/abi.ts";
 import { Dataplane } from "../../src/dataplane/dataplane.ts";
 import { cgroupProcesses, cgroupV2Root } from "../../src/node/cgroups.ts";
 import { PodAttacher, type PodTarget } from "../../src/node/pod-attacher.ts";
-import { PlaceholderRegistry, placeholderKey } from "../../src/secrets/placeholder.ts";
+import { PlaceholderRegistry, placeholderKey, valueShape } from "../../src/secrets/placeholder.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { buildHttpRequest, pythonClientArgs, pythonPath } from "../support/clients.ts";
 import { fakeSecret, occurrences, placeholderCount } from "../support/kloak.ts";
@@ -155,8 +155,8 @@ beforeAll(async () => {
   mkdirSync(nested, { recursive: true });
 
   const registry = new PlaceholderRegistry();
-  phA = registry.create("A", secretA.length);
-  phB = registry.create("B", secretB.length);
+  phA = registry.create("A", valueShape(secretA));
+  phB = registry.create("B", valueShape(secretB));
   reqFile = join(tmp, "req");
   writeFileSync(reqFile, buildHttpRequest({ host: "x", headers: { "X-A": phA, "X-B": phB } }));
 

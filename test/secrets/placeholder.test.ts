@@ -10,10 +10,23 @@ import {
   VALUE_MAX,
   VALUE_MIN,
   isPlaceholderShaped,
+  MARKER_BITS,
+  placeholderFits,
   placeholderKey,
+  valueShape,
+  type ValueShape,
 } from "../../src/secrets/placeholder.ts";
+import { huffmanBits } from "../../src/dataplane/hpack.ts";
 
 const TAIL = /^[0-9A-HJKMNP-TV-Z]*$/;
+
+/** A value of n bytes whose Huffman code has 7 bits per tail character (most alphabet characters do). */
+function shape(n: number): ValueShape {
+  return { length: n, huffmanBits: MARKER_BITS + 7 * (n - 6) };
+}
+
+/** 2-character keys of 14 code bits: the key space of 8-byte values of shape(8), counted by brute force. */
+const KEYS_OF_8 = [...ALPHABET].flatMap((a) => [...ALPHABET].map((b) => a + b)).filter((k) => huffmanBits(k) === 14).length;
 
 function keyOf(p: string): string {
   return p.slice(MARKER.length, MARKER.length + Math.min(KEY_LEN, p.length - MARKER.length));
@@ -60,7 +73,7 @@ describe("create", () => {
   for (const n of [8, 9, 14, 15, 100, 4096]) {
     test(`a ${n}-byte value gets a ${n}-byte placeholder`, () => {
       const reg = new PlaceholderRegistry();
-      const p = reg.create("API_TOKEN", n);
+      const p = reg.create("API_TOKEN", shape(n));
       expect(p.length).toBe(n);
       expect(new TextEncoder().encode(p).length).toBe(n); // ASCII: chars == bytes
       expect(p.startsWith(MARKER)).toBe(true);
@@ -75,7 +88,7 @@ describe("create", () => {
     test(`a ${n}-byte value is refused`, () => {
       const value = "x".repeat(Math.max(n, 0));
       const reg = new PlaceholderRegistry();
-      const err = thrown(() => reg.create("API_TOKEN", n));
+      const err = thrown(() => reg.create("API_TOKEN", { length: n, huffmanBits: 7 * n }));
       expect(err).toBeInstanceOf(UsageError);
       expect(err.message).toContain('secret "API_TOKEN"');
       expect(err.message).toContain(`is ${n} bytes`);
@@ -86,63 +99,134 @@ describe("create", () => {
   }
 
   test("a fractional length is refused", () => {
-    expect(() => new PlaceholderRegistry().create("API_TOKEN", 8.5)).toThrow(UsageError);
+    expect(() => new PlaceholderRegistry().create("API_TOKEN", { length: 8.5, huffmanBits: 60 })).toThrow(UsageError);
   });
 
   test("placeholders are random", () => {
     const reg = new PlaceholderRegistry();
-    const a = reg.create("A", 64);
-    const b = reg.create("B", 64);
+    const a = reg.create("A", shape(64));
+    const b = reg.create("B", shape(64));
     expect(a).not.toBe(b);
   });
 
-  test("2000 placeholders of mixed lengths have distinct, prefix-free keys", () => {
+  test("1000 placeholders of mixed lengths have distinct, prefix-free keys", () => {
     const reg = new PlaceholderRegistry();
     const lengths = [8, 9, 10, 11, 12, 13, 14, 15, 20, 40, 4096];
     const all: string[] = [];
-    for (let i = 0; i < 2000; i++) {
+    for (let i = 0; i < 1000; i++) {
       const n = lengths[i % lengths.length] as number;
-      const p = reg.create(`S${i}`, n);
+      // every feasible code length in turn (short ones at their extremes have a handful of keys)
+      const bits = n < 14 ? shape(n).huffmanBits : MARKER_BITS + 5 * (n - 6) + (i % (3 * (n - 6) + 1));
+      const p = reg.create(`S${i}`, { length: n, huffmanBits: bits });
+      expect(huffmanBits(p)).toBe(bits);
       expect(p.length).toBe(n);
       all.push(p);
     }
-    expect(reg.size).toBe(2000);
-    expect(new Set(all).size).toBe(2000);
+    expect(reg.size).toBe(1000);
+    expect(new Set(all).size).toBe(1000);
     assertPrefixFree(all.map(keyOf));
   });
 
-  test("8-byte values exhaust at 1024 placeholders with a clear error", () => {
+  test("8-byte values of one code length exhaust their keys with a clear error", () => {
     const reg = new PlaceholderRegistry();
     const keys = new Set<string>();
-    for (let i = 0; i < 1024; i++) keys.add(keyOf(reg.create(`S${i}`, 8)));
-    expect(keys.size).toBe(1024);
-    const err = thrown(() => reg.create("ONE_MORE", 8));
+    for (let i = 0; i < KEYS_OF_8; i++) keys.add(keyOf(reg.create(`S${i}`, shape(8))));
+    expect(keys.size).toBe(KEYS_OF_8);
+    const err = thrown(() => reg.create("ONE_MORE", shape(8)));
     expect(err).toBeInstanceOf(UsageError);
     expect(err.message).toContain('secret "ONE_MORE"');
     expect(err.message).toContain("no placeholder left");
-    expect(err.message).toContain("1024");
-    // Every longer key starts with some 2-char key now, so nothing fits.
-    expect(() => reg.create("LONGER", 30)).toThrow(/no placeholder left/);
+    expect(err.message).toContain(String(KEYS_OF_8));
+    // Other code lengths have keys of their own.
+    const other = reg.create("OTHER", { length: 8, huffmanBits: MARKER_BITS + 12 });
+    expect(huffmanBits(other)).toBe(MARKER_BITS + 12);
     // Releasing one frees exactly that key again.
-    const freed = `${MARKER}${[...keys][500]}`;
+    const freed = `${MARKER}${[...keys][100]}`;
     expect(reg.release(freed)).toBe(true);
-    expect(reg.create("AGAIN", 8)).toBe(freed);
+    expect(reg.create("AGAIN", shape(8))).toBe(freed);
   });
 
   test("a longer key blocks the short key it starts with", () => {
     const reg = new PlaceholderRegistry();
-    const long = reg.create("LONG", 9);
+    const long = reg.create("LONG", shape(9));
     let count = 0;
     for (;;) {
       try {
-        const p = reg.create(`S${count}`, 8);
+        const p = reg.create(`S${count}`, shape(8));
         expect(long.startsWith(p)).toBe(false);
         count++;
       } catch {
         break;
       }
     }
-    expect(count).toBe(1023);
+    expect(count).toBe(KEYS_OF_8 - (huffmanBits(keyOf(long).slice(0, 2)) === 14 ? 1 : 0));
+  });
+});
+
+describe("Huffman code length (HTTP/2)", () => {
+  test("the marker codes in 37 bits; tail characters in 5 to 8", () => {
+    expect(MARKER_BITS).toBe(37);
+    const bits = [...ALPHABET].map((c) => huffmanBits(c));
+    expect(Math.min(...bits)).toBe(5);
+    expect(Math.max(...bits)).toBe(8);
+  });
+
+  test("every feasible code length of a 10-byte value gets a placeholder of exactly that length", () => {
+    const reg = new PlaceholderRegistry();
+    for (let bits = MARKER_BITS + 5 * 4; bits <= MARKER_BITS + 8 * 4; bits++) {
+      const p = reg.create(`S${bits}`, { length: 10, huffmanBits: bits });
+      expect(p.length).toBe(10);
+      expect(huffmanBits(p)).toBe(bits);
+    }
+  });
+
+  test("real-looking values: same bytes, same code bits, random tails", () => {
+    const reg = new PlaceholderRegistry();
+    const values = [
+      "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+      "sk-proj-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaZZZ",
+      "0123456789abcdef0123456789abcdef",
+      "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+      "Bearer-style+token/with=padding==",
+      "x".repeat(4096),
+    ];
+    for (const [i, v] of values.entries()) {
+      const p = reg.create(`V${i}`, new TextEncoder().encode(v));
+      expect(p.length).toBe(v.length);
+      expect(huffmanBits(p)).toBe(huffmanBits(v));
+      expect(placeholderFits(p, valueShape(v))).toBe(true);
+    }
+  });
+
+  test("a value of mostly 5-bit characters is refused, saying why and without the value", () => {
+    const value = "aaaaeeeeoooo";
+    const err = thrown(() => new PlaceholderRegistry().create("TOKEN", valueShape(value)));
+    expect(err).toBeInstanceOf(UsageError);
+    expect(err.message).toContain('secret "TOKEN"');
+    expect(err.message).toContain("HPACK Huffman code");
+    expect(err.message).toContain("5-bit codes");
+    expect(err.message).toContain("Rotate it");
+    expect(err.message).not.toContain(value);
+  });
+
+  test("a value of long codes (binary) is refused", () => {
+    const value = Uint8Array.from({ length: 16 }, (_, i) => 0x80 + i);
+    const err = thrown(() => new PlaceholderRegistry().create("BLOB", value));
+    expect(err).toBeInstanceOf(UsageError);
+    expect(err.message).toContain("too many characters with long codes");
+  });
+
+  test("rotation: a same-length value with another code length needs a new placeholder (upstream #269)", () => {
+    const reg = new PlaceholderRegistry();
+    const v1 = "Abcdefghijklmnop";
+    const v2 = "Abcdefghijklmnoz"; // same length; 'z' codes in 7 bits, 'p' in 6
+    expect(v2.length).toBe(v1.length);
+    expect(huffmanBits(v2)).not.toBe(huffmanBits(v1));
+    const p1 = reg.create("S", valueShape(v1));
+    expect(placeholderFits(p1, valueShape(v1))).toBe(true);
+    expect(placeholderFits(p1, valueShape(v2))).toBe(false);
+    const v3 = "Abcdefghijklmnoq"; // 'q' codes in 7 bits too: v3 and v2 share a shape
+    expect(placeholderFits(reg.create("T", valueShape(v2)), valueShape(v3))).toBe(true);
   });
 });
 
@@ -183,8 +267,10 @@ describe("adopt", () => {
     reg.adopt("OLD", "kloak:AB");
     expect(reg.size).toBe(1);
     expect(reg.has("kloak:AB")).toBe(true);
-    for (let i = 0; i < 1023; i++) expect(keyOf(reg.create(`S${i}`, 8))).not.toBe("AB");
-    expect(() => reg.create("FULL", 8)).toThrow(/no placeholder left/);
+    const ab = { length: 8, huffmanBits: huffmanBits("kloak:AB") };
+    const n = [...ALPHABET].flatMap((a) => [...ALPHABET].map((b) => a + b)).filter((k) => huffmanBits(k) === huffmanBits("AB")).length;
+    for (let i = 0; i < n - 1; i++) expect(keyOf(reg.create(`S${i}`, ab))).not.toBe("AB");
+    expect(() => reg.create("FULL", ab)).toThrow(/no placeholder left/);
   });
 
   test("refuses the same placeholder twice", () => {

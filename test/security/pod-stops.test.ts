@@ -15,7 +15,7 @@ import { cgroupProcesses, cgroupV2Root } from "../../src/node/cgroups.ts";
 import { PodAttacher, type PodTarget } from "../../src/node/pod-attacher.ts";
 import { kernelRules } from "../../src/policy/policy-engine.ts";
 import { parseRuleList } from "../../src/policy/rules.ts";
-import { PlaceholderRegistry, placeholderKey } from "../../src/secrets/placeholder.ts";
+import { placeholderKey, PlaceholderRegistry, valueShape } from "../../src/secrets/placeholder.ts";
 import { testCerts } from "../support/certs.ts";
 import { pythonPath } from "../support/clients.ts";
 import { fakeSecret } from "../support/kloak.ts";
@@ -62,7 +62,7 @@ beforeAll(async () => {
   base = join(cgroupV2Root(), `kloak-shell-${process.pid}`);
   leaf = join(base, ...REL);
   mkdirSync(leaf, { recursive: true });
-  placeholder = new PlaceholderRegistry().create("API_KEY", secret.length);
+  placeholder = new PlaceholderRegistry().create("API_KEY", valueShape(secret));
   dp = await Dataplane.start({ mode: "auto", scanCap: 4096 });
   await dp.setSecret({
     id: SECRET_ID,

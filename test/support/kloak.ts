@@ -4,6 +4,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
+import { huffmanProblem, placeholderFits, valueShape } from "../../src/secrets/placeholder.ts";
 
 export const ROOT = join(import.meta.dir, "..", "..");
 export const KLOAK: string[] = process.env.KLOAK_BIN ? [process.env.KLOAK_BIN] : [process.execPath, join(ROOT, "src", "main.ts")];
@@ -39,9 +40,28 @@ export async function runKloak(args: string[], o: { env?: Record<string, string 
   return { code, stdout, stderr };
 }
 
-/** A synthetic secret value (never a real one) of the given length, safe in headers. */
+/**
+ * A synthetic secret value (never a real one) of the given length, safe in
+ * headers, and one kloak accepts: short random values can have a Huffman
+ * code length no placeholder has (src/secrets/placeholder.ts), so draw again.
+ */
 export function fakeSecret(length = 32): string {
-  return randomBytes(length).toString("base64url").slice(0, length);
+  for (;;) {
+    const v = randomBytes(length).toString("base64url").slice(0, length);
+    if (huffmanProblem("fake", valueShape(v)) === undefined) return v;
+  }
+}
+
+/**
+ * A new synthetic value that placeholder ph still fits: same length and same
+ * HPACK Huffman code length (a rotation that keeps the placeholder; any other
+ * rotation gets a new one, src/secrets/placeholder.ts).
+ */
+export function fakeSecretFitting(ph: string): string {
+  for (;;) {
+    const v = fakeSecret(ph.length);
+    if (placeholderFits(ph, valueShape(v))) return v;
+  }
 }
 
 /** How many times needle occurs in hay. Assert on counts so a failing test never prints the value. */
