@@ -83,9 +83,14 @@ beforeAll(async () => {
   certs = await testCerts();
   tls = await startTlsServer({ host: "127.0.0.2", mode: "http" });
   api = await startKubeApiServer({ bookmarkIntervalMs: 1000 });
-  for (const ns of ["kloak", "shop"]) api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: ns } });
-  // The webhook configurations as deploy/ ships them; the agent patches their caBundle.
-  for (const doc of parseAllDocuments(readFileSync(join(ROOT, "deploy/base/webhooks.yaml"), "utf8"))) api.create(doc.toJS() as KubeObject);
+  api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "kloak" } });
+  // Opted in: the only kind of namespace whose pods kloak's webhook sees.
+  api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "shop", labels: { "getkloak.io/enabled": "true" } } });
+  // deploy/ ships no webhook configurations: the agent registers them, owned by its ClusterRole.
+  for (const doc of parseAllDocuments(readFileSync(join(ROOT, "deploy/base/rbac.yaml"), "utf8"))) {
+    const o = doc.toJS() as KubeObject;
+    if (o.kind === "ClusterRole") api.create(o);
+  }
   api.create({
     apiVersion: "v1",
     kind: "Secret",
@@ -143,12 +148,17 @@ describe("kloak agent end to end", () => {
     const tlsSecret = api.get("Secret", "kloak", "kloak-webhook-tls") as KubeObject & { data: Record<string, string> };
     const ca = unb64(tlsSecret.data["ca.crt"]!);
     expect(ca).toContain("BEGIN CERTIFICATE");
+    const role = api.get("ClusterRole", undefined, "kloak")!;
     for (const kind of ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]) {
-      const cfg = await waitFor(`${kind} caBundle`, () => {
-        const c = api.get(kind, undefined, "kloak") as KubeObject & { webhooks: { clientConfig: { caBundle?: string } }[] };
-        return c.webhooks[0]!.clientConfig.caBundle ? c : undefined;
+      const cfg = await waitFor(`${kind} registered with caBundle`, () => {
+        const c = api.get(kind, undefined, "kloak") as (KubeObject & { webhooks: { clientConfig: { caBundle?: string } }[] }) | undefined;
+        return c?.webhooks[0]!.clientConfig.caBundle ? c : undefined;
       });
       expect(unb64(cfg.webhooks[0]!.clientConfig.caBundle!)).toBe(ca);
+      // Deleting the install (the ClusterRole) deletes them: uninstall never leaves them behind.
+      expect(cfg.metadata.ownerReferences).toEqual([
+        { apiVersion: "rbac.authorization.k8s.io/v1", kind: "ClusterRole", name: "kloak", uid: role.metadata.uid! },
+      ]);
     }
     const pod = {
       apiVersion: "v1",
@@ -196,6 +206,28 @@ describe("kloak agent end to end", () => {
       fetch(`https://127.0.0.1:${webhookPort}/mutate`, { method: "POST", body: "{}", tls: { ca, serverName: "evil.kloak.svc" } } as RequestInit),
     ).rejects.toThrow();
   }, 60_000);
+
+  test("a wiped caBundle, an edited selector and a deleted configuration are put back within seconds", async () => {
+    type Cfg = KubeObject & { webhooks: { clientConfig: { caBundle?: string }; namespaceSelector?: unknown; failurePolicy?: string }[] };
+    const get = (kind: string) => api.get(kind, undefined, "kloak") as Cfg | undefined;
+    const m = await waitFor("mutating registered", () => get("MutatingWebhookConfiguration"));
+    const want = structuredClone(m.webhooks);
+    // What `kubectl replace` / Argo CD with the old manifest does: no caBundle, cluster-wide selector.
+    const wiped = structuredClone(m);
+    delete wiped.webhooks[0]!.clientConfig.caBundle;
+    wiped.webhooks[0]!.namespaceSelector = {};
+    api.update(wiped);
+    expect(get("MutatingWebhookConfiguration")!.webhooks[0]!.clientConfig.caBundle).toBeUndefined();
+    const t0 = Date.now();
+    await waitFor("caBundle restored", () => get("MutatingWebhookConfiguration")!.webhooks[0]!.clientConfig.caBundle, 15_000);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(get("MutatingWebhookConfiguration")!.webhooks).toEqual(want);
+    // Deleted outright: registered again.
+    api.delete("ValidatingWebhookConfiguration", undefined, "kloak");
+    const v = await waitFor("validating re-registered", () => get("ValidatingWebhookConfiguration"), 15_000);
+    expect(v.webhooks[0]!.clientConfig.caBundle).toBe(want[0]!.clientConfig.caBundle);
+    expect(agentLog).toContain("webhook configuration differed from kloak's; put back");
+  }, 40_000);
 
   test("a pod on this node is attached through the pod watcher; its container's TLS write carries the real value; rotation is live", async () => {
     const shadow = api.get("Secret", "shop", "api-kloak") as KubeObject & { data: Record<string, string> };

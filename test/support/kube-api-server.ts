@@ -11,7 +11,8 @@
  *     core v1 namespaces, secrets, pods (+ /status), events, services,
  *     configmaps; apps/v1 replicasets, deployments, statefulsets, daemonsets
  *     (+ /status); coordination.k8s.io/v1 leases; events.k8s.io/v1 events;
- *     admissionregistration.k8s.io/v1 mutating/validatingwebhookconfigurations.
+ *     admissionregistration.k8s.io/v1 mutating/validatingwebhookconfigurations;
+ *     rbac.authorization.k8s.io/v1 clusterroles (stored, not enforced).
  *     Also /api, /apis, /api/v1, /apis/G/V discovery, /version, /healthz,
  *     /livez, /readyz.
  *   - Bearer-token auth: any non-empty token is accepted; a request without
