@@ -5,6 +5,9 @@
  * answer before the cache it decides from is filled.
  */
 import { AdmissionregistrationV1Api, CoreV1Api, AppsV1Api, RbacAuthorizationV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { METADATA_ONLY } from "../controller/shadow-writer.ts";
+import { describeError, statusOf } from "../kube/lease.ts";
+import { secretView } from "../controller/secret-view.ts";
 import { Registry } from "prom-client";
 import { VERSION, gitCommit } from "../build-info.ts";
 import { agentPinBase, ensurePinDir, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
@@ -139,7 +142,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   });
   stops.unshift(() => plane.stop());
   const { secrets, catalog, writer, elector } = plane;
-  const reflectors = [secrets, pods, namespaces, ...Object.values(owners)] as Reflector<unknown>[];
+  const reflectors = [...secrets.reflectors, pods, namespaces, ...Object.values(owners)] as Reflector<unknown>[];
 
   const attacher = new PodAttacher(dp, { cgroupRoot, log, strictBinding: cfg.strictBinding, onViolation: cfg.onViolation });
   // Before the data plane closes: its retry timer must not touch closed maps.
@@ -209,8 +212,30 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     { version: VERSION, commit, mode: dp.mode },
   );
   dataplaneMetrics(() => snapshot ?? { counters: dp.counters(), refusals: dp.refusalCounts() }, registry);
+  // Metadata only (METADATA_ONLY): the API server leaves values out, so a look-up never reads a value kloak does not protect.
   const app = webhookApp({
-    secrets: { get: (ns, name) => secrets.get(ns, name), synced: () => state.catalogSynced },
+    secrets: {
+      get: (ns, name) => secrets.get(ns, name),
+      synced: () => state.catalogSynced,
+      fetch: async (namespace, name) => {
+        try {
+          return secretView((await core.readNamespacedSecret({ namespace, name }, METADATA_ONLY)) as never);
+        } catch (e) {
+          if (statusOf(e) === 404) return null;
+          throw new Error(describeError(e));
+        }
+      },
+    },
+    namespaces: async (name) => {
+      const cached = namespaces.get(undefined, name);
+      if (cached) return cached.metadata;
+      try {
+        return metaView((await core.readNamespace({ name })) as never).metadata;
+      } catch (e) {
+        if (statusOf(e) === 404) return null;
+        throw new Error(describeError(e));
+      }
+    },
     onRequest: (path, outcome, seconds) => webhookMetrics.webhook(path, outcome, seconds),
     log,
   });

@@ -1,10 +1,12 @@
 /**
- * The agent's trimmed copy of a Secret. Every Secret in the cluster is watched
- * (enablement may be an annotation, which no selector can match), but only
- * enabled originals and kloak's shadows keep their data: the rest of the
- * cluster's secret values never stay in kloak's memory.
+ * The agent's trimmed copy of a Secret. Only enabled originals and kloak's
+ * shadows are watched (label selectors), and of their metadata only labels
+ * and kloak's own annotations are kept: another annotation may hold a copy
+ * of the whole Secret (kubectl.kubernetes.io/last-applied-configuration does
+ * for every `kubectl apply`), which would double what kloak keeps and put
+ * values of keys kloak does not protect into its memory.
  */
-import { isEnabled, isShadow, type Meta } from "../kube/contract.ts";
+import { DOMAIN, isEnabled, isShadow, type Meta } from "../kube/contract.ts";
 import { trimMeta, type ObjectMeta } from "../kube/reflector.ts";
 
 export interface SecretView {
@@ -21,9 +23,17 @@ type RawSecret = {
 };
 
 
+/** Only getkloak.io/ annotations: nothing else is read from a Secret's annotations. */
+export function kloakAnnotations(a: Record<string, string> | undefined | null): Record<string, string> | undefined {
+  if (!a) return undefined;
+  const kept = Object.entries(a).filter(([k]) => k.startsWith(`${DOMAIN}/`));
+  return kept.length ? Object.fromEntries(kept) : undefined;
+}
+
 export function secretView(raw: RawSecret): SecretView {
   const metadata = trimMeta(raw.metadata);
-  const keep = isEnabled(metadata) || isShadow(metadata);
+  metadata.annotations = kloakAnnotations(metadata.annotations);
+  const keep = isEnabled(metadata, "label") || isShadow(metadata);
   const view: SecretView = { metadata, type: raw.type };
   if (keep && raw.data) {
     view.data = {};

@@ -8,7 +8,7 @@
  * and the key is retried once the watch catches up. The writer never touches
  * a Secret it did not label as its own.
  */
-import type { CoreV1Api, V1Secret } from "@kubernetes/client-node";
+import { setHeaderOptions, type CoreV1Api, type V1Secret } from "@kubernetes/client-node";
 import { isEnabled, isShadow, MANAGED, OWNER, shadowName, shadowOwner } from "../kube/contract.ts";
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
 import { isPlaceholderShaped, PlaceholderRegistry } from "../secrets/placeholder.ts";
@@ -30,6 +30,12 @@ export interface EventSink {
 }
 
 const RETRY_MS = [200, 1000, 5000, 15_000, 30_000];
+
+/** Accept header for a metadata-only read: the API server leaves data out. */
+export const METADATA_ONLY = setHeaderOptions("Accept", "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json");
+
+/** The shadow's name is someone else's Secret: retried on the slow end of the backoff, reported by Event. */
+class NameTaken extends Error {}
 
 export class ShadowWriter {
   private leader = false;
@@ -76,7 +82,7 @@ export class ShadowWriter {
     const owner = shadowOwner(s.metadata);
     const name = owner ?? s.metadata.name ?? "";
     // Only enabled originals, or what has or had a shadow, concern the writer.
-    if (!owner && !isEnabled(s.metadata) && !this.cache.get(ns, shadowName(name))) return;
+    if (!owner && !isEnabled(s.metadata, "label") && !this.cache.get(ns, shadowName(name))) return;
     this.enqueue(ns, name);
   }
 
@@ -106,9 +112,9 @@ export class ShadowWriter {
           this.errors++;
           const n = this.attempts.get(key) ?? 0;
           this.attempts.set(key, n + 1);
-          const delay = RETRY_MS[Math.min(n, RETRY_MS.length - 1)]!;
+          const delay = e instanceof NameTaken ? RETRY_MS.at(-1)! : RETRY_MS[Math.min(n, RETRY_MS.length - 1)]!;
           const status = (e as { code?: number }).code;
-          this.log(status === 409 ? "debug" : "warn", "shadow write failed; retrying", {
+          this.log(status === 409 || e instanceof NameTaken ? "debug" : "warn", "shadow write failed; retrying", {
             secret: key,
             status,
             error: errorText(e),
@@ -134,18 +140,13 @@ export class ShadowWriter {
     const shadow = this.cache.get(ns, shadowName(name));
     const ours = shadowOwner(shadow?.metadata) === name;
 
-    if (!original || isShadow(original.metadata) || !isEnabled(original.metadata)) {
+    if (!original || isShadow(original.metadata) || !isEnabled(original.metadata, "label")) {
       if (ours) await this.deleteShadow(ns, name, shadow!);
       return;
     }
     const ref = { apiVersion: "v1", kind: "Secret", namespace: ns, name, uid: original.metadata.uid };
     if (shadow && !ours) {
-      this.events.record(
-        ref,
-        "Warning",
-        "KloakShadowNameTaken",
-        `Secret ${shadowName(name)} exists and is not kloak's, so kloak cannot write this Secret's shadow: rename or delete it`,
-      );
+      this.takenEvent(ref, name);
       return;
     }
     const checked = checkSecret(original);
@@ -192,7 +193,16 @@ export class ShadowWriter {
     };
     if (shadow && sameShadow(shadow, body)) return;
     if (!shadow) {
-      await this.core.createNamespacedSecret({ namespace: ns, body });
+      try {
+        await this.core.createNamespacedSecret({ namespace: ns, body });
+      } catch (e) {
+        // Only kloak's shadows are watched: a Secret of that name that is not one is met here.
+        if ((e as { code?: number }).code === 409 && (await this.nameTaken(ns, name))) {
+          this.takenEvent(ref, name);
+          throw new NameTaken(`${ns}/${shadowName(name)} exists and is not kloak's shadow`);
+        }
+        throw e;
+      }
       this.writes++;
       this.log("info", "shadow created", { secret: `${ns}/${name}`, keys: Object.keys(data).length });
       this.events.record(ref, "Normal", "KloakShadowWritten", `kloak wrote shadow Secret ${shadowName(name)} with ${Object.keys(data).length} placeholder(s)`);
@@ -204,6 +214,25 @@ export class ShadowWriter {
     await this.core.replaceNamespacedSecret({ name: shadowName(name), namespace: ns, body });
     this.writes++;
     this.log("info", "shadow updated", { secret: `${ns}/${name}`, keys: Object.keys(data).length });
+  }
+
+  private takenEvent(ref: { apiVersion: string; kind: string; namespace: string; name: string; uid?: string }, name: string): void {
+    this.events.record(
+      ref,
+      "Warning",
+      "KloakShadowNameTaken",
+      `Secret ${shadowName(name)} exists and is not kloak's, so kloak cannot write this Secret's shadow: rename or delete it`,
+    );
+  }
+
+  /** Whether ns/<name>-kloak exists without kloak's label (metadata only: its values are none of kloak's business). */
+  private async nameTaken(ns: string, name: string): Promise<boolean> {
+    try {
+      const s = await this.core.readNamespacedSecret({ namespace: ns, name: shadowName(name) }, METADATA_ONLY);
+      return !isShadow(s.metadata ?? undefined);
+    } catch {
+      return false;
+    }
   }
 
   /**

@@ -81,3 +81,19 @@ export function shadowOwner(meta: Meta | undefined): string | undefined {
 export function hostsText(meta: Meta | undefined): string | undefined {
   return meta?.annotations?.[HOSTS] ?? meta?.labels?.[HOSTS];
 }
+
+/**
+ * Secrets are enabled by label only (the agent watches them by label
+ * selector, and the validating webhook selects them by label): true for a
+ * Secret that still carries only the annotation, which kloak used to read.
+ */
+export function secretEnabledByAnnotationOnly(meta: Meta | undefined): boolean {
+  return meta?.labels?.[ENABLED] === undefined && meta?.annotations?.[ENABLED] !== undefined;
+}
+
+export function annotationMovedMessage(namespace: string | undefined, name: string | undefined): string {
+  return (
+    `secret "${namespace}/${name}" has the ${ENABLED} annotation, which kloak no longer reads on Secrets: ` +
+    `label it instead (kubectl -n ${namespace} label secret ${name} ${ENABLED}=true) and remove the annotation`
+  );
+}

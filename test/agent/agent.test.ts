@@ -207,6 +207,36 @@ describe("kloak agent end to end", () => {
     ).rejects.toThrow();
   }, 60_000);
 
+  test("a cache miss asks the API server: a plain Secret is allowed, one that does not exist yet denies the pod", async () => {
+    api.create({ apiVersion: "v1", kind: "Secret", metadata: { name: "plain", namespace: "shop" }, type: "Opaque", data: { k: b64("not-protected") } });
+    const ca = unb64((api.get("Secret", "kloak", "kloak-webhook-tls") as KubeObject & { data: Record<string, string> }).data["ca.crt"]!);
+    const review = async (secretName: string) => {
+      const res = await fetch(`https://127.0.0.1:${webhookPort}/mutate`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          apiVersion: "admission.k8s.io/v1",
+          kind: "AdmissionReview",
+          request: {
+            uid: randomUUID(),
+            kind: { group: "", version: "v1", kind: "Pod" },
+            resource: { group: "", version: "v1", resource: "pods" },
+            namespace: "shop",
+            operation: "CREATE",
+            userInfo: {},
+            object: { apiVersion: "v1", kind: "Pod", metadata: { generateName: "w-", namespace: "shop" }, spec: { containers: [{ name: "c", image: "x", envFrom: [{ secretRef: { name: secretName } }] }] } },
+          },
+        }),
+        tls: { ca, serverName: "kloak-webhook.kloak.svc" },
+      } as RequestInit);
+      return ((await res.json()) as { response: { allowed: boolean; status?: { message: string } } }).response;
+    };
+    expect((await review("plain")).allowed).toBe(true);
+    const denied = await review("later");
+    expect(denied.allowed).toBe(false);
+    expect(denied.status!.message).toContain('secret "shop/later" does not exist yet');
+  });
+
   test("a wiped caBundle, an edited selector and a deleted configuration are put back within seconds", async () => {
     type Cfg = KubeObject & { webhooks: { clientConfig: { caBundle?: string }; namespaceSelector?: unknown; failurePolicy?: string }[] };
     const get = (kind: string) => api.get(kind, undefined, "kloak") as Cfg | undefined;

@@ -3,7 +3,7 @@
  * naming the key or annotation at fault and never a value.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { b64, secretObject, secretReview, startWebhook, type Harness } from "./fixtures/harness.ts";
+import { b64, fixtureSecrets, secretObject, secretReview, startWebhook, type Harness } from "./fixtures/harness.ts";
 
 let h: Harness;
 beforeAll(async () => {
@@ -38,7 +38,7 @@ describe("/validate", () => {
 
   test("a 5000-byte value is denied naming the key (UPDATE too)", async () => {
     const big = "x".repeat(5000);
-    const response = await validate(secretReview(secretObject("cert", { "tls.key": b64(big) }, { annotations: ENABLED }), "UPDATE"));
+    const response = await validate(secretReview(secretObject("cert", { "tls.key": b64(big) }, { labels: ENABLED }), "UPDATE"));
     expect(response.allowed).toBe(false);
     expect(response.status.code).toBe(422);
     expect(response.status.message).toContain(`key "tls.key" is 5000 bytes`);
@@ -126,5 +126,42 @@ describe("/validate", () => {
     expect(text).toContain("request.object.type: expected string, got a number");
     expect(text).not.toContain("sentinel");
     expect(text).not.toContain("42");
+  });
+});
+
+describe("/validate with the namespaces the agent sees", () => {
+  let v: Harness;
+  const labels: Record<string, Record<string, string> | undefined> = { shop: { "getkloak.io/enabled": "true" }, plain: undefined };
+  beforeAll(async () => {
+    v = await startWebhook(fixtureSecrets(), {
+      namespaces: async (name) => {
+        if (name === "broken") throw new Error("connect ECONNREFUSED");
+        return name in labels ? { name, labels: labels[name] } : null;
+      },
+    });
+  });
+  afterAll(() => v.stop());
+  const review = async (ns: string) => (await v.review("/validate", secretReview(secretObject("api", { token: GOOD }, { labels: ENABLED }), "CREATE", { namespace: ns }))).response;
+
+  test("an enabled Secret in an opted-in namespace is allowed", async () => {
+    expect((await review("shop")).allowed).toBe(true);
+  });
+
+  test("an enabled Secret in a namespace that is not opted in is denied: its pods would get the real value", async () => {
+    const r = await review("plain");
+    expect(r.allowed).toBe(false);
+    expect(r.status.code).toBe(403);
+    expect(r.status.message).toContain("kubectl label namespace plain getkloak.io/enabled=true");
+  });
+
+  test("namespaces cannot be read: denied with a retry hint", async () => {
+    const r = await review("broken");
+    expect(r.allowed).toBe(false);
+    expect(r.status.code).toBe(503);
+  });
+
+  test("an annotation alone no longer enables a Secret (the webhook does not select it; if called, it allows)", async () => {
+    const r = (await v.review("/validate", secretReview(secretObject("api", { token: b64("s3krt") }, { annotations: ENABLED }), "CREATE", { namespace: "plain" }))).response;
+    expect(r.allowed).toBe(true);
   });
 });
