@@ -1,6 +1,7 @@
 /**
  * The leader's job: keep one shadow Secret `<name>-kloak` per enabled
- * original, with the same type and keys and placeholders as values.
+ * original, with the same type and keys, placeholders as the protected values
+ * and the other values (getkloak.io/keys) copied as they are.
  * Placeholders survive updates unless a value's length changes, so pods that
  * mounted the shadow keep working across rotations.
  *
@@ -161,6 +162,11 @@ export class ShadowWriter {
       return;
     }
     const { data, created, replaced } = this.placeholders(ns, name, checked.values, shadow);
+    // Keys kloak does not protect (getkloak.io/keys, a TLS key pair): the workload gets them as they are.
+    for (const k of checked.passthrough) {
+      const v = original.data?.[k];
+      if (v !== undefined) data[k] = v;
+    }
     try {
       await this.write(ns, name, ref, original, shadow, data);
     } catch (e) {
@@ -262,9 +268,10 @@ export class ShadowWriter {
       created.push(fresh);
       data[k] = Buffer.from(fresh, "latin1").toString("base64");
     }
+    // Only what was a placeholder: a key that became unprotected held one, a copied value never was.
     const replaced = Object.values(shadow?.data ?? {})
       .map((b64) => Buffer.from(b64, "base64").toString("latin1"))
-      .filter((ph) => !kept.has(ph));
+      .filter((ph) => isPlaceholderShaped(ph) && !kept.has(ph));
     return { data, created, replaced };
   }
 
@@ -273,8 +280,11 @@ export class ShadowWriter {
     for (const s of this.cache.values()) {
       if (!isShadow(s.metadata)) continue;
       for (const b64 of Object.values(s.data ?? {})) {
+        const text = Buffer.from(b64, "base64").toString("latin1");
+        // Values copied as they are (unprotected keys) are not placeholders.
+        if (!isPlaceholderShaped(text)) continue;
         try {
-          r.adopt("shadow", Buffer.from(b64, "base64").toString("latin1"));
+          r.adopt("shadow", text);
         } catch {
           // Malformed or overlapping: the agents do not load it either; a new one gets written.
         }
@@ -294,7 +304,10 @@ export class ShadowWriter {
       if ((e as { code?: number }).code !== 404) throw e;
     }
     this.writes++;
-    for (const b64 of Object.values(shadow.data ?? {})) this.registry?.release(Buffer.from(b64, "base64").toString("latin1"));
+    for (const b64 of Object.values(shadow.data ?? {})) {
+      const text = Buffer.from(b64, "base64").toString("latin1");
+      if (isPlaceholderShaped(text)) this.registry?.release(text);
+    }
     this.log("info", "shadow deleted: the Secret is no longer enabled", { secret: `${ns}/${name}` });
   }
 }

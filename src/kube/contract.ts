@@ -11,6 +11,8 @@ export const ENABLED = `${DOMAIN}/enabled`;
 export const HOSTS = `${DOMAIN}/hosts`;
 /** Secret annotation: what a violation with this Secret's values does (pass, block, kill). */
 export const ON_VIOLATION = `${DOMAIN}/on-violation`;
+/** Secret annotation: comma-separated data keys kloak protects; the others are copied into the shadow as they are */
+export const KEYS = `${DOMAIN}/keys`;
 /** label on shadow Secrets */
 export const MANAGED = `${DOMAIN}/managed`;
 /** label on shadow Secrets: the original's name */

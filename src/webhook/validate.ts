@@ -35,7 +35,7 @@ export async function validateSecret(request: AdmissionRequest, namespaces?: Nam
     case "invalid":
       return allow([invalidEnablementMessage("secret", { ...meta, namespace }, enabledValue(meta) ?? "")]);
     case "enabled": {
-      const { problems } = checkSecret({ metadata: meta, data: secret.data, stringData: secret.stringData });
+      const { problems } = checkSecret({ metadata: meta, type: secret.type ?? undefined, data: secret.data, stringData: secret.stringData });
       if (problems.length > 0) return deny(422, "Invalid", `kloak cannot serve secret "${objectId(namespace, meta)}": ${describeProblems(problems)}`);
       if (namespaces && namespace) {
         let ns: Meta | null;

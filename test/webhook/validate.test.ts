@@ -129,6 +129,29 @@ describe("/validate", () => {
   });
 });
 
+describe("/validate and getkloak.io/keys", () => {
+  test("limits apply to the named keys only: a DB Secret with port and user passes", async () => {
+    const secret = secretObject("db", { password: GOOD, port: b64("5432"), user: b64("app") }, { labels: ENABLED, annotations: { "getkloak.io/keys": "password" } });
+    expect((await validate(secretReview(secret))).allowed).toBe(true);
+  });
+
+  test("a TLS chain over 4 KB in a kubernetes.io/tls Secret passes: the key pair is never protected", async () => {
+    const secret = { ...secretObject("tls", { "tls.crt": b64("c".repeat(9000)), "tls.key": b64("k".repeat(1700)), token: GOOD }, { labels: ENABLED }), type: "kubernetes.io/tls" };
+    expect((await validate(secretReview(secret))).allowed).toBe(true);
+  });
+
+  test("naming tls.key of a kubernetes.io/tls Secret, or a key that does not exist, is denied saying why", async () => {
+    const tls = { ...secretObject("tls", { "tls.crt": b64("c".repeat(900)), "tls.key": b64("k".repeat(900)) }, { labels: ENABLED, annotations: { "getkloak.io/keys": "tls.key" } }), type: "kubernetes.io/tls" };
+    const r1 = await validate(secretReview(tls));
+    expect(r1.allowed).toBe(false);
+    expect(r1.status.message).toContain("getkloak.io/keys names tls.key of a kubernetes.io/tls Secret");
+    const typo = secretObject("db", { password: GOOD }, { labels: ENABLED, annotations: { "getkloak.io/keys": "password, pw" } });
+    const r2 = await validate(secretReview(typo));
+    expect(r2.allowed).toBe(false);
+    expect(r2.status.message).toContain('getkloak.io/keys names "pw", which the Secret does not have');
+  });
+});
+
 describe("/validate with the namespaces the agent sees", () => {
   let v: Harness;
   const labels: Record<string, Record<string, string> | undefined> = { shop: { "getkloak.io/enabled": "true" }, plain: undefined };
