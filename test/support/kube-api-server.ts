@@ -77,8 +77,17 @@
  *   - dryRun=All is honoured (nothing stored) but returns the would-be object
  *     without a new resourceVersion.
  *
+ *   - Admission (kube-api/admission.ts): HTTP POST (create) and PUT (update)
+ *     go through the stored Mutating- then ValidatingWebhookConfigurations
+ *     like kube-apiserver: rules, namespaceSelector, objectSelector (old or
+ *     new object), AdmissionReview v1 over HTTPS verified against caBundle as
+ *     <service>.<namespace>.svc (resolveService says where it listens),
+ *     timeoutSeconds, failurePolicy, JSONPatch applied, upstream's messages.
+ *     PATCH requests, direct store access, reinvocation and matchConditions
+ *     are not admitted/modelled.
+ *
  * Does not do: server-side apply (application/apply-patch+yaml → 415),
- * managedFields, admission (webhooks are stored, never called), RBAC (any
+ * managedFields, RBAC (any
  * token may do anything), scale/exec/log/eviction subresources, protobuf or
  * table output, pagination, field validation, other resource types (404).
  *
@@ -111,6 +120,7 @@ import {
   resourceNotFound,
 } from "./kube-api/status.ts";
 import { Store, type WatchInfo, type WatchRequest } from "./kube-api/store.ts";
+import { admit, type AdmissionCall, type ServiceResolver } from "./kube-api/admission.ts";
 
 type DeleteOpts = NonNullable<Parameters<Store["delete"]>[3]>;
 
@@ -171,6 +181,8 @@ export interface KubeApiServer {
   events(): KubeObject[];
   /** Every HTTP request seen, in arrival order. */
   requests: RecordedRequest[];
+  /** Every admission webhook call made, in order. */
+  admissionCalls: AdmissionCall[];
   /** Open watch streams (e.g. to wait until an informer is connected). */
   openWatches(): WatchInfo[];
   /** Current global resourceVersion. */
@@ -186,6 +198,8 @@ export interface KubeApiServer {
 export interface KubeApiServerOptions {
   /** Interval of BOOKMARK events on watches with allowWatchBookmarks=true. Default 1000. */
   bookmarkIntervalMs?: number;
+  /** Where admission webhooks' Services listen; without it a webhook call fails (service not found). */
+  resolveService?: ServiceResolver;
 }
 
 const TOKEN = "kloak-test-token";
@@ -331,6 +345,30 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     }
   }
 
+  const admissionCalls: AdmissionCall[] = [];
+  const namespaceRes = findByKind("Namespace")!;
+  /** HTTP creates (POST) and updates (PUT) of the main resource go through the stored webhooks; the body to store comes back. */
+  async function admission(method: string, r: Route, bodyText: string): Promise<string> {
+    if ((method !== "POST" && method !== "PUT") || r.subresource !== undefined) return bodyText;
+    if (method === "POST" && r.name !== undefined) return bodyText;
+    if (method === "PUT" && r.name === undefined) return bodyText;
+    const object = parseBody(bodyText) as KubeObject;
+    if (typeof object !== "object" || object === null || typeof object.metadata !== "object") return bodyText;
+    const namespace = r.res.namespaced ? (r.namespace ?? object.metadata.namespace) : undefined;
+    const oldObject = method === "PUT" ? store.get(r.res, namespace, r.name!) : undefined;
+    if (method === "PUT" && oldObject === undefined) return bodyText; // the store answers 404
+    const admitted = await admit(
+      {
+        configs: (kind) => store.list(findByKind(kind)!, undefined),
+        namespaceLabels: (name) => store.get(namespaceRes, undefined, name)?.metadata.labels,
+        resolve: opts.resolveService,
+        calls: admissionCalls,
+      },
+      { operation: method === "POST" ? "CREATE" : "UPDATE", res: r.res, namespace, object, oldObject },
+    );
+    return JSON.stringify(admitted);
+  }
+
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "https://127.0.0.1");
     const method = req.method ?? "GET";
@@ -364,7 +402,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
         serveWatch(req, res, url, r);
         return;
       }
-      send(res, dispatch(method, url, r, bodyText, contentType ?? ""));
+      send(res, dispatch(method, url, r, await admission(method, r, bodyText), contentType ?? ""));
     } catch (e) {
       if (res.headersSent) {
         res.socket?.destroy();
@@ -422,6 +460,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     ca: certs.ca,
     caFile: certs.caFile,
     kubeconfigPath,
+    admissionCalls,
     kubeConfig() {
       const kc = new KubeConfig();
       kc.loadFromOptions({
