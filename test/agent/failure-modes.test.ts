@@ -178,6 +178,26 @@ describe("install, outage, uninstall: what is blocked", () => {
     expect(tiny.body.message).toContain('key "pin" is 3 bytes');
   });
 
+  test("bad input: a huge Secret is refused naming the key and the way out; a namespace deleted while its pods start is the API server's NotFound", async () => {
+    const huge = await createSecret("shop", "huge", { blob: "x".repeat(400 * 1024) }, ENABLED);
+    expect(huge.status).toBe(422);
+    expect(huge.body.message).toContain('key "blob" is 409600 bytes');
+    expect(huge.body.message).toContain("leave the key out of getkloak.io/keys");
+    expect(api.get("Secret", "shop", "huge")).toBeUndefined();
+    // The same Secret with the blob left out of the protected keys is accepted and shadowed, blob as it is.
+    const ok = secretIn("shop", "huge", { blob: "x".repeat(400 * 1024), token: fakeSecret(32) }, ENABLED) as KubeObject;
+    ok.metadata.annotations = { "getkloak.io/keys": "token" };
+    expect((await write("POST", "/api/v1/namespaces/shop/secrets", ok)).status).toBe(201);
+    const shadow = await waitFor("shadow of huge", () => api.get("Secret", "shop", "huge-kloak") as (KubeObject & { data: Record<string, string> }) | undefined);
+    expect(shadow.data.blob).toBe(b64("x".repeat(400 * 1024)));
+
+    api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "brief", labels: ENABLED } });
+    api.delete("Namespace", undefined, "brief");
+    const r = await createPod("brief", "api");
+    expect(r.status).toBe(404);
+    expect(r.body.reason).toBe("NotFound");
+  }, 30_000);
+
   test("agent down (crashed, not ready): opted-in scope is refused with the reason; everything else goes on", async () => {
     agent!.kill("SIGKILL");
     await agent!.exited;
