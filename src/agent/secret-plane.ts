@@ -93,6 +93,9 @@ export class SecretPlane {
         meta: (s) => s.metadata as ObjectMeta,
         log: o.log,
         watchTimeoutSeconds: o.watchTimeoutSeconds,
+        // A Secret may be ~1 MiB on the wire (data, plus last-applied-configuration holding it again):
+        // 50 per page bounds a page to ~50 MiB while it is parsed and trimmed.
+        pageSize: 50,
       });
     // Only enablement by label is seen: an annotation-only Secret is not watched (docs/kubernetes.md, "Moving from annotations").
     this.secrets = new SecretWatches(watch("secrets", `${ENABLED}=true`), watch("shadow-secrets", `${MANAGED}=true`));

@@ -14,7 +14,7 @@ import { isEnabled, isShadow, MANAGED, OWNER, shadowName, shadowOwner } from "..
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
 import { isPlaceholderShaped, PlaceholderRegistry } from "../secrets/placeholder.ts";
 import type { LogFn } from "../agent/log.ts";
-import type { SecretView } from "./secret-view.ts";
+import { PLACEHOLDER_B64_MAX, isDigest, sameShadowValue, type SecretView } from "./secret-view.ts";
 
 export interface SecretCache {
   get(namespace: string, name: string): SecretView | undefined;
@@ -168,6 +168,10 @@ export class ShadowWriter {
       if (v !== undefined) data[k] = v;
     }
     try {
+      // Long copied values are digests in the cache: read them only when a write is due.
+      if (!(shadow && this.sameAsShadow(shadow, original, data)) && checked.passthrough.some((k) => isDigest(data[k] ?? ""))) {
+        await this.fillCopied(ns, name, original, checked.passthrough, data);
+      }
       await this.write(ns, name, ref, original, shadow, data);
     } catch (e) {
       // Not written: the new placeholders are free again.
@@ -222,6 +226,28 @@ export class ShadowWriter {
     this.log("info", "shadow updated", { secret: `${ns}/${name}`, keys: Object.keys(data).length });
   }
 
+  private sameAsShadow(shadow: SecretView, original: SecretView, data: Record<string, string>): boolean {
+    return sameShadow(shadow, {
+      type: original.type,
+      metadata: { labels: { [OWNER]: original.metadata.name ?? "" }, ownerReferences: [{ apiVersion: "v1", kind: "Secret", name: original.metadata.name ?? "", uid: original.metadata.uid ?? "" }] },
+      data,
+    });
+  }
+
+  /** Reads the original for the values its cached view holds as digests; it must be the version the cache has. */
+  private async fillCopied(ns: string, name: string, original: SecretView, keys: string[], data: Record<string, string>): Promise<void> {
+    const full = await this.core.readNamespacedSecret({ namespace: ns, name });
+    if (full.metadata?.resourceVersion !== original.metadata.resourceVersion) {
+      // The watch brings the newer version and queues this Secret again.
+      throw Object.assign(new Error("the original changed since the cache saw it"), { code: 409 });
+    }
+    for (const k of keys) {
+      const v = full.data?.[k] as unknown;
+      if (v === undefined) continue;
+      data[k] = typeof v === "string" ? v : Buffer.from(v as Uint8Array).toString("base64");
+    }
+  }
+
   private takenEvent(ref: { apiVersion: string; kind: string; namespace: string; name: string; uid?: string }, name: string): void {
     this.events.record(
       ref,
@@ -257,7 +283,7 @@ export class ShadowWriter {
     const kept = new Set<string>();
     for (const [k, value] of values) {
       const old = shadow?.data?.[k];
-      const ph = old === undefined ? undefined : Buffer.from(old, "base64").toString("latin1");
+      const ph = old === undefined || old.length > PLACEHOLDER_B64_MAX ? undefined : Buffer.from(old, "base64").toString("latin1");
       if (ph !== undefined && isPlaceholderShaped(ph) && ph.length === value.length) {
         data[k] = old!;
         kept.add(ph);
@@ -270,6 +296,7 @@ export class ShadowWriter {
     }
     // Only what was a placeholder: a key that became unprotected held one, a copied value never was.
     const replaced = Object.values(shadow?.data ?? {})
+      .filter((b64) => b64.length <= PLACEHOLDER_B64_MAX)
       .map((b64) => Buffer.from(b64, "base64").toString("latin1"))
       .filter((ph) => isPlaceholderShaped(ph) && !kept.has(ph));
     return { data, created, replaced };
@@ -280,6 +307,7 @@ export class ShadowWriter {
     for (const s of this.cache.values()) {
       if (!isShadow(s.metadata)) continue;
       for (const b64 of Object.values(s.data ?? {})) {
+        if (b64.length > PLACEHOLDER_B64_MAX) continue;
         const text = Buffer.from(b64, "base64").toString("latin1");
         // Values copied as they are (unprotected keys) are not placeholders.
         if (!isPlaceholderShaped(text)) continue;
@@ -305,6 +333,7 @@ export class ShadowWriter {
     }
     this.writes++;
     for (const b64 of Object.values(shadow.data ?? {})) {
+      if (b64.length > PLACEHOLDER_B64_MAX) continue;
       const text = Buffer.from(b64, "base64").toString("latin1");
       if (isPlaceholderShaped(text)) this.registry?.release(text);
     }
@@ -326,9 +355,10 @@ function sameShadow(have: SecretView, want: V1Secret): boolean {
   );
 }
 
-function sameData(a: Record<string, string>, b: Record<string, string>): boolean {
-  const ka = Object.keys(a);
-  return ka.length === Object.keys(b).length && ka.every((k) => a[k] === b[k]);
+/** `have` is the cached view (long copied values as digests), `want` the body to write. */
+function sameData(have: Record<string, string>, want: Record<string, string>): boolean {
+  const ka = Object.keys(have);
+  return ka.length === Object.keys(want).length && ka.every((k) => want[k] !== undefined && sameShadowValue(have[k]!, want[k]!));
 }
 
 function splitKey(key: string): [string, string] {

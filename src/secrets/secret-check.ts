@@ -110,10 +110,20 @@ function checkHosts(meta: Meta | undefined, problems: SecretProblem[]): Rule[] |
   }
 }
 
+/** The keys kloak protects of a Secret with these keys (problems aside). */
+export function protectedKeys(secret: SecretLike, keys: string[]): Set<string> {
+  return selectKeys(secret, keys, []);
+}
+
 export function checkSecret(secret: SecretLike): CheckedSecret {
   const problems: SecretProblem[] = [];
   const values = new Map<string, Uint8Array>();
+  const allKeys = [...new Set([...Object.keys(secret.data ?? {}), ...Object.keys(secret.stringData ?? {})])];
+  const selected = selectKeys(secret, allKeys, problems);
+  const passthrough = allKeys.filter((k) => !selected.has(k));
+  // Only protected keys are decoded: an unprotected value (a 400 KB bundle) is copied, never looked at.
   for (const [key, b64] of Object.entries(secret.data ?? {})) {
+    if (!selected.has(key)) continue;
     const bytes = decodeBase64(b64);
     if (bytes === undefined) {
       problems.push({ key, message: `key ${JSON.stringify(key)} is not valid base64` });
@@ -121,12 +131,8 @@ export function checkSecret(secret: SecretLike): CheckedSecret {
     }
     values.set(key, bytes);
   }
-  for (const [key, text] of Object.entries(secret.stringData ?? {})) values.set(key, new TextEncoder().encode(text));
-  const allKeys = [...new Set([...Object.keys(secret.data ?? {}), ...values.keys()])];
-  const selected = selectKeys(secret, allKeys, problems);
-  const passthrough = allKeys.filter((k) => !selected.has(k));
+  for (const [key, text] of Object.entries(secret.stringData ?? {})) if (selected.has(key)) values.set(key, new TextEncoder().encode(text));
   // Limits apply to protected keys only; the others are copied as they are.
-  for (const k of passthrough) values.delete(k);
   for (const [key, bytes] of values) {
     if (bytes.length < VALUE_MIN || bytes.length > VALUE_MAX) problems.push({ key, message: lengthMessage(key, bytes.length) });
   }

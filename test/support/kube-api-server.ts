@@ -71,9 +71,11 @@
  *     {phase: Pending}); no defaulting or validation of specs otherwise.
  *   - core/v1 and events.k8s.io/v1 Events are stored separately (upstream
  *     they are one resource seen through two versions).
- *   - LIST ignores limit/continue (everything in one page, no
- *     metadata.continue) and resourceVersion/resourceVersionMatch (always
- *     the latest). Watch ignores sendInitialEvents / resourceVersionMatch.
+ *   - LIST pages with limit/continue (namespace/name order; the token holds
+ *     the last key and the first page's resourceVersion, which every page
+ *     reports; later pages show current objects, not the first page's
+ *     snapshot); it ignores resourceVersion/resourceVersionMatch (always the
+ *     latest). Watch ignores sendInitialEvents / resourceVersionMatch.
  *   - dryRun=All is honoured (nothing stored) but returns the would-be object
  *     without a new resourceVersion.
  *
@@ -89,7 +91,7 @@
  * Does not do: server-side apply (application/apply-patch+yaml → 415),
  * managedFields, RBAC (any
  * token may do anything), scale/exec/log/eviction subresources, protobuf or
- * table output, pagination, field validation, other resource types (404).
+ * table output, field validation, other resource types (404).
  *
  * Direct store access (create/get/list/update/delete) has the HTTP semantics
  * and throws KubeApiError (.code, .reason) where the HTTP API would answer
@@ -183,6 +185,8 @@ export interface KubeApiServer {
   requests: RecordedRequest[];
   /** Every admission webhook call made, in order. */
   admissionCalls: AdmissionCall[];
+  /** Every LIST page served: resource, item count, whether it was a continuation. */
+  pagesServed: { resource: string; items: number; continued: boolean }[];
   /** Open watch streams (e.g. to wait until an informer is connected). */
   openWatches(): WatchInfo[];
   /** Current global resourceVersion. */
@@ -297,10 +301,36 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
           }
           items = deleted;
         }
+        // limit/continue: pages in namespace/name order; the token carries the last key and the first page's resourceVersion.
+        const limit = method === "GET" ? Number(q.get("limit") ?? 0) : 0;
+        let listRv = store.resourceVersion();
+        let cont: string | undefined;
+        let remaining: number | undefined;
+        if (limit > 0 || q.get("continue")) {
+          const key = (o: KubeObject) => `${o.metadata.namespace ?? ""}/${o.metadata.name}`;
+          items = items.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+          const token = q.get("continue");
+          if (token) {
+            let after: { rv: string; last: string };
+            try {
+              after = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+            } catch {
+              throw badRequest("continue key is not valid");
+            }
+            listRv = after.rv;
+            items = items.filter((o) => key(o) > after.last);
+          }
+          if (limit > 0 && items.length > limit) {
+            remaining = items.length - limit;
+            items = items.slice(0, limit);
+            cont = Buffer.from(JSON.stringify({ rv: listRv, last: key(items.at(-1)!) })).toString("base64url");
+          }
+        }
+        pagesServed.push({ resource: r.res.plural, items: items.length, continued: q.get("continue") !== null });
         return json(200, {
           kind: r.res.listKind,
           apiVersion: r.res.apiVersion,
-          metadata: { resourceVersion: store.resourceVersion() },
+          metadata: { resourceVersion: listRv, ...(cont ? { continue: cont, remainingItemCount: remaining } : {}) },
           items: items.map(stripTypeMeta),
         });
       }
@@ -346,6 +376,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
   }
 
   const admissionCalls: AdmissionCall[] = [];
+  const pagesServed: { resource: string; items: number; continued: boolean }[] = [];
   const namespaceRes = findByKind("Namespace")!;
   /** HTTP creates (POST) and updates (PUT) of the main resource go through the stored webhooks; the body to store comes back. */
   async function admission(method: string, r: Route, bodyText: string): Promise<string> {
@@ -461,6 +492,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     caFile: certs.caFile,
     kubeconfigPath,
     admissionCalls,
+    pagesServed,
     kubeConfig() {
       const kc = new KubeConfig();
       kc.loadFromOptions({
