@@ -14,7 +14,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { applyPatch, type Operation } from "fast-json-patch";
 import { parseAllDocuments } from "yaml";
 import { cgroupProcesses, cgroupV2Root } from "../../src/node/cgroups.ts";
-import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
+import { policyFor, startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
 import { startTlsServer, type TlsServer } from "../support/tls-server.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { buildHttpRequest, pythonClientArgs, pythonPath } from "../support/clients.ts";
@@ -82,7 +82,9 @@ beforeAll(async () => {
   python = pythonPath();
   certs = await testCerts();
   tls = await startTlsServer({ host: "127.0.0.2", mode: "http" });
-  api = await startKubeApiServer({ bookmarkIntervalMs: 1000 });
+  // The agent may do exactly what deploy/base/rbac.yaml grants ServiceAccount kloak/kloak.
+  const rbac = parseAllDocuments(readFileSync(join(ROOT, "deploy/base/rbac.yaml"), "utf8")).map((d) => d.toJS() as KubeObject);
+  api = await startKubeApiServer({ bookmarkIntervalMs: 1000, rbac: policyFor(rbac, "kloak", "kloak") });
   api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "kloak" } });
   // Opted in: the only kind of namespace whose pods kloak's webhook sees.
   api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "shop", labels: { "getkloak.io/enabled": "true" } } });
@@ -355,6 +357,10 @@ describe("kloak agent end to end", () => {
     expect(r3.code).toBe(0);
     expect(occurrences(tls.received().subarray(before3), ph)).toBe(1);
   }, 90_000);
+
+  test("the agent never needed more than deploy/base/rbac.yaml grants", () => {
+    expect(api.forbidden).toEqual([]);
+  });
 
   test("the agent's logs are JSON lines and never hold a secret value", () => {
     const lines = agentLog.split("\n").filter((l) => l.trim() !== "");

@@ -10,7 +10,7 @@ import { mkdirSync, readFileSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import { parseAllDocuments } from "yaml";
 import { cgroupV2Root } from "../../src/node/cgroups.ts";
-import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
+import { policyFor, startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
 import { fakeSecret, ROOT, spawnKloak } from "../support/kloak.ts";
 
 const b64 = (s: string) => Buffer.from(s).toString("base64");
@@ -94,8 +94,11 @@ beforeAll(async () => {
   opsPort = await freePort();
   webhookPort = await freePort();
   // Cluster DNS + kube-proxy of the test: Service kloak/kloak-webhook:443 is the agent's webhook port.
+  // The agent may do exactly what deploy/base/rbac.yaml grants ServiceAccount kloak/kloak.
+  const rbac = parseAllDocuments(readFileSync(join(ROOT, "deploy/base/rbac.yaml"), "utf8")).map((d) => d.toJS() as KubeObject);
   api = await startKubeApiServer({
     bookmarkIntervalMs: 1000,
+    rbac: policyFor(rbac, "kloak", "kloak"),
     resolveService: (s) => (s.namespace === "kloak" && s.name === "kloak-webhook" && s.port === 443 ? { host: "127.0.0.1", port: webhookPort } : undefined),
   });
   api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "kloak" } });
@@ -217,5 +220,9 @@ describe("install, outage, uninstall: what is blocked", () => {
     expect(api.get("ValidatingWebhookConfiguration", undefined, "kloak")).toBeUndefined();
     expect((await createPod("shop", "api")).status).toBe(201);
     expect((await createSecret("shop", "after", { token: fakeSecret(32) }, ENABLED)).status).toBe(201);
+  });
+
+  test("the agent never needed more than deploy/base/rbac.yaml grants", () => {
+    expect(api.forbidden).toEqual([]);
   });
 });

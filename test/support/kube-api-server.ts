@@ -88,9 +88,14 @@
  *     PATCH requests, direct store access, reinvocation and matchConditions
  *     are not admitted/modelled.
  *
+ *   - RBAC (option rbac, kube-api/rbac.ts): requests with the kubeconfig's
+ *     token are authorized against the roles given (e.g. what
+ *     deploy/base/rbac.yaml binds to ServiceAccount kloak/kloak); 403
+ *     Forbidden worded as upstream, recorded in forbidden. Without the
+ *     option, or with another token, anything is allowed.
+ *
  * Does not do: server-side apply (application/apply-patch+yaml → 415),
- * managedFields, RBAC (any
- * token may do anything), scale/exec/log/eviction subresources, protobuf or
+ * managedFields, scale/exec/log/eviction subresources, protobuf or
  * table output, field validation, other resource types (404).
  *
  * Direct store access (create/get/list/update/delete) has the HTTP semantics
@@ -123,6 +128,8 @@ import {
 } from "./kube-api/status.ts";
 import { Store, type WatchInfo, type WatchRequest } from "./kube-api/store.ts";
 import { admit, type AdmissionCall, type ServiceResolver } from "./kube-api/admission.ts";
+import { authorize, type RbacPolicy } from "./kube-api/rbac.ts";
+export { policyFor } from "./kube-api/rbac.ts";
 
 type DeleteOpts = NonNullable<Parameters<Store["delete"]>[3]>;
 
@@ -187,6 +194,8 @@ export interface KubeApiServer {
   admissionCalls: AdmissionCall[];
   /** Every LIST page served: resource, item count, whether it was a continuation. */
   pagesServed: { resource: string; items: number; continued: boolean }[];
+  /** Requests refused by the rbac option, as "403 message". */
+  forbidden: string[];
   /** Open watch streams (e.g. to wait until an informer is connected). */
   openWatches(): WatchInfo[];
   /** Current global resourceVersion. */
@@ -204,6 +213,11 @@ export interface KubeApiServerOptions {
   bookmarkIntervalMs?: number;
   /** Where admission webhooks' Services listen; without it a webhook call fails (service not found). */
   resolveService?: ServiceResolver;
+  /**
+   * RBAC for requests that carry the kubeconfig's token (the process under
+   * test); other bearer tokens are cluster admins (the test itself).
+   */
+  rbac?: RbacPolicy;
 }
 
 const TOKEN = "kloak-test-token";
@@ -377,6 +391,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
 
   const admissionCalls: AdmissionCall[] = [];
   const pagesServed: { resource: string; items: number; continued: boolean }[] = [];
+  const forbidden: string[] = [];
   const namespaceRes = findByKind("Namespace")!;
   /** HTTP creates (POST) and updates (PUT) of the main resource go through the stored webhooks; the body to store comes back. */
   async function admission(method: string, r: Route, bodyText: string): Promise<string> {
@@ -429,6 +444,15 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
       const r = route(url.pathname);
       if (r === undefined) throw resourceNotFound();
       const q = url.searchParams;
+      if (opts.rbac && auth.replace(/^Bearer\s+/i, "") === TOKEN) {
+        try {
+          const bodyName = method === "POST" ? ((parseBody(bodyText) as KubeObject | null)?.metadata?.name ?? undefined) : undefined;
+          authorize(opts.rbac, method, r, r.watchPath || q.get("watch") === "true" || q.get("watch") === "1", bodyName);
+        } catch (e) {
+          if (e instanceof KubeApiError) forbidden.push(`${e.code} ${e.message}`);
+          throw e;
+        }
+      }
       if (method === "GET" && r.name === undefined && r.subresource === undefined && (r.watchPath || q.get("watch") === "true" || q.get("watch") === "1")) {
         serveWatch(req, res, url, r);
         return;
@@ -493,6 +517,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     kubeconfigPath,
     admissionCalls,
     pagesServed,
+    forbidden,
     kubeConfig() {
       const kc = new KubeConfig();
       kc.loadFromOptions({

@@ -34,7 +34,9 @@ export function selectorMatches(sel: LabelSelector | undefined | null, labels: R
 }
 
 /** Where a Service's webhook really listens (the test's stand-in for cluster DNS and kube-proxy). */
-export type ServiceResolver = (svc: { namespace: string; name: string; port: number }) => { host: string; port: number } | undefined;
+export type ServiceResolver = (svc: { namespace: string; name: string; port: number }) =>
+  | { host: string; port: number; /** checked against the certificate instead of <svc>.<ns>.svc (test certificates) */ serverName?: string }
+  | undefined;
 
 interface Webhook {
   name: string;
@@ -81,7 +83,7 @@ async function call(ctx: AdmissionContext, w: Webhook, review: unknown): Promise
     headers: { "content-type": "application/json" },
     body: JSON.stringify(review),
     // Without a caBundle the system roots are used, as upstream: a private CA then fails verification.
-    tls: { ca, serverName: `${svc.name}.${svc.namespace}.svc` },
+    tls: { ca, serverName: target.serverName ?? `${svc.name}.${svc.namespace}.svc` },
     signal: AbortSignal.timeout((w.timeoutSeconds ?? 10) * 1000),
   } as RequestInit);
   if (res.status !== 200) throw new Error(`received invalid webhook response: HTTP ${res.status}`);
