@@ -201,6 +201,18 @@ describe("install, outage, uninstall: what is blocked", () => {
     expect(r.body.reason).toBe("NotFound");
   }, 30_000);
 
+  test("watch lag: a pod created right after its enabled Secret, before the agent has seen it, is not admitted unchanged", async () => {
+    api.setWatchLag("secrets", 3000);
+    expect((await createSecret("shop", "fresh", { token: fakeSecret(32) }, ENABLED)).status).toBe(201);
+    // The agent's cache does not have it: the webhook asks the API server, finds it enabled and its shadow missing.
+    const r = await createPod("shop", "fresh");
+    expect(r.status).toBe(403);
+    expect(r.body.message).toContain('secret "shop/fresh" is enabled for kloak but its shadow "fresh-kloak" does not exist yet');
+    api.setWatchLag("secrets", 0);
+    await waitFor("shadow of fresh", () => api.get("Secret", "shop", "fresh-kloak"), 15_000);
+    await waitFor("the agent's cache has the shadow", async () => (await createPod("shop", "fresh")).status === 201, 15_000);
+  }, 40_000);
+
   test("agent down (crashed, not ready): opted-in scope is refused with the reason; everything else goes on", async () => {
     agent!.kill("SIGKILL");
     await agent!.exited;

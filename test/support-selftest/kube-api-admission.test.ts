@@ -153,3 +153,40 @@ describe("RBAC and paging", () => {
     expect(last.metadata!._continue).toBeUndefined();
   });
 });
+
+describe("Secret validation and watch lag", () => {
+  const post = (body: unknown) =>
+    fetch(`${api.url}/api/v1/namespaces/in/secrets`, {
+      method: "POST",
+      headers: { authorization: "Bearer admin", "content-type": "application/json" },
+      body: JSON.stringify(body),
+      tls: { ca: api.ca },
+    } as RequestInit).then(async (r) => ({ status: r.status, body: (await r.json()) as any }));
+
+  test("built-in types need their keys; a dockerconfigjson must be JSON", async () => {
+    const tls = await post({ apiVersion: "v1", kind: "Secret", metadata: { name: "t" }, type: "kubernetes.io/tls", data: { "tls.crt": "YQ==" } });
+    expect(tls.status).toBe(422);
+    expect(tls.body.message).toBe('Secret "t" is invalid: data[tls.key]: Required value');
+    const docker = await post({ apiVersion: "v1", kind: "Secret", metadata: { name: "d" }, type: "kubernetes.io/dockerconfigjson", data: { ".dockerconfigjson": Buffer.from("kloak:xyz").toString("base64") } });
+    expect(docker.status).toBe(422);
+    expect(docker.body.message).toStartWith('Secret "d" is invalid: data[.dockerconfigjson]: Invalid value: "<secret contents redacted>"');
+    expect((await post({ apiVersion: "v1", kind: "Secret", metadata: { name: "ok" }, type: "Opaque", data: { a: "YQ==" } })).status).toBe(201);
+  });
+
+  test("a lagging watch delivers late", async () => {
+    const seen: string[] = [];
+    const { Watch } = await import("@kubernetes/client-node");
+    const abort = await new Watch(api.kubeConfig()).watch("/api/v1/namespaces/in/configmaps", {}, (type, obj) => seen.push(`${type} ${obj.metadata.name}`), () => {});
+    await Bun.sleep(200);
+    seen.length = 0;
+    api.setWatchLag("configmaps", 700);
+    api.create({ apiVersion: "v1", kind: "ConfigMap", metadata: { name: "late", namespace: "in" } });
+    await Bun.sleep(300);
+    expect(seen).toEqual([]);
+    const end = Date.now() + 5000;
+    while (!seen.length && Date.now() < end) await Bun.sleep(50);
+    expect(seen).toEqual(["ADDED late"]);
+    api.setWatchLag("configmaps", 0);
+    abort.abort();
+  });
+});

@@ -88,6 +88,11 @@
  *     PATCH requests, direct store access, reinvocation and matchConditions
  *     are not admitted/modelled.
  *
+ *   - Secret validation on HTTP create/update (kube-api/secret-types.ts):
+ *     key names, 1 MiB total, the keys each built-in type requires (tls,
+ *     dockerconfigjson as JSON, basic-auth, ssh-auth), immutable type; 422
+ *     Invalid as upstream words it.
+ *   - Watch lag (setWatchLag): events of a resource reach watchers late.
  *   - RBAC (option rbac, kube-api/rbac.ts): requests with the kubeconfig's
  *     token are authorized against the roles given (e.g. what
  *     deploy/base/rbac.yaml binds to ServiceAccount kloak/kloak); 403
@@ -129,6 +134,7 @@ import {
 import { Store, type WatchInfo, type WatchRequest } from "./kube-api/store.ts";
 import { admit, type AdmissionCall, type ServiceResolver } from "./kube-api/admission.ts";
 import { authorize, type RbacPolicy } from "./kube-api/rbac.ts";
+import { validateSecretObject } from "./kube-api/secret-types.ts";
 export { policyFor } from "./kube-api/rbac.ts";
 
 type DeleteOpts = NonNullable<Parameters<Store["delete"]>[3]>;
@@ -196,6 +202,8 @@ export interface KubeApiServer {
   pagesServed: { resource: string; items: number; continued: boolean }[];
   /** Requests refused by the rbac option, as "403 message". */
   forbidden: string[];
+  /** Delay watch events of a resource (plural, or "*" for all) by ms from now on; 0 ends the lag. */
+  setWatchLag(resource: string, ms: number): void;
   /** Open watch streams (e.g. to wait until an informer is connected). */
   openWatches(): WatchInfo[];
   /** Current global resourceVersion. */
@@ -254,15 +262,26 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     res.writeHead(200, JSON_HEADERS);
     res.flushHeaders();
     let done = false;
+    // Watch lag (watchLagMs): every event and the end are delivered that much later, in order,
+    // as a loaded API server or watch cache does; the store already holds the change.
+    const lag = (fn: () => void) => {
+      const ms = lagMs(r.res.plural);
+      if (ms > 0) setTimeout(fn, ms);
+      else fn();
+    };
     const handle = store.watch(r.res, watchReq, {
       send(line) {
-        if (!done) res.write(line);
+        lag(() => {
+          if (!done) res.write(line);
+        });
       },
       end(abrupt) {
-        if (done) return;
-        done = true;
-        if (abrupt) res.socket?.destroy(); // no terminating chunk: the client sees a reset
-        else res.end();
+        lag(() => {
+          if (done) return;
+          done = true;
+          if (abrupt) res.socket?.destroy(); // no terminating chunk: the client sees a reset
+          else res.end();
+        });
       },
     });
     const gone = () => {
@@ -392,6 +411,8 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
   const admissionCalls: AdmissionCall[] = [];
   const pagesServed: { resource: string; items: number; continued: boolean }[] = [];
   const forbidden: string[] = [];
+  const watchLag = new Map<string, number>();
+  const lagMs = (plural: string) => watchLag.get(plural) ?? watchLag.get("*") ?? 0;
   const namespaceRes = findByKind("Namespace")!;
   /** HTTP creates (POST) and updates (PUT) of the main resource go through the stored webhooks; the body to store comes back. */
   async function admission(method: string, r: Route, bodyText: string): Promise<string> {
@@ -412,6 +433,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
       },
       { operation: method === "POST" ? "CREATE" : "UPDATE", res: r.res, namespace, object, oldObject },
     );
+    if (r.res.kind === "Secret") validateSecretObject(admitted, oldObject);
     return JSON.stringify(admitted);
   }
 
@@ -518,6 +540,9 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     admissionCalls,
     pagesServed,
     forbidden,
+    setWatchLag(resource, ms) {
+      watchLag.set(resource, ms);
+    },
     kubeConfig() {
       const kc = new KubeConfig();
       kc.loadFromOptions({
