@@ -38,6 +38,7 @@ beforeAll(async () => {
           metadata: { name: "r" },
           rules: [
             { apiGroups: [""], resources: ["secrets"], verbs: ["get", "list"] },
+            { apiGroups: [""], resources: ["configmaps"], verbs: ["watch"] },
             { apiGroups: ["rbac.authorization.k8s.io"], resources: ["clusterroles"], resourceNames: ["kloak"], verbs: ["get"] },
           ],
         },
