@@ -59,9 +59,22 @@ export function lengthMessage(key: string, length: number): string {
 export const TLS_PAIR = ["tls.crt", "tls.key"] as const;
 
 /** The protected keys, or a problem (getkloak.io/keys naming keys the Secret lacks, or nothing left to protect). */
+/** Secret types whose values the kubelet or the API server read, never the workload's TLS. */
+const NOT_FOR_WORKLOADS: Record<string, string> = {
+  "kubernetes.io/dockerconfigjson": "image-pull Secrets are read by the kubelet to pull images, not sent by your pod",
+  "kubernetes.io/dockercfg": "image-pull Secrets are read by the kubelet to pull images, not sent by your pod",
+  "kubernetes.io/service-account-token": "service account tokens are managed by Kubernetes; use a projected token instead",
+};
+
 function selectKeys(secret: SecretLike, keys: string[], problems: SecretProblem[]): Set<string> {
   const text = secret.metadata?.annotations?.[KEYS];
   const tls = secret.type === "kubernetes.io/tls";
+  const other = secret.type ? NOT_FOR_WORKLOADS[secret.type] : undefined;
+  if (other) {
+    // Their shadow would not even pass the API server's validation (a placeholder is not JSON).
+    problems.push({ message: `a ${secret.type} Secret cannot be protected (${other}): remove getkloak.io/enabled` });
+    return new Set();
+  }
   if (text === undefined) {
     const chosen = new Set(keys.filter((k) => !(tls && (TLS_PAIR as readonly string[]).includes(k))));
     if (chosen.size === 0 && keys.length > 0) {

@@ -101,7 +101,7 @@ describe("shadow secrets", () => {
     const cert = fakeSecret(64);
     const lastApplied = JSON.stringify({ data: { token: b64(token) } });
     const orig = api.create(
-      secret("api", { token, "tls.crt": cert }, { annotations: { "kubectl.kubernetes.io/last-applied-configuration": lastApplied, "getkloak.io/on-violation": "pass" } }, "kubernetes.io/tls"),
+      secret("api", { token, "tls.crt": cert, "tls.key": fakeSecret(48) }, { annotations: { "kubectl.kubernetes.io/last-applied-configuration": lastApplied, "getkloak.io/on-violation": "pass" } }, "kubernetes.io/tls"),
     );
     const annotated = api.create(secret("db", { password: fakeSecret(20) }, { labels: {}, annotations: { "getkloak.io/enabled": "true" } }));
     api.create(secret("plain", { password: fakeSecret(20) }, { labels: {} }));
@@ -109,7 +109,7 @@ describe("shadow secrets", () => {
     await plane.start();
     const sh = await waitFor("shadow", () => shadowOf("api"));
     expect(sh.type).toBe("kubernetes.io/tls");
-    expect(Object.keys(sh.data!).sort()).toEqual(["tls.crt", "token"]);
+    expect(Object.keys(sh.data!).sort()).toEqual(["tls.crt", "tls.key", "token"]);
     const ph = unb64(sh.data!.token!);
     expect(isPlaceholderShaped(ph)).toBe(true);
     expect(ph.length).toBe(token.length);

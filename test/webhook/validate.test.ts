@@ -140,6 +140,13 @@ describe("/validate and getkloak.io/keys", () => {
     expect((await validate(secretReview(secret))).allowed).toBe(true);
   });
 
+  test("an image-pull Secret cannot be enabled: the kubelet reads it, and its shadow would not be valid JSON", async () => {
+    const pull = { ...secretObject("pull", { ".dockerconfigjson": b64('{"auths":{}}') }, { labels: ENABLED }), type: "kubernetes.io/dockerconfigjson" };
+    const r = await validate(secretReview(pull));
+    expect(r.allowed).toBe(false);
+    expect(r.status.message).toContain("a kubernetes.io/dockerconfigjson Secret cannot be protected (image-pull Secrets are read by the kubelet");
+  });
+
   test("naming tls.key of a kubernetes.io/tls Secret, or a key that does not exist, is denied saying why", async () => {
     const tls = { ...secretObject("tls", { "tls.crt": b64("c".repeat(900)), "tls.key": b64("k".repeat(900)) }, { labels: ENABLED, annotations: { "getkloak.io/keys": "tls.key" } }), type: "kubernetes.io/tls" };
     const r1 = await validate(secretReview(tls));
