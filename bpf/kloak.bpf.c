@@ -15,6 +15,8 @@
  *   scan.h         where markers may start in a write
  *   placeholder.h  marker -> loaded placeholder, verified byte for byte
  *   conn.h         SSL* -> socket -> peer, and the SNI
+ *   sends.h        the first bytes of a send syscall (is it a ClientHello?)
+ *   membio.h       binding connections whose app moves the ciphertext itself
  *   policy.h       may this secret go to this peer
  *   scope.h        which processes are protected (fork, exec, exit)
  *
@@ -38,8 +40,11 @@
 #include "scan.h"
 #include "placeholder.h"
 #include "conn.h"
+#include "sends.h"
+#include "membio.h"
 #include "policy.h"
 #include "scope.h"
+#include "unhooked.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -165,6 +170,7 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 	if (!proc)
 		return 0;
 	bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
+	membio_before_call(ssl, tgid, tid);
 	tls_call(ssl, tgid);
 	if (fn == KLOAK_FN_SSL_WRITE) {
 		int num = (int)PT_REGS_PARM3(ctx);
@@ -252,7 +258,7 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 /* Works on the inflight record itself, not the per-CPU slot: a restore must
  * never be skipped because the slot is busy. A placeholder that cannot be put
  * back kills the writer. */
-static __always_inline int on_write_return(const int mode)
+static __always_inline int on_write_return(const int mode, bool taken)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid(), i;
 	struct kloak_write_event *ev;
@@ -261,6 +267,8 @@ static __always_inline int on_write_return(const int mode)
 	ev = bpf_map_lookup_elem(&kloak_inflight, &tid);
 	if (!ev)
 		return 0;
+	if (!taken)
+		count(KC_SUBST_NOT_TAKEN, ev->count);
 	if (mode == KLOAK_MODE_KERNEL) {
 		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 			if (i >= ev->count)
@@ -317,8 +325,11 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		__sync_fetch_and_add(&s->busy, -1);
 		return ret;
 	case KLOAK_FN_SSL_DO_HANDSHAKE:
+	case KLOAK_FN_SSL_READ:
+	case KLOAK_FN_SSL_READ_EX:
 		if (bpf_map_lookup_elem(&kloak_procs, &tgid)) {
 			bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
+			membio_before_call(ssl, tgid, tid);
 			tls_call(ssl, tgid);
 		}
 		return 0;
@@ -343,10 +354,16 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		if (proc)
 			kloak_set_sni(ssl, PT_REGS_PARM4(ctx), proc->scope_id);
 		return 0;
+	case KLOAK_FN_BSSL_SET_HOSTNAME:
+		proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
+		if (proc)
+			kloak_set_sni(ssl, PT_REGS_PARM2(ctx), proc->scope_id);
+		return 0;
 	case KLOAK_FN_SSL_FREE: {
 		struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
 
 		forget_conn(&k);
+		membio_forget(ssl, tid);
 		return 0;
 	}
 	}
@@ -362,8 +379,11 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 	switch (fn) {
 	case KLOAK_FN_SSL_WRITE:
 	case KLOAK_FN_SSL_WRITE_EX:
+		membio_return(id, true);
 		bpf_map_delete_elem(&kloak_active, &tid);
-		return on_write_return(mode);
+		/* SSL_write: bytes written (> 0); SSL_write_ex: 1. Otherwise the
+		 * library took nothing of the buffer, and the app must retry. */
+		return on_write_return(mode, fn == KLOAK_FN_SSL_WRITE ? (int)PT_REGS_RC(ctx) > 0 : (int)PT_REGS_RC(ctx) == 1);
 	case KLOAK_FN_SSL_SET_FD:
 	case KLOAK_FN_SSL_SET_WFD:
 		setfd = bpf_map_lookup_elem(&kloak_setfd, &tid);
@@ -373,7 +393,11 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 			bpf_map_delete_elem(&kloak_setfd, &tid);
 		}
 		return 0;
+	case KLOAK_FN_BUN_SSL_NEW:
+		bun_ssl_new(PT_REGS_RC(ctx), id >> 32);
+		return 0;
 	default:
+		membio_return(id, false);
 		bpf_map_delete_elem(&kloak_active, &tid);
 		return 0;
 	}
@@ -407,41 +431,57 @@ int kloak_tls_ret_kernel(struct pt_regs *ctx)
 	return on_return(ctx, KLOAK_MODE_KERNEL);
 }
 
-/* ---- sends inside TLS calls tie their connection to the socket ------------- */
+/* ---- sends tie their connection to the socket ---------------------------------
+ * Inside a TLS call: the library's or the app's BIO sending (conn.h). Outside
+ * one, after a memory-BIO connection's call returned: the app moving its
+ * ciphertext (membio.h); only then is the payload's head read. */
 
-static __always_inline int on_send(__s64 fd)
+static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, __u32 how)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	__u64 *ssl = bpf_map_lookup_elem(&kloak_active, &tid);
+	struct membio_pending *p;
+	__u8 head[SEND_HEAD_LEN] = {};
+	int have;
 
-	if (ssl)
+	if (ssl) {
 		bind_by_send(*ssl, id >> 32, (__s32)fd);
+		return 0;
+	}
+	kloak_unhooked_hello((__s32)fd, buf, len, how); /* TLS kloak does not see? */
+	if (!membio_wants(tid))
+		return 0;
+	p = bpf_map_lookup_elem(&kloak_membio_pending, &tid);
+	if (!p)
+		return 0;
+	have = send_head(head, buf, len, how);
+	membio_send(p, id >> 32, (__s32)fd, head, have);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
 int kloak_send_write(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_FLAT);
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
 int kloak_send_writev(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_IOVEC);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int kloak_send_sendto(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_FLAT);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int kloak_send_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_send(ctx->args[0]);
+	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_MSGHDR);
 }
 
 /* ---- process lifecycle ------------------------------------------------------ */
@@ -486,6 +526,7 @@ struct kloak_abi_anchor {
 	struct kloak_sni_event sni_event;
 	struct kloak_block_event block_event;
 	struct kloak_wake_event wake_event;
+	struct kloak_unhooked_event unhooked_event;
 	struct kloak_image image;
 	struct kloak_scope scope;
 	struct kloak_conn conn;

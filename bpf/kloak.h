@@ -37,6 +37,12 @@ enum kloak_fn {
 	KLOAK_FN_SSL_SET_BIO = 6,      /* void SSL_set_bio(SSL *, BIO *rbio, BIO *wbio) */
 	KLOAK_FN_SSL_SET0_WBIO = 7,    /* void SSL_set0_wbio(SSL *, BIO *wbio) */
 	KLOAK_FN_SSL_SET_WFD = 8,      /* int SSL_set_wfd(SSL *, int) */
+	/* 9..15: memory-BIO connections (bpf/membio.h) */
+	KLOAK_FN_SSL_READ = 9,         /* int SSL_read(SSL *, void *, int): node's handshake runs in it */
+	KLOAK_FN_SSL_READ_EX = 10,     /* int SSL_read_ex(SSL *, void *, size_t, size_t *) */
+	/* Bun's static BoringSSL, found by signature (src/dataplane/bun-boringssl.ts) */
+	KLOAK_FN_BSSL_SET_HOSTNAME = 40, /* int SSL_set_tlsext_host_name(SSL *, const char *): SNI */
+	KLOAK_FN_BUN_SSL_NEW = 41,       /* SSL *SSL_new(SSL_CTX *), at return: a new connection */
 };
 
 enum kloak_mode {
@@ -69,6 +75,9 @@ enum kloak_counter {
 	KC_VIOLATION_BLOCKS,       /* connections shut down by the violation policy */
 	KC_EXEC_HELD,              /* execs in a scope held until their image was attached */
 	KC_EXEC_KNOWN,             /* execs of a traced process into a known image: not held */
+	KC_UNHOOKED_HELLO,         /* TLS ClientHellos of scoped processes no hooked TLS library made */
+	KC_SUBST_NOT_TAKEN,        /* substituted placeholders of writes the library returned as not
+	                            * done (SSL_write <= 0): the app retries the same bytes */
 	KC__COUNT
 };
 
@@ -142,6 +151,7 @@ enum kloak_event_type {
 	KE_BLOCK = 8,      /* violation policy "block": shut this socket down, then resume */
 	KE_WAKE = 9,       /* a traced thread will stop for kloak's tracer (signal, clone, exit) */
 	KE_EXEC_KNOWN = 10, /* a traced process in a scope exec'd a known image: not held */
+	KE_UNHOOKED_TLS = 11, /* a scoped process does TLS through a library kloak has no probes in */
 };
 
 /* Key of kloak_images: an executable, in the mount namespace that decides
@@ -331,6 +341,16 @@ struct kloak_sni_event {
 	__u32 tid; /* the held thread */
 	__u64 seq;
 	char sni[KLOAK_NAME_MAX];
+};
+
+/* KE_UNHOOKED_TLS: once per process (bpf/unhooked.h) */
+struct kloak_unhooked_event {
+	__u32 type;
+	__u32 tgid;
+	__u32 scope_id;
+	__s32 fd;
+	__u64 ino;
+	struct kloak_peer peer;
 };
 
 /* Knobs user space sets in .rodata before load. */

@@ -103,6 +103,12 @@ static __always_inline int on_exec(void)
 	struct kloak_image img = {};
 	__u32 *scope = NULL;
 
+	/* The old image's memory-BIO state is gone with it (membio.h). */
+	if (p) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+		bpf_map_delete_elem(&kloak_membio_pending, &tid);
+	}
 	/* Only a traced process: an untraced one is adopted while held. */
 	if (p && (p->flags & KLOAK_PROC_TRACED)) {
 		current_image(&img);
@@ -179,6 +185,7 @@ static __always_inline int on_exit(void)
 		__sync_fetch_and_add(o, -1);
 	bpf_map_delete_elem(&kloak_active, &tid);
 	bpf_map_delete_elem(&kloak_setfd, &tid);
+	bpf_map_delete_elem(&kloak_membio_pending, &tid);
 	if (tgid != tid)
 		return 0;
 	scope = p->scope_id;

@@ -12,6 +12,7 @@ import { Registry } from "prom-client";
 import { VERSION, gitCommit } from "../build-info.ts";
 import { agentPinBase, ensurePinDir, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
 import { Dataplane } from "../dataplane/dataplane.ts";
+import { unhookableMessage } from "../dataplane/unhookable.ts";
 import { Guardian } from "../supervisor/guardian-client.ts";
 import { ACTION_SUFFIX, describeDestination, refusalHint } from "../dataplane/refusals.ts";
 import { dataplaneMetrics, type DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
@@ -80,6 +81,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
             counters: state.dp.counters(),
             refusals: state.dp.refusalCounts(),
             worker: state.dp.mode === "stop" ? await state.dp.workerStats() : undefined,
+            unhookable: state.dp.unhookable.counts(),
           };
         return { contentType: registry.contentType, body: snapshot ? await registry.metrics() : "" };
       },
@@ -182,6 +184,19 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     );
   });
 
+  // TLS kloak cannot hook in a pod: its placeholders go out as they are; say so on the pod.
+  dp.unhookable.on((r) => {
+    const pod = attacher.podOfScope(r.scopeId);
+    log("warn", "unhookable TLS", { pid: r.tgid, comm: r.comm, exe: r.exe, reason: r.reason, pod: pod?.name });
+    if (!pod) return;
+    events.record(
+      { apiVersion: "v1", kind: "Pod", namespace: pod.namespace, name: pod.name, uid: pod.uid },
+      "Warning",
+      "KloakTlsUnhookable",
+      unhookableMessage(r),
+    );
+  });
+
   for (const r of [pods, namespaces, ...Object.values(owners)]) r.start();
   // Every agent loads the maps; one of them (the Lease holder) also writes shadows.
   await plane.start();
@@ -211,7 +226,10 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     },
     { version: VERSION, commit, mode: dp.mode },
   );
-  dataplaneMetrics(() => snapshot ?? { counters: dp.counters(), refusals: dp.refusalCounts() }, registry);
+  dataplaneMetrics(
+    () => snapshot ?? { counters: dp.counters(), refusals: dp.refusalCounts(), unhookable: dp.unhookable.counts() },
+    registry,
+  );
   // Metadata only (METADATA_ONLY): the API server leaves values out, so a look-up never reads a value kloak does not protect.
   const app = webhookApp({
     secrets: {

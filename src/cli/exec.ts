@@ -13,6 +13,7 @@ import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
 import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
 import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane } from "../dataplane/dataplane.ts";
+import { type UnhookableReport, unhookableMessage } from "../dataplane/unhookable.ts";
 import { ensurePinDir, execPinBase, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
 import { hardenSupervisor, scrubStartArgs } from "../supervisor/harden.ts";
 import { Guardian } from "../supervisor/guardian-client.ts";
@@ -315,6 +316,8 @@ export async function execCommand(argv: string[]): Promise<number> {
   }
   const refusals = new RefusalLog(new Map(opts.secrets.map((s, i) => [i + 1, s.name])));
   dp.onRefusal((e) => refusals.add(e));
+  const unhookable: UnhookableReport[] = [];
+  dp.unhookable.on((r) => unhookable.push(r));
   const policy = new PolicyEngine(dp, {
     lookup: dnsLookup(opts.dnsServers.length ? opts.dnsServers : undefined),
     warn,
@@ -399,7 +402,10 @@ export async function execCommand(argv: string[]): Promise<number> {
     const counters = dp.counters();
     const stats = await dp.workerStats();
     const refusalCounts = dp.refusalCounts();
-    const substituted = dp.mode === "stop" ? stats.patched : Number(counters.substituted);
+    // A write the library returned as not done (node retries SSL_write while the handshake
+    // runs; a full socket) is retried with the same bytes: one placeholder, one substitution.
+    const notTaken = Number(counters.subst_not_taken ?? 0n);
+    const substituted = Math.max(0, (dp.mode === "stop" ? stats.patched : Number(counters.substituted)) - notTaken);
     const failedClosed = stats.notStopped + stats.patchFailed;
     const refused =
       Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue;
@@ -416,17 +422,22 @@ export async function execCommand(argv: string[]): Promise<number> {
           tlsWrites: Number(counters.writes_seen),
           failedClosed,
           refusals: refusals.list(),
-          notes: counters.writes_seen === 0n ? [NO_TLS_WRITES] : [],
+          unhookable: unhookable.map(unhookableMessage),
+          notes: counters.writes_seen === 0n && unhookable.length === 0 ? [NO_TLS_WRITES] : [],
         }),
       );
     } else {
       if (level >= LEVEL.normal) {
         say(`${substituted} substitution(s) in ${counters.writes_seen} TLS write(s)` + (failedClosed ? `, ${failedClosed} failed closed` : ""));
-        if (counters.writes_seen === 0n) say(NO_TLS_WRITES);
+        // TLS kloak could not see is named; the generic note only when nothing was
+        if (counters.writes_seen === 0n && unhookable.length === 0) say(NO_TLS_WRITES);
       }
+      // A process whose TLS kloak cannot hook sent placeholders: a problem, shown down to --quiet.
+      if (level >= LEVEL.quiet) for (const r of unhookable) say(`warning: ${unhookableMessage(r)}`);
       if (level >= LEVEL.quiet) for (const line of refusals.summary()) say(line);
     }
-    if (opts.metricsFile) await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats });
+    if (opts.metricsFile)
+      await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats, unhookable: dp.unhookable.counts() });
     if (failRun) say(`${refused} substitution(s) refused or failed closed: exit ${REFUSED_EXIT} (--fail-on-refusal)`);
     return kloakExit;
   } finally {

@@ -29,6 +29,10 @@ export const Fn = {
   SSL_SET_BIO: 6,
   SSL_SET0_WBIO: 7,
   SSL_SET_WFD: 8,
+  SSL_READ: 9,
+  SSL_READ_EX: 10,
+  BSSL_SET_HOSTNAME: 40,
+  BUN_SSL_NEW: 41,
 } as const;
 export const ConnFlags = {
   BOUND: 1,
@@ -71,6 +75,8 @@ export const COUNTERS = [
   "violation_blocks",
   "exec_held",
   "exec_known",
+  "unhooked_hello",
+  "subst_not_taken",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
@@ -85,6 +91,7 @@ export const EventType = {
   BLOCK: 8,
   WAKE: 9,
   EXEC_KNOWN: 10,
+  UNHOOKED_TLS: 11,
 } as const;
 
 /** enum kloak_proc_flags: kloak_procs[tgid].flags */
@@ -128,6 +135,7 @@ export const LAYOUT = {
   },
   kloak_config: { size: 16, fields: { mode: 0, scan_cap: 4, violations: 8, _pad: 12 } },
   kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, seq: 8 } },
+  kloak_unhooked_event: { size: 48, fields: { type: 0, tgid: 4, scope_id: 8, fd: 12, ino: 16, peer: 24 } },
 } as const;
 
 const u32 = (n: number) => {
@@ -252,7 +260,15 @@ export interface WakeEvent {
   tgid: number;
   tid: number;
 }
-export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent | SniEvent | BlockEvent | WakeEvent;
+/** A scoped process sent a TLS ClientHello that no hooked TLS library made (bpf/unhooked.h). */
+export interface UnhookedEvent {
+  type: typeof EventType.UNHOOKED_TLS;
+  tgid: number;
+  scopeId: number;
+  fd: number;
+  peer: Peer;
+}
+export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent | SniEvent | BlockEvent | WakeEvent | UnhookedEvent;
 
 function peerAddress(addr: Uint8Array, family: number): string {
   if (family === AF_INET) return ipaddr.fromByteArray([...addr.subarray(12, 16)]).toString();
@@ -378,6 +394,17 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
       };
     case EventType.WAKE:
       return { type, tgid: v.getUint32(4, true), tid: v.getUint32(8, true) };
+    case EventType.UNHOOKED_TLS: {
+      const F = LAYOUT.kloak_unhooked_event.fields;
+      const addr = new Uint8Array(v.buffer, v.byteOffset + F.peer, 16);
+      return {
+        type,
+        tgid: v.getUint32(F.tgid, true),
+        scopeId: v.getUint32(F.scope_id, true),
+        fd: v.getInt32(F.fd, true),
+        peer: { address: peerAddress(addr, v.getUint16(F.peer + 18, true)), port: v.getUint16(F.peer + 16, true) },
+      };
+    }
     default:
       return null;
   }

@@ -82,6 +82,11 @@ export class Attacher {
     return result;
   }
 
+  /** ids (dev:ino) of the attached TLS files pid is counted as using */
+  filesOf(pid: number): ReadonlySet<string> {
+    return this.byUser.get(pid) ?? new Set();
+  }
+
   /** Keep these files attached for a known image until unpin(image). */
   pin(image: string, files: string[]): void {
     for (const id of files) if (this.files.has(id)) this.use(image, id);

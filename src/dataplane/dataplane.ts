@@ -36,6 +36,8 @@ import {
   ScopeFlags,
 } from "./abi.ts";
 import { actionCode, REFUSALS, type ViolationAction } from "./refusals.ts";
+import { UnhookableLog } from "./unhookable-log.ts";
+import { mapsAnyOf } from "./unhookable.ts";
 import { Attacher } from "./attacher.ts";
 import {
   loadObject,
@@ -180,7 +182,12 @@ export class Dataplane {
       images: obj.map("kloak_images"),
     };
     const [entry, ret] = MODE_PROGRAMS[mode];
-    this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder(), uprobes);
+    this.attacher = new Attacher(
+      obj.program(entry).fd,
+      obj.program(ret).fd,
+      new TlsTargetFinder((b) => this.unhookable.bunUnrecognised(b, this.processScope(b.pid))),
+      uprobes,
+    );
     this.bellFd = eventfd();
     this.worker = new Worker(workerSpec(new URL("./ring-worker.ts", import.meta.url), "./src/dataplane/ring-worker.ts"));
   }
@@ -292,12 +299,17 @@ export class Dataplane {
           sync.delete(ev.tgid);
           resume.delete(ev.tgid);
           this.attacher.detach(ev.tgid);
+          this.unhookable.exited(ev.tgid);
           break;
         case EventType.REFUSED:
           for (const l of this.refusalListeners) l(ev);
           break;
         case EventType.SNI:
           void this.onSniEvent(ev);
+          break;
+        case EventType.UNHOOKED_TLS:
+          // a process mapping a probed file: its TLS may be hooked in a way the kernel check does not see
+          if (!mapsAnyOf(ev.tgid, this.attacher.filesOf(ev.tgid))) this.unhookable.unhooked(ev);
           break;
       }
     }
@@ -335,6 +347,9 @@ export class Dataplane {
     this.images.set(id, { key, scope });
     this.maps.images.update(key, new Uint8Array([1]));
   }
+
+  /** Processes in a scope whose TLS kloak cannot hook (unhookable.ts): each reported once. */
+  readonly unhookable = new UnhookableLog();
 
   onRefusal(fn: (e: RefusalEvent) => void): void {
     this.refusalListeners.push(fn);

@@ -53,7 +53,7 @@ export const REFUSALS: readonly RefusalReason[] = [
     name: "unknown_peer",
     kernel: 10,
     violation: false,
-    hint: "kloak could not tie this TLS connection to a connected socket it saw set up, so it fails closed",
+    hint: "kloak could not tie this TLS connection to a connected socket it saw set up (for node and asyncio: its ClientHello on a fresh socket, one connection at a time), so it fails closed",
   },
   { name: "inflight_full", kernel: 11, violation: false, hint: "no room to record the restore before changing a byte" },
   {
@@ -85,7 +85,7 @@ export const REFUSALS: readonly RefusalReason[] = [
     name: "app_bio",
     kernel: 17,
     violation: false,
-    hint: "strict binding: the connection writes through the application's own BIO, which kloak cannot follow",
+    hint: "strict binding: the connection writes through the application's own BIO or a memory BIO (curl, node, asyncio), which kloak cannot follow",
   },
   {
     name: "buffer_unchecked",

@@ -7,11 +7,13 @@ import { readdirSync, readlinkSync, statSync } from "node:fs";
 import { functionOffsets } from "../../lib/elf.ts";
 import { exePath, mappedFiles } from "../../lib/proc.ts";
 import { Fn } from "./abi.ts";
+import { bunTlsFunctions } from "./bun-boringssl.ts";
 
 /**
  * The probed functions of a TLS library: the writes, where placeholders are
  * substituted, and what ties a connection to its socket and name (the fd
- * setters, the BIO setters, the SNI, the handshake). `ret`: the return is
+ * setters, the BIO setters, the SNI, the handshake and the reads that may run
+ * it). `ret`: the return is
  * probed as well.
  */
 export const TLS_FUNCTIONS = [
@@ -24,6 +26,9 @@ export const TLS_FUNCTIONS = [
   { name: "SSL_set0_wbio", cookie: Fn.SSL_SET0_WBIO, ret: false },
   { name: "SSL_ctrl", cookie: Fn.SSL_CTRL, ret: false },
   { name: "SSL_free", cookie: Fn.SSL_FREE, ret: false },
+  // Memory-BIO clients (bpf/membio.h): node's handshake runs inside SSL_read.
+  { name: "SSL_read", cookie: Fn.SSL_READ, ret: true },
+  { name: "SSL_read_ex", cookie: Fn.SSL_READ_EX, ret: true },
 ] as const;
 const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_EX]);
 
@@ -53,9 +58,20 @@ const LIB_DIRS = [
 ];
 const LIBSSL = /^libssl\.so(\.[0-9.]+)?$/;
 
+/** A Bun binary whose BoringSSL kloak has no signature for: nothing of it is probed. */
+export interface UnrecognisedBun {
+  pid: number;
+  path: string;
+  version: string;
+  why: string;
+}
+
 export class TlsTargetFinder {
   private readonly byFile = new Map<string, TlsFunction[] | null>();
   private readonly libsByRoot = new Map<string, string[]>();
+  private readonly unrecognisedBun = new Map<string, { version: string; why: string }>();
+
+  constructor(private readonly onUnrecognisedBun?: (b: UnrecognisedBun) => void) {}
 
   /** Files that define TLS write functions, for this process (its exe, its mappings, its libssl). */
   targetsFor(pid: number): TlsTarget[] {
@@ -72,8 +88,11 @@ export class TlsTargetFinder {
         if (!st.isFile()) continue;
         id = `${st.dev}:${st.ino}`;
         if (targets.has(id)) continue;
-        const functions = this.functionsOf(path, `${id}:${st.mtimeMs}:${st.size}`);
+        const key = `${id}:${st.mtimeMs}:${st.size}`;
+        const functions = this.functionsOf(path, key);
         if (functions) targets.set(id, { id, path, functions });
+        const bun = this.unrecognisedBun.get(key);
+        if (bun) this.onUnrecognisedBun?.({ pid, path: p, ...bun });
       } catch {
         continue; // vanished or unreadable: nothing to attach to
       }
@@ -97,6 +116,12 @@ export class TlsTargetFinder {
       }));
       // A file is a target when it can write TLS; the rest only helps the writes.
       fns = list.some((f) => WRITE_COOKIES.has(f.cookie)) ? list : null;
+      if (!fns) {
+        // Bun: BoringSSL linked in without symbols, found by signature
+        const bun = bunTlsFunctions(path);
+        if (bun && "functions" in bun) fns = bun.functions;
+        else if (bun) this.unrecognisedBun.set(cacheKey, bun.unrecognised);
+      }
     } catch {
       fns = null; // not ELF (scripts, data files)
     }

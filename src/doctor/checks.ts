@@ -12,6 +12,7 @@ import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { libbpfVersion } from "../../lib/libbpf.ts";
 import { uprobeMultiSupported } from "../../lib/uprobe.ts";
 import { DEFAULT_SCAN_CAP } from "../dataplane/scan-cap.ts";
+import { bunCheck } from "./bun-check.ts";
 import {
   loadObject,
   MODE_PROGRAMS,
@@ -102,6 +103,7 @@ function trialLoad(f: NodeFacts, opts: DoctorOptions, requirementsMet: boolean):
 
 function infoChecks(f: NodeFacts, trial: Trial): CheckDef[] {
   return [
+    bunCheck,
     {
       id: "kernel",
       title: "Kernel version",
@@ -273,6 +275,7 @@ const ORDER = [
   "lockdown",
   "rewrite-mode",
   "object",
+  "bun",
 ];
 
 export async function runChecks(opts: DoctorOptions = {}): Promise<DoctorResult> {

@@ -6,6 +6,7 @@
 import { Counter, Registry } from "prom-client";
 import type { CounterName } from "../dataplane/abi.ts";
 import { REFUSALS } from "../dataplane/refusals.ts";
+import { UNHOOKABLE_REASONS } from "../dataplane/unhookable.ts";
 import type { WorkerStats } from "../dataplane/ring-protocol.ts";
 
 export interface DataplaneSnapshot {
@@ -14,6 +15,8 @@ export interface DataplaneSnapshot {
   refusals: Record<string, bigint>;
   /** stop mode only: substitutions the worker did or failed closed */
   worker?: WorkerStats;
+  /** processes whose TLS kloak cannot hook, by reason (unhookable.ts) */
+  unhookable?: Record<string, number>;
 }
 
 /** Refusals the stop-mode worker decides, from its stats. */
@@ -43,6 +46,11 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
   total("kloak_bytes_scanned_total", "bytes of TLS writes scanned for placeholders", (s) => s.counters.bytes_scanned);
   total("kloak_substitutions_total", "placeholders replaced by their real value", (s) =>
     s.worker ? s.worker.patched : s.counters.substituted,
+  );
+  total(
+    "kloak_substitutions_not_taken_total",
+    "substitutions in writes the TLS library returned as not done (SSL_write <= 0; the app retries the same bytes): not counted as substitutions",
+    (s) => s.counters.subst_not_taken,
   );
   total(
     "kloak_unrestricted_substitutions_total",
@@ -98,6 +106,17 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
         const n = r.kernel !== null ? Number(s.refusals[r.name] ?? 0n) : s.worker ? WORKER_REFUSALS[r.name]!(s.worker) : 0;
         this.inc({ reason: r.name }, n);
       }
+    },
+  });
+  new Counter({
+    name: "kloak_tls_unhookable_total",
+    help: "processes in a scope that did TLS through a library kloak has no probes in (placeholders sent as they are), by reason",
+    labelNames: ["reason"],
+    registers: [registry],
+    collect() {
+      const s = read();
+      this.reset();
+      for (const reason of Object.keys(UNHOOKABLE_REASONS)) this.inc({ reason }, s.unhookable?.[reason] ?? 0);
     },
   });
   return registry;

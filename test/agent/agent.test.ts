@@ -349,6 +349,23 @@ describe("kloak agent end to end", () => {
     expect(refused.message).toMatch(/secret api key token .*127\.0\.0\.3:\d+: destination_not_allowed/);
     expect(refused.message.includes(rotated)).toBe(false);
 
+    // TLS kloak cannot hook in the pod (a ClientHello no probed library made, from a process that
+    // links none): named in an Event on the pod and counted.
+    const hello = Bun.spawn(
+      [
+        "sh",
+        "-c",
+        `echo $$ > '${join(leaf, "cgroup.procs")}' && exec ${python} -c 'import socket; s = socket.create_connection(("127.0.0.2", ${tls.port})); s.sendall(bytes([0x16, 3, 1, 0, 4, 1, 0, 0, 0])); s.close()'`,
+      ],
+      { stdout: "pipe", stderr: "pipe" },
+    );
+    expect(await hello.exited).toBe(0);
+    const unhookable = await waitFor("unhookable Event on the pod", () =>
+      (api.events() as unknown as Ev[]).find((e) => e.reason === "KloakTlsUnhookable" && e.involvedObject.name === "web-0"),
+    );
+    expect(unhookable.message).toMatch(/does TLS to 127\.0\.0\.2:\d+ through TLS linked into the program .*\(static_tls\)/);
+    expect(metric(await metrics(), 'kloak_tls_unhookable_total{reason="static_tls"}')).toBe(1);
+
     // The pod goes: everything of it leaves the maps.
     api.delete("Pod", "shop", "web-0");
     await waitFor("cgroup unregistered", async () => metric(await metrics(), 'kloak_bpf_map_entries{map="kloak_cgroups"}') === 0);

@@ -326,7 +326,11 @@ describe("--fail-on-refusal", () => {
     const steps = [open("a", s2, "api.kloak.test"), send("a"), open("b", s3, "other.kloak.test"), send("b")];
     const flagged = await runFlag(steps, ["--fail-on-refusal"]);
     expect(flagged.code).toBe(3);
-    expect(flagged.stderr).toBe("kloak: 1 substitution(s) refused or failed closed: exit 3 (--fail-on-refusal)\n");
+    // -q: the refusal, then why the exit code is 3
+    const lines = flagged.stderr.trim().split("\n");
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatch(new RegExp(`^kloak: refused 1x: secret T to ${dest(s3)} \\(SNI other\\.kloak\\.test\\): destination_not_allowed`));
+    expect(lines[1]).toBe("kloak: 1 substitution(s) refused or failed closed: exit 3 (--fail-on-refusal)");
     expect(s3.received().length).toBeGreaterThan(0); // CMD ran to its end: only the exit code changes
     const plain = await runFlag(steps, []);
     expect(plain.code).toBe(0);

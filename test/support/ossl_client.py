@@ -19,8 +19,11 @@ steps come as a JSON list in argv[1]:
   {"op": "check", "buf": "b"}                                      BUF_<B>=placeholder|changed (after a write)
   {"op": "mem_bio", "id": "c"}                                     SSL_set_bio(memory BIOs)
   {"op": "relay", "id": "c", "sock": "t"}                          what the memory BIO holds, sent to socket t
-  {"op": "mem_handshake", "id": "c", "sock": "t"}                  SSL_connect over the memory BIOs, relayed
-                                                                   to and from socket t
+  {"op": "mem_handshake", "id": "c", "sock": "t", "decoy": "d", "split": true}
+                                                                   SSL_connect over the memory BIOs, relayed
+                                                                   to and from socket t (the ClientHello sent
+                                                                   to socket d first, when given; to t in two
+                                                                   sends, 1 byte and the rest, with split)
   {"op": "socket_bio", "id": "c", "sock": "t"}                     SSL_set_bio(a socket BIO on t)
   {"op": "app_bio", "id": "c", "sock": "t", "during_write": "mprotect:b|mremap:b|sleep:2|none"}
                                                                    SSL_set_bio(a BIO of this script that
@@ -240,7 +243,15 @@ def run(steps):
                 if n:
                     b = ctypes.create_string_buffer(n)
                     got = crypto.BIO_read(w, b, n)
-                    sock.sendall(b.raw[: got])
+                    data = b.raw[: got]
+                    if "decoy" in st:
+                        # the first flight to another socket first, then where the handshake runs
+                        socks[st.pop("decoy")].sendall(data)
+                    if st.pop("split", False):
+                        # one byte, then the rest: no send starts with a whole record header
+                        sock.sendall(data[:1])
+                        data = data[1:]
+                    sock.sendall(data)
                 if rc == 1:
                     break
                 if ssl.SSL_get_error(c, rc) != 2:  # SSL_ERROR_WANT_READ
