@@ -491,8 +491,14 @@ export async function runAgentBench(opts: Partial<AgentBenchOptions> = {}): Prom
   try {
     api = await startKubeApiServer({ bookmarkIntervalMs: 60_000 });
     const namespaces = Array.from({ length: o.namespaces }, (_, i) => `bench-${String(i).padStart(2, "0")}`);
-    for (const ns of ["kloak", ...namespaces]) api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: ns } });
-    for (const doc of parseAllDocuments(readFileSync(join(ROOT, "deploy/base/webhooks.yaml"), "utf8"))) api.create(doc.toJS() as KubeObject);
+    api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "kloak" } });
+    // Opted in: enabled Secrets are only accepted (and pods only mutated) in labelled namespaces.
+    for (const ns of namespaces) api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: ns, labels: { "getkloak.io/enabled": "true" } } });
+    // The agent registers its webhook configurations itself, owned by ClusterRole kloak.
+    for (const doc of parseAllDocuments(readFileSync(join(ROOT, "deploy/base/rbac.yaml"), "utf8"))) {
+      const obj = doc.toJS() as KubeObject;
+      if (obj.kind === "ClusterRole") api.create(obj);
+    }
     mkdirTracked(cgBase);
     result.floor = await rssFloor();
 

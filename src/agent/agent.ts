@@ -4,7 +4,10 @@
  * watches, the secret catalog, pods, and last the webhook, which must not
  * answer before the cache it decides from is filled.
  */
-import { AdmissionregistrationV1Api, CoreV1Api, AppsV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { AdmissionregistrationV1Api, CoreV1Api, AppsV1Api, RbacAuthorizationV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { METADATA_ONLY } from "../controller/shadow-writer.ts";
+import { describeError, statusOf } from "../kube/lease.ts";
+import { secretView } from "../controller/secret-view.ts";
 import { Registry } from "prom-client";
 import { VERSION, gitCommit } from "../build-info.ts";
 import { agentPinBase, ensurePinDir, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
@@ -27,7 +30,7 @@ import { webhookApp } from "../webhook/app.ts";
 import { ReloadableHttpsServer } from "../server/https-server.ts";
 import { opsApp } from "../server/ops-app.ts";
 import { CertStore } from "../certs/cert-store.ts";
-import { patchCaBundle } from "../certs/ca-bundle.ts";
+import { WebhookRegistrar } from "../webhook/registration.ts";
 import { startCertRotation } from "../certs/rotation.ts";
 import { readCertDir, watchCertDir } from "../certs/cert-manager.ts";
 import { serviceDnsNames } from "../certs/authority.ts";
@@ -141,7 +144,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   });
   stops.unshift(() => plane.stop());
   const { secrets, catalog, writer, elector } = plane;
-  const reflectors = [secrets, pods, namespaces, ...Object.values(owners)] as Reflector<unknown>[];
+  const reflectors = [...secrets.reflectors, pods, namespaces, ...Object.values(owners)] as Reflector<unknown>[];
 
   const attacher = new PodAttacher(dp, { cgroupRoot, log, strictBinding: cfg.strictBinding, onViolation: cfg.onViolation });
   // Before the data plane closes: its retry timer must not touch closed maps.
@@ -227,13 +230,48 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     () => snapshot ?? { counters: dp.counters(), refusals: dp.refusalCounts(), unhookable: dp.unhookable.counts() },
     registry,
   );
+  // Metadata only (METADATA_ONLY): the API server leaves values out, so a look-up never reads a value kloak does not protect.
   const app = webhookApp({
-    secrets: { get: (ns, name) => secrets.get(ns, name), synced: () => state.catalogSynced },
+    secrets: {
+      get: (ns, name) => secrets.get(ns, name),
+      synced: () => state.catalogSynced,
+      fetch: async (namespace, name) => {
+        try {
+          return secretView((await core.readNamespacedSecret({ namespace, name }, METADATA_ONLY)) as never);
+        } catch (e) {
+          if (statusOf(e) === 404) return null;
+          throw new Error(describeError(e));
+        }
+      },
+    },
+    namespaces: async (name) => {
+      const cached = namespaces.get(undefined, name);
+      if (cached) return cached.metadata;
+      try {
+        return metaView((await core.readNamespace({ name })) as never).metadata;
+      } catch (e) {
+        if (statusOf(e) === 404) return null;
+        throw new Error(describeError(e));
+      }
+    },
     onRequest: (path, outcome, seconds) => webhookMetrics.webhook(path, outcome, seconds),
     log,
   });
 
-  const material = await firstMaterial(cfg, kc, core, log, stops, (m) => (state.material = m));
+  const registrar = new WebhookRegistrar(
+    kc.makeApiClient(AdmissionregistrationV1Api),
+    kc.makeApiClient(RbacAuthorizationV1Api),
+    {
+      name: cfg.webhookConfig,
+      namespace: cfg.namespace,
+      service: cfg.serviceName,
+      clusterRole: cfg.clusterRole,
+      ca: cfg.certMode === "cert-manager" ? { mode: "cert-manager", certificate: `${cfg.namespace}/${cfg.serviceName}` } : { mode: "self" },
+    },
+    log,
+  );
+  stops.unshift(() => registrar.stop());
+  const material = await firstMaterial(cfg, core, log, stops, (m) => (state.material = m), registrar);
   const webhook = ReloadableHttpsServer.start({
     port: cfg.webhookPort,
     hostname: cfg.bindAddress,
@@ -244,6 +282,9 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   state.webhook = webhook;
   material.serve(webhook);
   stops.unshift(() => webhook.stop());
+  // Only now, with a server that answers, may the configurations exist; one writer (the Lease holder).
+  registrar.setActive(elector.isLeader());
+  elector.onChange((leader) => registrar.setActive(leader));
   log("info", "kloak agent ready", { webhookPort: webhook.port, opsPort: ops.port });
 
   return {
@@ -270,11 +311,11 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
  */
 async function firstMaterial(
   cfg: AgentConfig,
-  kc: KubeConfig,
   core: CoreV1Api,
   log: LogFn,
   stops: (() => unknown)[],
   onMaterial: (m: Material) => void,
+  registrar: WebhookRegistrar,
 ): Promise<{ current: Material; serve(server: { reload(cert: string, key: string): Promise<void> }): void }> {
   let server: { reload(cert: string, key: string): Promise<void> } | undefined;
   if (cfg.certMode === "cert-manager") {
@@ -293,7 +334,6 @@ async function firstMaterial(
     stops.push(() => w.stop());
     return { current, serve: (s) => (server = s) };
   }
-  const admission = kc.makeApiClient(AdmissionregistrationV1Api);
   const store = new CertStore(core, {
     namespace: cfg.namespace,
     secretName: cfg.tlsSecret,
@@ -304,8 +344,10 @@ async function firstMaterial(
     store,
     // Before the server exists there is nothing to reload; it starts from current().
     server: { reload: async (cert, key) => server?.reload(cert, key) },
+    // Before a leaf from a new CA is served: the registrar writes it at once when it is the writer.
     patchBundle: async (caPem: string) => {
-      await patchCaBundle(admission, { mutating: cfg.webhookConfig, validating: cfg.webhookConfig, caPem, log });
+      registrar.setCa(caPem);
+      await registrar.reconcile();
     },
     onMaterial,
     log,

@@ -30,7 +30,10 @@ options:
   --ops-port PORT          KLOAK_OPS_PORT      HTTP /healthz /readyz /metrics (default 9090)
   --bind-address IP        KLOAK_BIND_ADDRESS  address both servers listen on (default 0.0.0.0)
   --service-name NAME      KLOAK_SERVICE_NAME  webhook Service, for the certificate (default kloak-webhook)
-  --webhook-config NAME    KLOAK_WEBHOOK_CONFIG  Mutating/ValidatingWebhookConfiguration name (default kloak)
+  --webhook-config NAME    KLOAK_WEBHOOK_CONFIG  Mutating/ValidatingWebhookConfiguration name (default kloak);
+                           the agent registers both itself once it serves, and keeps them as it wants them
+  --cluster-role NAME      KLOAK_CLUSTER_ROLE  kloak's ClusterRole: owns the webhook configurations, so
+                           deleting it (kubectl delete -k deploy) deletes them (default kloak)
   --cert-mode MODE         KLOAK_CERT_MODE     self (default: kloak's own CA in a Secret) or cert-manager
   --tls-secret NAME        KLOAK_TLS_SECRET    Secret holding the CA and serving cert (default kloak-webhook-tls)
   --cert-dir DIR           KLOAK_CERT_DIR      cert-manager mode: directory with tls.crt and tls.key
@@ -62,6 +65,7 @@ export interface AgentConfig {
   bindAddress: string;
   serviceName: string;
   webhookConfig: string;
+  clusterRole: string;
   certMode: "self" | "cert-manager";
   tlsSecret: string;
   certDir?: string;
@@ -95,6 +99,7 @@ const OPTIONS = {
   bindAddress: { flag: "bind-address", env: "KLOAK_BIND_ADDRESS", default: "0.0.0.0" },
   serviceName: { flag: "service-name", env: "KLOAK_SERVICE_NAME", default: "kloak-webhook" },
   webhookConfig: { flag: "webhook-config", env: "KLOAK_WEBHOOK_CONFIG", default: "kloak" },
+  clusterRole: { flag: "cluster-role", env: "KLOAK_CLUSTER_ROLE", default: "kloak" },
   certMode: { flag: "cert-mode", env: "KLOAK_CERT_MODE", default: "self" },
   tlsSecret: { flag: "tls-secret", env: "KLOAK_TLS_SECRET", default: "kloak-webhook-tls" },
   certDir: { flag: "cert-dir", env: "KLOAK_CERT_DIR" },
@@ -147,6 +152,7 @@ const SCHEMA = v.object({
   bindAddress: v.pipe(v.string(), v.ip("is not an IP address; write e.g. 0.0.0.0 or ::")),
   serviceName: label("Service name"),
   webhookConfig: name("webhook configuration name"),
+  clusterRole: name("ClusterRole name"),
   certMode: oneOf(["self", "cert-manager"] as const),
   tlsSecret: name("Secret name"),
   certDir: v.optional(path),

@@ -131,7 +131,7 @@ export class SecretCatalog {
         }
         want.set(k, { placeholder, value, rules: pair.checked.rules, onViolation: pair.checked.onViolation });
       }
-    } else if (original && isEnabled(original.metadata)) {
+    } else if (original && isEnabled(original.metadata, "label")) {
       this.log("info", "enabled secret not served", { secret: key, reason: pair.why });
     }
     await this.apply(ns, name, want);
@@ -143,7 +143,7 @@ export class SecretCatalog {
     shadow: SecretView | undefined,
   ): { why: string } | { checked: CheckedSecret; shadow: SecretView } {
     if (!original) return { why: "the Secret is gone" };
-    if (isShadow(original.metadata) || !isEnabled(original.metadata)) return { why: "not enabled" };
+    if (isShadow(original.metadata) || !isEnabled(original.metadata, "label")) return { why: "not enabled" };
     const checked = checkSecret(original);
     if (checked.problems.length) return { why: describeProblems(checked.problems) };
     if (!shadow) return { why: "no shadow yet" };

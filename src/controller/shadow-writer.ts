@@ -1,6 +1,7 @@
 /**
  * The leader's job: keep one shadow Secret `<name>-kloak` per enabled
- * original, with the same type and keys and placeholders as values.
+ * original, with the same type and keys, placeholders as the protected values
+ * and the other values (getkloak.io/keys) copied as they are.
  * Placeholders survive updates unless a value's length changes, so pods that
  * mounted the shadow keep working across rotations.
  *
@@ -8,12 +9,12 @@
  * and the key is retried once the watch catches up. The writer never touches
  * a Secret it did not label as its own.
  */
-import type { CoreV1Api, V1Secret } from "@kubernetes/client-node";
+import { setHeaderOptions, type CoreV1Api, type V1Secret } from "@kubernetes/client-node";
 import { isEnabled, isShadow, MANAGED, OWNER, shadowName, shadowOwner } from "../kube/contract.ts";
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
 import { isPlaceholderShaped, placeholderFits, PlaceholderRegistry, valueShape } from "../secrets/placeholder.ts";
 import type { LogFn } from "../agent/log.ts";
-import type { SecretView } from "./secret-view.ts";
+import { PLACEHOLDER_B64_MAX, isDigest, sameShadowValue, type SecretView } from "./secret-view.ts";
 
 export interface SecretCache {
   get(namespace: string, name: string): SecretView | undefined;
@@ -30,6 +31,12 @@ export interface EventSink {
 }
 
 const RETRY_MS = [200, 1000, 5000, 15_000, 30_000];
+
+/** Accept header for a metadata-only read: the API server leaves data out. */
+export const METADATA_ONLY = setHeaderOptions("Accept", "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json");
+
+/** The shadow's name is someone else's Secret: retried on the slow end of the backoff, reported by Event. */
+class NameTaken extends Error {}
 
 export class ShadowWriter {
   private leader = false;
@@ -78,7 +85,7 @@ export class ShadowWriter {
     const owner = shadowOwner(s.metadata);
     const name = owner ?? s.metadata.name ?? "";
     // Only enabled originals, or what has or had a shadow, concern the writer.
-    if (!owner && !isEnabled(s.metadata) && !this.cache.get(ns, shadowName(name))) return;
+    if (!owner && !isEnabled(s.metadata, "label") && !this.cache.get(ns, shadowName(name))) return;
     this.enqueue(ns, name);
   }
 
@@ -108,9 +115,9 @@ export class ShadowWriter {
           this.errors++;
           const n = this.attempts.get(key) ?? 0;
           this.attempts.set(key, n + 1);
-          const delay = RETRY_MS[Math.min(n, RETRY_MS.length - 1)]!;
+          const delay = e instanceof NameTaken ? RETRY_MS.at(-1)! : RETRY_MS[Math.min(n, RETRY_MS.length - 1)]!;
           const status = (e as { code?: number }).code;
-          this.log(status === 409 ? "debug" : "warn", "shadow write failed; retrying", {
+          this.log(status === 409 || e instanceof NameTaken ? "debug" : "warn", "shadow write failed; retrying", {
             secret: key,
             status,
             error: errorText(e),
@@ -136,19 +143,14 @@ export class ShadowWriter {
     const shadow = this.cache.get(ns, shadowName(name));
     const ours = shadowOwner(shadow?.metadata) === name;
 
-    if (!original || isShadow(original.metadata) || !isEnabled(original.metadata)) {
+    if (!original || isShadow(original.metadata) || !isEnabled(original.metadata, "label")) {
       this.unservable.delete(`${ns}/${name}`);
       if (ours) await this.deleteShadow(ns, name, shadow!);
       return;
     }
     const ref = { apiVersion: "v1", kind: "Secret", namespace: ns, name, uid: original.metadata.uid };
     if (shadow && !ours) {
-      this.events.record(
-        ref,
-        "Warning",
-        "KloakShadowNameTaken",
-        `Secret ${shadowName(name)} exists and is not kloak's, so kloak cannot write this Secret's shadow: rename or delete it`,
-      );
+      this.takenEvent(ref, name);
       return;
     }
     const checked = checkSecret(original);
@@ -165,7 +167,16 @@ export class ShadowWriter {
       return;
     }
     const { data, created, replaced } = this.placeholders(ns, name, checked.values, shadow);
+    // Keys kloak does not protect (getkloak.io/keys, a TLS key pair): the workload gets them as they are.
+    for (const k of checked.passthrough) {
+      const v = original.data?.[k];
+      if (v !== undefined) data[k] = v;
+    }
     try {
+      // Long copied values are digests in the cache: read them only when a write is due.
+      if (!(shadow && this.sameAsShadow(shadow, original, data)) && checked.passthrough.some((k) => isDigest(data[k] ?? ""))) {
+        await this.fillCopied(ns, name, original, checked.passthrough, data);
+      }
       await this.write(ns, name, ref, original, shadow, data);
     } catch (e) {
       // Not written: the new placeholders are free again.
@@ -197,7 +208,16 @@ export class ShadowWriter {
     };
     if (shadow && sameShadow(shadow, body)) return;
     if (!shadow) {
-      await this.core.createNamespacedSecret({ namespace: ns, body });
+      try {
+        await this.core.createNamespacedSecret({ namespace: ns, body });
+      } catch (e) {
+        // Only kloak's shadows are watched: a Secret of that name that is not one is met here.
+        if ((e as { code?: number }).code === 409 && (await this.nameTaken(ns, name))) {
+          this.takenEvent(ref, name);
+          throw new NameTaken(`${ns}/${shadowName(name)} exists and is not kloak's shadow`);
+        }
+        throw e;
+      }
       this.writes++;
       this.log("info", "shadow created", { secret: `${ns}/${name}`, keys: Object.keys(data).length });
       this.events.record(ref, "Normal", "KloakShadowWritten", `kloak wrote shadow Secret ${shadowName(name)} with ${Object.keys(data).length} placeholder(s)`);
@@ -209,6 +229,47 @@ export class ShadowWriter {
     await this.core.replaceNamespacedSecret({ name: shadowName(name), namespace: ns, body });
     this.writes++;
     this.log("info", "shadow updated", { secret: `${ns}/${name}`, keys: Object.keys(data).length });
+  }
+
+  private sameAsShadow(shadow: SecretView, original: SecretView, data: Record<string, string>): boolean {
+    return sameShadow(shadow, {
+      type: original.type,
+      metadata: { labels: { [OWNER]: original.metadata.name ?? "" }, ownerReferences: [{ apiVersion: "v1", kind: "Secret", name: original.metadata.name ?? "", uid: original.metadata.uid ?? "" }] },
+      data,
+    });
+  }
+
+  /** Reads the original for the values its cached view holds as digests; it must be the version the cache has. */
+  private async fillCopied(ns: string, name: string, original: SecretView, keys: string[], data: Record<string, string>): Promise<void> {
+    const full = await this.core.readNamespacedSecret({ namespace: ns, name });
+    if (full.metadata?.resourceVersion !== original.metadata.resourceVersion) {
+      // The watch brings the newer version and queues this Secret again.
+      throw Object.assign(new Error("the original changed since the cache saw it"), { code: 409 });
+    }
+    for (const k of keys) {
+      const v = full.data?.[k] as unknown;
+      if (v === undefined) continue;
+      data[k] = typeof v === "string" ? v : Buffer.from(v as Uint8Array).toString("base64");
+    }
+  }
+
+  private takenEvent(ref: { apiVersion: string; kind: string; namespace: string; name: string; uid?: string }, name: string): void {
+    this.events.record(
+      ref,
+      "Warning",
+      "KloakShadowNameTaken",
+      `Secret ${shadowName(name)} exists and is not kloak's, so kloak cannot write this Secret's shadow: rename or delete it`,
+    );
+  }
+
+  /** Whether ns/<name>-kloak exists without kloak's label (metadata only: its values are none of kloak's business). */
+  private async nameTaken(ns: string, name: string): Promise<boolean> {
+    try {
+      const s = await this.core.readNamespacedSecret({ namespace: ns, name: shadowName(name) }, METADATA_ONLY);
+      return !isShadow(s.metadata ?? undefined);
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -227,7 +288,7 @@ export class ShadowWriter {
     const kept = new Set<string>();
     for (const [k, value] of values) {
       const old = shadow?.data?.[k];
-      const ph = old === undefined ? undefined : Buffer.from(old, "base64").toString("latin1");
+      const ph = old === undefined || old.length > PLACEHOLDER_B64_MAX ? undefined : Buffer.from(old, "base64").toString("latin1");
       // A rotated value keeps its placeholder only if the Huffman code length
       // still matches too: else HTTP/2 headers would carry a code of the
       // wrong length (upstream Kloak #269).
@@ -241,9 +302,11 @@ export class ShadowWriter {
       created.push(fresh);
       data[k] = Buffer.from(fresh, "latin1").toString("base64");
     }
+    // Only what was a placeholder: a key that became unprotected held one, a copied value never was.
     const replaced = Object.values(shadow?.data ?? {})
+      .filter((b64) => b64.length <= PLACEHOLDER_B64_MAX)
       .map((b64) => Buffer.from(b64, "base64").toString("latin1"))
-      .filter((ph) => !kept.has(ph));
+      .filter((ph) => isPlaceholderShaped(ph) && !kept.has(ph));
     return { data, created, replaced };
   }
 
@@ -252,8 +315,12 @@ export class ShadowWriter {
     for (const s of this.cache.values()) {
       if (!isShadow(s.metadata)) continue;
       for (const b64 of Object.values(s.data ?? {})) {
+        if (b64.length > PLACEHOLDER_B64_MAX) continue;
+        const text = Buffer.from(b64, "base64").toString("latin1");
+        // Values copied as they are (unprotected keys) are not placeholders.
+        if (!isPlaceholderShaped(text)) continue;
         try {
-          r.adopt("shadow", Buffer.from(b64, "base64").toString("latin1"));
+          r.adopt("shadow", text);
         } catch {
           // Malformed or overlapping: the agents do not load it either; a new one gets written.
         }
@@ -273,7 +340,11 @@ export class ShadowWriter {
       if ((e as { code?: number }).code !== 404) throw e;
     }
     this.writes++;
-    for (const b64 of Object.values(shadow.data ?? {})) this.registry?.release(Buffer.from(b64, "base64").toString("latin1"));
+    for (const b64 of Object.values(shadow.data ?? {})) {
+      if (b64.length > PLACEHOLDER_B64_MAX) continue;
+      const text = Buffer.from(b64, "base64").toString("latin1");
+      if (isPlaceholderShaped(text)) this.registry?.release(text);
+    }
     this.log("info", "shadow deleted: the Secret is no longer enabled", { secret: `${ns}/${name}` });
   }
 }
@@ -292,9 +363,10 @@ function sameShadow(have: SecretView, want: V1Secret): boolean {
   );
 }
 
-function sameData(a: Record<string, string>, b: Record<string, string>): boolean {
-  const ka = Object.keys(a);
-  return ka.length === Object.keys(b).length && ka.every((k) => a[k] === b[k]);
+/** `have` is the cached view (long copied values as digests), `want` the body to write. */
+function sameData(have: Record<string, string>, want: Record<string, string>): boolean {
+  const ka = Object.keys(have);
+  return ka.length === Object.keys(want).length && ka.every((k) => want[k] !== undefined && sameShadowValue(have[k]!, want[k]!));
 }
 
 function splitKey(key: string): [string, string] {

@@ -11,6 +11,8 @@ export const ENABLED = `${DOMAIN}/enabled`;
 export const HOSTS = `${DOMAIN}/hosts`;
 /** Secret annotation: what a violation with this Secret's values does (pass, block, kill). */
 export const ON_VIOLATION = `${DOMAIN}/on-violation`;
+/** Secret annotation: comma-separated data keys kloak protects; the others are copied into the shadow as they are */
+export const KEYS = `${DOMAIN}/keys`;
 /** label on shadow Secrets */
 export const MANAGED = `${DOMAIN}/managed`;
 /** label on shadow Secrets: the original's name */
@@ -80,4 +82,20 @@ export function shadowOwner(meta: Meta | undefined): string | undefined {
 /** The hosts rule text of a Secret: the annotation wins over the single-host label. */
 export function hostsText(meta: Meta | undefined): string | undefined {
   return meta?.annotations?.[HOSTS] ?? meta?.labels?.[HOSTS];
+}
+
+/**
+ * Secrets are enabled by label only (the agent watches them by label
+ * selector, and the validating webhook selects them by label): true for a
+ * Secret that still carries only the annotation, which kloak used to read.
+ */
+export function secretEnabledByAnnotationOnly(meta: Meta | undefined): boolean {
+  return meta?.labels?.[ENABLED] === undefined && meta?.annotations?.[ENABLED] !== undefined;
+}
+
+export function annotationMovedMessage(namespace: string | undefined, name: string | undefined): string {
+  return (
+    `secret "${namespace}/${name}" has the ${ENABLED} annotation, which kloak no longer reads on Secrets: ` +
+    `label it instead (kubectl -n ${namespace} label secret ${name} ${ENABLED}=true) and remove the annotation`
+  );
 }

@@ -67,6 +67,8 @@ export interface ReflectorOptions<T> {
   log: LogFn;
   /** the server ends each watch after this long (randomised ±20%) */
   watchTimeoutSeconds?: number;
+  /** objects per list page (default 500): smaller for big objects, so one page stays small in memory */
+  pageSize?: number;
 }
 
 const BACKOFF_MIN_MS = 500;
@@ -141,7 +143,7 @@ export class Reflector<T> {
     let cont: string | undefined;
     let rv = "";
     do {
-      const body = await this.o.list({ limit: PAGE, _continue: cont });
+      const body = await this.o.list({ limit: this.o.pageSize ?? PAGE, _continue: cont });
       for (const x of body.items) items.push(this.o.transform(x as never));
       // The list's resourceVersion is the first page's (the snapshot every page comes from).
       rv ||= body.metadata?.resourceVersion ?? "";

@@ -12,7 +12,7 @@
 import { Hono } from "hono";
 import { mutatePod, type SecretLookup } from "./mutate.ts";
 import { BadReview, deny, objectId, parseReview, reviewResponse, type AdmissionRequest, type Decision } from "./review.ts";
-import { validateSecret } from "./validate.ts";
+import { validateSecret, type NamespaceLookup } from "./validate.ts";
 
 export type { SecretLookup, SecretView } from "./mutate.ts";
 
@@ -22,6 +22,8 @@ export type LogLevel = "info" | "warn" | "error";
 
 export interface WebhookOptions {
   secrets: SecretLookup;
+  /** namespaces' labels, for /validate (an enabled Secret needs an opted-in namespace); unchecked when absent */
+  namespaces?: NamespaceLookup;
   /** called once per request to /mutate or /validate (metrics) */
   onRequest?: (path: WebhookPath, outcome: WebhookOutcome, seconds: number) => void;
   log?: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => void;
@@ -118,9 +120,9 @@ export function webhookApp(opts: WebhookOptions): Hono {
       log("warn", "webhook metrics callback failed", { error: String(e) });
     }
   };
-  const decide: Record<WebhookPath, (r: AdmissionRequest) => Decision> = {
+  const decide: Record<WebhookPath, (r: AdmissionRequest) => Promise<Decision>> = {
     "/mutate": (r) => mutatePod(r, opts.secrets),
-    "/validate": (r) => validateSecret(r),
+    "/validate": (r) => validateSecret(r, opts.namespaces),
   };
 
   async function handle(path: WebhookPath, req: Request): Promise<Response> {
@@ -131,7 +133,7 @@ export function webhookApp(opts: WebhookOptions): Hono {
       checkContentType(req);
       const review = parseReview(parseJson(await readBody(req)));
       request = review.request;
-      const decision = decide[path](request);
+      const decision = await decide[path](request);
       outcome = outcomeOf(decision);
       const fields = {
         uid: request.uid,

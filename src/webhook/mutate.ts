@@ -7,12 +7,23 @@
  *
  * Idempotent: the patched pod references only shadows and carries
  * getkloak.io/enabled=true, so a reinvocation returns no patch.
+ *
+ * The API server calls this only for pods in namespaces labelled
+ * getkloak.io/enabled=true (see registration.ts). There, whatever the order in
+ * which a pod and its Secrets appear, no pod is admitted that could later
+ * receive an enabled Secret's real value: a Secret the agent's cache does
+ * not hold (the cache holds enabled Secrets and shadows only) is asked of the
+ * API server; one that does not exist yet denies the pod (it might be
+ * created enabled, and the kubelet would then mount its value); when the API
+ * server cannot answer, the pod is denied too.
  */
 import {
   ENABLED,
   SHADOW_SUFFIX,
+  annotationMovedMessage,
   enabledValue,
   enablement,
+  secretEnabledByAnnotationOnly,
   invalidEnablementMessage,
   isShadow,
   shadowName,
@@ -42,9 +53,32 @@ export interface SecretView {
 }
 
 export interface SecretLookup {
+  /** the cache; in the agent it holds enabled Secrets and shadows only */
   get(namespace: string, name: string): SecretView | undefined;
   /** false until the agent's first list of Secrets completed */
   synced(): boolean;
+  /**
+   * Asks the API server for a Secret the cache does not hold: its view, or
+   * null when it does not exist; throws when the API server cannot answer.
+   * Without it a cache miss means "does not exist" (a cache of everything).
+   */
+  fetch?(namespace: string, name: string): Promise<SecretView | null>;
+}
+
+export function secretAbsentMessage(namespace: string, names: string[]): string {
+  const list = names.map((n) => `"${namespace}/${n}"`).join(", ");
+  return (
+    `${names.length > 1 ? "secrets" : "secret"} ${list} ${names.length > 1 ? "do" : "does"} not exist yet; in namespace ${namespace}, ` +
+    `where kloak is enabled, a pod may only reference Secrets that exist (one created later with ${ENABLED}=true ` +
+    `would reach the pod with its real value): create the Secret first; a Deployment or Job retries the pod by itself`
+  );
+}
+
+export function lookupFailedMessage(namespace: string, name: string, why: string): string {
+  return (
+    `kloak could not ask the API server whether secret "${namespace}/${name}" is enabled (${why}), so it cannot ` +
+    `admit the pod safely; retry in a few seconds`
+  );
 }
 
 /** One place in a pod that names a Secret. */
@@ -158,8 +192,29 @@ function existingEphemeral(old: unknown): Set<string> {
   return names;
 }
 
+/** The cache, then the API server; records what does not exist and what could not be asked. */
+async function resolve(
+  secrets: SecretLookup,
+  namespace: string,
+  name: string,
+  absent: Set<string>,
+): Promise<SecretView | undefined | { failed: string }> {
+  const cached = secrets.get(namespace, name);
+  if (cached !== undefined || !secrets.fetch) {
+    if (cached === undefined) absent.add(name);
+    return cached;
+  }
+  try {
+    const got = await secrets.fetch(namespace, name);
+    if (got === null) absent.add(name);
+    return got ?? undefined;
+  } catch (e) {
+    return { failed: e instanceof Error ? e.message : String(e) };
+  }
+}
+
 /** The /mutate decision for one request (throws BadReview for malformed input). */
-export function mutatePod(request: AdmissionRequest, secrets: SecretLookup): Decision {
+export async function mutatePod(request: AdmissionRequest, secrets: SecretLookup): Promise<Decision> {
   // CREATE: the whole pod. UPDATE of pods/ephemeralcontainers (kubectl debug):
   // only the ephemeral containers being added, the rest of the pod is immutable.
   // Anything else (other operations, other subresources) cannot add a reference.
@@ -185,25 +240,42 @@ export function mutatePod(request: AdmissionRequest, secrets: SecretLookup): Dec
   const warnings: string[] = [];
   const missing = new Set<string>();
   const taken = new Set<string>();
+  const absent = new Set<string>();
+  const moved: string[] = [];
   let shadowed = false;
+  // One look-up per name, however often the pod names it.
+  const seen = new Map<string, Promise<SecretView | undefined | { failed: string }>>();
+  const lookup = (name: string) => {
+    let p = seen.get(name);
+    if (!p) seen.set(name, (p = resolve(secrets, namespace, name, absent)));
+    return p;
+  };
 
   for (const ref of refs) {
-    const secret = secrets.get(namespace, ref.name);
-    // Missing (optional or not): the kubelet reports it; nothing for kloak to protect.
+    const secret = await lookup(ref.name);
+    if (secret !== undefined && "failed" in secret) return deny(503, "ServiceUnavailable", lookupFailedMessage(namespace, ref.name, secret.failed));
+    // Does not exist (optional or not): denied below, whatever else the pod names.
     if (secret === undefined) continue;
     if (isShadow(secret.metadata)) {
       shadowed = true;
       if (!annotated) warnings.push(directShadowWarning(ref.name, originalOf(secret, ref.name)));
       continue;
     }
-    const state = enablement(secret.metadata);
+    if (secretEnabledByAnnotationOnly(secret.metadata)) {
+      // It was protected before the move to labels: mounting it now would hand out its real value.
+      moved.push(annotationMovedMessage(namespace, ref.name));
+      continue;
+    }
+    const state = enablement(secret.metadata, "label");
     if (state === "invalid") {
       const meta = { ...secret.metadata, name: ref.name, namespace };
       warnings.push(invalidEnablementMessage("secret", meta, enabledValue(secret.metadata) ?? ""));
       continue;
     }
     if (state === "absent") continue;
-    const shadow = secrets.get(namespace, shadowName(ref.name));
+    const shadow = await lookup(shadowName(ref.name));
+    if (shadow !== undefined && "failed" in shadow) return deny(503, "ServiceUnavailable", lookupFailedMessage(namespace, shadowName(ref.name), shadow.failed));
+    absent.delete(shadowName(ref.name));
     if (shadow === undefined) missing.add(ref.name);
     else if (!isShadow(shadow.metadata)) taken.add(ref.name);
     else {
@@ -214,10 +286,12 @@ export function mutatePod(request: AdmissionRequest, secrets: SecretLookup): Dec
   }
 
   const uniqueWarnings = [...new Set(warnings)];
-  if (missing.size > 0 || taken.size > 0) {
+  if (missing.size > 0 || taken.size > 0 || absent.size > 0 || moved.length > 0) {
     const reasons = [
       ...[...missing].map((n) => shadowMissingMessage(namespace, n)),
       ...[...taken].map((n) => shadowTakenMessage(namespace, n)),
+      ...(absent.size > 0 ? [secretAbsentMessage(namespace, [...absent])] : []),
+      ...new Set(moved),
     ];
     return deny(403, "Forbidden", reasons.join("; "), uniqueWarnings);
   }

@@ -14,7 +14,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { applyPatch, type Operation } from "fast-json-patch";
 import { parseAllDocuments } from "yaml";
 import { cgroupProcesses, cgroupV2Root } from "../../src/node/cgroups.ts";
-import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
+import { policyFor, startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
 import { startTlsServer, type TlsServer } from "../support/tls-server.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { buildHttpRequest, pythonClientArgs, pythonPath } from "../support/clients.ts";
@@ -82,10 +82,17 @@ beforeAll(async () => {
   python = pythonPath();
   certs = await testCerts();
   tls = await startTlsServer({ host: "127.0.0.2", mode: "http" });
-  api = await startKubeApiServer({ bookmarkIntervalMs: 1000 });
-  for (const ns of ["kloak", "shop"]) api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: ns } });
-  // The webhook configurations as deploy/ ships them; the agent patches their caBundle.
-  for (const doc of parseAllDocuments(readFileSync(join(ROOT, "deploy/base/webhooks.yaml"), "utf8"))) api.create(doc.toJS() as KubeObject);
+  // The agent may do exactly what deploy/base/rbac.yaml grants ServiceAccount kloak/kloak.
+  const rbac = parseAllDocuments(readFileSync(join(ROOT, "deploy/base/rbac.yaml"), "utf8")).map((d) => d.toJS() as KubeObject);
+  api = await startKubeApiServer({ bookmarkIntervalMs: 1000, rbac: policyFor(rbac, "kloak", "kloak") });
+  api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "kloak" } });
+  // Opted in: the only kind of namespace whose pods kloak's webhook sees.
+  api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "shop", labels: { "getkloak.io/enabled": "true" } } });
+  // deploy/ ships no webhook configurations: the agent registers them, owned by its ClusterRole.
+  for (const doc of parseAllDocuments(readFileSync(join(ROOT, "deploy/base/rbac.yaml"), "utf8"))) {
+    const o = doc.toJS() as KubeObject;
+    if (o.kind === "ClusterRole") api.create(o);
+  }
   api.create({
     apiVersion: "v1",
     kind: "Secret",
@@ -143,12 +150,17 @@ describe("kloak agent end to end", () => {
     const tlsSecret = api.get("Secret", "kloak", "kloak-webhook-tls") as KubeObject & { data: Record<string, string> };
     const ca = unb64(tlsSecret.data["ca.crt"]!);
     expect(ca).toContain("BEGIN CERTIFICATE");
+    const role = api.get("ClusterRole", undefined, "kloak")!;
     for (const kind of ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]) {
-      const cfg = await waitFor(`${kind} caBundle`, () => {
-        const c = api.get(kind, undefined, "kloak") as KubeObject & { webhooks: { clientConfig: { caBundle?: string } }[] };
-        return c.webhooks[0]!.clientConfig.caBundle ? c : undefined;
+      const cfg = await waitFor(`${kind} registered with caBundle`, () => {
+        const c = api.get(kind, undefined, "kloak") as (KubeObject & { webhooks: { clientConfig: { caBundle?: string } }[] }) | undefined;
+        return c?.webhooks[0]!.clientConfig.caBundle ? c : undefined;
       });
       expect(unb64(cfg.webhooks[0]!.clientConfig.caBundle!)).toBe(ca);
+      // Deleting the install (the ClusterRole) deletes them: uninstall never leaves them behind.
+      expect(cfg.metadata.ownerReferences).toEqual([
+        { apiVersion: "rbac.authorization.k8s.io/v1", kind: "ClusterRole", name: "kloak", uid: role.metadata.uid! },
+      ]);
     }
     const pod = {
       apiVersion: "v1",
@@ -196,6 +208,58 @@ describe("kloak agent end to end", () => {
       fetch(`https://127.0.0.1:${webhookPort}/mutate`, { method: "POST", body: "{}", tls: { ca, serverName: "evil.kloak.svc" } } as RequestInit),
     ).rejects.toThrow();
   }, 60_000);
+
+  test("a cache miss asks the API server: a plain Secret is allowed, one that does not exist yet denies the pod", async () => {
+    api.create({ apiVersion: "v1", kind: "Secret", metadata: { name: "plain", namespace: "shop" }, type: "Opaque", data: { k: b64("not-protected") } });
+    const ca = unb64((api.get("Secret", "kloak", "kloak-webhook-tls") as KubeObject & { data: Record<string, string> }).data["ca.crt"]!);
+    const review = async (secretName: string) => {
+      const res = await fetch(`https://127.0.0.1:${webhookPort}/mutate`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          apiVersion: "admission.k8s.io/v1",
+          kind: "AdmissionReview",
+          request: {
+            uid: randomUUID(),
+            kind: { group: "", version: "v1", kind: "Pod" },
+            resource: { group: "", version: "v1", resource: "pods" },
+            namespace: "shop",
+            operation: "CREATE",
+            userInfo: {},
+            object: { apiVersion: "v1", kind: "Pod", metadata: { generateName: "w-", namespace: "shop" }, spec: { containers: [{ name: "c", image: "x", envFrom: [{ secretRef: { name: secretName } }] }] } },
+          },
+        }),
+        tls: { ca, serverName: "kloak-webhook.kloak.svc" },
+      } as RequestInit);
+      return ((await res.json()) as { response: { allowed: boolean; status?: { message: string } } }).response;
+    };
+    expect((await review("plain")).allowed).toBe(true);
+    const denied = await review("later");
+    expect(denied.allowed).toBe(false);
+    expect(denied.status!.message).toContain('secret "shop/later" does not exist yet');
+  });
+
+  test("a wiped caBundle, an edited selector and a deleted configuration are put back within seconds", async () => {
+    type Cfg = KubeObject & { webhooks: { clientConfig: { caBundle?: string }; namespaceSelector?: unknown; failurePolicy?: string }[] };
+    const get = (kind: string) => api.get(kind, undefined, "kloak") as Cfg | undefined;
+    const m = await waitFor("mutating registered", () => get("MutatingWebhookConfiguration"));
+    const want = structuredClone(m.webhooks);
+    // What `kubectl replace` / Argo CD with the old manifest does: no caBundle, cluster-wide selector.
+    const wiped = structuredClone(m);
+    delete wiped.webhooks[0]!.clientConfig.caBundle;
+    wiped.webhooks[0]!.namespaceSelector = {};
+    api.update(wiped);
+    expect(get("MutatingWebhookConfiguration")!.webhooks[0]!.clientConfig.caBundle).toBeUndefined();
+    const t0 = Date.now();
+    await waitFor("caBundle restored", () => get("MutatingWebhookConfiguration")!.webhooks[0]!.clientConfig.caBundle, 15_000);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(get("MutatingWebhookConfiguration")!.webhooks).toEqual(want);
+    // Deleted outright: registered again.
+    api.delete("ValidatingWebhookConfiguration", undefined, "kloak");
+    const v = await waitFor("validating re-registered", () => get("ValidatingWebhookConfiguration"), 15_000);
+    expect(v.webhooks[0]!.clientConfig.caBundle).toBe(want[0]!.clientConfig.caBundle);
+    expect(agentLog).toContain("webhook configuration differed from kloak's; put back");
+  }, 40_000);
 
   test("a pod on this node is attached through the pod watcher; its container's TLS write carries the real value; rotation is live", async () => {
     const shadow = api.get("Secret", "shop", "api-kloak") as KubeObject & { data: Record<string, string> };
@@ -311,6 +375,10 @@ describe("kloak agent end to end", () => {
     expect(r3.code).toBe(0);
     expect(occurrences(tls.received().subarray(before3), ph)).toBe(1);
   }, 90_000);
+
+  test("the agent never needed more than deploy/base/rbac.yaml grants", () => {
+    expect(api.forbidden).toEqual([]);
+  });
 
   test("the agent's logs are JSON lines and never hold a secret value", () => {
     const lines = agentLog.split("\n").filter((l) => l.trim() !== "");

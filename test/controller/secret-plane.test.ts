@@ -100,24 +100,35 @@ describe("shadow secrets", () => {
   test("an enabled Secret gets a shadow: same type and keys, placeholders of the same length, labels, owner", async () => {
     const token = fakeSecret(40);
     const cert = fakeSecret(64);
-    const orig = api.create(secret("api", { token, "tls.crt": cert }, {}, "kubernetes.io/tls"));
+    const lastApplied = JSON.stringify({ data: { token: b64(token) } });
+    const orig = api.create(
+      secret("api", { token, "tls.crt": cert, "tls.key": fakeSecret(48) }, { annotations: { "kubectl.kubernetes.io/last-applied-configuration": lastApplied, "getkloak.io/on-violation": "pass" } }, "kubernetes.io/tls"),
+    );
     const annotated = api.create(secret("db", { password: fakeSecret(20) }, { labels: {}, annotations: { "getkloak.io/enabled": "true" } }));
     api.create(secret("plain", { password: fakeSecret(20) }, { labels: {} }));
     const { plane, sink } = agent("a");
     await plane.start();
     const sh = await waitFor("shadow", () => shadowOf("api"));
     expect(sh.type).toBe("kubernetes.io/tls");
-    expect(Object.keys(sh.data!).sort()).toEqual(["tls.crt", "token"]);
+    expect(Object.keys(sh.data!).sort()).toEqual(["tls.crt", "tls.key", "token"]);
     const ph = unb64(sh.data!.token!);
     expect(isPlaceholderShaped(ph)).toBe(true);
     expect(ph.length).toBe(token.length);
     expect(ph).not.toBe(token);
     expect(sh.metadata.labels).toMatchObject({ "getkloak.io/managed": "true", "getkloak.io/owner": "api" });
     expect(sh.metadata.ownerReferences).toEqual([expect.objectContaining({ kind: "Secret", name: "api", uid: orig.metadata.uid })]);
-    expect(await waitFor("db shadow", () => shadowOf("db"))).toBeDefined();
+    // Secrets are enabled by label only (watched by label selector): the annotation no longer counts.
+    expect(shadowOf("db")).toBeUndefined();
     expect(shadowOf("plain")).toBeUndefined();
-    // This agent's catalog loaded the keys, pairing each placeholder with its value.
-    await waitFor("keys loaded", () => sink.loaded.size === 3);
+    // Only enabled Secrets and shadows are in the agent's memory.
+    await waitFor("shadow watched", () => plane.secrets.get("shop", "api-kloak"));
+    // Of the annotations only kloak's own are kept: last-applied-configuration holds the whole Secret.
+    expect(plane.secrets.get("shop", "api")!.metadata.annotations).toEqual({ "getkloak.io/on-violation": "pass" });
+    expect([...plane.secrets.values()].map((s) => s.metadata.name).sort()).toEqual(["api", "api-kloak"]);
+    // A kubernetes.io/tls Secret's certificate is the workload's own: copied as it is, not protected.
+    expect(unb64(sh.data!["tls.crt"]!)).toBe(cert);
+    // This agent's catalog loaded the protected key, pairing its placeholder with its value.
+    await waitFor("keys loaded", () => sink.loaded.size === 1);
     expect(sink.byPlaceholder(ph)?.value).toBe(token);
     expect(annotated.metadata.uid).toBeDefined();
   }, 30_000);
@@ -197,6 +208,45 @@ describe("shadow secrets", () => {
     await events.flush();
   }, 30_000);
 
+  test("getkloak.io/keys: only the named keys get placeholders and limits; the others are copied as they are", async () => {
+    const password = fakeSecret(24);
+    api.create(secret("db", { password, port: "5432", user: "app", host: "db.internal.example" }, { annotations: { "getkloak.io/keys": "password" } }));
+    const { plane, sink } = agent("a");
+    await plane.start();
+    const sh = await waitFor("shadow", () => shadowOf("db"));
+    const ph = unb64(sh.data!.password!);
+    expect(isPlaceholderShaped(ph)).toBe(true);
+    expect(ph.length).toBe(password.length);
+    // A 4-byte port and a 3-byte user would be refused if protected; unprotected they pass through.
+    expect({ port: unb64(sh.data!.port!), user: unb64(sh.data!.user!), host: unb64(sh.data!.host!) }).toEqual({ port: "5432", user: "app", host: "db.internal.example" });
+    await waitFor("loaded", () => sink.loaded.size === 1);
+    expect(sink.byPlaceholder(ph)?.value).toBe(password);
+  }, 30_000);
+
+  test("bad key selections: an Event that says what to do, no shadow", async () => {
+    // Every key out of range, a key named that does not exist, a TLS key pair with nothing else.
+    api.create(secret("tiny", { a: "1", b: "22" }));
+    api.create(secret("keys-typo", { password: fakeSecret(24) }, { annotations: { "getkloak.io/keys": "pasword" } }));
+    api.create(secret("tls-only", { "tls.crt": fakeSecret(64), "tls.key": fakeSecret(64) }, {}, "kubernetes.io/tls"));
+    const { plane, sink, events } = agent("a");
+    await plane.start();
+    type Ev = { involvedObject: { name: string }; message: string; reason: string };
+    const names = ["tiny", "keys-typo", "tls-only"];
+    const evs = await waitFor("three events", () => {
+      const e = (api.events() as unknown as Ev[]).filter((x) => x.reason === "KloakCannotServe" && names.includes(x.involvedObject.name));
+      return new Set(e.map((x) => x.involvedObject.name)).size === 3 ? e : undefined;
+    });
+    const text = (name: string) => evs.find((e) => e.involvedObject.name === name)!.message;
+    expect(text("tiny")).toContain('key "a" is 1 bytes');
+    expect(text("tiny")).toContain('key "b" is 2 bytes');
+    expect(text("tiny")).toContain("leave the key out of getkloak.io/keys");
+    expect(text("keys-typo")).toContain('getkloak.io/keys names "pasword", which the Secret does not have (it has "password")');
+    expect(text("tls-only")).toContain("tls.crt and tls.key are used by the workload itself");
+    for (const n of names) expect(shadowOf(n)).toBeUndefined();
+    expect(sink.loaded.size).toBe(0);
+    await events.flush();
+  }, 30_000);
+
   test("a shadow name taken by someone else's Secret is left alone and reported", async () => {
     api.create(secret("api", { token: fakeSecret(32) }));
     api.create(secret("api-kloak", { token: fakeSecret(32) }, { labels: {} }));
@@ -227,7 +277,8 @@ describe("shadow secrets", () => {
     api.create(secret("two", { token: fakeSecret(32) }));
     await waitFor("shadow two by the follower", () => shadowOf("two"), 15_000);
     const waited = Date.now() - t0;
-    expect(follower.plane.writer.writes).toBeGreaterThanOrEqual(1);
+    // The store has the shadow a moment before the writer's create call returns and counts it.
+    await waitFor("the follower counted its write", () => follower.plane.writer.writes >= 1, 2_000);
     expect(follower.plane.elector.isLeader()).toBe(true);
     // Not before the 2 s lease could have expired (the follower's own clock).
     expect(waited).toBeGreaterThanOrEqual(1500);

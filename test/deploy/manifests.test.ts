@@ -23,6 +23,7 @@ import {
   validateK8s,
   type Obj,
 } from "./helpers.ts";
+import { desiredConfigurations, type RegistrationOptions } from "../../src/webhook/registration.ts";
 
 const NS = "kloak";
 const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as {
@@ -38,23 +39,24 @@ const agent = (docs: Obj[]): Obj => {
   expect(cs.map((c) => c.name)).toEqual(["agent"]);
   return cs[0]!;
 };
-const webhookConfigs = (docs: Obj[]) => [
-  find(docs, "MutatingWebhookConfiguration", "kloak"),
-  find(docs, "ValidatingWebhookConfiguration", "kloak"),
-];
+// deploy/ ships no webhook configurations: the agent registers these (with its
+// defaults, as the DaemonSet runs it), so they are held to the same policy here.
+const REGISTRATION: RegistrationOptions = { name: "kloak", namespace: NS, service: "kloak-webhook", clusterRole: "kloak", ca: { mode: "self" } };
+const webhookConfigs = (_docs: Obj[], o: RegistrationOptions = REGISTRATION): Obj[] => {
+  const d = desiredConfigurations(o, undefined, { apiVersion: "rbac.authorization.k8s.io/v1", kind: "ClusterRole", name: "kloak", uid: "0" });
+  return [d.mutating, d.validating];
+};
 const byId = (docs: Obj[]) => [...docs].sort((a, b) => id(a).localeCompare(id(b)));
 
 const INVENTORY = [
   "ClusterRole kloak",
   "ClusterRoleBinding kloak",
   "DaemonSet kloak/kloak",
-  "MutatingWebhookConfiguration kloak",
   "Namespace kloak",
   "Role kloak/kloak",
   "RoleBinding kloak/kloak",
   "Service kloak/kloak-webhook",
   "ServiceAccount kloak/kloak",
-  "ValidatingWebhookConfiguration kloak",
 ];
 
 describe("kubectl kustomize deploy", () => {
@@ -91,7 +93,7 @@ describe("the validator bites", () => {
   });
 
   test("a webhook with sideEffects Sometimes fails", () => {
-    const w = structuredClone(find(base(), "ValidatingWebhookConfiguration", "kloak"));
+    const w = structuredClone(webhookConfigs(base())[1]!);
     validateK8s(w);
     w.webhooks[0].sideEffects = "Sometimes";
     expect(() => validateK8s(w)).toThrow(/sideEffects/);
@@ -102,7 +104,7 @@ describe("the validator bites", () => {
     ds.spec.template.spec.containers[0].volumeMounts[0].mountPropogation = "HostToContainer";
     ds.spec.template.spec.hostPid = true;
     expect(() => validateK8s(ds)).toThrow(/unknown field\(s\) .*mountPropogation.*hostPid/);
-    const w = structuredClone(find(base(), "MutatingWebhookConfiguration", "kloak"));
+    const w = structuredClone(webhookConfigs(base())[0]!);
     w.webhooks[0].namespaceSelector.matchExpression = [];
     expect(() => validateK8s(w)).toThrow(/\/webhooks\/0\/namespaceSelector\/matchExpression$/);
   });
@@ -129,9 +131,17 @@ describe("the validator bites", () => {
 });
 
 describe("admission webhooks", () => {
-  test("are safe: Fail, no side effects, ≤ 5 s, v1 reviews, kube-system and kloak excluded", () => {
-    const configs = webhookConfigs(base());
-    for (const c of configs) {
+  test("deploy/ ships none: the agent registers them once it serves", () => {
+    for (const dir of ["deploy", "deploy/cert-manager"])
+      expect(rendered(dir).docs.filter((d) => String(d.kind).endsWith("WebhookConfiguration")).map(id)).toEqual([]);
+  });
+
+  test("as the agent registers them: valid, Fail, no side effects, ≤ 5 s, v1 reviews, owned by ClusterRole kloak", () => {
+    const docs = base();
+    const role = find(docs, "ClusterRole", "kloak");
+    for (const c of webhookConfigs(docs)) {
+      validateK8s(c);
+      expect(c.metadata.ownerReferences).toEqual([{ apiVersion: "rbac.authorization.k8s.io/v1", kind: "ClusterRole", name: role.metadata.name, uid: "0" }]);
       expect(c.webhooks).toHaveLength(1);
       for (const w of c.webhooks as Obj[]) {
         const where = `${c.kind} ${w.name}`;
@@ -141,19 +151,22 @@ describe("admission webhooks", () => {
         expect(w.timeoutSeconds).toBeLessThanOrEqual(5);
         expect(w.admissionReviewVersions).toContain("v1");
         expect(w.matchPolicy).toBe("Equivalent");
-        // The selector must exclude both namespaces and select nothing else away.
-        expect(w.namespaceSelector.matchLabels).toBeUndefined();
+        // kube-system and kloak are never selected, whatever their labels.
         const exprs = w.namespaceSelector.matchExpressions as Obj[];
-        expect(exprs).toHaveLength(1);
-        expect(exprs[0]!.key).toBe("kubernetes.io/metadata.name");
-        expect(exprs[0]!.operator).toBe("NotIn");
-        expect([...exprs[0]!.values].sort()).toEqual(["kloak", "kube-system"]);
-        expect(w.objectSelector).toBeUndefined();
-        // The agent patches caBundle itself; a URL would bypass the Service.
-        expect(w.clientConfig.caBundle).toBeUndefined();
+        const never = exprs.find((e) => e.key === "kubernetes.io/metadata.name");
+        expect(never?.operator).toBe("NotIn");
+        expect([...never!.values].sort()).toEqual(["kloak", "kube-system"]);
+        // A URL would bypass the Service.
         expect(w.clientConfig.url).toBeUndefined();
       }
     }
+  });
+
+  test("an outage blocks only opted-in scope: pods in labelled namespaces, Secrets labelled getkloak.io/enabled", () => {
+    const [m, v] = webhookConfigs(base());
+    expect(m!.webhooks[0].namespaceSelector.matchExpressions).toContainEqual({ key: "getkloak.io/enabled", operator: "In", values: ["true"] });
+    expect(m!.webhooks[0].objectSelector).toBeUndefined();
+    expect(v!.webhooks[0].objectSelector).toEqual({ matchExpressions: [{ key: "getkloak.io/enabled", operator: "Exists" }] });
   });
 
   test("the mutating webhook sees pod creation and is reinvoked if needed", () => {
@@ -315,8 +328,12 @@ describe("RBAC", () => {
     "ClusterRole kloak: apps/daemonsets": READ,
     "ClusterRole kloak: core/events": ["create", "patch"],
     "ClusterRole kloak: events.k8s.io/events": ["create", "patch"],
-    "ClusterRole kloak: admissionregistration.k8s.io/mutatingwebhookconfigurations[kloak]": ["get", "patch"],
-    "ClusterRole kloak: admissionregistration.k8s.io/validatingwebhookconfigurations[kloak]": ["get", "patch"],
+    "ClusterRole kloak: admissionregistration.k8s.io/mutatingwebhookconfigurations": ["create"],
+    "ClusterRole kloak: admissionregistration.k8s.io/validatingwebhookconfigurations": ["create"],
+    "ClusterRole kloak: admissionregistration.k8s.io/mutatingwebhookconfigurations[kloak]": ["get", "update"],
+    "ClusterRole kloak: admissionregistration.k8s.io/validatingwebhookconfigurations[kloak]": ["get", "update"],
+    // Only to read its own uid for the webhook configurations' ownerReference.
+    "ClusterRole kloak: rbac.authorization.k8s.io/clusterroles[kloak]": ["get"],
     "Role kloak/kloak: coordination.k8s.io/leases": ["create"],
     "Role kloak/kloak: coordination.k8s.io/leases[kloak-shadow-writer]": ["get", "update"],
   };
@@ -364,7 +381,7 @@ describe("RBAC", () => {
     expect(resources.length).toBeGreaterThan(0);
     for (const res of resources) {
       expect(res).not.toContain("/");
-      expect(["nodes", "serviceaccounts", "clusterroles", "roles", "clusterrolebindings", "rolebindings"]).not.toContain(res);
+      expect(["nodes", "serviceaccounts", "roles", "clusterrolebindings", "rolebindings"]).not.toContain(res);
     }
   });
 
@@ -411,7 +428,7 @@ describe("kubectl kustomize deploy/cert-manager", () => {
     expect(issuer.kind).toBe("Issuer");
     expect(issuer.metadata.namespace).toBe(cert.metadata.namespace);
     expect(issuer.spec).toEqual({ selfSigned: {} });
-    const ref = find(docs, "MutatingWebhookConfiguration", "kloak").webhooks[0].clientConfig.service;
+    const ref = webhookConfigs(docs)[0]!.webhooks[0].clientConfig.service;
     const host = `${ref.name}.${ref.namespace}.svc`;
     expect(host).toBe("kloak-webhook.kloak.svc");
     expect([...cert.spec.dnsNames].sort()).toEqual([host, `${host}.cluster.local`]);
@@ -435,7 +452,9 @@ describe("kubectl kustomize deploy/cert-manager", () => {
   test("both webhook configurations take their CA from the Certificate", () => {
     const docs = overlay();
     const cert = find(docs, "Certificate", "kloak-webhook");
-    for (const c of webhookConfigs(docs)) {
+    // The agent's cert-manager mode names the Certificate after the Service (KLOAK_SERVICE_NAME).
+    const o: RegistrationOptions = { ...REGISTRATION, ca: { mode: "cert-manager", certificate: `${NS}/kloak-webhook` } };
+    for (const c of webhookConfigs(docs, o)) {
       expect(c.metadata.annotations?.["cert-manager.io/inject-ca-from"]).toBe(`${cert.metadata.namespace}/${cert.metadata.name}`);
       expect(c.webhooks[0].clientConfig.caBundle).toBeUndefined();
     }
@@ -454,10 +473,6 @@ describe("kubectl kustomize deploy/cert-manager", () => {
         c.volumeMounts = (c.volumeMounts as Obj[]).filter((x) => x !== m);
         spec.volumes = (spec.volumes as Obj[]).filter((v) => v.name !== m.name);
       }
-      if (o.kind.endsWith("WebhookConfiguration")) {
-        delete o.metadata.annotations["cert-manager.io/inject-ca-from"];
-        if (!Object.keys(o.metadata.annotations).length) delete o.metadata.annotations;
-      }
       expect(o).toEqual(b);
     }
   });
@@ -473,7 +488,7 @@ describe("kustomizations", () => {
     for (const dir of ["deploy", "deploy/base"]) {
       const k = kz(dir);
       for (const f of Object.keys(k)) expect({ dir, f, ok: COMMON.includes(f) }).toEqual({ dir, f, ok: true });
-      expect(k.resources.length).toBe(6);
+      expect(k.resources.length).toBe(5);
       for (const r of k.resources as string[]) expect({ r, file: statSync(join(ROOT, dir, r)).isFile() }).toEqual({ r, file: true });
       expect(k.images).toEqual([{ name: "ghcr.io/getkloak/kloak", newTag: pkg.version }]);
     }

@@ -49,19 +49,17 @@ test("lists in pages, trims data of Secrets kloak does not protect, then follows
   const kc = api.kubeConfig();
   const core = kc.makeApiClient(CoreV1Api);
   const pages: ListPage[] = [];
-  // The double serves one page; cut it the way a real API server would, by continue token.
+  const served = api.pagesServed.length;
+  // The double pages by limit/continue itself, as a real API server does.
   const { r, events } = reflector(async (page) => {
     pages.push(page);
-    const all = await core.listSecretForAllNamespaces();
-    const from = Number(page._continue ?? 0);
-    const items = all.items.slice(from, from + page.limit) as V1Secret[];
-    const next = from + page.limit < all.items.length ? String(from + page.limit) : undefined;
-    return { metadata: { resourceVersion: all.metadata?.resourceVersion, _continue: next }, items };
+    return core.listSecretForAllNamespaces(page);
   });
   r.start();
   await r.whenSynced();
   expect(r.size).toBe(1200);
-  expect(pages.map((p) => p._continue ?? "")).toEqual(["", "500", "1000"]);
+  expect(pages.map((p) => Boolean(p._continue))).toEqual([false, true, true]);
+  expect(api.pagesServed.slice(served).map((p) => [p.items, p.continued])).toEqual([[500, false], [500, true], [200, true]]);
   expect(r.get("ns", "s7")?.data?.k).toBe(Buffer.from("value-of-s7").toString("base64"));
   expect(r.get("ns", "s8")?.data).toEqual({ k: "" }); // key names only
   api.create(secret("late"));

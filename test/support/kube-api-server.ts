@@ -11,7 +11,8 @@
  *     core v1 namespaces, secrets, pods (+ /status), events, services,
  *     configmaps; apps/v1 replicasets, deployments, statefulsets, daemonsets
  *     (+ /status); coordination.k8s.io/v1 leases; events.k8s.io/v1 events;
- *     admissionregistration.k8s.io/v1 mutating/validatingwebhookconfigurations.
+ *     admissionregistration.k8s.io/v1 mutating/validatingwebhookconfigurations;
+ *     rbac.authorization.k8s.io/v1 clusterroles (stored, not enforced).
  *     Also /api, /apis, /api/v1, /apis/G/V discovery, /version, /healthz,
  *     /livez, /readyz.
  *   - Bearer-token auth: any non-empty token is accepted; a request without
@@ -70,16 +71,37 @@
  *     {phase: Pending}); no defaulting or validation of specs otherwise.
  *   - core/v1 and events.k8s.io/v1 Events are stored separately (upstream
  *     they are one resource seen through two versions).
- *   - LIST ignores limit/continue (everything in one page, no
- *     metadata.continue) and resourceVersion/resourceVersionMatch (always
- *     the latest). Watch ignores sendInitialEvents / resourceVersionMatch.
+ *   - LIST pages with limit/continue (namespace/name order; the token holds
+ *     the last key and the first page's resourceVersion, which every page
+ *     reports; later pages show current objects, not the first page's
+ *     snapshot); it ignores resourceVersion/resourceVersionMatch (always the
+ *     latest). Watch ignores sendInitialEvents / resourceVersionMatch.
  *   - dryRun=All is honoured (nothing stored) but returns the would-be object
  *     without a new resourceVersion.
  *
+ *   - Admission (kube-api/admission.ts): HTTP POST (create) and PUT (update)
+ *     go through the stored Mutating- then ValidatingWebhookConfigurations
+ *     like kube-apiserver: rules, namespaceSelector, objectSelector (old or
+ *     new object), AdmissionReview v1 over HTTPS verified against caBundle as
+ *     <service>.<namespace>.svc (resolveService says where it listens),
+ *     timeoutSeconds, failurePolicy, JSONPatch applied, upstream's messages.
+ *     PATCH requests, direct store access, reinvocation and matchConditions
+ *     are not admitted/modelled.
+ *
+ *   - Secret validation on HTTP create/update (kube-api/secret-types.ts):
+ *     key names, 1 MiB total, the keys each built-in type requires (tls,
+ *     dockerconfigjson as JSON, basic-auth, ssh-auth), immutable type; 422
+ *     Invalid as upstream words it.
+ *   - Watch lag (setWatchLag): events of a resource reach watchers late.
+ *   - RBAC (option rbac, kube-api/rbac.ts): requests with the kubeconfig's
+ *     token are authorized against the roles given (e.g. what
+ *     deploy/base/rbac.yaml binds to ServiceAccount kloak/kloak); 403
+ *     Forbidden worded as upstream, recorded in forbidden. Without the
+ *     option, or with another token, anything is allowed.
+ *
  * Does not do: server-side apply (application/apply-patch+yaml → 415),
- * managedFields, admission (webhooks are stored, never called), RBAC (any
- * token may do anything), scale/exec/log/eviction subresources, protobuf or
- * table output, pagination, field validation, other resource types (404).
+ * managedFields, scale/exec/log/eviction subresources, protobuf or
+ * table output, field validation, other resource types (404).
  *
  * Direct store access (create/get/list/update/delete) has the HTTP semantics
  * and throws KubeApiError (.code, .reason) where the HTTP API would answer
@@ -110,6 +132,10 @@ import {
   resourceNotFound,
 } from "./kube-api/status.ts";
 import { Store, type WatchInfo, type WatchRequest } from "./kube-api/store.ts";
+import { admit, type AdmissionCall, type ServiceResolver } from "./kube-api/admission.ts";
+import { authorize, type RbacPolicy } from "./kube-api/rbac.ts";
+import { validateSecretObject } from "./kube-api/secret-types.ts";
+export { policyFor } from "./kube-api/rbac.ts";
 
 type DeleteOpts = NonNullable<Parameters<Store["delete"]>[3]>;
 
@@ -170,6 +196,14 @@ export interface KubeApiServer {
   events(): KubeObject[];
   /** Every HTTP request seen, in arrival order. */
   requests: RecordedRequest[];
+  /** Every admission webhook call made, in order. */
+  admissionCalls: AdmissionCall[];
+  /** Every LIST page served: resource, item count, whether it was a continuation. */
+  pagesServed: { resource: string; items: number; continued: boolean }[];
+  /** Requests refused by the rbac option, as "403 message". */
+  forbidden: string[];
+  /** Delay watch events of a resource (plural, or "*" for all) by ms from now on; 0 ends the lag. */
+  setWatchLag(resource: string, ms: number): void;
   /** Open watch streams (e.g. to wait until an informer is connected). */
   openWatches(): WatchInfo[];
   /** Current global resourceVersion. */
@@ -185,6 +219,13 @@ export interface KubeApiServer {
 export interface KubeApiServerOptions {
   /** Interval of BOOKMARK events on watches with allowWatchBookmarks=true. Default 1000. */
   bookmarkIntervalMs?: number;
+  /** Where admission webhooks' Services listen; without it a webhook call fails (service not found). */
+  resolveService?: ServiceResolver;
+  /**
+   * RBAC for requests that carry the kubeconfig's token (the process under
+   * test); other bearer tokens are cluster admins (the test itself).
+   */
+  rbac?: RbacPolicy;
 }
 
 const TOKEN = "kloak-test-token";
@@ -221,15 +262,26 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     res.writeHead(200, JSON_HEADERS);
     res.flushHeaders();
     let done = false;
+    // Watch lag (watchLagMs): every event and the end are delivered that much later, in order,
+    // as a loaded API server or watch cache does; the store already holds the change.
+    const lag = (fn: () => void) => {
+      const ms = lagMs(r.res.plural);
+      if (ms > 0) setTimeout(fn, ms);
+      else fn();
+    };
     const handle = store.watch(r.res, watchReq, {
       send(line) {
-        if (!done) res.write(line);
+        lag(() => {
+          if (!done) res.write(line);
+        });
       },
       end(abrupt) {
-        if (done) return;
-        done = true;
-        if (abrupt) res.socket?.destroy(); // no terminating chunk: the client sees a reset
-        else res.end();
+        lag(() => {
+          if (done) return;
+          done = true;
+          if (abrupt) res.socket?.destroy(); // no terminating chunk: the client sees a reset
+          else res.end();
+        });
       },
     });
     const gone = () => {
@@ -282,10 +334,36 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
           }
           items = deleted;
         }
+        // limit/continue: pages in namespace/name order; the token carries the last key and the first page's resourceVersion.
+        const limit = method === "GET" ? Number(q.get("limit") ?? 0) : 0;
+        let listRv = store.resourceVersion();
+        let cont: string | undefined;
+        let remaining: number | undefined;
+        if (limit > 0 || q.get("continue")) {
+          const key = (o: KubeObject) => `${o.metadata.namespace ?? ""}/${o.metadata.name}`;
+          items = items.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+          const token = q.get("continue");
+          if (token) {
+            let after: { rv: string; last: string };
+            try {
+              after = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+            } catch {
+              throw badRequest("continue key is not valid");
+            }
+            listRv = after.rv;
+            items = items.filter((o) => key(o) > after.last);
+          }
+          if (limit > 0 && items.length > limit) {
+            remaining = items.length - limit;
+            items = items.slice(0, limit);
+            cont = Buffer.from(JSON.stringify({ rv: listRv, last: key(items.at(-1)!) })).toString("base64url");
+          }
+        }
+        pagesServed.push({ resource: r.res.plural, items: items.length, continued: q.get("continue") !== null });
         return json(200, {
           kind: r.res.listKind,
           apiVersion: r.res.apiVersion,
-          metadata: { resourceVersion: store.resourceVersion() },
+          metadata: { resourceVersion: listRv, ...(cont ? { continue: cont, remainingItemCount: remaining } : {}) },
           items: items.map(stripTypeMeta),
         });
       }
@@ -330,6 +408,35 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     }
   }
 
+  const admissionCalls: AdmissionCall[] = [];
+  const pagesServed: { resource: string; items: number; continued: boolean }[] = [];
+  const forbidden: string[] = [];
+  const watchLag = new Map<string, number>();
+  const lagMs = (plural: string) => watchLag.get(plural) ?? watchLag.get("*") ?? 0;
+  const namespaceRes = findByKind("Namespace")!;
+  /** HTTP creates (POST) and updates (PUT) of the main resource go through the stored webhooks; the body to store comes back. */
+  async function admission(method: string, r: Route, bodyText: string): Promise<string> {
+    if ((method !== "POST" && method !== "PUT") || r.subresource !== undefined) return bodyText;
+    if (method === "POST" && r.name !== undefined) return bodyText;
+    if (method === "PUT" && r.name === undefined) return bodyText;
+    const object = parseBody(bodyText) as KubeObject;
+    if (typeof object !== "object" || object === null || typeof object.metadata !== "object") return bodyText;
+    const namespace = r.res.namespaced ? (r.namespace ?? object.metadata.namespace) : undefined;
+    const oldObject = method === "PUT" ? store.get(r.res, namespace, r.name!) : undefined;
+    if (method === "PUT" && oldObject === undefined) return bodyText; // the store answers 404
+    const admitted = await admit(
+      {
+        configs: (kind) => store.list(findByKind(kind)!, undefined),
+        namespaceLabels: (name) => store.get(namespaceRes, undefined, name)?.metadata.labels,
+        resolve: opts.resolveService,
+        calls: admissionCalls,
+      },
+      { operation: method === "POST" ? "CREATE" : "UPDATE", res: r.res, namespace, object, oldObject },
+    );
+    if (r.res.kind === "Secret") validateSecretObject(admitted, oldObject);
+    return JSON.stringify(admitted);
+  }
+
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "https://127.0.0.1");
     const method = req.method ?? "GET";
@@ -359,11 +466,20 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
       const r = route(url.pathname);
       if (r === undefined) throw resourceNotFound();
       const q = url.searchParams;
+      if (opts.rbac && auth.replace(/^Bearer\s+/i, "") === TOKEN) {
+        try {
+          const bodyName = method === "POST" ? ((parseBody(bodyText) as KubeObject | null)?.metadata?.name ?? undefined) : undefined;
+          authorize(opts.rbac, method, r, r.watchPath || q.get("watch") === "true" || q.get("watch") === "1", bodyName);
+        } catch (e) {
+          if (e instanceof KubeApiError) forbidden.push(`${e.code} ${e.message}`);
+          throw e;
+        }
+      }
       if (method === "GET" && r.name === undefined && r.subresource === undefined && (r.watchPath || q.get("watch") === "true" || q.get("watch") === "1")) {
         serveWatch(req, res, url, r);
         return;
       }
-      send(res, dispatch(method, url, r, bodyText, contentType ?? ""));
+      send(res, dispatch(method, url, r, await admission(method, r, bodyText), contentType ?? ""));
     } catch (e) {
       if (res.headersSent) {
         res.socket?.destroy();
@@ -421,6 +537,12 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     ca: certs.ca,
     caFile: certs.caFile,
     kubeconfigPath,
+    admissionCalls,
+    pagesServed,
+    forbidden,
+    setWatchLag(resource, ms) {
+      watchLag.set(resource, ms);
+    },
     kubeConfig() {
       const kc = new KubeConfig();
       kc.loadFromOptions({

@@ -30,6 +30,7 @@ beforeEach(() => {
   secrets.items.clear();
   for (const [k, v] of fresh.items) secrets.items.set(k, v);
   secrets.isSynced = true;
+  delete secrets.fetch;
 });
 
 /** the pod with an ephemeral container (kubectl debug style) that reads both enabled Secrets */
@@ -157,6 +158,7 @@ describe("/mutate swaps enabled Secrets for their shadows", () => {
 
   test("the namespace comes from the object when request.namespace is empty; Secrets are looked up there", async () => {
     secrets.putEnabled("db-credentials", "label", "other");
+    for (const n of ["stripe-keys", "api-tls", "optional-extra", "legacy-token", "exporter-token"]) secrets.put(n, { namespace: "other" });
     const pod = loadPod();
     pod.metadata.namespace = "other";
     const response = await mutate(pod, { namespace: "" });
@@ -284,16 +286,54 @@ describe("/mutate warnings", () => {
     expect(response.warnings).toHaveLength(1);
   });
 
-  test("missing Secrets (optional or not) produce no warning and no op", async () => {
+  test("Secrets that do not exist (optional or not) deny the pod, naming each: one created later enabled would reach it", async () => {
     const pod = loadPod();
     pod.spec = {
-      volumes: [{ name: "v", secret: { secretName: "nowhere" } }],
+      volumes: [{ name: "v", secret: { secretName: "nowhere", optional: true } }],
       containers: [{ name: "c", image: "nginx", env: [{ name: "X", valueFrom: { secretKeyRef: { name: "gone", key: "k" } } }] }],
     };
     const response = await mutate(pod);
-    expect(response.allowed).toBe(true);
-    expect(response.warnings).toBeUndefined();
+    expect(response.allowed).toBe(false);
+    expect(response.status.code).toBe(403);
+    expect(response.status.message).toStartWith('secrets "shop/nowhere", "shop/gone" do not exist yet; in namespace shop, where kloak is enabled');
+    expect(response.status.message).toContain("create the Secret first");
     expect(response.patch).toBeUndefined();
+  });
+
+  test("a cache miss asks the API server once per name: enabled there (watch lag) is swapped, plain is allowed", async () => {
+    const remote = fixtureSecrets();
+    // The cache has not seen stripe-keys, its shadow, nor the plain Secrets yet (the agent caches enabled ones only).
+    for (const n of ["stripe-keys", "stripe-keys-kloak", "api-tls", "optional-extra", "legacy-token", "exporter-token"]) secrets.delete(n);
+    const asked: string[] = [];
+    secrets.fetch = async (ns, name) => {
+      asked.push(name);
+      return remote.get(ns, name) ?? null;
+    };
+    const response = await mutate(loadPod());
+    expect(response.allowed).toBe(true);
+    expect(decodePatch(response).filter((o) => o.value === "stripe-keys-kloak").length).toBe(3);
+    expect(asked.sort()).toEqual(["api-tls", "exporter-token", "legacy-token", "optional-extra", "stripe-keys", "stripe-keys-kloak"]);
+  });
+
+  test("the API server cannot answer: denied with 503 and a retry hint, nothing patched", async () => {
+    secrets.delete("api-tls");
+    secrets.fetch = async () => {
+      throw new Error("connect ECONNREFUSED");
+    };
+    const response = await mutate(loadPod());
+    expect(response.allowed).toBe(false);
+    expect(response.status.code).toBe(503);
+    expect(response.status.message).toBe(
+      'kloak could not ask the API server whether secret "shop/api-tls" is enabled (connect ECONNREFUSED), so it cannot admit the pod safely; retry in a few seconds',
+    );
+    expect(response.patch).toBeUndefined();
+  });
+
+  test("a Secret still enabled by annotation only denies the pod with the label to set", async () => {
+    secrets.put("stripe-keys", { annotations: { "getkloak.io/enabled": "true" } });
+    const response = await mutate(loadPod());
+    expect(response.allowed).toBe(false);
+    expect(response.status.message).toContain("kubectl -n shop label secret stripe-keys getkloak.io/enabled=true");
   });
 
   test("responses and logs never carry Secret data", async () => {

@@ -3,7 +3,7 @@
  * naming the key or annotation at fault and never a value.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { b64, secretObject, secretReview, startWebhook, type Harness } from "./fixtures/harness.ts";
+import { b64, fixtureSecrets, secretObject, secretReview, startWebhook, type Harness } from "./fixtures/harness.ts";
 
 let h: Harness;
 beforeAll(async () => {
@@ -38,7 +38,7 @@ describe("/validate", () => {
 
   test("a 5000-byte value is denied naming the key (UPDATE too)", async () => {
     const big = "x".repeat(5000);
-    const response = await validate(secretReview(secretObject("cert", { "tls.key": b64(big) }, { annotations: ENABLED }), "UPDATE"));
+    const response = await validate(secretReview(secretObject("cert", { "tls.key": b64(big) }, { labels: ENABLED }), "UPDATE"));
     expect(response.allowed).toBe(false);
     expect(response.status.code).toBe(422);
     expect(response.status.message).toContain(`key "tls.key" is 5000 bytes`);
@@ -126,5 +126,72 @@ describe("/validate", () => {
     expect(text).toContain("request.object.type: expected string, got a number");
     expect(text).not.toContain("sentinel");
     expect(text).not.toContain("42");
+  });
+});
+
+describe("/validate and getkloak.io/keys", () => {
+  test("limits apply to the named keys only: a DB Secret with port and user passes", async () => {
+    const secret = secretObject("db", { password: GOOD, port: b64("5432"), user: b64("app") }, { labels: ENABLED, annotations: { "getkloak.io/keys": "password" } });
+    expect((await validate(secretReview(secret))).allowed).toBe(true);
+  });
+
+  test("a TLS chain over 4 KB in a kubernetes.io/tls Secret passes: the key pair is never protected", async () => {
+    const secret = { ...secretObject("tls", { "tls.crt": b64("c".repeat(9000)), "tls.key": b64("k".repeat(1700)), token: GOOD }, { labels: ENABLED }), type: "kubernetes.io/tls" };
+    expect((await validate(secretReview(secret))).allowed).toBe(true);
+  });
+
+  test("an image-pull Secret cannot be enabled: the kubelet reads it, and its shadow would not be valid JSON", async () => {
+    const pull = { ...secretObject("pull", { ".dockerconfigjson": b64('{"auths":{}}') }, { labels: ENABLED }), type: "kubernetes.io/dockerconfigjson" };
+    const r = await validate(secretReview(pull));
+    expect(r.allowed).toBe(false);
+    expect(r.status.message).toContain("a kubernetes.io/dockerconfigjson Secret cannot be protected (image-pull Secrets are read by the kubelet");
+  });
+
+  test("naming tls.key of a kubernetes.io/tls Secret, or a key that does not exist, is denied saying why", async () => {
+    const tls = { ...secretObject("tls", { "tls.crt": b64("c".repeat(900)), "tls.key": b64("k".repeat(900)) }, { labels: ENABLED, annotations: { "getkloak.io/keys": "tls.key" } }), type: "kubernetes.io/tls" };
+    const r1 = await validate(secretReview(tls));
+    expect(r1.allowed).toBe(false);
+    expect(r1.status.message).toContain("getkloak.io/keys names tls.key of a kubernetes.io/tls Secret");
+    const typo = secretObject("db", { password: GOOD }, { labels: ENABLED, annotations: { "getkloak.io/keys": "password, pw" } });
+    const r2 = await validate(secretReview(typo));
+    expect(r2.allowed).toBe(false);
+    expect(r2.status.message).toContain('getkloak.io/keys names "pw", which the Secret does not have');
+  });
+});
+
+describe("/validate with the namespaces the agent sees", () => {
+  let v: Harness;
+  const labels: Record<string, Record<string, string> | undefined> = { shop: { "getkloak.io/enabled": "true" }, plain: undefined };
+  beforeAll(async () => {
+    v = await startWebhook(fixtureSecrets(), {
+      namespaces: async (name) => {
+        if (name === "broken") throw new Error("connect ECONNREFUSED");
+        return name in labels ? { name, labels: labels[name] } : null;
+      },
+    });
+  });
+  afterAll(() => v.stop());
+  const review = async (ns: string) => (await v.review("/validate", secretReview(secretObject("api", { token: GOOD }, { labels: ENABLED }), "CREATE", { namespace: ns }))).response;
+
+  test("an enabled Secret in an opted-in namespace is allowed", async () => {
+    expect((await review("shop")).allowed).toBe(true);
+  });
+
+  test("an enabled Secret in a namespace that is not opted in is denied: its pods would get the real value", async () => {
+    const r = await review("plain");
+    expect(r.allowed).toBe(false);
+    expect(r.status.code).toBe(403);
+    expect(r.status.message).toContain("kubectl label namespace plain getkloak.io/enabled=true");
+  });
+
+  test("namespaces cannot be read: denied with a retry hint", async () => {
+    const r = await review("broken");
+    expect(r.allowed).toBe(false);
+    expect(r.status.code).toBe(503);
+  });
+
+  test("an annotation alone no longer enables a Secret (the webhook does not select it; if called, it allows)", async () => {
+    const r = (await v.review("/validate", secretReview(secretObject("api", { token: b64("s3krt") }, { annotations: ENABLED }), "CREATE", { namespace: "plain" }))).response;
+    expect(r.allowed).toBe(true);
   });
 });

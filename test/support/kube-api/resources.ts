@@ -123,6 +123,8 @@ export const RESOURCES: ResourceDef[] = [
   }),
   def("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false),
   def("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", "ValidatingWebhookConfiguration", false),
+  // Stored only (no authorization): kloak's webhook configurations name its ClusterRole as their owner.
+  def("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false),
 ];
 
 /** `secrets` / `leases.coordination.k8s.io`: how the real API names a resource in messages. */
