@@ -17,6 +17,7 @@
  *   conn.h         SSL* -> socket -> peer, and the SNI
  *   policy.h       may this secret go to this peer
  *   scope.h        which processes are protected (fork, exec, exit)
+ *   gnutls.h       GnuTLS sessions: transport setters, SNI, init
  *
  * Verifier budget: the work of a write is split into global functions of
  * scalars and bpf_loop callbacks, so the verifier checks each piece once
@@ -40,6 +41,7 @@
 #include "conn.h"
 #include "policy.h"
 #include "scope.h"
+#include "gnutls.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -295,6 +297,11 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 	int ret;
 
 	switch (fn) {
+	case KLOAK_FN_GNUTLS_RECORD_SEND2:
+		if (gnutls_inner_send(ssl, tid))
+			return 0;
+		/* fall through */
+	case KLOAK_FN_GNUTLS_RECORD_SEND:
 	case KLOAK_FN_SSL_WRITE:
 	case KLOAK_FN_SSL_WRITE_EX:
 		/* Probes are on the file, for every process that maps it. */
@@ -317,6 +324,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		__sync_fetch_and_add(&s->busy, -1);
 		return ret;
 	case KLOAK_FN_SSL_DO_HANDSHAKE:
+	case KLOAK_FN_GNUTLS_HANDSHAKE:
 		if (bpf_map_lookup_elem(&kloak_procs, &tgid)) {
 			bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
 			tls_call(ssl, tgid);
@@ -341,7 +349,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 			return 0;
 		proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
 		if (proc)
-			kloak_set_sni(ssl, PT_REGS_PARM4(ctx), proc->scope_id);
+			kloak_set_sni(ssl, PT_REGS_PARM4(ctx), KLOAK_SNI_CSTR, proc->scope_id);
 		return 0;
 	case KLOAK_FN_SSL_FREE: {
 		struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
@@ -349,8 +357,9 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		forget_conn(&k);
 		return 0;
 	}
+	default:
+		return gnutls_entry(ctx, fn, ssl, tgid, tid);
 	}
-	return 0;
 }
 
 static __always_inline int on_return(struct pt_regs *ctx, const int mode)
@@ -362,8 +371,12 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 	switch (fn) {
 	case KLOAK_FN_SSL_WRITE:
 	case KLOAK_FN_SSL_WRITE_EX:
+	case KLOAK_FN_GNUTLS_RECORD_SEND:
+	case KLOAK_FN_GNUTLS_RECORD_SEND2:
 		bpf_map_delete_elem(&kloak_active, &tid);
 		return on_write_return(mode);
+	case KLOAK_FN_GNUTLS_INIT:
+		return gnutls_init_return(tid);
 	case KLOAK_FN_SSL_SET_FD:
 	case KLOAK_FN_SSL_SET_WFD:
 		setfd = bpf_map_lookup_elem(&kloak_setfd, &tid);

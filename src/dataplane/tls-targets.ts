@@ -24,8 +24,22 @@ export const TLS_FUNCTIONS = [
   { name: "SSL_set0_wbio", cookie: Fn.SSL_SET0_WBIO, ret: false },
   { name: "SSL_ctrl", cookie: Fn.SSL_CTRL, ret: false },
   { name: "SSL_free", cookie: Fn.SSL_FREE, ret: false },
+  // GnuTLS (bpf/gnutls.h). gnutls_transport_set_int is a macro over set_int2.
+  { name: "gnutls_record_send", cookie: Fn.GNUTLS_RECORD_SEND, ret: true },
+  { name: "gnutls_record_send2", cookie: Fn.GNUTLS_RECORD_SEND2, ret: true },
+  { name: "gnutls_handshake", cookie: Fn.GNUTLS_HANDSHAKE, ret: true },
+  { name: "gnutls_server_name_set", cookie: Fn.GNUTLS_SERVER_NAME_SET, ret: false },
+  { name: "gnutls_transport_set_int2", cookie: Fn.GNUTLS_SET_INT2, ret: false },
+  { name: "gnutls_transport_set_ptr", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_transport_set_ptr2", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_transport_set_push_function", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_transport_set_vec_push_function", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_transport_set_fastopen", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_init", cookie: Fn.GNUTLS_INIT, ret: true },
+  { name: "gnutls_deinit", cookie: Fn.GNUTLS_DEINIT, ret: false },
 ] as const;
-const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_EX]);
+/** A file is a target when it can write TLS through either library. */
+const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_EX, Fn.GNUTLS_RECORD_SEND, Fn.GNUTLS_RECORD_SEND2]);
 
 export interface TlsFunction {
   name: string;
@@ -51,7 +65,8 @@ const LIB_DIRS = [
   "/lib/aarch64-linux-gnu",
   "/usr/lib/aarch64-linux-gnu",
 ];
-const LIBSSL = /^libssl\.so(\.[0-9.]+)?$/;
+/** TLS libraries attached before a process maps them (dlopen, an exec'd helper such as git-remote-https). */
+const LIBSSL = /^(libssl|libgnutls)\.so(\.[0-9.]+)?$/;
 
 export class TlsTargetFinder {
   private readonly byFile = new Map<string, TlsFunction[] | null>();
