@@ -273,7 +273,9 @@ function peerAddress(addr: Uint8Array, family: number): string {
 
 const latin1 = new TextDecoder("latin1");
 function name(v: DataView, off: number, len: number): string {
-  return latin1.decode(new Uint8Array(v.buffer, v.byteOffset + off, Math.min(len, NAME_MAX)));
+  const text = latin1.decode(new Uint8Array(v.buffer, v.byteOffset + off, Math.min(len, NAME_MAX)));
+  // NAME_MAX: a counted SNI (GnuTLS) with a NUL inside, or too long: shown up to the NUL, marked.
+  return len >= NAME_MAX ? `${text.split("\0")[0]}\\0… (not one host name)` : text;
 }
 
 function encodeName(b: Uint8Array, off: number, text: string): number {

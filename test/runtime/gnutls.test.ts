@@ -14,7 +14,8 @@
  * binding and which name kloak took from the GnuTLS calls.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { fakeSecret, occurrences, placeholderCount, runKloak } from "../support/kloak.ts";
@@ -23,13 +24,26 @@ import { CACHE, debianRoot, q } from "./gnutls-support.ts";
 
 let certs: TestCerts;
 let server: TlsServer;
+let evil: TlsServer; // 127.0.0.2: no rule allows it
+const build = mkdtempSync(join(tmpdir(), "kloak-gnutls-test-"));
+const BINDING_CLIENT = join(build, "gnutls_binding_client");
 
 beforeAll(async () => {
   certs = await testCerts();
   server = await startTlsServer({ host: "127.0.0.1" });
+  evil = await startTlsServer({ host: "127.0.0.2" });
+  const src = join(import.meta.dir, "gnutls_binding_client.c");
+  const cc = Bun.spawnSync(["gcc", "-O2", "-Wall", "-Werror", "-o", BINDING_CLIENT, src, "/usr/lib/x86_64-linux-gnu/libgnutls.so.30", "-lpthread"], { stderr: "pipe" });
+  if (!cc.success) throw new Error(`gcc failed: ${cc.stderr.toString()}`);
 });
-afterAll(() => server.close());
-beforeEach(() => server.reset());
+afterAll(async () => {
+  await Promise.all([server.close(), evil.close()]);
+  rmSync(build, { recursive: true, force: true });
+});
+beforeEach(() => {
+  server.reset();
+  evil.reset();
+});
 
 function gnutlsCli(): string {
   if (existsSync("/usr/bin/gnutls-cli")) return "/usr/bin/gnutls-cli";
@@ -166,5 +180,50 @@ describe("gnutls-cli", () => {
     expect(r.code).toBe(0);
     expect(occurrences(server.received(), secret)).toBe(2);
     expect(r.stderr).toContain("may be sent to any TLS destination");
+  });
+});
+
+describe("binding follows where GnuTLS ciphertext goes (gnutls_binding_client.c)", () => {
+  async function run(mode: string) {
+    const secret = fakeSecret(32);
+    const argv = [BINDING_CLIENT, mode, "127.0.0.1", String(server.port), "127.0.0.2", String(evil.port), "localhost", certs.caFile];
+    const r = await runKloak(["exec", "--secret", `API_TOKEN=${secret}`, "--allow", "API_TOKEN=localhost", "--", ...argv]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("SNI_SET=0\nHANDSHAKE=ok\nSENT=");
+    const values = occurrences(server.received(), secret) + occurrences(evil.received(), secret);
+    return { r, values, allowed: server.received(), evil: evil.received() };
+  }
+
+  test("control: set_int2 on the allowed host's socket: substituted", async () => {
+    const { values, allowed } = await run("control");
+    expect(values).toBe(1);
+    expect(placeholderCount(allowed)).toBe(0);
+  });
+
+  test("the SNI is read as counted: the first name_len bytes of a longer string", async () => {
+    const { values } = await run("counted-sni");
+    expect(values).toBe(1);
+    expect(server.sni).toEqual(["localhost"]);
+  });
+
+  test("the app's push function, then set_int2 on the allowed socket: not bound to it (the relay's writes go elsewhere)", async () => {
+    const { r, values, evil: got } = await run("push-then-int2");
+    expect(values).toBe(0);
+    expect(placeholderCount(got)).toBe(1);
+    expect(r.stderr).toContain("refused 1x: secret API_TOKEN to unknown destination (SNI localhost): unknown_peer");
+  });
+
+  test("set_int2 on the allowed socket, then the app's push function: never substituted again", async () => {
+    const { r, values, evil: got } = await run("int2-then-push");
+    expect(values).toBe(0);
+    expect(placeholderCount(got)).toBe(1);
+    expect(r.stderr).toContain("refused 1x: secret API_TOKEN to unknown destination (SNI localhost): binding_changed");
+  });
+
+  test("a counted SNI with a NUL inside is no host name a rule can match, even if it starts like one", async () => {
+    const { r, values, allowed } = await run("nul-sni");
+    expect(values).toBe(0);
+    expect(placeholderCount(allowed)).toBe(1);
+    expect(r.stderr).toContain(`refused 1x: secret API_TOKEN to 127.0.0.1:${server.port} (SNI localhost\\0… (not one host name)): sni_mismatch`);
   });
 });
