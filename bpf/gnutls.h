@@ -17,35 +17,68 @@
  *  - gnutls_init installs the default push function through the exported
  *    setter on the new session: that call is the library's, not the app's.
  *  - gnutls_server_name_set: the SNI, a counted name (not NUL-terminated).
- *  - gnutls_record_send is a jump to gnutls_record_send2 in GnuTLS >= 3.6.3:
- *    both are probed (either may be the one an app or a static build calls),
- *    and the inner one of the same session is not a second write.
+ *  - gnutls_handshake is probed as SSL_do_handshake.
+ *
+ * Writes: gnutls_record_send is a jump to gnutls_record_send2 (>= 3.6.3);
+ * both are probed (either may be the one an app or a static build calls),
+ * and a GnuTLS write inside a TLS call of the same session on the same
+ * thread is not a second write. A corked session (gnutls_record_cork) only
+ * copies what the app sends into the library's buffer, where a substituted
+ * value would outlive the call: those sends are left alone, and the
+ * placeholders are substituted when gnutls_record_uncork sends the buffer
+ * (it does so through gnutls_record_send), and put back when that returns.
  */
 #ifndef KLOAK_GNUTLS_H
 #define KLOAK_GNUTLS_H
 
 #define GNUTLS_NAME_DNS 1
-/* kloak_setfd[tid].fd while the thread is inside gnutls_init; .ssl then holds
- * the gnutls_session_t * the library fills in. */
+/* kloak_setfd[tid].fd while the thread is inside gnutls_init (.ssl: the
+ * gnutls_session_t * the library fills in) or gnutls_record_uncork (.ssl:
+ * the session). */
 #define GNUTLS_IN_INIT (-2)
+#define GNUTLS_IN_UNCORK (-3)
 
-/* gnutls_record_send2 entered from gnutls_record_send of the same session. */
-static __always_inline bool gnutls_inner_send(__u64 session, __u32 tid)
+/* Corked sessions {session, tgid}: set at gnutls_record_cork, gone when an
+ * uncork succeeds or the session is freed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct kloak_conn_key);
+	__type(value, __u32);
+} kloak_gnutls_corked SEC(".maps");
+
+static __always_inline struct kloak_setfd *gnutls_inside(__u32 tid, __s64 what)
 {
-	__u64 *outer = bpf_map_lookup_elem(&kloak_active, &tid);
+	struct kloak_setfd *inside = bpf_map_lookup_elem(&kloak_setfd, &tid);
 
-	return outer && *outer == session;
+	return inside && inside->fd == what ? inside : NULL;
+}
+
+/* A send of session that writes nothing to the wire by itself: nested in a
+ * TLS call of the same session (gnutls_record_send -> gnutls_record_send2),
+ * or into a corked session's buffer outside gnutls_record_uncork. */
+static __always_inline bool gnutls_not_a_write(__u64 session, __u32 tgid, __u32 tid)
+{
+	struct kloak_conn_key k = { .ssl = session, .tgid = tgid };
+	__u64 *outer = bpf_map_lookup_elem(&kloak_active, &tid);
+	struct kloak_setfd *uncork;
+
+	if (outer && *outer == session)
+		return true;
+	if (!bpf_map_lookup_elem(&kloak_gnutls_corked, &k))
+		return false;
+	uncork = gnutls_inside(tid, GNUTLS_IN_UNCORK);
+	return !uncork || uncork->ssl != session;
 }
 
 /* The transport setter runs inside gnutls_init on the session it creates. */
 static __always_inline bool gnutls_initialising(__u64 session, __u32 tid)
 {
-	struct kloak_setfd *inside = bpf_map_lookup_elem(&kloak_setfd, &tid);
+	struct kloak_setfd *inside = gnutls_inside(tid, GNUTLS_IN_INIT);
 	__u64 created = 0;
 
-	if (!inside || inside->fd != GNUTLS_IN_INIT)
-		return false;
-	if (bpf_probe_read_user(&created, sizeof(created), (const void *)inside->ssl))
+	if (!inside || bpf_probe_read_user(&created, sizeof(created), (const void *)inside->ssl))
 		return false;
 	return created == session;
 }
@@ -60,14 +93,16 @@ static __always_inline void gnutls_bind_fd(__u64 session, __u32 tgid, __s32 send
 	bind_by_fd(session, tgid, send_fd);
 }
 
-/* Entry of every GnuTLS setup function (not the writes, not the handshake). */
+/* Entry of every GnuTLS function but the writes and the handshake. */
 static __always_inline int gnutls_entry(struct pt_regs *ctx, __u64 fn, __u64 session, __u32 tgid, __u32 tid)
 {
 	struct kloak_proc *proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
 	struct kloak_conn_key k = { .ssl = session, .tgid = tgid };
-	struct kloak_setfd init;
+	struct kloak_setfd inside;
+	__u32 one = 1;
 
 	if (fn == KLOAK_FN_GNUTLS_DEINIT) {
+		bpf_map_delete_elem(&kloak_gnutls_corked, &k);
 		forget_conn(&k);
 		return 0;
 	}
@@ -75,9 +110,16 @@ static __always_inline int gnutls_entry(struct pt_regs *ctx, __u64 fn, __u64 ses
 		return 0;
 	switch (fn) {
 	case KLOAK_FN_GNUTLS_INIT:
-		init.ssl = session; /* gnutls_session_t *, filled in before the setter runs */
-		init.fd = GNUTLS_IN_INIT;
-		bpf_map_update_elem(&kloak_setfd, &tid, &init, BPF_ANY);
+	case KLOAK_FN_GNUTLS_RECORD_UNCORK:
+		inside.ssl = session;
+		inside.fd = fn == KLOAK_FN_GNUTLS_INIT ? GNUTLS_IN_INIT : GNUTLS_IN_UNCORK;
+		bpf_map_update_elem(&kloak_setfd, &tid, &inside, BPF_ANY);
+		return 0;
+	case KLOAK_FN_GNUTLS_RECORD_CORK:
+		/* Not recorded, sends would copy values into the library's
+		 * buffer: counted like any connection kloak cannot track. */
+		if (bpf_map_update_elem(&kloak_gnutls_corked, &k, &one, BPF_ANY))
+			count(KC_CONNS_UNTRACKED, 1);
 		return 0;
 	case KLOAK_FN_GNUTLS_SET_INT2:
 		gnutls_bind_fd(session, tgid, (__s32)PT_REGS_PARM3(ctx));
@@ -94,12 +136,20 @@ static __always_inline int gnutls_entry(struct pt_regs *ctx, __u64 fn, __u64 ses
 	return 0;
 }
 
-static __always_inline int gnutls_init_return(__u32 tid)
+/* gnutls_init or gnutls_record_uncork returned. An uncork that failed left
+ * the session corked (and the rest of the buffer in it). */
+static __always_inline int gnutls_return(struct pt_regs *ctx, __u64 fn, __u32 tid)
 {
-	struct kloak_setfd *inside = bpf_map_lookup_elem(&kloak_setfd, &tid);
+	struct kloak_setfd *inside = gnutls_inside(tid, fn == KLOAK_FN_GNUTLS_INIT ? GNUTLS_IN_INIT : GNUTLS_IN_UNCORK);
+	struct kloak_conn_key k = { .tgid = bpf_get_current_pid_tgid() >> 32 };
 
-	if (inside && inside->fd == GNUTLS_IN_INIT)
-		bpf_map_delete_elem(&kloak_setfd, &tid);
+	if (!inside)
+		return 0;
+	if (fn == KLOAK_FN_GNUTLS_RECORD_UNCORK && (int)PT_REGS_RC(ctx) >= 0) {
+		k.ssl = inside->ssl;
+		bpf_map_delete_elem(&kloak_gnutls_corked, &k);
+	}
+	bpf_map_delete_elem(&kloak_setfd, &tid);
 	return 0;
 }
 

@@ -297,11 +297,10 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 	int ret;
 
 	switch (fn) {
-	case KLOAK_FN_GNUTLS_RECORD_SEND2:
-		if (gnutls_inner_send(ssl, tid))
+	case KLOAK_FN_GNUTLS_RECORD_SEND:
+		if (gnutls_not_a_write(ssl, tgid, tid))
 			return 0;
 		/* fall through */
-	case KLOAK_FN_GNUTLS_RECORD_SEND:
 	case KLOAK_FN_SSL_WRITE:
 	case KLOAK_FN_SSL_WRITE_EX:
 		/* Probes are on the file, for every process that maps it. */
@@ -324,7 +323,6 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		__sync_fetch_and_add(&s->busy, -1);
 		return ret;
 	case KLOAK_FN_SSL_DO_HANDSHAKE:
-	case KLOAK_FN_GNUTLS_HANDSHAKE:
 		if (bpf_map_lookup_elem(&kloak_procs, &tgid)) {
 			bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
 			tls_call(ssl, tgid);
@@ -372,11 +370,11 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 	case KLOAK_FN_SSL_WRITE:
 	case KLOAK_FN_SSL_WRITE_EX:
 	case KLOAK_FN_GNUTLS_RECORD_SEND:
-	case KLOAK_FN_GNUTLS_RECORD_SEND2:
 		bpf_map_delete_elem(&kloak_active, &tid);
 		return on_write_return(mode);
 	case KLOAK_FN_GNUTLS_INIT:
-		return gnutls_init_return(tid);
+	case KLOAK_FN_GNUTLS_RECORD_UNCORK:
+		return gnutls_return(ctx, fn, tid);
 	case KLOAK_FN_SSL_SET_FD:
 	case KLOAK_FN_SSL_SET_WFD:
 		setfd = bpf_map_lookup_elem(&kloak_setfd, &tid);

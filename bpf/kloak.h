@@ -37,10 +37,11 @@ enum kloak_fn {
 	KLOAK_FN_SSL_SET_BIO = 6,      /* void SSL_set_bio(SSL *, BIO *rbio, BIO *wbio) */
 	KLOAK_FN_SSL_SET0_WBIO = 7,    /* void SSL_set0_wbio(SSL *, BIO *wbio) */
 	KLOAK_FN_SSL_SET_WFD = 8,      /* int SSL_set_wfd(SSL *, int) */
-	/* GnuTLS (bpf/gnutls.h); the session plays the SSL*'s part */
-	KLOAK_FN_GNUTLS_RECORD_SEND = 16,  /* ssize_t gnutls_record_send(session, const void *, size_t) */
-	KLOAK_FN_GNUTLS_RECORD_SEND2 = 17, /* ssize_t gnutls_record_send2(session, const void *, size_t, size_t pad, unsigned) */
-	KLOAK_FN_GNUTLS_HANDSHAKE = 18,    /* int gnutls_handshake(session) */
+	/* GnuTLS (bpf/gnutls.h); the session plays the SSL*'s part, and
+	 * gnutls_handshake is probed as KLOAK_FN_SSL_DO_HANDSHAKE */
+	KLOAK_FN_GNUTLS_RECORD_SEND = 16,  /* ssize_t gnutls_record_send(session, const void *, size_t); also _send2 */
+	KLOAK_FN_GNUTLS_RECORD_CORK = 17,  /* void gnutls_record_cork(session): sends are buffered from now on */
+	KLOAK_FN_GNUTLS_RECORD_UNCORK = 18, /* int gnutls_record_uncork(session, flags): sends the buffer */
 	KLOAK_FN_GNUTLS_SERVER_NAME_SET = 19, /* int gnutls_server_name_set(session, type, const void *name, size_t len) */
 	KLOAK_FN_GNUTLS_SET_INT2 = 20,     /* void gnutls_transport_set_int2(session, int recv_fd, int send_fd) */
 	KLOAK_FN_GNUTLS_APP_TRANSPORT = 21, /* gnutls_transport_set_ptr/ptr2/push_function/vec_push_function/fastopen */

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 need=()
 # qemu-system-x86, busybox-static, cpio, xz-utils, zstd and debian-archive-keyring: the VM kernel
 # matrix (bun run test:kernels) boots Debian kernels fetched from Debian's archive.
+# wget, gcc, libc6-dev: test/runtime (a GnuTLS client; C clients built by the tests).
 for pkg in libbpf1 libbpf-dev clang llvm bpftool openssl curl ca-certificates python3 git binutils procps util-linux \
-  qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring; do
+  qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring wget gcc libc6-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 command -v node >/dev/null || need+=(nodejs)

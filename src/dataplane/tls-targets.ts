@@ -24,10 +24,13 @@ export const TLS_FUNCTIONS = [
   { name: "SSL_set0_wbio", cookie: Fn.SSL_SET0_WBIO, ret: false },
   { name: "SSL_ctrl", cookie: Fn.SSL_CTRL, ret: false },
   { name: "SSL_free", cookie: Fn.SSL_FREE, ret: false },
-  // GnuTLS (bpf/gnutls.h). gnutls_transport_set_int is a macro over set_int2.
+  // GnuTLS (bpf/gnutls.h). gnutls_transport_set_int is a macro over set_int2; the handshake
+  // is one like OpenSSL's.
   { name: "gnutls_record_send", cookie: Fn.GNUTLS_RECORD_SEND, ret: true },
-  { name: "gnutls_record_send2", cookie: Fn.GNUTLS_RECORD_SEND2, ret: true },
-  { name: "gnutls_handshake", cookie: Fn.GNUTLS_HANDSHAKE, ret: true },
+  { name: "gnutls_record_send2", cookie: Fn.GNUTLS_RECORD_SEND, ret: true },
+  { name: "gnutls_record_cork", cookie: Fn.GNUTLS_RECORD_CORK, ret: false },
+  { name: "gnutls_record_uncork", cookie: Fn.GNUTLS_RECORD_UNCORK, ret: true },
+  { name: "gnutls_handshake", cookie: Fn.SSL_DO_HANDSHAKE, ret: true },
   { name: "gnutls_server_name_set", cookie: Fn.GNUTLS_SERVER_NAME_SET, ret: false },
   { name: "gnutls_transport_set_int2", cookie: Fn.GNUTLS_SET_INT2, ret: false },
   { name: "gnutls_transport_set_ptr", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
@@ -39,7 +42,7 @@ export const TLS_FUNCTIONS = [
   { name: "gnutls_deinit", cookie: Fn.GNUTLS_DEINIT, ret: false },
 ] as const;
 /** A file is a target when it can write TLS through either library. */
-const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_EX, Fn.GNUTLS_RECORD_SEND, Fn.GNUTLS_RECORD_SEND2]);
+const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_EX, Fn.GNUTLS_RECORD_SEND]);
 
 export interface TlsFunction {
   name: string;

@@ -11,7 +11,10 @@
  *
  * Each with rules (the SNI's name allowed), a disallowed destination, and no
  * rules; strict binding, and an SNI that names another host, show which
- * binding and which name kloak took from the GnuTLS calls.
+ * binding and which name kloak took from the GnuTLS calls. A client of our
+ * own (gnutls_binding_client.c) tries what wget and curl do not: relaying
+ * its ciphertext elsewhere through its own push function, counted SNIs, and
+ * corked sends.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
@@ -20,7 +23,7 @@ import { join } from "node:path";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { fakeSecret, occurrences, placeholderCount, runKloak } from "../support/kloak.ts";
 import { startTlsServer, type TlsServer } from "../support/tls-server.ts";
-import { CACHE, debianRoot, q } from "./gnutls-support.ts";
+import { CACHE, debianRoot, keyValues, q } from "./gnutls-support.ts";
 
 let certs: TestCerts;
 let server: TlsServer;
@@ -186,12 +189,13 @@ describe("gnutls-cli", () => {
 describe("binding follows where GnuTLS ciphertext goes (gnutls_binding_client.c)", () => {
   async function run(mode: string) {
     const secret = fakeSecret(32);
-    const argv = [BINDING_CLIENT, mode, "127.0.0.1", String(server.port), "127.0.0.2", String(evil.port), "localhost", certs.caFile];
+    // CHECK_VALUE: the real value, for the cork mode's search of its own heap.
+    const argv = ["env", `CHECK_VALUE=${secret}`, BINDING_CLIENT, mode, "127.0.0.1", String(server.port), "127.0.0.2", String(evil.port), "localhost", certs.caFile];
     const r = await runKloak(["exec", "--secret", `API_TOKEN=${secret}`, "--allow", "API_TOKEN=localhost", "--", ...argv]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("SNI_SET=0\nHANDSHAKE=ok\nSENT=");
     const values = occurrences(server.received(), secret) + occurrences(evil.received(), secret);
-    return { r, values, allowed: server.received(), evil: evil.received() };
+    return { r, values, allowed: server.received(), evil: evil.received(), out: keyValues(r.stdout) };
   }
 
   test("control: set_int2 on the allowed host's socket: substituted", async () => {
@@ -204,6 +208,15 @@ describe("binding follows where GnuTLS ciphertext goes (gnutls_binding_client.c)
     const { values } = await run("counted-sni");
     expect(values).toBe(1);
     expect(server.sni).toEqual(["localhost"]);
+  });
+
+  test("corked: the value never enters the library's buffer; gnutls_record_uncork's send substitutes, then restores", async () => {
+    const { values, allowed, out } = await run("cork");
+    expect(out.UNCORK).toEqual([String(out.SENT?.[0])]);
+    expect(out.CORKED_HEAP).toEqual(["clean"]);
+    expect(out.UNCORKED_HEAP).toEqual(["clean"]);
+    expect(values).toBe(1);
+    expect(placeholderCount(allowed)).toBe(0);
   });
 
   test("the app's push function, then set_int2 on the allowed socket: not bound to it (the relay's writes go elsewhere)", async () => {

@@ -18,8 +18,15 @@
  *                  NUL inside): a name that starts like the allowed one
  *   counted-sni    set_int2(allowed fd), SNI: the first strlen(SNI) bytes of
  *                  "SNI.kloak.test" (GnuTLS names are counted, not C strings)
+ *   cork           set_int2(allowed fd); the request is sent corked
+ *                  (gnutls_record_cork, send, gnutls_record_uncork), and the
+ *                  heap is searched for $CHECK_VALUE (the real value, given
+ *                  to this test client only to look for it) while the
+ *                  request sits in the library's buffer and after the uncork:
+ *                  prints CORKED_HEAP=clean|value, UNCORKED_HEAP=...
  * Sends one request with $API_TOKEN in a header; prints HANDSHAKE=ok, SENT=n.
  */
+#define _GNU_SOURCE /* memmem */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -49,10 +56,13 @@ ssize_t gnutls_record_send(gnutls_session_t, const void *, size_t);
 ssize_t gnutls_record_recv(gnutls_session_t, void *, size_t);
 const char *gnutls_strerror(int);
 void gnutls_deinit(gnutls_session_t);
+void gnutls_record_cork(gnutls_session_t);
+int gnutls_record_uncork(gnutls_session_t, unsigned int);
 #define GNUTLS_CLIENT 2
 #define GNUTLS_CRD_CERTIFICATE 1
 #define GNUTLS_X509_FMT_PEM 1
 #define GNUTLS_NAME_DNS 1
+#define GNUTLS_RECORD_WAIT 1
 
 static int pair[2]; /* [0]: the session's side, [1]: the relay's */
 static int evil;
@@ -89,6 +99,32 @@ static void *relay(void *arg)
 				return NULL;
 		}
 	}
+}
+
+/* Does the process heap hold value? (/proc/self/maps [heap], read through /proc/self/mem) */
+static const char *heap_has(const char *value)
+{
+	unsigned long lo, hi;
+	char line[512], *buf;
+	FILE *maps = fopen("/proc/self/maps", "r");
+	FILE *mem = fopen("/proc/self/mem", "r");
+	const char *found = "clean";
+
+	if (!maps || !mem)
+		exit(2);
+	while (fgets(line, sizeof(line), maps)) {
+		if (!strstr(line, "[heap]") || sscanf(line, "%lx-%lx", &lo, &hi) != 2)
+			continue;
+		buf = malloc(hi - lo);
+		if (!buf || fseek(mem, lo, SEEK_SET) || fread(buf, 1, hi - lo, mem) != hi - lo)
+			exit(2);
+		if (memmem(buf, hi - lo, value, strlen(value)))
+			found = "value";
+		free(buf);
+	}
+	fclose(maps);
+	fclose(mem);
+	return found;
 }
 
 static int dial(const char *ip, int port)
@@ -163,7 +199,19 @@ int main(int argc, char **argv)
 	}
 	printf("HANDSHAKE=ok\n");
 	len = snprintf(req, sizeof(req), "GET /b HTTP/1.1\r\nHost: x\r\nX-Key: %s\r\nConnection: close\r\n\r\n", token);
-	printf("SENT=%zd\n", gnutls_record_send(s, req, len));
+	if (strcmp(mode, "cork") == 0) {
+		const char *value = getenv("CHECK_VALUE");
+
+		if (!value)
+			return 2;
+		gnutls_record_cork(s);
+		printf("SENT=%zd\n", gnutls_record_send(s, req, len));
+		printf("CORKED_HEAP=%s\n", heap_has(value));
+		printf("UNCORK=%d\n", gnutls_record_uncork(s, GNUTLS_RECORD_WAIT));
+		printf("UNCORKED_HEAP=%s\n", heap_has(value));
+	} else {
+		printf("SENT=%zd\n", gnutls_record_send(s, req, len));
+	}
 	fflush(stdout);
 	gnutls_record_recv(s, reply, sizeof(reply));
 	gnutls_deinit(s);
