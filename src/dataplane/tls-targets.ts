@@ -7,6 +7,7 @@ import { readdirSync, readlinkSync, statSync } from "node:fs";
 import { functionOffsets } from "../../lib/elf.ts";
 import { exePath, mappedFiles } from "../../lib/proc.ts";
 import { Fn } from "./abi.ts";
+import { gnutlsLinkedBy } from "./gnutls-discovery.ts";
 
 /**
  * The probed functions of a TLS library: the writes, where placeholders are
@@ -68,8 +69,7 @@ const LIB_DIRS = [
   "/lib/aarch64-linux-gnu",
   "/usr/lib/aarch64-linux-gnu",
 ];
-/** TLS libraries attached before a process maps them (dlopen, an exec'd helper such as git-remote-https). */
-const LIBSSL = /^(libssl|libgnutls)\.so(\.[0-9.]+)?$/;
+const LIBSSL = /^libssl\.so(\.[0-9.]+)?$/;
 
 export class TlsTargetFinder {
   private readonly byFile = new Map<string, TlsFunction[] | null>();
@@ -80,7 +80,7 @@ export class TlsTargetFinder {
     const root = processRoot(pid);
     if (root === null) return [];
     const exe = exePath(pid);
-    const candidates = [...(exe ? [exe] : []), ...(mappedFiles(pid) ?? []), ...this.systemLibssl(root)];
+    const candidates = [...(exe ? [exe] : []), ...(mappedFiles(pid) ?? []), ...this.systemLibssl(root), ...(exe ? gnutlsLinkedBy(root, exe, LIB_DIRS) : [])];
     const targets = new Map<string, TlsTarget>();
     for (const p of candidates) {
       const path = root + p;
