@@ -38,16 +38,6 @@
 #define GNUTLS_IN_INIT (-2)
 #define GNUTLS_IN_UNCORK (-3)
 
-/* Corked sessions {session, tgid}: set at gnutls_record_cork, gone when an
- * uncork succeeds or the session is freed. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct kloak_conn_key);
-	__type(value, __u32);
-} kloak_gnutls_corked SEC(".maps");
-
 static __always_inline struct kloak_setfd *gnutls_inside(__u32 tid, __s64 what)
 {
 	struct kloak_setfd *inside = bpf_map_lookup_elem(&kloak_setfd, &tid);
@@ -62,11 +52,13 @@ static __always_inline bool gnutls_not_a_write(__u64 session, __u32 tgid, __u32 
 {
 	struct kloak_conn_key k = { .ssl = session, .tgid = tgid };
 	__u64 *outer = bpf_map_lookup_elem(&kloak_active, &tid);
+	struct kloak_conn *c;
 	struct kloak_setfd *uncork;
 
 	if (outer && *outer == session)
 		return true;
-	if (!bpf_map_lookup_elem(&kloak_gnutls_corked, &k))
+	c = bpf_map_lookup_elem(&kloak_conns, &k);
+	if (!c || !(c->flags & KLOAK_CONN_CORKED))
 		return false;
 	uncork = gnutls_inside(tid, GNUTLS_IN_UNCORK);
 	return !uncork || uncork->ssl != session;
@@ -99,10 +91,9 @@ static __always_inline int gnutls_entry(struct pt_regs *ctx, __u64 fn, __u64 ses
 	struct kloak_proc *proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
 	struct kloak_conn_key k = { .ssl = session, .tgid = tgid };
 	struct kloak_setfd inside;
-	__u32 one = 1;
+	struct kloak_conn *c;
 
 	if (fn == KLOAK_FN_GNUTLS_DEINIT) {
-		bpf_map_delete_elem(&kloak_gnutls_corked, &k);
 		forget_conn(&k);
 		return 0;
 	}
@@ -116,10 +107,13 @@ static __always_inline int gnutls_entry(struct pt_regs *ctx, __u64 fn, __u64 ses
 		bpf_map_update_elem(&kloak_setfd, &tid, &inside, BPF_ANY);
 		return 0;
 	case KLOAK_FN_GNUTLS_RECORD_CORK:
-		/* Not recorded, sends would copy values into the library's
-		 * buffer: counted like any connection kloak cannot track. */
-		if (bpf_map_update_elem(&kloak_gnutls_corked, &k, &one, BPF_ANY))
-			count(KC_CONNS_UNTRACKED, 1);
+		/* A session first seen here was set up unseen (late). One kloak
+		 * cannot track (counted by conn_of) would have its sends copy
+		 * values into the library's buffer: only a secret without
+		 * rules, which needs no connection, is substituted there. */
+		c = conn_of(&k, KLOAK_CONN_LATE);
+		if (c)
+			c->flags |= KLOAK_CONN_CORKED;
 		return 0;
 	case KLOAK_FN_GNUTLS_SET_INT2:
 		gnutls_bind_fd(session, tgid, (__s32)PT_REGS_PARM3(ctx));
@@ -142,12 +136,15 @@ static __always_inline int gnutls_return(struct pt_regs *ctx, __u64 fn, __u32 ti
 {
 	struct kloak_setfd *inside = gnutls_inside(tid, fn == KLOAK_FN_GNUTLS_INIT ? GNUTLS_IN_INIT : GNUTLS_IN_UNCORK);
 	struct kloak_conn_key k = { .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct kloak_conn *c;
 
 	if (!inside)
 		return 0;
 	if (fn == KLOAK_FN_GNUTLS_RECORD_UNCORK && (int)PT_REGS_RC(ctx) >= 0) {
 		k.ssl = inside->ssl;
-		bpf_map_delete_elem(&kloak_gnutls_corked, &k);
+		c = bpf_map_lookup_elem(&kloak_conns, &k);
+		if (c)
+			c->flags &= ~KLOAK_CONN_CORKED;
 	}
 	bpf_map_delete_elem(&kloak_setfd, &tid);
 	return 0;

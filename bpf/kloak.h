@@ -256,6 +256,7 @@ enum kloak_conn_flags {
 	KLOAK_CONN_HANDSHAKE = 32,    /* a TLS call ran: the SNI on the wire is fixed */
 	KLOAK_CONN_SNI_CHANGED = 64,  /* the SNI was set again after that: never substituted */
 	KLOAK_CONN_LATE = 128,        /* first seen mid-connection (setup unseen): never substituted */
+	KLOAK_CONN_CORKED = 256,      /* GnuTLS: corked, sends only fill the library's buffer (bpf/gnutls.h) */
 };
 
 struct kloak_conn {

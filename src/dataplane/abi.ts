@@ -47,6 +47,7 @@ export const ConnFlags = {
   HANDSHAKE: 32,
   SNI_CHANGED: 64,
   LATE: 128,
+  CORKED: 256,
 } as const;
 export const ScopeFlags = { STRICT_BINDING: 1 } as const;
 /** Connections one process may have tracked at a time. */
