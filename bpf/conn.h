@@ -309,15 +309,22 @@ static __always_inline void lowercase(char *name)
 		((__u64 *)name)[i] = lower_word(((__u64 *)name)[i]);
 }
 
+/* kloak_set_sni's name_len for a NUL-terminated name (OpenSSL) */
+#define KLOAK_SNI_CSTR ((__u64)-1)
+
 /*
- * SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, type, name) in a scoped
- * process: the connection's SNI, lowercased and without a trailing dot. Once a
+ * SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, type, name) or
+ * gnutls_server_name_set(session, type, name, name_len) in a scoped
+ * process: the connection's SNI, lowercased and without a trailing dot. A
+ * counted name that is no C string of name_len bytes (a NUL inside, or too
+ * long) is not what the wire carries as one name: it gets a length no rule's
+ * name has, so it matches none. Once a
  * TLS call ran on the connection the SNI on the wire is fixed: a new one is
  * not taken, and the connection is never substituted again. The agent
  * resolves names under wildcard rules as clients use them; a name it has not
  * seen yet holds the client (stop claim + SIGSTOP) until it has.
  */
-__noinline int kloak_set_sni(__u64 ssl, __u64 name, __u32 scope_id)
+__noinline int kloak_set_sni(__u64 ssl, __u64 name, __u64 name_len, __u32 scope_id)
 {
 	__u64 id = bpf_get_current_pid_tgid(), seq = bpf_ktime_get_ns();
 	struct kloak_conn_key k = { .ssl = ssl, .tgid = id >> 32 };
@@ -336,9 +343,17 @@ __noinline int kloak_set_sni(__u64 ssl, __u64 name, __u32 scope_id)
 	}
 	__builtin_memset(c->sni, 0, KLOAK_NAME_MAX);
 	c->sni_len = 0;
-	if (!name)
+	if (!name || !name_len)
 		return 0; /* SNI cleared */
-	n = bpf_probe_read_user_str(c->sni, KLOAK_NAME_MAX, (const char *)name);
+	if (name_len == KLOAK_SNI_CSTR) {
+		n = bpf_probe_read_user_str(c->sni, KLOAK_NAME_MAX, (const char *)name);
+	} else {
+		n = bpf_probe_read_user_str(c->sni, BOUNDED(name_len, KLOAK_NAME_MAX - 1) + 1, (const char *)name);
+		if (name_len >= KLOAK_NAME_MAX || n != (long)name_len + 1) {
+			c->sni_len = KLOAK_NAME_MAX;
+			return 0;
+		}
+	}
 	if (n <= 1) {
 		__builtin_memset(c->sni, 0, KLOAK_NAME_MAX);
 		return 0;

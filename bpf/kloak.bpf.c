@@ -20,6 +20,7 @@
  *   policy.h       may this secret go to this peer
  *   hpack.h        placeholders Huffman-coded in HTTP/2 header blocks
  *   scope.h        which processes are protected (fork, exec, exit)
+ *   gnutls.h       GnuTLS sessions: transport setters, SNI, init
  *
  * Verifier budget: the work of a write is split into global functions of
  * scalars and bpf_loop callbacks, so the verifier checks each piece once
@@ -47,6 +48,7 @@
 #include "hpack.h"
 #include "scope.h"
 #include "unhooked.h"
+#include "gnutls.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -310,6 +312,10 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 	int ret;
 
 	switch (fn) {
+	case KLOAK_FN_GNUTLS_RECORD_SEND:
+		if (gnutls_not_a_write(ssl, tgid, tid))
+			return 0;
+		/* fall through */
 	case KLOAK_FN_SSL_WRITE:
 	case KLOAK_FN_SSL_WRITE_EX:
 		/* Probes are on the file, for every process that maps it. */
@@ -359,14 +365,16 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 			return 0;
 		proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
 		if (proc)
-			kloak_set_sni(ssl, PT_REGS_PARM4(ctx), proc->scope_id);
+			kloak_set_sni(ssl, PT_REGS_PARM4(ctx), KLOAK_SNI_CSTR, proc->scope_id);
 		return 0;
 	case KLOAK_FN_BSSL_SET_HOSTNAME:
 		proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
 		if (proc)
-			kloak_set_sni(ssl, PT_REGS_PARM2(ctx), proc->scope_id);
+			kloak_set_sni(ssl, PT_REGS_PARM2(ctx), KLOAK_SNI_CSTR, proc->scope_id);
 		return 0;
-	case KLOAK_FN_SSL_FREE: {
+	case KLOAK_FN_SSL_FREE:
+	case KLOAK_FN_GNUTLS_DEINIT: {
+		/* The connection is gone: everything kept about it goes too. */
 		struct kloak_conn_key k = { .ssl = ssl, .tgid = tgid };
 
 		forget_conn(&k);
@@ -374,8 +382,9 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		bpf_map_delete_elem(&kloak_h2, &k);
 		return 0;
 	}
+	default:
+		return gnutls_entry(ctx, fn, ssl, tgid, tid);
 	}
-	return 0;
 }
 
 static __always_inline int on_return(struct pt_regs *ctx, const int mode)
@@ -392,6 +401,13 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 		/* SSL_write: bytes written (> 0); SSL_write_ex: 1. Otherwise the
 		 * library took nothing of the buffer, and the app must retry. */
 		return on_write_return(mode, fn == KLOAK_FN_SSL_WRITE ? (int)PT_REGS_RC(ctx) > 0 : (int)PT_REGS_RC(ctx) == 1);
+	case KLOAK_FN_GNUTLS_RECORD_SEND:
+		bpf_map_delete_elem(&kloak_active, &tid);
+		/* bytes sent (> 0); an error (GNUTLS_E_AGAIN, ...) took nothing, and the app retries */
+		return on_write_return(mode, (long)PT_REGS_RC(ctx) > 0);
+	case KLOAK_FN_GNUTLS_INIT:
+	case KLOAK_FN_GNUTLS_RECORD_UNCORK:
+		return gnutls_return(ctx, fn, tid);
 	case KLOAK_FN_SSL_SET_FD:
 	case KLOAK_FN_SSL_SET_WFD:
 		setfd = bpf_map_lookup_elem(&kloak_setfd, &tid);

@@ -40,6 +40,16 @@ enum kloak_fn {
 	/* 9..15: memory-BIO connections (bpf/membio.h) */
 	KLOAK_FN_SSL_READ = 9,         /* int SSL_read(SSL *, void *, int): node's handshake runs in it */
 	KLOAK_FN_SSL_READ_EX = 10,     /* int SSL_read_ex(SSL *, void *, size_t, size_t *) */
+	/* GnuTLS (bpf/gnutls.h); the session plays the SSL*'s part, and
+	 * gnutls_handshake is probed as KLOAK_FN_SSL_DO_HANDSHAKE */
+	KLOAK_FN_GNUTLS_RECORD_SEND = 16,  /* ssize_t gnutls_record_send(session, const void *, size_t); also _send2 */
+	KLOAK_FN_GNUTLS_RECORD_CORK = 17,  /* void gnutls_record_cork(session): sends are buffered from now on */
+	KLOAK_FN_GNUTLS_RECORD_UNCORK = 18, /* int gnutls_record_uncork(session, flags): sends the buffer */
+	KLOAK_FN_GNUTLS_SERVER_NAME_SET = 19, /* int gnutls_server_name_set(session, type, const void *name, size_t len) */
+	KLOAK_FN_GNUTLS_SET_INT2 = 20,     /* void gnutls_transport_set_int2(session, int recv_fd, int send_fd) */
+	KLOAK_FN_GNUTLS_APP_TRANSPORT = 21, /* gnutls_transport_set_ptr/ptr2/push_function/vec_push_function/fastopen */
+	KLOAK_FN_GNUTLS_DEINIT = 22,       /* void gnutls_deinit(session) */
+	KLOAK_FN_GNUTLS_INIT = 23,         /* int gnutls_init(session *, flags): sets the default transport itself */
 	/* Bun's static BoringSSL, found by signature (src/dataplane/bun-boringssl.ts) */
 	KLOAK_FN_BSSL_SET_HOSTNAME = 40, /* int SSL_set_tlsext_host_name(SSL *, const char *): SNI */
 	KLOAK_FN_BUN_SSL_NEW = 41,       /* SSL *SSL_new(SSL_CTX *), at return: a new connection */
@@ -267,6 +277,7 @@ enum kloak_conn_flags {
 	KLOAK_CONN_HANDSHAKE = 32,    /* a TLS call ran: the SNI on the wire is fixed */
 	KLOAK_CONN_SNI_CHANGED = 64,  /* the SNI was set again after that: never substituted */
 	KLOAK_CONN_LATE = 128,        /* first seen mid-connection (setup unseen): never substituted */
+	KLOAK_CONN_CORKED = 256,      /* GnuTLS: corked, sends only fill the library's buffer (bpf/gnutls.h) */
 };
 
 struct kloak_conn {

@@ -10,10 +10,11 @@ need=()
 # matrix (bun run test:kernels) boots Debian kernels fetched from Debian's archive.
 # python3-requests: a client of the runtime matrix (test/runtime); zsh, fish: completion tests;
 # default-jre-headless: a TLS client kloak cannot hook (Java's own TLS), which it must report;
-# python3-aiohttp, python3-httpx, python3-uvloop: memory-BIO clients of test/runtime/membio.test.ts.
+# python3-aiohttp, python3-httpx, python3-uvloop: memory-BIO clients of test/runtime/membio.test.ts;
+# wget, gcc, libc6-dev: test/runtime (a GnuTLS client; C clients built by the tests).
 for pkg in libbpf1 libbpf-dev clang llvm bpftool openssl curl ca-certificates python3 git binutils procps util-linux \
   qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring python3-requests zsh fish \
-  default-jre-headless python3-aiohttp python3-httpx python3-uvloop; do
+  default-jre-headless python3-aiohttp python3-httpx python3-uvloop wget gcc libc6-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 command -v node >/dev/null || need+=(nodejs)

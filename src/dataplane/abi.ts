@@ -31,6 +31,14 @@ export const Fn = {
   SSL_SET_WFD: 8,
   SSL_READ: 9,
   SSL_READ_EX: 10,
+  GNUTLS_RECORD_SEND: 16,
+  GNUTLS_RECORD_CORK: 17,
+  GNUTLS_RECORD_UNCORK: 18,
+  GNUTLS_SERVER_NAME_SET: 19,
+  GNUTLS_SET_INT2: 20,
+  GNUTLS_APP_TRANSPORT: 21,
+  GNUTLS_DEINIT: 22,
+  GNUTLS_INIT: 23,
   BSSL_SET_HOSTNAME: 40,
   BUN_SSL_NEW: 41,
 } as const;
@@ -43,6 +51,7 @@ export const ConnFlags = {
   HANDSHAKE: 32,
   SNI_CHANGED: 64,
   LATE: 128,
+  CORKED: 256,
 } as const;
 export const ScopeFlags = { STRICT_BINDING: 1 } as const;
 /** Connections one process may have tracked at a time. */
@@ -285,7 +294,9 @@ function peerAddress(addr: Uint8Array, family: number): string {
 
 const latin1 = new TextDecoder("latin1");
 function name(v: DataView, off: number, len: number): string {
-  return latin1.decode(new Uint8Array(v.buffer, v.byteOffset + off, Math.min(len, NAME_MAX)));
+  const text = latin1.decode(new Uint8Array(v.buffer, v.byteOffset + off, Math.min(len, NAME_MAX)));
+  // NAME_MAX: a counted SNI (GnuTLS) with a NUL inside, or too long: shown up to the NUL, marked.
+  return len >= NAME_MAX ? `${text.split("\0")[0]}\\0… (not one host name)` : text;
 }
 
 function encodeName(b: Uint8Array, off: number, text: string): number {

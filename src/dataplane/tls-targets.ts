@@ -8,6 +8,7 @@ import { functionOffsets } from "../../lib/elf.ts";
 import { exePath, mappedFiles } from "../../lib/proc.ts";
 import { Fn } from "./abi.ts";
 import { bunTlsFunctions } from "./bun-boringssl.ts";
+import { gnutlsLinkedBy } from "./gnutls-discovery.ts";
 
 /**
  * The probed functions of a TLS library: the writes, where placeholders are
@@ -29,8 +30,25 @@ export const TLS_FUNCTIONS = [
   // Memory-BIO clients (bpf/membio.h): node's handshake runs inside SSL_read.
   { name: "SSL_read", cookie: Fn.SSL_READ, ret: true },
   { name: "SSL_read_ex", cookie: Fn.SSL_READ_EX, ret: true },
+  // GnuTLS (bpf/gnutls.h). gnutls_transport_set_int is a macro over set_int2; the handshake
+  // is one like OpenSSL's.
+  { name: "gnutls_record_send", cookie: Fn.GNUTLS_RECORD_SEND, ret: true },
+  { name: "gnutls_record_send2", cookie: Fn.GNUTLS_RECORD_SEND, ret: true },
+  { name: "gnutls_record_cork", cookie: Fn.GNUTLS_RECORD_CORK, ret: false },
+  { name: "gnutls_record_uncork", cookie: Fn.GNUTLS_RECORD_UNCORK, ret: true },
+  { name: "gnutls_handshake", cookie: Fn.SSL_DO_HANDSHAKE, ret: true },
+  { name: "gnutls_server_name_set", cookie: Fn.GNUTLS_SERVER_NAME_SET, ret: false },
+  { name: "gnutls_transport_set_int2", cookie: Fn.GNUTLS_SET_INT2, ret: false },
+  { name: "gnutls_transport_set_ptr", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_transport_set_ptr2", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_transport_set_push_function", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_transport_set_vec_push_function", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_transport_set_fastopen", cookie: Fn.GNUTLS_APP_TRANSPORT, ret: false },
+  { name: "gnutls_init", cookie: Fn.GNUTLS_INIT, ret: true },
+  { name: "gnutls_deinit", cookie: Fn.GNUTLS_DEINIT, ret: false },
 ] as const;
-const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_EX]);
+/** A file is a target when it can write TLS through either library. */
+const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_EX, Fn.GNUTLS_RECORD_SEND]);
 
 export interface TlsFunction {
   name: string;
@@ -78,7 +96,7 @@ export class TlsTargetFinder {
     const root = processRoot(pid);
     if (root === null) return [];
     const exe = exePath(pid);
-    const candidates = [...(exe ? [exe] : []), ...(mappedFiles(pid) ?? []), ...this.systemLibssl(root)];
+    const candidates = [...(exe ? [exe] : []), ...(mappedFiles(pid) ?? []), ...this.systemLibssl(root), ...(exe ? gnutlsLinkedBy(root, exe, LIB_DIRS) : [])];
     const targets = new Map<string, TlsTarget>();
     for (const p of candidates) {
       const path = root + p;
