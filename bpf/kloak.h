@@ -37,6 +37,9 @@ enum kloak_fn {
 	KLOAK_FN_SSL_SET_BIO = 6,      /* void SSL_set_bio(SSL *, BIO *rbio, BIO *wbio) */
 	KLOAK_FN_SSL_SET0_WBIO = 7,    /* void SSL_set0_wbio(SSL *, BIO *wbio) */
 	KLOAK_FN_SSL_SET_WFD = 8,      /* int SSL_set_wfd(SSL *, int) */
+	/* Go (bpf/golang.h); the cookie's high 32 bits name the binary's kloak_go_layout */
+	KLOAK_FN_GO_WRITE = 32,        /* crypto/tls.(*Conn).Write entry (register ABI) */
+	KLOAK_FN_GO_WRITE_RET = 33,    /* a RET instruction of crypto/tls.(*Conn).Write */
 };
 
 enum kloak_mode {
@@ -98,6 +101,7 @@ enum kloak_refusal {
 	KR_BUFFER_NOT_PRIVATE,        /* the placeholder lies in shared, file-backed or read-only memory */
 	KR_APP_BIO,                   /* strict binding: the connection writes through the app's own BIO */
 	KR_BUFFER_UNCHECKED,          /* the writer's memory map was busy: the buffer could not be checked */
+	KR_GO_STACK_BUFFER,           /* Go: the buffer is on a goroutine stack, which may move during the call */
 	KR__COUNT
 };
 
@@ -331,6 +335,19 @@ struct kloak_sni_event {
 	__u32 tid; /* the held thread */
 	__u64 seq;
 	char sni[KLOAK_NAME_MAX];
+};
+
+/* kloak_go_layouts[id]: what bpf/golang.h needs of one Go binary. Addresses
+ * are link-time; the probe adds the load bias (PIE). */
+struct kloak_go_layout {
+	__u64 write_entry; /* crypto/tls.(*Conn).Write */
+	__u64 tcp_write;   /* net.(*TCPConn).Write: the itab method a bound conn writes through */
+	__u32 conn_conn;   /* offsetof(tls.Conn, conn): a net.Conn interface */
+	__u32 conn_config; /* offsetof(tls.Conn, config): *tls.Config */
+	__u32 config_server_name; /* offsetof(tls.Config, ServerName): a string */
+	__u32 tcpconn_fd;  /* offsetof(net.TCPConn, conn.fd): *netFD */
+	__u32 netfd_sysfd; /* offsetof(net.netFD, pfd.Sysfd): int */
+	__u32 _pad;
 };
 
 /* Knobs user space sets in .rodata before load. */

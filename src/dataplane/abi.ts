@@ -29,6 +29,8 @@ export const Fn = {
   SSL_SET_BIO: 6,
   SSL_SET0_WBIO: 7,
   SSL_SET_WFD: 8,
+  GO_WRITE: 32,
+  GO_WRITE_RET: 33,
 } as const;
 export const ConnFlags = {
   BOUND: 1,
@@ -128,6 +130,10 @@ export const LAYOUT = {
   },
   kloak_config: { size: 16, fields: { mode: 0, scan_cap: 4, violations: 8, _pad: 12 } },
   kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, seq: 8 } },
+  kloak_go_layout: {
+    size: 40,
+    fields: { write_entry: 0, tcp_write: 8, conn_conn: 16, conn_config: 20, config_server_name: 24, tcpconn_fd: 28, netfd_sysfd: 32, _pad: 36 },
+  },
 } as const;
 
 const u32 = (n: number) => {

@@ -36,7 +36,9 @@ import {
 } from "./abi.ts";
 import { actionCode, REFUSALS, type ViolationAction } from "./refusals.ts";
 import { Attacher } from "./attacher.ts";
+import { encodeGoLayout } from "./go-layout.ts";
 import {
+  GO_PROGRAMS,
   loadObject,
   MODE_PROGRAMS,
   objectBytes,
@@ -179,7 +181,11 @@ export class Dataplane {
       images: obj.map("kloak_images"),
     };
     const [entry, ret] = MODE_PROGRAMS[mode];
-    this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder(), uprobes);
+    const goLayouts = obj.map("kloak_go_layouts");
+    this.attacher = new Attacher(obj.program(entry).fd, obj.program(ret).fd, new TlsTargetFinder(), uprobes, {
+      progFd: obj.program(GO_PROGRAMS[mode]).fd,
+      register: (id, layout) => goLayouts.update(encodeU32(id), encodeGoLayout(layout)),
+    });
     this.bellFd = eventfd();
     this.worker = new Worker(workerSpec(new URL("./ring-worker.ts", import.meta.url), "./src/dataplane/ring-worker.ts"));
   }
@@ -312,6 +318,7 @@ export class Dataplane {
   private attach(tgid: number): string[] | null {
     const r = this.attacher.sync(tgid);
     for (const err of r.errors) this.opts.warn?.(`attach to pid ${tgid}: ${err}`);
+    for (const f of r.refused) this.opts.warn?.(`pid ${tgid}: ${f.reason}: ${f.path}: ${f.detail}; its TLS writes keep their placeholders`);
     return r.errors.length ? null : r.files;
   }
 
@@ -653,6 +660,8 @@ export class Dataplane {
         for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
       out[r.name] = sum;
     }
+    // Go executables kloak refused to probe (each file once): user space decides these.
+    out.go_binary_unsupported = BigInt(this.attacher.refusedFiles.size);
     return out;
   }
 

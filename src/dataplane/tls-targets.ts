@@ -7,6 +7,7 @@ import { readdirSync, readlinkSync, statSync } from "node:fs";
 import { functionOffsets } from "../../lib/elf.ts";
 import { exePath, mappedFiles } from "../../lib/proc.ts";
 import { Fn } from "./abi.ts";
+import { goTargetOf, type GoTarget } from "./go-targets.ts";
 
 /**
  * The probed functions of a TLS library: the writes, where placeholders are
@@ -38,6 +39,15 @@ export interface TlsTarget {
   id: string;
   path: string;
   functions: TlsFunction[];
+  /** a Go executable: its probes go to the Go programs (register ABI, RETs probed as entries) */
+  go?: GoTarget;
+}
+
+/** A file kloak will not probe, and why (a Go binary it cannot handle). */
+export interface RefusedTarget {
+  path: string;
+  reason: string;
+  detail: string;
 }
 
 const LIB_DIRS = [
@@ -55,6 +65,9 @@ const LIBSSL = /^libssl\.so(\.[0-9.]+)?$/;
 
 export class TlsTargetFinder {
   private readonly byFile = new Map<string, TlsFunction[] | null>();
+  private readonly goByFile = new Map<string, GoTarget | RefusedTarget | null>();
+  /** the files of the last targetsFor() that are refused (reported, counted by the caller) */
+  refused: RefusedTarget[] = [];
   private readonly libsByRoot = new Map<string, string[]>();
 
   /** Files that define TLS write functions, for this process (its exe, its mappings, its libssl). */
@@ -64,6 +77,7 @@ export class TlsTargetFinder {
     const exe = exePath(pid);
     const candidates = [...(exe ? [exe] : []), ...(mappedFiles(pid) ?? []), ...this.systemLibssl(root)];
     const targets = new Map<string, TlsTarget>();
+    this.refused = [];
     for (const p of candidates) {
       const path = root + p;
       let id: string;
@@ -72,8 +86,14 @@ export class TlsTargetFinder {
         if (!st.isFile()) continue;
         id = `${st.dev}:${st.ino}`;
         if (targets.has(id)) continue;
-        const functions = this.functionsOf(path, `${id}:${st.mtimeMs}:${st.size}`);
+        const key = `${id}:${st.mtimeMs}:${st.size}`;
+        const functions = this.functionsOf(path, key);
         if (functions) targets.set(id, { id, path, functions });
+        else {
+          const go = this.goOf(path, key);
+          if (go && "reason" in go) this.refused.push(go);
+          else if (go) targets.set(id, { id, path, functions: go.functions, go });
+        }
       } catch {
         continue; // vanished or unreadable: nothing to attach to
       }
@@ -102,6 +122,11 @@ export class TlsTargetFinder {
     }
     this.byFile.set(cacheKey, fns);
     return fns;
+  }
+
+  private goOf(path: string, cacheKey: string): GoTarget | RefusedTarget | null {
+    if (!this.goByFile.has(cacheKey)) this.goByFile.set(cacheKey, goTargetOf(path));
+    return this.goByFile.get(cacheKey)!;
   }
 
   private systemLibssl(root: string): string[] {
