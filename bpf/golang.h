@@ -82,7 +82,7 @@ static __always_inline bool go_ip_literal(const char *name, __u32 n)
 
 		if (i >= n)
 			break;
-		ch = name[i];
+		ch = name[BOUNDED(i, KLOAK_NAME_MAX - 1)];
 		if (ch == ':')
 			return true;
 		if (!((ch >= '0' && ch <= '9') || ch == '.'))
@@ -142,9 +142,9 @@ __noinline int kloak_go_bind(__u64 conn, __u64 ip, __u32 layout_id, __u32 tgid)
 	if (n && bpf_probe_read_user(c->sni, BOUNDED(n - 1, KLOAK_NAME_MAX - 2) + 1, (void *)name[0]))
 		return 0;
 	lowercase(c->sni);
-	if (n && c->sni[(n - 1) & (KLOAK_NAME_MAX - 1)] == '.') {
+	if (n && c->sni[BOUNDED(n - 1, KLOAK_NAME_MAX - 1)] == '.') {
 		n--;
-		c->sni[n & (KLOAK_NAME_MAX - 1)] = 0;
+		c->sni[BOUNDED(n, KLOAK_NAME_MAX - 1)] = 0;
 	}
 	if (n && go_ip_literal(c->sni, n)) {
 		__builtin_memset(c->sni, 0, KLOAK_NAME_MAX);

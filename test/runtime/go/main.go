@@ -62,7 +62,10 @@ func client(url, n string) {
 			body := bytes.Repeat([]byte("pad-"+strconv.Itoa(i)+"-"), 1+i%7)
 			body = append(body, []byte("token="+token+"\n")...)
 			req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
-			req.Header.Set("X-Token", token)
+			if !h2 {
+				// h2 headers are HPACK (Huffman) coded: another part of kloak; here the body (DATA frames).
+				req.Header.Set("X-Token", token)
+			}
 			resp, err := c.Do(req)
 			mu.Lock()
 			defer mu.Unlock()
