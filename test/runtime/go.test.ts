@@ -17,6 +17,7 @@ import { returnSites } from "../../lib/x86-length.ts";
 import { GO_OFFSETS } from "../../src/dataplane/go-offsets.ts";
 import { coveredGoVersions, GO_TCP_WRITE, GO_WRITE, goTargetOf } from "../../src/dataplane/go-targets.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
+import { startTlsServer } from "../support/tls-server.ts";
 import { fakeSecret, occurrences, placeholderCount, ROOT, runKloak } from "../support/kloak.ts";
 
 const CACHE = "/var/cache/kloak-runtime/go";
@@ -200,6 +201,44 @@ for (const v of coveredGoVersions()) {
       expect(occurrences(r.got, secret)).toBe(8);
       expect(placeholderCount(r.got)).toBe(0);
     }, 180_000);
+
+    test("one 16 MB Write that parks on a full socket and resumes on another thread: the value went out once, the buffer got its placeholder back", async () => {
+      const raw = await startTlsServer({ mode: "raw" });
+      try {
+        const bin = build(v, { pie: true, stripped: true });
+        let migrated = false;
+        // A goroutine's thread after a park is the scheduler's choice: try until one moved.
+        for (let attempt = 0; attempt < 4 && !migrated; attempt++) {
+          raw.reset();
+          const secret = fakeSecret(32);
+          const r = await runKloak(
+            [
+              "exec",
+              "--secret",
+              `KLOAK_TEST_TOKEN=${secret}`,
+              "--allow",
+              "KLOAK_TEST_TOKEN=localhost",
+              "--",
+              "sh",
+              "-c",
+              `KLOAK_TEST_CA=${certs.caFile} GOMAXPROCS=2 exec ${bin} bigwrite localhost:${raw.port} 16`,
+            ],
+            { timeoutMs: 120_000 },
+          );
+          expect(r.code).toBe(0);
+          expect(r.stdout).toContain("restored=true");
+          for (let i = 0; i < 50 && Buffer.concat(raw.connections).length < 16 << 20; i++) await Bun.sleep(100);
+          const got = Buffer.concat(raw.connections);
+          expect(got.length).toBe(16 << 20);
+          expect(occurrences(got, `token=${secret}\n`)).toBe(1);
+          expect(placeholderCount(got)).toBe(0);
+          migrated = r.stdout.includes("migrated=true");
+        }
+        expect(migrated).toBe(true);
+      } finally {
+        raw.close();
+      }
+    }, 600_000);
 
     test("a disallowed destination: the placeholder goes out, the refusal is counted, the app runs on", async () => {
       const secret = fakeSecret(24);

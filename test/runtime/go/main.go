@@ -4,6 +4,9 @@
 //	client URL N         N concurrent requests (goroutines) POST URL; the body and an
 //	                     X-Token header carry $KLOAK_TEST_TOKEN (a placeholder under kloak)
 //	server CERT KEY LOG  TLS server (HTTP/1.1 and h2), appends each request it got to LOG
+//	bigwrite ADDR MB     one tls.Conn.Write of MB megabytes starting with the token, while
+//	                     busy goroutines compete for GOMAXPROCS: the write parks on a full
+//	                     socket and its goroutine resumes on other threads mid-call
 //	layout               struct offsets of this toolchain, as JSON (scripts/go-offsets.ts)
 package main
 
@@ -22,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 func main() {
@@ -32,6 +36,8 @@ func main() {
 		server(os.Args[2], os.Args[3], os.Args[4])
 	case "layout":
 		layout()
+	case "bigwrite":
+		bigwrite(os.Args[2], os.Args[3])
 	}
 }
 
@@ -150,4 +156,47 @@ func layout() {
 	out["netFdSysfd"] = offset(netFD, "pfd", "Sysfd")
 	b, _ := json.Marshal(out)
 	fmt.Println(string(b))
+}
+
+func bigwrite(addr, mb string) {
+	n, _ := strconv.Atoi(mb)
+	token := os.Getenv("KLOAK_TEST_TOKEN")
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(os.Getenv("KLOAK_TEST_CA"))
+	if err != nil {
+		panic(err)
+	}
+	pool.AppendCertsFromPEM(ca)
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	if err != nil {
+		panic(err)
+	}
+	stop := make(chan struct{})
+	for i := 0; i < 4; i++ {
+		go func() {
+			x := 0
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					x++
+				}
+			}
+		}()
+	}
+	buf := make([]byte, n<<20)
+	for i := range buf {
+		buf[i] = 'a' + byte(i%26)
+	}
+	copy(buf, "token="+token+"\n")
+	before := syscall.Gettid()
+	if _, err := c.Write(buf); err != nil {
+		panic(err)
+	}
+	after := syscall.Gettid()
+	close(stop)
+	c.Close()
+	restored := strings.HasPrefix(string(buf), "token="+token+"\n") && strings.HasPrefix(token, "kloak:")
+	fmt.Printf("bigwrite migrated=%v restored=%v\n", before != after, restored)
 }
