@@ -123,6 +123,7 @@ export class Dataplane {
     | "cgroups"
     | "conns"
     | "inflight"
+    | "goInflight"
     | "stopOwner"
     | "images",
     BpfMap
@@ -177,6 +178,7 @@ export class Dataplane {
       cgroups: obj.map("kloak_cgroups"),
       conns: obj.map("kloak_conns"),
       inflight: obj.map("kloak_inflight"),
+      goInflight: obj.map("kloak_go_inflight"),
       stopOwner: obj.map("kloak_stop_owner"),
       images: obj.map("kloak_images"),
     };
@@ -537,7 +539,12 @@ export class Dataplane {
       return false; // gone
     }
     const value = new Uint8Array(LAYOUT.kloak_write_event.size);
-    return tids.some((tid) => this.maps.inflight.lookup(encodeU32(Number(tid)), value));
+    if (tids.some((tid) => this.maps.inflight.lookup(encodeU32(Number(tid)), value))) return true;
+    // Go writes are recorded by goroutine (bpf/golang.h), not by thread.
+    const v = new DataView(value.buffer);
+    for (const key of this.maps.goInflight.keys())
+      if (this.maps.goInflight.lookup(key, value) && v.getUint32(LAYOUT.kloak_write_event.fields.tgid, true) === pid) return true;
+    return false;
   }
 
   /** The restore records (kloak_write_event) of live threads; a thread that died inside its write leaves its record behind. */
@@ -548,6 +555,11 @@ export class Dataplane {
     for (const key of this.maps.inflight.keys()) {
       if (!this.maps.inflight.lookup(key, value)) continue;
       if (existsSync(`/proc/${v.getUint32(F.tgid, true)}/task/${v.getUint32(F.tid, true)}`)) yield v;
+    }
+    // Go writes, by goroutine: its thread may change, so only the process must live.
+    for (const key of this.maps.goInflight.keys()) {
+      if (!this.maps.goInflight.lookup(key, value)) continue;
+      if (existsSync(`/proc/${v.getUint32(F.tgid, true)}`)) yield v;
     }
   }
 
