@@ -21,6 +21,7 @@
  *   hpack.h        placeholders Huffman-coded in HTTP/2 header blocks
  *   scope.h        which processes are protected (fork, exec, exit)
  *   gnutls.h       GnuTLS sessions: transport setters, SNI, init
+ *   golang.h       Go's crypto/tls: its connection, its calls (programs at the end)
  *
  * Verifier budget: the work of a write is split into global functions of
  * scalars and bpf_loop callbacks, so the verifier checks each piece once
@@ -49,6 +50,7 @@
 #include "scope.h"
 #include "unhooked.h"
 #include "gnutls.h"
+#include "golang.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -165,9 +167,12 @@ static __always_inline void enforce(struct scratch *s, __u32 tgid, __u32 tid)
 	bpf_send_signal(SIGKILL);
 }
 
-static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scratch *s, __u64 fn, const int mode)
+/* A Go write (golang.h) passes its own call: register ABI, restore record
+ * keyed by goroutine. NULL: a C library's write, from the regs. */
+static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scratch *s, __u64 fn, const int mode,
+				    const struct go_call *go)
 {
-	__u64 id = bpf_get_current_pid_tgid(), ssl = PT_REGS_PARM1(ctx);
+	__u64 id = bpf_get_current_pid_tgid(), ssl = go ? go->conn : PT_REGS_PARM1(ctx);
 	__u32 tgid = id >> 32, tid = (__u32)id, i;
 	struct kloak_proc *proc;
 	__u64 len;
@@ -175,10 +180,14 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 	proc = bpf_map_lookup_elem(&kloak_procs, &tgid);
 	if (!proc)
 		return 0;
-	bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
-	membio_before_call(ssl, tgid, tid);
+	if (!go) {
+		bpf_map_update_elem(&kloak_active, &tid, &ssl, BPF_ANY);
+		membio_before_call(ssl, tgid, tid);
+	}
 	tls_call(ssl, tgid);
-	if (fn == KLOAK_FN_SSL_WRITE) {
+	if (go) {
+		len = go->len;
+	} else if (fn == KLOAK_FN_SSL_WRITE) {
 		int num = (int)PT_REGS_PARM3(ctx);
 		len = num > 0 ? (__u64)num : 0;
 	} else {
@@ -187,7 +196,7 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 	if (len == 0)
 		return 0;
 	count(KC_WRITES_SEEN, 1);
-	if (bpf_map_lookup_elem(&kloak_inflight, &tid)) {
+	if (go ? bpf_map_lookup_elem(&kloak_go_inflight, &go->g) != NULL : bpf_map_lookup_elem(&kloak_inflight, &tid) != NULL) {
 		/* Nested TLS write (one API implemented on the other): the outer
 		 * call already substituted; never clobber its restore record. */
 		count(KC_NESTED_WRITE, 1);
@@ -201,7 +210,7 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 	s->conn_ino = 0;
 	s->violation = KLOAK_ACTION_PASS;
 	__builtin_memset(&s->peer, 0, sizeof(s->peer));
-	s->buf = PT_REGS_PARM2(ctx);
+	s->buf = go ? go->buf : PT_REGS_PARM2(ctx);
 	s->len = len;
 	s->scan_len = len < kloak_cfg.scan_cap ? len : kloak_cfg.scan_cap;
 	s->tgid = tgid;
@@ -227,9 +236,14 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 	}
 	if (s->ev.count == 0)
 		return 0;
+	if (go && go_buffer_may_move(go, s->buf, len)) {
+		refuse_items(slot, s, KR_GO_STACK_BUFFER);
+		return 0;
+	}
 
 	/* The restore is recorded before any byte changes. */
-	if (bpf_map_update_elem(&kloak_inflight, &tid, &s->ev, BPF_NOEXIST)) {
+	if (go ? bpf_map_update_elem(&kloak_go_inflight, &go->g, &s->ev, BPF_NOEXIST)
+	       : bpf_map_update_elem(&kloak_inflight, &tid, &s->ev, BPF_NOEXIST)) {
 		refuse_items(slot, s, KR_INFLIGHT_FULL);
 		return 0;
 	}
@@ -249,12 +263,18 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 		return 0;
 	}
 	if (!claim_stop(tgid, tid, s->ev.seq)) {
-		bpf_map_delete_elem(&kloak_inflight, &tid);
+		if (go)
+			bpf_map_delete_elem(&kloak_go_inflight, &go->g);
+		else
+			bpf_map_delete_elem(&kloak_inflight, &tid);
 		refuse_items(slot, s, KR_CONCURRENT_WRITE);
 		return 0;
 	}
 	if (!room_for_substitution() || stop_with(&s->ev, KE_SUBSTITUTE)) {
-		bpf_map_delete_elem(&kloak_inflight, &tid);
+		if (go)
+			bpf_map_delete_elem(&kloak_go_inflight, &go->g);
+		else
+			bpf_map_delete_elem(&kloak_inflight, &tid);
 		bpf_map_delete_elem(&kloak_stop_owner, &tgid);
 		refuse_items(slot, s, KR_RINGBUF_FULL);
 		return 0;
@@ -266,17 +286,20 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 /* Works on the inflight record itself, not the per-CPU slot: a restore must
  * never be skipped because the slot is busy. A placeholder that cannot be put
  * back kills the writer. */
-static __always_inline int on_write_return(const int mode, bool taken)
+static __always_inline int on_write_return(const int mode, bool taken, const __u64 *g)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid(), i;
 	struct kloak_write_event *ev;
 	bool lost = false;
 
-	ev = bpf_map_lookup_elem(&kloak_inflight, &tid);
+	ev = g ? bpf_map_lookup_elem(&kloak_go_inflight, g) : bpf_map_lookup_elem(&kloak_inflight, &tid);
 	if (!ev)
 		return 0;
 	if (!taken)
 		count(KC_SUBST_NOT_TAKEN, ev->count);
+	/* A goroutine may return on another thread than it entered on: the
+	 * hold (and the agent's wait) is for the thread running it now. */
+	ev->tid = tid;
 	if (mode == KLOAK_MODE_KERNEL) {
 		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
 			if (i >= ev->count)
@@ -295,7 +318,10 @@ static __always_inline int on_write_return(const int mode, bool taken)
 		bpf_map_delete_elem(&kloak_stop_owner, &ev->tgid);
 		kill_holder();
 	}
-	bpf_map_delete_elem(&kloak_inflight, &tid);
+	if (g)
+		bpf_map_delete_elem(&kloak_go_inflight, g);
+	else
+		bpf_map_delete_elem(&kloak_inflight, &tid);
 	return 0;
 }
 
@@ -334,7 +360,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 			count(KC_NESTED_WRITE, 1);
 			return 0;
 		}
-		ret = on_write(ctx, slot, s, fn, mode);
+		ret = on_write(ctx, slot, s, fn, mode, NULL);
 		__sync_fetch_and_add(&s->busy, -1);
 		return ret;
 	case KLOAK_FN_SSL_DO_HANDSHAKE:
@@ -400,11 +426,11 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 		bpf_map_delete_elem(&kloak_active, &tid);
 		/* SSL_write: bytes written (> 0); SSL_write_ex: 1. Otherwise the
 		 * library took nothing of the buffer, and the app must retry. */
-		return on_write_return(mode, fn == KLOAK_FN_SSL_WRITE ? (int)PT_REGS_RC(ctx) > 0 : (int)PT_REGS_RC(ctx) == 1);
+		return on_write_return(mode, fn == KLOAK_FN_SSL_WRITE ? (int)PT_REGS_RC(ctx) > 0 : (int)PT_REGS_RC(ctx) == 1, NULL);
 	case KLOAK_FN_GNUTLS_RECORD_SEND:
 		bpf_map_delete_elem(&kloak_active, &tid);
 		/* bytes sent (> 0); an error (GNUTLS_E_AGAIN, ...) took nothing, and the app retries */
-		return on_write_return(mode, (long)PT_REGS_RC(ctx) > 0);
+		return on_write_return(mode, (long)PT_REGS_RC(ctx) > 0, NULL);
 	case KLOAK_FN_GNUTLS_INIT:
 	case KLOAK_FN_GNUTLS_RECORD_UNCORK:
 		return gnutls_return(ctx, fn, tid);
@@ -559,6 +585,7 @@ struct kloak_abi_anchor {
 	struct kloak_name_addr name_addr;
 	struct kloak_resolved resolved;
 	struct kloak_hcode hcode;
+	struct kloak_go_layout go_layout;
 	enum kloak_counter counter;
 	enum kloak_conn_flags conn_flags;
 	enum kloak_rule_kind rule_kind;

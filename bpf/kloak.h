@@ -50,6 +50,9 @@ enum kloak_fn {
 	KLOAK_FN_GNUTLS_APP_TRANSPORT = 21, /* gnutls_transport_set_ptr/ptr2/push_function/vec_push_function/fastopen */
 	KLOAK_FN_GNUTLS_DEINIT = 22,       /* void gnutls_deinit(session) */
 	KLOAK_FN_GNUTLS_INIT = 23,         /* int gnutls_init(session *, flags): sets the default transport itself */
+	/* Go (bpf/golang.h); the cookie's high 32 bits name the binary's kloak_go_layout */
+	KLOAK_FN_GO_WRITE = 32,        /* crypto/tls.(*Conn).Write entry (register ABI) */
+	KLOAK_FN_GO_WRITE_RET = 33,    /* a RET instruction of crypto/tls.(*Conn).Write */
 	/* Bun's static BoringSSL, found by signature (src/dataplane/bun-boringssl.ts) */
 	KLOAK_FN_BSSL_SET_HOSTNAME = 40, /* int SSL_set_tlsext_host_name(SSL *, const char *): SNI */
 	KLOAK_FN_BUN_SSL_NEW = 41,       /* SSL *SSL_new(SSL_CTX *), at return: a new connection */
@@ -119,6 +122,7 @@ enum kloak_refusal {
 	KR_BUFFER_UNCHECKED,          /* the writer's memory map was busy: the buffer could not be checked */
 	KR_HPACK_KERNEL_MODE,         /* kernel mode: Huffman-coded (HTTP/2 header), and the value's code is not loaded */
 	KR_HPACK_CODE_LENGTH,         /* Huffman-coded, but the value's code is not as long as the placeholder's */
+	KR_GO_STACK_BUFFER,           /* Go: the buffer is on a goroutine stack, which may move during the call */
 	KR__COUNT
 };
 
@@ -373,6 +377,19 @@ struct kloak_unhooked_event {
 	__s32 fd;
 	__u64 ino;
 	struct kloak_peer peer;
+};
+
+/* kloak_go_layouts[id]: what bpf/golang.h needs of one Go binary. Addresses
+ * are link-time; the probe adds the load bias (PIE). */
+struct kloak_go_layout {
+	__u64 write_entry; /* crypto/tls.(*Conn).Write */
+	__u64 tcp_write;   /* net.(*TCPConn).Write: the itab method a bound conn writes through */
+	__u32 conn_conn;   /* offsetof(tls.Conn, conn): a net.Conn interface */
+	__u32 conn_config; /* offsetof(tls.Conn, config): *tls.Config */
+	__u32 config_server_name; /* offsetof(tls.Config, ServerName): a string */
+	__u32 tcpconn_fd;  /* offsetof(net.TCPConn, conn.fd): *netFD */
+	__u32 netfd_sysfd; /* offsetof(net.netFD, pfd.Sysfd): int */
+	__u32 _pad;
 };
 
 /* Knobs user space sets in .rodata before load. */

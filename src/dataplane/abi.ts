@@ -39,6 +39,8 @@ export const Fn = {
   GNUTLS_APP_TRANSPORT: 21,
   GNUTLS_DEINIT: 22,
   GNUTLS_INIT: 23,
+  GO_WRITE: 32,
+  GO_WRITE_RET: 33,
   BSSL_SET_HOSTNAME: 40,
   BUN_SSL_NEW: 41,
 } as const;
@@ -146,6 +148,10 @@ export const LAYOUT = {
   kloak_config: { size: 16, fields: { mode: 0, scan_cap: 4, violations: 8, _pad: 12 } },
   kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, seq: 8 } },
   kloak_unhooked_event: { size: 48, fields: { type: 0, tgid: 4, scope_id: 8, fd: 12, ino: 16, peer: 24 } },
+  kloak_go_layout: {
+    size: 40,
+    fields: { write_entry: 0, tcp_write: 8, conn_conn: 16, conn_config: 20, config_server_name: 24, tcpconn_fd: 28, netfd_sysfd: 32, _pad: 36 },
+  },
 } as const;
 
 const u32 = (n: number) => {

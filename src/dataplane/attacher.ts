@@ -10,7 +10,14 @@
 import { FdCloser } from "../../lib/fd-closer.ts";
 import { attachUprobe, attachUprobeMulti } from "../../lib/uprobe.ts";
 import type { UprobeKind } from "./bpf-object.ts";
-import type { TlsTarget, TlsTargetFinder } from "./tls-targets.ts";
+import type { GoLayout } from "./go-targets.ts";
+import type { RefusedTarget, TlsTarget, TlsTargetFinder } from "./tls-targets.ts";
+
+/** Go executables: their program (entry and RETs alike), and how a binary's layout reaches the kernel. */
+export interface GoPrograms {
+  progFd: number;
+  register(layoutId: number, layout: GoLayout): void;
+}
 
 export interface AttachResult {
   /** functions newly attached (0 when every file of the process was attached already) */
@@ -18,6 +25,8 @@ export interface AttachResult {
   /** ids of the process's TLS files */
   files: string[];
   errors: string[];
+  /** files of the process kloak refused to probe (Go binaries it cannot handle) */
+  refused: RefusedTarget[];
 }
 
 /** Who keeps a file attached: a protected process (its pid), or a known image (its key). */
@@ -38,12 +47,15 @@ export class Attacher {
   private readonly byUser = new Map<User, Set<string>>();
   private readonly closer = new FdCloser();
   attachErrors = 0;
+  /** refused files, by path: each counted once */
+  readonly refusedFiles = new Map<string, RefusedTarget>();
 
   constructor(
     private readonly entryFd: number,
     private readonly retFd: number,
     private readonly finder: TlsTargetFinder,
     private readonly kind: UprobeKind,
+    private readonly go?: GoPrograms,
   ) {}
 
   /** protected processes kloak has looked at (attached to their TLS files, or to none) */
@@ -70,8 +82,12 @@ export class Attacher {
    * the files of its old image are no longer counted as its).
    */
   sync(pid: number): AttachResult {
-    const result: AttachResult = { attached: 0, files: [], errors: [] };
+    const result: AttachResult = { attached: 0, files: [], errors: [], refused: [] };
     const targets = this.finder.targetsFor(pid);
+    for (const r of this.finder.refused) {
+      result.refused.push(r);
+      this.refusedFiles.set(r.path, r);
+    }
     const wanted = new Set(targets.map((t) => t.id));
     for (const id of this.byUser.get(pid) ?? []) if (!wanted.has(id)) this.drop(pid, id);
     for (const t of targets) {
@@ -106,10 +122,19 @@ export class Attacher {
   private attachTarget(t: TlsTarget, result: AttachResult): number[] {
     const fds: number[] = [];
     const pid = EVERY_PROCESS[this.kind];
-    const groups = [
+    let groups = [
       { progFd: this.entryFd, retprobe: false, fns: t.functions },
       { progFd: this.retFd, retprobe: true, fns: t.functions.filter((f) => f.ret) },
     ];
+    if (t.go) {
+      // Go: no uretprobes (they break its stacks); every RET is an entry probe.
+      if (!this.go) {
+        result.errors.push(`${t.path}: Go executables need the Go programs, which are not loaded`);
+        return fds;
+      }
+      this.go.register(t.go.layoutId, t.go.layout);
+      groups = [{ progFd: this.go.progFd, retprobe: false, fns: t.functions }];
+    }
     for (const { progFd, retprobe, fns } of groups) {
       // multi: one link for the group; single: one perf event per function
       const batches = this.kind === "multi" ? [fns] : fns.map((f) => [f]);

@@ -38,6 +38,9 @@ export const MODE_PROGRAMS: Record<RewriteMode, readonly [entry: string, ret: st
   stop: ["kloak_tls_stop", "kloak_tls_ret_stop"],
 };
 
+/** The Go crypto/tls program of each mode (bpf/golang.h): entry and every RET, all plain uprobes. */
+export const GO_PROGRAMS: Record<RewriteMode, string> = { kernel: "kloak_go_kernel", stop: "kloak_go_stop" };
+
 /** Process lifecycle: scopes follow fork, exec is held until attached, exit detaches; signals to traced threads wake the tracer. */
 export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit", "kloak_signal"] as const;
 /** Sends inside TLS calls, which tie a connection to its socket. */
@@ -114,7 +117,8 @@ export function loadInMode(
   }
   try {
     for (const [m, progs] of Object.entries(MODE_PROGRAMS)) if (m !== mode) for (const p of progs) obj.program(p).setAutoload(false);
-    if (uprobes === "multi") for (const p of MODE_PROGRAMS[mode]) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
+    for (const [m, p] of Object.entries(GO_PROGRAMS)) if (m !== mode) obj.program(p).setAutoload(false);
+    if (uprobes === "multi") for (const p of [...MODE_PROGRAMS[mode], GO_PROGRAMS[mode]]) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
     const cfg = obj.map(".rodata.config").initialValue();
     if (cfg.byteLength < LAYOUT.kloak_config.size) throw new Error(".rodata.config is smaller than struct kloak_config");
     cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);

@@ -41,7 +41,9 @@ import { mapsAnyOf } from "./unhookable.ts";
 import { Attacher } from "./attacher.ts";
 import { encodeHcode } from "./hpack-splice.ts";
 import { huffmanBits } from "./hpack.ts";
+import { encodeGoLayout } from "./go-layout.ts";
 import {
+  GO_PROGRAMS,
   loadObject,
   MODE_PROGRAMS,
   objectBytes,
@@ -126,6 +128,7 @@ export class Dataplane {
     | "cgroups"
     | "conns"
     | "inflight"
+    | "goInflight"
     | "stopOwner"
     | "images"
     | "hcodes"
@@ -182,17 +185,20 @@ export class Dataplane {
       cgroups: obj.map("kloak_cgroups"),
       conns: obj.map("kloak_conns"),
       inflight: obj.map("kloak_inflight"),
+      goInflight: obj.map("kloak_go_inflight"),
       stopOwner: obj.map("kloak_stop_owner"),
       images: obj.map("kloak_images"),
       hcodes: obj.map("kloak_hcodes"),
       hvalues: obj.map("kloak_hvalues"),
     };
     const [entry, ret] = MODE_PROGRAMS[mode];
+    const goLayouts = obj.map("kloak_go_layouts");
     this.attacher = new Attacher(
       obj.program(entry).fd,
       obj.program(ret).fd,
       new TlsTargetFinder((b) => this.unhookable.bunUnrecognised(b, this.processScope(b.pid))),
       uprobes,
+      { progFd: obj.program(GO_PROGRAMS[mode]).fd, register: (id, layout) => goLayouts.update(encodeU32(id), encodeGoLayout(layout)) },
     );
     this.bellFd = eventfd();
     this.worker = new Worker(workerSpec(new URL("./ring-worker.ts", import.meta.url), "./src/dataplane/ring-worker.ts"));
@@ -334,6 +340,7 @@ export class Dataplane {
   private attach(tgid: number): string[] | null {
     const r = this.attacher.sync(tgid);
     for (const err of r.errors) this.opts.warn?.(`attach to pid ${tgid}: ${err}`);
+    for (const f of r.refused) this.opts.warn?.(`pid ${tgid}: ${f.reason}: ${f.path}: ${f.detail}; its TLS writes keep their placeholders`);
     return r.errors.length ? null : r.files;
   }
 
@@ -561,7 +568,12 @@ export class Dataplane {
       return false; // gone
     }
     const value = new Uint8Array(LAYOUT.kloak_write_event.size);
-    return tids.some((tid) => this.maps.inflight.lookup(encodeU32(Number(tid)), value));
+    if (tids.some((tid) => this.maps.inflight.lookup(encodeU32(Number(tid)), value))) return true;
+    // Go writes are recorded by goroutine (bpf/golang.h), not by thread.
+    const v = new DataView(value.buffer);
+    for (const key of this.maps.goInflight.keys())
+      if (this.maps.goInflight.lookup(key, value) && v.getUint32(LAYOUT.kloak_write_event.fields.tgid, true) === pid) return true;
+    return false;
   }
 
   /** The restore records (kloak_write_event) of live threads; a thread that died inside its write leaves its record behind. */
@@ -572,6 +584,11 @@ export class Dataplane {
     for (const key of this.maps.inflight.keys()) {
       if (!this.maps.inflight.lookup(key, value)) continue;
       if (existsSync(`/proc/${v.getUint32(F.tgid, true)}/task/${v.getUint32(F.tid, true)}`)) yield v;
+    }
+    // Go writes, by goroutine: its thread may change, so only the process must live.
+    for (const key of this.maps.goInflight.keys()) {
+      if (!this.maps.goInflight.lookup(key, value)) continue;
+      if (existsSync(`/proc/${v.getUint32(F.tgid, true)}`)) yield v;
     }
   }
 
@@ -688,6 +705,8 @@ export class Dataplane {
         for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
       out[r.name] = sum;
     }
+    // Go executables kloak refused to probe (each file once): user space decides these.
+    out.go_binary_unsupported = BigInt(this.attacher.refusedFiles.size);
     return out;
   }
 

@@ -106,12 +106,24 @@ export const REFUSALS: readonly RefusalReason[] = [
     hint: "an HTTP/2 header carried the placeholder Huffman-coded, but its value's code has another length; reload the secret so kloak issues a fitting placeholder",
   },
   {
+    name: "go_stack_buffer",
+    kernel: 21,
+    violation: false,
+    hint: "Go: the write's buffer is on a goroutine stack, which Go may move during the call (the restore could miss it); pass a heap buffer (bufio, bytes.Buffer)",
+  },
+  {
     name: "writer_not_stopped",
     kernel: null,
     violation: false,
     hint: "stop mode: the writer was not seen stopped in time",
   },
   { name: "patch_failed", kernel: null, violation: false, hint: "stop mode: the value could not be written whole (undone)" },
+  {
+    name: "go_binary_unsupported",
+    kernel: null,
+    violation: false,
+    hint: "a Go executable kloak cannot probe (Go version without known struct offsets, or a crypto/tls.(*Conn).Write it cannot decode): its TLS writes keep their placeholders; src/dataplane/go-offsets.ts lists the covered versions (scripts/go-offsets.ts adds one)",
+  },
 ];
 
 /** Number of kernel reasons (KR__COUNT). */

@@ -9,6 +9,7 @@ import { exePath, mappedFiles } from "../../lib/proc.ts";
 import { Fn } from "./abi.ts";
 import { bunTlsFunctions } from "./bun-boringssl.ts";
 import { gnutlsLinkedBy } from "./gnutls-discovery.ts";
+import { goTargetOf, type GoTarget } from "./go-targets.ts";
 
 /**
  * The probed functions of a TLS library: the writes, where placeholders are
@@ -61,6 +62,15 @@ export interface TlsTarget {
   id: string;
   path: string;
   functions: TlsFunction[];
+  /** a Go executable: its probes go to the Go programs (register ABI, RETs probed as entries) */
+  go?: GoTarget;
+}
+
+/** A file kloak will not probe, and why (a Go binary it cannot handle). */
+export interface RefusedTarget {
+  path: string;
+  reason: string;
+  detail: string;
 }
 
 const LIB_DIRS = [
@@ -86,6 +96,9 @@ export interface UnrecognisedBun {
 
 export class TlsTargetFinder {
   private readonly byFile = new Map<string, TlsFunction[] | null>();
+  private readonly goByFile = new Map<string, GoTarget | RefusedTarget | null>();
+  /** the files of the last targetsFor() that are refused (reported, counted by the caller) */
+  refused: RefusedTarget[] = [];
   private readonly libsByRoot = new Map<string, string[]>();
   private readonly unrecognisedBun = new Map<string, { version: string; why: string }>();
 
@@ -98,6 +111,7 @@ export class TlsTargetFinder {
     const exe = exePath(pid);
     const candidates = [...(exe ? [exe] : []), ...(mappedFiles(pid) ?? []), ...this.systemLibssl(root), ...(exe ? gnutlsLinkedBy(root, exe, LIB_DIRS) : [])];
     const targets = new Map<string, TlsTarget>();
+    this.refused = [];
     for (const p of candidates) {
       const path = root + p;
       let id: string;
@@ -109,6 +123,11 @@ export class TlsTargetFinder {
         const key = `${id}:${st.mtimeMs}:${st.size}`;
         const functions = this.functionsOf(path, key);
         if (functions) targets.set(id, { id, path, functions });
+        else {
+          const go = this.goOf(path, key);
+          if (go && "reason" in go) this.refused.push(go);
+          else if (go) targets.set(id, { id, path, functions: go.functions, go });
+        }
         const bun = this.unrecognisedBun.get(key);
         if (bun) this.onUnrecognisedBun?.({ pid, path: p, ...bun });
       } catch {
@@ -145,6 +164,11 @@ export class TlsTargetFinder {
     }
     this.byFile.set(cacheKey, fns);
     return fns;
+  }
+
+  private goOf(path: string, cacheKey: string): GoTarget | RefusedTarget | null {
+    if (!this.goByFile.has(cacheKey)) this.goByFile.set(cacheKey, goTargetOf(path));
+    return this.goByFile.get(cacheKey)!;
   }
 
   private systemLibssl(root: string): string[] {

@@ -8,6 +8,7 @@
  * other checks are informational. A check that throws becomes a "fail"
  * carrying the error message, so the doctor itself never crashes.
  */
+import { coveredGoVersions } from "../dataplane/go-targets.ts";
 import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { libbpfVersion } from "../../lib/libbpf.ts";
 import { uprobeMultiSupported } from "../../lib/uprobe.ts";
@@ -233,6 +234,17 @@ function infoChecks(f: NodeFacts, trial: Trial): CheckDef[] {
       },
     },
     {
+      id: "go",
+      title: "Go executables",
+      required: false,
+      remedy: "bun scripts/go-offsets.ts with the Go toolchain added (src/dataplane/go-offsets.ts)",
+      run: () =>
+        ok(
+          `crypto/tls probed in Go ${coveredGoVersions().join(", ")} binaries (amd64, stripped or not, PIE or not); ` +
+            "a Go binary of another version runs unprobed and is reported (go_binary_unsupported)",
+        ),
+    },
+    {
       id: "object",
       title: "BPF object load",
       required: true,
@@ -274,6 +286,7 @@ const ORDER = [
   "memlock",
   "lockdown",
   "rewrite-mode",
+  "go",
   "object",
   "bun",
 ];

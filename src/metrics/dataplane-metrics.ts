@@ -103,7 +103,9 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
       const s = read();
       this.reset();
       for (const r of REFUSALS) {
-        const n = r.kernel !== null ? Number(s.refusals[r.name] ?? 0n) : s.worker ? WORKER_REFUSALS[r.name]!(s.worker) : 0;
+        // User-space reasons the data plane counts itself (go_binary_unsupported) come with the kernel's.
+        const own = r.kernel !== null || r.name in s.refusals;
+        const n = own ? Number(s.refusals[r.name] ?? 0n) : s.worker ? (WORKER_REFUSALS[r.name]?.(s.worker) ?? 0) : 0;
         this.inc({ reason: r.name }, n);
       }
     },

@@ -75,10 +75,11 @@ describe("loading in auto mode", () => {
     const loaded = loadObject(await objectBytes(), { mode: "auto", scanCap: 65536, facts: new ClaimsNoLockdown() });
     try {
       expect(loaded.mode).toBe("stop");
-      expect(loaded.reason).toBe(
-        "kernel mode failed its trial load (kloak_tls_kernel: program of this type cannot use helper bpf_probe_write_user#36); stop mode instead",
+      // The first kernel-mode write program libbpf loads names the failure: the C libraries' or Go's (bpf/golang.h).
+      expect(loaded.reason).toMatch(
+        /^kernel mode failed its trial load \(kloak_(tls|go)_kernel: program of this type cannot use helper bpf_probe_write_user#36\); stop mode instead$/,
       );
-      expect(loaded.budget[0]!.program).toBe("kloak_tls_stop");
+      expect(loaded.budget[0]!.program).toMatch(/^kloak_(tls|go)_stop$/);
     } finally {
       loaded.obj.close();
     }

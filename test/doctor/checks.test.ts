@@ -149,7 +149,8 @@ describe("runChecks on this machine", () => {
     const o = byId(result, "object");
     expect(o.status).toBe("ok");
     expect(o.detail).toStartWith("loaded in stop mode (kloak_tls_stop, kloak_tls_ret_stop)");
-    expect(o.detail).toMatch(/largest program kloak_tls_stop: [\d,]+ of 1,000,000 verifier instructions \(\d+x headroom\)/);
+    // The largest is a write program: the C libraries' or Go's (bpf/golang.h), which share the write path.
+    expect(o.detail).toMatch(/largest program kloak_(tls|go)_stop: [\d,]+ of 1,000,000 verifier instructions \(\d+x headroom\)/);
     expect(result.verifier.map((b) => b.program)).toContain("kloak_tls_stop");
     expect(result.verifier.map((b) => b.program)).not.toContain("kloak_tls_kernel");
     for (const b of result.verifier) {
@@ -186,7 +187,8 @@ describe("runChecks on this machine", () => {
     expect(error).toBeInstanceOf(ObjectLoadError);
     const e = error as ObjectLoadError;
     expect(e.mode).toBe("kernel");
-    expect(e.program).toBe("kloak_tls_kernel");
+    // The first kernel-mode write program libbpf loads: Go's (bpf/golang.h) or the C libraries'.
+    expect(e.program).toMatch(/^kloak_(tls|go)_kernel$/);
     expect(e.tail.some((l) => l.includes("bpf_probe_write_user"))).toBe(true);
     expect(e.tail.at(-1)).toMatch(/^processed \d+ insns/);
     expect(e.message).toStartWith("cannot load the eBPF object in kernel mode on Linux 6.18");
