@@ -182,7 +182,7 @@ for (const v of coveredGoVersions()) {
       }, 180_000);
     }
 
-    test("HTTP/2 (DATA frames), 24 streams from as many goroutines: every body carried the value", async () => {
+    test("HTTP/2 (HPACK-coded header and DATA frames), 24 streams from as many goroutines: every header and body carried the value", async () => {
       const secret = fakeSecret(32);
       const n = 24;
       const r = await runClient(build(v, { pie: true, stripped: true }), server, { secret, allow: "127.0.0.1", n, h2: true });
@@ -190,6 +190,7 @@ for (const v of coveredGoVersions()) {
       expect(r.stdout).toContain("done failed=0 protos=map[HTTP/2.0:24]");
       expect(r.got).toContain("=== HTTP/2.0 POST /api");
       expect(occurrences(r.got, `token=${secret}\n`)).toBe(n);
+      expect(occurrences(r.got, `X-Token: ${secret}\r\n`)).toBe(n);
       expect(placeholderCount(r.got)).toBe(0);
       expect(occurrences(r.stdout, secret)).toBe(0);
     }, 180_000);

@@ -68,10 +68,8 @@ func client(url, n string) {
 			body := bytes.Repeat([]byte("pad-"+strconv.Itoa(i)+"-"), 1+i%7)
 			body = append(body, []byte("token="+token+"\n")...)
 			req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
-			if !h2 {
-				// h2 headers are HPACK (Huffman) coded: another part of kloak; here the body (DATA frames).
-				req.Header.Set("X-Token", token)
-			}
+			// Over h2 the header is HPACK-coded (Go's encoder Huffman-codes it when shorter).
+			req.Header.Set("X-Token", token)
 			resp, err := c.Do(req)
 			mu.Lock()
 			defer mu.Unlock()
