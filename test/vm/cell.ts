@@ -158,7 +158,7 @@ async function execSuite(doctorMode: string | null): Promise<void> {
       .join(" ");
     const script = [`${curl(`${allowed.url}/a`)} >/dev/null`, py, `${curl(`${other.url}/b`)} >/dev/null`, 'echo "APP=$API_KEY"'].join(" && ");
     // bash with job control, as an interactive shell has it: it would report any stop of its children.
-    const r = await runKloak(["exec", "--secret", `API_KEY=${secret}`, "--allow", "API_KEY=127.0.0.1", "--", "bash", "-c", `set -m; ${script}`], {
+    const r = await runKloak(["exec", "--verbose", "--secret", `API_KEY=${secret}`, "--allow", "API_KEY=127.0.0.1", "--", "bash", "-c", `set -m; ${script}`], {
       timeoutMs: 600_000,
     });
     const got = allowed.received();
