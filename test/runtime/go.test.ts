@@ -17,41 +17,13 @@ import { returnSites } from "../../lib/x86-length.ts";
 import { GO_OFFSETS } from "../../src/dataplane/go-offsets.ts";
 import { coveredGoVersions, GO_TCP_WRITE, GO_WRITE, goTargetOf } from "../../src/dataplane/go-targets.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
+import { buildGoClient, SUITES, variantName, type Variant } from "./go-support.ts";
 import { startTlsServer } from "../support/tls-server.ts";
 import { fakeSecret, occurrences, placeholderCount, ROOT, runKloak } from "../support/kloak.ts";
 
-const CACHE = "/var/cache/kloak-runtime/go";
-/** Where each release line comes from (debian-fetch SUITE). */
-const SUITES: Record<string, string> = { "1.19": "bookworm", "1.22": "bookworm-backports", "1.23": "bookworm-backports", "1.24": "trixie", "1.26": "sid" };
-const SRC = join(ROOT, "test/runtime/go");
 const tmp = mkdtempSync(join(tmpdir(), "kloak-go-test-"));
 let certs: TestCerts;
-
-function goroot(v: string): string {
-  const root = join(CACHE, v, `usr/lib/go-${v}`);
-  if (!existsSync(join(root, "bin/go"))) {
-    const fetch = ["/work/shared/tools/debian-fetch", SUITES[v]!, join(CACHE, v), `golang-${v}-go`, `golang-${v}-src`];
-    const r = Bun.spawnSync(fetch, { stdout: "pipe", stderr: "pipe" });
-    if (r.exitCode !== 0 || !existsSync(join(root, "bin/go")))
-      throw new Error(`Go ${v} toolchain missing and could not be fetched; run: ${fetch.join(" ")}\n${r.stderr.toString()}`);
-  }
-  return root;
-}
-
-type Variant = { pie: boolean; stripped: boolean };
-const variantName = (o: Variant) => `${o.pie ? "pie" : "exe"}${o.stripped ? "-stripped" : ""}`;
-
-function build(v: string, o: Variant): string {
-  const out = join(tmp, `go${v}-${variantName(o)}`);
-  if (existsSync(out)) return out;
-  const cache = join(CACHE, `gocache-${v}`);
-  mkdirSync(cache, { recursive: true });
-  const env = { ...process.env, GOROOT: goroot(v), GOCACHE: cache, GOFLAGS: "-mod=mod", GOPROXY: "off", GO111MODULE: "off", CGO_ENABLED: "0" };
-  const args = ["build", "-o", out, ...(o.pie ? ["-buildmode=pie"] : []), ...(o.stripped ? ["-ldflags=-s -w"] : []), "."];
-  const r = Bun.spawnSync([join(goroot(v), "bin/go"), ...args], { cwd: SRC, env, stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`go ${v} build ${variantName(o)} failed:\n${r.stderr.toString()}`);
-  return out;
-}
+const build = (v: string, o: Variant) => buildGoClient(v, o, tmp);
 
 interface GoServer {
   port: number;

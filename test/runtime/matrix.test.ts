@@ -66,14 +66,15 @@ for (const stack of STACKS) {
     for (const c of CASES) {
       test(c.id, async () => {
         const { r, secret, got } = await run(stack, c.allow);
-        if (r.code !== 0) throw new Error(`${stack.id} exited ${r.code}: ${r.stderr.slice(-600)}`);
+        if (r.code !== 0 && !stack.anyExit) throw new Error(`${stack.id} exited ${r.code}: ${r.stderr.slice(-600)}`);
+        const sends = stack.sends ?? 2;
         if (c.expect === "value") {
           // header and body: the value twice, no placeholder left on the wire
-          expect(occurrences(got, secret)).toBeGreaterThanOrEqual(2);
+          expect(occurrences(got, secret)).toBeGreaterThanOrEqual(sends);
           expect(placeholderCount(got)).toBe(0);
         } else {
           expect(occurrences(got, secret)).toBe(0);
-          expect(placeholderCount(got)).toBeGreaterThanOrEqual(2);
+          expect(placeholderCount(got)).toBeGreaterThanOrEqual(sends);
           expect(r.stderr).toContain("destination_not_allowed");
         }
         let s = passed.get(stack.id);
