@@ -16,6 +16,7 @@
  *   bun run bench --only agent        just the agent part (or KLOAK_BENCH_ONLY=agent)
  *   bun run bench --only dataplane    just the data-plane part
  *   bun run bench --only startup      just kloak exec's startup and exit (bench/startup.ts)
+ *   bun run bench --only clients      Go and HTTP/2 clients with and without kloak (bench/clients.ts)
  *   agent options: --agent-duration S (20), --agent-warmup S (5),
  *   --agent-rate N (200), --agent-reps N (1), --no-agent-restart;
  *   --quick also shortens the agent part (5 s measured, 2 s warm-up).
@@ -105,8 +106,8 @@ const { values: argv } = parseArgs({
 });
 /** Which parts run: "agent", "dataplane", or both (default). */
 const ONLY = argv.only ?? process.env.KLOAK_BENCH_ONLY ?? "";
-if (!["", "agent", "dataplane", "startup"].includes(ONLY)) {
-  console.error(`bench: --only must be "agent", "dataplane" or "startup" (got ${JSON.stringify(ONLY)})`);
+if (!["", "agent", "dataplane", "startup", "clients"].includes(ONLY)) {
+  console.error(`bench: --only must be "agent", "dataplane", "startup" or "clients" (got ${JSON.stringify(ONLY)})`);
   process.exit(2);
 }
 const DURATION = argv.quick ? 1 : Number(argv.duration);
@@ -1087,8 +1088,22 @@ async function startupPart(): Promise<number> {
   }
 }
 
+/** The clients part (bench/clients.ts): a Go client and HTTP/2 clients, kloak against no kloak. */
+async function clientsPart(): Promise<number> {
+  const { runClientsBench, writeClientsReport } = await import("./clients.ts");
+  try {
+    const rs = await runClientsBench({ reps: argv.quick ? 3 : 9, requests: argv.quick ? 50 : 200 });
+    console.log("\n" + writeClientsReport(REPORT_DIR, rs) + `\n(clients section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
+    return 0;
+  } catch (e) {
+    console.error(`bench: the clients part could not run: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
 let exitCode = 0;
 if (ONLY === "" || ONLY === "startup") exitCode = await startupPart();
+if (ONLY === "" || ONLY === "clients") exitCode = Math.max(exitCode, await clientsPart());
 if (ONLY === "" || ONLY === "dataplane") exitCode = Math.max(exitCode, await main());
 if (ONLY === "" || ONLY === "agent") exitCode = Math.max(exitCode, await agentPart());
 process.exitCode = exitCode;
