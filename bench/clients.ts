@@ -11,17 +11,16 @@
  * slope between N and 4N requests, which cancels process and kloak start-up;
  * the whole-job ratio of N requests is reported next to it.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { writeReportSection } from "./report-section.ts";
 import { testCerts } from "../test/support/certs.ts";
 import { startH2Server } from "../test/support/h2-server.ts";
 import { KLOAK } from "../test/support/kloak.ts";
 import { startTlsServer } from "../test/support/tls-server.ts";
 import { buildGoClient } from "../test/runtime/go-support.ts";
 
-const BEGIN = "<!-- BEGIN clients section -->";
-const END = "<!-- END clients section -->";
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -139,22 +138,5 @@ export function clientsMarkdown(rs: ClientResult[]): string {
 }
 
 export function writeClientsReport(dir: string, rs: ClientResult[]): string {
-  mkdirSync(dir, { recursive: true });
-  const section = `${BEGIN}\n${clientsMarkdown(rs)}\n${END}`;
-  const mdPath = join(dir, "report.md");
-  let md = existsSync(mdPath) ? readFileSync(mdPath, "utf8") : "# kloak benchmark\n";
-  const i = md.indexOf(BEGIN);
-  const j = md.indexOf(END);
-  md = i >= 0 && j > i ? md.slice(0, i) + section + md.slice(j + END.length) : `${md.trimEnd()}\n\n${section}\n`;
-  writeFileSync(mdPath, md);
-  const jsonPath = join(dir, "report.json");
-  let json: Record<string, unknown> = {};
-  try {
-    json = JSON.parse(readFileSync(jsonPath, "utf8")) as Record<string, unknown>;
-  } catch {
-    // start fresh
-  }
-  json.clients = rs;
-  writeFileSync(jsonPath, JSON.stringify(json, null, 2) + "\n");
-  return section;
+  return writeReportSection(dir, "clients", clientsMarkdown(rs), rs);
 }

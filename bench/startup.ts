@@ -13,14 +13,13 @@
  * Date.now() around spawn and exit (realtime on both sides, ~1 ms apart at
  * worst). Medians of REPS runs after one warm-up run each.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { writeReportSection } from "./report-section.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const KLOAK = join(ROOT, "dist", "kloak");
-const BEGIN = "<!-- BEGIN startup section -->";
-const END = "<!-- END startup section -->";
 
 /** Targets of issue 13, in ms. */
 export const STARTUP_TARGETS = { execEndToEnd: 250, cmdExitToKloakExit: 100, version: 100, help: 100 } as const;
@@ -125,22 +124,5 @@ export function startupMarkdown(r: StartupResult): string {
 }
 
 export function writeStartupReport(dir: string, r: StartupResult): string {
-  mkdirSync(dir, { recursive: true });
-  const section = `${BEGIN}\n${startupMarkdown(r)}\n${END}`;
-  const mdPath = join(dir, "report.md");
-  let md = existsSync(mdPath) ? readFileSync(mdPath, "utf8") : "# kloak benchmark\n";
-  const i = md.indexOf(BEGIN);
-  const j = md.indexOf(END);
-  md = i >= 0 && j > i ? md.slice(0, i) + section + md.slice(j + END.length) : `${md.trimEnd()}\n\n${section}\n`;
-  writeFileSync(mdPath, md);
-  const jsonPath = join(dir, "report.json");
-  let json: Record<string, unknown> = {};
-  try {
-    json = JSON.parse(readFileSync(jsonPath, "utf8")) as Record<string, unknown>;
-  } catch {
-    // start fresh
-  }
-  json.startup = { ...r, targets: STARTUP_TARGETS };
-  writeFileSync(jsonPath, JSON.stringify(json, null, 2) + "\n");
-  return section;
+  return writeReportSection(dir, "startup", startupMarkdown(r), { ...r, targets: STARTUP_TARGETS });
 }
