@@ -109,6 +109,10 @@ describe("the value does not outlive the write", () => {
     expect(metric(metrics, "kloak_writers_killed_total")).toBe(1);
   });
 
+  /** What --quiet printed, but for buffer_unchecked refusals: a busy memory map (TCG VMs) fails a
+   * write closed before anything is substituted, and --quiet shows refusals. */
+  const problems = (stderr: string) => stderr.split("\n").filter((l) => l !== "" && !/: buffer_unchecked \(/.test(l));
+
   /** A descendant whose write sleeps `sleep` s inside the call (a BIO of the app's), holding the
    * value, while CMD exits 1 s into the write and kloak closes down; what it printed, once it ended. */
   async function survivor(sleep: number): Promise<{ r: AttackRun; out: Record<string, string[]>; text: string; secret: string }> {
@@ -143,13 +147,14 @@ describe("the value does not outlive the write", () => {
     const { r, out } = await survivor(2);
     expect(r.code).toBe(0);
     expect(out.BUF_B).toEqual(["placeholder"]);
-    expect(r.stderr).toBe("");
+    expect(problems(r.stderr)).toEqual([]);
   });
 
   test("... and one still inside it 3 s after kloak began to stop is killed: it never runs on with the value", async () => {
     const { r, out, text } = await survivor(6);
     expect(r.code).toBe(0);
-    expect(r.stderr).toMatch(/^kloak: killed process \d+: still inside a TLS write holding a secret 3000 ms after kloak began to stop\n$/);
+    expect(problems(r.stderr)).toHaveLength(1);
+    expect(problems(r.stderr)[0]).toMatch(/^kloak: killed process \d+: still inside a TLS write holding a secret 3000 ms after kloak began to stop$/);
     expect(out.BUF_B).toBeUndefined();
     expect(text).not.toContain("WROTE=");
   });
