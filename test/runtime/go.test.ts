@@ -181,7 +181,7 @@ for (const v of coveredGoVersions()) {
         const bin = build(v, { pie: true, stripped: true });
         let migrated = false;
         // A goroutine's thread after a park is the scheduler's choice: try until one moved.
-        for (let attempt = 0; attempt < 4 && !migrated; attempt++) {
+        for (let attempt = 0; attempt < 12 && !migrated; attempt++) {
           raw.reset();
           const secret = fakeSecret(32);
           const r = await runKloak(
