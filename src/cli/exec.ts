@@ -83,8 +83,8 @@ const SCOPE = 1;
 
 /** After a run in which kloak saw no TLS write: why that can be, and what it means for the placeholders. */
 export const NO_TLS_WRITES =
-  "no TLS write went through a library kloak hooks (OpenSSL's libssl, GnuTLS, or OpenSSL linked into the program, as in " +
-  "node); a client that sent a secret over Go's crypto/tls or Bun's own TLS sent its placeholder";
+  "no TLS write went through a library kloak hooks (OpenSSL, GnuTLS, Go's crypto/tls, Bun's BoringSSL): " +
+  "plain HTTP is never substituted, and a client whose TLS kloak cannot hook sent its placeholder (docs/exec.md)";
 const FORWARDED = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH"] as const;
 
 export type Verbosity = "silent" | "quiet" | "normal" | "verbose";
