@@ -36,6 +36,9 @@ function open() {
     bpf_program__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_program__attach: { args: [FFIType.ptr], returns: FFIType.ptr },
     bpf_link__destroy: { args: [FFIType.ptr], returns: FFIType.i32 },
+    bpf_object__next_map: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.ptr },
+    bpf_map__name: { args: [FFIType.ptr], returns: FFIType.cstring },
+    bpf_map__reuse_fd: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     bpf_map__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_map__max_entries: { args: [FFIType.ptr], returns: FFIType.u32 },
     bpf_map__key_size: { args: [FFIType.ptr], returns: FFIType.u32 },
@@ -151,6 +154,15 @@ export class BpfMap {
 
   get fd(): number {
     return this.owner.loaded ? bpf().bpf_map__fd(this.handle) : -1;
+  }
+
+  /**
+   * Before load: use the existing map behind fd (libbpf keeps a duplicate)
+   * instead of creating one, so a second object's programs share the first's
+   * maps. Name, type and sizes come from the existing map.
+   */
+  reuseFd(fd: number): void {
+    checkInt(`bpf_map__reuse_fd(${this.name}, ${fd})`, () => bpf().bpf_map__reuse_fd(this.handle, fd));
   }
 
   get maxEntries(): number {
@@ -382,6 +394,14 @@ export class BpfObject {
     for (let p = bpf().bpf_object__next_program(this.h, null); p; p = bpf().bpf_object__next_program(this.h, p))
       names.push(String(bpf().bpf_program__name(p)));
     return names.map((n) => this.program(n));
+  }
+
+  /** Every map of the object, global-data maps (.rodata*, .data, .bss, .kconfig) included. */
+  maps(): BpfMap[] {
+    const out: BpfMap[] = [];
+    for (let m = bpf().bpf_object__next_map(this.h, null); m; m = bpf().bpf_object__next_map(this.h, m))
+      out.push(new BpfMap(String(bpf().bpf_map__name(m)), m as Pointer, this));
+    return out;
   }
 
   map(name: string): BpfMap {

@@ -309,7 +309,7 @@ export async function execCommand(argv: string[]): Promise<number> {
   const advise = level >= LEVEL.normal ? say : () => {};
   let dp: Dataplane;
   try {
-    dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn });
+    dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn, programsOnDemand: true });
   } catch (e) {
     await guardianStart.then((g) => g.close(), () => {});
     throw e;

@@ -19,6 +19,17 @@ export interface GoPrograms {
   register(layoutId: number, layout: GoLayout): void;
 }
 
+/**
+ * The programs probes run. Each getter may load its programs on first use
+ * (bpf-object.ts loadGroup) and throws when they cannot be loaded: the
+ * file is then not attached, and its processes' writes keep their placeholders.
+ */
+export interface AttachPrograms {
+  /** TLS library functions: entry, and return (uretprobe) */
+  tls(): { entryFd: number; retFd: number };
+  go(): GoPrograms;
+}
+
 export interface AttachResult {
   /** functions newly attached (0 when every file of the process was attached already) */
   attached: number;
@@ -51,11 +62,9 @@ export class Attacher {
   readonly refusedFiles = new Map<string, RefusedTarget>();
 
   constructor(
-    private readonly entryFd: number,
-    private readonly retFd: number,
+    private readonly programs: AttachPrograms,
     private readonly finder: TlsTargetFinder,
     private readonly kind: UprobeKind,
-    private readonly go?: GoPrograms,
   ) {}
 
   /** protected processes kloak has looked at (attached to their TLS files, or to none) */
@@ -122,18 +131,24 @@ export class Attacher {
   private attachTarget(t: TlsTarget, result: AttachResult): number[] {
     const fds: number[] = [];
     const pid = EVERY_PROCESS[this.kind];
-    let groups = [
-      { progFd: this.entryFd, retprobe: false, fns: t.functions },
-      { progFd: this.retFd, retprobe: true, fns: t.functions.filter((f) => f.ret) },
-    ];
-    if (t.go) {
-      // Go: no uretprobes (they break its stacks); every RET is an entry probe.
-      if (!this.go) {
-        result.errors.push(`${t.path}: Go executables need the Go programs, which are not loaded`);
-        return fds;
+    let groups: { progFd: number; retprobe: boolean; fns: TlsTarget["functions"] }[];
+    try {
+      if (t.go) {
+        // Go: no uretprobes (they break its stacks); every RET is an entry probe.
+        const go = this.programs.go();
+        go.register(t.go.layoutId, t.go.layout);
+        groups = [{ progFd: go.progFd, retprobe: false, fns: t.functions }];
+      } else {
+        const { entryFd, retFd } = this.programs.tls();
+        groups = [
+          { progFd: entryFd, retprobe: false, fns: t.functions },
+          { progFd: retFd, retprobe: true, fns: t.functions.filter((f) => f.ret) },
+        ];
       }
-      this.go.register(t.go.layoutId, t.go.layout);
-      groups = [{ progFd: this.go.progFd, retprobe: false, fns: t.functions }];
+    } catch (e) {
+      this.attachErrors++;
+      result.errors.push(`${t.path}: ${(e as Error).message}`);
+      return fds;
     }
     for (const { progFd, retprobe, fns } of groups) {
       // multi: one link for the group; single: one perf event per function

@@ -6,7 +6,7 @@
  * agent and `kloak doctor` all call loadObject().
  */
 import { createHash } from "node:crypto";
-import { BPF_LOG_STATS, BpfError, BpfObject } from "../../lib/libbpf.ts";
+import { BPF_LOG_STATS, BpfError, BpfObject, type BpfProgram } from "../../lib/libbpf.ts";
 import { BPF_TRACE_UPROBE_MULTI, uprobeMultiSupported } from "../../lib/uprobe.ts";
 import objectPath from "../../bpf/kloak.bpf.o" with { type: "file" };
 import { EnvironmentError } from "../errors.ts";
@@ -56,6 +56,14 @@ export interface LoadOptions {
   uprobes?: UprobeKind | "auto";
   /** facts already gathered (doctor shares its own) */
   facts?: NodeFacts;
+  /**
+   * Load the go programs later, when a Go executable first needs them
+   * (loadGroup). The tls programs always load now: kernel mode's are its
+   * trial (auto falls back to stop mode when they fail), and every process
+   * needs them at its exec anyway (the system's libssl is attached for the
+   * libraries a process may dlopen later).
+   */
+  onDemand?: boolean;
 }
 
 /** What the verifier spent on one program: instructions processed, against its limit. */
@@ -73,6 +81,8 @@ export interface LoadedObject {
   uprobes: UprobeKind;
   /** every loaded program, largest first */
   budget: ProgramBudget[];
+  /** the groups not loaded yet (onDemand): load each with loadGroup before attaching its programs */
+  deferred: ProgramGroup[];
 }
 
 /** The object did not load. The message names the mode, the program and the verifier's last lines. */
@@ -99,15 +109,46 @@ const STATS = /processed (\d+) insns \(limit (\d+)\)/;
 const STATS_LINE = /^(processed \d+ insns|verification time|stack depth)/;
 
 /**
- * Load in exactly this mode, without the node checks or the mode probe (the
- * VM matrix measures each mode's verifier budget with it). Throws
- * ObjectLoadError when the kernel refuses the object.
+ * The object's programs in groups loaded together. The first load creates
+ * every map; a group can follow later in an object of its own that reuses
+ * those maps (loadGroup): a command tree that never runs a Go executable
+ * never waits for the Go programs' verification (the largest program:
+ * ~170 ms on this machine, as much as all the others together).
  */
-export function loadInMode(
+export type ProgramGroup = "process" | "tls" | "go";
+export const PROGRAM_GROUPS: readonly ProgramGroup[] = ["process", "tls", "go"];
+
+function groupPrograms(group: ProgramGroup, mode: RewriteMode): readonly string[] {
+  switch (group) {
+    case "process":
+      return [...PROCESS_TRACEPOINTS, ...SEND_TRACEPOINTS];
+    case "tls":
+      return MODE_PROGRAMS[mode];
+    case "go":
+      return [GO_PROGRAMS[mode]];
+  }
+}
+
+/** Verifier statistics of the programs that were loaded, largest first. */
+function budgetOf(programs: BpfProgram[]): ProgramBudget[] {
+  return programs
+    .map((p) => {
+      const m = STATS.exec(p.verifierLog());
+      return { program: p.name, insns: m ? Number(m[1]) : 0, limit: m ? Number(m[2]) : 0 };
+    })
+    .sort((a, b) => b.insns - a.insns);
+}
+
+/**
+ * Load the programs of `groups` (all by default) and nothing else, then
+ * close the object on failure. `prepare` runs before load (config, map reuse).
+ */
+function loadPrograms(
   bytes: Uint8Array,
   mode: RewriteMode,
-  o: { scanCap: number },
   uprobes: UprobeKind,
+  groups: readonly ProgramGroup[],
+  prepare: (obj: BpfObject) => void,
 ): { obj: BpfObject; budget: ProgramBudget[] } {
   let obj: BpfObject;
   try {
@@ -116,16 +157,11 @@ export function loadInMode(
     throw describeFailure(e, mode, []);
   }
   try {
-    for (const [m, progs] of Object.entries(MODE_PROGRAMS)) if (m !== mode) for (const p of progs) obj.program(p).setAutoload(false);
-    for (const [m, p] of Object.entries(GO_PROGRAMS)) if (m !== mode) obj.program(p).setAutoload(false);
-    if (uprobes === "multi") for (const p of [...MODE_PROGRAMS[mode], GO_PROGRAMS[mode]]) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
-    const cfg = obj.map(".rodata.config").initialValue();
-    if (cfg.byteLength < LAYOUT.kloak_config.size) throw new Error(".rodata.config is smaller than struct kloak_config");
-    cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);
-    cfg.setUint32(LAYOUT.kloak_config.fields.scan_cap, o.scanCap, true);
-    cfg.setUint32(LAYOUT.kloak_config.fields.violations, violationMask(), true);
-    // Real values live in the kernel only in kernel mode.
-    if (mode === "stop") obj.map("kloak_values").setMaxEntries(1);
+    const wanted = new Set(groups.flatMap((g) => groupPrograms(g, mode)));
+    for (const p of obj.programs()) if (!wanted.has(p.name)) p.setAutoload(false);
+    if (uprobes === "multi")
+      for (const p of [...MODE_PROGRAMS[mode], GO_PROGRAMS[mode]]) if (wanted.has(p)) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
+    prepare(obj);
     const programs = obj.programs().filter((p) => p.autoload);
     for (const p of programs) p.captureVerifierLog(BPF_LOG_STATS, LOG_SIZE);
     try {
@@ -133,17 +169,53 @@ export function loadInMode(
     } catch (e) {
       throw describeFailure(e, mode, programs.map((p) => ({ name: p.name, log: p.verifierLog() })));
     }
-    const budget = programs
-      .map((p) => {
-        const m = STATS.exec(p.verifierLog());
-        return { program: p.name, insns: m ? Number(m[1]) : 0, limit: m ? Number(m[2]) : 0 };
-      })
-      .sort((a, b) => b.insns - a.insns);
-    return { obj, budget };
+    return { obj, budget: budgetOf(programs) };
   } catch (e) {
     obj.close();
     throw e;
   }
+}
+
+/**
+ * Load in exactly this mode, without the node checks or the mode probe (the
+ * VM matrix measures each mode's verifier budget with it). Creates every map;
+ * loads the programs of `groups` (all by default). Throws ObjectLoadError
+ * when the kernel refuses the object.
+ */
+export function loadInMode(
+  bytes: Uint8Array,
+  mode: RewriteMode,
+  o: { scanCap: number },
+  uprobes: UprobeKind,
+  groups: readonly ProgramGroup[] = PROGRAM_GROUPS,
+): { obj: BpfObject; budget: ProgramBudget[] } {
+  return loadPrograms(bytes, mode, uprobes, groups, (obj) => {
+    const cfg = obj.map(".rodata.config").initialValue();
+    if (cfg.byteLength < LAYOUT.kloak_config.size) throw new Error(".rodata.config is smaller than struct kloak_config");
+    cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);
+    cfg.setUint32(LAYOUT.kloak_config.fields.scan_cap, o.scanCap, true);
+    cfg.setUint32(LAYOUT.kloak_config.fields.violations, violationMask(), true);
+    // Real values live in the kernel only in kernel mode.
+    if (mode === "stop") obj.map("kloak_values").setMaxEntries(1);
+  });
+}
+
+/**
+ * Load one more group into an object of its own whose maps are base's
+ * (every map reused, the frozen config included: the programs see exactly
+ * what base's see). The returned object owns the group's programs: keep it
+ * open while they are attached or may be.
+ */
+export function loadGroup(
+  bytes: Uint8Array,
+  base: BpfObject,
+  mode: RewriteMode,
+  uprobes: UprobeKind,
+  group: ProgramGroup,
+): { obj: BpfObject; budget: ProgramBudget[] } {
+  return loadPrograms(bytes, mode, uprobes, [group], (obj) => {
+    for (const m of obj.maps()) m.reuseFd(base.map(m.name).fd);
+  });
 }
 
 const lines = (text: string) => text.split("\n").map((l) => l.trimEnd()).filter((l) => l !== "");
@@ -192,14 +264,16 @@ export function loadObject(bytes: Uint8Array, o: LoadOptions): LoadedObject {
     );
   const mode = o.mode === "auto" ? probe.mode : o.mode;
   const reason = o.mode === "auto" ? probe.reason : "forced by --rewrite-mode";
+  const deferred: ProgramGroup[] = o.onDemand ? ["go"] : [];
+  const now = PROGRAM_GROUPS.filter((g) => !deferred.includes(g));
   try {
-    return { ...loadInMode(bytes, mode, o, uprobes), mode, reason, uprobes };
+    return { ...loadInMode(bytes, mode, o, uprobes, now), mode, reason, uprobes, deferred };
   } catch (e) {
     if (!(o.mode === "auto" && mode === "kernel" && e instanceof ObjectLoadError)) throw e;
     const verdict = e.tail.filter((l) => !STATS_LINE.test(l)).at(-1) ?? "rejected";
     const why = `kernel mode failed its trial load (${e.program ?? "object"}: ${verdict})`;
     try {
-      return { ...loadInMode(bytes, "stop", o, uprobes), mode: "stop", reason: `${why}; stop mode instead`, uprobes };
+      return { ...loadInMode(bytes, "stop", o, uprobes, now), mode: "stop", reason: `${why}; stop mode instead`, uprobes, deferred };
     } catch (e2) {
       if (e2 instanceof ObjectLoadError)
         throw new ObjectLoadError(`${why}, and stop mode failed too: ${e2.message}`, "stop", e2.program, e2.tail);

@@ -44,11 +44,14 @@ import { huffmanBits } from "./hpack.ts";
 import { encodeGoLayout } from "./go-layout.ts";
 import {
   GO_PROGRAMS,
+  loadGroup,
   loadObject,
   MODE_PROGRAMS,
   objectBytes,
   PROCESS_TRACEPOINTS,
   SEND_TRACEPOINTS,
+  type LoadedObject,
+  type ProgramGroup,
   type RewriteMode,
   type UprobeKind,
 } from "./bpf-object.ts";
@@ -69,6 +72,12 @@ export interface DataplaneOptions {
   holds?: HoldMethod;
   /** called for attach problems and other things an operator should see */
   warn?: (msg: string) => void;
+  /**
+   * Verify the Go programs when a Go executable first needs them rather than
+   * at start (bpf-object.ts LoadOptions.onDemand): `kloak exec` starts its
+   * command sooner, and a tree without Go never waits for them.
+   */
+  programsOnDemand?: boolean;
 }
 
 export interface ScopeSettings {
@@ -151,16 +160,31 @@ export class Dataplane {
   private readonly learnedNetns = new Set<number>();
   /** images whose exec needs no hold (kloak_images), by key: the scope that taught it */
   private readonly images = new Map<string, { key: Uint8Array; scope: number }>();
+  /**
+   * Launchers this data plane was given (kept after removeLauncher: their
+   * children's fork events may still be queued). A launcher's child runs the
+   * launcher's code until its exec, which is held and attached: its fork
+   * attaches nothing (else kloak's own Bun would be probed at every launch).
+   */
+  private readonly launcherPids = new Set<number>();
   /** removed processes whose probes go once no write of theirs is in flight */
   private readonly detaching = new Map<number, ReturnType<typeof setTimeout>>();
 
+  /** program groups loaded after start, each in an object of its own sharing obj's maps */
+  private readonly groupObjects = new Map<ProgramGroup, BpfObject>();
+  /** groups that failed to load: the error, given again to every later attach */
+  private readonly groupFailures = new Map<ProgramGroup, Error>();
+  private readonly deferred: ReadonlySet<ProgramGroup>;
+  private readonly obj: BpfObject;
+
   private constructor(
-    private readonly obj: BpfObject,
-    mode: RewriteMode,
-    reason: string,
-    uprobes: UprobeKind,
+    loaded: LoadedObject,
+    private readonly objectBytes: Uint8Array,
     private readonly opts: DataplaneOptions,
   ) {
+    const { obj, mode, reason, uprobes } = loaded;
+    this.obj = obj;
+    this.deferred = new Set(loaded.deferred);
     this.mode = mode;
     this.modeReason = reason;
     this.uprobes = uprobes;
@@ -194,26 +218,57 @@ export class Dataplane {
     const [entry, ret] = MODE_PROGRAMS[mode];
     const goLayouts = obj.map("kloak_go_layouts");
     this.attacher = new Attacher(
-      obj.program(entry).fd,
-      obj.program(ret).fd,
+      {
+        tls: () => ({ entryFd: this.program("tls", entry), retFd: this.program("tls", ret) }),
+        go: () => ({
+          progFd: this.program("go", GO_PROGRAMS[mode]),
+          register: (id, layout) => goLayouts.update(encodeU32(id), encodeGoLayout(layout)),
+        }),
+      },
       new TlsTargetFinder((b) => this.unhookable.bunUnrecognised(b, this.processScope(b.pid))),
       uprobes,
-      { progFd: obj.program(GO_PROGRAMS[mode]).fd, register: (id, layout) => goLayouts.update(encodeU32(id), encodeGoLayout(layout)) },
     );
     this.bellFd = eventfd();
     this.worker = new Worker(workerSpec(new URL("./ring-worker.ts", import.meta.url), "./src/dataplane/ring-worker.ts"));
   }
 
+  /**
+   * The fd of a program of group, loading the group first when it was
+   * deferred (onDemand): the caller holds the process that needs it.
+   */
+  private program(group: ProgramGroup, name: string): number {
+    if (!this.deferred.has(group)) return this.obj.program(name).fd;
+    let o = this.groupObjects.get(group);
+    if (!o) {
+      const failed = this.groupFailures.get(group);
+      if (failed) throw failed;
+      try {
+        o = loadGroup(this.objectBytes, this.obj, this.mode, this.uprobes, group).obj;
+      } catch (e) {
+        // Said once in full (the verifier's lines); each attach that needed it says it in short.
+        this.opts.warn?.((e as Error).message);
+        const short = new Error(`the ${group} programs did not load (said above): this file's TLS writes keep their placeholders`);
+        this.groupFailures.set(group, short);
+        throw short;
+      }
+      this.groupObjects.set(group, o);
+    }
+    return o.program(name).fd;
+  }
+
   /** Load the object, attach the process tracepoints and start the ring worker. */
   static async start(opts: DataplaneOptions): Promise<Dataplane> {
-    const { obj, mode, reason, uprobes } = loadObject(await objectBytes(), {
+    const bytes = await objectBytes();
+    const loaded = loadObject(bytes, {
       mode: opts.mode,
       scanCap: opts.scanCap,
       uprobes: opts.uprobes,
+      onDemand: opts.programsOnDemand,
     });
+    const { obj } = loaded;
     let dp: Dataplane | undefined;
     try {
-      dp = new Dataplane(obj, mode, reason, uprobes, opts);
+      dp = new Dataplane(loaded, bytes, opts);
       // The worker boots (a thread with its own VM) while the tracepoints attach.
       const workerReady = dp.startWorker();
       workerReady.catch(() => {}); // awaited below
@@ -295,7 +350,7 @@ export class Dataplane {
     for (const ev of events) {
       switch (ev.type) {
         case EventType.FORK:
-          sync.add(ev.tgid);
+          if (!this.launcherPids.has(ev.ppid)) sync.add(ev.tgid);
           this.learnNetns(ev.scopeId, ev.tgid);
           break;
         case EventType.EXEC:
@@ -650,6 +705,7 @@ export class Dataplane {
 
   /** Children that pid forks from now on join scopeId; pid itself is not attached. */
   addLauncher(pid: number, scopeId: number): void {
+    this.launcherPids.add(pid);
     this.maps.launchers.update(encodeU32(pid), encodeU32(scopeId));
   }
 
@@ -805,6 +861,7 @@ export class Dataplane {
     for (const l of this.tracepoints) l.destroy();
     await this.attacher.detachAll();
     await this.stopWorker();
+    for (const o of this.groupObjects.values()) o.close();
     this.obj.close();
   }
 
