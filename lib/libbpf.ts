@@ -53,6 +53,9 @@ function open() {
   });
 }
 
+/** enum libbpf_print_level: LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG */
+const LIBBPF_DEBUG = 2;
+
 let lib: ReturnType<typeof open> | undefined;
 let logSink: string[] | undefined;
 let printCallback: JSCallback | undefined;
@@ -65,11 +68,16 @@ function bpf() {
   } catch (e) {
     throw new BpfError(`dlopen ${LIBBPF}`, 2, [String((e as Error).message ?? e)]);
   }
+  // libbpf prints thousands of debug lines per load (every CO-RE relocation):
+  // formatting them cost ~100 ms of `kloak exec`'s start. Warnings and infos
+  // are kept for errors; debug lines only when asked for.
+  const debug = Boolean(process.env.KLOAK_LIBBPF_DEBUG);
   printCallback = new JSCallback(
     (level: number, fmt: Pointer, args: Pointer) => {
+      if (level >= LIBBPF_DEBUG && !debug) return 0;
       const line = vformat(fmt, args).replace(/\n$/, "");
       if (logSink) logSink.push(line);
-      if (process.env.KLOAK_LIBBPF_DEBUG) process.stderr.write(`libbpf[${level}]: ${line}\n`);
+      if (debug) process.stderr.write(`libbpf[${level}]: ${line}\n`);
       return 0;
     },
     { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
