@@ -51,6 +51,7 @@
 #include "unhooked.h"
 #include "gnutls.h"
 #include "golang.h"
+#include "libopen.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -534,6 +535,20 @@ int kloak_send_sendmsg(struct trace_event_raw_sys_enter *ctx)
 	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_MSGHDR);
 }
 
+/* ---- TLS libraries opened before kloak's TLS programs are loaded (libopen.h) -- */
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int kloak_lib_openat(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_lib_open((__s32)ctx->args[0], ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_open")
+int kloak_lib_open(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_lib_open(-100 /* AT_FDCWD */, ctx->args[0]);
+}
+
 /* ---- process lifecycle ------------------------------------------------------ */
 
 SEC("raw_tp/sched_process_fork")
@@ -577,6 +592,7 @@ struct kloak_abi_anchor {
 	struct kloak_block_event block_event;
 	struct kloak_wake_event wake_event;
 	struct kloak_unhooked_event unhooked_event;
+	struct kloak_lib_open_event lib_open_event;
 	struct kloak_image image;
 	struct kloak_scope scope;
 	struct kloak_conn conn;

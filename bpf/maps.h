@@ -234,6 +234,15 @@ struct {
 	__type(value, __u32);
 } kloak_sni_hold SEC(".maps");
 
+/* [0] != 0: hold scoped processes that open a TLS library (libopen.h); set
+ * while kloak's TLS programs are not loaded yet */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_lib_watch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, KC__COUNT);

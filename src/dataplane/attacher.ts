@@ -40,8 +40,9 @@ export interface AttachResult {
   refused: RefusedTarget[];
 }
 
-/** Who keeps a file attached: a protected process (its pid), or a known image (its key). */
+/** Who keeps a file attached: a protected process (its pid), a known image (its key), or SYSTEM_LIBSSL. */
 type User = number | string;
+const SYSTEM_LIBSSL = "system-libssl";
 
 interface AttachedFile {
   /** the fds that hold its probes */
@@ -88,11 +89,12 @@ export class Attacher {
 
   /**
    * Make sure every TLS file of pid's current image is attached (after exec,
-   * the files of its old image are no longer counted as its).
+   * the files of its old image are no longer counted as its). `o` as in
+   * TlsTargetFinder.targetsFor.
    */
-  sync(pid: number): AttachResult {
+  sync(pid: number, o: { systemLibssl?: boolean; extra?: string[] } = {}): AttachResult {
     const result: AttachResult = { attached: 0, files: [], errors: [], refused: [] };
-    const targets = this.finder.targetsFor(pid);
+    const targets = this.finder.targetsFor(pid, o);
     for (const r of this.finder.refused) {
       result.refused.push(r);
       this.refusedFiles.set(r.path, r);
@@ -119,6 +121,15 @@ export class Attacher {
 
   unpin(image: string): void {
     this.detach(image);
+  }
+
+  /**
+   * Keep the system's libssl (as pid's root has it) attached until close:
+   * processes released before the TLS programs were loaded may dlopen it at
+   * any time, and no hold announces that once the open watch is off.
+   */
+  keepSystemLibssl(pid: number): void {
+    this.pin(SYSTEM_LIBSSL, this.finder.systemLibsslIds(pid));
   }
 
   private use(user: User, id: string): void {

@@ -43,6 +43,8 @@ export const GO_PROGRAMS: Record<RewriteMode, string> = { kernel: "kloak_go_kern
 
 /** Process lifecycle: scopes follow fork, exec is held until attached, exit detaches; signals to traced threads wake the tracer. */
 export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit", "kloak_signal"] as const;
+/** Opens of TLS libraries while the tls programs are not loaded (bpf/libopen.h); open(2) is absent on some architectures. */
+export const LIB_OPEN_TRACEPOINTS = ["kloak_lib_openat", "kloak_lib_open"] as const;
 /** Sends inside TLS calls, which tie a connection to its socket. */
 export const SEND_TRACEPOINTS = ["kloak_send_write", "kloak_send_writev", "kloak_send_sendto", "kloak_send_sendmsg"] as const;
 
@@ -57,11 +59,12 @@ export interface LoadOptions {
   /** facts already gathered (doctor shares its own) */
   facts?: NodeFacts;
   /**
-   * Load the go programs later, when a Go executable first needs them
-   * (loadGroup). The tls programs always load now: kernel mode's are its
-   * trial (auto falls back to stop mode when they fail), and every process
-   * needs them at its exec anyway (the system's libssl is attached for the
-   * libraries a process may dlopen later).
+   * Load program groups later, when a process first needs them (loadGroup):
+   * the go programs when a Go executable appears; in stop mode the tls
+   * programs too, when a process opens a TLS library or execs a program that
+   * has TLS inside (the caller then watches opens: LIB_OPEN_TRACEPOINTS).
+   * Kernel mode's tls programs are its trial (auto falls back to stop mode
+   * when they fail), so they load now.
    */
   onDemand?: boolean;
 }
@@ -111,9 +114,9 @@ const STATS_LINE = /^(processed \d+ insns|verification time|stack depth)/;
 /**
  * The object's programs in groups loaded together. The first load creates
  * every map; a group can follow later in an object of its own that reuses
- * those maps (loadGroup): a command tree that never runs a Go executable
- * never waits for the Go programs' verification (the largest program:
- * ~170 ms on this machine, as much as all the others together).
+ * those maps (loadGroup): a command tree that never does TLS, or never runs
+ * a Go executable, never waits for their verification (the two largest
+ * programs: ~150 and ~170 ms on this machine).
  */
 export type ProgramGroup = "process" | "tls" | "go";
 export const PROGRAM_GROUPS: readonly ProgramGroup[] = ["process", "tls", "go"];
@@ -121,7 +124,7 @@ export const PROGRAM_GROUPS: readonly ProgramGroup[] = ["process", "tls", "go"];
 function groupPrograms(group: ProgramGroup, mode: RewriteMode): readonly string[] {
   switch (group) {
     case "process":
-      return [...PROCESS_TRACEPOINTS, ...SEND_TRACEPOINTS];
+      return [...PROCESS_TRACEPOINTS, ...SEND_TRACEPOINTS, ...LIB_OPEN_TRACEPOINTS];
     case "tls":
       return MODE_PROGRAMS[mode];
     case "go":
@@ -264,16 +267,22 @@ export function loadObject(bytes: Uint8Array, o: LoadOptions): LoadedObject {
     );
   const mode = o.mode === "auto" ? probe.mode : o.mode;
   const reason = o.mode === "auto" ? probe.reason : "forced by --rewrite-mode";
-  const deferred: ProgramGroup[] = o.onDemand ? ["go"] : [];
-  const now = PROGRAM_GROUPS.filter((g) => !deferred.includes(g));
+  const deferredIn = (m: RewriteMode): ProgramGroup[] => (!o.onDemand ? [] : m === "stop" ? ["tls", "go"] : ["go"]);
+  const now = (m: RewriteMode) => PROGRAM_GROUPS.filter((g) => !deferredIn(m).includes(g));
   try {
-    return { ...loadInMode(bytes, mode, o, uprobes, now), mode, reason, uprobes, deferred };
+    return { ...loadInMode(bytes, mode, o, uprobes, now(mode)), mode, reason, uprobes, deferred: deferredIn(mode) };
   } catch (e) {
     if (!(o.mode === "auto" && mode === "kernel" && e instanceof ObjectLoadError)) throw e;
     const verdict = e.tail.filter((l) => !STATS_LINE.test(l)).at(-1) ?? "rejected";
     const why = `kernel mode failed its trial load (${e.program ?? "object"}: ${verdict})`;
     try {
-      return { ...loadInMode(bytes, "stop", o, uprobes, now), mode: "stop", reason: `${why}; stop mode instead`, uprobes, deferred };
+      return {
+        ...loadInMode(bytes, "stop", o, uprobes, now("stop")),
+        mode: "stop",
+        reason: `${why}; stop mode instead`,
+        uprobes,
+        deferred: deferredIn("stop"),
+      };
     } catch (e2) {
       if (e2 instanceof ObjectLoadError)
         throw new ObjectLoadError(`${why}, and stop mode failed too: ${e2.message}`, "stop", e2.program, e2.tail);

@@ -33,6 +33,7 @@ import {
   type KernelRule,
   type RefusalEvent,
   type SniEvent,
+  type LibOpenEvent,
   ScopeFlags,
 } from "./abi.ts";
 import { actionCode, REFUSALS, type ViolationAction } from "./refusals.ts";
@@ -134,6 +135,7 @@ export class Dataplane {
     | "resolved"
     | "names"
     | "sniHold"
+    | "libWatch"
     | "cgroups"
     | "conns"
     | "inflight"
@@ -206,6 +208,7 @@ export class Dataplane {
       resolved: obj.map("kloak_resolved"),
       names: obj.map("kloak_names"),
       sniHold: obj.map("kloak_sni_hold"),
+      libWatch: obj.map("kloak_lib_watch"),
       cgroups: obj.map("kloak_cgroups"),
       conns: obj.map("kloak_conns"),
       inflight: obj.map("kloak_inflight"),
@@ -230,6 +233,31 @@ export class Dataplane {
     );
     this.bellFd = eventfd();
     this.worker = new Worker(workerSpec(new URL("./ring-worker.ts", import.meta.url), "./src/dataplane/ring-worker.ts"));
+  }
+
+  /**
+   * While the tls programs are not loaded, hold scoped processes that open a
+   * TLS library (bpf/libopen.h) until it is attached. Without the openat
+   * tracepoint there is nothing to hold them with: the programs load now.
+   */
+  private watchLibraryOpens(): void {
+    if (this.tlsLoaded()) return;
+    try {
+      this.tracepoints.push(this.obj.program("kloak_lib_openat").attach());
+    } catch {
+      this.program("tls", MODE_PROGRAMS[this.mode][0]);
+      return;
+    }
+    try {
+      this.tracepoints.push(this.obj.program("kloak_lib_open").attach());
+    } catch {
+      // open(2) does not exist on every architecture; its loaders use openat
+    }
+    this.maps.libWatch.update(encodeU32(0), encodeU32(1));
+  }
+
+  private tlsLoaded(): boolean {
+    return !this.deferred.has("tls") || this.groupObjects.has("tls");
   }
 
   /**
@@ -283,6 +311,7 @@ export class Dataplane {
           );
         }
       }
+      dp.watchLibraryOpens();
       await workerReady;
       return dp;
     } catch (e) {
@@ -347,6 +376,7 @@ export class Dataplane {
     // Coalesce: one attach pass per process per batch; held processes resume after it.
     const sync = new Set<number>();
     const resume = new Set<number>();
+    const libOpens: LibOpenEvent[] = [];
     for (const ev of events) {
       switch (ev.type) {
         case EventType.FORK:
@@ -374,6 +404,9 @@ export class Dataplane {
         case EventType.SNI:
           void this.onSniEvent(ev);
           break;
+        case EventType.LIB_OPEN:
+          libOpens.push(ev);
+          break;
         case EventType.UNHOOKED_TLS:
           // a process mapping a probed file: its TLS may be hooked in a way the kernel check does not see
           if (!mapsAnyOf(ev.tgid, this.attacher.filesOf(ev.tgid))) this.unhookable.unhooked(ev);
@@ -386,14 +419,36 @@ export class Dataplane {
       if (scope === undefined) continue;
       const files = this.attach(tgid);
       // Held now, and every TLS file of its image attached: the image's next exec needs no hold.
+      // (Learnt before the tls programs loaded, without the system's libssl: a later open of it is
+      // held by the open watch, and once they are loaded it stays attached: keepSystemLibssl.)
       if (files && resume.has(tgid)) this.learnImage(tgid, scope, files);
     }
     for (const tgid of resume) this.post({ type: "release", reason: "exec", tgid, tid: tgid, seq: 0n });
+    // Held at the open of a TLS library: attached (the tls programs loaded first if need be), then let go.
+    for (const ev of libOpens) {
+      if (this.processScope(ev.tgid) !== undefined) this.attach(ev.tgid, [openedPath(ev)]);
+      if (ev.hold) this.post({ type: "release", reason: "lib", tgid: ev.tgid, tid: ev.tid, seq: ev.seq });
+    }
   }
 
-  /** Attach the TLS files of tgid; its file ids, or null when some could not be attached. */
-  private attach(tgid: number): string[] | null {
-    const r = this.attacher.sync(tgid);
+  /**
+   * Attach the TLS files of tgid (and `extra`, files it is opening); its file
+   * ids, or null when some could not be attached. The system's libssl is
+   * attached for what a process may dlopen — once the tls programs are
+   * loaded; before, opens are watched instead (watchLibraryOpens).
+   */
+  private attach(tgid: number, extra?: string[]): string[] | null {
+    const had = this.tlsLoaded();
+    let r = this.attacher.sync(tgid, { systemLibssl: had, extra });
+    if (!had && this.tlsLoaded()) {
+      // They loaded for this process: from now on every exec gets the system's libssl, as the
+      // agent's do, and it stays for processes released before (they may dlopen it any time).
+      const first = r;
+      r = this.attacher.sync(tgid, { systemLibssl: true, extra });
+      r = { ...r, errors: [...first.errors, ...r.errors], refused: [...first.refused, ...r.refused] };
+      this.attacher.keepSystemLibssl(tgid);
+      this.maps.libWatch.update(encodeU32(0), encodeU32(0));
+    }
     for (const err of r.errors) this.opts.warn?.(`attach to pid ${tgid}: ${err}`);
     for (const f of r.refused) this.opts.warn?.(`pid ${tgid}: ${f.reason}: ${f.path}: ${f.detail}; its TLS writes keep their placeholders`);
     return r.errors.length ? null : r.files;
@@ -595,12 +650,15 @@ export class Dataplane {
    * descendant that outlived CMD, a pod's process when the agent stops).
    */
   private async settleWrites(): Promise<void> {
+    // No scoped process alive (every one's exit removed it; `kloak exec` after its whole tree
+    // ended): no probe can be recording a write for one, nothing to wait for.
+    const anyScoped = this.maps.procs.count() > 0 || this.maps.cgroups.count() > 0;
     for (const map of [this.maps.cgroups, this.maps.launchers, this.maps.procs]) for (const key of map.keys()) map.delete(key);
     const F = LAYOUT.kloak_write_event.fields;
     const deadline = performance.now() + CLOSE_WAIT_MS;
-    for (;;) {
+    for (let first = true; ; first = false) {
       // A probe that found its process just before the delete may still be recording its write.
-      await Bun.sleep(INFLIGHT_POLL_MS);
+      if (anyScoped || !first) await Bun.sleep(INFLIGHT_POLL_MS);
       const writers = new Set<number>();
       for (const v of this.liveWrites()) writers.add(v.getUint32(F.tgid, true));
       if (writers.size === 0) return;
@@ -815,7 +873,11 @@ export class Dataplane {
     else this.maps.onViolation.update(encodeU32(secretId), encodeU32(actionCode(action)));
   }
 
-  /** Substitution results of stop mode, as counted by the worker. */
+  /**
+   * Substitution results of stop mode, as counted by the worker, once it has
+   * drained its rings: every event recorded before the call has reached the
+   * listeners (onRefusal, …) when this resolves.
+   */
   async workerStats(): Promise<WorkerStats> {
     if (!this.closed) {
       await new Promise<void>((r) => {
@@ -880,3 +942,11 @@ export class Dataplane {
     this.bellFd = -1;
   }
 }
+
+/** The file a LIB_OPEN event names, as a host path into the process's own view of the filesystem. */
+function openedPath(ev: LibOpenEvent): string {
+  if (ev.path.startsWith("/")) return `/proc/${ev.tgid}/root${ev.path}`;
+  const dir = ev.dirfd === AT_FDCWD ? "cwd" : `fd/${ev.dirfd}`;
+  return `/proc/${ev.tgid}/${dir}/${ev.path}`;
+}
+const AT_FDCWD = -100;
