@@ -102,8 +102,10 @@
  *   - RBAC (option rbac, kube-api/rbac.ts): requests with the kubeconfig's
  *     token are authorized against the roles given (e.g. what
  *     deploy/base/rbac.yaml binds to ServiceAccount kloak/kloak); 403
- *     Forbidden worded as upstream, recorded in forbidden. Without the
- *     option, or with another token, anything is allowed.
+ *     Forbidden worded as upstream, recorded in forbidden. Each such request
+ *     is recorded in accesses (verb, group, resource/subresource, namespace,
+ *     name), for unusedGrants(). Without the option, or with another token,
+ *     anything is allowed.
  *
  * Does not do: server-side apply (application/apply-patch+yaml → 415),
  * managedFields, scale/exec/log/eviction subresources, protobuf or
@@ -139,10 +141,10 @@ import {
 } from "./kube-api/status.ts";
 import { Store, type WatchInfo, type WatchRequest } from "./kube-api/store.ts";
 import { admit, type AdmissionCall, type ServiceResolver } from "./kube-api/admission.ts";
-import { authorize, type RbacPolicy } from "./kube-api/rbac.ts";
+import { accessOf, authorize, type Access, type RbacPolicy } from "./kube-api/rbac.ts";
 import { validateSecretObject } from "./kube-api/secret-types.ts";
 import { page, validateListOptions, type Page } from "./kube-api/paging.ts";
-export { policyFor } from "./kube-api/rbac.ts";
+export { describeAccess, grantsOf, policyFor, unusedGrants, type Access, type RbacPolicy } from "./kube-api/rbac.ts";
 
 type DeleteOpts = NonNullable<Parameters<Store["delete"]>[3]>;
 
@@ -218,6 +220,8 @@ export interface KubeApiServer {
   pagesServed: PageServed[];
   /** Requests refused by the rbac option, as "403 message". */
   forbidden: string[];
+  /** With the rbac option: every resource request made with the kubeconfig's token, as the authorizer saw it (refused ones marked). */
+  accesses: Access[];
   /** Delay watch events of a resource (plural, or "*" for all) by ms from now on; 0 ends the lag. */
   setWatchLag(resource: string, ms: number): void;
   /** Open watch streams (e.g. to wait until an informer is connected). */
@@ -414,6 +418,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
   const admissionCalls: AdmissionCall[] = [];
   const pagesServed: PageServed[] = [];
   const forbidden: string[] = [];
+  const accesses: Access[] = [];
   const watchLag = new Map<string, number>();
   const lagMs = (plural: string) => watchLag.get(plural) ?? watchLag.get("*") ?? 0;
   const namespaceRes = findByKind("Namespace")!;
@@ -470,10 +475,13 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
       if (r === undefined) throw resourceNotFound();
       const q = url.searchParams;
       if (opts.rbac && auth.replace(/^Bearer\s+/i, "") === TOKEN) {
+        const bodyName = method === "POST" ? ((parseBody(bodyText) as KubeObject | null)?.metadata?.name ?? undefined) : undefined;
+        const access = accessOf(method, r, r.watchPath || q.get("watch") === "true" || q.get("watch") === "1", bodyName);
+        accesses.push(access);
         try {
-          const bodyName = method === "POST" ? ((parseBody(bodyText) as KubeObject | null)?.metadata?.name ?? undefined) : undefined;
-          authorize(opts.rbac, method, r, r.watchPath || q.get("watch") === "true" || q.get("watch") === "1", bodyName);
+          authorize(opts.rbac, access);
         } catch (e) {
+          access.forbidden = true;
           if (e instanceof KubeApiError) forbidden.push(`${e.code} ${e.message}`);
           throw e;
         }
@@ -543,6 +551,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     admissionCalls,
     pagesServed,
     forbidden,
+    accesses,
     setWatchLag(resource, ms) {
       watchLag.set(resource, ms);
     },
