@@ -43,10 +43,15 @@ export const GO_PROGRAMS: Record<RewriteMode, string> = { kernel: "kloak_go_kern
 
 /** Process lifecycle: scopes follow fork, exec is held until attached, exit detaches; signals to traced threads wake the tracer. */
 export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit", "kloak_signal"] as const;
-/** Opens of TLS libraries while the tls programs are not loaded (bpf/libopen.h); open(2) is absent on some architectures. */
-export const LIB_OPEN_TRACEPOINTS = ["kloak_lib_openat", "kloak_lib_open"] as const;
-/** Sends inside TLS calls, which tie a connection to its socket. */
-export const SEND_TRACEPOINTS = ["kloak_send_write", "kloak_send_writev", "kloak_send_sendto", "kloak_send_sendmsg"] as const;
+/**
+ * The syscalls kloak looks at, one raw tracepoint (sys_enter): sends inside
+ * TLS calls, which tie a connection to its socket (write, writev, sendto,
+ * sendmsg), and opens of TLS libraries while the tls programs are not loaded
+ * (open, openat: bpf/libopen.h).
+ */
+export const SYSCALL_PROGRAM = "kloak_sys_enter";
+/** The send syscalls of SYSCALL_PROGRAM. */
+export const SEND_SYSCALLS = ["write", "writev", "sendto", "sendmsg"] as const;
 
 /** How uprobes are attached: one multi-uprobe link per file (6.6+), or a perf event per offset. */
 export type UprobeKind = "multi" | "single";
@@ -62,7 +67,7 @@ export interface LoadOptions {
    * Load program groups later, when a process first needs them (loadGroup):
    * the go programs when a Go executable appears; in stop mode the tls
    * programs too, when a process opens a TLS library or execs a program that
-   * has TLS inside (the caller then watches opens: LIB_OPEN_TRACEPOINTS).
+   * has TLS inside (the caller then watches opens: bpf/libopen.h).
    * Kernel mode's tls programs are its trial (auto falls back to stop mode
    * when they fail), so they load now.
    */
@@ -124,7 +129,7 @@ export const PROGRAM_GROUPS: readonly ProgramGroup[] = ["process", "tls", "go"];
 function groupPrograms(group: ProgramGroup, mode: RewriteMode): readonly string[] {
   switch (group) {
     case "process":
-      return [...PROCESS_TRACEPOINTS, ...SEND_TRACEPOINTS, ...LIB_OPEN_TRACEPOINTS];
+      return [...PROCESS_TRACEPOINTS, SYSCALL_PROGRAM];
     case "tls":
       return MODE_PROGRAMS[mode];
     case "go":

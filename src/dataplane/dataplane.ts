@@ -50,7 +50,7 @@ import {
   MODE_PROGRAMS,
   objectBytes,
   PROCESS_TRACEPOINTS,
-  SEND_TRACEPOINTS,
+  SYSCALL_PROGRAM,
   type LoadedObject,
   type ProgramGroup,
   type RewriteMode,
@@ -237,21 +237,14 @@ export class Dataplane {
 
   /**
    * While the tls programs are not loaded, hold scoped processes that open a
-   * TLS library (bpf/libopen.h) until it is attached. Without the openat
-   * tracepoint there is nothing to hold them with: the programs load now.
+   * TLS library (bpf/libopen.h) until it is attached. Without the syscall
+   * program there is nothing to hold them with: the programs load now.
    */
-  private watchLibraryOpens(): void {
+  private watchLibraryOpens(syscalls: boolean): void {
     if (this.tlsLoaded()) return;
-    try {
-      this.tracepoints.push(this.obj.program("kloak_lib_openat").attach());
-    } catch {
+    if (!syscalls) {
       this.program("tls", MODE_PROGRAMS[this.mode][0]);
       return;
-    }
-    try {
-      this.tracepoints.push(this.obj.program("kloak_lib_open").attach());
-    } catch {
-      // open(2) does not exist on every architecture; its loaders use openat
     }
     this.maps.libWatch.update(encodeU32(0), encodeU32(1));
   }
@@ -301,17 +294,17 @@ export class Dataplane {
       const workerReady = dp.startWorker();
       workerReady.catch(() => {}); // awaited below
       for (const name of PROCESS_TRACEPOINTS) dp.tracepoints.push(obj.program(name).attach());
-      for (const name of SEND_TRACEPOINTS) {
-        try {
-          dp.tracepoints.push(obj.program(name).attach());
-        } catch (e) {
-          opts.warn?.(
-            `cannot attach ${name} (${(e as Error).message.split("\n")[0]}): TLS connections are tied to their socket ` +
-              "only through SSL_set_fd; secrets with rules are refused on other connections",
-          );
-        }
+      let syscalls = true;
+      try {
+        dp.tracepoints.push(obj.program(SYSCALL_PROGRAM).attach());
+      } catch (e) {
+        syscalls = false;
+        opts.warn?.(
+          `cannot attach ${SYSCALL_PROGRAM} (${(e as Error).message.split("\n")[0]}): TLS connections are tied to their socket ` +
+            "only through SSL_set_fd; secrets with rules are refused on other connections",
+        );
       }
-      dp.watchLibraryOpens();
+      dp.watchLibraryOpens(syscalls);
       await workerReady;
       return dp;
     } catch (e) {

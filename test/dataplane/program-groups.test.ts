@@ -26,7 +26,7 @@ describe("program groups", () => {
     expect(loaded.deferred).toEqual(["tls", "go"]);
     const names = loaded.budget.map((b) => b.program);
     expect(names).toContain("kloak_exec");
-    expect(names).toContain("kloak_lib_openat");
+    expect(names).toContain("kloak_sys_enter");
     for (const p of [...MODE_PROGRAMS.stop, GO_PROGRAMS.stop]) {
       expect(names).not.toContain(p);
       expect(() => loaded.obj.program(p).fd).toThrow();

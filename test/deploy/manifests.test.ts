@@ -257,7 +257,6 @@ describe("DaemonSet kloak", () => {
     const want: Record<string, { readOnly: boolean }> = {
       "/sys/fs/bpf": { readOnly: false }, // pins under /sys/fs/bpf/kloak
       "/sys/kernel/btf": { readOnly: true },
-      "/sys/kernel/tracing": { readOnly: true },
       "/sys/kernel/security": { readOnly: true },
       "/sys/fs/cgroup": { readOnly: true },
     };
