@@ -15,17 +15,15 @@ const certs = await testCerts();
 mkdirSync("/tmp/kloak-echo", { recursive: true, mode: 0o755 });
 copyFileSync(certs.caFile, "/tmp/kloak-echo/ca.pem");
 chmodSync("/tmp/kloak-echo/ca.pem", 0o644); // CMD runs as you, not root: it must read the CA
-const server = await startTlsServer({ port });
-console.log(`echo-server: https://localhost:${server.port} (CA: /tmp/kloak-echo/ca.pem)`);
-
 const fingerprint = (s: string) => createHash("sha256").update(s).digest("hex").slice(0, 12);
-let seen = 0;
-setInterval(() => {
-  for (const r of server.requests.slice(seen)) {
+// Said before the response goes out: whoever got the response can rely on the line being printed.
+const server = await startTlsServer({
+  port,
+  onRequest: (r) => {
     const auth = r.headers.find(([n]) => n.toLowerCase() === "authorization")?.[1] ?? "";
     const token = auth.replace(/^Bearer /, "");
     const what = token === "" ? "no Authorization header" : token.startsWith("kloak:") ? `the placeholder ${token.slice(0, 10)}…` : `a ${token.length}-byte value, sha256 ${fingerprint(token)}…`;
     console.log(`echo-server: ${r.method} ${r.target}: ${what}`);
-  }
-  seen = server.requests.length;
-}, 50);
+  },
+});
+console.log(`echo-server: https://localhost:${server.port} (CA: /tmp/kloak-echo/ca.pem)`);

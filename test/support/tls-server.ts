@@ -24,6 +24,8 @@ export interface TlsServerOptions {
   port?: number;
   /** Default "http". */
   mode?: TlsServerMode;
+  /** "http" mode: called with each complete request before its response is sent. */
+  onRequest?: (r: RecordedRequest) => void;
 }
 
 /** One HTTP request the "http" mode parsed (body de-chunked). */
@@ -112,7 +114,9 @@ export async function startTlsServer(opts: TlsServerOptions = {}): Promise<TlsSe
         ? new HttpParser(
             (req) => {
               const { close, ...request } = req;
-              requests.push({ ...request, connection: current().index });
+              const recorded = { ...request, connection: current().index };
+              requests.push(recorded);
+              opts.onRequest?.(recorded);
               if (!socket.writable) return;
               socket.write(
                 `HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${RESPONSE_BODY.length}\r\n` +
