@@ -47,6 +47,12 @@ function open() {
     bpf_map_get_next_key: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     bpf_obj_pin: { args: [FFIType.i32, FFIType.cstring], returns: FFIType.i32 },
     bpf_obj_get: { args: [FFIType.cstring], returns: FFIType.i32 },
+    // handing maps and links over to a successor process (see the end of this file)
+    bpf_map__reuse_fd: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+    bpf_object__next_map: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.ptr },
+    bpf_map__name: { args: [FFIType.ptr], returns: FFIType.cstring },
+    bpf_map__is_internal: { args: [FFIType.ptr], returns: FFIType.bool },
+    bpf_link__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
   });
 }
 
@@ -403,4 +409,54 @@ export class BpfObject {
     this.loaded = false;
     void this.keep;
   }
+}
+
+// ---- Handing maps and links over to a successor process ----
+// Private handles are reached through casts here so the classes above stay as they are.
+
+const handleOf = (o: BpfMap | BpfObject | BpfLink, key: "handle" | "h"): Pointer => {
+  const h = (o as unknown as Record<string, Pointer | null>)[key];
+  if (!h) throw new Error("libbpf handle already released");
+  return h;
+};
+
+/** Names of the object's maps that libbpf does not make itself (.rodata*, .data, .bss, .kconfig are left out). */
+export function objectMapNames(obj: BpfObject): string[] {
+  const h = handleOf(obj, "h");
+  const out: string[] = [];
+  for (let m = bpf().bpf_object__next_map(h, null); m; m = bpf().bpf_object__next_map(h, m))
+    if (!bpf().bpf_map__is_internal(m)) out.push(String(bpf().bpf_map__name(m)));
+  return out;
+}
+
+/**
+ * Before load: the map is the existing kernel map behind fd (e.g. opened from
+ * a pin) instead of a new one; the programs loaded next use it. libbpf dups
+ * fd, so the caller may close its own.
+ */
+export function reuseMapFd(map: BpfMap, fd: number): void {
+  checkInt(`bpf_map__reuse_fd(${map.name})`, () => bpf().bpf_map__reuse_fd(handleOf(map, "handle"), fd));
+}
+
+/** Pin any BPF object (map, program, link) given by fd at a bpffs path. */
+export function objPin(fd: number, path: string): void {
+  checkInt(`bpf_obj_pin(fd ${fd}, ${path})`, () => bpf().bpf_obj_pin(fd, cstr(path)));
+}
+
+/** The fd of a libbpf link (its kernel bpf_link: pin it with objPin). */
+export function linkFd(link: BpfLink): number {
+  return checkInt(`bpf_link__fd(${link.description})`, () => bpf().bpf_link__fd(handleOf(link, "handle")));
+}
+
+/** Delete key from the map behind fd; false when it was absent. */
+export function mapDelete(fd: number, key: Uint8Array): boolean {
+  const rc = bpf().bpf_map_delete_elem(fd, ptr(key));
+  if (rc === -2) return false;
+  if (rc < 0) throw new BpfError(`bpf_map_delete_elem(fd ${fd})`, -rc, []);
+  return true;
+}
+
+/** Update key in the map behind fd. */
+export function mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags = 0): void {
+  checkInt(`bpf_map_update_elem(fd ${fd})`, () => bpf().bpf_map_update_elem(fd, ptr(key), ptr(value), flags));
 }

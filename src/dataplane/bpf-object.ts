@@ -6,7 +6,7 @@
  * agent and `kloak doctor` all call loadObject().
  */
 import { createHash } from "node:crypto";
-import { BPF_LOG_STATS, BpfError, BpfObject } from "../../lib/libbpf.ts";
+import { BPF_LOG_STATS, BpfError, BpfObject, reuseMapFd } from "../../lib/libbpf.ts";
 import { BPF_TRACE_UPROBE_MULTI, uprobeMultiSupported } from "../../lib/uprobe.ts";
 import objectPath from "../../bpf/kloak.bpf.o" with { type: "file" };
 import { EnvironmentError } from "../errors.ts";
@@ -30,6 +30,19 @@ export async function objectBytes(): Promise<Uint8Array> {
 /** Identifies the embedded object: the first 16 hex digits of its SHA-256. */
 export function objectBuildId(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex").slice(0, 16);
+}
+
+/**
+ * What a successor must share with a running object to take over its maps and
+ * links (handover.ts): the same object bytes and the same load-time settings
+ * (.rodata.config, map sizes, attach types). 16 hex digits.
+ */
+export function handoverIdentity(bytes: Uint8Array, s: { mode: RewriteMode; uprobes: UprobeKind; scanCap: number }): string {
+  return createHash("sha256")
+    .update(bytes)
+    .update(JSON.stringify({ mode: s.mode, uprobes: s.uprobes, scanCap: s.scanCap, violations: violationMask() }))
+    .digest("hex")
+    .slice(0, 16);
 }
 
 /** The uprobe programs of each rewrite mode (entry, return); the other mode's are not loaded. */
@@ -56,6 +69,8 @@ export interface LoadOptions {
   uprobes?: UprobeKind | "auto";
   /** facts already gathered (doctor shares its own) */
   facts?: NodeFacts;
+  /** maps to take over (by name -> fd) instead of creating them: a predecessor's, handover.ts */
+  reuseMaps?: ReadonlyMap<string, number>;
 }
 
 /** What the verifier spent on one program: instructions processed, against its limit. */
@@ -106,7 +121,7 @@ const STATS_LINE = /^(processed \d+ insns|verification time|stack depth)/;
 export function loadInMode(
   bytes: Uint8Array,
   mode: RewriteMode,
-  o: { scanCap: number },
+  o: { scanCap: number; reuseMaps?: ReadonlyMap<string, number> },
   uprobes: UprobeKind,
 ): { obj: BpfObject; budget: ProgramBudget[] } {
   let obj: BpfObject;
@@ -128,6 +143,7 @@ export function loadInMode(
     if (mode === "stop") obj.map("kloak_values").setMaxEntries(1);
     const programs = obj.programs().filter((p) => p.autoload);
     for (const p of programs) p.captureVerifierLog(BPF_LOG_STATS, LOG_SIZE);
+    for (const [name, fd] of o.reuseMaps ?? []) reuseMapFd(obj.map(name), fd);
     try {
       obj.load();
     } catch (e) {
