@@ -405,8 +405,45 @@ describe("zero-gap upgrade", () => {
     expect(a.log().includes(token)).toBe(false);
   }, 150_000);
 
+  test("another object or settings: the new agent releases the handover and attaches afresh (a gap, said in a log line and a metric)", async () => {
+    const a = startAgent(["--handover", "always", "--shutdown-delay", "0"]);
+    await waitReady(a);
+    const leaf = await startPod("web-2");
+    await waitFor("container attached", async () => a.log().includes('"container attached"'), 20_000, a.log);
+    tls.reset();
+    const client = startLoopClient(leaf);
+    await waitFor("requests", () => client.oks() >= 10, 20_000, () => client.out());
+    a.proc.kill("SIGTERM");
+    expect(await a.proc.exited).toBe(0);
+    expect(pins().some((n) => n.startsWith("handover-") && n.includes(`-${a.proc.pid}-`))).toBe(true);
+    const handed = orphanLinks();
+    // A different scan cap is a different load: the maps and programs are not the same.
+    const b = startAgent(["--handover", "never", "--shutdown-delay", "0", "--scan-cap", "32KiB"]);
+    await waitReady(b);
+    expect(b.log()).toContain("is another object or has other settings");
+    expect(await metric('kloak_handovers_total{outcome="incompatible"}')).toBe(1);
+    expect(pins().filter((n) => /^(handover|claimed|partial)-/.test(n))).toEqual([]);
+    // b attached the pod itself: its writes carry the value again.
+    const before = tls.requests.length;
+    const at = client.oks();
+    await waitFor("requests after the restart", () => client.oks() >= at + 10, 20_000, () => client.out());
+    const r = await client.stop();
+    expect(r.unchanged).toBe(true);
+    expect(r.errors).toBe(0);
+    const auth = tls.requests.map((q) => q.headers.find(([n]) => n.toLowerCase() === "authorization")?.[1]);
+    expect(auth.every((v) => v === `Bearer ${token}` || v === `Bearer ${ph}`)).toBe(true);
+    expect(auth.slice(before).at(-1)).toBe(`Bearer ${token}`);
+    await waitFor("a's links gone", () => {
+      const live = kloakLinks();
+      return handed.every((id) => !live.has(id));
+    }, 10_000);
+    b.proc.kill("SIGTERM");
+    expect(await b.proc.exited).toBe(0);
+    api.delete("Pod", "shop", "web-2");
+  }, 90_000);
+
   test("no successor within the handover timeout: released, placeholders go out, nothing stays stopped or pinned", async () => {
-    api.delete("Pod", "shop", "web-0");
+    if (api.get("Pod", "shop", "web-0")) api.delete("Pod", "shop", "web-0");
     const c = startAgent(["--handover", "always", "--shutdown-delay", "0", "--handover-timeout", "3"]);
     await waitReady(c);
     const leaf = await startPod("web-1");
