@@ -1,0 +1,109 @@
+/**
+ * A data plane handed over (handover.ts) by a process that then exits, and
+ * taken over here through the Dataplane API, with both uprobe kinds: multi-uprobe links
+ * (6.6+) and perf-event links (one per function, what kernels before 6.6
+ * get). A real Python client in a scope writes a placeholder every 20 ms to a
+ * real TLS server across the handover: every request it sent carries the
+ * value, none failed, the app's buffer holds the placeholder after each send.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { netnsInode } from "../../lib/proc.ts";
+import { Dataplane } from "../../src/dataplane/dataplane.ts";
+import { claimHandover, listHandovers, releaseHandover } from "../../src/dataplane/handover.ts";
+import { ensurePinDir } from "../../src/dataplane/release.ts";
+import { placeholderKey, PlaceholderRegistry, valueShape } from "../../src/secrets/placeholder.ts";
+import { testCerts, type TestCerts } from "../support/certs.ts";
+import { buildHttpRequest, pythonPath } from "../support/clients.ts";
+import { fakeSecret, occurrences, placeholderCount, ROOT } from "../support/kloak.ts";
+import { startTlsServer, type TlsServer } from "../support/tls-server.ts";
+
+let http: TlsServer;
+/** pids of the old sides and their clients, cleaned up whatever happens */
+const olds: number[] = [];
+const clients: number[] = [];
+let certs: TestCerts;
+const tmp = mkdtempSync(join(tmpdir(), "kloak-handover-"));
+
+beforeAll(async () => {
+  http = await startTlsServer({ mode: "http" });
+  certs = await testCerts();
+  ensurePinDir();
+});
+afterAll(async () => {
+  for (const pid of clients) {
+    try {
+      // Still that client (not a reused pid)?
+      if (readFileSync(`/proc/${pid}/cmdline`, "latin1").includes("py_loop_client")) process.kill(pid, "SIGKILL");
+    } catch {
+      // exited as asked
+    }
+  }
+  // A test that failed before the take-over leaves its handover: released as a later agent would.
+  for (const h of listHandovers().offered.filter((o) => olds.includes(o.pid))) {
+    const mine = claimHandover(h);
+    if (mine) await releaseHandover(mine.path);
+  }
+  await http.close();
+});
+
+for (const uprobes of ["multi", "single"] as const) {
+  describe(`${uprobes} uprobes`, () => {
+    test("writes go on being substituted across a handover by a process that exits and a take-over", async () => {
+      const scope = uprobes === "multi" ? 11 : 12;
+      const id = uprobes === "multi" ? 21 : 22;
+      const opts = { mode: "auto" as const, scanCap: 65536, uprobes, holds: "signals" as const };
+      const secret = fakeSecret(36);
+      const ph = new PlaceholderRegistry().create("S", valueShape(secret));
+      http.reset();
+      const reqFile = join(tmp, `req-${uprobes}`);
+      const stopFile = join(tmp, `stop-${uprobes}`);
+      const outFile = join(tmp, `out-${uprobes}`);
+      writeFileSync(reqFile, buildHttpRequest({ host: "x", headers: { "X-S": ph } }));
+      const argv = [pythonPath(), join(ROOT, "test/support/py_loop_client.py"), "--host", "127.0.0.1", "--port", String(http.port), "--cafile", certs.caFile, "--request-file", reqFile, "--stop-file", stopFile, "--interval", "0.02", "--per-connection", "5"];
+      const specFile = join(tmp, `spec-${uprobes}.json`);
+      writeFileSync(specFile, JSON.stringify({ uprobes, scope, id, secret, placeholder: ph, argv, out: outFile }));
+      // The old data plane lives in a process that exits after handing over: only the pins keep its links and maps.
+      const old = Bun.spawn([process.execPath, join(ROOT, "test/support/handover-child.ts"), specFile], { stdout: "pipe", stderr: "pipe" });
+      olds.push(old.pid);
+      const [lines, err, code] = await Promise.all([new Response(old.stdout).text(), new Response(old.stderr).text(), old.exited]);
+      const [clientPid, dir = ""] = lines.trim().split("\n");
+      if (clientPid) clients.push(Number(clientPid));
+      expect({ code, err: err.slice(-500) }).toEqual({ code: 0, err: "" });
+      expect(existsSync(dir)).toBe(true);
+      const out = () => readFileSync(outFile, "latin1");
+      const oks = () => out().split("\n").filter((l) => l.startsWith("OK ")).length;
+      // The gap: nobody serves the rings for a while; writes carrying the placeholder wait.
+      await Bun.sleep(300);
+      const offered = listHandovers().offered.find((h) => h.path === dir)!;
+      expect(offered.uprobes).toBe(uprobes);
+      expect(offered.pid).toBe(old.pid);
+      const dp2 = await Dataplane.adopt(opts, claimHandover(offered)!);
+      try {
+        expect(dp2.adopted).toBe(true);
+        expect(dp2.adoptedSecretId(Buffer.from(ph))).toBe(id);
+        expect(dp2.firstFreeSecretId()).toBe(id + 1);
+        const settings = { netns: netnsInode(process.pid), strictBinding: false, onViolation: "pass" as const };
+        dp2.setScope(scope, settings);
+        await dp2.setSecret({ id, placeholder: Buffer.from(ph), key: placeholderKey(ph), value: Buffer.from(secret), rules: null });
+        dp2.resumeWrites();
+        const at = oks();
+        for (let i = 0; i < 400 && oks() < at + 20; i++) await Bun.sleep(25);
+        expect(oks()).toBeGreaterThanOrEqual(at + 20);
+        expect(await dp2.pruneAdopted({ scope: (s) => s === scope, secret: (s) => s === id })).toEqual({ scopes: 0, secrets: 0, files: 0 });
+        writeFileSync(stopFile, "");
+        for (let i = 0; i < 200 && !out().includes("APP_UNCHANGED="); i++) await Bun.sleep(25);
+        expect(out()).toContain("APP_ERRORS=0");
+        expect(out()).toContain("APP_UNCHANGED=yes");
+        const sends = Number(/APP_SENDS=(\d+)/.exec(out())![1]);
+        expect(occurrences(http.received(), `X-S: ${secret}\r\n`)).toBe(sends);
+        expect(placeholderCount(http.received())).toBe(0);
+        expect(existsSync(dir)).toBe(false);
+      } finally {
+        await dp2.close();
+      }
+    }, 60_000);
+  });
+}
