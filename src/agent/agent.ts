@@ -147,7 +147,14 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
         log("info", "data plane handed over: probes and maps stay for the next agent", { dir, timeoutSeconds: cfg.handoverTimeoutSeconds });
         return;
       } catch (e) {
-        log("warn", "could not hand the data plane over; detached it instead (placeholders go out until the next agent attaches)", { error: (e as Error).message });
+        // handOver let go of the data plane: put back and resume whatever it still had stopped.
+        const r = await releaseDead(pins);
+        await guardian.close();
+        log("warn", "could not hand the data plane over; released it instead (placeholders go out until the next agent attaches)", {
+          error: (e as Error).message,
+          ...r,
+        });
+        return;
       }
     }
     await dp.close();

@@ -57,7 +57,7 @@ import { noWorkerStats, type FromWorker, type ToWorker, type WorkerStats } from 
 import type { HoldMethod } from "./tracer.ts";
 import { TlsTargetFinder } from "./tls-targets.ts";
 import { PIN_DIR, PINNED_MAPS, pinPath, unpinState } from "./release.ts";
-import { handoverName, parseUprobePin, partialHandoverDir, uprobePinName, type Handover } from "./handover.ts";
+import { handoverName, parseUprobePin, partialHandoverDir, releaseHandover, uprobePinName, type Handover } from "./handover.ts";
 import { reserveLayoutIds } from "./go-targets.ts";
 
 export interface DataplaneOptions {
@@ -879,9 +879,18 @@ export class Dataplane {
       for (const fd of reuse.values()) closeFd(fd); // libbpf holds its own
     }
     const { obj, mode, uprobes } = loaded;
-    if (handoverIdentity(bytes, { mode, uprobes, scanCap: opts.scanCap }) !== h.identity) {
+    const missing = objectMapNames(obj).filter((n) => !reuse.has(n));
+    const problem =
+      handoverIdentity(bytes, { mode, uprobes, scanCap: opts.scanCap }) !== h.identity
+        ? "the handover's identity does not match this object and settings"
+        : missing.length
+          ? `the handover lacks maps ${missing.join(", ")}`
+          : names.filter((n) => n.startsWith("tp-")).length < PROCESS_TRACEPOINTS.length
+            ? "the handover lacks tracepoint links"
+            : undefined;
+    if (problem) {
       obj.close();
-      throw new Error("the handover's identity does not match this object and settings");
+      throw new Error(problem);
     }
     let dp: Dataplane | undefined;
     const linkFds: number[] = [];
@@ -917,10 +926,29 @@ export class Dataplane {
       return dp;
     } catch (e) {
       for (const fd of linkFds) closeFd(fd);
-      if (dp) await dp.close();
+      // Not close(): it would take the handover's processes out of their scopes and wait for writes
+      // nobody serves. The handover's pins still hold everything; the caller releases it (releaseHandover).
+      if (dp) await dp.abandon();
       else obj.close();
       throw e;
     }
+  }
+
+  /**
+   * Let go of everything without touching the maps (no settling, no
+   * restore): for a data plane whose processes someone else releases (a
+   * handover's pins, the agent's own pins with releaseDead).
+   */
+  async abandon(): Promise<void> {
+    if (this.closed && this.bellFd < 0 && this.adoptedTracepoints.length === 0 && this.tracepoints.length === 0) return;
+    this.closed = true;
+    for (const t of this.detaching.values()) clearTimeout(t);
+    this.detaching.clear();
+    await this.stopWorker(true);
+    for (const l of this.tracepoints.splice(0)) l.destroy();
+    for (const fd of this.adoptedTracepoints.splice(0)) closeFd(fd);
+    await this.attacher.detachAll();
+    this.obj.close();
   }
 
   private readAdoptedState(): void {
@@ -1065,10 +1093,13 @@ export class Dataplane {
       renameSync(dir, final);
       return final;
     } catch (e) {
+      // Not offered. The worker is gone, so close() could not serve the writes it would wait for:
+      // release through the pins made so far (placeholders back, writers resumed), then let go.
+      // With no map pinned yet, the caller releases through its own pins (releaseDead).
+      // Our links go first (the pins keep what was pinned), so the release's last resume is final.
+      await this.abandon();
+      if (existsSync(`${dir}/map-kloak_procs`)) await releaseHandover(dir);
       rmSync(dir, { recursive: true, force: true });
-      // Not offered: close for real (the worker is stopped already; close() settles and detaches).
-      this.closed = false;
-      await this.close();
       throw e;
     }
   }

@@ -7,7 +7,7 @@
  * value, none failed, the app's buffer holds the placeholder after each send.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { netnsInode } from "../../lib/proc.ts";
@@ -107,3 +107,40 @@ for (const uprobes of ["multi", "single"] as const) {
     }, 60_000);
   });
 }
+
+test("a handover that cannot be taken over (a map pin missing) is refused and released: the client runs on, placeholders back", async () => {
+  const secret = fakeSecret(36);
+  const ph = new PlaceholderRegistry().create("S", valueShape(secret));
+  http.reset();
+  const reqFile = join(tmp, "req-broken");
+  const stopFile = join(tmp, "stop-broken");
+  const outFile = join(tmp, "out-broken");
+  writeFileSync(reqFile, buildHttpRequest({ host: "x", headers: { "X-S": ph } }));
+  const argv = [pythonPath(), join(ROOT, "test/support/py_loop_client.py"), "--host", "127.0.0.1", "--port", String(http.port), "--cafile", certs.caFile, "--request-file", reqFile, "--stop-file", stopFile, "--interval", "0.02", "--per-connection", "5"];
+  const specFile = join(tmp, "spec-broken.json");
+  writeFileSync(specFile, JSON.stringify({ uprobes: "multi", scope: 13, id: 23, secret, placeholder: ph, argv, out: outFile }));
+  const old = Bun.spawn([process.execPath, join(ROOT, "test/support/handover-child.ts"), specFile], { stdout: "pipe", stderr: "pipe" });
+  olds.push(old.pid);
+  const [lines, err, code] = await Promise.all([new Response(old.stdout).text(), new Response(old.stderr).text(), old.exited]);
+  const [clientPid, dir = ""] = lines.trim().split("\n");
+  if (clientPid) clients.push(Number(clientPid));
+  expect({ code, err: err.slice(-500) }).toEqual({ code: 0, err: "" });
+  const out = () => readFileSync(outFile, "latin1");
+  const oks = () => out().split("\n").filter((l) => l.startsWith("OK ")).length;
+  rmSync(join(dir, "map-kloak_hcodes"));
+  const claimed = claimHandover(listHandovers().offered.find((h) => h.path === dir)!)!;
+  await expect(Dataplane.adopt({ mode: "auto", scanCap: 65536, uprobes: "multi", holds: "signals" }, claimed)).rejects.toThrow("lacks maps kloak_hcodes");
+  // What the agent does then: release it.
+  await releaseHandover(claimed.path);
+  expect(existsSync(claimed.path)).toBe(false);
+  const at = oks();
+  for (let i = 0; i < 400 && oks() < at + 10; i++) await Bun.sleep(25);
+  expect(oks()).toBeGreaterThanOrEqual(at + 10);
+  writeFileSync(stopFile, "");
+  for (let i = 0; i < 200 && !out().includes("APP_UNCHANGED="); i++) await Bun.sleep(25);
+  expect(out()).toContain("APP_ERRORS=0");
+  expect(out()).toContain("APP_UNCHANGED=yes");
+  // Before: the value; after the release: the placeholder (nobody substitutes any more); nothing else.
+  expect(occurrences(http.received(), `X-S: ${secret}\r\n`)).toBeGreaterThanOrEqual(10);
+  expect(placeholderCount(http.received())).toBeGreaterThanOrEqual(10);
+}, 60_000);
