@@ -258,7 +258,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
 
   for (const r of [pods, namespaces, ...Object.values(owners)]) r.start();
   // A taken-over ring holds requests of writers stopped during the gap: served once their values are loaded,
-  // or, bounded, without them (fail closed: their placeholders go out).
+  // or, after --handover-timeout, without them (fail closed: their placeholders go out).
   const serve = (why: string) => {
     if (!dp.adopted) return;
     clearTimeout(serveTimer);
@@ -266,7 +266,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     guardian.serving();
     log(why === "synced" ? "info" : "warn", "serving the writes of the taken-over data plane", { after: why });
   };
-  const serveTimer = setTimeout(() => serve("timeout"), ADOPT_SERVE_WAIT_MS);
+  const serveTimer = setTimeout(() => serve("timeout"), cfg.handoverTimeoutSeconds * 1000);
   // Every agent loads the maps; one of them (the Lease holder) also writes shadows.
   await plane.start();
   state.catalogSynced = true;
@@ -443,9 +443,6 @@ async function firstMaterial(
   onMaterial(rotation.current());
   return { current: rotation.current(), serve: (s) => (server = s) };
 }
-
-/** How long a taken-over data plane waits for the secrets before it serves the writes queued in the gap without them. */
-const ADOPT_SERVE_WAIT_MS = 10_000;
 
 /**
  * A handover left by the previous agent on this node (handover.ts), claimed

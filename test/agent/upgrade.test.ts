@@ -103,7 +103,7 @@ async function waitReady(a: Agent): Promise<void> {
       if (a.proc.exitCode !== null) throw new Error(`agent exited ${a.proc.exitCode}:\n${a.log()}`);
       return (await ready()) === 200;
     },
-    60_000,
+    120_000,
     a.log,
   );
 }
@@ -339,6 +339,7 @@ describe("zero-gap upgrade", () => {
     inflight.sendRest();
     expect(await inflight.status).toBe("HTTP/1.1 200 OK");
     expect(await a.proc.exited).toBe(0);
+    const aExited = Date.now();
     expect(a.log()).toContain('"data plane handed over');
     const offered = pins().filter((n) => n.startsWith("handover-"));
     expect(offered.length).toBe(1);
@@ -352,7 +353,7 @@ describe("zero-gap upgrade", () => {
     await waitReady(b);
     expect(b.log()).toContain("took over the data plane of the previous agent");
     expect(await metric('kloak_handovers_total{outcome="adopted"}')).toBe(1);
-    await waitFor("requests after the upgrade", () => client.oks() >= beforeGap + 40, 30_000, () => {
+    await waitFor("requests after the upgrade", () => client.oks() >= beforeGap + 40, 90_000, () => {
       const st = existsSync(`/proc/${client.proc.pid}`) ? readFileSync(`/proc/${client.proc.pid}/stat`, "latin1").split(") ")[1]!.slice(0, 1) : `gone ${client.proc.exitCode} ${client.proc.signalCode}`;
       const m = Bun.spawnSync(["curl", "-s", `http://127.0.0.1:${opsPort}/metrics`]).stdout.toString().split("\n").filter((l) => /^kloak_/.test(l)).join("\n");
       console.error(`client state ${st}\n${client.out().slice(-200)}\n${m}`);
@@ -382,7 +383,11 @@ describe("zero-gap upgrade", () => {
     // Writes went on until a exited and were held through the gap: the longest pause between answers spans it.
     const times = client.out().split("\n").filter((l) => l.startsWith("OK ")).map((l) => Number(l.split(" ")[2]) * 1000);
     const stall = Math.max(...times.slice(1).map((t, i) => t - times[i]!));
-    console.log(`upgrade: ${times.length} requests, longest pause between answers ${Math.round(stall)} ms (a's exit to b serving)`);
+    const at = (msg: string) => Date.parse(/"time":"([^"]+)"/.exec(b.log().split("\n").find((l) => l.includes(msg)) ?? "")?.[1] ?? "");
+    console.log(
+      `upgrade: ${times.length} requests, longest pause between answers ${Math.round(stall)} ms; ` +
+        `a exited -> b started ${at("kloak agent starting") - aExited} ms, -> took over ${at("took over the data plane") - aExited} ms, -> serving ${at("serving the writes") - aExited} ms`,
+    );
     const r = await client.stop();
     // No request failed, every one carried the real value, no placeholder reached the server.
     expect(r.errLines).toEqual([]);
@@ -403,7 +408,7 @@ describe("zero-gap upgrade", () => {
     }, 10_000);
     expect(b.log().includes(token)).toBe(false);
     expect(a.log().includes(token)).toBe(false);
-  }, 150_000);
+  }, 300_000);
 
   test("another object or settings: the new agent releases the handover and attaches afresh (a gap, said in a log line and a metric)", async () => {
     const a = startAgent(["--handover", "always", "--shutdown-delay", "0"]);
@@ -440,7 +445,7 @@ describe("zero-gap upgrade", () => {
     b.proc.kill("SIGTERM");
     expect(await b.proc.exited).toBe(0);
     api.delete("Pod", "shop", "web-2");
-  }, 90_000);
+  }, 240_000);
 
   test("no successor within the handover timeout: released, placeholders go out, nothing stays stopped or pinned", async () => {
     if (api.get("Pod", "shop", "web-0")) api.delete("Pod", "shop", "web-0");
@@ -461,7 +466,8 @@ describe("zero-gap upgrade", () => {
     // Released by c's guardian at the deadline: the client goes on, with its placeholders.
     await waitFor("handover released", () => !pins().some((n) => /^(handover|claimed)-/.test(n)), 10_000);
     await waitFor("client running again", () => client.oks() >= atExit + 10, 10_000, () => client.out());
-    expect(Date.now() - exited).toBeLessThan(3000 + 5000);
+    // The bound: the timeout, plus the guardian's release (about a second; more on a loaded machine).
+    expect(Date.now() - exited).toBeLessThan(3000 + 10_000);
     const pid = client.proc.pid;
     expect(readFileSync(`/proc/${pid}/stat`, "latin1").split(") ")[1]![0]).not.toBe("T");
     const r = await client.stop();
@@ -477,5 +483,5 @@ describe("zero-gap upgrade", () => {
       const live = kloakLinks();
       return handed.every((id) => !live.has(id));
     }, 10_000);
-  }, 90_000);
+  }, 240_000);
 });
