@@ -138,6 +138,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   const stopDataplane = async (handover: boolean) => {
     if (handover) {
       const deadline = Date.now() + cfg.handoverTimeoutSeconds * 1000;
+      guardian.handingOver();
       try {
         const dir = await dp.handOver(deadline);
         unpinState(pins);
@@ -259,8 +260,10 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   for (const r of [pods, namespaces, ...Object.values(owners)]) r.start();
   // A taken-over ring holds requests of writers stopped during the gap: served once their values are loaded,
   // or, after --handover-timeout, without them (fail closed: their placeholders go out).
+  let served = !dp.adopted;
   const serve = (why: string) => {
-    if (!dp.adopted) return;
+    if (served) return;
+    served = true;
     clearTimeout(serveTimer);
     dp.resumeWrites();
     guardian.serving();
@@ -452,6 +455,7 @@ async function firstMaterial(
  */
 async function takeHandover(cfg: AgentConfig, log: LogFn, count: (outcome: string) => void): Promise<Handover | undefined> {
   const { offered, orphaned } = listHandovers();
+  log("debug", "data planes left on this node", { offered: offered.map((h) => h.path), orphaned });
   for (const dir of orphaned) {
     const r = await releaseHandover(dir);
     count("orphaned");
@@ -467,7 +471,10 @@ async function takeHandover(cfg: AgentConfig, log: LogFn, count: (outcome: strin
       handoverIdentity(bytes, { mode: h.mode, uprobes: h.uprobes, scanCap: cfg.scanCap }) === h.identity;
     const expired = Date.now() >= h.deadline;
     const claimed = claimHandover(h);
-    if (!claimed) continue; // its guardian released it just now
+    if (!claimed) {
+      log("debug", "a data plane left on this node was claimed by another process first", { dir: h.path });
+      continue; // its guardian released it just now
+    }
     if (!taken && compatible && !expired) {
       taken = claimed;
       continue;

@@ -192,9 +192,11 @@ export function unpinState(base: string): void {
  * The owner lives but has left writers stopped past STUCK_MS: put their
  * placeholders back and resume them. (The kernel treats such a claim as stale
  * after 1 s; the owner, should it wake, finds the writer running and fails
- * closed.) Returns how many writers were released.
+ * closed.) `since`: claims older than this (CLOCK_MONOTONIC ns) count from it
+ * — an owner that took over a handover serves the requests of the gap only
+ * from then on. Returns how many writers were released.
  */
-export function releaseStuck(base: string): number {
+export function releaseStuck(base: string, since = 0n): number {
   const stuck = new Set<number>();
   const now = monotonicNs();
   withFd(pinPath(base, "stopowner"), (owners) =>
@@ -207,7 +209,8 @@ export function releaseStuck(base: string): number {
         // A claim the owner released is over: a stop now is someone else's (a user's ^Z).
         if (mapLookup(released, key, done) && new DataView(done.buffer).getBigUint64(0, true) === seq) continue;
         const pid = u32(key);
-        if (now - seq > BigInt(STUCK_MS) * 1_000_000n && isStopped(pid)) stuck.add(pid);
+        // A claim made before `since` (monotonic ns: when its owner began to serve) is as old as since.
+        if (now - (seq > since ? seq : since) > BigInt(STUCK_MS) * 1_000_000n && isStopped(pid)) stuck.add(pid);
       }
     }),
   );

@@ -76,6 +76,11 @@ export class Guardian {
     this.note({ type: "serving" });
   }
 
+  /** The owner begins to hand over: writers it leaves stopped from now on are not stuck (they wait for the successor). */
+  handingOver(): void {
+    this.note({ type: "handing-over" });
+  }
+
   /** The owner handed over its data plane (handover.ts): the guardian releases it if nobody takes it by the deadline. */
   handover(dir: string, deadline: number): void {
     this.note({ type: "handover", dir, deadline });

@@ -17,7 +17,7 @@
  */
 import { existsSync } from "node:fs";
 import { constants } from "node:os";
-import { kill, SIGCONT, setNoNewPrivs } from "../../lib/libc.ts";
+import { kill, monotonicNs, SIGCONT, setNoNewPrivs } from "../../lib/libc.ts";
 import { threadState } from "../../lib/proc.ts";
 import { hardenSupervisor } from "./harden.ts";
 import { pinPath, releaseDead, releaseStuck } from "../dataplane/release.ts";
@@ -51,7 +51,12 @@ export interface HandoverNote {
   deadline: number;
 }
 
-export type ToGuardian = RunRequest | ServingNote | HandoverNote;
+/** The owner is handing over: its worker stops serving, writers it stops from now on wait for the successor. */
+export interface HandingOverNote {
+  type: "handing-over";
+}
+
+export type ToGuardian = RunRequest | ServingNote | HandoverNote | HandingOverNote;
 
 export type FromGuardian =
   | { type: "ready" }
@@ -89,12 +94,18 @@ export async function guardianCommand(args: string[]): Promise<number> {
   let ran = false;
   // Taking over a handover, writers stopped before the owner serves are waiting for it, not stuck.
   let watchStuck = !args.includes("--wait-serving");
+  // Claims from before the owner served (the gap's) are measured from when it began to.
+  let servingSince = 0n;
   let handover: HandoverNote | undefined;
   process.on("message", (m: ToGuardian) => {
     if (m?.type === "run" && !ran) {
       ran = true;
       run(m);
-    } else if (m?.type === "serving") watchStuck = true;
+    } else if (m?.type === "serving") {
+      watchStuck = true;
+      servingSince = monotonicNs();
+    }
+    else if (m?.type === "handing-over") watchStuck = false;
     else if (m?.type === "handover") {
       // Writers stopped from now on wait for the successor: never released as stuck.
       watchStuck = false;
@@ -107,7 +118,7 @@ export async function guardianCommand(args: string[]): Promise<number> {
       process.stderr.write("kloak guardian: kloak was stopped; continued it (its holds must end)\n");
     if (!watchStuck) return;
     try {
-      const n = releaseStuck(base);
+      const n = releaseStuck(base, servingSince);
       if (n) process.stderr.write(`kloak guardian: released ${n} writer(s) left stopped over 1.5 s; placeholders put back first\n`);
     } catch {
       // pins gone meanwhile: the owner is shutting down
