@@ -51,7 +51,7 @@ afterAll(async () => {
 
 for (const uprobes of ["multi", "single"] as const) {
   describe(`${uprobes} uprobes`, () => {
-    test("writes go on being substituted across a handover by a process that exits and a take-over", async () => {
+    test("writes go on being substituted across a handover by a process that exits, a take-over, and a second hop", async () => {
       const scope = uprobes === "multi" ? 11 : 12;
       const id = uprobes === "multi" ? 21 : 22;
       const opts = { mode: "auto" as const, scanCap: 65536, uprobes, holds: "signals" as const };
@@ -81,11 +81,11 @@ for (const uprobes of ["multi", "single"] as const) {
       expect(offered.uprobes).toBe(uprobes);
       expect(offered.pid).toBe(old.pid);
       const dp2 = await Dataplane.adopt(opts, claimHandover(offered)!);
+      const settings = { netns: netnsInode(process.pid), strictBinding: false, onViolation: "pass" as const };
       try {
         expect(dp2.adopted).toBe(true);
         expect(dp2.adoptedSecretId(Buffer.from(ph))).toBe(id);
         expect(dp2.firstFreeSecretId()).toBe(id + 1);
-        const settings = { netns: netnsInode(process.pid), strictBinding: false, onViolation: "pass" as const };
         dp2.setScope(scope, settings);
         await dp2.setSecret({ id, placeholder: Buffer.from(ph), key: placeholderKey(ph), value: Buffer.from(secret), rules: null });
         dp2.resumeWrites();
@@ -93,8 +93,22 @@ for (const uprobes of ["multi", "single"] as const) {
         for (let i = 0; i < 400 && oks() < at + 20; i++) await Bun.sleep(25);
         expect(oks()).toBeGreaterThanOrEqual(at + 20);
         expect(await dp2.pruneAdopted({ scope: (s) => s === scope, secret: (s) => s === id })).toEqual({ scopes: 0, secrets: 0, files: 0 });
-        writeFileSync(stopFile, "");
-        for (let i = 0; i < 200 && !out().includes("APP_UNCHANGED="); i++) await Bun.sleep(25);
+        // A second hop: what was taken over is handed over again (its adopted links and tracepoints pinned anew).
+        const dir2 = await dp2.handOver(Date.now() + 30_000);
+        const dp3 = await Dataplane.adopt(opts, claimHandover(listHandovers().offered.find((h) => h.path === dir2)!)!);
+        try {
+          dp3.setScope(scope, settings);
+          await dp3.setSecret({ id, placeholder: Buffer.from(ph), key: placeholderKey(ph), value: Buffer.from(secret), rules: null });
+          dp3.resumeWrites();
+          const at3 = oks();
+          for (let i = 0; i < 400 && oks() < at3 + 10; i++) await Bun.sleep(25);
+          expect(oks()).toBeGreaterThanOrEqual(at3 + 10);
+          // Stopped while dp3 serves: after its close, writes go out as they are.
+          writeFileSync(stopFile, "");
+          for (let i = 0; i < 200 && !out().includes("APP_UNCHANGED="); i++) await Bun.sleep(25);
+        } finally {
+          await dp3.close();
+        }
         expect(out()).toContain("APP_ERRORS=0");
         expect(out()).toContain("APP_UNCHANGED=yes");
         const sends = Number(/APP_SENDS=(\d+)/.exec(out())![1]);
