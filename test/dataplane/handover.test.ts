@@ -158,3 +158,38 @@ test("a handover that cannot be taken over (a map pin missing) is refused and re
   expect(occurrences(http.received(), `X-S: ${secret}\r\n`)).toBeGreaterThanOrEqual(10);
   expect(placeholderCount(http.received())).toBeGreaterThanOrEqual(10);
 }, 60_000);
+
+test("a handover claimed by a process that died is listed as orphaned and released", async () => {
+  const secret = fakeSecret(36);
+  const ph = new PlaceholderRegistry().create("S", valueShape(secret));
+  http.reset();
+  const reqFile = join(tmp, "req-orphan");
+  const stopFile = join(tmp, "stop-orphan");
+  const outFile = join(tmp, "out-orphan");
+  writeFileSync(reqFile, buildHttpRequest({ host: "x", headers: { "X-S": ph } }));
+  const argv = [pythonPath(), join(ROOT, "test/support/py_loop_client.py"), "--host", "127.0.0.1", "--port", String(http.port), "--cafile", certs.caFile, "--request-file", reqFile, "--stop-file", stopFile, "--interval", "0.02", "--per-connection", "5"];
+  const specFile = join(tmp, "spec-orphan.json");
+  writeFileSync(specFile, JSON.stringify({ uprobes: "multi", scope: 14, id: 24, secret, placeholder: ph, argv, out: outFile }));
+  const old = Bun.spawn([process.execPath, join(ROOT, "test/support/handover-child.ts"), specFile], { stdout: "pipe", stderr: "pipe" });
+  olds.push(old.pid);
+  const [lines, err, code] = await Promise.all([new Response(old.stdout).text(), new Response(old.stderr).text(), old.exited]);
+  const [clientPid, dir = ""] = lines.trim().split("\n");
+  if (clientPid) clients.push(Number(clientPid));
+  expect({ code, err: err.slice(-500) }).toEqual({ code: 0, err: "" });
+  // Claimed by a process that is gone now (as if an agent died while taking it over).
+  const gone = Bun.spawn(["true"]);
+  await gone.exited;
+  const claimed = claimHandover(listHandovers().offered.find((h) => h.path === dir)!, gone.pid)!;
+  expect(listHandovers().orphaned).toContain(claimed.path);
+  const out = () => readFileSync(outFile, "latin1");
+  const oks = () => out().split("\n").filter((l) => l.startsWith("OK ")).length;
+  const at = oks();
+  await releaseHandover(claimed.path);
+  expect(listHandovers().orphaned).not.toContain(claimed.path);
+  for (let i = 0; i < 400 && oks() < at + 10; i++) await Bun.sleep(25);
+  expect(oks()).toBeGreaterThanOrEqual(at + 10);
+  writeFileSync(stopFile, "");
+  for (let i = 0; i < 200 && !out().includes("APP_UNCHANGED="); i++) await Bun.sleep(25);
+  expect(out()).toContain("APP_ERRORS=0");
+  expect(out()).toContain("APP_UNCHANGED=yes");
+}, 60_000);
