@@ -51,6 +51,7 @@
 #include "unhooked.h"
 #include "gnutls.h"
 #include "golang.h"
+#include "libopen.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -510,28 +511,44 @@ static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, __u32 how)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_write")
-int kloak_send_write(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_FLAT);
-}
+/* One raw tracepoint for every syscall kloak looks at, not one tracepoint
+ * each: a raw tracepoint attaches and detaches without tracefs and without
+ * the perf-event path, whose detach waits for RCU grace periods while it
+ * holds the lock every tracepoint attach needs (a `kloak exec` started while
+ * the previous one's detach runs waited ~100 ms). The syscall tracepoints
+ * are a probe on this same raw tracepoint; the number test comes first, so
+ * other syscalls cost one compare. Numbers: x86-64 (the object's target). */
+#define NR_WRITE 1
+#define NR_OPEN 2
+#define NR_WRITEV 20
+#define NR_SENDTO 44
+#define NR_SENDMSG 46
+#define NR_OPENAT 257
 
-SEC("tracepoint/syscalls/sys_enter_writev")
-int kloak_send_writev(struct trace_event_raw_sys_enter *ctx)
+SEC("raw_tp/sys_enter")
+int BPF_PROG(kloak_sys_enter, struct pt_regs *regs, long nr)
 {
-	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_IOVEC);
-}
+	__u32 how;
 
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int kloak_send_sendto(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_FLAT);
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int kloak_send_sendmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_send(ctx->args[0], ctx->args[1], ctx->args[2], SEND_MSGHDR);
+	switch (nr) {
+	case NR_WRITE:
+	case NR_SENDTO:
+		how = SEND_FLAT;
+		break;
+	case NR_WRITEV:
+		how = SEND_IOVEC;
+		break;
+	case NR_SENDMSG:
+		how = SEND_MSGHDR;
+		break;
+	case NR_OPENAT:
+		return on_lib_open((__s32)PT_REGS_PARM1_CORE(regs), PT_REGS_PARM2_CORE(regs));
+	case NR_OPEN:
+		return on_lib_open(-100 /* AT_FDCWD */, PT_REGS_PARM1_CORE(regs));
+	default:
+		return 0;
+	}
+	return on_send(PT_REGS_PARM1_CORE(regs), PT_REGS_PARM2_CORE(regs), PT_REGS_PARM3_CORE(regs), how);
 }
 
 /* ---- process lifecycle ------------------------------------------------------ */
@@ -577,6 +594,7 @@ struct kloak_abi_anchor {
 	struct kloak_block_event block_event;
 	struct kloak_wake_event wake_event;
 	struct kloak_unhooked_event unhooked_event;
+	struct kloak_lib_open_event lib_open_event;
 	struct kloak_image image;
 	struct kloak_scope scope;
 	struct kloak_conn conn;

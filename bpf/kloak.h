@@ -91,6 +91,8 @@ enum kloak_counter {
 	KC_UNHOOKED_HELLO,         /* TLS ClientHellos of scoped processes no hooked TLS library made */
 	KC_SUBST_NOT_TAKEN,        /* substituted placeholders of writes the library returned as not
 	                            * done (SSL_write <= 0): the app retries the same bytes */
+	KC_LIB_OPEN_HELD,          /* opens of a TLS library held until kloak had its programs loaded */
+	KC_LIB_OPEN_UNHELD,        /* ... not held: another thread had a stop in flight */
 	KC__COUNT
 };
 
@@ -168,6 +170,7 @@ enum kloak_event_type {
 	KE_WAKE = 9,       /* a traced thread will stop for kloak's tracer (signal, clone, exit) */
 	KE_EXEC_KNOWN = 10, /* a traced process in a scope exec'd a known image: not held */
 	KE_UNHOOKED_TLS = 11, /* a scoped process does TLS through a library kloak has no probes in */
+	KE_LIB_OPEN = 12,  /* a scoped process opens a TLS library by name; held until attached (libopen.h) */
 };
 
 /* Key of kloak_images: an executable, in the mount namespace that decides
@@ -367,6 +370,20 @@ struct kloak_sni_event {
 	__u32 tid; /* the held thread */
 	__u64 seq;
 	char sni[KLOAK_NAME_MAX];
+};
+
+/* KE_LIB_OPEN: the path as the process gave it to open(2)/openat(2) */
+struct kloak_lib_open_event {
+	__u32 type;
+	__u32 tgid;
+	__u32 scope_id;
+	__u32 path_len; /* bytes of path, without the NUL */
+	__u32 hold;     /* the opening thread is held until kloak releases it */
+	__u32 tid;      /* the held thread */
+	__u64 seq;      /* its stop claim (untraced processes) */
+	__s32 dirfd;    /* openat's dirfd (AT_FDCWD for open): a relative path is relative to it */
+	__u32 _pad;
+	char path[KLOAK_NAME_MAX];
 };
 
 /* KE_UNHOOKED_TLS: once per process (bpf/unhooked.h) */

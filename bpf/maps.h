@@ -2,6 +2,15 @@
 /*
  * Every map of the data plane, the per-CPU work area and the counters. User
  * space (src/dataplane/) fills and reads these maps by name.
+ *
+ * Hash maps written at most once per process, connection, scope or secret
+ * allocate their entries as they are used (BPF_F_NO_PREALLOC; safe in
+ * tracing programs since 6.1's BPF memory allocator): preallocating 65536
+ * entries costs ~3 ms of every start, and `kloak exec` starts in a few
+ * hundred. Maps written on every TLS call (kloak_inflight, kloak_active, …)
+ * stay preallocated. An update that finds no memory fails as one that finds
+ * the map full does (a process that cannot join its scope runs unprotected:
+ * kloak_procs_full, its placeholders go out as they are).
  */
 #ifndef KLOAK_MAPS_H
 #define KLOAK_MAPS_H
@@ -70,6 +79,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, __u32);
 	__type(value, struct kloak_proc);
 } kloak_procs SEC(".maps");
@@ -79,6 +89,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, struct kloak_image);
 	__type(value, __u8);
 } kloak_images SEC(".maps");
@@ -88,6 +99,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, __u32);
 	__type(value, __u32);
 } kloak_launchers SEC(".maps");
@@ -101,6 +113,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, __u64);
 	__type(value, __u32);
 } kloak_cgroups SEC(".maps");
@@ -109,6 +122,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, struct kloak_grant);
 	__type(value, __u8);
 } kloak_entitled SEC(".maps");
@@ -126,6 +140,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, __u32);
 	__type(value, struct kloak_stop_owner);
 } kloak_stop_owner SEC(".maps");
@@ -134,6 +149,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, __u32);
 	__type(value, __u64);
 } kloak_stop_released SEC(".maps");
@@ -154,6 +170,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, __u32);
 	__type(value, __u32);
 } kloak_conn_count SEC(".maps");
@@ -178,6 +195,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, __u32);
 	__type(value, struct kloak_scope);
 } kloak_scopes SEC(".maps");
@@ -186,6 +204,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
 	__type(key, __u32);
 	__type(value, __u32);
 } kloak_on_violation SEC(".maps");
@@ -233,6 +252,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } kloak_sni_hold SEC(".maps");
+
+/* [0] != 0: hold scoped processes that open a TLS library (libopen.h); set
+ * while kloak's TLS programs are not loaded yet */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_lib_watch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

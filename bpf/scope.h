@@ -74,8 +74,10 @@ static __always_inline int on_fork(struct task_struct *parent, struct task_struc
 		proc_event(KE_FORK, ctgid, ptgid, np.scope_id);
 		return 0;
 	}
-	bpf_map_update_elem(&kloak_procs, &ctgid, &np, BPF_ANY);
-	proc_event(KE_FORK, ctgid, ptgid, np.scope_id);
+	if (bpf_map_update_elem(&kloak_procs, &ctgid, &np, BPF_ANY))
+		count(KC_PROCS_FULL, 1); /* runs unprotected; the tracer still has to hear of the fork */
+	else
+		proc_event(KE_FORK, ctgid, ptgid, np.scope_id);
 	/* The traced parent stops at ptrace's fork event, the child at its first stop. */
 	if (np.flags & KLOAK_PROC_TRACED)
 		wake_event(ptgid, BPF_CORE_READ(parent, pid));

@@ -36,6 +36,9 @@ function open() {
     bpf_program__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_program__attach: { args: [FFIType.ptr], returns: FFIType.ptr },
     bpf_link__destroy: { args: [FFIType.ptr], returns: FFIType.i32 },
+    bpf_object__next_map: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.ptr },
+    bpf_map__name: { args: [FFIType.ptr], returns: FFIType.cstring },
+    bpf_map__reuse_fd: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     bpf_map__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
     bpf_map__max_entries: { args: [FFIType.ptr], returns: FFIType.u32 },
     bpf_map__key_size: { args: [FFIType.ptr], returns: FFIType.u32 },
@@ -47,14 +50,13 @@ function open() {
     bpf_map_get_next_key: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     bpf_obj_pin: { args: [FFIType.i32, FFIType.cstring], returns: FFIType.i32 },
     bpf_obj_get: { args: [FFIType.cstring], returns: FFIType.i32 },
-    // handing maps and links over to a successor process (see the end of this file)
-    bpf_map__reuse_fd: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
-    bpf_object__next_map: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.ptr },
-    bpf_map__name: { args: [FFIType.ptr], returns: FFIType.cstring },
     bpf_map__is_internal: { args: [FFIType.ptr], returns: FFIType.bool },
     bpf_link__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
   });
 }
+
+/** enum libbpf_print_level: LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG */
+const LIBBPF_DEBUG = 2;
 
 let lib: ReturnType<typeof open> | undefined;
 let logSink: string[] | undefined;
@@ -68,11 +70,16 @@ function bpf() {
   } catch (e) {
     throw new BpfError(`dlopen ${LIBBPF}`, 2, [String((e as Error).message ?? e)]);
   }
+  // libbpf prints thousands of debug lines per load (every CO-RE relocation):
+  // formatting them cost ~100 ms of `kloak exec`'s start. Warnings and infos
+  // are kept for errors; debug lines only when asked for.
+  const debug = Boolean(process.env.KLOAK_LIBBPF_DEBUG);
   printCallback = new JSCallback(
     (level: number, fmt: Pointer, args: Pointer) => {
+      if (level >= LIBBPF_DEBUG && !debug) return 0;
       const line = vformat(fmt, args).replace(/\n$/, "");
       if (logSink) logSink.push(line);
-      if (process.env.KLOAK_LIBBPF_DEBUG) process.stderr.write(`libbpf[${level}]: ${line}\n`);
+      if (debug) process.stderr.write(`libbpf[${level}]: ${line}\n`);
       return 0;
     },
     { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
@@ -157,6 +164,20 @@ export class BpfMap {
 
   get fd(): number {
     return this.owner.loaded ? bpf().bpf_map__fd(this.handle) : -1;
+  }
+
+  /**
+   * Before load: use the existing map behind fd (libbpf keeps a duplicate)
+   * instead of creating one, so a second object's programs share the first's
+   * maps. Name, type and sizes come from the existing map.
+   */
+  reuseFd(fd: number): void {
+    checkInt(`bpf_map__reuse_fd(${this.name}, ${fd})`, () => bpf().bpf_map__reuse_fd(this.handle, fd));
+  }
+
+  /** A global-data map libbpf makes itself (.rodata*, .data, .bss, .kconfig). */
+  get internal(): boolean {
+    return bpf().bpf_map__is_internal(this.handle);
   }
 
   get maxEntries(): number {
@@ -270,6 +291,12 @@ export class BpfLink {
     handle: Pointer,
   ) {
     this.handle = handle;
+  }
+
+  /** The kernel link's fd (pin it with objPin to keep the link past this process). */
+  get fd(): number {
+    if (!this.handle) throw new Error(`link ${this.description} already destroyed`);
+    return checkInt(`bpf_link__fd(${this.description})`, () => bpf().bpf_link__fd(this.handle!));
   }
 
   destroy(): void {
@@ -390,6 +417,14 @@ export class BpfObject {
     return names.map((n) => this.program(n));
   }
 
+  /** Every map of the object, global-data maps (.rodata*, .data, .bss, .kconfig) included. */
+  maps(): BpfMap[] {
+    const out: BpfMap[] = [];
+    for (let m = bpf().bpf_object__next_map(this.h, null); m; m = bpf().bpf_object__next_map(this.h, m))
+      out.push(new BpfMap(String(bpf().bpf_map__name(m)), m as Pointer, this));
+    return out;
+  }
+
   map(name: string): BpfMap {
     const m = checkPtr(`find map ${name}`, () => bpf().bpf_object__find_map_by_name(this.h, cstr(name)));
     return new BpfMap(name, m, this);
@@ -412,40 +447,18 @@ export class BpfObject {
 }
 
 // ---- Handing maps and links over to a successor process ----
-// Private handles are reached through casts here so the classes above stay as they are.
 
-const handleOf = (o: BpfMap | BpfObject | BpfLink, key: "handle" | "h"): Pointer => {
-  const h = (o as unknown as Record<string, Pointer | null>)[key];
-  if (!h) throw new Error("libbpf handle already released");
-  return h;
-};
-
-/** Names of the object's maps that libbpf does not make itself (.rodata*, .data, .bss, .kconfig are left out). */
+/** Names of the object's maps that libbpf does not make itself (see BpfMap.internal). */
 export function objectMapNames(obj: BpfObject): string[] {
-  const h = handleOf(obj, "h");
-  const out: string[] = [];
-  for (let m = bpf().bpf_object__next_map(h, null); m; m = bpf().bpf_object__next_map(h, m))
-    if (!bpf().bpf_map__is_internal(m)) out.push(String(bpf().bpf_map__name(m)));
-  return out;
-}
-
-/**
- * Before load: the map is the existing kernel map behind fd (e.g. opened from
- * a pin) instead of a new one; the programs loaded next use it. libbpf dups
- * fd, so the caller may close its own.
- */
-export function reuseMapFd(map: BpfMap, fd: number): void {
-  checkInt(`bpf_map__reuse_fd(${map.name})`, () => bpf().bpf_map__reuse_fd(handleOf(map, "handle"), fd));
+  return obj
+    .maps()
+    .filter((m) => !m.internal)
+    .map((m) => m.name);
 }
 
 /** Pin any BPF object (map, program, link) given by fd at a bpffs path. */
 export function objPin(fd: number, path: string): void {
   checkInt(`bpf_obj_pin(fd ${fd}, ${path})`, () => bpf().bpf_obj_pin(fd, cstr(path)));
-}
-
-/** The fd of a libbpf link (its kernel bpf_link: pin it with objPin). */
-export function linkFd(link: BpfLink): number {
-  return checkInt(`bpf_link__fd(${link.description})`, () => bpf().bpf_link__fd(handleOf(link, "handle")));
 }
 
 /** Delete key from the map behind fd; false when it was absent. */

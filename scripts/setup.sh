@@ -12,9 +12,11 @@ need=()
 # default-jre-headless: a TLS client kloak cannot hook (Java's own TLS), which it must report;
 # python3-aiohttp, python3-httpx, python3-uvloop: memory-BIO clients of test/runtime/membio.test.ts;
 # wget, gcc, libc6-dev: test/runtime (a GnuTLS client; C clients built by the tests).
+# buildah: `bun run image` builds deploy/Containerfile with it, and test/image builds and runs that
+# image (`buildah run --isolation chroot`, so no OCI runtime is needed).
 for pkg in libbpf1 libbpf-dev clang llvm bpftool openssl curl ca-certificates python3 git binutils procps util-linux \
   qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring python3-requests zsh fish \
-  default-jre-headless python3-aiohttp python3-httpx python3-uvloop wget gcc libc6-dev; do
+  default-jre-headless python3-aiohttp python3-httpx python3-uvloop wget gcc libc6-dev buildah; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 command -v node >/dev/null || need+=(nodejs)

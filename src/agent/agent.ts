@@ -37,7 +37,7 @@ import { startCertRotation } from "../certs/rotation.ts";
 import { readCertDir, watchCertDir } from "../certs/cert-manager.ts";
 import { serviceDnsNames } from "../certs/authority.ts";
 import type { Material } from "../certs/material.ts";
-import type { AgentConfig } from "./config.ts";
+import { webhookRegistration, type AgentConfig } from "./config.ts";
 import type { LogFn } from "./log.ts";
 
 export interface RunningAgent {
@@ -340,13 +340,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   const registrar = new WebhookRegistrar(
     kc.makeApiClient(AdmissionregistrationV1Api),
     kc.makeApiClient(RbacAuthorizationV1Api),
-    {
-      name: cfg.webhookConfig,
-      namespace: cfg.namespace,
-      service: cfg.serviceName,
-      clusterRole: cfg.clusterRole,
-      ca: cfg.certMode === "cert-manager" ? { mode: "cert-manager", certificate: `${cfg.namespace}/${cfg.serviceName}` } : { mode: "self" },
-    },
+    webhookRegistration(cfg),
     log,
   );
   stops.unshift(() => registrar.stop());

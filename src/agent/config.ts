@@ -11,6 +11,7 @@ import { UsageError } from "../errors.ts";
 import { MAX_SCAN_CAP, MIN_SCAN_CAP, parseSize } from "../dataplane/scan-cap.ts";
 import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
 import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
+import type { RegistrationOptions } from "../webhook/registration.ts";
 
 export const AGENT_USAGE = `usage: kloak agent [options]
 
@@ -26,7 +27,8 @@ options:
   --node-name NAME         KLOAK_NODE_NAME     this node (required; downward API spec.nodeName)
   --namespace NS           KLOAK_NAMESPACE     kloak's namespace: Lease and TLS Secret (default kloak)
   --pod-name NAME          KLOAK_POD_NAME      identity in the Lease (default: host name)
-  --webhook-port PORT      KLOAK_WEBHOOK_PORT  HTTPS admission webhook (default 8443)
+  --webhook-port PORT      KLOAK_WEBHOOK_PORT  HTTPS admission webhook (default 443: a port GKE private
+                                               clusters' control plane may reach without a firewall rule)
   --ops-port PORT          KLOAK_OPS_PORT      HTTP /healthz /readyz /metrics (default 9090)
   --bind-address IP        KLOAK_BIND_ADDRESS  address both servers listen on (default 0.0.0.0)
   --service-name NAME      KLOAK_SERVICE_NAME  webhook Service, for the certificate (default kloak-webhook)
@@ -37,6 +39,9 @@ options:
   --cert-mode MODE         KLOAK_CERT_MODE     self (default: kloak's own CA in a Secret) or cert-manager
   --tls-secret NAME        KLOAK_TLS_SECRET    Secret holding the CA and serving cert (default kloak-webhook-tls)
   --cert-dir DIR           KLOAK_CERT_DIR      cert-manager mode: directory with tls.crt and tls.key
+  --cert-manager-ca NAME   KLOAK_CERT_MANAGER_CA  cert-manager mode: the CA Certificate (in --namespace) the
+                                               webhooks trust, via cert-manager.io/inject-ca-from
+                                               (default kloak-webhook-ca)
   --lease-name NAME        KLOAK_LEASE_NAME    Lease electing the shadow writer (default kloak-shadow-writer)
   --lease-duration SECONDS KLOAK_LEASE_DURATION  (default 15)
   --cgroup-root DIR        KLOAK_CGROUP_ROOT   cgroup filesystem (default /sys/fs/cgroup)
@@ -76,6 +81,7 @@ export interface AgentConfig {
   certMode: "self" | "cert-manager";
   tlsSecret: string;
   certDir?: string;
+  certManagerCa: string;
   leaseName: string;
   leaseDurationSeconds: number;
   cgroupRoot: string;
@@ -104,7 +110,7 @@ const OPTIONS = {
   nodeName: { flag: "node-name", env: "KLOAK_NODE_NAME" },
   namespace: { flag: "namespace", env: "KLOAK_NAMESPACE", default: "kloak" },
   podName: { flag: "pod-name", env: "KLOAK_POD_NAME" },
-  webhookPort: { flag: "webhook-port", env: "KLOAK_WEBHOOK_PORT", default: "8443" },
+  webhookPort: { flag: "webhook-port", env: "KLOAK_WEBHOOK_PORT", default: "443" },
   opsPort: { flag: "ops-port", env: "KLOAK_OPS_PORT", default: "9090" },
   bindAddress: { flag: "bind-address", env: "KLOAK_BIND_ADDRESS", default: "0.0.0.0" },
   serviceName: { flag: "service-name", env: "KLOAK_SERVICE_NAME", default: "kloak-webhook" },
@@ -113,6 +119,7 @@ const OPTIONS = {
   certMode: { flag: "cert-mode", env: "KLOAK_CERT_MODE", default: "self" },
   tlsSecret: { flag: "tls-secret", env: "KLOAK_TLS_SECRET", default: "kloak-webhook-tls" },
   certDir: { flag: "cert-dir", env: "KLOAK_CERT_DIR" },
+  certManagerCa: { flag: "cert-manager-ca", env: "KLOAK_CERT_MANAGER_CA", default: "kloak-webhook-ca" },
   leaseName: { flag: "lease-name", env: "KLOAK_LEASE_NAME", default: "kloak-shadow-writer" },
   leaseDurationSeconds: { flag: "lease-duration", env: "KLOAK_LEASE_DURATION", default: "15" },
   cgroupRoot: { flag: "cgroup-root", env: "KLOAK_CGROUP_ROOT", default: "/sys/fs/cgroup" },
@@ -178,6 +185,7 @@ const SCHEMA = v.object({
   certMode: oneOf(["self", "cert-manager"] as const),
   tlsSecret: name("Secret name"),
   certDir: v.optional(path),
+  certManagerCa: name("Certificate name"),
   leaseName: name("Lease name"),
   leaseDurationSeconds: v.pipe(
     v.string(),
@@ -272,4 +280,21 @@ export function parseAgentConfig(
     throw new UsageError(`agent: --webhook-port and --ops-port are both ${parsed.opsPort}; give them different ports`);
   }
   return parsed;
+}
+
+/**
+ * The webhook configurations this configuration registers. In cert-manager
+ * mode they trust the CA Certificate, not the serving one: cainjector copies
+ * the CA into caBundle, and that stays the same while cert-manager renews the
+ * serving certificate under it — so a renewal never leaves the API server
+ * trusting a CA the served certificate does not chain to (deploy/cert-manager).
+ */
+export function webhookRegistration(cfg: AgentConfig): RegistrationOptions {
+  return {
+    name: cfg.webhookConfig,
+    namespace: cfg.namespace,
+    service: cfg.serviceName,
+    clusterRole: cfg.clusterRole,
+    ca: cfg.certMode === "cert-manager" ? { mode: "cert-manager", certificate: `${cfg.namespace}/${cfg.certManagerCa}` } : { mode: "self" },
+  };
 }

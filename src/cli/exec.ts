@@ -309,7 +309,7 @@ export async function execCommand(argv: string[]): Promise<number> {
   const advise = level >= LEVEL.normal ? say : () => {};
   let dp: Dataplane;
   try {
-    dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn });
+    dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn, programsOnDemand: true });
   } catch (e) {
     await guardianStart.then((g) => g.close(), () => {});
     throw e;
@@ -397,10 +397,10 @@ export async function execCommand(argv: string[]): Promise<number> {
     for (const [sig, h] of handlers) process.off(sig, h);
     const exitCode = end.signal ? 128 + end.signal : (end.code ?? 1);
 
-    // Let the last events (refusals of the final writes) arrive.
-    await Bun.sleep(20);
-    const counters = dp.counters();
+    // The worker drains its rings before it answers: the events of CMD's last writes
+    // (refusals) have arrived once it has.
     const stats = await dp.workerStats();
+    const counters = dp.counters();
     const refusalCounts = dp.refusalCounts();
     // A write the library returned as not done (node retries SSL_write while the handshake
     // runs; a full socket) is retried with the same bytes: one placeholder, one substitution.

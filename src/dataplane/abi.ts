@@ -88,6 +88,8 @@ export const COUNTERS = [
   "exec_known",
   "unhooked_hello",
   "subst_not_taken",
+  "lib_open_held",
+  "lib_open_unheld",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
@@ -103,6 +105,7 @@ export const EventType = {
   WAKE: 9,
   EXEC_KNOWN: 10,
   UNHOOKED_TLS: 11,
+  LIB_OPEN: 12,
 } as const;
 
 /** enum kloak_proc_flags: kloak_procs[tgid].flags */
@@ -144,6 +147,10 @@ export const LAYOUT = {
   kloak_sni_event: {
     size: 32 + NAME_MAX,
     fields: { type: 0, tgid: 4, scope_id: 8, sni_len: 12, hold: 16, tid: 20, seq: 24, sni: 32 },
+  },
+  kloak_lib_open_event: {
+    size: 40 + NAME_MAX,
+    fields: { type: 0, tgid: 4, scope_id: 8, path_len: 12, hold: 16, tid: 20, seq: 24, dirfd: 32, _pad: 36, path: 40 },
   },
   kloak_config: { size: 16, fields: { mode: 0, scan_cap: 4, violations: 8, _pad: 12 } },
   kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, seq: 8 } },
@@ -287,7 +294,20 @@ export interface UnhookedEvent {
   fd: number;
   peer: Peer;
 }
-export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent | SniEvent | BlockEvent | WakeEvent | UnhookedEvent;
+/** A scoped process opens a TLS library by name while the TLS programs are not loaded (bpf/libopen.h). */
+export interface LibOpenEvent {
+  type: typeof EventType.LIB_OPEN;
+  tgid: number;
+  scopeId: number;
+  /** as given to open(2): relative to dirfd when it does not start with "/" */
+  path: string;
+  dirfd: number;
+  /** held like SniEvent.hold, until kloak releases it */
+  hold: boolean;
+  tid: number;
+  seq: bigint;
+}
+export type DataplaneEvent = WriteEvent | ProcEvent | RefusalEvent | SniEvent | BlockEvent | WakeEvent | UnhookedEvent | LibOpenEvent;
 
 function peerAddress(addr: Uint8Array, family: number): string {
   if (family === AF_INET) return ipaddr.fromByteArray([...addr.subarray(12, 16)]).toString();
@@ -421,6 +441,20 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
       };
     case EventType.WAKE:
       return { type, tgid: v.getUint32(4, true), tid: v.getUint32(8, true) };
+    case EventType.LIB_OPEN: {
+      const F = LAYOUT.kloak_lib_open_event.fields;
+      const len = Math.min(v.getUint32(F.path_len, true), NAME_MAX - 1);
+      return {
+        type,
+        tgid: v.getUint32(F.tgid, true),
+        scopeId: v.getUint32(F.scope_id, true),
+        path: latin1.decode(new Uint8Array(v.buffer, v.byteOffset + F.path, len)),
+        dirfd: v.getInt32(F.dirfd, true),
+        hold: v.getUint32(F.hold, true) !== 0,
+        tid: v.getUint32(F.tid, true),
+        seq: v.getBigUint64(F.seq, true),
+      };
+    }
     case EventType.UNHOOKED_TLS: {
       const F = LAYOUT.kloak_unhooked_event.fields;
       const addr = new Uint8Array(v.buffer, v.byteOffset + F.peer, 16);

@@ -19,6 +19,17 @@ export interface GoPrograms {
   register(layoutId: number, layout: GoLayout): void;
 }
 
+/**
+ * The programs probes run. Each getter may load its programs on first use
+ * (bpf-object.ts loadGroup) and throws when they cannot be loaded: the
+ * file is then not attached, and its processes' writes keep their placeholders.
+ */
+export interface AttachPrograms {
+  /** TLS library functions: entry, and return (uretprobe) */
+  tls(): { entryFd: number; retFd: number };
+  go(): GoPrograms;
+}
+
 export interface AttachResult {
   /** functions newly attached (0 when every file of the process was attached already) */
   attached: number;
@@ -29,8 +40,9 @@ export interface AttachResult {
   refused: RefusedTarget[];
 }
 
-/** Who keeps a file attached: a protected process (its pid), or a known image (its key). */
+/** Who keeps a file attached: a protected process (its pid), a known image (its key), or SYSTEM_LIBSSL. */
 type User = number | string;
+const SYSTEM_LIBSSL = "system-libssl";
 
 interface AttachedFile {
   /** the fds that hold its probes */
@@ -53,11 +65,9 @@ export class Attacher {
   readonly refusedFiles = new Map<string, RefusedTarget>();
 
   constructor(
-    private readonly entryFd: number,
-    private readonly retFd: number,
+    private readonly programs: AttachPrograms,
     private readonly finder: TlsTargetFinder,
     private readonly kind: UprobeKind,
-    private readonly go?: GoPrograms,
   ) {}
 
   /** protected processes kloak has looked at (attached to their TLS files, or to none) */
@@ -81,11 +91,12 @@ export class Attacher {
 
   /**
    * Make sure every TLS file of pid's current image is attached (after exec,
-   * the files of its old image are no longer counted as its).
+   * the files of its old image are no longer counted as its). `o` as in
+   * TlsTargetFinder.targetsFor.
    */
-  sync(pid: number): AttachResult {
+  sync(pid: number, o: { systemLibssl?: boolean; extra?: string[] } = {}): AttachResult {
     const result: AttachResult = { attached: 0, files: [], errors: [], refused: [] };
-    const targets = this.finder.targetsFor(pid);
+    const targets = this.finder.targetsFor(pid, o);
     for (const r of this.finder.refused) {
       result.refused.push(r);
       this.refusedFiles.set(r.path, r);
@@ -114,6 +125,15 @@ export class Attacher {
     this.detach(image);
   }
 
+  /**
+   * Keep the system's libssl (as pid's root has it) attached until close:
+   * processes released before the TLS programs were loaded may dlopen it at
+   * any time, and no hold announces that once the open watch is off.
+   */
+  keepSystemLibssl(pid: number): void {
+    this.pin(SYSTEM_LIBSSL, this.finder.systemLibsslIds(pid));
+  }
+
   private use(user: User, id: string): void {
     this.files.get(id)!.users.add(user);
     let mine = this.byUser.get(user);
@@ -124,18 +144,24 @@ export class Attacher {
   private attachTarget(t: TlsTarget, result: AttachResult): number[] {
     const fds: number[] = [];
     const pid = EVERY_PROCESS[this.kind];
-    let groups = [
-      { progFd: this.entryFd, retprobe: false, fns: t.functions },
-      { progFd: this.retFd, retprobe: true, fns: t.functions.filter((f) => f.ret) },
-    ];
-    if (t.go) {
-      // Go: no uretprobes (they break its stacks); every RET is an entry probe.
-      if (!this.go) {
-        result.errors.push(`${t.path}: Go executables need the Go programs, which are not loaded`);
-        return fds;
+    let groups: { progFd: number; retprobe: boolean; fns: TlsTarget["functions"] }[];
+    try {
+      if (t.go) {
+        // Go: no uretprobes (they break its stacks); every RET is an entry probe.
+        const go = this.programs.go();
+        go.register(t.go.layoutId, t.go.layout);
+        groups = [{ progFd: go.progFd, retprobe: false, fns: t.functions }];
+      } else {
+        const { entryFd, retFd } = this.programs.tls();
+        groups = [
+          { progFd: entryFd, retprobe: false, fns: t.functions },
+          { progFd: retFd, retprobe: true, fns: t.functions.filter((f) => f.ret) },
+        ];
       }
-      this.go.register(t.go.layoutId, t.go.layout);
-      groups = [{ progFd: this.go.progFd, retprobe: false, fns: t.functions }];
+    } catch (e) {
+      this.attachErrors++;
+      result.errors.push(`${t.path}: ${(e as Error).message}`);
+      return fds;
     }
     for (const { progFd, retprobe, fns } of groups) {
       // multi: one link for the group; single: one perf event per function

@@ -6,7 +6,7 @@
  * agent and `kloak doctor` all call loadObject().
  */
 import { createHash } from "node:crypto";
-import { BPF_LOG_STATS, BpfError, BpfObject, reuseMapFd } from "../../lib/libbpf.ts";
+import { BPF_LOG_STATS, BpfError, BpfObject, type BpfProgram } from "../../lib/libbpf.ts";
 import { BPF_TRACE_UPROBE_MULTI, uprobeMultiSupported } from "../../lib/uprobe.ts";
 import objectPath from "../../bpf/kloak.bpf.o" with { type: "file" };
 import { EnvironmentError } from "../errors.ts";
@@ -56,8 +56,15 @@ export const GO_PROGRAMS: Record<RewriteMode, string> = { kernel: "kloak_go_kern
 
 /** Process lifecycle: scopes follow fork, exec is held until attached, exit detaches; signals to traced threads wake the tracer. */
 export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit", "kloak_signal"] as const;
-/** Sends inside TLS calls, which tie a connection to its socket. */
-export const SEND_TRACEPOINTS = ["kloak_send_write", "kloak_send_writev", "kloak_send_sendto", "kloak_send_sendmsg"] as const;
+/**
+ * The syscalls kloak looks at, one raw tracepoint (sys_enter): sends inside
+ * TLS calls, which tie a connection to its socket (write, writev, sendto,
+ * sendmsg), and opens of TLS libraries while the tls programs are not loaded
+ * (open, openat: bpf/libopen.h).
+ */
+export const SYSCALL_PROGRAM = "kloak_sys_enter";
+/** The send syscalls of SYSCALL_PROGRAM. */
+export const SEND_SYSCALLS = ["write", "writev", "sendto", "sendmsg"] as const;
 
 /** How uprobes are attached: one multi-uprobe link per file (6.6+), or a perf event per offset. */
 export type UprobeKind = "multi" | "single";
@@ -71,6 +78,15 @@ export interface LoadOptions {
   facts?: NodeFacts;
   /** maps to take over (by name -> fd) instead of creating them: a predecessor's, handover.ts */
   reuseMaps?: ReadonlyMap<string, number>;
+  /**
+   * Load program groups later, when a process first needs them (loadGroup):
+   * the go programs when a Go executable appears; in stop mode the tls
+   * programs too, when a process opens a TLS library or execs a program that
+   * has TLS inside (the caller then watches opens: bpf/libopen.h).
+   * Kernel mode's tls programs are its trial (auto falls back to stop mode
+   * when they fail), so they load now.
+   */
+  onDemand?: boolean;
 }
 
 /** What the verifier spent on one program: instructions processed, against its limit. */
@@ -88,6 +104,8 @@ export interface LoadedObject {
   uprobes: UprobeKind;
   /** every loaded program, largest first */
   budget: ProgramBudget[];
+  /** the groups not loaded yet (onDemand): load each with loadGroup before attaching its programs */
+  deferred: ProgramGroup[];
 }
 
 /** The object did not load. The message names the mode, the program and the verifier's last lines. */
@@ -114,15 +132,46 @@ const STATS = /processed (\d+) insns \(limit (\d+)\)/;
 const STATS_LINE = /^(processed \d+ insns|verification time|stack depth)/;
 
 /**
- * Load in exactly this mode, without the node checks or the mode probe (the
- * VM matrix measures each mode's verifier budget with it). Throws
- * ObjectLoadError when the kernel refuses the object.
+ * The object's programs in groups loaded together. The first load creates
+ * every map; a group can follow later in an object of its own that reuses
+ * those maps (loadGroup): a command tree that never does TLS, or never runs
+ * a Go executable, never waits for their verification (the two largest
+ * programs: ~150 and ~170 ms on this machine).
  */
-export function loadInMode(
+export type ProgramGroup = "process" | "tls" | "go";
+export const PROGRAM_GROUPS: readonly ProgramGroup[] = ["process", "tls", "go"];
+
+function groupPrograms(group: ProgramGroup, mode: RewriteMode): readonly string[] {
+  switch (group) {
+    case "process":
+      return [...PROCESS_TRACEPOINTS, SYSCALL_PROGRAM];
+    case "tls":
+      return MODE_PROGRAMS[mode];
+    case "go":
+      return [GO_PROGRAMS[mode]];
+  }
+}
+
+/** Verifier statistics of the programs that were loaded, largest first. */
+function budgetOf(programs: BpfProgram[]): ProgramBudget[] {
+  return programs
+    .map((p) => {
+      const m = STATS.exec(p.verifierLog());
+      return { program: p.name, insns: m ? Number(m[1]) : 0, limit: m ? Number(m[2]) : 0 };
+    })
+    .sort((a, b) => b.insns - a.insns);
+}
+
+/**
+ * Load the programs of `groups` (all by default) and nothing else, then
+ * close the object on failure. `prepare` runs before load (config, map reuse).
+ */
+function loadPrograms(
   bytes: Uint8Array,
   mode: RewriteMode,
-  o: { scanCap: number; reuseMaps?: ReadonlyMap<string, number> },
   uprobes: UprobeKind,
+  groups: readonly ProgramGroup[],
+  prepare: (obj: BpfObject) => void,
 ): { obj: BpfObject; budget: ProgramBudget[] } {
   let obj: BpfObject;
   try {
@@ -131,9 +180,41 @@ export function loadInMode(
     throw describeFailure(e, mode, []);
   }
   try {
-    for (const [m, progs] of Object.entries(MODE_PROGRAMS)) if (m !== mode) for (const p of progs) obj.program(p).setAutoload(false);
-    for (const [m, p] of Object.entries(GO_PROGRAMS)) if (m !== mode) obj.program(p).setAutoload(false);
-    if (uprobes === "multi") for (const p of [...MODE_PROGRAMS[mode], GO_PROGRAMS[mode]]) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
+    const wanted = new Set(groups.flatMap((g) => groupPrograms(g, mode)));
+    for (const p of obj.programs()) if (!wanted.has(p.name)) p.setAutoload(false);
+    if (uprobes === "multi")
+      for (const p of [...MODE_PROGRAMS[mode], GO_PROGRAMS[mode]]) if (wanted.has(p)) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
+    prepare(obj);
+    const programs = obj.programs().filter((p) => p.autoload);
+    for (const p of programs) p.captureVerifierLog(BPF_LOG_STATS, LOG_SIZE);
+    try {
+      obj.load();
+    } catch (e) {
+      throw describeFailure(e, mode, programs.map((p) => ({ name: p.name, log: p.verifierLog() })));
+    }
+    return { obj, budget: budgetOf(programs) };
+  } catch (e) {
+    obj.close();
+    throw e;
+  }
+}
+
+/**
+ * Load in exactly this mode, without the node checks or the mode probe (the
+ * VM matrix measures each mode's verifier budget with it). Creates every map;
+ * loads the programs of `groups` (all by default). Throws ObjectLoadError
+ * when the kernel refuses the object.
+ */
+export function loadInMode(
+  bytes: Uint8Array,
+  mode: RewriteMode,
+  o: { scanCap: number; reuseMaps?: ReadonlyMap<string, number> },
+  uprobes: UprobeKind,
+  groups: readonly ProgramGroup[] = PROGRAM_GROUPS,
+): { obj: BpfObject; budget: ProgramBudget[] } {
+  return loadPrograms(bytes, mode, uprobes, groups, (obj) => {
+    // A predecessor's maps (handover): their entries are the state this load takes over.
+    for (const [name, fd] of o.reuseMaps ?? []) obj.map(name).reuseFd(fd);
     const cfg = obj.map(".rodata.config").initialValue();
     if (cfg.byteLength < LAYOUT.kloak_config.size) throw new Error(".rodata.config is smaller than struct kloak_config");
     cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);
@@ -141,25 +222,25 @@ export function loadInMode(
     cfg.setUint32(LAYOUT.kloak_config.fields.violations, violationMask(), true);
     // Real values live in the kernel only in kernel mode.
     if (mode === "stop") obj.map("kloak_values").setMaxEntries(1);
-    const programs = obj.programs().filter((p) => p.autoload);
-    for (const p of programs) p.captureVerifierLog(BPF_LOG_STATS, LOG_SIZE);
-    for (const [name, fd] of o.reuseMaps ?? []) reuseMapFd(obj.map(name), fd);
-    try {
-      obj.load();
-    } catch (e) {
-      throw describeFailure(e, mode, programs.map((p) => ({ name: p.name, log: p.verifierLog() })));
-    }
-    const budget = programs
-      .map((p) => {
-        const m = STATS.exec(p.verifierLog());
-        return { program: p.name, insns: m ? Number(m[1]) : 0, limit: m ? Number(m[2]) : 0 };
-      })
-      .sort((a, b) => b.insns - a.insns);
-    return { obj, budget };
-  } catch (e) {
-    obj.close();
-    throw e;
-  }
+  });
+}
+
+/**
+ * Load one more group into an object of its own whose maps are base's
+ * (every map reused, the frozen config included: the programs see exactly
+ * what base's see). The returned object owns the group's programs: keep it
+ * open while they are attached or may be.
+ */
+export function loadGroup(
+  bytes: Uint8Array,
+  base: BpfObject,
+  mode: RewriteMode,
+  uprobes: UprobeKind,
+  group: ProgramGroup,
+): { obj: BpfObject; budget: ProgramBudget[] } {
+  return loadPrograms(bytes, mode, uprobes, [group], (obj) => {
+    for (const m of obj.maps()) m.reuseFd(base.map(m.name).fd);
+  });
 }
 
 const lines = (text: string) => text.split("\n").map((l) => l.trimEnd()).filter((l) => l !== "");
@@ -208,14 +289,22 @@ export function loadObject(bytes: Uint8Array, o: LoadOptions): LoadedObject {
     );
   const mode = o.mode === "auto" ? probe.mode : o.mode;
   const reason = o.mode === "auto" ? probe.reason : "forced by --rewrite-mode";
+  const deferredIn = (m: RewriteMode): ProgramGroup[] => (!o.onDemand ? [] : m === "stop" ? ["tls", "go"] : ["go"]);
+  const now = (m: RewriteMode) => PROGRAM_GROUPS.filter((g) => !deferredIn(m).includes(g));
   try {
-    return { ...loadInMode(bytes, mode, o, uprobes), mode, reason, uprobes };
+    return { ...loadInMode(bytes, mode, o, uprobes, now(mode)), mode, reason, uprobes, deferred: deferredIn(mode) };
   } catch (e) {
     if (!(o.mode === "auto" && mode === "kernel" && e instanceof ObjectLoadError)) throw e;
     const verdict = e.tail.filter((l) => !STATS_LINE.test(l)).at(-1) ?? "rejected";
     const why = `kernel mode failed its trial load (${e.program ?? "object"}: ${verdict})`;
     try {
-      return { ...loadInMode(bytes, "stop", o, uprobes), mode: "stop", reason: `${why}; stop mode instead`, uprobes };
+      return {
+        ...loadInMode(bytes, "stop", o, uprobes, now("stop")),
+        mode: "stop",
+        reason: `${why}; stop mode instead`,
+        uprobes,
+        deferred: deferredIn("stop"),
+      };
     } catch (e2) {
       if (e2 instanceof ObjectLoadError)
         throw new ObjectLoadError(`${why}, and stop mode failed too: ${e2.message}`, "stop", e2.program, e2.tail);

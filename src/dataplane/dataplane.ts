@@ -3,7 +3,7 @@
  * per-process uprobes, the BPF maps of secrets and scopes, and the ring
  * worker. Everything here runs on the main thread except the worker.
  */
-import { BpfLink, BpfMap, BpfObject, linkFd, objectMapNames, objGet, objPin, possibleCpus } from "../../lib/libbpf.ts";
+import { BpfLink, BpfMap, BpfObject, objectMapNames, objGet, objPin, possibleCpus } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
 import { bpfAndPerfFds, handOffToHolder } from "../../lib/fd-handoff.ts";
 import { existsSync, readdirSync, renameSync, rmSync } from "node:fs";
@@ -33,6 +33,7 @@ import {
   type KernelRule,
   type RefusalEvent,
   type SniEvent,
+  type LibOpenEvent,
   ScopeFlags,
 } from "./abi.ts";
 import { actionCode, REFUSALS, type ViolationAction } from "./refusals.ts";
@@ -45,11 +46,14 @@ import { encodeGoLayout } from "./go-layout.ts";
 import {
   GO_PROGRAMS,
   handoverIdentity,
+  loadGroup,
   loadObject,
   MODE_PROGRAMS,
   objectBytes,
   PROCESS_TRACEPOINTS,
-  SEND_TRACEPOINTS,
+  SYSCALL_PROGRAM,
+  type LoadedObject,
+  type ProgramGroup,
   type RewriteMode,
   type UprobeKind,
 } from "./bpf-object.ts";
@@ -72,6 +76,12 @@ export interface DataplaneOptions {
   holds?: HoldMethod;
   /** called for attach problems and other things an operator should see */
   warn?: (msg: string) => void;
+  /**
+   * Verify the Go programs when a Go executable first needs them rather than
+   * at start (bpf-object.ts LoadOptions.onDemand): `kloak exec` starts its
+   * command sooner, and a tree without Go never waits for them.
+   */
+  programsOnDemand?: boolean;
 }
 
 export interface ScopeSettings {
@@ -147,6 +157,7 @@ export class Dataplane {
     | "resolved"
     | "names"
     | "sniHold"
+    | "libWatch"
     | "cgroups"
     | "conns"
     | "inflight"
@@ -173,6 +184,13 @@ export class Dataplane {
   private readonly learnedNetns = new Set<number>();
   /** images whose exec needs no hold (kloak_images), by key: the scope that taught it */
   private readonly images = new Map<string, { key: Uint8Array; scope: number }>();
+  /**
+   * Launchers this data plane was given (kept after removeLauncher: their
+   * children's fork events may still be queued). A launcher's child runs the
+   * launcher's code until its exec, which is held and attached: its fork
+   * attaches nothing (else kloak's own Bun would be probed at every launch).
+   */
+  private readonly launcherPids = new Set<number>();
   /** removed processes whose probes go once no write of theirs is in flight */
   private readonly detaching = new Map<number, ReturnType<typeof setTimeout>>();
   /** tracepoint links taken over from a predecessor (raw link fds) */
@@ -182,13 +200,21 @@ export class Dataplane {
   /** the ring worker leaves kloak_writes unread until resumeWrites() (adopted rings) */
   private writesPaused = false;
 
+  /** program groups loaded after start, each in an object of its own sharing obj's maps */
+  private readonly groupObjects = new Map<ProgramGroup, BpfObject>();
+  /** groups that failed to load: the error, given again to every later attach */
+  private readonly groupFailures = new Map<ProgramGroup, Error>();
+  private readonly deferred: ReadonlySet<ProgramGroup>;
+  private readonly obj: BpfObject;
+
   private constructor(
-    private readonly obj: BpfObject,
-    mode: RewriteMode,
-    reason: string,
-    uprobes: UprobeKind,
+    loaded: LoadedObject,
+    private readonly objectBytes: Uint8Array,
     private readonly opts: DataplaneOptions,
   ) {
+    const { obj, mode, reason, uprobes } = loaded;
+    this.obj = obj;
+    this.deferred = new Set(loaded.deferred);
     this.mode = mode;
     this.modeReason = reason;
     this.uprobes = uprobes;
@@ -210,6 +236,7 @@ export class Dataplane {
       resolved: obj.map("kloak_resolved"),
       names: obj.map("kloak_names"),
       sniHold: obj.map("kloak_sni_hold"),
+      libWatch: obj.map("kloak_lib_watch"),
       cgroups: obj.map("kloak_cgroups"),
       conns: obj.map("kloak_conns"),
       inflight: obj.map("kloak_inflight"),
@@ -222,40 +249,90 @@ export class Dataplane {
     const [entry, ret] = MODE_PROGRAMS[mode];
     const goLayouts = obj.map("kloak_go_layouts");
     this.attacher = new Attacher(
-      obj.program(entry).fd,
-      obj.program(ret).fd,
+      {
+        tls: () => ({ entryFd: this.program("tls", entry), retFd: this.program("tls", ret) }),
+        go: () => ({
+          progFd: this.program("go", GO_PROGRAMS[mode]),
+          register: (id, layout) => goLayouts.update(encodeU32(id), encodeGoLayout(layout)),
+        }),
+      },
       new TlsTargetFinder((b) => this.unhookable.bunUnrecognised(b, this.processScope(b.pid))),
       uprobes,
-      { progFd: obj.program(GO_PROGRAMS[mode]).fd, register: (id, layout) => goLayouts.update(encodeU32(id), encodeGoLayout(layout)) },
     );
     this.bellFd = eventfd();
     this.worker = new Worker(workerSpec(new URL("./ring-worker.ts", import.meta.url), "./src/dataplane/ring-worker.ts"));
   }
 
+  /**
+   * While the tls programs are not loaded, hold scoped processes that open a
+   * TLS library (bpf/libopen.h) until it is attached. Without the syscall
+   * program there is nothing to hold them with: the programs load now.
+   */
+  private watchLibraryOpens(syscalls: boolean): void {
+    if (this.tlsLoaded()) return;
+    if (!syscalls) {
+      this.program("tls", MODE_PROGRAMS[this.mode][0]);
+      return;
+    }
+    this.maps.libWatch.update(encodeU32(0), encodeU32(1));
+  }
+
+  private tlsLoaded(): boolean {
+    return !this.deferred.has("tls") || this.groupObjects.has("tls");
+  }
+
+  /**
+   * The fd of a program of group, loading the group first when it was
+   * deferred (onDemand): the caller holds the process that needs it.
+   */
+  private program(group: ProgramGroup, name: string): number {
+    if (!this.deferred.has(group)) return this.obj.program(name).fd;
+    let o = this.groupObjects.get(group);
+    if (!o) {
+      const failed = this.groupFailures.get(group);
+      if (failed) throw failed;
+      try {
+        o = loadGroup(this.objectBytes, this.obj, this.mode, this.uprobes, group).obj;
+      } catch (e) {
+        // Said once in full (the verifier's lines); each attach that needed it says it in short.
+        this.opts.warn?.((e as Error).message);
+        const short = new Error(`the ${group} programs did not load (said above): this file's TLS writes keep their placeholders`);
+        this.groupFailures.set(group, short);
+        throw short;
+      }
+      this.groupObjects.set(group, o);
+    }
+    return o.program(name).fd;
+  }
+
   /** Load the object, attach the process tracepoints and start the ring worker. */
   static async start(opts: DataplaneOptions): Promise<Dataplane> {
-    const { obj, mode, reason, uprobes } = loadObject(await objectBytes(), {
+    const bytes = await objectBytes();
+    const loaded = loadObject(bytes, {
       mode: opts.mode,
       scanCap: opts.scanCap,
       uprobes: opts.uprobes,
+      onDemand: opts.programsOnDemand,
     });
+    const { obj } = loaded;
     let dp: Dataplane | undefined;
     try {
-      dp = new Dataplane(obj, mode, reason, uprobes, opts);
+      dp = new Dataplane(loaded, bytes, opts);
       // The worker boots (a thread with its own VM) while the tracepoints attach.
       const workerReady = dp.startWorker();
       workerReady.catch(() => {}); // awaited below
       for (const name of PROCESS_TRACEPOINTS) dp.tracepoints.push(obj.program(name).attach());
-      for (const name of SEND_TRACEPOINTS) {
-        try {
-          dp.tracepoints.push(obj.program(name).attach());
-        } catch (e) {
-          opts.warn?.(
-            `cannot attach ${name} (${(e as Error).message.split("\n")[0]}): TLS connections are tied to their socket ` +
-              "only through SSL_set_fd; secrets with rules are refused on other connections",
-          );
-        }
+      let syscalls = true;
+      try {
+        dp.tracepoints.push(obj.program(SYSCALL_PROGRAM).attach());
+      } catch (e) {
+        syscalls = false;
+        opts.warn?.(
+          `cannot attach ${SYSCALL_PROGRAM} (${(e as Error).message.split("\n")[0]}): TLS connections are tied to their socket ` +
+            "only through SSL_set_fd; secrets with rules are refused on other connections",
+        );
       }
+      dp.watchLibraryOpens(syscalls);
       await workerReady;
       return dp;
     } catch (e) {
@@ -321,10 +398,11 @@ export class Dataplane {
     // Coalesce: one attach pass per process per batch; held processes resume after it.
     const sync = new Set<number>();
     const resume = new Set<number>();
+    const libOpens: LibOpenEvent[] = [];
     for (const ev of events) {
       switch (ev.type) {
         case EventType.FORK:
-          sync.add(ev.tgid);
+          if (!this.launcherPids.has(ev.ppid)) sync.add(ev.tgid);
           this.learnNetns(ev.scopeId, ev.tgid);
           break;
         case EventType.EXEC:
@@ -348,6 +426,9 @@ export class Dataplane {
         case EventType.SNI:
           void this.onSniEvent(ev);
           break;
+        case EventType.LIB_OPEN:
+          libOpens.push(ev);
+          break;
         case EventType.UNHOOKED_TLS:
           // a process mapping a probed file: its TLS may be hooked in a way the kernel check does not see
           if (!mapsAnyOf(ev.tgid, this.attacher.filesOf(ev.tgid))) this.unhookable.unhooked(ev);
@@ -360,14 +441,36 @@ export class Dataplane {
       if (scope === undefined) continue;
       const files = this.attach(tgid);
       // Held now, and every TLS file of its image attached: the image's next exec needs no hold.
+      // (Learnt before the tls programs loaded, without the system's libssl: a later open of it is
+      // held by the open watch, and once they are loaded it stays attached: keepSystemLibssl.)
       if (files && resume.has(tgid)) this.learnImage(tgid, scope, files);
     }
     for (const tgid of resume) this.post({ type: "release", reason: "exec", tgid, tid: tgid, seq: 0n });
+    // Held at the open of a TLS library: attached (the tls programs loaded first if need be), then let go.
+    for (const ev of libOpens) {
+      if (this.processScope(ev.tgid) !== undefined) this.attach(ev.tgid, [openedPath(ev)]);
+      if (ev.hold) this.post({ type: "release", reason: "lib", tgid: ev.tgid, tid: ev.tid, seq: ev.seq });
+    }
   }
 
-  /** Attach the TLS files of tgid; its file ids, or null when some could not be attached. */
-  private attach(tgid: number): string[] | null {
-    const r = this.attacher.sync(tgid);
+  /**
+   * Attach the TLS files of tgid (and `extra`, files it is opening); its file
+   * ids, or null when some could not be attached. The system's libssl is
+   * attached for what a process may dlopen — once the tls programs are
+   * loaded; before, opens are watched instead (watchLibraryOpens).
+   */
+  private attach(tgid: number, extra?: string[]): string[] | null {
+    const had = this.tlsLoaded();
+    let r = this.attacher.sync(tgid, { systemLibssl: had, extra });
+    if (!had && this.tlsLoaded()) {
+      // They loaded for this process: from now on every exec gets the system's libssl, as the
+      // agent's do, and it stays for processes released before (they may dlopen it any time).
+      const first = r;
+      r = this.attacher.sync(tgid, { systemLibssl: true, extra });
+      r = { ...r, errors: [...first.errors, ...r.errors], refused: [...first.refused, ...r.refused] };
+      this.attacher.keepSystemLibssl(tgid);
+      this.maps.libWatch.update(encodeU32(0), encodeU32(0));
+    }
     for (const err of r.errors) this.opts.warn?.(`attach to pid ${tgid}: ${err}`);
     for (const f of r.refused) this.opts.warn?.(`pid ${tgid}: ${f.reason}: ${f.path}: ${f.detail}; its TLS writes keep their placeholders`);
     return r.errors.length ? null : r.files;
@@ -569,12 +672,15 @@ export class Dataplane {
    * descendant that outlived CMD, a pod's process when the agent stops).
    */
   private async settleWrites(): Promise<void> {
+    // No scoped process alive (every one's exit removed it; `kloak exec` after its whole tree
+    // ended): no probe can be recording a write for one, nothing to wait for.
+    const anyScoped = this.maps.procs.count() > 0 || this.maps.cgroups.count() > 0;
     for (const map of [this.maps.cgroups, this.maps.launchers, this.maps.procs]) for (const key of map.keys()) map.delete(key);
     const F = LAYOUT.kloak_write_event.fields;
     const deadline = performance.now() + CLOSE_WAIT_MS;
-    for (;;) {
+    for (let first = true; ; first = false) {
       // A probe that found its process just before the delete may still be recording its write.
-      await Bun.sleep(INFLIGHT_POLL_MS);
+      if (anyScoped || !first) await Bun.sleep(INFLIGHT_POLL_MS);
       const writers = new Set<number>();
       for (const v of this.liveWrites()) writers.add(v.getUint32(F.tgid, true));
       if (writers.size === 0) return;
@@ -679,6 +785,7 @@ export class Dataplane {
 
   /** Children that pid forks from now on join scopeId; pid itself is not attached. */
   addLauncher(pid: number, scopeId: number): void {
+    this.launcherPids.add(pid);
     this.maps.launchers.update(encodeU32(pid), encodeU32(scopeId));
   }
 
@@ -791,7 +898,11 @@ export class Dataplane {
     else this.maps.onViolation.update(encodeU32(secretId), encodeU32(actionCode(action)));
   }
 
-  /** Substitution results of stop mode, as counted by the worker. */
+  /**
+   * Substitution results of stop mode, as counted by the worker, once it has
+   * drained its rings: every event recorded before the call has reached the
+   * listeners (onRefusal, …) when this resolves.
+   */
   async workerStats(): Promise<WorkerStats> {
     if (!this.closed) {
       await new Promise<void>((r) => {
@@ -838,6 +949,7 @@ export class Dataplane {
     for (const fd of this.adoptedTracepoints.splice(0)) closeFd(fd);
     await this.attacher.detachAll();
     await this.stopWorker();
+    for (const o of this.groupObjects.values()) o.close();
     this.obj.close();
   }
 
@@ -895,7 +1007,7 @@ export class Dataplane {
     let dp: Dataplane | undefined;
     const linkFds: number[] = [];
     try {
-      dp = new Dataplane(obj, mode, `taken over from kloak ${h.pid} (${mode} mode)`, uprobes, opts);
+      dp = new Dataplane({ ...loaded, reason: `taken over from kloak ${h.pid} (${mode} mode)` }, bytes, opts);
       dp.writesPaused = true;
       const files = new Map<string, number[]>();
       for (const n of names) {
@@ -1086,7 +1198,7 @@ export class Dataplane {
       for (const name of objectMapNames(this.obj)) this.obj.map(name).pin(`${dir}/map-${name}`);
       for (const [suffix, name] of Object.entries(PINNED_MAPS)) this.obj.map(name).pin(pinPath(`${dir}/state`, suffix as keyof typeof PINNED_MAPS));
       let n = 0;
-      for (const l of this.tracepoints) objPin(linkFd(l), `${dir}/tp-${n++}`);
+      for (const l of this.tracepoints) objPin(l.fd, `${dir}/tp-${n++}`);
       for (const fd of this.adoptedTracepoints) objPin(fd, `${dir}/tp-${n++}`);
       for (const [id, fds] of this.attacher.linksByFile()) fds.forEach((fd, i) => objPin(fd, `${dir}/${uprobePinName(id, i)}`));
       const final = `${PIN_DIR}/${handoverName({ identity, mode: this.mode, uprobes: this.uprobes, scanCap: this.opts.scanCap, pid: process.pid, deadline })}`;
@@ -1104,3 +1216,11 @@ export class Dataplane {
     }
   }
 }
+
+/** The file a LIB_OPEN event names, as a host path into the process's own view of the filesystem. */
+function openedPath(ev: LibOpenEvent): string {
+  if (ev.path.startsWith("/")) return `/proc/${ev.tgid}/root${ev.path}`;
+  const dir = ev.dirfd === AT_FDCWD ? "cwd" : `fd/${ev.dirfd}`;
+  return `/proc/${ev.tgid}/${dir}/${ev.path}`;
+}
+const AT_FDCWD = -100;

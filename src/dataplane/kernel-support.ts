@@ -102,7 +102,6 @@ export interface Lockdown {
 }
 
 const LOCKDOWN_FILE = "/sys/kernel/security/lockdown";
-export const TRACEFS_PATHS = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 function readLockdownFile(): LockdownLevel {
   const text = readFileSync(LOCKDOWN_FILE, "utf8");
@@ -177,12 +176,6 @@ export class NodeFacts {
       if (existsSync(LOCKDOWN_FILE)) return { level: readLockdownFile(), how: "mounted securityfs to read it" };
       return { level: "none", how: "mounted securityfs; lockdown LSM not active" };
     });
-
-  /** Where tracefs is mounted, if anywhere. */
-  tracefs(): string | undefined {
-    const mounts = this.mounts();
-    return TRACEFS_PATHS.find((at) => mountedAt(mounts, at)?.fstype === "tracefs");
-  }
 }
 
 export type Outcome = Pick<Check, "status" | "detail"> & { remedy?: string };
@@ -306,20 +299,6 @@ const REQUIREMENTS: readonly Requirement[] = [
       return fail(
         `${detail}: kloak pins the map that lets a stopped process be released if kloak dies`,
         "mount -t bpf bpf /sys/fs/bpf (DaemonSet: hostPath mount of /sys/fs/bpf)",
-      );
-    },
-  },
-  {
-    id: "tracefs",
-    title: "tracefs",
-    remedy: "mount -t tracefs tracefs /sys/kernel/tracing",
-    run: (f) => {
-      const at = f.tracefs();
-      if (at) return ok(`mounted at ${at}`);
-      return fail(
-        "tracefs is not mounted (at /sys/kernel/tracing or /sys/kernel/debug/tracing): the syscall tracepoints that tie " +
-          "TLS connections to their sockets cannot attach",
-        "mount -t tracefs tracefs /sys/kernel/tracing (DaemonSet: hostPath mount of /sys/kernel/tracing)",
       );
     },
   },

@@ -28,7 +28,7 @@ export type ToWorker =
    * still needs the placeholder), then drop the value and placeholder; acked */
   | { type: "delete"; seq: number; id: number }
   /** a hold announced on tls_events is over: exec (attached) or SNI (name resolved) */
-  | { type: "release"; reason: "exec" | "sni"; tgid: number; tid: number; seq: bigint }
+  | { type: "release"; reason: "exec" | "sni" | "lib"; tgid: number; tid: number; seq: bigint }
   /** trace a running process that joined a scope (agent: pods already running) */
   | { type: "adopt"; tgid: number }
   /** stop tracing a process that left its scope */

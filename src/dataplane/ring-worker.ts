@@ -247,7 +247,8 @@ function handle(ev: WriteEvent | BlockEvent, resume: Set<number>, release: Map<n
 
 /**
  * A hold the main thread ends: at exec once the new image is attached, at a
- * new SNI once its name is known. An untraced process held at exec is adopted
+ * new SNI once its name is known, at the open of a TLS library once it is
+ * attached (bpf/libopen.h). An untraced process held at exec is adopted
  * first (it is stopped, single-threaded and in no write), so everything it
  * does from now on is held where its parent cannot see.
  */
@@ -259,7 +260,7 @@ function endHold(m: Extract<ToWorker, { type: "release" }>): void {
   // Paused: a traced thread's write hold would look unannounced (its request unread) and be let go.
   if (m.reason === "exec" && !paused) tracer?.adopt(m.tgid);
   kill(m.tgid, SIGCONT);
-  if (m.reason === "sni") releaseClaim(m.tgid, m.seq);
+  if (m.reason !== "exec") releaseClaim(m.tgid, m.seq); // an exec hold takes no claim
 }
 
 /** Only now may another thread of the process take the stop. Naming the claim's seq frees exactly that claim, never one taken since. */
@@ -276,6 +277,7 @@ function announce(ev: DataplaneEvent): void {
   if (!tracer) return;
   if (ev.type === EventType.EXEC && tracer.traces(ev.tgid)) tracer.expect(ev.tgid, "exec");
   else if (ev.type === EventType.SNI && ev.hold && tracer.traces(ev.tgid)) tracer.expect(ev.tid, "sni");
+  else if (ev.type === EventType.LIB_OPEN && ev.hold && tracer.traces(ev.tgid)) tracer.expect(ev.tid, "lib");
 }
 
 /** Read tls_events: holds it announces are noted, the rest goes to the main thread. */
@@ -421,6 +423,9 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       tracer?.disown(m.tgid);
       break;
     case "stats":
+      // Everything the rings hold now goes out before the answer: the asker
+      // sees every event recorded before it asked (exec's summary at exit).
+      drain();
       postMessage({ type: "stats", stats: takeStats() });
       break;
     case "stop":

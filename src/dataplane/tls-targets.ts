@@ -104,16 +104,26 @@ export class TlsTargetFinder {
 
   constructor(private readonly onUnrecognisedBun?: (b: UnrecognisedBun) => void) {}
 
-  /** Files that define TLS write functions, for this process (its exe, its mappings, its libssl). */
-  targetsFor(pid: number): TlsTarget[] {
+  /**
+   * Files that define TLS write functions, for this process: its exe, its
+   * mappings, the GnuTLS its exe links, the system's libssl (for what it may
+   * dlopen; unless `systemLibssl` is false), and `extra` (host paths, e.g.
+   * /proc/<pid>/root/..., of files it is opening).
+   */
+  targetsFor(pid: number, o: { systemLibssl?: boolean; extra?: string[] } = {}): TlsTarget[] {
     const root = processRoot(pid);
     if (root === null) return [];
     const exe = exePath(pid);
-    const candidates = [...(exe ? [exe] : []), ...(mappedFiles(pid) ?? []), ...this.systemLibssl(root), ...(exe ? gnutlsLinkedBy(root, exe, LIB_DIRS) : [])];
+    const candidates = [
+      ...(exe ? [exe] : []),
+      ...(mappedFiles(pid) ?? []),
+      ...(o.systemLibssl === false ? [] : this.systemLibssl(root)),
+      ...(exe ? gnutlsLinkedBy(root, exe, LIB_DIRS) : []),
+    ].map((p) => root + p);
     const targets = new Map<string, TlsTarget>();
     this.refused = [];
-    for (const p of candidates) {
-      const path = root + p;
+    for (const path of [...candidates, ...(o.extra ?? [])]) {
+      const p = path.startsWith(root) ? path.slice(root.length) : path; // as the process names it
       let id: string;
       try {
         const st = statSync(path);
@@ -169,6 +179,22 @@ export class TlsTargetFinder {
   private goOf(path: string, cacheKey: string): GoTarget | RefusedTarget | null {
     if (!this.goByFile.has(cacheKey)) this.goByFile.set(cacheKey, goTargetOf(path));
     return this.goByFile.get(cacheKey)!;
+  }
+
+  /** Ids (dev:ino) of the system's libssl files as pid's root has them. */
+  systemLibsslIds(pid: number): string[] {
+    const root = processRoot(pid);
+    if (root === null) return [];
+    const ids: string[] = [];
+    for (const p of this.systemLibssl(root)) {
+      try {
+        const st = statSync(root + p);
+        ids.push(`${st.dev}:${st.ino}`);
+      } catch {
+        // vanished
+      }
+    }
+    return ids;
   }
 
   private systemLibssl(root: string): string[] {

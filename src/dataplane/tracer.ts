@@ -42,7 +42,7 @@ const OPTIONS = pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK | pt.PTRACE_O_TRA
 const BUSY_MS = 20;
 const STOP_SIGNALS = new Set([19 /* SIGSTOP */, 20 /* SIGTSTP */, 21 /* SIGTTIN */, 22 /* SIGTTOU */]);
 
-export type HoldReason = "write" | "exec" | "sni";
+export type HoldReason = "write" | "exec" | "sni" | "lib";
 
 interface Hold {
   reason: HoldReason;

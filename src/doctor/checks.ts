@@ -18,7 +18,8 @@ import {
   loadObject,
   MODE_PROGRAMS,
   ObjectLoadError,
-  SEND_TRACEPOINTS,
+  SEND_SYSCALLS,
+  SYSCALL_PROGRAM,
   type ProgramBudget,
   type RewriteMode,
 } from "../dataplane/bpf-object.ts";
@@ -39,9 +40,6 @@ import {
   type Check,
   type CheckDef,
 } from "../dataplane/kernel-support.ts";
-
-/** the syscalls whose sends tie a TLS connection to its socket */
-const SEND_SYSCALLS = SEND_TRACEPOINTS.map((p) => p.replace("kloak_send_", ""));
 
 export { MODE_PROGRAMS };
 export type { Check, RewriteMode };
@@ -65,7 +63,15 @@ export interface DoctorOptions {
 
 /** What the trial load found: the same call `kloak exec` makes. */
 type Trial =
-  | { kind: "loaded"; mode: RewriteMode; reason: string; budget: ProgramBudget[]; other: string | null }
+  | {
+      kind: "loaded";
+      mode: RewriteMode;
+      reason: string;
+      budget: ProgramBudget[];
+      other: string | null;
+      /** why the syscall program did not attach in the trial; null: it did */
+      syscalls: string | null;
+    }
   | { kind: "failed"; error: Error }
   | { kind: "skipped"; why: string };
 
@@ -88,6 +94,13 @@ function trialLoad(f: NodeFacts, opts: DoctorOptions, requirementsMet: boolean):
     return { kind: "failed", error: e as Error };
   }
   const { obj, mode, reason, budget } = loaded;
+  // The raw tracepoint exists where it attaches: attach and detach it (no process is in a scope).
+  let syscalls: string | null = null;
+  try {
+    obj.program(SYSCALL_PROGRAM).attach().destroy();
+  } catch (e) {
+    syscalls = (e as Error).message.split("\n")[0]!;
+  }
   obj.close();
   // Where kernel mode was chosen, say whether stop mode (its fallback) loads too.
   let other: string | null = null;
@@ -99,7 +112,7 @@ function trialLoad(f: NodeFacts, opts: DoctorOptions, requirementsMet: boolean):
       other = `stop mode does not load: ${(e as Error).message.split("\n")[0]}`;
     }
   }
-  return { kind: "loaded", mode, reason, budget, other };
+  return { kind: "loaded", mode, reason, budget, other, syscalls };
 }
 
 function infoChecks(f: NodeFacts, trial: Trial): CheckDef[] {
@@ -135,24 +148,17 @@ function infoChecks(f: NodeFacts, trial: Trial): CheckDef[] {
     },
     {
       id: "syscall-tracepoints",
-      title: "Syscall tracepoints",
+      title: "Syscall tracepoint",
       required: false,
-      remedy: "use a kernel built with CONFIG_FTRACE_SYSCALLS=y",
+      remedy: "use a kernel built with CONFIG_HAVE_SYSCALL_TRACEPOINTS (every x86-64 kernel has it)",
       run: () => {
-        const base = f.tracefs();
-        if (!base) return warn("tracefs not mounted: cannot tell (see the tracefs check)");
-        try {
-          accessSync(`${base}/events`, constants.R_OK | constants.X_OK);
-        } catch {
-          return warn(`unverified: ${base}/events is readable by root only`, "run kloak doctor as root");
-        }
-        const missing = SEND_SYSCALLS.filter((n) => !existsSync(`${base}/events/syscalls/sys_enter_${n}`));
-        if (missing.length)
+        if (trial.kind !== "loaded") return warn(`not tried: the trial load did not run (see "BPF object load")`);
+        if (trial.syscalls)
           return warn(
-            `no sys_enter_${missing.join(", sys_enter_")}: connections are tied to sockets only through SSL_set_fd; ` +
-              "secrets with destination rules are refused on other clients",
+            `raw tracepoint sys_enter does not attach (${trial.syscalls}): connections are tied to sockets only through ` +
+              "SSL_set_fd (secrets with destination rules are refused on other clients), and kloak exec loads its TLS programs at start",
           );
-        return ok(`sys_enter_${SEND_SYSCALLS.join(", sys_enter_")} (connection binding)`);
+        return ok(`raw tracepoint sys_enter attaches (connection binding: ${SEND_SYSCALLS.join(", ")}; opens of TLS libraries)`);
       },
     },
     {
@@ -276,7 +282,6 @@ const ORDER = [
   "helper.bpf_get_attach_cookie",
   "ringbuf",
   "bpffs",
-  "tracefs",
   "syscall-tracepoints",
   "uprobe-multi",
   "uprobes",

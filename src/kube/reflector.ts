@@ -4,6 +4,17 @@
  * on a closed stream, watch again from the last version seen; on 410 Gone
  * (history compacted), list again and deliver the difference.
  *
+ * API load: every list (the first and each one after a 410) asks for
+ * resourceVersion "0", resourceVersionMatch NotOlderThan, in pages. RV 0 is
+ * what kube-apiserver answers from its watch cache on every version; any
+ * other list of a paged request goes to etcd before 1.33 (with N agents
+ * relisting after an API server restart, N full reads of etcd). Servers
+ * before 1.33 ignore `limit` at RV 0 and send everything in one reply;
+ * newer ones page from the cache, so `limit` is always sent. The price is
+ * that a lagging API server's cache may be older than what this reflector
+ * saw; the watch that follows replays from the list's version, so the cache
+ * catches up (client-go makes the same choice for its first list).
+ *
  * Why not client-node's informer: kloak must keep only a trimmed copy of most
  * objects (every Secret in the cluster is read, but only enabled ones keep
  * their data), and it must keep serving its last good cache, with backoff,
@@ -12,6 +23,7 @@
 import type { KubeConfig } from "@kubernetes/client-node";
 import { Watch } from "@kubernetes/client-node";
 import type { LogFn } from "../agent/log.ts";
+import { statusOf } from "./lease.ts";
 
 export interface ObjectMeta {
   name?: string;
@@ -36,11 +48,23 @@ export function trimMeta(m: ObjectMeta | undefined): ObjectMeta {
   };
 }
 
-/** One page of a list: big lists (every Secret of a cluster) are read in pages and trimmed page by page. */
+/**
+ * One page of a list, as query parameters of the typed client's list call:
+ * big lists are read in pages and trimmed page by page. The first page
+ * carries resourceVersion "0" + NotOlderThan (watch cache); the next pages
+ * carry only the continue token, as kube-apiserver requires.
+ */
 export interface ListPage {
   limit: number;
   _continue?: string;
+  resourceVersion?: string;
+  resourceVersionMatch?: string;
 }
+
+/** The first page of every list: served from the API server's watch cache, not etcd. */
+export const FROM_WATCH_CACHE = { resourceVersion: "0", resourceVersionMatch: "NotOlderThan" } as const;
+/** A list whose continue token expired (410 mid-list) starts over this many times before it counts as failed. */
+const LIST_RESTARTS = 3;
 
 const PAGE = 500;
 
@@ -139,11 +163,31 @@ export class Reflector<T> {
   }
 
   private async list(): Promise<{ rv: string; items: T[] }> {
+    for (let restart = 0; ; restart++) {
+      try {
+        return await this.listOnce();
+      } catch (e) {
+        // The continue token outlived the API server's history (410 on a later page): the pages read
+        // so far are no consistent snapshot with the rest, so start over from the watch cache.
+        if (!(e instanceof ContinueExpired) || restart >= LIST_RESTARTS) throw e instanceof ContinueExpired ? e.cause : e;
+        this.o.log("info", "list continue token expired; listing again from the start", { resource: this.o.name });
+      }
+    }
+  }
+
+  private async listOnce(): Promise<{ rv: string; items: T[] }> {
     const items: T[] = [];
     let cont: string | undefined;
     let rv = "";
+    const limit = this.o.pageSize ?? PAGE;
     do {
-      const body = await this.o.list({ limit: this.o.pageSize ?? PAGE, _continue: cont });
+      let body: Awaited<ReturnType<ReflectorOptions<T>["list"]>>;
+      try {
+        body = await this.o.list(cont === undefined ? { limit, ...FROM_WATCH_CACHE } : { limit, _continue: cont });
+      } catch (e) {
+        if (cont !== undefined && statusOf(e) === 410) throw new ContinueExpired(e);
+        throw e;
+      }
       for (const x of body.items) items.push(this.o.transform(x as never));
       // The list's resourceVersion is the first page's (the snapshot every page comes from).
       rv ||= body.metadata?.resourceVersion ?? "";
@@ -269,5 +313,12 @@ export class Reflector<T> {
     });
     clearTimeout(this.timer);
     this.timer = setTimeout(() => void again(), delay * (0.8 + Math.random() * 0.4));
+  }
+}
+
+/** 410 Gone on a continued page: the list must start again. */
+class ContinueExpired extends Error {
+  constructor(override readonly cause: unknown) {
+    super("continue token expired");
   }
 }

@@ -80,6 +80,16 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
     (s) => s.counters.exec_held,
   );
   total(
+    "kloak_library_open_holds_total",
+    "opens of a TLS library held until kloak had loaded its TLS programs and attached the file",
+    (s) => s.counters.lib_open_held,
+  );
+  total(
+    "kloak_library_opens_unheld_total",
+    "opens of a TLS library that could not be held (another thread had a stop in flight): its writes may keep their placeholders",
+    (s) => s.counters.lib_open_unheld,
+  );
+  total(
     "kloak_execs_known_total",
     "execs of a traced process into an image kloak had attached already: not held",
     (s) => s.counters.exec_known,

@@ -34,7 +34,7 @@ export interface RegistrationOptions {
   service: string;
   /** ClusterRole that owns the configurations (garbage-collected with it) */
   clusterRole: string;
-  /** self: kloak sets caBundle; cert-manager: its cainjector does (from this Certificate, "ns/name") */
+  /** self: kloak sets caBundle; cert-manager: its cainjector does, from this Certificate ("ns/name"): the CA, so leaf renewals keep caBundle */
   ca: { mode: "self" } | { mode: "cert-manager"; certificate: string };
   timeoutSeconds?: number;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { parseAgentConfig } from "../../src/agent/config.ts";
+import { parseAgentConfig, webhookRegistration, type AgentConfig } from "../../src/agent/config.ts";
 import { UsageError } from "../../src/errors.ts";
 import { runKloak } from "../support/kloak.ts";
 
@@ -26,7 +26,8 @@ describe("kloak agent configuration", () => {
     if (c === "help") throw new Error("help");
     expect(c.nodeName).toBe("node-a");
     expect(c.opsPort).toBe(9191);
-    expect(c.webhookPort).toBe(8443);
+    expect(c.webhookPort).toBe(443);
+    expect(c.certManagerCa).toBe("kloak-webhook-ca");
     expect(c.namespace).toBe("kloak");
     expect(c.podName).toBe("node-a");
     expect(c.certMode).toBe("self");
@@ -51,6 +52,7 @@ describe("kloak agent configuration", () => {
     fails(["--holds", "freeze"], base, /--holds \(KLOAK_HOLDS\) "freeze"/, /ptrace, signals/);
     fails(["--dns-server", "dns.example"], base, /--dns-server/, /IP\[:PORT\]/);
     fails(["--cert-mode", "cert-manager"], base, /--cert-dir/);
+    fails(["--cert-manager-ca", "Kloak CA"], base, /--cert-manager-ca \(KLOAK_CERT_MANAGER_CA\) "Kloak CA"/, /Certificate name/);
     fails(["--webhook-port", "9090"], base, /different ports/);
     fails(["--no-such-flag"], base, /no-such-flag/, /kloak agent --help/);
   });
@@ -67,4 +69,16 @@ describe("kloak agent configuration", () => {
     expect(h.code).toBe(0);
     expect(h.stdout).toContain("KLOAK_NODE_NAME");
   }, 30_000);
+
+  test("cert-manager mode registers the webhooks to trust the CA Certificate, not the serving one", () => {
+    const parse = (argv: string[], env: Record<string, string> = {}) => {
+      const c = parseAgentConfig(argv, { ...base, ...env }, host);
+      if (c === "help") throw new Error("help");
+      return c as AgentConfig;
+    };
+    const cm = ["--cert-mode", "cert-manager", "--cert-dir", "/etc/kloak/webhook-tls"];
+    expect(webhookRegistration(parse(cm)).ca).toEqual({ mode: "cert-manager", certificate: "kloak/kloak-webhook-ca" });
+    expect(webhookRegistration(parse(cm, { KLOAK_NAMESPACE: "sec", KLOAK_CERT_MANAGER_CA: "my-ca" })).ca).toEqual({ mode: "cert-manager", certificate: "sec/my-ca" });
+    expect(webhookRegistration(parse([]))).toEqual({ name: "kloak", namespace: "kloak", service: "kloak-webhook", clusterRole: "kloak", ca: { mode: "self" } });
+  });
 });

@@ -15,6 +15,7 @@ import { ClusterRoleBinding } from "kubernetes-models/rbac.authorization.k8s.io/
 import { Role } from "kubernetes-models/rbac.authorization.k8s.io/v1/Role";
 import { RoleBinding } from "kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding";
 import { Namespace } from "kubernetes-models/v1/Namespace";
+import { ResourceQuota } from "kubernetes-models/v1/ResourceQuota";
 import { Service } from "kubernetes-models/v1/Service";
 import { ServiceAccount } from "kubernetes-models/v1/ServiceAccount";
 // The raw schema validators, for the unknown-field check (the models accept unknown fields).
@@ -22,6 +23,7 @@ import { validate as vMutating } from "kubernetes-models/_schemas/IoK8sApiAdmiss
 import { validate as vValidating } from "kubernetes-models/_schemas/IoK8sApiAdmissionregistrationV1ValidatingWebhookConfiguration";
 import { validate as vDaemonSet } from "kubernetes-models/_schemas/IoK8sApiAppsV1DaemonSet";
 import { validate as vNamespace } from "kubernetes-models/_schemas/IoK8sApiCoreV1Namespace";
+import { validate as vResourceQuota } from "kubernetes-models/_schemas/IoK8sApiCoreV1ResourceQuota";
 import { validate as vService } from "kubernetes-models/_schemas/IoK8sApiCoreV1Service";
 import { validate as vServiceAccount } from "kubernetes-models/_schemas/IoK8sApiCoreV1ServiceAccount";
 import { validate as vClusterRole } from "kubernetes-models/_schemas/IoK8sApiRbacV1ClusterRole";
@@ -103,6 +105,7 @@ type SchemaFn = (data: unknown) => boolean;
 /** apiVersion + kind → the kubernetes-models class that validates it, and its raw schema function. */
 export const MODELS: Record<string, [Validatable, SchemaFn]> = {
   "v1/Namespace": [Namespace, vNamespace],
+  "v1/ResourceQuota": [ResourceQuota, vResourceQuota],
   "v1/ServiceAccount": [ServiceAccount, vServiceAccount],
   "v1/Service": [Service, vService],
   "apps/v1/DaemonSet": [DaemonSet, vDaemonSet],
@@ -205,9 +208,12 @@ export function certManagerProblems(o: Obj): string[] {
     if (types.length !== 1) p.push(`spec must hold exactly one issuer type of ${ISSUER_TYPES.join(", ")}`);
     for (const k of Object.keys(spec)) if (!ISSUER_TYPES.includes(k)) p.push(`spec.${k} is not an Issuer field`);
     for (const t of types) if (!spec[t] || typeof spec[t] !== "object") p.push(`spec.${t} must be an object`);
+    // A CA issuer signs with the key pair in a Secret of its namespace.
+    if (types.includes("ca") && (typeof spec.ca?.secretName !== "string" || !spec.ca.secretName)) p.push("spec.ca.secretName missing");
   } else if (o.kind === "Certificate") {
     for (const k of Object.keys(spec)) if (!CERT_SPEC_FIELDS.has(k)) p.push(`spec.${k} is not a Certificate field`);
     if (typeof spec.secretName !== "string" || !spec.secretName) p.push("spec.secretName missing");
+    if (spec.isCA !== undefined && typeof spec.isCA !== "boolean") p.push("spec.isCA must be a boolean");
     const ref = spec.issuerRef;
     if (typeof ref?.name !== "string" || !ref.name) p.push("spec.issuerRef.name missing");
     if (ref?.kind !== undefined && !["Issuer", "ClusterIssuer"].includes(ref.kind)) p.push(`spec.issuerRef.kind ${ref.kind}`);

@@ -70,7 +70,9 @@ const fingerprint = (s: string) => createHash("sha256").update(s).digest("hex").
 let echo: ReturnType<typeof Bun.spawn> | undefined;
 let echoOut = "";
 
+/** One echo server for every docs/ page (started by the first that runs), stopped in afterAll. */
 async function startEcho(): Promise<void> {
+  if (echo) return;
   echo = Bun.spawn([process.execPath, join(ROOT, "scripts/echo-server.ts")], { stdout: "pipe", stderr: "inherit" });
   const reader = (echo.stdout as ReadableStream<Uint8Array>).getReader();
   const dec = new TextDecoder();
@@ -91,16 +93,32 @@ afterAll(() => {
   rmSync(bin, { recursive: true, force: true });
 });
 
+/**
+ * Run a block in a session of its own (setsid): whatever it started and left
+ * behind (a server sent to the background whose `kill %1` a failing line never
+ * reached) is killed with it, and cannot hold the output pipes open, which
+ * would keep this read, and the whole suite, waiting.
+ */
 async function run(block: Block): Promise<{ code: number; out: string }> {
-  const p = Bun.spawn(["bash", "-e", "-o", "pipefail", "-c", block.code], {
+  const p = Bun.spawn(["setsid", "bash", "-e", "-o", "pipefail", "-c", block.code], {
     cwd: ROOT,
     env: { ...process.env, PATH: `${bin}:${process.env.PATH}` },
     stdout: "pipe",
     stderr: "pipe",
   });
-  const timer = setTimeout(() => p.kill("SIGKILL"), 120_000);
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const killGroup = () => {
+    try {
+      process.kill(-p.pid, "SIGKILL");
+    } catch {
+      // the group is gone already
+    }
+  };
+  const timer = setTimeout(killGroup, 120_000);
+  const output = Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+  const code = await p.exited;
   clearTimeout(timer);
+  killGroup();
+  const [stdout, stderr] = await output;
   return { code, out: stdout + stderr };
 }
 

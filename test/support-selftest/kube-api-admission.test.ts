@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { CoreV1Api, RbacAuthorizationV1Api } from "@kubernetes/client-node";
-import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../support/kube-api-server.ts";
+import { describeAccess, startKubeApiServer, unusedGrants, type KubeApiServer, type KubeObject, type RbacPolicy } from "../support/kube-api-server.ts";
 import { testCerts } from "../support/certs.ts";
 
 let api: KubeApiServer;
@@ -12,6 +12,21 @@ let hook: ReturnType<typeof Bun.serve>;
 let ca = "";
 let slow = false;
 let answer: (req: any) => Record<string, unknown> = () => ({ allowed: true });
+const policy: RbacPolicy = {
+  user: "system:serviceaccount:kloak:kloak",
+  roles: [
+    {
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "ClusterRole",
+      metadata: { name: "r" },
+      rules: [
+        { apiGroups: [""], resources: ["secrets"], verbs: ["get", "list"] },
+        { apiGroups: [""], resources: ["configmaps"], verbs: ["watch"] },
+        { apiGroups: ["rbac.authorization.k8s.io"], resources: ["clusterroles"], resourceNames: ["kloak"], verbs: ["get"] },
+      ],
+    },
+  ],
+};
 
 beforeAll(async () => {
   const certs = await testCerts();
@@ -29,21 +44,7 @@ beforeAll(async () => {
   api = await startKubeApiServer({
     // The test certificate names localhost, so the "Service" is reached under that name.
     resolveService: (s) => (s.name === "hook" ? { host: "127.0.0.1", port: hook.port!, serverName: "localhost" } : undefined),
-    rbac: {
-      user: "system:serviceaccount:kloak:kloak",
-      roles: [
-        {
-          apiVersion: "rbac.authorization.k8s.io/v1",
-          kind: "ClusterRole",
-          metadata: { name: "r" },
-          rules: [
-            { apiGroups: [""], resources: ["secrets"], verbs: ["get", "list"] },
-            { apiGroups: [""], resources: ["configmaps"], verbs: ["watch"] },
-            { apiGroups: ["rbac.authorization.k8s.io"], resources: ["clusterroles"], resourceNames: ["kloak"], verbs: ["get"] },
-          ],
-        },
-      ],
-    },
+    rbac: policy,
   });
   api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "in", labels: { opt: "yes" } } });
   api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: "out" } });
@@ -138,6 +139,18 @@ describe("RBAC and paging", () => {
     const rbac = kc.makeApiClient(RbacAuthorizationV1Api);
     await expect(rbac.readClusterRole({ name: "other" })).rejects.toMatchObject({ code: 403 });
     await expect(rbac.readClusterRole({ name: "kloak" })).rejects.toMatchObject({ code: 404 }); // allowed, absent
+  });
+
+  test("every request with the token is recorded as the authorizer saw it; unusedGrants names what nothing needed", () => {
+    expect(api.accesses.map(describeAccess)).toEqual([
+      "list secrets (cluster or all namespaces)",
+      'create secrets "x" (ns in)',
+      'get clusterroles.rbac.authorization.k8s.io "other" (cluster or all namespaces)',
+      'get clusterroles.rbac.authorization.k8s.io "kloak" (cluster or all namespaces)',
+    ]);
+    expect(api.accesses.map((a) => a.forbidden ?? false)).toEqual([false, true, true, false]);
+    // get secrets and watch configmaps were granted and never asked for; a refused create uses nothing.
+    expect(unusedGrants(policy, api.accesses)).toEqual(["ClusterRole r: get secrets", "ClusterRole r: watch configmaps"]);
   });
 
   test("limit/continue pages in name order with one resourceVersion", async () => {

@@ -71,11 +71,17 @@
  *     {phase: Pending}); no defaulting or validation of specs otherwise.
  *   - core/v1 and events.k8s.io/v1 Events are stored separately (upstream
  *     they are one resource seen through two versions).
- *   - LIST pages with limit/continue (namespace/name order; the token holds
- *     the last key and the first page's resourceVersion, which every page
- *     reports; later pages show current objects, not the first page's
- *     snapshot); it ignores resourceVersion/resourceVersionMatch (always the
- *     latest). Watch ignores sendInitialEvents / resourceVersionMatch.
+ *   - LIST pages with limit/continue (kube-api/paging.ts: namespace/name
+ *     order; the token holds the last key and the first page's
+ *     resourceVersion, which every page reports; later pages show current
+ *     objects, not the first page's snapshot; a token from before compact()
+ *     gets 410 Expired). List options are validated as upstream
+ *     (resourceVersionMatch needs resourceVersion and no continue; no
+ *     resourceVersion with continue), then resourceVersion/Match are
+ *     ignored: always the latest, paged even at resourceVersion "0" (as 1.33+
+ *     does from its watch cache; older servers send everything at once).
+ *     pagesServed records the options each page was asked with. Watch
+ *     ignores sendInitialEvents / resourceVersionMatch.
  *   - dryRun=All is honoured (nothing stored) but returns the would-be object
  *     without a new resourceVersion.
  *
@@ -96,8 +102,10 @@
  *   - RBAC (option rbac, kube-api/rbac.ts): requests with the kubeconfig's
  *     token are authorized against the roles given (e.g. what
  *     deploy/base/rbac.yaml binds to ServiceAccount kloak/kloak); 403
- *     Forbidden worded as upstream, recorded in forbidden. Without the
- *     option, or with another token, anything is allowed.
+ *     Forbidden worded as upstream, recorded in forbidden. Each such request
+ *     is recorded in accesses (verb, group, resource/subresource, namespace,
+ *     name), for unusedGrants(). Without the option, or with another token,
+ *     anything is allowed.
  *
  * Does not do: server-side apply (application/apply-patch+yaml → 415),
  * managedFields, scale/exec/log/eviction subresources, protobuf or
@@ -133,9 +141,10 @@ import {
 } from "./kube-api/status.ts";
 import { Store, type WatchInfo, type WatchRequest } from "./kube-api/store.ts";
 import { admit, type AdmissionCall, type ServiceResolver } from "./kube-api/admission.ts";
-import { authorize, type RbacPolicy } from "./kube-api/rbac.ts";
+import { accessOf, authorize, type Access, type RbacPolicy } from "./kube-api/rbac.ts";
 import { validateSecretObject } from "./kube-api/secret-types.ts";
-export { policyFor } from "./kube-api/rbac.ts";
+import { page, validateListOptions, type Page } from "./kube-api/paging.ts";
+export { describeAccess, grantsOf, policyFor, unusedGrants, type Access, type RbacPolicy } from "./kube-api/rbac.ts";
 
 type DeleteOpts = NonNullable<Parameters<Store["delete"]>[3]>;
 
@@ -169,6 +178,15 @@ export interface KubeObject {
   [k: string]: unknown;
 }
 
+export interface PageServed {
+  resource: string;
+  items: number;
+  continued: boolean;
+  resourceVersion?: string;
+  resourceVersionMatch?: string;
+  limit?: number;
+}
+
 export interface RecordedRequest {
   method: string;
   path: string;
@@ -198,10 +216,12 @@ export interface KubeApiServer {
   requests: RecordedRequest[];
   /** Every admission webhook call made, in order. */
   admissionCalls: AdmissionCall[];
-  /** Every LIST page served: resource, item count, whether it was a continuation. */
-  pagesServed: { resource: string; items: number; continued: boolean }[];
+  /** Every LIST page served: resource, item count, whether it was a continuation, and the list options asked for. */
+  pagesServed: PageServed[];
   /** Requests refused by the rbac option, as "403 message". */
   forbidden: string[];
+  /** With the rbac option: every resource request made with the kubeconfig's token, as the authorizer saw it (refused ones marked). */
+  accesses: Access[];
   /** Delay watch events of a resource (plural, or "*" for all) by ms from now on; 0 ends the lag. */
   setWatchLag(resource: string, ms: number): void;
   /** Open watch streams (e.g. to wait until an informer is connected). */
@@ -319,6 +339,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
 
     if (r.name === undefined) {
       if (method === "GET" || method === "DELETE") {
+        if (method === "GET") validateListOptions(q);
         const labels = parseLabelSelector(q.get("labelSelector"));
         const fields = parseFieldSelector(r.res, q.get("fieldSelector"));
         let items = store.list(r.res, ns, (o) => labels(o) && fields(o));
@@ -334,37 +355,23 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
           }
           items = deleted;
         }
-        // limit/continue: pages in namespace/name order; the token carries the last key and the first page's resourceVersion.
-        const limit = method === "GET" ? Number(q.get("limit") ?? 0) : 0;
-        let listRv = store.resourceVersion();
-        let cont: string | undefined;
-        let remaining: number | undefined;
-        if (limit > 0 || q.get("continue")) {
-          const key = (o: KubeObject) => `${o.metadata.namespace ?? ""}/${o.metadata.name}`;
-          items = items.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
-          const token = q.get("continue");
-          if (token) {
-            let after: { rv: string; last: string };
-            try {
-              after = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
-            } catch {
-              throw badRequest("continue key is not valid");
-            }
-            listRv = after.rv;
-            items = items.filter((o) => key(o) > after.last);
-          }
-          if (limit > 0 && items.length > limit) {
-            remaining = items.length - limit;
-            items = items.slice(0, limit);
-            cont = Buffer.from(JSON.stringify({ rv: listRv, last: key(items.at(-1)!) })).toString("base64url");
-          }
-        }
-        pagesServed.push({ resource: r.res.plural, items: items.length, continued: q.get("continue") !== null });
+        const shown: Page = method === "GET" ? page(items, q, store.resourceVersion(), store.compactedAt()) : { items, resourceVersion: store.resourceVersion() };
+        pagesServed.push({
+          resource: r.res.plural,
+          items: shown.items.length,
+          continued: q.get("continue") !== null,
+          resourceVersion: q.get("resourceVersion") ?? undefined,
+          resourceVersionMatch: q.get("resourceVersionMatch") ?? undefined,
+          limit: q.get("limit") !== null ? Number(q.get("limit")) : undefined,
+        });
         return json(200, {
           kind: r.res.listKind,
           apiVersion: r.res.apiVersion,
-          metadata: { resourceVersion: listRv, ...(cont ? { continue: cont, remainingItemCount: remaining } : {}) },
-          items: items.map(stripTypeMeta),
+          metadata: {
+            resourceVersion: shown.resourceVersion,
+            ...(shown.continue ? { continue: shown.continue, remainingItemCount: shown.remainingItemCount } : {}),
+          },
+          items: shown.items.map(stripTypeMeta),
         });
       }
       if (method === "POST") {
@@ -409,8 +416,9 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
   }
 
   const admissionCalls: AdmissionCall[] = [];
-  const pagesServed: { resource: string; items: number; continued: boolean }[] = [];
+  const pagesServed: PageServed[] = [];
   const forbidden: string[] = [];
+  const accesses: Access[] = [];
   const watchLag = new Map<string, number>();
   const lagMs = (plural: string) => watchLag.get(plural) ?? watchLag.get("*") ?? 0;
   const namespaceRes = findByKind("Namespace")!;
@@ -467,10 +475,13 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
       if (r === undefined) throw resourceNotFound();
       const q = url.searchParams;
       if (opts.rbac && auth.replace(/^Bearer\s+/i, "") === TOKEN) {
+        const bodyName = method === "POST" ? ((parseBody(bodyText) as KubeObject | null)?.metadata?.name ?? undefined) : undefined;
+        const access = accessOf(method, r, r.watchPath || q.get("watch") === "true" || q.get("watch") === "1", bodyName);
+        accesses.push(access);
         try {
-          const bodyName = method === "POST" ? ((parseBody(bodyText) as KubeObject | null)?.metadata?.name ?? undefined) : undefined;
-          authorize(opts.rbac, method, r, r.watchPath || q.get("watch") === "true" || q.get("watch") === "1", bodyName);
+          authorize(opts.rbac, access);
         } catch (e) {
+          access.forbidden = true;
           if (e instanceof KubeApiError) forbidden.push(`${e.code} ${e.message}`);
           throw e;
         }
@@ -540,6 +551,7 @@ export async function startKubeApiServer(opts: KubeApiServerOptions = {}): Promi
     admissionCalls,
     pagesServed,
     forbidden,
+    accesses,
     setWatchLag(resource, ms) {
       watchLag.set(resource, ms);
     },

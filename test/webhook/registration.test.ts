@@ -56,11 +56,11 @@ describe("WebhookRegistrar", () => {
   });
 
   test("cert-manager mode: the inject-ca-from annotation is set and the injector's caBundle survives the agent's updates", async () => {
-    const { r } = registrar({ mode: "cert-manager", certificate: "kloak/kloak-webhook" });
+    const { r } = registrar({ mode: "cert-manager", certificate: "kloak/kloak-webhook-ca" });
     r.setActive(true);
     await r.reconcile();
     const m = get("MutatingWebhookConfiguration")!;
-    expect(m.metadata.annotations?.["cert-manager.io/inject-ca-from"]).toBe("kloak/kloak-webhook");
+    expect(m.metadata.annotations?.["cert-manager.io/inject-ca-from"]).toBe("kloak/kloak-webhook-ca");
     expect(m.webhooks[0]!.clientConfig.caBundle).toBeUndefined();
     // cainjector fills it; someone else edits the selector: the agent restores the selector, keeps the CA.
     const injected = structuredClone(m) as Cfg & { webhooks: Record<string, unknown>[] };

@@ -17,6 +17,8 @@ export class KubeApiError extends Error {
     readonly reason: string,
     message: string,
     readonly details?: StatusDetails,
+    /** Status.metadata, e.g. the continue token of a 410 on an expired continue */
+    readonly listMeta: Record<string, string> = {},
   ) {
     super(message);
     this.name = "KubeApiError";
@@ -26,7 +28,7 @@ export class KubeApiError extends Error {
     const status: Record<string, unknown> = {
       kind: "Status",
       apiVersion: "v1",
-      metadata: {},
+      metadata: { ...this.listMeta },
       status: "Failure",
       message: this.message,
       reason: this.reason,

@@ -173,7 +173,7 @@ class Watcher {
 
 export class Store {
   private rv = 0;
-  private compactedAt = 0;
+  private compactedRv = 0;
   private readonly buckets = new Map<ResourceDef, Map<string, KubeObject>>();
   private history: Change[] = [];
   private readonly watchers = new Set<Watcher>();
@@ -514,8 +514,8 @@ export class Store {
     } else {
       if (!/^\d+$/.test(rv)) throw badRequest(`resourceVersion: Invalid value: "${rv}": must be an unsigned integer`);
       const from = Number(rv);
-      if (from < this.compactedAt) {
-        w.error(expired(from, this.compactedAt));
+      if (from < this.compactedRv) {
+        w.error(expired(from, this.compactedRv));
         w.stop(false);
         return { stop: () => undefined };
       }
@@ -539,9 +539,14 @@ export class Store {
     for (const w of [...this.watchers]) w.stop(abrupt);
   }
 
+  /** resourceVersion of the last compact(): continue tokens and watches from before it get 410. */
+  compactedAt(): number {
+    return this.compactedRv;
+  }
+
   /** Forgets the history: watches from a resourceVersion before now get 410 Gone. */
   compact(): void {
-    this.compactedAt = this.rv;
+    this.compactedRv = this.rv;
     this.history = [];
   }
 

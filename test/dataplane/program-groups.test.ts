@@ -1,0 +1,67 @@
+/**
+ * Program groups loaded on demand (bpf-object.ts): `kloak exec` loads the TLS
+ * programs when a process first needs them, the Go programs when a Go
+ * executable appears. The later group must run on
+ * the very maps of the first load, or a Go write would look up placeholders
+ * in maps nobody fills. Real loads on this kernel; the end-to-end case (a Go
+ * client under `kloak exec`, substituted) is test/runtime/go.test.ts.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { GO_PROGRAMS, loadGroup, loadInMode, loadObject, MODE_PROGRAMS, objectBytes } from "../../src/dataplane/bpf-object.ts";
+import type { BpfObject } from "../../lib/libbpf.ts";
+
+const opened: BpfObject[] = [];
+afterEach(() => {
+  for (const o of opened.splice(0).reverse()) o.close();
+});
+const keep = <T extends { obj: BpfObject }>(r: T): T => {
+  opened.push(r.obj);
+  return r;
+};
+const u32 = (n: number) => new Uint8Array(new Uint32Array([n]).buffer);
+
+describe("program groups", () => {
+  test("on demand in stop mode, the TLS and Go programs are left out of the first load; the process programs are in it", async () => {
+    const loaded = keep(loadObject(await objectBytes(), { mode: "stop", scanCap: 16384, onDemand: true }));
+    expect(loaded.deferred).toEqual(["tls", "go"]);
+    const names = loaded.budget.map((b) => b.program);
+    expect(names).toContain("kloak_exec");
+    expect(names).toContain("kloak_sys_enter");
+    for (const p of [...MODE_PROGRAMS.stop, GO_PROGRAMS.stop]) {
+      expect(names).not.toContain(p);
+      expect(() => loaded.obj.program(p).fd).toThrow();
+    }
+  });
+
+  test("without onDemand everything loads at once, as before", async () => {
+    const loaded = keep(loadObject(await objectBytes(), { mode: "auto", scanCap: 16384 }));
+    expect(loaded.deferred).toEqual([]);
+    expect(loaded.budget.map((b) => b.program)).toContain(GO_PROGRAMS[loaded.mode]);
+  });
+
+  test("a group loaded later shares every map of the first load (an entry written through one is read through the other)", async () => {
+    const bytes = await objectBytes();
+    const base = keep(loadInMode(bytes, "stop", { scanCap: 16384 }, "single", ["process", "tls"]));
+    const go = keep(loadGroup(bytes, base.obj, "stop", "single", "go"));
+    expect(go.budget.map((b) => b.program)).toEqual([GO_PROGRAMS.stop]);
+    expect(go.obj.program(GO_PROGRAMS.stop).fd).toBeGreaterThan(0);
+    // A map the Go program reads (placeholders, by tail) and one it writes (in-flight Go writes): the same kernel maps.
+    for (const name of ["kloak_go_layouts", "kloak_procs"]) {
+      const key = u32(4242);
+      const value = new Uint8Array(name === "kloak_procs" ? 8 : 40).fill(7);
+      base.obj.map(name).update(key, value);
+      const seen = new Uint8Array(value.length);
+      expect(go.obj.map(name).lookup(key, seen)).toBe(true);
+      expect(seen).toEqual(value);
+      go.obj.map(name).delete(key);
+      expect(base.obj.map(name).lookup(key, seen)).toBe(false);
+    }
+  });
+
+  test("a group cannot be loaded onto an object that is not loaded: a clear error, nothing left open", async () => {
+    const bytes = await objectBytes();
+    const base = keep(loadInMode(bytes, "stop", { scanCap: 16384 }, "single", ["process"]));
+    base.obj.close();
+    expect(() => loadGroup(bytes, base.obj, "stop", "single", "go")).toThrow(/already closed/);
+  });
+});
