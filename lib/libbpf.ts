@@ -50,6 +50,8 @@ function open() {
     bpf_map_get_next_key: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     bpf_obj_pin: { args: [FFIType.i32, FFIType.cstring], returns: FFIType.i32 },
     bpf_obj_get: { args: [FFIType.cstring], returns: FFIType.i32 },
+    bpf_map__is_internal: { args: [FFIType.ptr], returns: FFIType.bool },
+    bpf_link__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
   });
 }
 
@@ -173,6 +175,11 @@ export class BpfMap {
     checkInt(`bpf_map__reuse_fd(${this.name}, ${fd})`, () => bpf().bpf_map__reuse_fd(this.handle, fd));
   }
 
+  /** A global-data map libbpf makes itself (.rodata*, .data, .bss, .kconfig). */
+  get internal(): boolean {
+    return bpf().bpf_map__is_internal(this.handle);
+  }
+
   get maxEntries(): number {
     return bpf().bpf_map__max_entries(this.handle);
   }
@@ -284,6 +291,12 @@ export class BpfLink {
     handle: Pointer,
   ) {
     this.handle = handle;
+  }
+
+  /** The kernel link's fd (pin it with objPin to keep the link past this process). */
+  get fd(): number {
+    if (!this.handle) throw new Error(`link ${this.description} already destroyed`);
+    return checkInt(`bpf_link__fd(${this.description})`, () => bpf().bpf_link__fd(this.handle!));
   }
 
   destroy(): void {
@@ -431,4 +444,32 @@ export class BpfObject {
     this.loaded = false;
     void this.keep;
   }
+}
+
+// ---- Handing maps and links over to a successor process ----
+
+/** Names of the object's maps that libbpf does not make itself (see BpfMap.internal). */
+export function objectMapNames(obj: BpfObject): string[] {
+  return obj
+    .maps()
+    .filter((m) => !m.internal)
+    .map((m) => m.name);
+}
+
+/** Pin any BPF object (map, program, link) given by fd at a bpffs path. */
+export function objPin(fd: number, path: string): void {
+  checkInt(`bpf_obj_pin(fd ${fd}, ${path})`, () => bpf().bpf_obj_pin(fd, cstr(path)));
+}
+
+/** Delete key from the map behind fd; false when it was absent. */
+export function mapDelete(fd: number, key: Uint8Array): boolean {
+  const rc = bpf().bpf_map_delete_elem(fd, ptr(key));
+  if (rc === -2) return false;
+  if (rc < 0) throw new BpfError(`bpf_map_delete_elem(fd ${fd})`, -rc, []);
+  return true;
+}
+
+/** Update key in the map behind fd. */
+export function mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags = 0): void {
+  checkInt(`bpf_map_update_elem(fd ${fd})`, () => bpf().bpf_map_update_elem(fd, ptr(key), ptr(value), flags));
 }

@@ -8,10 +8,12 @@ import { AdmissionregistrationV1Api, CoreV1Api, AppsV1Api, RbacAuthorizationV1Ap
 import { METADATA_ONLY } from "../controller/shadow-writer.ts";
 import { describeError, statusOf } from "../kube/lease.ts";
 import { secretView } from "../controller/secret-view.ts";
-import { Registry } from "prom-client";
+import { Counter, Registry } from "prom-client";
 import { VERSION, gitCommit } from "../build-info.ts";
 import { agentPinBase, ensurePinDir, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
-import { Dataplane } from "../dataplane/dataplane.ts";
+import { Dataplane, type DataplaneOptions } from "../dataplane/dataplane.ts";
+import { claimHandover, listHandovers, releaseHandover, type Handover } from "../dataplane/handover.ts";
+import { handoverIdentity, objectBytes } from "../dataplane/bpf-object.ts";
 import { unhookableMessage } from "../dataplane/unhookable.ts";
 import { Guardian } from "../supervisor/guardian-client.ts";
 import { ACTION_SUFFIX, describeDestination, refusalHint } from "../dataplane/refusals.ts";
@@ -56,6 +58,8 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     material: undefined as Material | undefined,
     dp: undefined as Dataplane | undefined,
     webhook: undefined as ReloadableHttpsServer | undefined,
+    /** SIGTERM came: not ready, so endpoints drop this agent before its listener closes */
+    stopping: false,
   };
   const stops: (() => unknown)[] = [];
 
@@ -67,6 +71,7 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     hostname: cfg.bindAddress,
     fetch: opsApp({
       checks: [
+        { name: "not shutting down", ok: () => !state.stopping },
         { name: "ebpf object loaded", ok: () => state.dp !== undefined },
         { name: "secrets synced", ok: () => state.catalogSynced },
         { name: "pods synced", ok: () => state.podsSynced },
@@ -93,23 +98,70 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   const apps = kc.makeApiClient(AppsV1Api);
   const events = new EventRecorder(core, { component: "kloak", host: cfg.nodeName, log });
 
+  const handovers = new Counter({
+    name: "kloak_handovers_total",
+    help: "Data planes left by a previous agent on this node (zero-gap upgrade), by outcome: adopted, or released (placeholders back, writers resumed) because incompatible (another object or settings: that upgrade has a gap), expired, orphaned or failed",
+    labelNames: ["outcome"],
+    registers: [registry],
+  });
   // A previous agent on this node that died may have left writers stopped.
   for (const stale of stalePins()) {
     const { resumed, killed } = await releaseDead(stale);
     log("warn", "a previous kloak process died; put its placeholders back and resumed its processes", { pin: stale, resumed, killed });
   }
-  const dp = await Dataplane.start({ mode: cfg.rewriteMode, scanCap: cfg.scanCap, holds: cfg.holds, warn: (msg) => log("warn", msg) });
+  const dpOpts: DataplaneOptions = { mode: cfg.rewriteMode, scanCap: cfg.scanCap, holds: cfg.holds, warn: (msg) => log("warn", msg) };
+  const taken = await takeHandover(cfg, log, (outcome) => handovers.inc({ outcome }));
+  let dp: Dataplane;
+  if (taken) {
+    try {
+      dp = await Dataplane.adopt(dpOpts, taken);
+      handovers.inc({ outcome: "adopted" });
+      log("info", "took over the data plane of the previous agent: its probes and maps stay, nothing was detached", { from: taken.pid, mode: dp.mode });
+    } catch (e) {
+      handovers.inc({ outcome: "failed" });
+      const r = await releaseHandover(taken.path);
+      log("warn", "could not take over the previous agent's data plane; released it (placeholders back, writers resumed) and loading afresh", {
+        error: (e as Error).message,
+        ...r,
+      });
+      dp = await Dataplane.start(dpOpts);
+    }
+  } else dp = await Dataplane.start(dpOpts);
   state.dp = dp;
   // If this process dies, the guardian (or the next agent, via the pins) restores and resumes what it stopped.
   const pins = agentPinBase(process.pid);
   ensurePinDir();
   dp.pinState(pins);
-  const guardian = await Guardian.start(pins);
-  stops.push(async () => {
+  // Taken over: writers stopped during the gap wait for the secrets, not for the guardian.
+  const guardian = await Guardian.start(pins, { waitServing: dp.adopted });
+  // Last at shutdown (after the watches stopped): nothing may change the maps behind a handover.
+  const stopDataplane = async (handover: boolean) => {
+    if (handover) {
+      const deadline = Date.now() + cfg.handoverTimeoutSeconds * 1000;
+      guardian.handingOver();
+      try {
+        const dir = await dp.handOver(deadline);
+        unpinState(pins);
+        guardian.handover(dir, deadline);
+        // It stays, waiting for the successor until the deadline (in a pod it ends with the container).
+        guardian.leave();
+        log("info", "data plane handed over: probes and maps stay for the next agent", { dir, timeoutSeconds: cfg.handoverTimeoutSeconds });
+        return;
+      } catch (e) {
+        // handOver let go of the data plane: put back and resume whatever it still had stopped.
+        const r = await releaseDead(pins);
+        await guardian.close();
+        log("warn", "could not hand the data plane over; released it instead (placeholders go out until the next agent attaches)", {
+          error: (e as Error).message,
+          ...r,
+        });
+        return;
+      }
+    }
     await dp.close();
     unpinState(pins);
     await guardian.close();
-  });
+  };
   log("info", "ebpf object loaded", { mode: dp.mode, reason: dp.modeReason, uprobes: dp.uprobes });
 
   const policy = new PolicyEngine(dp, {
@@ -146,7 +198,15 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   const { secrets, catalog, writer, elector } = plane;
   const reflectors = [...secrets.reflectors, pods, namespaces, ...Object.values(owners)] as Reflector<unknown>[];
 
-  const attacher = new PodAttacher(dp, { cgroupRoot, log, strictBinding: cfg.strictBinding, onViolation: cfg.onViolation });
+  const attacher = new PodAttacher(dp, {
+    cgroupRoot,
+    log,
+    strictBinding: cfg.strictBinding,
+    onViolation: cfg.onViolation,
+    // Taken over: pods keep their scopes; new ones get ids the previous agent never used.
+    firstScopeId: Math.max(1000, dp.firstFreeScopeId()),
+    adoptedScope: (cgroupId) => dp.adoptedScope(cgroupId),
+  });
   // Before the data plane closes: its retry timer must not touch closed maps.
   stops.unshift(() => attacher.close());
   const podController = new PodController({ pods, namespaces, owners, secrets, catalog, attacher, events, log });
@@ -198,15 +258,34 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   });
 
   for (const r of [pods, namespaces, ...Object.values(owners)]) r.start();
+  // A taken-over ring holds requests of writers stopped during the gap: served once their values are loaded,
+  // or, after --handover-timeout, without them (fail closed: their placeholders go out).
+  let served = !dp.adopted;
+  const serve = (why: string) => {
+    if (served) return;
+    served = true;
+    clearTimeout(serveTimer);
+    dp.resumeWrites();
+    guardian.serving();
+    log(why === "synced" ? "info" : "warn", "serving the writes of the taken-over data plane", { after: why });
+  };
+  const serveTimer = setTimeout(() => serve("timeout"), cfg.handoverTimeoutSeconds * 1000);
   // Every agent loads the maps; one of them (the Lease holder) also writes shadows.
   await plane.start();
   state.catalogSynced = true;
+  serve("synced");
+  clearTimeout(serveTimer);
   log("info", "secrets synced", { watched: secrets.size, ...catalog.stats() });
 
   await Promise.all([pods.whenSynced(), namespaces.whenSynced(), ...Object.values(owners).map((r) => r.whenSynced())]);
   state.podsSynced = true;
   podController.all();
   log("info", "pods synced", { pods: podController.trackedPods });
+  if (dp.adopted) {
+    // What the previous agent had and this one does not want any more (pods gone, secrets disabled meanwhile).
+    const pruned = await dp.pruneAdopted({ scope: (id) => attacher.podOfScope(id) !== undefined, secret: (id) => catalog.describe(id) !== undefined });
+    log("info", "taken-over data plane reconciled", { ...pruned });
+  }
 
   // The webhook, last: it decides from the secret cache.
   const webhookMetrics = agentMetrics(
@@ -285,12 +364,23 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     opsPort: ops.port ?? cfg.opsPort,
     webhookPort: webhook.port,
     async stop() {
+      // Not ready first: endpoints drop this agent while its webhook still answers; then the
+      // listener closes and requests in flight finish (webhook.stop drains), then the rest.
+      state.stopping = true;
+      const handover = wantHandover(cfg, pods, owners.DaemonSet, log);
+      log("info", "shutting down: not ready; the webhook serves on, then drains", { delaySeconds: cfg.shutdownDelaySeconds, handover });
+      if (cfg.shutdownDelaySeconds > 0) await Bun.sleep(cfg.shutdownDelaySeconds * 1000);
       for (const s of stops) {
         try {
           await s();
         } catch (e) {
           log("warn", "shutdown step failed", { error: (e as Error).message });
         }
+      }
+      try {
+        await stopDataplane(handover);
+      } catch (e) {
+        log("warn", "shutdown step failed", { error: (e as Error).message });
       }
       await events.flush();
     },
@@ -349,4 +439,66 @@ async function firstMaterial(
   stops.push(() => rotation.stop());
   onMaterial(rotation.current());
   return { current: rotation.current(), serve: (s) => (server = s) };
+}
+
+/**
+ * A handover left by the previous agent on this node (handover.ts), claimed
+ * for this one when it can take it over: same object and settings, before its
+ * deadline. Every other one is released first (placeholders back, writers
+ * resumed, probes gone): two data planes must never both be attached.
+ */
+async function takeHandover(cfg: AgentConfig, log: LogFn, count: (outcome: string) => void): Promise<Handover | undefined> {
+  const { offered, orphaned } = listHandovers();
+  log("debug", "data planes left on this node", { offered: offered.map((h) => h.path), orphaned });
+  for (const dir of orphaned) {
+    const r = await releaseHandover(dir);
+    count("orphaned");
+    log("warn", "released a data plane whose taker died", { dir, ...r });
+  }
+  if (offered.length === 0) return undefined;
+  const bytes = await objectBytes();
+  let taken: Handover | undefined;
+  for (const h of offered) {
+    const compatible =
+      h.scanCap === cfg.scanCap &&
+      (cfg.rewriteMode === "auto" || cfg.rewriteMode === h.mode) &&
+      handoverIdentity(bytes, { mode: h.mode, uprobes: h.uprobes, scanCap: cfg.scanCap }) === h.identity;
+    const expired = Date.now() >= h.deadline;
+    const claimed = claimHandover(h);
+    if (!claimed) {
+      log("debug", "a data plane left on this node was claimed by another process first", { dir: h.path });
+      continue; // its guardian released it just now
+    }
+    if (!taken && compatible && !expired) {
+      taken = claimed;
+      continue;
+    }
+    const outcome = taken && compatible && !expired ? "superseded" : expired ? "expired" : "incompatible";
+    const r = await releaseHandover(claimed.path);
+    count(outcome);
+    log("warn", outcome === "incompatible"
+      ? "the previous agent's data plane is another object or has other settings: released it (placeholders back, writers resumed); this upgrade has a gap until this agent attaches"
+      : "released a data plane left by a previous agent (placeholders back, writers resumed)", { from: h.pid, outcome, ...r });
+  }
+  return taken;
+}
+
+/**
+ * Hand the data plane over at shutdown? always/never as configured; auto:
+ * when this agent's own DaemonSet lives on (a rolling update, a node drain,
+ * a deleted pod: a successor comes), not when it is gone (uninstall).
+ */
+function wantHandover(
+  cfg: AgentConfig,
+  pods: Reflector<PodView>,
+  daemonSets: Reflector<MetaView>,
+  log: LogFn,
+): boolean {
+  if (cfg.handover !== "auto") return cfg.handover === "always";
+  const self = pods.get(cfg.namespace, cfg.podName);
+  const owner = self?.metadata.ownerReferences?.find((o) => o.kind === "DaemonSet" && o.controller);
+  const ds = owner && daemonSets.get(cfg.namespace, owner.name);
+  const ok = ds !== undefined && ds.metadata.uid === owner!.uid;
+  if (!ok) log("info", "no handover: this agent's DaemonSet is not there (uninstall, or not run by a DaemonSet)", { pod: cfg.podName });
+  return ok;
 }

@@ -56,6 +56,13 @@ options:
   --holds METHOD           KLOAK_HOLDS         ptrace (default): kloak traces pod processes, so no
                                                parent sees its holds; signals: job-control stops, for
                                                pods that run debuggers or strace (one tracer each)
+  --shutdown-delay SECONDS KLOAK_SHUTDOWN_DELAY  at SIGTERM: not ready at once, the webhook keeps serving
+                                               this long (endpoints go first), then drains (default 5)
+  --handover MODE          KLOAK_HANDOVER      at SIGTERM, leave the data plane pinned for the next agent
+                                               on this node (zero-gap upgrade): auto (default: when this
+                                               agent's DaemonSet lives on), always or never
+  --handover-timeout SECONDS KLOAK_HANDOVER_TIMEOUT  a handover nobody takes over within this is
+                                               released: placeholders back, writers resumed (default 30)
   --log-level LEVEL        KLOAK_LOG_LEVEL     debug, info (default), warn or error
   -h, --help                                   this text`;
 
@@ -84,6 +91,9 @@ export interface AgentConfig {
   onViolation: ViolationAction;
   strictBinding: boolean;
   holds: HoldMethod;
+  shutdownDelaySeconds: number;
+  handover: "auto" | "always" | "never";
+  handoverTimeoutSeconds: number;
   logLevel: "debug" | "info" | "warn" | "error";
 }
 
@@ -119,6 +129,9 @@ const OPTIONS = {
   onViolation: { flag: "on-violation", env: "KLOAK_ON_VIOLATION", default: "pass" },
   strictBinding: { flag: "strict-binding", env: "KLOAK_STRICT_BINDING", default: "false" },
   holds: { flag: "holds", env: "KLOAK_HOLDS", default: "ptrace" },
+  shutdownDelaySeconds: { flag: "shutdown-delay", env: "KLOAK_SHUTDOWN_DELAY", default: "5" },
+  handover: { flag: "handover", env: "KLOAK_HANDOVER", default: "auto" },
+  handoverTimeoutSeconds: { flag: "handover-timeout", env: "KLOAK_HANDOVER_TIMEOUT", default: "30" },
   logLevel: { flag: "log-level", env: "KLOAK_LOG_LEVEL", default: "info" },
 } satisfies Record<keyof AgentConfig, Option>;
 
@@ -140,6 +153,15 @@ const port = v.pipe(
   v.minValue(1, "is not a port from 1 to 65535"),
   v.maxValue(65535, "is not a port from 1 to 65535"),
 );
+const seconds = (min: number, max: number) =>
+  v.pipe(
+    v.string(),
+    v.regex(/^\d+$/, "is not a whole number of seconds"),
+    v.transform(Number),
+    v.number(),
+    v.minValue(min, `must be ${min} to ${max} seconds`),
+    v.maxValue(max, `must be ${min} to ${max} seconds`),
+  );
 const oneOf = <T extends string>(values: readonly T[]) =>
   v.picklist(values, `must be one of ${values.join(", ")}`);
 const path = v.pipe(v.string(), v.minLength(1, "is empty; give a path"));
@@ -190,6 +212,9 @@ const SCHEMA = v.object({
   onViolation: oneOf(ACTIONS),
   strictBinding: v.pipe(oneOf(["true", "false"] as const), v.transform((s) => s === "true")),
   holds: oneOf(HOLD_METHODS),
+  shutdownDelaySeconds: seconds(0, 120),
+  handover: oneOf(["auto", "always", "never"] as const),
+  handoverTimeoutSeconds: seconds(1, 600),
   logLevel: oneOf(["debug", "info", "warn", "error"] as const),
 });
 

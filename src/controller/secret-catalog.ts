@@ -26,6 +26,10 @@ export interface CatalogSink {
   setViolationAction(id: number, action: ViolationAction | null): void;
   deleteSecret(id: number): Promise<void> | void;
   holdAtNewSni(on: boolean): void;
+  /** a data plane taken over from a previous agent: the id it gave this placeholder, kept so grants and writes in flight stay valid */
+  adoptedSecretId?(placeholder: Uint8Array): number | undefined;
+  /** ids from here on are not the previous agent's */
+  firstFreeSecretId?(): number;
 }
 
 export interface SecretSource {
@@ -73,6 +77,11 @@ export class SecretCatalog {
     private readonly policy: PolicySource,
     private readonly log: LogFn,
   ) {}
+
+  private freshId(): number {
+    this.nextId = Math.max(this.nextId, this.sink.firstFreeSecretId?.() ?? 1);
+    return this.nextId++;
+  }
 
   /** Called after a Secret's loaded keys changed (pods re-grant). */
   onChange(fn: (namespace: string, name: string) => void): void {
@@ -183,8 +192,8 @@ export class SecretCatalog {
       }
       const rules: KernelRule[] | null = w.rules ? kernelRules(w.rules) : null;
       if (w.rules) await this.policy.add(w.rules);
-      const id = l?.id ?? this.nextId++;
       const bytes = new TextEncoder().encode(w.placeholder);
+      const id = l?.id ?? this.sink.adoptedSecretId?.(bytes) ?? this.freshId();
       // Before the placeholder is findable (setSecret makes it so last).
       this.sink.setViolationAction(id, w.onViolation);
       await this.sink.setSecret({ id, placeholder: bytes, key: placeholderKey(w.placeholder), value: w.value, rules });

@@ -48,6 +48,8 @@ interface AttachedFile {
   /** the fds that hold its probes */
   fds: number[];
   users: Set<User>;
+  /** taken over from a predecessor (handover.ts): every fd is a link */
+  adopted?: boolean;
 }
 
 /** uprobe_multi's "every process"; perf_event_open's is -1. */
@@ -203,6 +205,37 @@ export class Attacher {
     if (!mine) return;
     for (const id of [...mine]) this.drop(user, id);
     this.byUser.delete(user);
+  }
+
+  /**
+   * Take over a predecessor's probes of file id (its link fds, handover.ts).
+   * It has no user until a process using it is synced; dropUnused() detaches
+   * what none claimed.
+   */
+  adoptFile(id: string, linkFds: number[]): void {
+    const have = this.files.get(id);
+    if (have) have.fds.push(...linkFds);
+    else this.files.set(id, { fds: [...linkFds], users: new Set(), adopted: true });
+  }
+
+  /** Detach files nobody uses (adopted ones no process claimed); returns how many. */
+  dropUnused(): number {
+    let n = 0;
+    for (const [id, f] of this.files) {
+      if (f.users.size) continue;
+      this.closer.close(f.fds);
+      this.files.delete(id);
+      n++;
+    }
+    return n;
+  }
+
+  /** The link fds of every attached file (a perf-event uprobe's link holds its perf event), for pinning. */
+  linksByFile(): Map<string, number[]> {
+    const out = new Map<string, number[]>();
+    for (const [id, f] of this.files)
+      out.set(id, f.adopted || this.kind === "multi" ? [...f.fds] : f.fds.filter((_, i) => i % 2 === 0));
+    return out;
   }
 
   async detachAll(): Promise<void> {

@@ -32,6 +32,19 @@ export function objectBuildId(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex").slice(0, 16);
 }
 
+/**
+ * What a successor must share with a running object to take over its maps and
+ * links (handover.ts): the same object bytes and the same load-time settings
+ * (.rodata.config, map sizes, attach types). 16 hex digits.
+ */
+export function handoverIdentity(bytes: Uint8Array, s: { mode: RewriteMode; uprobes: UprobeKind; scanCap: number }): string {
+  return createHash("sha256")
+    .update(bytes)
+    .update(JSON.stringify({ mode: s.mode, uprobes: s.uprobes, scanCap: s.scanCap, violations: violationMask() }))
+    .digest("hex")
+    .slice(0, 16);
+}
+
 /** The uprobe programs of each rewrite mode (entry, return); the other mode's are not loaded. */
 export const MODE_PROGRAMS: Record<RewriteMode, readonly [entry: string, ret: string]> = {
   kernel: ["kloak_tls_kernel", "kloak_tls_ret_kernel"],
@@ -63,6 +76,8 @@ export interface LoadOptions {
   uprobes?: UprobeKind | "auto";
   /** facts already gathered (doctor shares its own) */
   facts?: NodeFacts;
+  /** maps to take over (by name -> fd) instead of creating them: a predecessor's, handover.ts */
+  reuseMaps?: ReadonlyMap<string, number>;
   /**
    * Load program groups later, when a process first needs them (loadGroup):
    * the go programs when a Go executable appears; in stop mode the tls
@@ -193,11 +208,13 @@ function loadPrograms(
 export function loadInMode(
   bytes: Uint8Array,
   mode: RewriteMode,
-  o: { scanCap: number },
+  o: { scanCap: number; reuseMaps?: ReadonlyMap<string, number> },
   uprobes: UprobeKind,
   groups: readonly ProgramGroup[] = PROGRAM_GROUPS,
 ): { obj: BpfObject; budget: ProgramBudget[] } {
   return loadPrograms(bytes, mode, uprobes, groups, (obj) => {
+    // A predecessor's maps (handover): their entries are the state this load takes over.
+    for (const [name, fd] of o.reuseMaps ?? []) obj.map(name).reuseFd(fd);
     const cfg = obj.map(".rodata.config").initialValue();
     if (cfg.byteLength < LAYOUT.kloak_config.size) throw new Error(".rodata.config is smaller than struct kloak_config");
     cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);

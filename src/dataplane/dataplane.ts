@@ -3,10 +3,10 @@
  * per-process uprobes, the BPF maps of secrets and scopes, and the ring
  * worker. Everything here runs on the main thread except the worker.
  */
-import { BpfLink, BpfMap, BpfObject, possibleCpus } from "../../lib/libbpf.ts";
+import { BpfLink, BpfMap, BpfObject, objectMapNames, objGet, objPin, possibleCpus } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
 import { bpfAndPerfFds, handOffToHolder } from "../../lib/fd-handoff.ts";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { exePath, kernelFileId, mntnsInode, netnsInode } from "../../lib/proc.ts";
 import { close as closeFd, eventfd, eventfdSignal, kill, SIGCONT, SIGKILL } from "../../lib/libc.ts";
 import {
@@ -45,6 +45,7 @@ import { huffmanBits } from "./hpack.ts";
 import { encodeGoLayout } from "./go-layout.ts";
 import {
   GO_PROGRAMS,
+  handoverIdentity,
   loadGroup,
   loadObject,
   MODE_PROGRAMS,
@@ -59,7 +60,9 @@ import {
 import { noWorkerStats, type FromWorker, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
 import type { HoldMethod } from "./tracer.ts";
 import { TlsTargetFinder } from "./tls-targets.ts";
-import { PINNED_MAPS, pinPath, unpinState } from "./release.ts";
+import { PIN_DIR, PINNED_MAPS, pinPath, unpinState } from "./release.ts";
+import { handoverName, parseUprobePin, partialHandoverDir, releaseHandover, uprobePinName, type Handover } from "./handover.ts";
+import { reserveLayoutIds } from "./go-targets.ts";
 
 export interface DataplaneOptions {
   mode: RewriteMode | "auto";
@@ -111,6 +114,25 @@ export interface MapUsage {
   name: string;
   entries: number;
   capacity: number;
+}
+
+/** What a taken-over data plane's maps held (Dataplane.adopt): how the new agent's ids line up with them. */
+interface AdoptedState {
+  /** placeholder (hex) -> the secret id it has in the maps */
+  secretIds: Map<string, number>;
+  maxSecretId: number;
+  /** cgroup id -> scope */
+  scopeOfCgroup: Map<bigint, number>;
+  /** scope -> the network namespace it was bound to (0: not learned) */
+  netns: Map<number, bigint>;
+  maxScope: number;
+}
+
+/** What Dataplane.pruneAdopted removed. */
+export interface PruneResult {
+  scopes: number;
+  secrets: number;
+  files: number;
 }
 
 export class Dataplane {
@@ -171,6 +193,12 @@ export class Dataplane {
   private readonly launcherPids = new Set<number>();
   /** removed processes whose probes go once no write of theirs is in flight */
   private readonly detaching = new Map<number, ReturnType<typeof setTimeout>>();
+  /** tracepoint links taken over from a predecessor (raw link fds) */
+  private adoptedTracepoints: number[] = [];
+  /** what the maps held when this data plane took them over (Dataplane.adopt), until pruneAdopted */
+  private adoptedState?: AdoptedState;
+  /** the ring worker leaves kloak_writes unread until resumeWrites() (adopted rings) */
+  private writesPaused = false;
 
   /** program groups loaded after start, each in an object of its own sharing obj's maps */
   private readonly groupObjects = new Map<ProgramGroup, BpfObject>();
@@ -333,6 +361,7 @@ export class Dataplane {
         procsFd: this.maps.procs.fd,
         stopWaitMs: this.opts.stopWaitMs ?? 500,
         trace: (this.opts.holds ?? "ptrace") === "ptrace",
+        paused: this.writesPaused,
       });
     });
   }
@@ -826,7 +855,10 @@ export class Dataplane {
    */
   setScope(scopeId: number, s: ScopeSettings): void {
     this.scopes.set(scopeId, s);
-    this.writeScope(scopeId, s.netns ?? 0n);
+    // A scope taken over keeps the network namespace its processes were seen in: no window where its secrets are refused.
+    const adopted = s.netns === null ? this.adoptedState?.netns.get(scopeId) : undefined;
+    if (adopted) this.learnedNetns.add(scopeId);
+    this.writeScope(scopeId, s.netns ?? adopted ?? 0n);
   }
 
   removeScope(scopeId: number): void {
@@ -914,13 +946,14 @@ export class Dataplane {
     }
     // Detach first so no new stop can start, then let the worker finish what is queued.
     for (const l of this.tracepoints) l.destroy();
+    for (const fd of this.adoptedTracepoints.splice(0)) closeFd(fd);
     await this.attacher.detachAll();
     await this.stopWorker();
     for (const o of this.groupObjects.values()) o.close();
     this.obj.close();
   }
 
-  private async stopWorker(): Promise<void> {
+  private async stopWorker(handover = false): Promise<void> {
     if (this.bellFd < 0) return;
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, 2000);
@@ -928,11 +961,259 @@ export class Dataplane {
         clearTimeout(t);
         resolve();
       });
-      this.post({ type: "stop" });
+      this.post({ type: "stop", handover });
     });
     this.worker.terminate();
     closeFd(this.bellFd);
     this.bellFd = -1;
+  }
+
+  // ---- Zero-gap upgrade (handover.ts) ----
+
+  /**
+   * Take over a predecessor's data plane (a claimed handover): load the same
+   * object reusing every one of its maps, keep its tracepoint and uprobe links
+   * (their programs are this object's, loaded by the predecessor: same code,
+   * same maps), start the worker on the same rings with kloak_writes unread
+   * until resumeWrites(), and sync every process of the maps with the
+   * attacher. Throws when anything of it fails; the caller then releases the
+   * handover and starts afresh.
+   */
+  static async adopt(opts: DataplaneOptions, h: Handover): Promise<Dataplane> {
+    const bytes = await objectBytes();
+    const names = readdirSync(h.path);
+    const reuse = new Map<string, number>();
+    let loaded: ReturnType<typeof loadObject> | undefined;
+    try {
+      for (const n of names) if (n.startsWith("map-")) reuse.set(n.slice(4), objGet(`${h.path}/${n}`));
+      loaded = loadObject(bytes, { mode: h.mode, scanCap: opts.scanCap, uprobes: h.uprobes, reuseMaps: reuse });
+    } finally {
+      for (const fd of reuse.values()) closeFd(fd); // libbpf holds its own
+    }
+    const { obj, mode, uprobes } = loaded;
+    const missing = objectMapNames(obj).filter((n) => !reuse.has(n));
+    const problem =
+      handoverIdentity(bytes, { mode, uprobes, scanCap: opts.scanCap }) !== h.identity
+        ? "the handover's identity does not match this object and settings"
+        : missing.length
+          ? `the handover lacks maps ${missing.join(", ")}`
+          : names.filter((n) => n.startsWith("tp-")).length < PROCESS_TRACEPOINTS.length
+            ? "the handover lacks tracepoint links"
+            : undefined;
+    if (problem) {
+      obj.close();
+      throw new Error(problem);
+    }
+    let dp: Dataplane | undefined;
+    const linkFds: number[] = [];
+    try {
+      dp = new Dataplane({ ...loaded, reason: `taken over from kloak ${h.pid} (${mode} mode)` }, bytes, opts);
+      dp.writesPaused = true;
+      const files = new Map<string, number[]>();
+      for (const n of names) {
+        const up = parseUprobePin(n);
+        if (!n.startsWith("tp-") && !up) continue;
+        const fd = objGet(`${h.path}/${n}`);
+        linkFds.push(fd);
+        if (up) files.set(up.fileId, [...(files.get(up.fileId) ?? []), fd]);
+        else dp.adoptedTracepoints.push(fd);
+      }
+      for (const [id, fds] of files) dp.attacher.adoptFile(id, fds);
+      linkFds.length = 0; // owned by dp now
+      dp.readAdoptedState();
+      // Known images are the predecessor's: an exec of one is held and attached again until this one learns it.
+      for (const key of dp.maps.images.keys()) dp.maps.images.delete(key);
+      // Its tracer is gone; traced flags left behind would make the kernel hold single threads nobody traces.
+      const value = new Uint8Array(LAYOUT.kloak_proc.size);
+      const v = new DataView(value.buffer);
+      for (const key of dp.maps.procs.keys()) {
+        if (!dp.maps.procs.lookup(key, value) || (v.getUint32(4, true) & 1) === 0) continue;
+        v.setUint32(4, v.getUint32(4, true) & ~1, true);
+        dp.maps.procs.update(key, value, 2 /* BPF_EXIST */);
+      }
+      await dp.startWorker();
+      // Every protected process claims its files (adopted links), or gets them attached.
+      for (const pids of dp.processesByScope().values()) for (const pid of pids) dp.attach(pid);
+      rmSync(h.path, { recursive: true, force: true });
+      return dp;
+    } catch (e) {
+      for (const fd of linkFds) closeFd(fd);
+      // Not close(): it would take the handover's processes out of their scopes and wait for writes
+      // nobody serves. The handover's pins still hold everything; the caller releases it (releaseHandover).
+      if (dp) await dp.abandon();
+      else obj.close();
+      throw e;
+    }
+  }
+
+  /**
+   * Let go of everything without touching the maps (no settling, no
+   * restore): for a data plane whose processes someone else releases (a
+   * handover's pins, the agent's own pins with releaseDead).
+   */
+  async abandon(): Promise<void> {
+    if (this.closed && this.bellFd < 0 && this.adoptedTracepoints.length === 0 && this.tracepoints.length === 0) return;
+    this.closed = true;
+    for (const t of this.detaching.values()) clearTimeout(t);
+    this.detaching.clear();
+    await this.stopWorker(true);
+    for (const l of this.tracepoints.splice(0)) l.destroy();
+    for (const fd of this.adoptedTracepoints.splice(0)) closeFd(fd);
+    await this.attacher.detachAll();
+    this.obj.close();
+  }
+
+  private readAdoptedState(): void {
+    const st: AdoptedState = { secretIds: new Map(), maxSecretId: 0, scopeOfCgroup: new Map(), netns: new Map(), maxScope: 0 };
+    const ph = new Uint8Array(LAYOUT.kloak_bytes.size);
+    for (const key of this.maps.secrets.keys()) {
+      if (!this.maps.secrets.lookup(key, ph)) continue;
+      const id = new DataView(key.buffer).getUint32(0, true);
+      const len = Math.min(new DataView(ph.buffer).getUint32(0, true), ph.length - 8);
+      st.secretIds.set(Buffer.from(ph.subarray(8, 8 + len)).toString("hex"), id);
+      st.maxSecretId = Math.max(st.maxSecretId, id);
+    }
+    const scope = new Uint8Array(4);
+    for (const key of this.maps.cgroups.keys()) {
+      if (!this.maps.cgroups.lookup(key, scope)) continue;
+      const id = new DataView(scope.buffer).getUint32(0, true);
+      st.scopeOfCgroup.set(new DataView(key.buffer).getBigUint64(0, true), id);
+      st.maxScope = Math.max(st.maxScope, id);
+    }
+    const sv = new Uint8Array(LAYOUT.kloak_scope.size);
+    for (const key of this.maps.scopes.keys()) {
+      if (!this.maps.scopes.lookup(key, sv)) continue;
+      const id = new DataView(key.buffer).getUint32(0, true);
+      st.netns.set(id, new DataView(sv.buffer).getBigUint64(LAYOUT.kloak_scope.fields.netns, true));
+      st.maxScope = Math.max(st.maxScope, id);
+    }
+    for (const id of this.processesByScope().keys()) st.maxScope = Math.max(st.maxScope, id);
+    let maxLayout = 0;
+    for (const key of this.obj.map("kloak_go_layouts").keys()) maxLayout = Math.max(maxLayout, new DataView(key.buffer).getUint32(0, true));
+    reserveLayoutIds(maxLayout + 1);
+    this.adoptedState = st;
+  }
+
+  /** Whether this data plane was taken over from a predecessor and not pruned yet. */
+  get adopted(): boolean {
+    return this.adoptedState !== undefined;
+  }
+
+  /** The id the predecessor gave the secret with this placeholder (each handed out once), so grants and writes in flight stay valid. */
+  adoptedSecretId(placeholder: Uint8Array): number | undefined {
+    const st = this.adoptedState;
+    if (!st) return undefined;
+    const hex = Buffer.from(placeholder).toString("hex");
+    const id = st.secretIds.get(hex);
+    st.secretIds.delete(hex);
+    return id;
+  }
+
+  /** Secret ids from here on are free (above every taken-over one). */
+  firstFreeSecretId(): number {
+    return (this.adoptedState?.maxSecretId ?? 0) + 1;
+  }
+
+  /** The scope the predecessor gave the pod whose container has this cgroup. */
+  adoptedScope(cgroupId: bigint): number | undefined {
+    return this.adoptedState?.scopeOfCgroup.get(cgroupId);
+  }
+
+  /** Scope ids from here on are free. */
+  firstFreeScopeId(): number {
+    return (this.adoptedState?.maxScope ?? 0) + 1;
+  }
+
+  /**
+   * The secrets are loaded: serve the requests the taken-over rings hold, and
+   * those to come.
+   *
+   * The processes taken over are not traced again: one may be inside a write
+   * whose hold the kernel made as a group stop (untraced), and a tracer seizing
+   * it then would wait for a ptrace hold that never comes — a restore not
+   * served kills the writer. They are held with group stops (as with --holds
+   * signals) until their next exec, where the worker adopts them safely
+   * (stopped, single-threaded, in no write).
+   */
+  resumeWrites(): void {
+    if (!this.writesPaused) return;
+    this.writesPaused = false;
+    this.post({ type: "serve" });
+  }
+
+  /**
+   * After the first full sync of a taken-over data plane: what the
+   * predecessor had and this agent does not goes. Scopes not live (their
+   * grants, cgroups and processes), secrets this agent's catalog does not
+   * know, probes no process uses.
+   */
+  async pruneAdopted(live: { scope: (id: number) => boolean; secret: (id: number) => boolean }): Promise<PruneResult> {
+    const out: PruneResult = { scopes: 0, secrets: 0, files: 0 };
+    if (!this.adoptedState || this.closed) return out;
+    this.adoptedState = undefined;
+    const dead = new Set<number>();
+    for (const key of this.maps.scopes.keys()) {
+      const id = new DataView(key.buffer).getUint32(0, true);
+      if (!live.scope(id)) dead.add(id);
+    }
+    for (const [scope, ids] of this.grantsByScope()) if (!live.scope(scope)) for (const id of ids) this.revoke(scope, id);
+    const scope = new Uint8Array(4);
+    for (const key of this.maps.cgroups.keys())
+      if (this.maps.cgroups.lookup(key, scope) && !live.scope(new DataView(scope.buffer).getUint32(0, true))) this.maps.cgroups.delete(key);
+    for (const [id, pids] of this.processesByScope()) {
+      if (live.scope(id)) continue;
+      dead.add(id);
+      for (const pid of pids) this.removeProcess(pid);
+    }
+    for (const id of dead) this.maps.scopes.delete(encodeU32(id));
+    out.scopes = dead.size;
+    const gone: number[] = [];
+    for (const key of this.maps.secrets.keys()) {
+      const id = new DataView(key.buffer).getUint32(0, true);
+      if (!live.secret(id)) gone.push(id);
+    }
+    await Promise.all(gone.map((id) => this.deleteSecret(id)));
+    out.secrets = gone.length;
+    out.files = this.attacher.dropUnused();
+    return out;
+  }
+
+  /**
+   * Stop without stopping protection: the worker finishes what is queued and
+   * lets its tracees go; then every map and link is pinned as a handover
+   * (handover.ts) that a successor with the same object takes over, and this
+   * process may exit. Nothing is restored, resumed or detached. Returns the
+   * handover's directory; throws (nothing offered, the caller closes) when
+   * the pins cannot be made.
+   */
+  async handOver(deadline: number): Promise<string> {
+    if (this.closed) throw new Error("the data plane is closed");
+    this.closed = true;
+    for (const t of this.detaching.values()) clearTimeout(t);
+    this.detaching.clear();
+    await this.stopWorker(true);
+    const identity = handoverIdentity(await objectBytes(), { mode: this.mode, uprobes: this.uprobes, scanCap: this.opts.scanCap });
+    const dir = partialHandoverDir();
+    try {
+      for (const name of objectMapNames(this.obj)) this.obj.map(name).pin(`${dir}/map-${name}`);
+      for (const [suffix, name] of Object.entries(PINNED_MAPS)) this.obj.map(name).pin(pinPath(`${dir}/state`, suffix as keyof typeof PINNED_MAPS));
+      let n = 0;
+      for (const l of this.tracepoints) objPin(l.fd, `${dir}/tp-${n++}`);
+      for (const fd of this.adoptedTracepoints) objPin(fd, `${dir}/tp-${n++}`);
+      for (const [id, fds] of this.attacher.linksByFile()) fds.forEach((fd, i) => objPin(fd, `${dir}/${uprobePinName(id, i)}`));
+      const final = `${PIN_DIR}/${handoverName({ identity, mode: this.mode, uprobes: this.uprobes, scanCap: this.opts.scanCap, pid: process.pid, deadline })}`;
+      renameSync(dir, final);
+      return final;
+    } catch (e) {
+      // Not offered. The worker is gone, so close() could not serve the writes it would wait for:
+      // release through the pins made so far (placeholders back, writers resumed), then let go.
+      // With no map pinned yet, the caller releases through its own pins (releaseDead).
+      // Our links go first (the pins keep what was pinned), so the release's last resume is final.
+      await this.abandon();
+      if (existsSync(`${dir}/map-kloak_procs`)) await releaseHandover(dir);
+      rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
   }
 }
 

@@ -33,6 +33,11 @@ export interface GoTarget {
 
 let nextLayoutId = 1;
 
+/** Layout ids below next are taken (a predecessor's, whose probes carry them in their cookies: handover.ts). */
+export function reserveLayoutIds(next: number): void {
+  nextLayoutId = Math.max(nextLayoutId, next);
+}
+
 /** Go release lines the offsets table covers, oldest first. */
 export function coveredGoVersions(): string[] {
   return Object.keys(GO_OFFSETS).sort((a, b) => Number(a.split(".")[1]) - Number(b.split(".")[1]));

@@ -81,65 +81,73 @@ function waitStopped(pid: number, tid: number, ms: number): boolean {
 export function restoreInFlight(base: string, only?: Set<number>): { stopped: Set<number>; killed: number } {
   const stopped = new Set<number>();
   let killed = 0;
-  const F = LAYOUT.kloak_write_event.fields;
-  const I = LAYOUT.kloak_item;
   withFd(pinPath(base, "inflight"), (inflight) =>
     withFd(pinPath(base, "secrets"), (secrets) => {
       const rec = new Uint8Array(LAYOUT.kloak_write_event.size);
-      const ph = new Uint8Array(LAYOUT.kloak_bytes.size);
       for (const key of mapKeys(inflight, 4)) {
         if (!mapLookup(inflight, key, rec)) continue;
-        const v = new DataView(rec.buffer);
-        const pid = v.getUint32(F.tgid, true);
-        const tid = v.getUint32(F.tid, true);
-        if (only && !only.has(pid)) continue;
-        if (threadState(pid, tid) === null) continue; // gone, and the value with it
-        if (!isStopped(pid, tid)) {
-          kill(pid, SIGSTOP);
-          if (!waitStopped(pid, tid, 500)) {
-            kill(pid, SIGKILL);
-            killed++;
-            continue;
-          }
-        }
-        stopped.add(pid);
-        let ok = true;
-        const n = Math.min(v.getUint32(F.count, true), MAX_SUBST);
-        for (let i = 0; i < n; i++) {
-          const o = F.items + i * I.size;
-          const addr = v.getBigUint64(o + I.fields.addr, true);
-          const len = v.getUint32(o + I.fields.len, true);
-          const hbits = v.getUint32(o + I.fields.hbits, true);
-          const id = new Uint8Array(4);
-          new DataView(id.buffer).setUint32(0, v.getUint32(o + I.fields.secret_id, true), true);
-          try {
-            if (!mapLookup(secrets, id, ph)) ok = false;
-            else if (hbits === 0) ok = u32(ph) === len && procMemWrite(pid, addr, ph.subarray(8, 8 + len)) === len && ok;
-            else {
-              // An HTTP/2 header's Huffman-coded placeholder: its code back into its bits.
-              const shift = v.getUint32(o + I.fields.hshift, true);
-              const code = codeOf(ph.subarray(8, 8 + u32(ph)));
-              const span = new Uint8Array(len);
-              ok =
-                code.bits === hbits &&
-                len === (shift + hbits + 7) >> 3 &&
-                procMemRead(pid, addr, span) === len &&
-                procMemWrite(pid, addr, spliceCode(span, shift, code.code, hbits)) === len &&
-                ok;
-            }
-          } catch {
-            ok = false;
-          }
-        }
-        if (!ok) {
-          kill(pid, SIGKILL);
-          killed++;
-          stopped.delete(pid);
-        }
+        if (!restoreRecord(new DataView(rec.buffer), secrets, stopped, only)) killed++;
       }
     }),
   );
   return { stopped, killed };
+}
+
+/**
+ * Put back the placeholders of one write record (kloak_write_event: an
+ * inflight record, or a restore request still in kloak_writes), its writer
+ * stopped first and added to `stopped`. false: it could not be, and the
+ * writer was killed.
+ */
+export function restoreRecord(v: DataView, secrets: number, stopped: Set<number>, only?: Set<number>): boolean {
+  const F = LAYOUT.kloak_write_event.fields;
+  const I = LAYOUT.kloak_item;
+  const ph = new Uint8Array(LAYOUT.kloak_bytes.size);
+  const pid = v.getUint32(F.tgid, true);
+  const tid = v.getUint32(F.tid, true);
+  if (only && !only.has(pid)) return true;
+  if (threadState(pid, tid) === null) return true; // gone, and the value with it
+  if (!isStopped(pid, tid)) {
+    kill(pid, SIGSTOP);
+    if (!waitStopped(pid, tid, 500)) {
+      kill(pid, SIGKILL);
+      return false;
+    }
+  }
+  stopped.add(pid);
+  let ok = true;
+  const n = Math.min(v.getUint32(F.count, true), MAX_SUBST);
+  for (let i = 0; i < n; i++) {
+    const o = F.items + i * I.size;
+    const addr = v.getBigUint64(o + I.fields.addr, true);
+    const len = v.getUint32(o + I.fields.len, true);
+    const hbits = v.getUint32(o + I.fields.hbits, true);
+    const id = new Uint8Array(4);
+    new DataView(id.buffer).setUint32(0, v.getUint32(o + I.fields.secret_id, true), true);
+    try {
+      if (!mapLookup(secrets, id, ph)) ok = false;
+      else if (hbits === 0) ok = u32(ph) === len && procMemWrite(pid, addr, ph.subarray(8, 8 + len)) === len && ok;
+      else {
+        // An HTTP/2 header's Huffman-coded placeholder: its code back into its bits.
+        const shift = v.getUint32(o + I.fields.hshift, true);
+        const code = codeOf(ph.subarray(8, 8 + u32(ph)));
+        const span = new Uint8Array(len);
+        ok =
+          code.bits === hbits &&
+          len === (shift + hbits + 7) >> 3 &&
+          procMemRead(pid, addr, span) === len &&
+          procMemWrite(pid, addr, spliceCode(span, shift, code.code, hbits)) === len &&
+          ok;
+      }
+    } catch {
+      ok = false;
+    }
+  }
+  if (!ok) {
+    kill(pid, SIGKILL);
+    stopped.delete(pid);
+  }
+  return ok;
 }
 
 /** Every process of the pin that is stopped gets SIGCONT; returns how many. */
@@ -184,9 +192,11 @@ export function unpinState(base: string): void {
  * The owner lives but has left writers stopped past STUCK_MS: put their
  * placeholders back and resume them. (The kernel treats such a claim as stale
  * after 1 s; the owner, should it wake, finds the writer running and fails
- * closed.) Returns how many writers were released.
+ * closed.) `since`: claims older than this (CLOCK_MONOTONIC ns) count from it
+ * — an owner that took over a handover serves the requests of the gap only
+ * from then on. Returns how many writers were released.
  */
-export function releaseStuck(base: string): number {
+export function releaseStuck(base: string, since = 0n): number {
   const stuck = new Set<number>();
   const now = monotonicNs();
   withFd(pinPath(base, "stopowner"), (owners) =>
@@ -199,7 +209,8 @@ export function releaseStuck(base: string): number {
         // A claim the owner released is over: a stop now is someone else's (a user's ^Z).
         if (mapLookup(released, key, done) && new DataView(done.buffer).getBigUint64(0, true) === seq) continue;
         const pid = u32(key);
-        if (now - seq > BigInt(STUCK_MS) * 1_000_000n && isStopped(pid)) stuck.add(pid);
+        // A claim made before `since` (monotonic ns: when its owner began to serve) is as old as since.
+        if (now - (seq > since ? seq : since) > BigInt(STUCK_MS) * 1_000_000n && isStopped(pid)) stuck.add(pid);
       }
     }),
   );

@@ -14,7 +14,15 @@ export type ToWorker =
       stopWaitMs: number;
       /** hold by ptrace (tracer.ts); false: group stops, which parents see */
       trace: boolean;
+      /**
+       * Taking over a predecessor's rings (handover.ts): leave kloak_writes
+       * unread, and adopt nobody, until "serve" — its requests need values the
+       * worker does not hold yet.
+       */
+      paused?: boolean;
     }
+  /** start serving kloak_writes (after paused init) */
+  | { type: "serve" }
   | { type: "secret"; seq: number; id: number; placeholder: Uint8Array; value: Uint8Array }
   /** a secret is being deleted: serve every request already in the ring (a pending restore
    * still needs the placeholder), then drop the value and placeholder; acked */
@@ -26,7 +34,8 @@ export type ToWorker =
   /** stop tracing a process that left its scope */
   | { type: "disown"; tgid: number }
   | { type: "stats" }
-  | { type: "stop" };
+  /** handover: holds of traced threads become group stops (served in the last pass, or by the successor) */
+  | { type: "stop"; handover?: boolean };
 
 export interface WorkerStats {
   /** placeholders replaced by their value in a stopped writer */

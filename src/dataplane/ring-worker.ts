@@ -61,6 +61,11 @@ let stopWaitMs = 500;
 let stopReleasedFd = -1;
 let procsFd = -1;
 let tracer: Tracer | undefined;
+/** Writes left unread (init paused: a handover's requests wait for their values); pids to adopt when serving starts. */
+let paused = false;
+const adoptLater = new Set<number>();
+let writesFd = -1;
+let handingOver = false;
 
 const stats: WorkerStats = noWorkerStats();
 
@@ -252,7 +257,8 @@ function endHold(m: Extract<ToWorker, { type: "release" }>): void {
     tracer.release(m.tid);
     return;
   }
-  if (m.reason === "exec") tracer?.adopt(m.tgid);
+  // Paused: a traced thread's write hold would look unannounced (its request unread) and be let go.
+  if (m.reason === "exec" && !paused) tracer?.adopt(m.tgid);
   kill(m.tgid, SIGCONT);
   if (m.reason !== "exec") releaseClaim(m.tgid, m.seq); // an exec hold takes no claim
 }
@@ -287,7 +293,7 @@ function readEvents(forward: DataplaneEvent[]): void {
 
 /** Serve kloak_writes until it is empty. */
 function serveWrites(): void {
-  if (!writes) return;
+  if (!writes || paused) return;
   const resume = new Set<number>();
   const release = new Map<number, bigint>();
   // Read until the ring is empty, so an untraced process is resumed only when
@@ -335,8 +341,15 @@ async function loop(): Promise<void> {
     await new Promise((r) => setImmediate(r));
   }
   drain();
-  // The probes are gone: no new hold can start. Held threads go on.
-  tracer?.detachAll();
+  if (handingOver) {
+    // The probes stay (handover.ts): holds of traced threads become group stops, served now where
+    // their requests are in the ring; those made from here on wait for the successor.
+    tracer?.detachAll(500, true);
+    drain();
+  } else {
+    // The probes are gone: no new hold can start. Held threads go on.
+    tracer?.detachAll();
+  }
   writes?.close();
   events?.close();
   postMessage({ type: "stopped", stats: takeStats() });
@@ -366,7 +379,10 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       writes = new RingBufferReader(m.writesFd, m.writesSize);
       epfd = epollCreate();
       epollAdd(epfd, m.eventsFd);
-      epollAdd(epfd, m.writesFd);
+      writesFd = m.writesFd;
+      paused = m.paused === true;
+      // Paused, a non-empty ring would wake the loop at once, again and again.
+      if (!paused) epollAdd(epfd, m.writesFd);
       bellFd = m.bellFd;
       epollAdd(epfd, bellFd);
       postMessage({ type: "ready" });
@@ -391,9 +407,19 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       endHold(m);
       break;
     case "adopt":
-      tracer?.adopt(m.tgid);
+      if (paused) adoptLater.add(m.tgid);
+      else tracer?.adopt(m.tgid);
+      break;
+    case "serve":
+      if (!paused) break;
+      paused = false;
+      epollAdd(epfd, writesFd);
+      drain();
+      for (const tgid of adoptLater) tracer?.adopt(tgid);
+      adoptLater.clear();
       break;
     case "disown":
+      adoptLater.delete(m.tgid);
       tracer?.disown(m.tgid);
       break;
     case "stats":
@@ -403,6 +429,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       postMessage({ type: "stats", stats: takeStats() });
       break;
     case "stop":
+      handingOver = m.handover === true;
       running = false;
       break;
   }

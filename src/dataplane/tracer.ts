@@ -286,13 +286,13 @@ export class Tracer {
    * held threads resume, threads in a group stop stay stopped, the rest run
    * on. Interrupts running tracees to detach them (ptrace needs a stop).
    */
-  detachAll(ms = 500): void {
+  detachAll(ms = 500, keepHolds = false): void {
     const tgids = [...this.processes.keys()];
     // A thread that cannot be interrupted is gone (or a stale number after a thread's exec).
     const all = [...this.threads.keys()].filter(
       (tid) => this.holds.get(tid)?.stopped || this.unannounced.has(tid) || pt.interrupt(tid),
     );
-    this.detachStopped(all, ms);
+    this.detachStopped(all, ms, keepHolds);
     for (const tgid of tgids) this.markTraced(tgid, false);
     this.threads.clear();
     this.processes.clear();
@@ -300,13 +300,19 @@ export class Tracer {
     this.unannounced.clear();
   }
 
-  /** Wait for each tid to report a stop, then detach it; a group stop is kept by the kernel. */
-  private detachStopped(tids: number[], ms = 500): void {
+  /**
+   * Wait for each tid to report a stop, then detach it; a group stop is kept
+   * by the kernel. keepHolds (a handover, handover.ts): a thread in a hold is
+   * detached with its SIGSTOP delivered, so the hold becomes a group stop that
+   * whoever serves its request next (this worker's last pass, or a successor)
+   * ends with SIGCONT, as for an untraced process.
+   */
+  private detachStopped(tids: number[], ms = 500, keepHolds = false): void {
     const left = new Set(tids);
     for (const tid of tids) {
-      // Already in a hold or unannounced stop: detach now, without the signal.
+      // Already in a hold or unannounced stop: detach now, without the signal (or with it, keepHolds).
       if (this.holds.get(tid)?.stopped || this.unannounced.has(tid)) {
-        pt.detach(tid, 0);
+        pt.detach(tid, keepHolds ? SIGSTOP : 0);
         left.delete(tid);
       }
     }
@@ -326,7 +332,8 @@ export class Tracer {
       if (r.kind !== "stopped") continue;
       // A signal caught in the way is delivered with the detach; the kernel's
       // own SIGSTOP (a hold) is dropped.
-      const sig = r.event === 0 && !(r.sig === SIGSTOP && pt.signalInfo(r.tid)?.code === pt.SI_KERNEL) ? r.sig : 0;
+      const hold = r.event === 0 && r.sig === SIGSTOP && pt.signalInfo(r.tid)?.code === pt.SI_KERNEL;
+      const sig = r.event === 0 && !hold ? r.sig : hold && keepHolds ? SIGSTOP : 0;
       pt.detach(r.tid, sig);
     }
   }

@@ -58,6 +58,12 @@ export interface PodAttacherOptions {
   strictBinding?: boolean;
   /** what a violation does for secrets without getkloak.io/on-violation; default pass */
   onViolation?: ViolationAction;
+  /**
+   * A data plane taken over from a previous agent (handover.ts): the scope it
+   * gave the pod owning this container cgroup. The pod keeps it, so its
+   * processes, grants and writes in flight stay valid without a gap.
+   */
+  adoptedScope?: (cgroupId: bigint) => number | undefined;
 }
 
 export interface PodAttacherStats {
@@ -187,7 +193,7 @@ export class PodAttacher {
     if (!st) {
       st = {
         uid: t.uid,
-        scopeId: this.nextScope++,
+        scopeId: this.adoptedScopeOf(t) ?? this.nextScope++,
         namespace: t.namespace,
         name: t.name,
         containers: new Map(),
@@ -237,6 +243,17 @@ export class PodAttacher {
       else this.attachContainer(st, cid, name, !st.pending.has(cid) && !st.gaveUp.has(cid));
     }
     this.updateTimer();
+  }
+
+  private adoptedScopeOf(t: PodTarget): number | undefined {
+    if (!this.opts.adoptedScope) return undefined;
+    for (const c of t.containers) {
+      if (!c.running || !c.containerId) continue;
+      const cgroup = findContainerCgroup(this.opts.cgroupRoot, { uid: t.uid, qosClass: t.qosClass }, c.containerId);
+      const scope = cgroup && this.opts.adoptedScope(cgroup.id);
+      if (scope !== undefined && ![...this.pods.values()].some((p) => p.scopeId === scope)) return scope;
+    }
+    return undefined;
   }
 
   /** Register the container's cgroup and add its processes; false when it is not there yet. */

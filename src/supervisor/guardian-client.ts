@@ -5,7 +5,7 @@
  * pins still there (the owner died), makes it release everything.
  */
 import { selfCommand } from "../build-info.ts";
-import type { FromGuardian, RunRequest } from "./guardian.ts";
+import type { FromGuardian, RunRequest, ToGuardian } from "./guardian.ts";
 
 export interface CommandEnd {
   code: number | null;
@@ -27,11 +27,11 @@ export class Guardian {
   }
 
   /** Start the guardian of the pins at base; resolves once it watches them. */
-  static async start(base: string): Promise<Guardian> {
+  static async start(base: string, opts: { waitServing?: boolean } = {}): Promise<Guardian> {
     let ready!: () => void;
     const isReady = new Promise<void>((r) => (ready = r));
     let g: Guardian | undefined;
-    const proc = Bun.spawn([...selfCommand(), "__guardian", base], {
+    const proc = Bun.spawn([...selfCommand(), "__guardian", base, ...(opts.waitServing ? ["--wait-serving"] : [])], {
       // Inherited: CMD, its child, gets kloak's terminal and output.
       stdio: ["inherit", "inherit", "inherit"],
       env: {},
@@ -71,9 +71,45 @@ export class Guardian {
     });
   }
 
+  /** The owner serves its writes now: writers left stopped past STUCK_MS are released again. */
+  serving(): void {
+    this.note({ type: "serving" });
+  }
+
+  /** The owner begins to hand over: writers it leaves stopped from now on are not stuck (they wait for the successor). */
+  handingOver(): void {
+    this.note({ type: "handing-over" });
+  }
+
+  /** The owner handed over its data plane (handover.ts): the guardian releases it if nobody takes it by the deadline. */
+  handover(dir: string, deadline: number): void {
+    this.note({ type: "handover", dir, deadline });
+  }
+
+  private note(m: ToGuardian): void {
+    try {
+      this.proc.send(m);
+    } catch {
+      // gone: nothing to tell
+    }
+  }
+
   /** How CMD ended. */
   get commandEnded(): Promise<CommandEnd> {
     return this.endPromise;
+  }
+
+  /**
+   * Close the channel without waiting for the guardian: after a handover it
+   * outlives this process, waiting for a successor (guardian.ts).
+   */
+  leave(): void {
+    try {
+      this.proc.disconnect();
+    } catch {
+      // already closed
+    }
+    this.proc.unref();
   }
 
   /** Close the channel and wait for the guardian to exit (with the pins gone, at once). */

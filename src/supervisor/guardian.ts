@@ -17,10 +17,11 @@
  */
 import { existsSync } from "node:fs";
 import { constants } from "node:os";
-import { kill, SIGCONT, setNoNewPrivs } from "../../lib/libc.ts";
+import { kill, monotonicNs, SIGCONT, setNoNewPrivs } from "../../lib/libc.ts";
 import { threadState } from "../../lib/proc.ts";
 import { hardenSupervisor } from "./harden.ts";
 import { pinPath, releaseDead, releaseStuck } from "../dataplane/release.ts";
+import { claimHandover, listHandovers, releaseHandover } from "../dataplane/handover.ts";
 
 /** How often the guardian looks for writers left stopped. */
 const WATCH_MS = 250;
@@ -33,6 +34,29 @@ export interface RunRequest {
   uid: number;
   gid: number;
 }
+
+/** The owner serves its writes now (started with --wait-serving: it took over a handover's rings). */
+export interface ServingNote {
+  type: "serving";
+}
+
+/**
+ * The owner handed its data plane over (handover.ts) and is about to exit:
+ * the pins at BASE are gone on purpose. Until the deadline the handover is
+ * left to a successor; a handover still offered then is released.
+ */
+export interface HandoverNote {
+  type: "handover";
+  dir: string;
+  deadline: number;
+}
+
+/** The owner is handing over: its worker stops serving, writers it stops from now on wait for the successor. */
+export interface HandingOverNote {
+  type: "handing-over";
+}
+
+export type ToGuardian = RunRequest | ServingNote | HandoverNote | HandingOverNote;
 
 export type FromGuardian =
   | { type: "ready" }
@@ -68,18 +92,33 @@ export async function guardianCommand(args: string[]): Promise<number> {
   hardenSupervisor();
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGPIPE"] as const) process.on(sig, () => {});
   let ran = false;
-  process.on("message", (m: RunRequest) => {
+  // Taking over a handover, writers stopped before the owner serves are waiting for it, not stuck.
+  let watchStuck = !args.includes("--wait-serving");
+  // Claims from before the owner served (the gap's) are measured from when it began to.
+  let servingSince = 0n;
+  let handover: HandoverNote | undefined;
+  process.on("message", (m: ToGuardian) => {
     if (m?.type === "run" && !ran) {
       ran = true;
       run(m);
+    } else if (m?.type === "serving") {
+      watchStuck = true;
+      servingSince = monotonicNs();
+    }
+    else if (m?.type === "handing-over") watchStuck = false;
+    else if (m?.type === "handover") {
+      // Writers stopped from now on wait for the successor: never released as stuck.
+      watchStuck = false;
+      handover = m;
     }
   });
   const watch = setInterval(() => {
     // A stopped kloak ends no hold: nothing but root could have stopped it, and it must go on.
     if (threadState(owner) === "T" && kill(owner, SIGCONT))
       process.stderr.write("kloak guardian: kloak was stopped; continued it (its holds must end)\n");
+    if (!watchStuck) return;
     try {
-      const n = releaseStuck(base);
+      const n = releaseStuck(base, servingSince);
       if (n) process.stderr.write(`kloak guardian: released ${n} writer(s) left stopped over 1.5 s; placeholders put back first\n`);
     } catch {
       // pins gone meanwhile: the owner is shutting down
@@ -88,10 +127,38 @@ export async function guardianCommand(args: string[]): Promise<number> {
   send({ type: "ready" });
   await new Promise<void>((resolve) => process.once("disconnect", () => resolve()));
   clearInterval(watch);
+  // The note may not have arrived before the channel closed: a handover offered by the owner says the same.
+  const offered = handover ?? listHandovers().offered.find((o) => o.pid === owner);
+  if (offered) return awaitSuccessor("path" in offered ? { type: "handover", dir: offered.path, deadline: offered.deadline } : offered);
   if (!existsSync(pinPath(base, "procs"))) return 0; // clean exit: the owner removed its pins
   const { resumed, killed } = await releaseDead(base);
   process.stderr.write(
     `kloak guardian: kloak died; put back the placeholders of writes in flight, resumed ${resumed} process(es)` +
+      (killed ? `, killed ${killed} whose placeholder could not be put back` : "") +
+      "\n",
+  );
+  return 0;
+}
+
+/**
+ * The owner handed over and exited. A successor that takes the handover
+ * renames it away; one still offered at the deadline is claimed here and
+ * released (placeholders back, writers resumed, probes gone). In a pod this
+ * process dies with the container; then the next agent start releases an
+ * expired handover (agent.ts).
+ */
+async function awaitSuccessor(h: HandoverNote): Promise<number> {
+  for (;;) {
+    if (!existsSync(h.dir)) return 0; // taken over (or released by a newer agent)
+    if (Date.now() >= h.deadline) break;
+    await Bun.sleep(Math.min(200, Math.max(1, h.deadline - Date.now())));
+  }
+  const offer = listHandovers().offered.find((o) => o.path === h.dir);
+  const mine = offer && claimHandover(offer);
+  if (!mine) return 0;
+  const { resumed, killed } = await releaseHandover(mine.path);
+  process.stderr.write(
+    `kloak guardian: no agent took over the data plane within its deadline; released it: placeholders put back, resumed ${resumed} process(es)` +
       (killed ? `, killed ${killed} whose placeholder could not be put back` : "") +
       "\n",
   );

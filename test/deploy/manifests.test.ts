@@ -360,7 +360,7 @@ describe("DaemonSet kloak", () => {
     expect(spec.tolerations).toEqual([{ operator: "Exists" }]);
     expect(spec.priorityClassName).toBe("system-node-critical");
     expect(spec.terminationGracePeriodSeconds).toBe(120);
-    expect(ds.spec.updateStrategy).toEqual({ type: "RollingUpdate", rollingUpdate: { maxUnavailable: 1 } });
+    expect(ds.spec.updateStrategy).toEqual({ type: "RollingUpdate", rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } });
     expect(agent(docs).resources).toEqual({ requests: { cpu: "50m", memory: "96Mi" }, limits: { memory: "256Mi" } });
   });
 });
