@@ -29,7 +29,8 @@ import { PodController } from "../controller/pod-controller.ts";
 import { PodAttacher } from "../node/pod-attacher.ts";
 import { cgroupV2Root } from "../node/cgroups.ts";
 import { webhookApp } from "../webhook/app.ts";
-import { ReloadableHttpsServer } from "../server/https-server.ts";
+import { migrateQueuedConnections, ReloadableHttpsServer } from "../server/https-server.ts";
+import { netnsInode } from "../../lib/proc.ts";
 import { opsApp } from "../server/ops-app.ts";
 import { CertStore } from "../certs/cert-store.ts";
 import { WebhookRegistrar } from "../webhook/registration.ts";
@@ -345,6 +346,15 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   );
   stops.unshift(() => registrar.stop());
   const material = await firstMaterial(cfg, core, log, stops, (m) => (state.material = m), registrar);
+  // A certificate reload must not reset a review waiting in the old listener's queue.
+  const netns = (pid: number) => {
+    try {
+      return netnsInode(pid);
+    } catch {
+      return null;
+    }
+  };
+  log("info", "queued connections at a certificate reload", { migration: migrateQueuedConnections({ netns: netns(process.pid), hostNetns: netns(1) }) });
   const webhook = ReloadableHttpsServer.start({
     port: cfg.webhookPort,
     hostname: cfg.bindAddress,

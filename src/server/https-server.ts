@@ -20,6 +20,8 @@
  * user's process can join and take a share of the connections.
  */
 
+import { readFileSync, writeFileSync } from "node:fs";
+
 export interface ReloadableHttpsServerOptions {
   /** 0 picks a free port on the first start; reloads reuse whichever port that was. */
   port: number;
@@ -142,5 +144,29 @@ export class ReloadableHttpsServer {
     if (!this.#draining.has(this.#current)) void this.#drain(this.#current);
     if (force) for (const server of this.#draining.keys()) void server.stop(true);
     await Promise.all([...this.#draining.values()]);
+  }
+}
+
+const MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/**
+ * A reload closes the old listener, and a connection still waiting in its
+ * accept queue is reset then — a failed admission call (the API server does
+ * not retry a POST). net.ipv4.tcp_migrate_req (Linux 5.14+) has the kernel
+ * move such connections to another listener of the reuseport group instead.
+ * It is a setting of the network namespace, so it is turned on only in one of
+ * the server's own (a pod's), never in the host's: `netns`/`hostNetns` are the
+ * inodes of this process's and pid 1's network namespaces. Says what it did.
+ */
+export function migrateQueuedConnections(o: { netns: bigint | null; hostNetns: bigint | null; file?: string }): string {
+  const file = o.file ?? MIGRATE_REQ;
+  if (o.netns === null || o.hostNetns === null || o.netns === o.hostNetns)
+    return "left alone: this is the host's network namespace (or it cannot be told); a certificate reload may reset a connection queued on the old listener";
+  try {
+    if (readFileSync(file, "utf8").trim() === "1") return "on already";
+    writeFileSync(file, "1\n");
+    return "turned on in this pod's network namespace";
+  } catch (e) {
+    return `cannot be turned on (${(e as Error).message}); a certificate reload may reset a connection queued on the old listener`;
   }
 }
