@@ -84,6 +84,31 @@ async function runClient(
   return { ...r, got: server.received() };
 }
 
+/**
+ * Refusals kloak's summary reported, by reason ("refused 2x: secret … : REASON (…").
+ * A Go runtime maps memory from other threads while it starts (GC arenas, new Ms): a
+ * write whose buffer check meets the memory map locked (bpf_find_vma's trylock) is
+ * refused as buffer_unchecked and its placeholder goes out — a counted fail-closed
+ * outcome, as in test/vm/cell.ts. The tests below allow that reason only, and a few of
+ * it; anything else refused fails them.
+ */
+function refusedBy(stderr: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const m of stderr.matchAll(/refused (\d+)x: .*?: (\w+) \(/g)) out.set(m[2]!, (out.get(m[2]!) ?? 0) + Number(m[1]));
+  return out;
+}
+
+/** Of `expected` placeholders, every one went out as the value but the few buffer_unchecked ones. */
+function expectSubstituted(r: ClientRun, got: number, expected: number): number {
+  const refused = refusedBy(r.stderr);
+  const unchecked = refused.get("buffer_unchecked") ?? 0;
+  expect([...refused.keys()].filter((k) => k !== "buffer_unchecked")).toEqual([]);
+  expect(unchecked).toBeLessThanOrEqual(Math.max(2, expected / 4));
+  expect(got + unchecked).toBe(expected);
+  expect(placeholderCount(r.got)).toBe(unchecked);
+  return unchecked;
+}
+
 beforeAll(async () => {
   certs = await testCerts();
 });
@@ -142,12 +167,10 @@ for (const v of coveredGoVersions()) {
         const secret = fakeSecret(32);
         const n = 24;
         const r = await runClient(build(v, variant), server, { secret, allow: "127.0.0.1", n });
-        expect(r.stderr).not.toContain("refused");
         expect(r.code).toBe(0);
         expect(r.stdout).toContain("done failed=0 protos=map[HTTP/1.1:24]");
-        // Header and body of every request: the value, never the placeholder.
-        expect(occurrences(r.got, secret)).toBe(2 * n);
-        expect(placeholderCount(r.got)).toBe(0);
+        // Header and body of every request: the value (but a counted buffer_unchecked refusal).
+        expectSubstituted(r, occurrences(r.got, secret), 2 * n);
         // The app only ever held the placeholder.
         expect(occurrences(r.stdout, secret)).toBe(0);
         expect(r.stdout).toMatch(/^token=kloak:[0-9A-Z]{26}$/m);
@@ -161,9 +184,7 @@ for (const v of coveredGoVersions()) {
       expect(r.code).toBe(0);
       expect(r.stdout).toContain("done failed=0 protos=map[HTTP/2.0:24]");
       expect(r.got).toContain("=== HTTP/2.0 POST /api");
-      expect(occurrences(r.got, `token=${secret}\n`)).toBe(n);
-      expect(occurrences(r.got, `X-Token: ${secret}\r\n`)).toBe(n);
-      expect(placeholderCount(r.got)).toBe(0);
+      expectSubstituted(r, occurrences(r.got, `token=${secret}\n`) + occurrences(r.got, `X-Token: ${secret}\r\n`), 2 * n);
       expect(occurrences(r.stdout, secret)).toBe(0);
     }, 180_000);
 
@@ -171,8 +192,7 @@ for (const v of coveredGoVersions()) {
       const secret = fakeSecret(24);
       const r = await runClient(build(v, { pie: false, stripped: true }), server, { secret, allow: "localhost", n: 4, host: "localhost" });
       expect(r.code).toBe(0);
-      expect(occurrences(r.got, secret)).toBe(8);
-      expect(placeholderCount(r.got)).toBe(0);
+      expectSubstituted(r, occurrences(r.got, secret), 8);
     }, 180_000);
 
     test("one 16 MB Write that parks on a full socket and resumes on another thread: the value went out once, the buffer got its placeholder back", async () => {

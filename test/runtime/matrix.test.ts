@@ -65,7 +65,11 @@ for (const stack of STACKS) {
   describe(`${stack.client} (${stack.library}, ${stack.protocol})`, () => {
     for (const c of CASES) {
       test(c.id, async () => {
-        const { r, secret, got } = await run(stack, c.allow);
+        let { r, secret, got } = await run(stack, c.allow);
+        // A write whose buffer check met the memory map locked by another thread (a runtime
+        // starting up) is refused as buffer_unchecked: fail closed, counted, not a property of
+        // the stack. This table is about the stack: such a run is made once more.
+        if (c.expect === "value" && /: buffer_unchecked \(/.test(r.stderr)) ({ r, secret, got } = await run(stack, c.allow));
         if (r.code !== 0 && !stack.anyExit) throw new Error(`${stack.id} exited ${r.code}: ${r.stderr.slice(-600)}`);
         const sends = stack.sends ?? 2;
         if (c.expect === "value") {
