@@ -26,11 +26,11 @@
  * pins go, which detaches the probes (fail closed: placeholders go out).
  */
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from "node:fs";
-import { mapDelete, mapKeys, objGet } from "../../lib/libbpf.ts";
-import { close, kill, SIGCONT } from "../../lib/libc.ts";
+import { mapDelete, mapKeys } from "../../lib/libbpf.ts";
+import { kill, SIGCONT } from "../../lib/libc.ts";
 import { isStopped } from "../../lib/proc.ts";
 import type { RewriteMode, UprobeKind } from "./bpf-object.ts";
-import { PIN_DIR, restoreInFlight, restoreRecord } from "./release.ts";
+import { PIN_DIR, restoreInFlight, restoreRecord, withPinned } from "./release.ts";
 import { RingBufferReader } from "../../lib/ringbuf.ts";
 import { EventType, LAYOUT } from "./abi.ts";
 
@@ -131,15 +131,6 @@ export function parseUprobePin(name: string): { fileId: string; n: number } | un
 
 const u32 = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset).getUint32(0, true);
 
-function withPin<T>(path: string, fn: (fd: number) => T): T | undefined {
-  if (!existsSync(path)) return undefined;
-  const fd = objGet(path);
-  try {
-    return fn(fd);
-  } finally {
-    close(fd);
-  }
-}
 
 /**
  * Nobody takes the handover at dir (expired, another object, or claimed by a
@@ -152,14 +143,14 @@ function withPin<T>(path: string, fn: (fd: number) => T): T | undefined {
  */
 export async function releaseHandover(dir: string, rounds = [0, 20, 50, 100, 200, 300, 330]): Promise<{ resumed: number; killed: number }> {
   const pids = new Set<number>();
-  withPin(`${dir}/map-kloak_procs`, (fd) => {
+  withPinned(`${dir}/map-kloak_procs`, (fd) => {
     for (const key of mapKeys(fd, 4)) pids.add(u32(key));
     for (const key of mapKeys(fd, 4)) mapDelete(fd, key);
   });
-  withPin(`${dir}/map-kloak_cgroups`, (fd) => {
+  withPinned(`${dir}/map-kloak_cgroups`, (fd) => {
     for (const key of mapKeys(fd, 8)) mapDelete(fd, key);
   });
-  withPin(`${dir}/map-kloak_launchers`, (fd) => {
+  withPinned(`${dir}/map-kloak_launchers`, (fd) => {
     for (const key of mapKeys(fd, 4)) mapDelete(fd, key);
   });
   let resumed = 0;
@@ -192,8 +183,8 @@ export async function releaseHandover(dir: string, rounds = [0, 20, 50, 100, 200
  */
 function restoreRequested(dir: string): number {
   let killed = 0;
-  withPin(`${dir}/map-kloak_writes`, (writes) =>
-    withPin(`${dir}/map-kloak_secrets`, (secrets) => {
+  withPinned(`${dir}/map-kloak_writes`, (writes) =>
+    withPinned(`${dir}/map-kloak_secrets`, (secrets) => {
       const ring = new RingBufferReader(writes, WRITES_RING);
       const stopped = new Set<number>();
       try {

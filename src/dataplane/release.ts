@@ -50,7 +50,8 @@ export const STUCK_MS = 1500;
 
 const u32 = (b: Uint8Array, off = 0) => new DataView(b.buffer, b.byteOffset).getUint32(off, true);
 
-function withFd<T>(path: string, fn: (fd: number) => T): T | undefined {
+/** Run fn with an fd of the BPF object pinned at path (closed after); undefined when nothing is pinned there. */
+export function withPinned<T>(path: string, fn: (fd: number) => T): T | undefined {
   if (!existsSync(path)) return undefined;
   const fd = objGet(path);
   try {
@@ -81,8 +82,8 @@ function waitStopped(pid: number, tid: number, ms: number): boolean {
 export function restoreInFlight(base: string, only?: Set<number>): { stopped: Set<number>; killed: number } {
   const stopped = new Set<number>();
   let killed = 0;
-  withFd(pinPath(base, "inflight"), (inflight) =>
-    withFd(pinPath(base, "secrets"), (secrets) => {
+  withPinned(pinPath(base, "inflight"), (inflight) =>
+    withPinned(pinPath(base, "secrets"), (secrets) => {
       const rec = new Uint8Array(LAYOUT.kloak_write_event.size);
       for (const key of mapKeys(inflight, 4)) {
         if (!mapLookup(inflight, key, rec)) continue;
@@ -153,7 +154,7 @@ export function restoreRecord(v: DataView, secrets: number, stopped: Set<number>
 /** Every process of the pin that is stopped gets SIGCONT; returns how many. */
 function resumeAll(base: string): number {
   return (
-    withFd(pinPath(base, "procs"), (procs) => {
+    withPinned(pinPath(base, "procs"), (procs) => {
       let n = 0;
       for (const key of mapKeys(procs, 4)) {
         const pid = u32(key);
@@ -199,8 +200,8 @@ export function unpinState(base: string): void {
 export function releaseStuck(base: string, since = 0n): number {
   const stuck = new Set<number>();
   const now = monotonicNs();
-  withFd(pinPath(base, "stopowner"), (owners) =>
-    withFd(pinPath(base, "released"), (released) => {
+  withPinned(pinPath(base, "stopowner"), (owners) =>
+    withPinned(pinPath(base, "released"), (released) => {
       const value = new Uint8Array(LAYOUT.kloak_stop_owner.size);
       const done = new Uint8Array(8);
       for (const key of mapKeys(owners, 4)) {
