@@ -77,9 +77,11 @@ export interface DataplaneOptions {
   /** called for attach problems and other things an operator should see */
   warn?: (msg: string) => void;
   /**
-   * Verify the Go programs when a Go executable first needs them rather than
-   * at start (bpf-object.ts LoadOptions.onDemand): `kloak exec` starts its
-   * command sooner, and a tree without Go never waits for them.
+   * Verify program groups when a process first needs them rather than at
+   * start (bpf-object.ts LoadOptions.onDemand): the Go programs when a Go
+   * executable appears, in stop mode the TLS programs when a process opens a
+   * TLS library (watchLibraryOpens) or execs a program with TLS inside.
+   * `kloak exec` starts its command sooner; a tree without them never waits.
    */
   programsOnDemand?: boolean;
 }
