@@ -468,8 +468,3 @@ export function mapDelete(fd: number, key: Uint8Array): boolean {
   if (rc < 0) throw new BpfError(`bpf_map_delete_elem(fd ${fd})`, -rc, []);
   return true;
 }
-
-/** Update key in the map behind fd. */
-export function mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags = 0): void {
-  checkInt(`bpf_map_update_elem(fd ${fd})`, () => bpf().bpf_map_update_elem(fd, ptr(key), ptr(value), flags));
-}
