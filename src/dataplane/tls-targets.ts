@@ -9,6 +9,7 @@ import { exePath, mappedFiles } from "../../lib/proc.ts";
 import { Fn } from "./abi.ts";
 import { bunTlsFunctions } from "./bun-boringssl.ts";
 import { gnutlsLinkedBy } from "./gnutls-discovery.ts";
+import { fileCode, placeProbes } from "./probe-sites.ts";
 import { goTargetOf, type GoTarget } from "./go-targets.ts";
 
 /**
@@ -21,6 +22,8 @@ import { goTargetOf, type GoTarget } from "./go-targets.ts";
 export const TLS_FUNCTIONS = [
   { name: "SSL_write", cookie: Fn.SSL_WRITE, ret: true },
   { name: "SSL_write_ex", cookie: Fn.SSL_WRITE_EX, ret: true },
+  // OpenSSL 3.3+: SSL_write_ex is SSL_write_ex2 without flags; apps may call either.
+  { name: "SSL_write_ex2", cookie: Fn.SSL_WRITE_EX, ret: true },
   { name: "SSL_do_handshake", cookie: Fn.SSL_DO_HANDSHAKE, ret: true },
   { name: "SSL_set_fd", cookie: Fn.SSL_SET_FD, ret: true },
   { name: "SSL_set_wfd", cookie: Fn.SSL_SET_WFD, ret: true },
@@ -162,7 +165,7 @@ export class TlsTargetFinder {
         ret: f.ret,
       }));
       // A file is a target when it can write TLS; the rest only helps the writes.
-      fns = list.some((f) => WRITE_COOKIES.has(f.cookie)) ? list : null;
+      fns = list.some((f) => WRITE_COOKIES.has(f.cookie)) ? placedProbes(path, list) : null;
       if (!fns) {
         // Bun: BoringSSL linked in without symbols, found by signature
         const bun = bunTlsFunctions(path);
@@ -211,6 +214,16 @@ export class TlsTargetFinder {
       this.libsByRoot.set(root, libs);
     }
     return libs;
+  }
+}
+
+/** The library's probes on instructions the kernel emulates where that is safe (probe-sites.ts). */
+function placedProbes(path: string, fns: TlsFunction[]): TlsFunction[] {
+  const code = fileCode(path);
+  try {
+    return placeProbes(fns, code.codeAt);
+  } finally {
+    code.close();
   }
 }
 
