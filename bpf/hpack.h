@@ -141,7 +141,12 @@ struct {
 } kloak_hvalues SEC(".maps");
 
 struct hpack_scratch {
-	__u8 chunk[HP_CHUNK + 8]; /* 8 bytes of slack: a window read at any chunk byte stays inside */
+	/* 8 bytes of slack: a window read at any chunk byte stays inside;
+	 * words: aligned 64-bit loads (see struct scratch) */
+	union {
+		__u8 chunk[HP_CHUNK + 8];
+		__u64 words[HP_CHUNK / 8 + 1];
+	};
 	__u8 cmp[HP_CMP + 16];
 	__u64 cand[HP_MAX_CAND]; /* offset in the write << 3 | bit where the code starts */
 	__u32 rstart[HP_MAX_RANGES]; /* header-block bytes of the write: [rstart, rend) */
@@ -292,7 +297,7 @@ static long hpack_chunk(__u32 idx, void *ctx)
 	/* As in scan.h: every word, no exit; stale bytes past n are ignored. */
 #pragma unroll
 	for (w = 0; w < HP_CHUNK / 8; w++)
-		if (hp_any_core(*(__u64 *)&h->chunk[w * 8]))
+		if (hp_any_core(h->words[w]))
 			kloak_hpack_note(slot, off, w, n);
 	return 0;
 }

@@ -80,7 +80,7 @@ static long scan_chunk(__u32 idx, void *ctx)
 	 * without exits costs the verifier one pass. */
 #pragma unroll
 	for (w = 0; w < KLOAK_CHUNK / 8; w++)
-		if (has_byte(*(__u64 *)&s->chunk[w * 8], ':'))
+		if (has_byte(s->words[w], ':'))
 			kloak_note_colons(slot, off, w, n);
 	return 0;
 }
