@@ -572,12 +572,20 @@ int kloak_exit(void *ctx)
 }
 
 /* A signal for a traced thread: it will stop for kloak's tracer, which must
- * pass the signal on (or keep it, when it is kloak's own hold) at once. */
+ * pass the signal on at once. kloak's own holds are not woken for: their
+ * SIGSTOP comes from bpf_send_signal*(), which sends it as SEND_SIG_PRIV
+ * (info == 1), and each hold was announced on a ring record of its own just
+ * before, which woke the tracer already (a second wake per hold cost a ring
+ * record and, often, a second wake-up of the worker). */
+#define SEND_SIG_PRIV_INFO 1UL
+
 SEC("raw_tp/signal_generate")
 int BPF_PROG(kloak_signal, int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
 {
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 
+	if (sig == SIGSTOP && (unsigned long)info == SEND_SIG_PRIV_INFO)
+		return 0;
 	if (result == 0 /* TRACE_SIGNAL_DELIVERED */ && traced(tgid))
 		wake_event(tgid, BPF_CORE_READ(task, pid));
 	return 0;
