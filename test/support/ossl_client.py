@@ -18,8 +18,18 @@ steps come as a JSON list in argv[1]:
                                                                    "h2": true: an HTTP/2 preface, SETTINGS and
                                                                    a HEADERS frame whose header fields are the
                                                                    request's "Name: value" lines, Huffman-coded
+                                                                   "template": its text with {{VAR}} expanded
+                                                                   instead of the request; "repeat": n: the
+                                                                   data n times over (a buffer larger than argv
+                                                                   may carry)
   {"op": "write", "id": "c", "buf": "b", "n": 1}                   SSL_write of the buffer, n times; prints WROTE=<n>
-  {"op": "check", "buf": "b"}                                      BUF_<B>=placeholder|changed (after a write)
+                                                                   (the last return); "ex": true: SSL_write_ex,
+                                                                   WROTE=<bytes written>; a return <= 0 also
+                                                                   prints WRITE_ERROR=<SSL_get_error>
+  {"op": "check", "buf": "b"}                                      BUF_<B>=placeholder|changed (after a write;
+                                                                   "unchanged" for a buffer made without the
+                                                                   placeholder), BUF_<B>_PLACEHOLDERS=<n>
+                                                                   (occurrences of the placeholder in it)
   {"op": "mem_bio", "id": "c"}                                     SSL_set_bio(memory BIOs)
   {"op": "relay", "id": "c", "sock": "t"}                          what the memory BIO holds, sent to socket t
   {"op": "mem_handshake", "id": "c", "sock": "t", "decoy": "d", "split": true}
@@ -69,6 +79,7 @@ for name, res, args in [
     ("SSL_ctrl", ctypes.c_long, [P, ctypes.c_int, ctypes.c_long, P]),
     ("SSL_connect", ctypes.c_int, [P]),
     ("SSL_write", ctypes.c_int, [P, P, ctypes.c_int]),
+    ("SSL_write_ex", ctypes.c_int, [P, P, ctypes.c_size_t, P]),
     ("SSL_read", ctypes.c_int, [P, P, ctypes.c_int]),
     ("SSL_get_error", ctypes.c_int, [P, ctypes.c_int]),
     ("SSL_set_bio", None, [P, P, P]),
@@ -122,9 +133,13 @@ def out(line):
     sys.stdout.flush()
 
 
+def expand(text):
+    """{{VAR}} replaced by env var VAR (a placeholder exists only inside the kloak run)."""
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: os.environ.get(m.group(1), ""), text).encode("latin1")
+
+
 def request():
-    raw = os.environ["KLOAK_TEST_REQUEST"]
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: os.environ.get(m.group(1), ""), raw).encode("latin1")
+    return expand(os.environ["KLOAK_TEST_REQUEST"])
 
 
 def huffman_table():
@@ -269,23 +284,35 @@ def run(steps):
             if rc != 1:
                 raise RuntimeError("SSL_connect failed: %d" % ssl.SSL_get_error(conns[st["id"]], rc))
         elif op == "buffer":
-            data = st["data"].encode("latin1") if "data" in st else h2_request() if st.get("h2") else request()
+            if "template" in st:
+                data = expand(st["template"])
+            else:
+                data = st["data"].encode("latin1") if "data" in st else h2_request() if st.get("h2") else request()
+            data *= st.get("repeat", 1)
             bufs[st["id"]] = make_buffer(st.get("kind", "heap"), data)
             originals[st["id"]] = data
         elif op == "write":
             addr, n, _ = bufs[st["buf"]]
             in_write[0] = True
             for _ in range(st.get("n", 1)):
-                rc = ssl.SSL_write(conns[st["id"]], addr, n)
+                if st.get("ex"):
+                    written = ctypes.c_size_t(0)
+                    rc = ssl.SSL_write_ex(conns[st["id"]], addr, n, ctypes.byref(written))
+                else:
+                    rc = ssl.SSL_write(conns[st["id"]], addr, n)
             in_write[0] = False
-            out("WROTE=%d" % rc)
+            out("WROTE=%d" % (written.value if st.get("ex") else rc))
+            if rc <= 0:
+                out("WRITE_ERROR=%d" % ssl.SSL_get_error(conns[st["id"]], rc))
         elif op == "check":
             addr, n, _ = bufs[st["buf"]]
             data = ctypes.string_at(addr, n)
             ph = os.environ[os.environ.get("KLOAK_TEST_PLACEHOLDER_ENV", "API_KEY")].encode()
             # An HTTP/2 buffer holds the placeholder Huffman-coded: compare with the original bytes.
             kept = data == originals[st["buf"]] and (ph in data or st.get("h2", False))
-            out("BUF_%s=%s" % (st["buf"].upper(), "placeholder" if kept else "changed"))
+            same = "placeholder" if kept else "unchanged" if data == originals[st["buf"]] else "changed"
+            out("BUF_%s=%s" % (st["buf"].upper(), same))
+            out("BUF_%s_PLACEHOLDERS=%d" % (st["buf"].upper(), data.count(ph)))
         elif op == "mem_bio":
             r = crypto.BIO_new(crypto.BIO_s_mem())
             w = crypto.BIO_new(crypto.BIO_s_mem())
