@@ -157,7 +157,7 @@ static __always_inline void enforce(struct scratch *s, __u32 tgid, __u32 tid)
 			e->fd = s->conn_fd;
 			e->ino = s->conn_ino;
 			e->seq = s->ev.seq;
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, wake_at_stop());
 			count(KC_VIOLATION_BLOCKS, 1);
 			hold_writer(tgid);
 			return;
@@ -588,6 +588,54 @@ int BPF_PROG(kloak_signal, int sig, struct kernel_siginfo *info, struct task_str
 		return 0;
 	if (result == 0 /* TRACE_SIGNAL_DELIVERED */ && traced(tgid))
 		wake_event(tgid, BPF_CORE_READ(task, pid));
+	return 0;
+}
+
+/* Before 5.14 the task's state was `long state`. */
+struct task_struct___state_long {
+	long state;
+} __attribute__((preserve_access_index));
+
+#define TASK_STOPPED_BIT 0x4 /* __TASK_STOPPED: a group stop */
+#define TASK_TRACED_BIT 0x8  /* __TASK_TRACED: a ptrace stop */
+
+/*
+ * A thread leaves its CPU. When it is a writer that just stopped for a
+ * request of kloak_writes (wake_at_stop), wake the ring worker now: the stop
+ * is complete (its ptrace report is ready, /proc says "T"), so the worker
+ * patches at once instead of polling for it. Every other switch costs a load
+ * and a compare.
+ */
+SEC("raw_tp/sched_switch")
+int BPF_PROG(kloak_switch, bool preempt, struct task_struct *prev)
+{
+	struct kloak_wake_event *e;
+	unsigned long state;
+	__u32 tid;
+
+	if (preempt)
+		return 0;
+	if (bpf_core_field_exists(prev->__state))
+		state = BPF_CORE_READ(prev, __state);
+	else
+		state = BPF_CORE_READ((struct task_struct___state_long *)prev, state);
+	if (!(state & (TASK_STOPPED_BIT | TASK_TRACED_BIT)))
+		return 0;
+	tid = BPF_CORE_READ(prev, pid);
+	if (!bpf_map_lookup_elem(&kloak_stop_wake, &tid))
+		return 0;
+	bpf_map_delete_elem(&kloak_stop_wake, &tid);
+	e = bpf_ringbuf_reserve(&kloak_writes, sizeof(*e), 0);
+	if (!e) {
+		/* the worker finds the request at its next timeout */
+		count(KC_EVENTS_LOST, 1);
+		return 0;
+	}
+	e->type = KE_WAKE;
+	e->tgid = BPF_CORE_READ(prev, tgid);
+	e->tid = tid;
+	e->_pad = 0;
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 

@@ -135,6 +135,16 @@ struct {
 	__type(value, struct kloak_write_event);
 } kloak_inflight SEC(".maps");
 
+/* tid -> 1: the thread's request went to kloak_writes without a wake-up;
+ * kloak_switch wakes the worker once the thread is off its CPU in the stop.
+ * Written on every held write: preallocated. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} kloak_stop_wake SEC(".maps");
+
 /* tgid -> the thread whose stop-mode substitution is in flight; the agent
  * deletes it after the restore's SIGCONT */
 struct {

@@ -103,6 +103,23 @@ static __always_inline bool room_for_substitution(void)
 	return used + ((__u64)n + 2 + WRITE_MARGIN) * WRITE_REC <= KLOAK_WRITES_RING;
 }
 
+/*
+ * How a request on kloak_writes is submitted: without a wake-up when the
+ * worker will be woken at the stop itself (kloak_switch, once this thread is
+ * off its CPU in the hold). Woken at the request, the worker ran ahead of the
+ * stop: it polled for it, or, scheduled on the writer's CPU, took the CPU the
+ * writer needed to reach it. If the mark cannot be stored, the request wakes
+ * the worker as before.
+ */
+static __always_inline __u64 wake_at_stop(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), one = 1;
+
+	if (kloak_cfg.mode != KLOAK_MODE_STOP) /* kloak_switch is not loaded */
+		return 0;
+	return bpf_map_update_elem(&kloak_stop_wake, &tid, &one, BPF_ANY) == 0 ? BPF_RB_NO_WAKEUP : 0;
+}
+
 /* Stop mode: queue the request and stop the thread group; -1 when the ring
  * is full. A substitution makes one restore owed; a restore pays it. */
 static __always_inline int stop_with(const struct kloak_write_event *ev, __u32 type)
@@ -114,7 +131,7 @@ static __always_inline int stop_with(const struct kloak_write_event *ev, __u32 t
 		return -1;
 	__builtin_memcpy(e, ev, sizeof(*e));
 	e->type = type;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wake_at_stop());
 	if (o && type == KE_SUBSTITUTE)
 		__sync_fetch_and_add(o, 1);
 	else if (o && type == KE_RESTORE)

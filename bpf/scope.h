@@ -188,6 +188,7 @@ static __always_inline int on_exit(void)
 	bpf_map_delete_elem(&kloak_active, &tid);
 	bpf_map_delete_elem(&kloak_setfd, &tid);
 	bpf_map_delete_elem(&kloak_membio_pending, &tid);
+	bpf_map_delete_elem(&kloak_stop_wake, &tid);
 	if (tgid != tid)
 		return 0;
 	scope = p->scope_id;

@@ -57,6 +57,18 @@ export const GO_PROGRAMS: Record<RewriteMode, string> = { kernel: "kloak_go_kern
 /** Process lifecycle: scopes follow fork, exec is held until attached, exit detaches; signals to traced threads wake the tracer. */
 export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit", "kloak_signal"] as const;
 /**
+ * Stop mode only: a writer held for its request wakes the ring worker once it
+ * is off its CPU in the stop (sched_switch), so the worker never polls for the
+ * stop. It runs at every context switch of the machine, so kernel mode, which
+ * holds no writer for a write, does not load it.
+ */
+export const STOP_WAKE_PROGRAM = "kloak_switch";
+
+/** The process group's tracepoint programs in a mode. */
+export function processTracepoints(mode: RewriteMode): readonly string[] {
+  return mode === "stop" ? [...PROCESS_TRACEPOINTS, STOP_WAKE_PROGRAM] : PROCESS_TRACEPOINTS;
+}
+/**
  * The syscalls kloak looks at, one raw tracepoint (sys_enter): sends inside
  * TLS calls, which tie a connection to its socket (write, writev, sendto,
  * sendmsg), and opens of TLS libraries while the tls programs are not loaded
@@ -144,7 +156,7 @@ export const PROGRAM_GROUPS: readonly ProgramGroup[] = ["process", "tls", "go"];
 function groupPrograms(group: ProgramGroup, mode: RewriteMode): readonly string[] {
   switch (group) {
     case "process":
-      return [...PROCESS_TRACEPOINTS, SYSCALL_PROGRAM];
+      return [...processTracepoints(mode), SYSCALL_PROGRAM];
     case "tls":
       return MODE_PROGRAMS[mode];
     case "go":

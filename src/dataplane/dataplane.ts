@@ -50,7 +50,7 @@ import {
   loadObject,
   MODE_PROGRAMS,
   objectBytes,
-  PROCESS_TRACEPOINTS,
+  processTracepoints,
   SYSCALL_PROGRAM,
   type LoadedObject,
   type ProgramGroup,
@@ -323,7 +323,7 @@ export class Dataplane {
       // The worker boots (a thread with its own VM) while the tracepoints attach.
       const workerReady = dp.startWorker();
       workerReady.catch(() => {}); // awaited below
-      for (const name of PROCESS_TRACEPOINTS) dp.tracepoints.push(obj.program(name).attach());
+      for (const name of processTracepoints(loaded.mode)) dp.tracepoints.push(obj.program(name).attach());
       let syscalls = true;
       try {
         dp.tracepoints.push(obj.program(SYSCALL_PROGRAM).attach());
@@ -999,7 +999,7 @@ export class Dataplane {
         ? "the handover's identity does not match this object and settings"
         : missing.length
           ? `the handover lacks maps ${missing.join(", ")}`
-          : names.filter((n) => n.startsWith("tp-")).length < PROCESS_TRACEPOINTS.length
+          : names.filter((n) => n.startsWith("tp-")).length < processTracepoints(mode).length
             ? "the handover lacks tracepoint links"
             : undefined;
     if (problem) {

@@ -164,6 +164,8 @@ export class Tracer {
   waitHeld(tid: number, ms: number): boolean {
     const deadline = performance.now() + ms;
     for (let spins = 0; ; spins++) {
+      // Usually held already: the worker is woken once the writer is off its CPU in the stop (kloak_switch).
+      if (this.isHeld(tid)) return true;
       this.poll();
       if (this.isHeld(tid)) return true;
       if (!this.threads.has(tid) || performance.now() > deadline) return false;
