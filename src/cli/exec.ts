@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { CommandError, UsageError, EnvironmentError } from "../errors.ts";
 import { checkCommand } from "./command-path.ts";
 import { parseScanCap } from "../dataplane/scan-cap.ts";
+import { MAX_CANDIDATES } from "../dataplane/abi.ts";
 import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
 import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
 import { netnsInode } from "../../lib/proc.ts";
@@ -85,6 +86,10 @@ const SCOPE = 1;
 export const NO_TLS_WRITES =
   "no TLS write went through a library kloak hooks (OpenSSL, GnuTLS, Go's crypto/tls, Bun's BoringSSL): " +
   "plain HTTP is never substituted, and a client whose TLS kloak cannot hook sent its placeholder (docs/exec.md)";
+/** A write held more "kloak:" markers than the kernel examines: the rest went out as they were. */
+export const unexaminedMessage = (n: number) =>
+  `${n} "kloak:" marker(s) beyond the first ${MAX_CANDIDATES} of one TLS write were not examined: ` +
+  "left as they were (placeholders among them went out unreplaced); split such writes";
 const FORWARDED = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH"] as const;
 
 export type Verbosity = "silent" | "quiet" | "normal" | "verbose";
@@ -407,8 +412,10 @@ export async function execCommand(argv: string[]): Promise<number> {
     const notTaken = Number(counters.subst_not_taken ?? 0n);
     const substituted = Math.max(0, (dp.mode === "stop" ? stats.patched : Number(counters.substituted)) - notTaken);
     const failedClosed = stats.notStopped + stats.patchFailed;
+    // Markers past the first MAX_CANDIDATES of a write were never examined: placeholders among them went out.
+    const unexamined = Number(counters.candidates_dropped ?? 0n);
     const refused =
-      Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue;
+      Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue + unexamined;
     const failRun = opts.failOnRefusal && refused > 0 && exitCode === 0;
     const kloakExit = failRun ? REFUSED_EXIT : exitCode;
     if (opts.summary === "json") {
@@ -422,6 +429,7 @@ export async function execCommand(argv: string[]): Promise<number> {
           tlsWrites: Number(counters.writes_seen),
           failedClosed,
           refusals: refusals.list(),
+          markersUnexamined: unexamined,
           unhookable: unhookable.map(unhookableMessage),
           notes: counters.writes_seen === 0n && unhookable.length === 0 ? [NO_TLS_WRITES] : [],
         }),
@@ -435,6 +443,7 @@ export async function execCommand(argv: string[]): Promise<number> {
       // A process whose TLS kloak cannot hook sent placeholders: a problem, shown down to --quiet.
       if (level >= LEVEL.quiet) for (const r of unhookable) say(`warning: ${unhookableMessage(r)}`);
       if (level >= LEVEL.quiet) for (const line of refusals.summary()) say(line);
+      if (level >= LEVEL.quiet && unexamined > 0) say(unexaminedMessage(unexamined));
     }
     if (opts.metricsFile)
       await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats, unhookable: dp.unhookable.counts() });

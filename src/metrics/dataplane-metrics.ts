@@ -4,7 +4,7 @@
  * counted even when its ring-buffer event was lost.
  */
 import { Counter, Registry } from "prom-client";
-import type { CounterName } from "../dataplane/abi.ts";
+import { MAX_CANDIDATES, type CounterName } from "../dataplane/abi.ts";
 import { REFUSALS } from "../dataplane/refusals.ts";
 import { UNHOOKABLE_REASONS } from "../dataplane/unhookable.ts";
 import type { WorkerStats } from "../dataplane/ring-protocol.ts";
@@ -44,6 +44,12 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
     (s) => s.counters.nested_write,
   );
   total("kloak_bytes_scanned_total", "bytes of TLS writes scanned for placeholders", (s) => s.counters.bytes_scanned);
+  total("kloak_bytes_unscanned_total", "bytes of TLS writes beyond the scan cap (never looked at)", (s) => s.counters.bytes_unscanned);
+  total(
+    "kloak_markers_unexamined_total",
+    `"kloak:" markers beyond the first ${MAX_CANDIDATES} of one write: never examined, left as they are (placeholders among them went out unreplaced)`,
+    (s) => s.counters.candidates_dropped,
+  );
   total("kloak_substitutions_total", "placeholders replaced by their real value", (s) =>
     s.worker ? s.worker.patched : s.counters.substituted,
   );

@@ -303,11 +303,18 @@ describe("10,000 placeholders in one write (~500 KiB, --scan-cap 512KiB covers i
     expect(r.stderr).toMatch(/refused \d+x: secret API_KEY to 127\.0\.0\.1:\d+: too_many_placeholders/);
   });
 
-  test("every placeholder left in place is counted: kloak_substitutions_refused_total accounts for all of them", () => {
-    // docs/policy.md: kloak_substitutions_refused_total counts "placeholders left in place, by reason", and
-    // too_many_placeholders is "more than 16 placeholders in one write". The 9,968 markers past the first
-    // KLOAK_MAX_CANDIDATES are never examined; they must still be counted, not only the 16 examined ones.
+  test("every placeholder left in place is counted: refused (examined) or unexamined (markers past the first 32), and the summary says so", () => {
+    // The 16 examined past the 16 substituted are refusals (too_many_placeholders); the 9,968 markers
+    // past the first KLOAK_MAX_CANDIDATES are never examined: kloak_markers_unexamined_total counts them,
+    // the summary names them, and --fail-on-refusal counts them (they may be placeholders that went out).
     const refused = Object.values(r.metrics.refused).reduce((a, n) => a + n, 0);
-    expect({ leftInPlace: placeholderCount(got), refused }).toEqual({ leftInPlace: N - KLOAK_MAX_SUBST, refused: N - KLOAK_MAX_SUBST });
+    const unexamined = r.metrics.total.kloak_markers_unexamined_total ?? -1;
+    expect({ leftInPlace: placeholderCount(got), refused, unexamined, counted: refused + unexamined }).toEqual({
+      leftInPlace: N - KLOAK_MAX_SUBST,
+      refused: KLOAK_MAX_CANDIDATES - KLOAK_MAX_SUBST,
+      unexamined: N - KLOAK_MAX_CANDIDATES,
+      counted: N - KLOAK_MAX_SUBST,
+    });
+    expect(r.stderr).toContain(`kloak: ${N - KLOAK_MAX_CANDIDATES} "kloak:" marker(s) beyond the first ${KLOAK_MAX_CANDIDATES} of one TLS write were not examined`);
   });
 });
