@@ -67,6 +67,7 @@ import { startBenchServer, type ServerStats } from "./server.ts";
 import { AGENT_DEFAULTS, headCommit, runAgentBench } from "./agent.ts";
 import { keepAgentJson, keepAgentSection, summarizeAgent, writeAgentReport } from "./agent-report.ts";
 import { resolvePython } from "./python.ts";
+import { median } from "./stats.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -250,13 +251,6 @@ function randomValue(len: number): string {
   let s = "";
   for (const b of bytes) s += alphabet[b % alphabet.length];
   return s;
-}
-
-function median(xs: number[]): number {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** Wall clock in ns (the client reports time.time_ns(); Bun's hrtime is process-relative). */
