@@ -6,6 +6,8 @@
  * from the previous run):
  *
  *   dataplane  the TLS data plane under `kloak exec` (below; several minutes)
+ *   growth     per-write cost against write size, loaded secrets and open
+ *              connections (bench/growth.ts; ~4 min by default)
  *   agent      the node agent (`kloak agent`) against the in-process test API
  *              server: webhook latency at 200 req/s over HTTPS vs a minimal
  *              HTTPS server, agent RSS idle vs 1,000 Secrets + 100 attached
@@ -17,6 +19,14 @@
  *   bun run bench --only dataplane    just the data-plane part
  *   bun run bench --only startup      just kloak exec's startup and exit (bench/startup.ts)
  *   bun run bench --only clients      Go and HTTP/2 clients with and without kloak (bench/clients.ts)
+ *   bun run bench --only growth       just the cost-growth tables
+ *   growth options: --growth-duration S (1), --growth-reps N (1),
+ *   --growth-tables size,secrets,connections (all), the points as lists:
+ *   --growth-sizes (256,1KiB,4KiB,16KiB,64KiB,256KiB,1MiB),
+ *   --growth-secrets (1,10,100,1000,10000), --growth-connections
+ *   (1,10,100,1000,10000); --growth-scan-cap SIZE (kloak's default, 64KiB).
+ *   --quick: 0.5 s per run and connections up to 1,000 (10,000 handshakes
+ *   take about a minute per variant).
  *   agent options: --agent-duration S (20), --agent-warmup S (5),
  *   --agent-rate N (200), --agent-reps N (1), --no-agent-restart;
  *   --quick also shortens the agent part (5 s measured, 2 s warm-up).
@@ -119,12 +129,19 @@ const { values: argv } = parseArgs({
     "agent-rate": { type: "string" },
     "agent-reps": { type: "string" },
     "no-agent-restart": { type: "boolean", default: false },
+    "growth-duration": { type: "string" },
+    "growth-reps": { type: "string" },
+    "growth-tables": { type: "string" },
+    "growth-sizes": { type: "string" },
+    "growth-secrets": { type: "string" },
+    "growth-connections": { type: "string" },
+    "growth-scan-cap": { type: "string" },
   },
 });
 /** Which parts run: "agent", "dataplane", or both (default). */
 const ONLY = argv.only ?? process.env.KLOAK_BENCH_ONLY ?? "";
-if (!["", "agent", "dataplane", "startup", "clients"].includes(ONLY)) {
-  console.error(`bench: --only must be "agent", "dataplane", "startup" or "clients" (got ${JSON.stringify(ONLY)})`);
+if (!["", "agent", "dataplane", "startup", "clients", "growth"].includes(ONLY)) {
+  console.error(`bench: --only must be "agent", "dataplane", "startup", "clients" or "growth" (got ${JSON.stringify(ONLY)})`);
   process.exit(2);
 }
 const DURATION = argv.quick ? 1 : Number(argv.duration);
@@ -170,11 +187,19 @@ interface Variant {
   outside?: boolean;
   /** the workloads this variant runs (default: all) */
   workloads?: WorkloadId[];
+  /** kloak exec takes its secrets from this file instead of --secret NAME (growth part) */
+  secretsFile?: string;
+  /** more kloak exec options (growth part: --scan-cap) */
+  kloakArgs?: string[];
 }
 interface Workload {
   id: WorkloadId;
   label: string;
   size: number;
+  /** request loop: keep-alive connections the client sends round-robin across (default 1) */
+  connections?: number;
+  /** bulk: where the placeholder or filler sits in each record (default: the middle) */
+  tokenOffset?: number;
 }
 
 const VARIANTS: Variant[] = [
@@ -426,6 +451,7 @@ async function runOne(
   }
   const { proxy, holder } = peers;
   const port = proxy ? proxy.port : w.id === "request" ? ctx.server.httpPort : ctx.server.bulkPort;
+  const connections = w.connections ?? 1;
   const client = [
     ...(PIN ? [TASKSET!, "-c", String(CLIENT_CPU)] : []),
     ctx.python, "-u", CLIENT,
@@ -434,6 +460,8 @@ async function runOne(
     "--duration", String(duration), "--warmup", String(WARMUP), "--max-count", String(MAX_COUNT),
     "--token-len", String(SECRET_LEN), "--hold",
     ...(v.placeholder ? ["--placeholder-env", SECRET_NAME] : []),
+    ...(connections > 1 ? ["--connections", String(connections)] : []),
+    ...(w.tokenOffset !== undefined ? ["--token-offset", String(w.tokenOffset)] : []),
   ];
   const env: Record<string, string> = {};
   for (const [k, val] of Object.entries(process.env)) if (val !== undefined && k !== SECRET_NAME) env[k] = val;
@@ -442,11 +470,12 @@ async function runOne(
     cmd = [
       ...UNPIN(), // undo the affinity inherited from the pinned server
       // --user root: the client runs from root's files; the benchmark measures the data path.
+      process.execPath, KLOAK_MAIN, "exec", "--user", "root",
       // --secret NAME takes the value from kloak's environment: it never appears in argv.
-      process.execPath, KLOAK_MAIN, "exec", "--user", "root", "--secret", SECRET_NAME,
-      ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), "--", ...client,
+      ...(v.secretsFile ? ["--secrets-file", v.secretsFile] : ["--secret", SECRET_NAME]),
+      ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), ...(v.kloakArgs ?? []), "--", ...client,
     ];
-    env[SECRET_NAME] = ctx.value;
+    if (!v.secretsFile) env[SECRET_NAME] = ctx.value;
   }
 
   ctx.server.reset();
@@ -469,7 +498,8 @@ async function runOne(
     if (m && m.rss > rssPolledMax) rssPolledMax = m.rss;
   }, 50);
 
-  const limit = (WARMUP + duration) * 1000 + 30_000;
+  // Handshakes come before the first line: allow for them (tens of seconds at 10,000 connections under kloak).
+  const limit = (WARMUP + duration) * 1000 + 30_000 + connections * 20;
   let result: ClientResult | undefined;
   let hwm = 0;
   let threads = 0;
@@ -606,6 +636,8 @@ async function runOne(
   const writes = result.writes_total;
   check("server errors", server.errors.length === 0, server.errors.join("; ") || "none");
   if (proxy) check("one upstream connection (keep-alive)", server.connections === 1, `${server.connections}`);
+  else if (connections > 1)
+    check(`${connections} connections`, server.connections === connections && result.connections === connections, `${server.connections}`);
   else check("one connection", server.connections === 1, `${server.connections}`);
   if (w.id === "request")
     check("server answered every request", server.requests === writes, `${server.requests}/${writes}`);
@@ -1315,9 +1347,80 @@ async function clientsPart(): Promise<number> {
   }
 }
 
+/** The cost-growth part (bench/growth.ts): each point is a runOne of the data-plane part with one thing grown. */
+async function growthPart(): Promise<number> {
+  const { GROWTH_DEFAULTS, GROWTH_TABLES, runGrowthBench, writeGrowthReport } = await import("./growth.ts");
+  const num = (x: string | undefined, d: number) => (x === undefined ? d : Number(x));
+  const tables = (argv["growth-tables"] ?? GROWTH_TABLES.join(",")).split(",").map((t) => t.trim());
+  const bad = tables.filter((t) => !(GROWTH_TABLES as string[]).includes(t));
+  const durationS = num(argv["growth-duration"], argv.quick ? 0.5 : GROWTH_DEFAULTS.durationS);
+  const reps = Math.floor(num(argv["growth-reps"], GROWTH_DEFAULTS.reps));
+  /** "4096", "4KiB", "1MiB" */
+  const bytes = (x: string) => {
+    const m = /^(\d+)(KiB|MiB)?$/.exec(x.trim());
+    return m ? Number(m[1]) * (m[2] === "MiB" ? 1048576 : m[2] === "KiB" ? 1024 : 1) : NaN;
+  };
+  const list = (x: string | undefined, d: number[], parse: (s: string) => number) => (x === undefined ? d : x.split(",").map(parse));
+  const scanCap = argv["growth-scan-cap"] === undefined ? undefined : bytes(argv["growth-scan-cap"]);
+  const sizes = list(argv["growth-sizes"], GROWTH_DEFAULTS.sizes, bytes);
+  const secrets = list(argv["growth-secrets"], GROWTH_DEFAULTS.secrets, Number);
+  const connections = list(argv["growth-connections"], GROWTH_DEFAULTS.connections.filter((n) => !argv.quick || n <= 1000), Number);
+  const ok = (xs: number[], min: number) => xs.length > 0 && xs.every((x) => Number.isInteger(x) && x >= min);
+  // sizes >= 2 × 40: the 40-byte token sits in the middle of the record
+  if (bad.length || !(durationS > 0) || !(reps >= 1) || !ok(sizes, 2 * SECRET_LEN) || !ok(secrets, 1) || !ok(connections, 1) || (scanCap !== undefined && !(scanCap > 0))) {
+    console.error(
+      `bench: bad --growth-* option (tables: ${GROWTH_TABLES.join(",")}; sizes and --growth-scan-cap: bytes, NKiB or NMiB; lists comma-separated)` +
+        (bad.length ? `: ${bad.join(",")}` : ""),
+    );
+    return 2;
+  }
+  const ctx = await benchContext();
+  console.error(
+    `bench: cost growth (${tables.join(", ")}), ${durationS}s (+${WARMUP}s warmup) per run, ${reps} rep(s); connections up to ${Math.max(...connections).toLocaleString("en-US")}`,
+  );
+  let r: Awaited<ReturnType<typeof runGrowthBench>>;
+  try {
+    r = await runGrowthBench(
+      {
+        tables: tables as typeof GROWTH_TABLES,
+        sizes,
+        secrets,
+        connections,
+        durationS,
+        reps,
+        scanCap,
+        secretName: SECRET_NAME,
+        value: ctx.value,
+        log: (l) => console.error(l),
+      },
+      async (spec) => {
+        ctx.server.setRecordSize(spec.size);
+        const base = VARIANTS.find((v) => v.id === spec.variant)!;
+        const w: Workload = {
+          id: spec.workload,
+          label: `${spec.table} ${spec.point}`,
+          size: spec.size,
+          connections: spec.connections,
+          tokenOffset: spec.tokenOffset,
+        };
+        const v: Variant = base.kloak ? { ...base, secretsFile: spec.secretsFile, kloakArgs: spec.kloakArgs } : base;
+        return await runOne(ctx, w, v, spec.rep, { duration: spec.durationS });
+      },
+    );
+  } finally {
+    await ctx.server.close();
+  }
+  const section = writeGrowthReport(REPORT_DIR, r);
+  console.log("\n" + section + `\n(growth section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
+  const failures = r.points.flatMap((p) => p.failures);
+  if (failures.length) console.log(`!!! GROWTH: ${failures.length} CORRECTNESS/RUN PROBLEM(S) (see the Cost growth section) !!!`);
+  return failures.length ? 1 : 0;
+}
+
 let exitCode = 0;
 if (ONLY === "" || ONLY === "startup") exitCode = await startupPart();
 if (ONLY === "" || ONLY === "clients") exitCode = Math.max(exitCode, await clientsPart());
 if (ONLY === "" || ONLY === "dataplane") exitCode = Math.max(exitCode, await main());
+if (ONLY === "" || ONLY === "growth") exitCode = Math.max(exitCode, await growthPart());
 if (ONLY === "" || ONLY === "agent") exitCode = Math.max(exitCode, await agentPart());
 process.exitCode = exitCode;
