@@ -32,6 +32,12 @@ export const GROWTH_DEFAULTS = {
   connections: [1, 10, 100, 1000, 10000],
   durationS: 1,
   reps: 1,
+  /** --quick: every other point */
+  quick: {
+    sizes: [256, 4096, 65536, 1048576],
+    secrets: [1, 100, 10000],
+    connections: [1, 100, 1000],
+  },
 };
 /** kloak exec's default --scan-cap: longer writes are scanned this far only (docs/policy.md, beyond_scan_cap). */
 export const KLOAK_DEFAULT_SCAN_CAP = 64 * 1024;
@@ -49,7 +55,7 @@ export interface GrowthRunResult {
     latency: { p50_ns: number; p99_ns: number };
   };
   startupMs: number;
-  kloak?: { hwm: number; substitutions?: number; tlsWrites?: number };
+  kloak?: { hwm: number; substitutions?: number; tlsWrites?: number; cpuWindowS: number };
   /** CPU used by other processes during the measured window */
   window: { seconds: number; foreignS: number; stealS: number };
   checks: { name: string; ok: boolean; detail: string }[];
@@ -104,6 +110,8 @@ export interface GrowthPoint {
   connect_s: Record<GrowthVariant, number>;
   /** kloak exec's start (spawn -> client running), ms, median of the kloak variants */
   kloak_start_ms: number;
+  /** CPU of kloak exec (all threads) during the measured window, µs per write, median */
+  agent_cpu_us_per_write: { kloak: number; "kloak+ph": number };
   /** VmHWM of kloak exec, max over the point's kloak runs */
   agent_hwm_bytes: number;
   /** refusals kloak reported (its exit summary), by variant and reason, with the run's writes; e.g. beyond_scan_cap for writes longer than the scan cap */
@@ -230,6 +238,10 @@ export async function runGrowthBench(o: GrowthOptions, measure: (s: GrowthSpec) 
         p99_us: Object.fromEntries(variants.map((v) => [v, median(of(v).map((r) => r.client.latency.p99_ns / 1000))])) as Record<GrowthVariant, number>,
         connect_s: Object.fromEntries(variants.map((v) => [v, median(of(v).map((r) => r.client.connect_s ?? NaN))])) as Record<GrowthVariant, number>,
         kloak_start_ms: median(kloakRuns.map((r) => r.startupMs)),
+        agent_cpu_us_per_write: {
+          kloak: median(of("kloak").map((r) => ((r.kloak?.cpuWindowS ?? NaN) / r.client.measured) * 1e6)),
+          "kloak+ph": median(of("kloak+ph").map((r) => ((r.kloak?.cpuWindowS ?? NaN) / r.client.measured) * 1e6)),
+        },
         agent_hwm_bytes: kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak?.hwm ?? 0)) : NaN,
         refusals,
         runs: runs.map((x) => ({ variant: x.variant, rep: x.rep, ops_per_s: x.r.client.ops_per_s, measured: x.r.client.measured })),
@@ -333,8 +345,12 @@ export function growthMarkdown(r: GrowthResult): string {
     "Against the number of loaded secrets (1 KiB request loop)",
     "kloak exec --secrets-file with N secrets of 40 characters (random, in a 0700 temp dir); the client uses one of them.",
     "secrets",
-    (p) => [`${p.kloak_start_ms.toFixed(0)}`, mib(p.agent_hwm_bytes)],
-    ["spawn → client running under kloak, ms", "kloak exec VmHWM"],
+    (p) => [
+      `${p.agent_cpu_us_per_write.kloak.toFixed(1)} / ${p.agent_cpu_us_per_write["kloak+ph"].toFixed(1)}`,
+      `${p.kloak_start_ms.toFixed(0)}`,
+      mib(p.agent_hwm_bytes),
+    ],
+    ["kloak exec CPU µs/write (kloak / +ph)", "spawn → client running under kloak, ms", "kloak exec VmHWM"],
   );
   table(
     "connections",
