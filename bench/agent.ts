@@ -43,6 +43,7 @@ import { kindOf, type SecretInventory } from "./agent-reviews.ts";
 import type { LoadConfig, LoadResult } from "./agent-loadgen.ts";
 import { childrenOf, cmdline, cpuSeconds, memStatus } from "./procfs.ts";
 import { resolvePython } from "./python.ts";
+import { median } from "./stats.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -105,13 +106,6 @@ const now = () => performance.now();
 
 function log(msg: string): void {
   console.error(`bench agent: ${msg}`);
-}
-
-function median(xs: number[]): number {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms: number, every = 50): Promise<T> {

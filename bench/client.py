@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark TLS client for `bun bench/run.ts` (CPython ssl over the system libssl).
 
-One blocking TLS connection to 127.0.0.1:PORT, then one of two workloads:
+One blocking TLS connection to 127.0.0.1:PORT (or --connections N of them),
+then one of two workloads:
 
   --workload request   keep-alive HTTP/1.1 loop: each request is ONE sendall of
                        exactly --size bytes (head + body), then the small
@@ -15,7 +16,14 @@ One blocking TLS connection to 127.0.0.1:PORT, then one of two workloads:
 
 With --placeholder-env NAME the value of env var NAME (kloak's placeholder) is
 put once into every request / record; otherwise filler of the same length is,
-so every variant sends the same number of bytes.
+so every variant sends the same number of bytes. In a bulk record it sits at
+--token-offset (default: the middle of the record).
+
+With --connections N (request workload) the client opens N keep-alive TLS
+connections first, sends one request on each (so every connection has had its
+first write, and read the server's session tickets, before anything is
+measured), then sends the requests round-robin across them. The handshakes and
+that first round are timed (connect_s, prime_s) and not measured.
 
 Each write reuses one prebuilt immutable bytes object (the app's memory is
 patched and restored by kloak in place); at the end the client checks that the
@@ -32,6 +40,7 @@ around it while they are still alive. Exit status 0 on success, 1 on error.
 import argparse
 import json
 import os
+import resource
 import socket
 import ssl
 import sys
@@ -84,10 +93,13 @@ def build_request(size, token):
     return req
 
 
-def build_record(size, token, kind=b"D"):
+def build_record(size, token, kind=b"D", off=None):
     rec = bytearray(b"d" * size)
     rec[0:1] = kind
-    off = size // 2
+    if off is None:
+        off = size // 2
+    if not 1 <= off <= size - len(token):
+        raise ValueError("token offset %d does not fit a %d-byte record" % (off, size))
     rec[off : off + len(token)] = token
     return bytes(rec)
 
@@ -128,8 +140,13 @@ def main():
     p.add_argument("--max-count", type=int, default=1_000_000, help="bound on measured writes")
     p.add_argument("--placeholder-env", help="env var whose value goes into every write")
     p.add_argument("--token-len", type=int, required=True, help="placeholder/filler length")
+    p.add_argument("--token-offset", type=int, help="bulk: where the placeholder/filler sits in a record")
+    p.add_argument("--connections", type=int, default=1, help="request: keep-alive connections, used round-robin")
     p.add_argument("--hold", action="store_true", help="after the result, wait for stdin")
     args = p.parse_args()
+    if args.connections < 1 or (args.connections > 1 and args.workload != "request"):
+        sys.stderr.write("client: --connections N > 1 is for the request workload\n")
+        return 2
 
     t_start = time.time_ns()  # wall clock: the harness compares with its own
     placeholder = None
@@ -147,14 +164,30 @@ def main():
     if args.workload == "request":
         buf = build_request(args.size, token)
     else:
-        buf = build_record(args.size, token)
+        buf = build_record(args.size, token, off=args.token_offset)
     assert len(buf) == args.size, (len(buf), args.size)
 
+    if args.connections > 1:
+        # One descriptor per connection, plus the interpreter's own.
+        need = args.connections + 64
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < need:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard if hard == resource.RLIM_INFINITY or hard >= need else need))
+            except (ValueError, OSError) as err:
+                sys.stderr.write("client: cannot raise RLIMIT_NOFILE to %d (soft %d, hard %d): %s\n" % (need, soft, hard, err))
+                return 1
+
     ctx = ssl.create_default_context(cafile=args.cafile)
-    raw = socket.create_connection((args.host, args.port), timeout=30)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock = ctx.wrap_socket(raw, server_hostname=args.host)
+    c0 = time.perf_counter_ns()
+    socks = []
+    for _ in range(args.connections):
+        raw = socket.create_connection((args.host, args.port), timeout=30)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks.append(ctx.wrap_socket(raw, server_hostname=args.host))
+    sock = socks[0]
     t_connected = time.time_ns()
+    connect_s = (time.perf_counter_ns() - c0) / 1e9
 
     def mark():
         # Tells the harness the measured window starts (it samples /proc then).
@@ -168,8 +201,49 @@ def main():
     writes = 0
     pending = b""
     r0 = os.times()
+    prime_s = 0.0
 
-    if args.workload == "request":
+    # Several connections get their own loop: the one-connection loop below stays as it was (no
+    # indexing per request), so its figures compare with earlier runs.
+    if args.workload == "request" and len(socks) > 1:
+        pendings = [b""] * len(socks)
+        p0 = clock()
+        for i, s in enumerate(socks):
+            s.sendall(buf)
+            pendings[i] = read_response(s, pendings[i])
+            writes += 1
+        prime_s = (clock() - p0) / 1e9
+        nsock = len(socks)
+        # warmup, round-robin from where priming left off
+        k = 0
+        end = clock() + int(args.warmup * 1e9)
+        while clock() < end:
+            s = socks[k]
+            s.sendall(buf)
+            pendings[k] = read_response(s, pendings[k])
+            writes += 1
+            k = (k + 1) % nsock
+        warm_writes = writes
+        mark()
+        r0 = os.times()
+        t0 = clock()
+        end = t0 + int(args.duration * 1e9)
+        n = 0
+        while n < args.max_count:
+            s = socks[k]
+            a = clock()
+            s.sendall(buf)
+            pendings[k] = read_response(s, pendings[k])
+            b = clock()
+            append(b - a)
+            n += 1
+            k = (k + 1) % nsock
+            if b >= end:
+                break
+        t1 = clock()
+        writes += n
+        measured_bytes = n * len(buf)
+    elif args.workload == "request":
         # warmup
         end = clock() + int(args.warmup * 1e9)
         while clock() < end:
@@ -214,7 +288,7 @@ def main():
             if b >= end:
                 break
         # End record: the server answers once it has read everything before it.
-        fin = build_record(args.size, token, b"E")
+        fin = build_record(args.size, token, b"E", off=args.token_offset)
         sendall(fin)
         writes += n + 1
         reply = b""
@@ -250,6 +324,9 @@ def main():
         "cpu_sys_s": r1.system - r0.system,
         "t_start_wall_ns": t_start,
         "t_connected_wall_ns": t_connected,
+        "connections": len(socks),
+        "connect_s": connect_s,
+        "prime_s": prime_s,
         "placeholder_sent": placeholder is not None,
         "restored": restored,
         "tls_version": sock.version(),
@@ -261,10 +338,11 @@ def main():
     sys.stdout.flush()
     if args.hold:
         sys.stdin.readline()
-    try:
-        sock.close()
-    except OSError:
-        pass
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
     return 0
 
 

@@ -15,17 +15,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeReportSection } from "./report-section.ts";
+import { median } from "./stats.ts";
 import { testCerts } from "../test/support/certs.ts";
 import { startH2Server } from "../test/support/h2-server.ts";
 import { KLOAK } from "../test/support/kloak.ts";
 import { startTlsServer } from "../test/support/tls-server.ts";
 import { buildGoClient } from "../test/runtime/go-support.ts";
 
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 
 interface ClientCase {
   id: string;

@@ -1,11 +1,13 @@
 /**
  * kloak benchmark: `bun run bench` (= `bun bench/run.ts`), as root.
  *
- * Two parts, both in one run by default, each writing its own sections of
- * bench/report/report.{md,json} (a part run alone keeps the other's sections
+ * Several parts, all in one run by default, each writing its own sections of
+ * bench/report/report.{md,json} (a part run alone keeps the others' sections
  * from the previous run):
  *
  *   dataplane  the TLS data plane under `kloak exec` (below; several minutes)
+ *   growth     per-write cost against write size, loaded secrets and open
+ *              connections (bench/growth.ts; ~4 min by default)
  *   agent      the node agent (`kloak agent`) against the in-process test API
  *              server: webhook latency at 200 req/s over HTTPS vs a minimal
  *              HTTPS server, agent RSS idle vs 1,000 Secrets + 100 attached
@@ -17,6 +19,14 @@
  *   bun run bench --only dataplane    just the data-plane part
  *   bun run bench --only startup      just kloak exec's startup and exit (bench/startup.ts)
  *   bun run bench --only clients      Go and HTTP/2 clients with and without kloak (bench/clients.ts)
+ *   bun run bench --only growth       just the cost-growth tables
+ *   growth options: --growth-duration S (1), --growth-reps N (1),
+ *   --growth-tables size,secrets,connections (all), the points as lists:
+ *   --growth-sizes (256,1KiB,4KiB,16KiB,64KiB,256KiB,1MiB),
+ *   --growth-secrets (1,10,100,1000,10000), --growth-connections
+ *   (1,10,100,1000,10000); --growth-scan-cap SIZE (kloak's default, 64KiB).
+ *   --quick: 0.5 s per run and every other point (connections up to 1,000:
+ *   10,000 handshakes take about a minute per variant).
  *   agent options: --agent-duration S (20), --agent-warmup S (5),
  *   --agent-rate N (200), --agent-reps N (1), --no-agent-restart;
  *   --quick also shortens the agent part (5 s measured, 2 s warm-up).
@@ -24,7 +34,7 @@
  *
  * One run measures, against a local TLS server on 127.0.0.1 (bench/server.ts,
  * in this process, identical for every variant), a Python ssl client
- * (bench/client.py, one blocking socket) in three variants:
+ * (bench/client.py, one blocking socket) in these variants:
  *
  *   baseline   the client run directly, no kloak
  *   kloak      under `kloak exec --secret`, the client never sends the placeholder
@@ -33,6 +43,14 @@
  *              the same with destination rules on the secret
  *              (--allow NAME=localhost,127.0.0.1): every substitution is
  *              checked against the connection's peer
+ *   proxy      (request loop only) the client, not under kloak, talks to an
+ *              nginx egress proxy (bench/nginx.ts) that terminates its TLS,
+ *              puts the real value into the Authorization header and
+ *              originates TLS to the same server over a keep-alive upstream
+ *              connection: what users deploy instead of kloak
+ *   outside    the client, not under kloak, while a `kloak exec` tree that has
+ *              attached the same libssl runs beside it (bench/outside.ts): what
+ *              a process outside every scope pays
  *
  * for two workloads:
  *
@@ -49,6 +67,8 @@
  * --warmup S (0.3), --max-count N (bound on measured writes per run, 300000),
  * --quick (duration 1, reps 1), --no-diag (skip the diagnostic phase),
  * --no-pin (no CPU pinning; see PIN below).
+ * The proxy variant needs nginx (Debian's package; scripts/setup.sh installs
+ * it): without it the data-plane part stops at once and says so.
  * Env KLOAK_BENCH_PYTHON overrides the Python.
  *
  * After the measured runs, a short diagnostic phase re-runs the two kloak
@@ -67,6 +87,10 @@ import { startBenchServer, type ServerStats } from "./server.ts";
 import { AGENT_DEFAULTS, headCommit, runAgentBench } from "./agent.ts";
 import { keepAgentJson, keepAgentSection, summarizeAgent, writeAgentReport } from "./agent-report.ts";
 import { resolvePython } from "./python.ts";
+import { median } from "./stats.ts";
+import { nginxBinary, startEgressProxy, type EgressProxy } from "./nginx.ts";
+import { mappedLibssl, startScopedHolder, type ScopedHolder } from "./outside.ts";
+import { keepSectionJson, keepSections } from "./report-section.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -77,10 +101,13 @@ const SECRET_NAME = "KLOAK_BENCH_TOKEN";
 const SECRET_LEN = 40;
 const MARKER = "kloak:";
 
+/** Issue 14's targets (same-run ratios). */
 const TARGETS = {
-  noPh1k: 0.95,
+  noPh1k: 0.97,
   noPh16k: 0.9,
-  addedP99Ms: 1,
+  addedP99Us: 300,
+  /** kloak+ph req/s over the egress proxy's, 1 KiB request loop */
+  phVsProxy: 1,
   rssBytes: 80 * 1000 * 1000, // "80 MB", read strictly as 80×10^6 bytes
 };
 
@@ -102,12 +129,19 @@ const { values: argv } = parseArgs({
     "agent-rate": { type: "string" },
     "agent-reps": { type: "string" },
     "no-agent-restart": { type: "boolean", default: false },
+    "growth-duration": { type: "string" },
+    "growth-reps": { type: "string" },
+    "growth-tables": { type: "string" },
+    "growth-sizes": { type: "string" },
+    "growth-secrets": { type: "string" },
+    "growth-connections": { type: "string" },
+    "growth-scan-cap": { type: "string" },
   },
 });
 /** Which parts run: "agent", "dataplane", or both (default). */
 const ONLY = argv.only ?? process.env.KLOAK_BENCH_ONLY ?? "";
-if (!["", "agent", "dataplane", "startup", "clients"].includes(ONLY)) {
-  console.error(`bench: --only must be "agent", "dataplane", "startup" or "clients" (got ${JSON.stringify(ONLY)})`);
+if (!["", "agent", "dataplane", "startup", "clients", "growth"].includes(ONLY)) {
+  console.error(`bench: --only must be "agent", "dataplane", "startup", "clients" or "growth" (got ${JSON.stringify(ONLY)})`);
   process.exit(2);
 }
 const DURATION = argv.quick ? 1 : Number(argv.duration);
@@ -137,7 +171,7 @@ if (![DURATION, REPS, WARMUP, MAX_COUNT].every((x) => Number.isFinite(x) && x >=
 
 // ---------------------------------------------------------------- model
 
-type VariantId = "baseline" | "kloak" | "kloak+ph" | "kloak+rules" | "kloak+ph+rules";
+type VariantId = "baseline" | "kloak" | "kloak+ph" | "kloak+rules" | "kloak+ph+rules" | "proxy" | "outside";
 type WorkloadId = "request" | "bulk";
 
 interface Variant {
@@ -147,11 +181,25 @@ interface Variant {
   placeholder: boolean;
   /** the secret has destination rules (the server's address is allowed) */
   rules?: boolean;
+  /** the client talks to an nginx egress proxy that injects the real value (bench/nginx.ts) */
+  proxy?: boolean;
+  /** the client runs outside any scope beside a kloak exec tree that has the same libssl attached (bench/outside.ts) */
+  outside?: boolean;
+  /** the workloads this variant runs (default: all) */
+  workloads?: WorkloadId[];
+  /** kloak exec takes its secrets from this file instead of --secret NAME (growth part) */
+  secretsFile?: string;
+  /** more kloak exec options (growth part: --scan-cap) */
+  kloakArgs?: string[];
 }
 interface Workload {
   id: WorkloadId;
   label: string;
   size: number;
+  /** request loop: keep-alive connections the client sends round-robin across (default 1) */
+  connections?: number;
+  /** bulk: where the placeholder or filler sits in each record (default: the middle) */
+  tokenOffset?: number;
 }
 
 const VARIANTS: Variant[] = [
@@ -160,7 +208,19 @@ const VARIANTS: Variant[] = [
   { id: "kloak+ph", label: "kloak, 1 placeholder per write", kloak: true, placeholder: true },
   { id: "kloak+rules", label: "kloak with rules, no placeholder sent", kloak: true, placeholder: false, rules: true },
   { id: "kloak+ph+rules", label: "kloak with rules, 1 placeholder per write", kloak: true, placeholder: true, rules: true },
+  // The alternative to kloak+ph: the app holds no credential, the proxy adds it on the way out.
+  // The client sends filler where the placeholder would be, as the "kloak" variant does.
+  {
+    id: "proxy",
+    label: "egress proxy (nginx, TLS terminate + inject + TLS originate)",
+    kloak: false,
+    placeholder: false,
+    proxy: true,
+    workloads: ["request"],
+  },
+  { id: "outside", label: "non-enabled process, same libssl (kloak attached beside it)", kloak: false, placeholder: false, outside: true },
 ];
+const variantsFor = (w: WorkloadId) => VARIANTS.filter((v) => !v.workloads || v.workloads.includes(w));
 /** host rule first (resolved-address path), then the address itself (CIDR path) */
 const RULES = "localhost,127.0.0.1";
 const WORKLOADS: Workload[] = [
@@ -194,6 +254,10 @@ interface ClientResult {
   cpu_sys_s: number;
   t_start_wall_ns: number;
   t_connected_wall_ns: number;
+  connections: number;
+  /** seconds to open all connections (handshakes), and to send the first request on each when there are several */
+  connect_s: number;
+  prime_s: number;
   placeholder_sent: boolean;
   restored: boolean | null;
   tls_version: string;
@@ -233,6 +297,10 @@ interface RunResult {
   connectedMs: number;
   clientHwm: number;
   kloak?: KloakInfo;
+  /** proxy variant: nginx during the measured window */
+  proxy?: { pid: number; cpuWindowS: number; hwm: number };
+  /** outside variant: the scoped process beside the client */
+  scoped?: { pid: number; libssl: string | null; substitutions: number | undefined; exitCode: number };
   checks: { name: string; ok: boolean; detail: string }[];
   /** machine CPU during the measured window, seconds (all CPUs summed) */
   window: { seconds: number; busyS: number; oursS: number; foreignS: number; stealS: number };
@@ -250,13 +318,6 @@ function randomValue(len: number): string {
   let s = "";
   for (const b of bytes) s += alphabet[b % alphabet.length];
   return s;
-}
-
-function median(xs: number[]): number {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** Wall clock in ns (the client reports time.time_ns(); Bun's hrtime is process-relative). */
@@ -313,40 +374,120 @@ const pct = (r: number) => (Number.isFinite(r) ? `${(r * 100).toFixed(1)}%` : "n
 
 // ---------------------------------------------------------------- one run
 
+interface BenchCtx {
+  python: string;
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+  value: string;
+  server: Awaited<ReturnType<typeof startBenchServer>>;
+}
+
+/** The agent, nginx and the scoped process may use every CPU (they inherit the pinned server's affinity otherwise). */
+const UNPIN = () => (PIN ? [TASKSET!, "-c", ALL_CPUS] : []);
+
+/**
+ * What runs beside the client: the proxy variant's nginx, the outside variant's
+ * scoped process (which must have connected, and been substituted, before the
+ * client starts). Checks of the scoped process's own request go into `checks`.
+ */
+async function startPeers(ctx: BenchCtx, v: Variant, checks: RunResult["checks"]) {
+  let proxy: EgressProxy | undefined;
+  let holder: ScopedHolder | undefined;
+  if (v.proxy)
+    proxy = await startEgressProxy({
+      upstreamPort: ctx.server.httpPort,
+      certFile: ctx.certFile,
+      keyFile: ctx.keyFile,
+      caFile: ctx.caFile,
+      value: ctx.value,
+      prefix: UNPIN(), // pinned like the agent
+    });
+  if (v.outside) {
+    ctx.server.reset();
+    holder = await startScopedHolder({
+      kloak: [...UNPIN(), process.execPath, KLOAK_MAIN],
+      python: ctx.python,
+      secretName: SECRET_NAME,
+      value: ctx.value,
+      caFile: ctx.caFile,
+      port: ctx.server.httpPort,
+    }).catch(async (e) => {
+      await proxy?.stop();
+      throw e;
+    });
+    const s = ctx.server.snapshot();
+    checks.push({
+      name: "scoped process: its request reached the server with the real value",
+      ok: s.requests === 1 && s.valueHits === 1 && s.markerHits === 0,
+      detail: `${s.requests} request(s), ${s.valueHits} value / ${s.markerHits} marker occurrence(s)`,
+    });
+  }
+  return {
+    proxy,
+    holder,
+    /** stops both; the scoped process's end as kloak reported it */
+    async stop() {
+      await proxy?.stop();
+      return holder ? await holder.stop() : undefined;
+    },
+  };
+}
+
 async function runOne(
-  ctx: { python: string; caFile: string; value: string; server: Awaited<ReturnType<typeof startBenchServer>> },
+  ctx: BenchCtx,
   w: Workload,
   v: Variant,
   rep: number,
-  diag: { bpfStats?: boolean } = {},
+  opts: { bpfStats?: boolean; duration?: number } = {},
 ): Promise<RunResult> {
-  const port = w.id === "request" ? ctx.server.httpPort : ctx.server.bulkPort;
+  const duration = opts.duration ?? (opts.bpfStats ? DIAG_DURATION : DURATION);
+  const checks: RunResult["checks"] = [];
+  let peers: Awaited<ReturnType<typeof startPeers>>;
+  try {
+    peers = await startPeers(ctx, v, checks);
+  } catch (e) {
+    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${(e as Error).message}`);
+  }
+  const { proxy, holder } = peers;
+  const port = proxy ? proxy.port : w.id === "request" ? ctx.server.httpPort : ctx.server.bulkPort;
+  const connections = w.connections ?? 1;
   const client = [
     ...(PIN ? [TASKSET!, "-c", String(CLIENT_CPU)] : []),
     ctx.python, "-u", CLIENT,
     "--port", String(port), "--cafile", ctx.caFile,
     "--workload", w.id, "--size", String(w.size),
-    "--duration", String(diag.bpfStats ? DIAG_DURATION : DURATION), "--warmup", String(WARMUP), "--max-count", String(MAX_COUNT),
+    "--duration", String(duration), "--warmup", String(WARMUP), "--max-count", String(MAX_COUNT),
     "--token-len", String(SECRET_LEN), "--hold",
     ...(v.placeholder ? ["--placeholder-env", SECRET_NAME] : []),
+    ...(connections > 1 ? ["--connections", String(connections)] : []),
+    ...(w.tokenOffset !== undefined ? ["--token-offset", String(w.tokenOffset)] : []),
   ];
   const env: Record<string, string> = {};
   for (const [k, val] of Object.entries(process.env)) if (val !== undefined && k !== SECRET_NAME) env[k] = val;
   let cmd = client;
   if (v.kloak) {
-    // --secret NAME takes the value from kloak's environment: it never appears in argv.
     cmd = [
-      ...(PIN ? [TASKSET!, "-c", ALL_CPUS] : []), // undo the affinity inherited from the pinned server
+      ...UNPIN(), // undo the affinity inherited from the pinned server
       // --user root: the client runs from root's files; the benchmark measures the data path.
-      process.execPath, KLOAK_MAIN, "exec", "--user", "root", "--secret", SECRET_NAME,
-      ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), "--", ...client,
+      process.execPath, KLOAK_MAIN, "exec", "--user", "root",
+      // --secret NAME takes the value from kloak's environment: it never appears in argv.
+      ...(v.secretsFile ? ["--secrets-file", v.secretsFile] : ["--secret", SECRET_NAME]),
+      ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), ...(v.kloakArgs ?? []), "--", ...client,
     ];
-    env[SECRET_NAME] = ctx.value;
+    if (!v.secretsFile) env[SECRET_NAME] = ctx.value;
   }
 
   ctx.server.reset();
   const tSpawn = wallNs();
-  const proc = Bun.spawn(cmd, { env, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  const spawnClient = () => Bun.spawn(cmd, { env, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  let proc: ReturnType<typeof spawnClient>;
+  try {
+    proc = spawnClient();
+  } catch (e) {
+    await peers.stop();
+    throw e;
+  }
   const stderrP = new Response(proc.stderr).text();
   const next = lineReader(proc.stdout);
 
@@ -357,7 +498,8 @@ async function runOne(
     if (m && m.rss > rssPolledMax) rssPolledMax = m.rss;
   }, 50);
 
-  const limit = (WARMUP + DURATION) * 1000 + 30_000;
+  // Handshakes come before the first line: allow for them (tens of seconds at 10,000 connections under kloak).
+  const limit = (WARMUP + duration) * 1000 + 30_000 + connections * 20;
   let result: ClientResult | undefined;
   let hwm = 0;
   let threads = 0;
@@ -375,6 +517,11 @@ async function runOne(
   let w1 = 0;
   let prog0: ProgStat[] = [];
   let prog1: ProgStat[] = [];
+  let proxyCpu0: ReturnType<typeof cpuSeconds> = null;
+  let proxyCpu1: ReturnType<typeof cpuSeconds> = null;
+  let proxyHwm = 0;
+  let clientLibssl: ReturnType<typeof mappedLibssl> = null;
+  let holderAlive = false;
   let failure: string | undefined;
   try {
     for (;;) {
@@ -388,7 +535,8 @@ async function runOne(
         bench0 = process.cpuUsage();
         cpuStart = cpuSeconds(proc.pid);
         thStart = threadCpu(proc.pid);
-        if (diag.bpfStats && v.kloak) prog0 = programStats(proc.pid);
+        if (proxy) proxyCpu0 = cpuSeconds(proxy.pid);
+        if (opts.bpfStats && v.kloak) prog0 = programStats(proc.pid);
         continue;
       }
       result = msg as ClientResult;
@@ -398,7 +546,16 @@ async function runOne(
     w1 = wallNs();
     sys1 = systemCpu();
     bench1 = process.cpuUsage();
-    if (diag.bpfStats && v.kloak) prog1 = programStats(proc.pid);
+    if (opts.bpfStats && v.kloak) prog1 = programStats(proc.pid);
+    if (proxy) {
+      proxyCpu1 = cpuSeconds(proxy.pid);
+      proxyHwm = memStatus(proxy.pid)?.hwm ?? 0;
+    }
+    if (holder) {
+      // taskset execs the client, so proc.pid is the Python that used libssl
+      clientLibssl = mappedLibssl(proc.pid);
+      holderAlive = memStatus(holder.pid) !== null;
+    }
     cpuEnd = cpuSeconds(proc.pid);
     thEnd = threadCpu(proc.pid);
     const top = memStatus(proc.pid);
@@ -441,9 +598,12 @@ async function runOne(
   });
   const stderr = await stderrP;
   const server = ctx.server.snapshot();
+  const proxyLog = proxy?.errorLog() ?? "";
+  const holderEnd = await peers.stop();
+  const peerOutput = `${proxyLog ? `\nnginx error log (end):\n${proxyLog}` : ""}${holderEnd && holderEnd.code !== 0 ? `\nscoped process (kloak exec) exit ${holderEnd.code}:\n${holderEnd.stderr.trim()}` : ""}`;
   if (failure !== undefined || result === undefined)
-    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${failure ?? "no result"} (exit ${code})\n${stderr}`);
-  if (code !== 0) throw new Error(`${w.id}/${v.id} rep ${rep + 1}: exit status ${code}\n${stderr}`);
+    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${failure ?? "no result"} (exit ${code})\n${stderr}${peerOutput}`);
+  if (code !== 0) throw new Error(`${w.id}/${v.id} rep ${rep + 1}: exit status ${code}\n${stderr}${peerOutput}`);
 
   let kloak: KloakInfo | undefined;
   if (v.kloak) {
@@ -472,11 +632,13 @@ async function runOne(
   }
 
   // ------------------------------------------------------------ correctness
-  const checks: RunResult["checks"] = [];
   const check = (name: string, ok: boolean, detail: string) => checks.push({ name, ok, detail });
   const writes = result.writes_total;
   check("server errors", server.errors.length === 0, server.errors.join("; ") || "none");
-  check("one connection", server.connections === 1, `${server.connections}`);
+  if (proxy) check("one upstream connection (keep-alive)", server.connections === 1, `${server.connections}`);
+  else if (connections > 1)
+    check(`${connections} connections`, server.connections === connections && result.connections === connections, `${server.connections}`);
+  else check("one connection", server.connections === 1, `${server.connections}`);
   if (w.id === "request")
     check("server answered every request", server.requests === writes, `${server.requests}/${writes}`);
   else check("server read every byte", server.bytes === writes * w.size, `${server.bytes}/${writes * w.size}`);
@@ -489,12 +651,30 @@ async function runOne(
       kloak?.substitutions === writes && kloak.failedClosed === 0,
       `${kloak?.substitutions} substitution(s), ${kloak?.failedClosed} failed closed, ${writes} writes`,
     );
+  } else if (proxy) {
+    check("real value in every request (injected by the proxy)", server.valueHits === writes, `${server.valueHits}/${writes} requests`);
   } else {
     check("real value absent", server.valueHits === 0, `${server.valueHits} occurrence(s)`);
     if (kloak) check("no substitution", kloak.substitutions === 0, `${kloak.substitutions} substitution(s)`);
   }
+  if (holder) {
+    check("scoped process alive during the run", holderAlive, holderAlive ? "yes" : "it had exited");
+    check(
+      "client and scoped process map the same libssl",
+      clientLibssl !== null && holder.libssl !== null && clientLibssl.id === holder.libssl.id,
+      `client ${clientLibssl?.path ?? "none"} (${clientLibssl?.id ?? "-"}), scoped ${holder.libssl?.path ?? "none"} (${holder.libssl?.id ?? "-"})`,
+    );
+    check(
+      "kloak substituted the scoped process's one request",
+      holderEnd?.code === 0 && holderEnd.substitutions === 1,
+      `exit ${holderEnd?.code}, ${holderEnd?.substitutions} substitution(s)`,
+    );
+  }
+  const proxyInfo = proxy
+    ? { pid: proxy.pid, cpuWindowS: proxyCpu0 && proxyCpu1 ? proxyCpu1.user + proxyCpu1.sys - proxyCpu0.user - proxyCpu0.sys : NaN, hwm: proxyHwm }
+    : undefined;
 
-  const agentWindow = kloak?.cpuWindowS ?? 0;
+  const agentWindow = kloak?.cpuWindowS ?? proxyInfo?.cpuWindowS ?? 0;
   const benchS = (bench1.user + bench1.system - bench0.user - bench0.system) / 1e6;
   const oursS = result.cpu_user_s + result.cpu_sys_s + (Number.isFinite(agentWindow) ? agentWindow : 0) + benchS;
   const busyS = sys0 && sys1 ? sys1.busy - sys0.busy : NaN;
@@ -506,7 +686,7 @@ async function runOne(
     stealS: sys0 && sys1 ? sys1.steal - sys0.steal : NaN,
   };
   let bpf: RunResult["bpf"];
-  if (diag.bpfStats && v.kloak) {
+  if (opts.bpfStats && v.kloak) {
     bpf = prog1
       .map((p) => {
         const before = prog0.find((q) => q.id === p.id);
@@ -535,6 +715,8 @@ async function runOne(
     connectedMs: (result.t_connected_wall_ns - tSpawn) / 1e6,
     clientHwm,
     kloak,
+    proxy: proxyInfo,
+    scoped: holder && holderEnd ? { pid: holder.pid, libssl: holder.libssl?.path ?? null, substitutions: holderEnd.substitutions, exitCode: holderEnd.code } : undefined,
     checks,
     stderr: stderr.trim(),
   };
@@ -587,7 +769,8 @@ function summarize(runs: RunResult[], w: WorkloadId, v: VariantId): Summary {
     measured_writes: m((r) => r.client.measured),
     client_user_us_per_op: perOp((r) => r.client.cpu_user_s),
     client_sys_us_per_op: perOp((r) => r.client.cpu_sys_s),
-    agent_cpu_us_per_op: rs[0]?.kloak ? perOp((r) => r.kloak!.cpuWindowS) : NaN,
+    // kloak's agent, or the proxy's nginx: the CPU that the data path adds outside the client
+    agent_cpu_us_per_op: rs[0]?.kloak ? perOp((r) => r.kloak!.cpuWindowS) : rs[0]?.proxy ? perOp((r) => r.proxy!.cpuWindowS) : NaN,
     bench_process_cpu_us_per_op: perOp((r) => r.server.cpuS),
     startup_ms: m((r) => r.startupMs),
     agent_hwm_max: rs[0]?.kloak ? Math.max(...rs.map((r) => r.kloak!.hwm)) : NaN,
@@ -637,8 +820,8 @@ function machineInfo(sample: RunResult | undefined, kloakRun: RunResult | undefi
 
 // ---------------------------------------------------------------- main
 
-async function main(): Promise<number> {
-  const t0 = Date.now();
+/** What the data-plane and growth parts share: the Python, this process pinned, the certificates, the server and the value. */
+async function benchContext(): Promise<BenchCtx> {
   if (process.getuid?.() !== 0) console.error("bench: warning: not root; kloak exec will likely fail");
   const python = resolvePython();
   if (PIN) {
@@ -654,14 +837,29 @@ async function main(): Promise<number> {
     marker: Buffer.from(MARKER),
     recordSize: 16384,
   });
-  const ctx = { python, caFile: certs.caFile, value, server };
+  return { python, caFile: certs.caFile, certFile: certs.certFile, keyFile: certs.keyFile, value, server };
+}
+
+async function main(): Promise<number> {
+  const t0 = Date.now();
+  // The proxy variant is part of every run: without nginx, say so before measuring anything.
+  let nginxVersion: string;
+  try {
+    const r = Bun.spawnSync([nginxBinary(), "-v"]);
+    nginxVersion = /nginx\/(\S+)/.exec(r.stderr.toString())?.[1] ?? "?";
+  } catch (e) {
+    console.error(`bench: ${(e as Error).message}`);
+    return 1;
+  }
+  const ctx = await benchContext();
+  const { python, server } = ctx;
   const foreignAtStart = foreignKloaks(new Set());
   if (foreignAtStart.length)
     console.error(
       `bench: WARNING: other kloak/test processes are running; numbers will be noisy:\n` +
         foreignAtStart.map((f) => `  ${f.pid} ${f.cmd}`).join("\n"),
     );
-  const total = REPS * WORKLOADS.length * VARIANTS.length;
+  const total = REPS * WORKLOADS.reduce((n, w) => n + variantsFor(w.id).length, 0);
   console.error(
     `bench: ${total} runs of ${DURATION}s (+${WARMUP}s warmup), python ${python}, server 127.0.0.1:${server.httpPort}/${server.bulkPort}`,
   );
@@ -674,7 +872,8 @@ async function main(): Promise<number> {
     for (let rep = 0; rep < REPS; rep++) {
       for (const w of WORKLOADS) {
         // Rotate the order each repetition so no variant always runs first.
-        const order = VARIANTS.map((_, i) => VARIANTS[(i + rep) % VARIANTS.length]!);
+        const vs = variantsFor(w.id);
+        const order = vs.map((_, i) => vs[(i + rep) % vs.length]!);
         for (const v of order) {
           let r: RunResult;
           try {
@@ -733,7 +932,7 @@ async function main(): Promise<number> {
 
   // ------------------------------------------------------------ analysis
   const summaries: Summary[] = [];
-  for (const w of WORKLOADS) for (const v of VARIANTS) summaries.push(summarize(runs, w.id, v.id));
+  for (const w of WORKLOADS) for (const v of variantsFor(w.id)) summaries.push(summarize(runs, w.id, v.id));
   const S = (w: WorkloadId, v: VariantId) => summaries.find((s) => s.workload === w && s.variant === v)!;
 
   const derive = (w: WorkloadId) => {
@@ -742,14 +941,28 @@ async function main(): Promise<number> {
     const p = S(w, "kloak+ph");
     const kr = S(w, "kloak+rules");
     const pr = S(w, "kloak+ph+rules");
+    const px = summaries.find((s) => s.workload === w && s.variant === "proxy"); // request loop only
+    const out = S(w, "outside");
     const rate = (s: Summary) => (w === "request" ? s.ops_per_s : s.mib_per_s);
-    const pairs = (v: VariantId) =>
+    /** v's throughput over ref's, rep by rep (the two ran minutes apart at most) */
+    const pairs = (v: VariantId, ref: VariantId = "baseline") =>
       [...new Set(runs.map((r) => r.rep))].flatMap((rep) => {
         const x = runs.find((r) => r.rep === rep && r.workload === w && r.variant === v);
-        const y = runs.find((r) => r.rep === rep && r.workload === w && r.variant === "baseline");
+        const y = runs.find((r) => r.rep === rep && r.workload === w && r.variant === ref);
         return x && y ? [x.client.ops_per_s / y.client.ops_per_s] : [];
       });
     return {
+      ratio_proxy: px ? rate(px) / rate(b) : NaN,
+      per_rep_ratio_proxy: px ? pairs("proxy") : [],
+      /** kloak with one placeholder per write against the egress proxy, the alternative */
+      ratio_placeholder_vs_proxy: px ? rate(p) / rate(px) : NaN,
+      per_rep_ratio_placeholder_vs_proxy: px ? pairs("kloak+ph", "proxy") : [],
+      added_p50_proxy_ns: px ? px.p50_ns - b.p50_ns : NaN,
+      added_p99_proxy_ns: px ? px.p99_ns - b.p99_ns : NaN,
+      added_mean_per_request_proxy_from_throughput_ns: px ? 1e9 / px.ops_per_s - 1e9 / b.ops_per_s : NaN,
+      /** a process outside every scope, the same libssl attached by a kloak exec tree beside it */
+      ratio_outside: rate(out) / rate(b),
+      per_rep_ratio_outside: pairs("outside"),
       per_rep_ratio_no_placeholder: pairs("kloak"),
       per_rep_ratio_placeholder: pairs("kloak+ph"),
       ratio_no_placeholder: rate(k) / rate(b),
@@ -793,10 +1006,17 @@ async function main(): Promise<number> {
     },
     {
       id: "added_p99_per_substituted_write",
-      what: `added p99 latency per substituted write (request loop: p99 kloak+ph - p99 baseline) <= ${TARGETS.addedP99Ms} ms`,
-      value: derived.request.added_p99_per_substituted_write_ns / 1e6,
+      what: `added p99 latency per substituted write (request loop: p99 kloak+ph - p99 baseline) <= ${TARGETS.addedP99Us} µs`,
+      value: derived.request.added_p99_per_substituted_write_ns / 1e3,
       shown: fmtSignedUs(derived.request.added_p99_per_substituted_write_ns),
-      pass: derived.request.added_p99_per_substituted_write_ns <= TARGETS.addedP99Ms * 1e6,
+      pass: derived.request.added_p99_per_substituted_write_ns <= TARGETS.addedP99Us * 1e3,
+    },
+    {
+      id: "placeholder_vs_proxy",
+      what: `kloak+ph throughput >= egress proxy throughput (1 KiB request loop, same run: kloak+ph req/s / proxy req/s >= ${pct(TARGETS.phVsProxy)})`,
+      value: derived.request.ratio_placeholder_vs_proxy,
+      shown: pct(derived.request.ratio_placeholder_vs_proxy),
+      pass: derived.request.ratio_placeholder_vs_proxy >= TARGETS.phVsProxy,
     },
     {
       id: "no_placeholder_1k_rules",
@@ -814,10 +1034,10 @@ async function main(): Promise<number> {
     },
     {
       id: "added_p99_per_substituted_write_rules",
-      what: `added p99 per substituted write with destination rules (p99 kloak+ph+rules - p99 baseline) <= ${TARGETS.addedP99Ms} ms`,
-      value: derived.request.added_p99_per_substituted_write_rules_ns / 1e6,
+      what: `added p99 per substituted write with destination rules (p99 kloak+ph+rules - p99 baseline) <= ${TARGETS.addedP99Us} µs`,
+      value: derived.request.added_p99_per_substituted_write_rules_ns / 1e3,
       shown: fmtSignedUs(derived.request.added_p99_per_substituted_write_rules_ns),
-      pass: derived.request.added_p99_per_substituted_write_rules_ns <= TARGETS.addedP99Ms * 1e6,
+      pass: derived.request.added_p99_per_substituted_write_rules_ns <= TARGETS.addedP99Us * 1e3,
     },
     {
       id: "peak_agent_rss",
@@ -847,7 +1067,7 @@ async function main(): Promise<number> {
   const foreign = runs.map((r) => r.window.foreignS / r.window.seconds).filter(Number.isFinite);
   const steal = runs.map((r) => r.window.stealS / r.window.seconds).filter(Number.isFinite);
   const busyMachine = foreignAtStart.length > 0 || median(foreign) > 0.15;
-  const machine = machineInfo(runs[0], kloakRuns[0]);
+  const machine = { ...machineInfo(runs.find((r) => r.variant === "baseline"), kloakRuns[0]), nginx: nginxVersion };
   const elapsedS = (Date.now() - t0) / 1000;
 
   // ------------------------------------------------------------ report
@@ -880,6 +1100,16 @@ async function main(): Promise<number> {
   L(`| client | CPython ${machine.python} ssl, ${machine.openssl}, ${machine.tls}, one blocking socket |`);
   L(`| server | node:tls in the bench process (bun), 127.0.0.1, same for all variants |`);
   L(
+    `| egress proxy (variant "proxy") | nginx ${machine.nginx} (Debian), one process (\`master_process off\`), started per run with its own config; ` +
+      `TLS from the client terminated with the test server certificate, \`proxy_set_header Authorization "Bearer <value>"\`, ` +
+      `TLS 1.2/1.3 to the server verified against the test CA (name localhost), upstream \`keepalive 16\` + HTTP/1.1 + \`Connection ""\`, session reuse; ` +
+      `${PIN ? `pinned like the agent (CPUs ${ALL_CPUS})` : "unpinned"} |`,
+  );
+  L(
+    `| outside (variant "outside") | the baseline client, not in any scope, while \`kloak exec --secret NAME -- python3\` runs beside it with the same libssl attached ` +
+      `(its process made one TLS request, substituted, before the client started, and stays connected) |`,
+  );
+  L(
     `| CPU placement | ${PIN ? `server (bench process) pinned to CPU ${SERVER_CPU}, client to CPU ${CLIENT_CPU}, kloak agent unpinned (CPUs ${ALL_CPUS})` : "unpinned"} |`,
   );
   L(
@@ -893,7 +1123,7 @@ async function main(): Promise<number> {
   L("|---|---|---|");
   for (const t of targets) L(`| ${t.what} | ${t.shown} | ${t.pass ? "PASS" : "**MISSED**"} |`);
   L(
-    `| correctness: server got the real value in every kloak+ph write, never a placeholder; app buffers restored | ` +
+    `| correctness: server got the real value in every kloak+ph write and every proxied request, never a placeholder; app buffers restored; the outside variant's scoped process was substituted on the same libssl | ` +
       `${failedChecks.length === 0 && errors.length === 0 ? "all checks held" : `${failedChecks.length + errors.length} run(s) failed (see top)`} | ` +
       `${failedChecks.length === 0 && errors.length === 0 ? "PASS" : "**FAIL**"} |`,
   );
@@ -906,10 +1136,10 @@ async function main(): Promise<number> {
     L();
     const unit = w.id === "request" ? "req/s" : "MiB/s";
     L(
-      `| variant | ${unit} | vs baseline | p50 | p90 | p99 | p99.9 | max | client user/sys µs per write | agent CPU µs per write | bench proc CPU µs per write | agent VmHWM (max) | writes measured (median) |`,
+      `| variant | ${unit} | vs baseline | p50 | p90 | p99 | p99.9 | max | client user/sys µs per write | agent (proxy: nginx) CPU µs per write | bench proc CPU µs per write | agent VmHWM (max) | writes measured (median) |`,
     );
     L("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (const v of VARIANTS) {
+    for (const v of variantsFor(w.id)) {
       const s = S(w.id, v.id);
       const rate = w.id === "request" ? s.ops_per_s : s.mib_per_s;
       const base = w.id === "request" ? b.ops_per_s : b.mib_per_s;
@@ -921,7 +1151,7 @@ async function main(): Promise<number> {
       );
     }
     L();
-    L(`Per-rep ${unit === "req/s" ? "req/s" : "writes/s"}: ` + VARIANTS.map((v) => `${v.id} ${S(w.id, v.id).per_rep_ops.map((x) => x.toFixed(0)).join(", ")}`).join("; ") + ".");
+    L(`Per-rep ${unit === "req/s" ? "req/s" : "writes/s"}: ` + variantsFor(w.id).map((v) => `${v.id} ${S(w.id, v.id).per_rep_ops.map((x) => x.toFixed(0)).join(", ")}`).join("; ") + ".");
     L();
     L(
       `- throughput without placeholders: ${pct(d.ratio_no_placeholder)} of baseline (ratio of medians; same-rep ratios ${d.per_rep_ratio_no_placeholder.map(pct).join(", ")}); ` +
@@ -936,6 +1166,18 @@ async function main(): Promise<number> {
     L(
       `- added latency without placeholders (kloak − baseline): p50 ${fmtSignedUs(d.added_p50_no_placeholder_ns)}, p99 ${fmtSignedUs(d.added_p99_no_placeholder_ns)}; ` +
         `mean from throughput ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns)}`,
+    );
+    if (variantsFor(w.id).some((v) => v.proxy))
+      L(
+        `- **kloak with one placeholder per write vs the egress proxy: ${pct(d.ratio_placeholder_vs_proxy)} of the proxy's req/s** ` +
+          `(same-rep ${d.per_rep_ratio_placeholder_vs_proxy.map(pct).join(", ")}); the proxy runs at ${pct(d.ratio_proxy)} of baseline ` +
+          `(same-rep ${d.per_rep_ratio_proxy.map(pct).join(", ")}). Added p99 per substituted write ${fmtSignedUs(d.added_p99_per_substituted_write_ns)} ` +
+          `against the proxy's added p99 per request ${fmtSignedUs(d.added_p99_proxy_ns)} (p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)} vs ${fmtSignedUs(d.added_p50_proxy_ns)}; ` +
+          `mean from throughput ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} vs ${fmtSignedUs(d.added_mean_per_request_proxy_from_throughput_ns)})`,
+      );
+    L(
+      `- non-enabled process, same libssl (a kloak exec tree attached beside it): ${pct(d.ratio_outside)} of baseline ` +
+        `(same-rep ${d.per_rep_ratio_outside.map(pct).join(", ")})`,
     );
     const last = runs.filter((r) => r.workload === w.id && r.variant === "kloak+ph").at(-1);
     if (last?.kloak) {
@@ -1011,7 +1253,11 @@ async function main(): Promise<number> {
   );
   L("- \"agent CPU\" is user+sys of the `kloak exec` process (all threads) during the client's measured window; uprobe/BPF time and the stop/continue signal handling are kernel time charged to the *client* (its sys µs per write).");
   L("- Latency for the request loop is sendall → full response read; for bulk it is the time of one 16 KiB sendall (mostly copy into the socket buffer).");
-  L(`- The real secret value is never printed; the server only counts its occurrences (and those of the "${MARKER}" placeholder marker).`);
+  L(`- The real secret value is never printed; the server only counts its occurrences (and those of the "${MARKER}" placeholder marker). The proxy variant's value is in its nginx config only, in a 0700 temp dir removed after the run.`);
+  L(
+    "- The proxy variant's client sends filler where the placeholder would be (as the \"kloak\" variant does); nginx replaces the whole Authorization header, so the server must see the real value once per request and the one upstream connection must carry them all (keep-alive). " +
+      "Its latency is the client's full round trip through nginx; \"agent CPU\" is nginx's CPU for that variant.",
+  );
   L();
 
   const report = md.join("\n");
@@ -1030,9 +1276,9 @@ async function main(): Promise<number> {
     runs: runs.map((r) => ({ ...r, stderr: r.stderr.split("\n").filter((l) => l.startsWith("kloak")) })),
   };
   mkdirSync(REPORT_DIR, { recursive: true });
-  // The Agent section (bench/agent.ts) of the previous report stays until the agent part replaces it.
-  writeFileSync(join(REPORT_DIR, "report.md"), keepAgentSection(report, REPORT_DIR) + "\n");
-  writeFileSync(join(REPORT_DIR, "report.json"), JSON.stringify(keepAgentJson(json, REPORT_DIR), null, 2) + "\n");
+  // The other parts' sections of the previous report (agent, startup, clients, growth) stay until those parts replace them.
+  writeFileSync(join(REPORT_DIR, "report.md"), keepSections(keepAgentSection(report, REPORT_DIR), REPORT_DIR) + "\n");
+  writeFileSync(join(REPORT_DIR, "report.json"), JSON.stringify(keepSectionJson(keepAgentJson(json, REPORT_DIR), REPORT_DIR), null, 2) + "\n");
   console.log(report);
   if (missed.length) console.log(`\n!!! ${missed.length} TARGET(S) MISSED: ${missed.map((t) => t.id).join(", ")} !!!`);
   else console.log("\nAll targets met.");
@@ -1101,9 +1347,82 @@ async function clientsPart(): Promise<number> {
   }
 }
 
+/** The cost-growth part (bench/growth.ts): each point is a runOne of the data-plane part with one thing grown. */
+async function growthPart(): Promise<number> {
+  const { GROWTH_DEFAULTS, GROWTH_TABLES, runGrowthBench, writeGrowthReport } = await import("./growth.ts");
+  const num = (x: string | undefined, d: number) => (x === undefined ? d : Number(x));
+  const tables = (argv["growth-tables"] ?? GROWTH_TABLES.join(",")).split(",").map((t) => t.trim());
+  const bad = tables.filter((t) => !(GROWTH_TABLES as string[]).includes(t));
+  const durationS = num(argv["growth-duration"], argv.quick ? 0.5 : GROWTH_DEFAULTS.durationS);
+  const reps = Math.floor(num(argv["growth-reps"], GROWTH_DEFAULTS.reps));
+  /** "4096", "4KiB", "1MiB" */
+  const bytes = (x: string) => {
+    const m = /^(\d+)(KiB|MiB)?$/.exec(x.trim());
+    return m ? Number(m[1]) * (m[2] === "MiB" ? 1048576 : m[2] === "KiB" ? 1024 : 1) : NaN;
+  };
+  const list = (x: string | undefined, d: number[], parse: (s: string) => number) => (x === undefined ? d : x.split(",").map(parse));
+  const scanCap = argv["growth-scan-cap"] === undefined ? undefined : bytes(argv["growth-scan-cap"]);
+  // --quick: every other point, from the first to the last (connections: to 1,000; 10,000 handshakes take a minute)
+  const q = argv.quick ? GROWTH_DEFAULTS.quick : GROWTH_DEFAULTS;
+  const sizes = list(argv["growth-sizes"], q.sizes, bytes);
+  const secrets = list(argv["growth-secrets"], q.secrets, Number);
+  const connections = list(argv["growth-connections"], q.connections, Number);
+  const ok = (xs: number[], min: number) => xs.length > 0 && xs.every((x) => Number.isInteger(x) && x >= min);
+  // sizes >= 2 × 40: the 40-byte token sits in the middle of the record
+  if (bad.length || !(durationS > 0) || !(reps >= 1) || !ok(sizes, 2 * SECRET_LEN) || !ok(secrets, 1) || !ok(connections, 1) || (scanCap !== undefined && !(scanCap > 0))) {
+    console.error(
+      `bench: bad --growth-* option (tables: ${GROWTH_TABLES.join(",")}; sizes and --growth-scan-cap: bytes, NKiB or NMiB; lists comma-separated)` +
+        (bad.length ? `: ${bad.join(",")}` : ""),
+    );
+    return 2;
+  }
+  const ctx = await benchContext();
+  console.error(
+    `bench: cost growth (${tables.join(", ")}), ${durationS}s (+${WARMUP}s warmup) per run, ${reps} rep(s); connections up to ${Math.max(...connections).toLocaleString("en-US")}`,
+  );
+  let r: Awaited<ReturnType<typeof runGrowthBench>>;
+  try {
+    r = await runGrowthBench(
+      {
+        tables: tables as typeof GROWTH_TABLES,
+        sizes,
+        secrets,
+        connections,
+        durationS,
+        reps,
+        scanCap,
+        secretName: SECRET_NAME,
+        value: ctx.value,
+        log: (l) => console.error(l),
+      },
+      async (spec) => {
+        ctx.server.setRecordSize(spec.size);
+        const base = VARIANTS.find((v) => v.id === spec.variant)!;
+        const w: Workload = {
+          id: spec.workload,
+          label: `${spec.table} ${spec.point}`,
+          size: spec.size,
+          connections: spec.connections,
+          tokenOffset: spec.tokenOffset,
+        };
+        const v: Variant = base.kloak ? { ...base, secretsFile: spec.secretsFile, kloakArgs: spec.kloakArgs } : base;
+        return await runOne(ctx, w, v, spec.rep, { duration: spec.durationS });
+      },
+    );
+  } finally {
+    await ctx.server.close();
+  }
+  const section = writeGrowthReport(REPORT_DIR, r);
+  console.log("\n" + section + `\n(growth section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
+  const failures = r.points.flatMap((p) => p.failures);
+  if (failures.length) console.log(`!!! GROWTH: ${failures.length} CORRECTNESS/RUN PROBLEM(S) (see the Cost growth section) !!!`);
+  return failures.length ? 1 : 0;
+}
+
 let exitCode = 0;
 if (ONLY === "" || ONLY === "startup") exitCode = await startupPart();
 if (ONLY === "" || ONLY === "clients") exitCode = Math.max(exitCode, await clientsPart());
 if (ONLY === "" || ONLY === "dataplane") exitCode = Math.max(exitCode, await main());
+if (ONLY === "" || ONLY === "growth") exitCode = Math.max(exitCode, await growthPart());
 if (ONLY === "" || ONLY === "agent") exitCode = Math.max(exitCode, await agentPart());
 process.exitCode = exitCode;

@@ -7,6 +7,8 @@
  *  - bulk: a stream of fixed-size records; byte 0 of each record is "D" (data)
  *    or "E" (end). Once an end record has fully arrived the server answers
  *    "done <bytes read>\n", so the client's clock stops on bytes really read.
+ *    The record size is the one set when the connection was accepted
+ *    (setRecordSize: the cost-growth part sends records of 256 B to 1 MiB).
  *
  * Both count, across chunk boundaries, how often two needles appeared in the
  * plaintext: the real secret value and the placeholder marker "kloak:". Only
@@ -33,6 +35,8 @@ export interface BenchServer {
   httpPort: number;
   bulkPort: number;
   reset(): void;
+  /** record size of bulk connections accepted from now on */
+  setRecordSize(bytes: number): void;
   snapshot(): ServerStats;
   close(): Promise<void>;
 }
@@ -75,6 +79,7 @@ export async function startBenchServer(o: {
 }): Promise<BenchServer> {
   let stats: Omit<ServerStats, "cpuS"> = fresh();
   let cpu0 = process.cpuUsage();
+  let recordSize = o.recordSize;
   const sockets = new Set<tls.TLSSocket>();
 
   function fresh() {
@@ -159,7 +164,7 @@ export async function startBenchServer(o: {
 
   const bulk = tls.createServer({ key: o.key, cert: o.cert }, (socket) => {
     const { s, feed } = counting(socket);
-    const R = o.recordSize;
+    const R = recordSize;
     let total = 0;
     let endAt = -1; // stream offset just past the end record
     socket.on("data", (data: Buffer) => {
@@ -193,6 +198,10 @@ export async function startBenchServer(o: {
   return {
     httpPort: port(http),
     bulkPort: port(bulk),
+    setRecordSize(bytes: number) {
+      if (!Number.isInteger(bytes) || bytes < 1) throw new Error(`bad record size ${bytes}`);
+      recordSize = bytes;
+    },
     reset() {
       stats = fresh();
       cpu0 = process.cpuUsage();

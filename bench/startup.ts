@@ -17,17 +17,13 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeReportSection } from "./report-section.ts";
+import { median } from "./stats.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const KLOAK = join(ROOT, "dist", "kloak");
 
 /** Targets of issue 13, in ms. */
 export const STARTUP_TARGETS = { execEndToEnd: 250, cmdExitToKloakExit: 100, version: 100, help: 100 } as const;
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 
 async function wall(argv: string[], env?: Record<string, string>): Promise<number> {
   const t0 = performance.now();

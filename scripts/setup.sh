@@ -14,9 +14,11 @@ need=()
 # wget, gcc, libc6-dev: test/runtime (a GnuTLS client; C clients built by the tests).
 # buildah: `bun run image` builds deploy/Containerfile with it, and test/image builds and runs that
 # image (`buildah run --isolation chroot`, so no OCI runtime is needed).
+# nginx (Debian's smallest package with the http proxy and ssl modules): the egress-proxy peer of
+# `bun run bench`, which runs its own nginx with its own config; the package's service is not wanted.
 for pkg in libbpf1 libbpf-dev clang llvm bpftool openssl curl ca-certificates python3 git binutils procps util-linux \
   qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring python3-requests zsh fish \
-  default-jre-headless python3-aiohttp python3-httpx python3-uvloop wget gcc libc6-dev buildah; do
+  default-jre-headless python3-aiohttp python3-httpx python3-uvloop wget gcc libc6-dev buildah nginx; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 command -v node >/dev/null || need+=(nodejs)
@@ -27,6 +29,19 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # Installing nginx starts its service on port 80 where services start (systemd): stop and disable it
+  # (only when this script installed it: an nginx that was already there is the machine owner's).
+  if [[ " ${need[*]} " == *" nginx "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now nginx.service >/dev/null 2>&1 || true
+    else
+      # no systemd running (a container): stop what the init script started, and drop the links
+      # that would start it at the next boot either way
+      service nginx stop >/dev/null 2>&1 || true
+      update-rc.d nginx disable >/dev/null 2>&1 || true
+      if command -v systemctl >/dev/null; then systemctl disable nginx.service >/dev/null 2>&1 || true; fi
+    fi
+  fi
 fi
 
 command -v bun >/dev/null || npm install -g bun
