@@ -553,7 +553,7 @@ __noinline int kloak_hpack_check(__u32 slot, __u32 idx, __u32 mode)
 	struct kloak_grant grant;
 	struct kloak_hcode *hc;
 	struct kloak_item *item;
-	__u32 shift, id, nb, why, n, bits, fits;
+	__u32 shift, id, nb, why, n, bits, fits, unchecked;
 	__u64 c, start;
 
 	if (!s || !h || idx >= HP_MAX_CAND)
@@ -588,7 +588,7 @@ __noinline int kloak_hpack_check(__u32 slot, __u32 idx, __u32 mode)
 	}
 	if (!kloak_destination_allowed(slot, id, start))
 		return 0;
-	why = kloak_buffer_refusal(s->buf + start, nb);
+	why = item_buffer_check(s->buf + start, nb, &unchecked);
 	if (why) {
 		kloak_refuse(slot, why, id, start);
 		return 0;
@@ -612,7 +612,7 @@ __noinline int kloak_hpack_check(__u32 slot, __u32 idx, __u32 mode)
 	item->secret_id = id;
 	item->len = nb;
 	item->hbits = bits;
-	item->hshift = shift;
+	item->hshift = shift | unchecked;
 	s->ev.count = n + 1;
 	return 0;
 }

@@ -69,7 +69,7 @@ __noinline int kloak_check_candidate(__u32 slot, __u32 idx)
 	struct kloak_bytes *ph;
 	struct kloak_item *item;
 	__u64 start;
-	__u32 id, n, why;
+	__u32 id, n, why, unchecked;
 
 	if (!s || idx >= KLOAK_MAX_CANDIDATES)
 		return 0;
@@ -98,7 +98,7 @@ __noinline int kloak_check_candidate(__u32 slot, __u32 idx)
 	}
 	if (!kloak_destination_allowed(slot, id, start))
 		return 0;
-	why = kloak_buffer_refusal(s->buf + start, ph->len);
+	why = item_buffer_check(s->buf + start, ph->len, &unchecked);
 	if (why) {
 		kloak_refuse(slot, why, id, start);
 		return 0;
@@ -113,7 +113,7 @@ __noinline int kloak_check_candidate(__u32 slot, __u32 idx)
 	item->secret_id = id;
 	item->len = ph->len;
 	item->hbits = 0;
-	item->hshift = 0;
+	item->hshift = unchecked;
 	s->ev.count = n + 1;
 	return 0;
 }

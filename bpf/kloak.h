@@ -224,8 +224,13 @@ struct kloak_item {
 	__u32 secret_id;
 	__u32 len;    /* bytes at addr the item covers */
 	__u32 hbits;  /* 0: the placeholder's bytes; else its HPACK Huffman code, hbits long, */
-	__u32 hshift; /* ... starting at bit hshift (from the top) of the byte at addr */
+	__u32 hshift; /* ... starting at bit hshift (from the top) of the byte at addr; | KLOAK_ITEM_UNCHECKED */
 };
+
+/* In kloak_item.hshift (stop mode): the kernel could not check the buffer's
+ * mapping (the writer's memory map was locked: bpf_find_vma's trylock), so
+ * user space checks it, while the writer is stopped, before it writes. */
+#define KLOAK_ITEM_UNCHECKED (1u << 16)
 
 /* kloak_hcodes[secret_id]: the placeholder's HPACK Huffman code (bpf/hpack.h). */
 struct kloak_hcode {

@@ -181,6 +181,24 @@ __noinline int kloak_buffer_refusal(__u64 addr, __u32 len)
 	return 0;
 }
 
+/*
+ * The buffer check of one item: 0, or the refusal. A busy memory map is no
+ * refusal in stop mode: user space writes the value anyway, and checks the
+ * mapping itself first (*flag = KLOAK_ITEM_UNCHECKED, in the item's hshift);
+ * kernel mode writes from here and must refuse.
+ */
+static __always_inline __u32 item_buffer_check(__u64 addr, __u32 len, __u32 *flag)
+{
+	__u32 why = kloak_buffer_refusal(addr, len);
+
+	*flag = 0;
+	if (why == KR_BUFFER_UNCHECKED && kloak_cfg.mode == KLOAK_MODE_STOP) {
+		*flag = KLOAK_ITEM_UNCHECKED;
+		return 0;
+	}
+	return why;
+}
+
 /* A restore that can never happen: the writer dies with the value rather
  * than go on holding it. */
 static __always_inline void kill_holder(void)

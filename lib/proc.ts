@@ -49,6 +49,29 @@ export function mappedFiles(pid: number): string[] | null {
   return [...files];
 }
 
+/**
+ * Whether [addr, addr+len) lies inside one private, writable mapping that no
+ * file backs (heap, stack, anonymous mmap) of pid, as /proc/<pid>/maps says
+ * now. false when it does not, or when the maps cannot be read.
+ */
+export function inPrivateAnonymousMapping(pid: number, addr: bigint, len: number): boolean {
+  const maps = readOrNull(`/proc/${pid}/maps`);
+  if (maps === null) return false;
+  const end = addr + BigInt(len);
+  for (const line of maps.split("\n")) {
+    // start-end perms offset dev inode [path]
+    const dash = line.indexOf("-");
+    const sp = line.indexOf(" ");
+    if (dash < 0 || sp < dash) continue;
+    const lo = BigInt(`0x${line.slice(0, dash)}`);
+    const hi = BigInt(`0x${line.slice(dash + 1, sp)}`);
+    if (addr < lo || addr >= hi) continue;
+    const [perms, , , inode] = line.slice(sp + 1).split(/\s+/);
+    return end <= hi && perms?.[1] === "w" && perms[3] === "p" && inode === "0";
+  }
+  return false;
+}
+
 /** Inode of the network namespace of pid (what /proc/<pid>/ns/net names). */
 export function netnsInode(pid: number): bigint {
   return BigInt(statSync(`/proc/${pid}/ns/net`).ino);

@@ -411,11 +411,11 @@ export async function execCommand(argv: string[]): Promise<number> {
     // runs; a full socket) is retried with the same bytes: one placeholder, one substitution.
     const notTaken = Number(counters.subst_not_taken ?? 0n);
     const substituted = Math.max(0, (dp.mode === "stop" ? stats.patched : Number(counters.substituted)) - notTaken);
-    const failedClosed = stats.notStopped + stats.patchFailed;
+    const failedClosed = stats.notStopped + stats.patchFailed + stats.bufferRefused;
     // Markers past the first MAX_CANDIDATES of a write were never examined: placeholders among them went out.
     const unexamined = Number(counters.candidates_dropped ?? 0n);
     const refused =
-      Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue + unexamined;
+      Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue + stats.bufferRefused + unexamined;
     const failRun = opts.failOnRefusal && refused > 0 && exitCode === 0;
     const kloakExit = failRun ? REFUSED_EXIT : exitCode;
     if (opts.summary === "json") {

@@ -12,6 +12,8 @@ export const VALUE_MAX = 4096;
 export const KEY_LEN = 8;
 export const MAX_SUBST = 16;
 export const MAX_CANDIDATES = 32;
+/** kloak_item.hshift flag: the kernel could not check the buffer's mapping; the worker checks it (bpf/kloak.h) */
+export const ITEM_UNCHECKED = 1 << 16;
 export const CHUNK = 512;
 export const MAX_SCAN = 16 << 20;
 export const MAX_RULES = 16;
@@ -229,6 +231,8 @@ export interface WriteItem {
   /** 0: the placeholder's bytes; else its HPACK Huffman code of hbits bits, from bit hshift of addr's byte */
   hbits: number;
   hshift: number;
+  /** stop mode: the writer's memory map was locked when the kernel looked; the worker checks the mapping before it writes */
+  unchecked: boolean;
 }
 export interface WriteEvent {
   type: typeof EventType.SUBSTITUTE | typeof EventType.RESTORE;
@@ -393,7 +397,8 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
           secretId: v.getUint32(o + 8, true),
           len: v.getUint32(o + 12, true),
           hbits: v.getUint32(o + 16, true),
-          hshift: v.getUint32(o + 20, true),
+          hshift: v.getUint32(o + 20, true) & ~ITEM_UNCHECKED,
+          unchecked: (v.getUint32(o + 20, true) & ITEM_UNCHECKED) !== 0,
         });
       }
       return { type, tgid: v.getUint32(4, true), tid: v.getUint32(8, true), seq: v.getBigUint64(16, true), items };

@@ -46,6 +46,10 @@ export interface WorkerStats {
   /** requests dropped because the writer was not seen stopped in time */
   notStopped: number;
   noValue: number;
+  /** items whose mapping the kernel could not check (memory map locked), checked by the worker */
+  buffersChecked: number;
+  /** ... and found outside private anonymous memory: left as placeholders (refusal buffer_not_private) */
+  bufferRefused: number;
   /** writers killed because a placeholder could not be put back */
   killedNoRestore: number;
   /** connections shut down by the violation policy "block" */
@@ -66,6 +70,8 @@ export function noWorkerStats(): WorkerStats {
     patchFailed: 0,
     notStopped: 0,
     noValue: 0,
+    buffersChecked: 0,
+    bufferRefused: 0,
     killedNoRestore: 0,
     blocked: 0,
     traced: 0,

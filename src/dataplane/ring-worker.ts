@@ -39,7 +39,7 @@ import {
   SIGCONT,
   SIGKILL,
 } from "../../lib/libc.ts";
-import { isStopped, threadState } from "../../lib/proc.ts";
+import { inPrivateAnonymousMapping, isStopped, threadState } from "../../lib/proc.ts";
 import { BPF_EXIST, mapLookupRaw, mapUpdateRaw } from "../../lib/uprobe.ts";
 import { decodeEvent, encodeU32, EventType, LAYOUT, ProcFlags, type BlockEvent, type DataplaneEvent, type WriteEvent } from "./abi.ts";
 import { noWorkerStats, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
@@ -134,10 +134,34 @@ function restored(tgid: number, item: Item): Uint8Array | undefined {
   return span && spliceCode(span, item.hshift, c.ph.code, item.hbits);
 }
 
-/** Write every item's value; on any failure put placeholders back where written. */
-function substitute(ev: WriteEvent): boolean {
+/**
+ * Items the kernel could not check (its trylock on the writer's memory map
+ * failed) and the worker found outside private anonymous memory: left as
+ * placeholders, so their restore is skipped too. Keyed by thread and address.
+ */
+const leftUnpatched = new Set<string>();
+const itemKey = (tid: number, item: Item) => `${tid}:${item.addr}`;
+
+/**
+ * The kernel's buffer check, done here for an item it could not check: the
+ * value goes only into private, writable, anonymous memory of the writer
+ * (never a shared or file-backed mapping), as bpf/rewrite.h requires. The
+ * writer is stopped, so its mappings cannot change meanwhile.
+ */
+function bufferAllowed(ev: WriteEvent, item: Item): boolean {
+  if (!item.unchecked) return true;
+  stats.buffersChecked++;
+  if (inPrivateAnonymousMapping(ev.tgid, item.addr, item.len)) return true;
+  stats.bufferRefused++;
+  leftUnpatched.add(itemKey(ev.tid, item));
+  return false;
+}
+
+/** Write every item's value (but those the buffer check refuses); on any failure put placeholders back where written. Returns how many were written, or -1. */
+function substitute(ev: WriteEvent): number {
   const done: typeof ev.items = [];
-  for (const item of ev.items) {
+  const wanted = ev.items.filter((item) => bufferAllowed(ev, item));
+  for (const item of wanted) {
     const bytes = substituted(ev.tgid, item);
     if (!bytes || bytes.length !== item.len) {
       stats.noValue++;
@@ -151,9 +175,9 @@ function substitute(ev: WriteEvent): boolean {
       break;
     }
   }
-  if (done.length === ev.items.length) return true;
-  for (const item of done.reverse()) if (!putBack(ev.tgid, item)) return false;
-  return false;
+  if (done.length === wanted.length) return done.length;
+  for (const item of done.reverse()) if (!putBack(ev.tgid, item)) return -1;
+  return -1;
 }
 
 /** Put one placeholder back, through read-only protections if need be. */
@@ -175,9 +199,14 @@ function putBack(tgid: number, item: WriteEvent["items"][number]): boolean {
 /** The restore must happen; a writer whose buffer cannot be restored dies. */
 function restore(ev: WriteEvent): void {
   let ok = true;
-  for (const item of [...ev.items].reverse()) ok = putBack(ev.tgid, item) && ok;
+  let n = 0;
+  for (const item of [...ev.items].reverse()) {
+    if (leftUnpatched.delete(itemKey(ev.tid, item))) continue; // never written: nothing to put back
+    ok = putBack(ev.tgid, item) && ok;
+    n++;
+  }
   if (ok) {
-    stats.restored += ev.items.length;
+    stats.restored += n;
     return;
   }
   stats.killedNoRestore++;
@@ -222,7 +251,7 @@ function handle(ev: WriteEvent | BlockEvent, resume: Set<number>, release: Map<n
     case EventType.SUBSTITUTE:
       // Fail closed: never touch a buffer the writer may be encrypting.
       if (!stopped) stats.notStopped++;
-      else if (substitute(ev)) stats.patched += ev.items.length;
+      else stats.patched += Math.max(0, substitute(ev));
       break;
     case EventType.RESTORE:
       if (stopped) restore(ev);

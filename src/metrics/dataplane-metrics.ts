@@ -23,6 +23,7 @@ export interface DataplaneSnapshot {
 const WORKER_REFUSALS: Record<string, (w: WorkerStats) => number> = {
   writer_not_stopped: (w) => w.notStopped,
   patch_failed: (w) => w.patchFailed + w.noValue,
+  buffer_not_private: (w) => w.bufferRefused,
 };
 
 export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new Registry()): Registry {
@@ -44,6 +45,11 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
     (s) => s.counters.nested_write,
   );
   total("kloak_bytes_scanned_total", "bytes of TLS writes scanned for placeholders", (s) => s.counters.bytes_scanned);
+  total(
+    "kloak_buffers_checked_by_worker_total",
+    "stop mode: placeholders whose buffer mapping the kernel could not check (the memory map was locked), checked by kloak before writing",
+    (s) => s.worker?.buffersChecked ?? 0,
+  );
   total("kloak_bytes_unscanned_total", "bytes of TLS writes beyond the scan cap (never looked at)", (s) => s.counters.bytes_unscanned);
   total(
     "kloak_markers_unexamined_total",
@@ -121,7 +127,8 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
       for (const r of REFUSALS) {
         // User-space reasons the data plane counts itself (go_binary_unsupported) come with the kernel's.
         const own = r.kernel !== null || r.name in s.refusals;
-        const n = own ? Number(s.refusals[r.name] ?? 0n) : s.worker ? (WORKER_REFUSALS[r.name]?.(s.worker) ?? 0) : 0;
+        // buffer_not_private is decided by the kernel, or by the worker for buffers the kernel could not check.
+        const n = (own ? Number(s.refusals[r.name] ?? 0n) : 0) + (s.worker ? (WORKER_REFUSALS[r.name]?.(s.worker) ?? 0) : 0);
         this.inc({ reason: r.name }, n);
       }
     },

@@ -93,6 +93,7 @@ test("#defines of kloak.h", () => {
   expect(def("KLOAK_KEY_LEN")).toBe(abi.KEY_LEN);
   expect(def("KLOAK_MAX_SUBST")).toBe(abi.MAX_SUBST);
   expect(def("KLOAK_MAX_CANDIDATES")).toBe(abi.MAX_CANDIDATES);
+  expect(def("KLOAK_ITEM_UNCHECKED")).toBe(abi.ITEM_UNCHECKED);
   expect(def("KLOAK_CHUNK")).toBe(abi.CHUNK);
   expect(def("KLOAK_MAX_SCAN")).toBe(abi.MAX_SCAN);
   expect(def("KLOAK_MAX_RULES")).toBe(abi.MAX_RULES);
