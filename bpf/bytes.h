@@ -17,6 +17,19 @@ static __always_inline __u64 has_byte(__u64 x, __u8 c)
 	return (x - ONES) & ~x & HIGHS;
 }
 
+/* Non-zero iff some byte of the four words equals c: one test and one
+ * branch for 32 bytes. */
+static __always_inline __u64 has_byte_any4(__u64 a, __u64 b, __u64 c4, __u64 d, __u8 c)
+{
+	__u64 m = ONES * c;
+
+	a ^= m;
+	b ^= m;
+	c4 ^= m;
+	d ^= m;
+	return (((a - ONES) & ~a) | ((b - ONES) & ~b) | ((c4 - ONES) & ~c4) | ((d - ONES) & ~d)) & HIGHS;
+}
+
 /* x with every ASCII 'A'..'Z' byte turned into 'a'..'z'. */
 static __always_inline __u64 lower_word(__u64 x)
 {

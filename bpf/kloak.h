@@ -19,7 +19,7 @@
 #define KLOAK_KEY_LEN 8
 #define KLOAK_MAX_SUBST 16     /* placeholders substituted in one write */
 #define KLOAK_MAX_CANDIDATES 32 /* "kloak:" occurrences examined in one write */
-#define KLOAK_CHUNK 512        /* bytes copied and scanned per loop step */
+#define KLOAK_CHUNK 2048       /* bytes copied and scanned per loop step */
 #define KLOAK_MAX_SCAN (16u << 20) /* hard ceiling of the configurable scan cap */
 #define KLOAK_MAX_RULES 16     /* destination rules per secret */
 #define KLOAK_NAME_MAX 256     /* host names and SNI, NUL padded (DNS names are <= 253) */

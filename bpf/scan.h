@@ -18,10 +18,14 @@ static __always_inline bool marker_before(const __u8 *chunk, __u32 p)
 	       chunk[q + 4] == 'k';
 }
 
+/* Words tested together: one branch per group. */
+#define SCAN_GROUP 4
+
 /*
- * Word `word` of the current chunk (n valid bytes, at chunk_off in the write)
- * holds a ':'; note every position where a marker could start. Global: the
- * verifier checks it once, not once per word of the scan loop.
+ * Group `word` (SCAN_GROUP words from word `word`) of the current chunk (n
+ * valid bytes, at chunk_off in the write) holds a ':'; note every position
+ * where a marker could start. Global: the verifier checks it once, not once
+ * per group of the scan loop.
  */
 __noinline int kloak_note_colons(__u32 slot, __u32 chunk_off, __u32 word, __u32 n)
 {
@@ -30,7 +34,7 @@ __noinline int kloak_note_colons(__u32 slot, __u32 chunk_off, __u32 word, __u32 
 
 	if (!s)
 		return 0;
-	for (b = 0; b < 8; b++) {
+	for (b = 0; b < 8 * SCAN_GROUP; b++) {
 		p = word * 8 + b;
 		if (p >= n || p >= KLOAK_CHUNK)
 			break;
@@ -79,8 +83,8 @@ static long scan_chunk(__u32 idx, void *ctx)
 	 * stale bytes, which kloak_note_colons ignores (p >= n), and a loop
 	 * without exits costs the verifier one pass. */
 #pragma unroll
-	for (w = 0; w < KLOAK_CHUNK / 8; w++)
-		if (has_byte(s->words[w], ':'))
+	for (w = 0; w < KLOAK_CHUNK / 8; w += SCAN_GROUP)
+		if (has_byte_any4(s->words[w], s->words[w + 1], s->words[w + 2], s->words[w + 3], ':'))
 			kloak_note_colons(slot, off, w, n);
 	return 0;
 }

@@ -14,7 +14,7 @@ export const MAX_SUBST = 16;
 export const MAX_CANDIDATES = 32;
 /** kloak_item.hshift flag: the kernel could not check the buffer's mapping; the worker checks it (bpf/kloak.h) */
 export const ITEM_UNCHECKED = 1 << 16;
-export const CHUNK = 512;
+export const CHUNK = 2048;
 export const MAX_SCAN = 16 << 20;
 export const MAX_RULES = 16;
 export const NAME_MAX = 256;

@@ -318,3 +318,43 @@ describe("10,000 placeholders in one write (~500 KiB, --scan-cap 512KiB covers i
     expect(r.stderr).toContain(`kloak: ${N - KLOAK_MAX_CANDIDATES} "kloak:" marker(s) beyond the first ${KLOAK_MAX_CANDIDATES} of one TLS write were not examined`);
   });
 });
+
+describe("placeholders across the scan's chunk and word-group boundaries (bpf/scan.h: 2 KiB chunks, 32-byte groups)", () => {
+  // Each write holds one placeholder whose marker "kloak:", or its ":", straddles a boundary: the
+  // end of the first chunk and the start of the second, a 32-byte group boundary, an 8-byte word
+  // boundary. Every one is found, verified and substituted, and put back.
+  const CHUNK = 2048;
+  const L = 40;
+  const starts = [CHUNK - 6, CHUNK - 5, CHUNK - 3, CHUNK - 1, CHUNK, 2 * CHUNK - 4, 32 * 70 - 5, 32 * 71 - 2, 8 * 301 - 3];
+  const filler = (n: number) => "x".repeat(n);
+  test(
+    `one write each with the placeholder at ${starts.join(", ")}: all substituted, all restored`,
+    async () => {
+      const secret = fakeSecret(L);
+      const id = (i: number) => `b${String.fromCharCode(97 + i)}`; // the client's output keys are letters
+      const steps = starts.flatMap((at, i) => [
+        { op: "buffer", id: id(i), template: `${filler(at)}{{API_KEY}}${filler(10)}` },
+        { op: "write", id: "c", buf: id(i) },
+        { op: "check", buf: id(i) },
+      ]);
+      const r = await edge(secret, steps, "16KiB");
+      expect(r.code).toBe(0);
+      expect(r.done).toBe(true);
+      for (let i = 0; i < starts.length; i++) expect(r.out[`BUF_${id(i).toUpperCase()}`]).toEqual(["placeholder"]);
+      const total = starts.reduce((a, at) => a + at + L + 10, 0);
+      await raw.waitFor((all) => all.length >= total);
+      const got = raw.received();
+      expect(got.length).toBe(total);
+      let off = 0;
+      const found = starts.map((at) => {
+        const ok = got.subarray(off + at, off + at + L).toString("latin1") === secret;
+        off += at + L + 10;
+        return ok;
+      });
+      expect(found).toEqual(starts.map(() => true));
+      expect(placeholderCount(got)).toBe(0);
+      expect(writeCounters(r.metrics).substituted).toBe(starts.length);
+    },
+    TIMEOUT,
+  );
+});
