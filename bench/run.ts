@@ -470,7 +470,7 @@ async function runOne(
     cmd = [
       ...UNPIN(), // undo the affinity inherited from the pinned server
       // --user root: the client runs from root's files; the benchmark measures the data path.
-      process.execPath, KLOAK_MAIN, "exec", "--user", "root",
+      process.execPath, KLOAK_MAIN, "exec", "--verbose", "--user", "root", // --verbose: the rewrite mode, for the report
       // --secret NAME takes the value from kloak's environment: it never appears in argv.
       ...(v.secretsFile ? ["--secrets-file", v.secretsFile] : ["--secret", SECRET_NAME]),
       ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), ...(v.kloakArgs ?? []), "--", ...client,
