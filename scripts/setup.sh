@@ -28,9 +28,19 @@ command -v kubectl >/dev/null || need+=(kubernetes-client)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}"
-  # Installing nginx starts its service on port 80 where services start (systemd): stop and disable it
-  # (only when this script installed it: an nginx that was already there is the machine owner's).
+  # nginx's package starts its service on port 80 while it installs, and its install fails when that
+  # start does (port 80 taken): deny service starts for this install (policy-rc.d, which invoke-rc.d
+  # and deb-systemd-invoke obey), unless the machine has a policy of its own.
+  policy=""
+  if [[ " ${need[*]} " == *" nginx "* ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+  fi
+  apt-get install -y -qq --no-install-recommends "${need[@]}" || { [ -n "$policy" ] && rm -f "$policy"; exit 1; }
+  [ -n "$policy" ] && rm -f "$policy"
+  # The package also enables its service for the next boot (and starts it where a policy of the
+  # machine's own allowed that): stop and disable it (only when this script installed it: an nginx
+  # that was already there is the machine owner's).
   if [[ " ${need[*]} " == *" nginx "* ]]; then
     if [ -d /run/systemd/system ]; then
       systemctl disable --now nginx.service >/dev/null 2>&1 || true
