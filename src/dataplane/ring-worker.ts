@@ -137,23 +137,27 @@ function restored(tgid: number, item: Item): Uint8Array | undefined {
 /**
  * Items the kernel could not check (its trylock on the writer's memory map
  * failed) and the worker found outside private anonymous memory: left as
- * placeholders, so their restore is skipped too. Keyed by thread and address.
+ * placeholders, so their restore is skipped too. Keyed by thread, write
+ * (the restore record is the substitution's own, seq included) and address,
+ * so an entry left by a thread that died mid-write can never match a later
+ * write of a thread that reuses its number.
  */
 const leftUnpatched = new Set<string>();
-const itemKey = (tid: number, item: Item) => `${tid}:${item.addr}`;
+const itemKey = (ev: WriteEvent, item: Item) => `${ev.tid}:${ev.seq}:${item.addr}`;
 
 /**
  * The kernel's buffer check, done here for an item it could not check: the
  * value goes only into private, writable, anonymous memory of the writer
- * (never a shared or file-backed mapping), as bpf/rewrite.h requires. The
- * writer is stopped, so its mappings cannot change meanwhile.
+ * (never a shared or file-backed mapping), as bpf/rewrite.h requires. Like
+ * the kernel's check in stop mode it precedes the write: other threads of a
+ * traced writer run on meanwhile (ptrace holds the one thread).
  */
 function bufferAllowed(ev: WriteEvent, item: Item): boolean {
   if (!item.unchecked) return true;
   stats.buffersChecked++;
   if (inPrivateAnonymousMapping(ev.tgid, item.addr, item.len)) return true;
   stats.bufferRefused++;
-  leftUnpatched.add(itemKey(ev.tid, item));
+  leftUnpatched.add(itemKey(ev, item));
   return false;
 }
 
@@ -201,7 +205,7 @@ function restore(ev: WriteEvent): void {
   let ok = true;
   let n = 0;
   for (const item of [...ev.items].reverse()) {
-    if (leftUnpatched.delete(itemKey(ev.tid, item))) continue; // never written: nothing to put back
+    if (leftUnpatched.delete(itemKey(ev, item))) continue; // never written: nothing to put back
     ok = putBack(ev.tgid, item) && ok;
     n++;
   }
