@@ -59,12 +59,18 @@ export function isEmulated(code: Uint8Array, at = 0): boolean {
   return b0 === 0x0f && b1 !== undefined && b1 >= 0x80 && b1 <= 0x8f;
 }
 
+/** push reg (50-57, or 41 50-57) */
+function isPushReg(b: Uint8Array): boolean {
+  if (b.length === 1) return b[0]! >= 0x50 && b[0]! <= 0x57;
+  return b.length === 2 && b[0] === 0x41 && b[1]! >= 0x50 && b[1]! <= 0x57;
+}
+
 /** Stack set-up that leaves the argument registers as the caller passed them: sub $imm,%rsp or push reg. */
 function isStackSetup(code: Uint8Array, at: number, length: number): boolean {
   const b = code.subarray(at, at + length);
   if (length === 4 && b[0] === 0x48 && b[1] === 0x83 && b[2] === 0xec) return true; // sub $imm8,%rsp
   if (length === 7 && b[0] === 0x48 && b[1] === 0x81 && b[2] === 0xec) return true; // sub $imm32,%rsp
-  return isEmulated(code, at) && length <= 2 && code[at] !== 0x90 && !(code[at]! >= 0x70 && code[at]! <= 0x7f); // push
+  return isPushReg(b);
 }
 
 /** Target (file offset) of the direct call at code[at] of a function at `base`. */

@@ -83,6 +83,16 @@ describe("placeProbes", () => {
     expect(placeProbes(fns, code)).toEqual(fns);
   });
 
+  test("an _ex function that jumps (jmp rel8) before its call is no pure wrapper: the public probes stay", () => {
+    const code = image([
+      [WRITE_EX, [0xeb, 0x00, ...call(WRITE_EX + 2, INTERNAL), ...RET]],
+      [WRITE, [...call(WRITE, INTERNAL), ...RET]],
+      [INTERNAL, [...PUSH_R14, ...RET]],
+    ]);
+    const fns = [site("SSL_write", WRITE, Fn.SSL_WRITE), site("SSL_write_ex", WRITE_EX)];
+    expect(placeProbes(fns, code)).toEqual(fns);
+  });
+
   test("OpenSSL 3.3+: SSL_write_ex only jumps to SSL_write_ex2, which is the pure wrapper", () => {
     const EX2 = 0x300;
     const code = image([
