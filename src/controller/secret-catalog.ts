@@ -11,6 +11,7 @@
  */
 import { createHash } from "node:crypto";
 import { isEnabled, isShadow, shadowName, shadowOwner } from "../kube/contract.ts";
+import { WorkQueue } from "../kube/work-queue.ts";
 import { checkSecret, describeProblems, type CheckedSecret } from "../secrets/secret-check.ts";
 import { placeholderFits, placeholderKey, PlaceholderRegistry, valueShape } from "../secrets/placeholder.ts";
 import { kernelRules } from "../policy/policy-engine.ts";
@@ -67,7 +68,8 @@ export class SecretCatalog {
   private readonly byId = new Map<number, SecretKeyRef>();
   private readonly registry = new PlaceholderRegistry();
   private nextId = 1;
-  private readonly queues = new Map<string, Promise<void>>();
+  /** `${ns}/${name}` of originals to sync: one sync of an original at a time, different originals at once */
+  private readonly queue = new WorkQueue<string>((key) => this.syncKey(key), { concurrency: Infinity });
   private readonly listeners: ((namespace: string, name: string) => void)[] = [];
   private wildcards = 0;
 
@@ -88,19 +90,17 @@ export class SecretCatalog {
     this.listeners.push(fn);
   }
 
-  /** A Secret (original or shadow) changed: bring its original's keys up to date. Calls for one original run in order. */
+  /**
+   * A Secret (original or shadow) changed: bring its original's keys up to
+   * date. Resolves once a sync of the original that began after this call is
+   * done; syncs of one original never overlap. A failed sync is logged, not
+   * retried: the next watch event of the pair syncs it again.
+   */
   touch(s: SecretView): Promise<void> {
     const ns = s.metadata.namespace ?? "";
     const original = isShadow(s.metadata) ? (shadowOwner(s.metadata) ?? "") : (s.metadata.name ?? "");
     if (!original) return Promise.resolve();
-    const key = `${ns}/${original}`;
-    const next = (this.queues.get(key) ?? Promise.resolve()).then(() => this.sync(ns, original));
-    const settled = next.catch((e) => this.log("error", "secret sync failed", { secret: key, error: (e as Error).message }));
-    this.queues.set(key, settled);
-    void settled.then(() => {
-      if (this.queues.get(key) === settled) this.queues.delete(key);
-    });
-    return settled;
+    return this.queue.add(`${ns}/${original}`);
   }
 
   /** ids of the loaded keys of ns/name (keys: "all" or a subset). */
@@ -121,6 +121,16 @@ export class SecretCatalog {
     let keys = 0;
     for (const m of this.loaded.values()) keys += m.size;
     return { secrets: this.loaded.size, keys };
+  }
+
+  private async syncKey(key: string): Promise<void> {
+    // Neither a namespace nor a Secret's name can hold a slash.
+    const [ns, name] = key.split("/") as [string, string];
+    try {
+      await this.sync(ns, name);
+    } catch (e) {
+      this.log("error", "secret sync failed", { secret: key, error: (e as Error).message });
+    }
   }
 
   private async sync(ns: string, name: string): Promise<void> {

@@ -7,10 +7,12 @@
  *
  * Writes are optimistic (resourceVersion); a 409 means the cache is behind,
  * and the key is retried once the watch catches up. The writer never touches
- * a Secret it did not label as its own.
+ * a Secret it did not label as its own. Originals are reconciled one at a
+ * time, through a work queue that retries failures with backoff.
  */
 import { setHeaderOptions, type CoreV1Api, type V1Secret } from "@kubernetes/client-node";
 import { isEnabled, isShadow, MANAGED, OWNER, shadowName, shadowOwner } from "../kube/contract.ts";
+import { WorkQueue } from "../kube/work-queue.ts";
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
 import { isPlaceholderShaped, placeholderFits, PlaceholderRegistry, valueShape } from "../secrets/placeholder.ts";
 import type { LogFn } from "../agent/log.ts";
@@ -32,6 +34,11 @@ export interface EventSink {
 
 const RETRY_MS = [200, 1000, 5000, 15_000, 30_000];
 
+/** A key's delay after its n-th failure in a row; a taken name waits the longest. */
+function retryDelay(failures: number, e: unknown): number {
+  return e instanceof NameTaken ? RETRY_MS.at(-1)! : RETRY_MS[Math.min(failures - 1, RETRY_MS.length - 1)]!;
+}
+
 /** Accept header for a metadata-only read: the API server leaves data out. */
 export const METADATA_ONLY = setHeaderOptions("Accept", "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json");
 
@@ -40,10 +47,11 @@ class NameTaken extends Error {}
 
 export class ShadowWriter {
   private leader = false;
-  private readonly pending = new Set<string>();
-  private running = false;
-  private readonly attempts = new Map<string, number>();
-  private readonly timers = new Map<string, ReturnType<typeof setTimeout>>();
+  /** `${ns}/${name}` of originals to reconcile, one at a time */
+  private readonly queue = new WorkQueue<string>((key) => this.reconcileKey(key), {
+    backoff: retryDelay,
+    onFailure: (key, e, delay) => this.failed(key, e, delay),
+  });
   /** every shadow placeholder, built once per leadership and kept in step with this writer's writes */
   private registry?: PlaceholderRegistry;
   /** shadow writes (create/update/delete) done, for metrics */
@@ -66,9 +74,7 @@ export class ShadowWriter {
     // Another leader may have written meanwhile: rebuild from the cache when next needed.
     this.registry = undefined;
     if (!on) {
-      for (const t of this.timers.values()) clearTimeout(t);
-      this.timers.clear();
-      this.pending.clear();
+      this.queue.clear();
       return;
     }
     // A new leader reconciles everything: originals, and shadows whose original is gone.
@@ -91,51 +97,29 @@ export class ShadowWriter {
 
   enqueue(ns: string, name: string): void {
     if (!this.leader) return;
-    this.pending.add(`${ns}/${name}`);
-    void this.drain();
+    void this.queue.add(`${ns}/${name}`);
   }
 
   /** Resolves when nothing is queued (tests). */
-  async idle(): Promise<void> {
-    while (this.running || this.pending.size) await new Promise((r) => setTimeout(r, 20));
+  idle(): Promise<void> {
+    return this.queue.idle();
   }
 
-  private async drain(): Promise<void> {
-    if (this.running) return;
-    this.running = true;
-    try {
-      while (this.leader && this.pending.size) {
-        const key = this.pending.values().next().value as string;
-        this.pending.delete(key);
-        const [ns, name] = splitKey(key);
-        try {
-          await this.reconcile(ns, name);
-          this.attempts.delete(key);
-        } catch (e) {
-          this.errors++;
-          const n = this.attempts.get(key) ?? 0;
-          this.attempts.set(key, n + 1);
-          const delay = e instanceof NameTaken ? RETRY_MS.at(-1)! : RETRY_MS[Math.min(n, RETRY_MS.length - 1)]!;
-          const status = (e as { code?: number }).code;
-          this.log(status === 409 || e instanceof NameTaken ? "debug" : "warn", "shadow write failed; retrying", {
-            secret: key,
-            status,
-            error: errorText(e),
-            retryInMs: delay,
-          });
-          clearTimeout(this.timers.get(key));
-          this.timers.set(
-            key,
-            setTimeout(() => {
-              this.timers.delete(key);
-              this.enqueue(ns, name);
-            }, delay),
-          );
-        }
-      }
-    } finally {
-      this.running = false;
-    }
+  private async reconcileKey(key: string): Promise<void> {
+    if (!this.leader) return;
+    const [ns, name] = splitKey(key);
+    await this.reconcile(ns, name);
+  }
+
+  private failed(key: string, e: unknown, delay: number): void {
+    this.errors++;
+    const status = (e as { code?: number }).code;
+    this.log(status === 409 || e instanceof NameTaken ? "debug" : "warn", "shadow write failed; retrying", {
+      secret: key,
+      status,
+      error: errorText(e),
+      retryInMs: delay,
+    });
   }
 
   private async reconcile(ns: string, name: string): Promise<void> {

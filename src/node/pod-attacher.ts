@@ -18,6 +18,7 @@ import type { LogFn } from "../agent/log.ts";
 import type { Dataplane } from "../dataplane/dataplane.ts";
 import type { ViolationAction } from "../dataplane/refusals.ts";
 import { cgroupProcesses, findContainerCgroup, type ContainerCgroup } from "./cgroups.ts";
+import { WorkQueue } from "../kube/work-queue.ts";
 
 export interface PodTarget {
   uid: string;
@@ -94,12 +95,16 @@ interface PodState {
 /** Rounds remove() makes for processes that forked while their parent was being removed. */
 const REMOVE_ROUNDS = 3;
 
+/** Thrown by a retry that did not find the cgroup yet: the work queue tries again after retryMs. */
+class NotFoundYet extends Error {}
+
 export class PodAttacher {
   private readonly pods = new Map<string, PodState>();
   private nextScope: number;
-  private timer: ReturnType<typeof setInterval> | undefined;
   private readonly retryMs: number;
   private readonly retryForMs: number;
+  /** `${uid}/${containerId}` of pending containers, looked for again every retryMs */
+  private readonly retries: WorkQueue<string>;
 
   constructor(
     private readonly dp: PodDataplane,
@@ -108,6 +113,7 @@ export class PodAttacher {
     this.nextScope = opts.firstScopeId ?? 1000;
     this.retryMs = opts.retryMs ?? 1000;
     this.retryForMs = opts.retryForMs ?? 30_000;
+    this.retries = new WorkQueue((key) => this.retry(key), { backoff: () => this.retryMs });
   }
 
   /**
@@ -150,7 +156,6 @@ export class PodAttacher {
     } catch (e) {
       this.opts.log("error", "pod detach failed", { pod, uid, error: e as Error });
     }
-    this.updateTimer();
   }
 
   stats(): PodAttacherStats {
@@ -182,10 +187,9 @@ export class PodAttacher {
     return undefined;
   }
 
-  /** Stop retrying (the maps are left as they are). */
+  /** Stop retrying (the maps are left as they are). A retry is synchronous: none is left running. */
   close(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = undefined;
+    void this.retries.shutdown();
   }
 
   private syncPod(t: PodTarget): void {
@@ -242,7 +246,6 @@ export class PodAttacher {
       if (have) this.adopt(st, have.cgroup);
       else this.attachContainer(st, cid, name, !st.pending.has(cid) && !st.gaveUp.has(cid));
     }
-    this.updateTimer();
   }
 
   private adoptedScopeOf(t: PodTarget): number | undefined {
@@ -264,6 +267,7 @@ export class PodAttacher {
       if (firstTry) {
         st.pending.set(cid, { name, since: performance.now() });
         this.opts.log("info", "container cgroup not found yet; looking again", { ...fields, retryMs: this.retryMs });
+        this.retries.addAfter(`${st.uid}/${cid}`, this.retryMs);
       }
       return false;
     }
@@ -308,39 +312,30 @@ export class PodAttacher {
     return kept;
   }
 
-  private updateTimer(): void {
-    let pending = false;
-    for (const st of this.pods.values()) if (st.pending.size) pending = true;
-    if (pending && !this.timer) {
-      this.timer = setInterval(() => this.retry(), this.retryMs);
-      this.timer.unref?.();
-    } else if (!pending && this.timer) {
-      clearInterval(this.timer);
-      this.timer = undefined;
-    }
-  }
-
-  private retry(): void {
+  /** Look for a pending container's cgroup again; give up after retryForMs. */
+  private retry(key: string): void {
+    // A pod uid holds no slash; a container id may.
+    const slash = key.indexOf("/");
+    const st = this.pods.get(key.slice(0, slash));
+    const cid = key.slice(slash + 1);
+    const p = st?.pending.get(cid);
+    // Attached by a sync meanwhile, stopped, or the pod removed.
+    if (!st || !p) return;
     const now = performance.now();
-    for (const st of this.pods.values()) {
-      for (const [cid, p] of st.pending) {
-        try {
-          if (this.attachContainer(st, cid, p.name, false)) continue;
-        } catch (e) {
-          this.opts.log("error", "container attach failed", { pod: `${st.namespace}/${st.name}`, containerId: cid, error: e as Error });
-        }
-        if (now - p.since < this.retryForMs) continue;
-        st.pending.delete(cid);
-        st.gaveUp.add(cid);
-        this.opts.log("warn", "container cgroup not found; its processes stay unattached (placeholders go out unchanged) until the pod changes", {
-          pod: `${st.namespace}/${st.name}`,
-          container: p.name,
-          containerId: cid,
-          cgroupRoot: this.opts.cgroupRoot,
-          afterMs: Math.round(now - p.since),
-        });
-      }
+    try {
+      if (this.attachContainer(st, cid, p.name, false)) return;
+    } catch (e) {
+      this.opts.log("error", "container attach failed", { pod: `${st.namespace}/${st.name}`, containerId: cid, error: e as Error });
     }
-    this.updateTimer();
+    if (now - p.since < this.retryForMs) throw new NotFoundYet(cid);
+    st.pending.delete(cid);
+    st.gaveUp.add(cid);
+    this.opts.log("warn", "container cgroup not found; its processes stay unattached (placeholders go out unchanged) until the pod changes", {
+      pod: `${st.namespace}/${st.name}`,
+      container: p.name,
+      containerId: cid,
+      cgroupRoot: this.opts.cgroupRoot,
+      afterMs: Math.round(now - p.since),
+    });
   }
 }

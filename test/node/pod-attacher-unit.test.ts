@@ -208,6 +208,23 @@ test("retrying gives up after retryForMs with one warning; a later sync still fi
   attacher.close();
 });
 
+test("close stops the retries, also of containers a later sync finds missing", async () => {
+  const { dp, attacher, container, logs } = setup({ retryMs: 10, retryForMs: 5000 });
+  const t = target("kkkk-1", [{ name: "app", containerId: `containerd://${hex("a")}`, running: true }], []);
+  attacher.sync(t);
+  attacher.close();
+  attacher.sync(target("llll-2", [{ name: "app", containerId: `containerd://${hex("b")}`, running: true }], []));
+  container("kkkk-1", hex("a"), [1101]);
+  container("llll-2", hex("b"), [1201]);
+  await Bun.sleep(60);
+  expect(attacher.stats().pendingContainers).toBe(2);
+  expect(dp.procs.size).toBe(0);
+  expect(logs.filter((l) => l.msg === "container attached")).toHaveLength(0);
+  // A sync still attaches: only the retrying stopped.
+  attacher.sync(t);
+  expect(dp.procs.get(1101)).toBe(1000);
+});
+
 test("sync never throws: data-plane failures are logged", () => {
   const { dp, attacher, container, logs } = setup();
   container("iiii-9", hex("a"), [901]);
