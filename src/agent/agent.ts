@@ -2,7 +2,8 @@
  * `kloak agent`: everything one node runs, in one process. Order matters:
  * the ops server first (liveness while loading), then the data plane, the
  * watches, the secret catalog, pods, and last the webhook, which must not
- * answer before the cache it decides from is filled.
+ * answer before the cache it decides from is filled. Shutdown runs the same
+ * phases in reverse (lifecycle/phases.ts).
  */
 import { AdmissionregistrationV1Api, CoreV1Api, AppsV1Api, RbacAuthorizationV1Api, type KubeConfig } from "@kubernetes/client-node";
 import { METADATA_ONLY } from "../controller/shadow-writer.ts";
@@ -10,7 +11,7 @@ import { describeError, statusOf } from "../kube/lease.ts";
 import { secretView } from "../controller/secret-view.ts";
 import { Counter, Registry } from "prom-client";
 import { VERSION, gitCommit } from "../build-info.ts";
-import { agentPinBase, ensurePinDir, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
+import { agentPinBase, releaseDead, unpinState } from "../dataplane/release.ts";
 import { Dataplane, type DataplaneOptions } from "../dataplane/dataplane.ts";
 import { claimHandover, listHandovers, releaseHandover, type Handover } from "../dataplane/handover.ts";
 import { handoverIdentity, objectBytes } from "../dataplane/bpf-object.ts";
@@ -19,7 +20,8 @@ import { Guardian } from "../supervisor/guardian-client.ts";
 import { ACTION_SUFFIX, describeDestination, refusalHint } from "../dataplane/refusals.ts";
 import { dataplaneMetrics, type DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
 import { agentMetrics } from "../metrics/agent-metrics.ts";
-import { PolicyEngine } from "../policy/policy-engine.ts";
+import { Phases } from "../lifecycle/phases.ts";
+import { startProtection, type Protection } from "../lifecycle/protection.ts";
 import { dnsLookup } from "../policy/resolver.ts";
 import { Reflector, type ObjectMeta, type ReflectorOptions } from "../kube/reflector.ts";
 import { EventRecorder } from "../kube/events.ts";
@@ -47,27 +49,122 @@ export interface RunningAgent {
   stop(): Promise<void>;
 }
 
+/** What readiness, metrics and shutdown read of the running agent. */
+interface AgentState {
+  catalogSynced: boolean;
+  podsSynced: boolean;
+  material: Material | undefined;
+  dp: Dataplane | undefined;
+  webhook: ReloadableHttpsServer | undefined;
+  /** SIGTERM came: not ready, so endpoints drop this agent before its listener closes */
+  stopping: boolean;
+  /** decided when shutdown starts: the data plane is handed over to the next agent, not closed */
+  handover: boolean;
+  /** the data plane's numbers as last read for /metrics */
+  snapshot: DataplaneSnapshot | undefined;
+}
+
+/** The watches of this node's pods and of what enables them (namespaces, owners). */
+interface Watches {
+  pods: Reflector<PodView>;
+  namespaces: Reflector<MetaView>;
+  owners: Record<"ReplicaSet" | "Deployment" | "StatefulSet" | "DaemonSet", Reflector<MetaView>>;
+}
+
+/**
+ * Phases, each stopped in reverse at shutdown: ops server, data plane (with
+ * its pins, guardian and policy engine: lifecycle/protection.ts, as `kloak
+ * exec` starts them), pod attacher, watches, secret plane, webhook. So the
+ * webhook stops first and the watches stop before the attacher and the data
+ * plane they feed.
+ */
 export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; source: string }, log: LogFn): Promise<RunningAgent> {
   const { kc, source } = kube;
   const cgroupRoot = cgroupV2Root(cfg.cgroupRoot);
   const commit = gitCommit();
   log("info", "kloak agent starting", { version: VERSION, commit, node: cfg.nodeName, kube: source, cgroupRoot });
-
-  const state = {
+  const state: AgentState = {
     catalogSynced: false,
     podsSynced: false,
-    material: undefined as Material | undefined,
-    dp: undefined as Dataplane | undefined,
-    webhook: undefined as ReloadableHttpsServer | undefined,
-    /** SIGTERM came: not ready, so endpoints drop this agent before its listener closes */
+    material: undefined,
+    dp: undefined,
+    webhook: undefined,
     stopping: false,
+    handover: false,
+    snapshot: undefined,
   };
-  const stops: (() => unknown)[] = [];
+  const phases = new Phases((phase, e) => log("warn", "shutdown step failed", { phase, error: (e as Error).message }));
+  const core = kc.makeApiClient(CoreV1Api);
+  const events = new EventRecorder(core, { component: "kloak", host: cfg.nodeName, log });
+  try {
+    // Ops first: liveness and the reason for not-ready are visible while the rest loads.
+    const registry = new Registry();
+    const ops = startOps(cfg, state, registry);
+    phases.started("ops server", () => ops.stop(true));
 
-  // Ops first: liveness and the reason for not-ready are visible while the rest loads.
-  const registry = new Registry();
-  let snapshot: DataplaneSnapshot | undefined;
-  const ops = Bun.serve({
+    const { dp, policy, guardian } = await startDataplane(phases, cfg, state, registry, log);
+    const watches = createWatches(kc, cfg, log);
+    const plane = new SecretPlane({
+      kc,
+      sink: dp,
+      policy,
+      events,
+      log,
+      lease: { namespace: cfg.namespace, name: cfg.leaseName, identity: `${cfg.podName}_${cfg.nodeName}`, leaseDurationSeconds: cfg.leaseDurationSeconds },
+    });
+    const attacher = await phases.start(
+      "pod attacher",
+      () =>
+        new PodAttacher(dp, {
+          cgroupRoot,
+          log,
+          strictBinding: cfg.strictBinding,
+          onViolation: cfg.onViolation,
+          // Taken over: pods keep their scopes; new ones get ids the previous agent never used.
+          firstScopeId: Math.max(1000, dp.firstFreeScopeId()),
+          adoptedScope: (cgroupId) => dp.adoptedScope(cgroupId),
+        }),
+      // Before the data plane closes: its retry timer must not touch closed maps.
+      (a) => a.close(),
+    );
+    const podController = new PodController({ ...watches, secrets: plane.secrets, catalog: plane.catalog, attacher, events, log });
+    routeWatchEvents(watches, plane, podController, state);
+    reportToPods(dp, attacher, plane, events, log);
+
+    const reflectors = [watches.pods, watches.namespaces, ...Object.values(watches.owners)] as Reflector<unknown>[];
+    for (const r of reflectors) r.start();
+    phases.started("watches", () => reflectors.forEach((r) => r.stop()));
+    await syncSecrets(phases, plane, cfg, state, dp, guardian, log);
+    await syncPods(watches, podController, attacher, plane, state, dp, log);
+
+    // The webhook, last: it decides from the secret cache.
+    const metrics = registerMetrics(registry, state, dp, plane, podController, events, [...plane.secrets.reflectors, ...reflectors] as Reflector<unknown>[], commit);
+    const webhook = await startWebhook(phases, kc, cfg, state, plane, watches, metrics, log);
+    log("info", "kloak agent ready", { webhookPort: webhook.port, opsPort: ops.port });
+    return {
+      opsPort: ops.port ?? cfg.opsPort,
+      webhookPort: webhook.port,
+      async stop() {
+        // Not ready first: endpoints drop this agent while its webhook still answers; then the
+        // listener closes and requests in flight finish (webhook.stop drains), then the rest.
+        state.stopping = true;
+        state.handover = wantHandover(cfg, watches.pods, watches.owners.DaemonSet, log);
+        log("info", "shutting down: not ready; the webhook serves on, then drains", { delaySeconds: cfg.shutdownDelaySeconds, handover: state.handover });
+        if (cfg.shutdownDelaySeconds > 0) await Bun.sleep(cfg.shutdownDelaySeconds * 1000);
+        await phases.stop();
+        await events.flush();
+      },
+    };
+  } catch (e) {
+    // What started stops (the data plane closes: placeholders back, writers resumed).
+    await phases.stop();
+    await events.flush();
+    throw e;
+  }
+}
+
+function startOps(cfg: AgentConfig, state: AgentState, registry: Registry): ReturnType<typeof Bun.serve> {
+  return Bun.serve({
     port: cfg.opsPort,
     hostname: cfg.bindAddress,
     fetch: opsApp({
@@ -82,137 +179,119 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
         },
       ],
       metrics: async () => {
-        if (state.dp)
-          snapshot = {
-            counters: state.dp.counters(),
-            refusals: state.dp.refusalCounts(),
-            worker: state.dp.mode === "stop" ? await state.dp.workerStats() : undefined,
-            unhookable: state.dp.unhookable.counts(),
+        const dp = state.dp;
+        if (dp)
+          state.snapshot = {
+            counters: dp.counters(),
+            refusals: dp.refusalCounts(),
+            worker: dp.mode === "stop" ? await dp.workerStats() : undefined,
+            unhookable: dp.unhookable.counts(),
           };
-        return { contentType: registry.contentType, body: snapshot ? await registry.metrics() : "" };
+        return { contentType: registry.contentType, body: state.snapshot ? await registry.metrics() : "" };
       },
     }).fetch,
   });
-  stops.push(() => ops.stop(true));
+}
 
-  const core = kc.makeApiClient(CoreV1Api);
-  const apps = kc.makeApiClient(AppsV1Api);
-  const events = new EventRecorder(core, { component: "kloak", host: cfg.nodeName, log });
-
+/**
+ * The data plane as `kloak exec` starts it (lifecycle/protection.ts): taken
+ * over from the previous agent on this node when it left one this agent can
+ * use, else loaded. At shutdown it is handed over to the next agent or closed.
+ */
+async function startDataplane(phases: Phases, cfg: AgentConfig, state: AgentState, registry: Registry, log: LogFn): Promise<Protection> {
   const handovers = new Counter({
     name: "kloak_handovers_total",
     help: "Data planes left by a previous agent on this node (zero-gap upgrade), by outcome: adopted, or released (placeholders back, writers resumed) because incompatible (another object or settings: that upgrade has a gap), expired, orphaned or failed",
     labelNames: ["outcome"],
     registers: [registry],
   });
-  // A previous agent on this node that died may have left writers stopped.
-  for (const stale of stalePins()) {
-    const { resumed, killed } = await releaseDead(stale);
-    log("warn", "a previous kloak process died; put its placeholders back and resumed its processes", { pin: stale, resumed, killed });
-  }
-  const dpOpts: DataplaneOptions = { mode: cfg.rewriteMode, scanCap: cfg.scanCap, holds: cfg.holds, warn: (msg) => log("warn", msg) };
-  const taken = await takeHandover(cfg, log, (outcome) => handovers.inc({ outcome }));
-  let dp: Dataplane;
-  if (taken) {
-    try {
-      dp = await Dataplane.adopt(dpOpts, taken);
-      handovers.inc({ outcome: "adopted" });
-      log("info", "took over the data plane of the previous agent: its probes and maps stay, nothing was detached", { from: taken.pid, mode: dp.mode });
-    } catch (e) {
-      handovers.inc({ outcome: "failed" });
-      const r = await releaseHandover(taken.path);
-      log("warn", "could not take over the previous agent's data plane; released it (placeholders back, writers resumed) and loading afresh", {
-        error: (e as Error).message,
-        ...r,
-      });
-      dp = await Dataplane.start(dpOpts);
-    }
-  } else dp = await Dataplane.start(dpOpts);
-  state.dp = dp;
   // If this process dies, the guardian (or the next agent, via the pins) restores and resumes what it stopped.
   const pins = agentPinBase(process.pid);
-  ensurePinDir();
-  dp.pinState(pins);
-  // Taken over: writers stopped during the gap wait for the secrets, not for the guardian.
-  const guardian = await Guardian.start(pins, { waitServing: dp.adopted });
-  // Last at shutdown (after the watches stopped): nothing may change the maps behind a handover.
-  const stopDataplane = async (handover: boolean) => {
-    if (handover) {
-      const deadline = Date.now() + cfg.handoverTimeoutSeconds * 1000;
-      guardian.handingOver();
-      try {
-        const dir = await dp.handOver(deadline);
-        unpinState(pins);
-        guardian.handover(dir, deadline);
-        // It stays, waiting for the successor until the deadline (in a pod it ends with the container).
-        guardian.leave();
-        log("info", "data plane handed over: probes and maps stay for the next agent", { dir, timeoutSeconds: cfg.handoverTimeoutSeconds });
-        return;
-      } catch (e) {
-        // handOver let go of the data plane: put back and resume whatever it still had stopped.
-        const r = await releaseDead(pins);
-        await guardian.close();
-        log("warn", "could not hand the data plane over; released it instead (placeholders go out until the next agent attaches)", {
-          error: (e as Error).message,
-          ...r,
-        });
-        return;
-      }
-    }
-    await dp.close();
+  const p = await startProtection(phases, {
+    pins,
+    // A previous agent on this node that died may have left writers stopped.
+    onStale: (pin, { resumed, killed }) =>
+      log("warn", "a previous kloak process died; put its placeholders back and resumed its processes", { pin, resumed, killed }),
+    dataplane: () => loadOrAdopt(cfg, log, (outcome) => handovers.inc({ outcome })),
+    // Taken over: writers stopped during the gap wait for the secrets, not for the guardian.
+    guardian: { start: (dp) => Guardian.start(pins, { waitServing: dp.adopted }) },
+    // Last at shutdown (after the watches stopped): nothing may change the maps behind a handover.
+    stop: (dp, guardian) => (state.handover ? handOver(dp, guardian, pins, cfg, log) : closeDataplane(dp, guardian, pins)),
+    policy: { lookup: dnsLookup(cfg.dnsServers.length ? cfg.dnsServers : undefined), warn: (msg) => log("warn", msg) },
+  });
+  state.dp = p.dp;
+  log("info", "ebpf object loaded", { mode: p.dp.mode, reason: p.dp.modeReason, uprobes: p.dp.uprobes });
+  return p;
+}
+
+async function loadOrAdopt(cfg: AgentConfig, log: LogFn, count: (outcome: string) => void): Promise<Dataplane> {
+  const dpOpts: DataplaneOptions = { mode: cfg.rewriteMode, scanCap: cfg.scanCap, holds: cfg.holds, warn: (msg) => log("warn", msg) };
+  const taken = await takeHandover(cfg, log, count);
+  if (!taken) return Dataplane.start(dpOpts);
+  try {
+    const dp = await Dataplane.adopt(dpOpts, taken);
+    count("adopted");
+    log("info", "took over the data plane of the previous agent: its probes and maps stay, nothing was detached", { from: taken.pid, mode: dp.mode });
+    return dp;
+  } catch (e) {
+    count("failed");
+    const r = await releaseHandover(taken.path);
+    log("warn", "could not take over the previous agent's data plane; released it (placeholders back, writers resumed) and loading afresh", {
+      error: (e as Error).message,
+      ...r,
+    });
+    return Dataplane.start(dpOpts);
+  }
+}
+
+async function closeDataplane(dp: Dataplane, guardian: Guardian, pins: string): Promise<void> {
+  await dp.close();
+  unpinState(pins);
+  await guardian.close();
+}
+
+async function handOver(dp: Dataplane, guardian: Guardian, pins: string, cfg: AgentConfig, log: LogFn): Promise<void> {
+  const deadline = Date.now() + cfg.handoverTimeoutSeconds * 1000;
+  guardian.handingOver();
+  try {
+    const dir = await dp.handOver(deadline);
     unpinState(pins);
+    guardian.handover(dir, deadline);
+    // It stays, waiting for the successor until the deadline (in a pod it ends with the container).
+    guardian.leave();
+    log("info", "data plane handed over: probes and maps stay for the next agent", { dir, timeoutSeconds: cfg.handoverTimeoutSeconds });
+  } catch (e) {
+    // handOver let go of the data plane: put back and resume whatever it still had stopped.
+    const r = await releaseDead(pins);
     await guardian.close();
-  };
-  log("info", "ebpf object loaded", { mode: dp.mode, reason: dp.modeReason, uprobes: dp.uprobes });
+    log("warn", "could not hand the data plane over; released it instead (placeholders go out until the next agent attaches)", {
+      error: (e as Error).message,
+      ...r,
+    });
+  }
+}
 
-  const policy = new PolicyEngine(dp, {
-    lookup: dnsLookup(cfg.dnsServers.length ? cfg.dnsServers : undefined),
-    warn: (msg) => log("warn", msg),
-  });
-  dp.onSni((e) => policy.sawSni(e.sni));
-  stops.push(() => policy.close());
-
-  // Watches.
-  const reflect = <T,>(name: string, path: string, list: ReflectorOptions<T>["list"], transform: ReflectorOptions<T>["transform"], query?: Record<string, string>) => {
-    const r = new Reflector<T>({ name, kc, path, list, transform, meta: (o) => (o as { metadata: ObjectMeta }).metadata, log, query });
-    stops.push(() => r.stop());
-    return r;
-  };
+function createWatches(kc: KubeConfig, cfg: AgentConfig, log: LogFn): Watches {
+  const core = kc.makeApiClient(CoreV1Api);
+  const apps = kc.makeApiClient(AppsV1Api);
+  const reflect = <T,>(name: string, path: string, list: ReflectorOptions<T>["list"], transform: ReflectorOptions<T>["transform"], query?: Record<string, string>) =>
+    new Reflector<T>({ name, kc, path, list, transform, meta: (o) => (o as { metadata: ObjectMeta }).metadata, log, query });
   const nodeSelector = `spec.nodeName=${cfg.nodeName}`;
-  const pods = reflect<PodView>("pods", "/api/v1/pods", (page) => core.listPodForAllNamespaces({ ...page, fieldSelector: nodeSelector }), podView, { fieldSelector: nodeSelector });
-  const namespaces = reflect<MetaView>("namespaces", "/api/v1/namespaces", (page) => core.listNamespace(page), metaView);
-  const owners = {
-    ReplicaSet: reflect<MetaView>("replicasets", "/apis/apps/v1/replicasets", (page) => apps.listReplicaSetForAllNamespaces(page), metaView),
-    Deployment: reflect<MetaView>("deployments", "/apis/apps/v1/deployments", (page) => apps.listDeploymentForAllNamespaces(page), metaView),
-    StatefulSet: reflect<MetaView>("statefulsets", "/apis/apps/v1/statefulsets", (page) => apps.listStatefulSetForAllNamespaces(page), metaView),
-    DaemonSet: reflect<MetaView>("daemonsets", "/apis/apps/v1/daemonsets", (page) => apps.listDaemonSetForAllNamespaces(page), metaView),
+  return {
+    pods: reflect<PodView>("pods", "/api/v1/pods", (page) => core.listPodForAllNamespaces({ ...page, fieldSelector: nodeSelector }), podView, { fieldSelector: nodeSelector }),
+    namespaces: reflect<MetaView>("namespaces", "/api/v1/namespaces", (page) => core.listNamespace(page), metaView),
+    owners: {
+      ReplicaSet: reflect<MetaView>("replicasets", "/apis/apps/v1/replicasets", (page) => apps.listReplicaSetForAllNamespaces(page), metaView),
+      Deployment: reflect<MetaView>("deployments", "/apis/apps/v1/deployments", (page) => apps.listDeploymentForAllNamespaces(page), metaView),
+      StatefulSet: reflect<MetaView>("statefulsets", "/apis/apps/v1/statefulsets", (page) => apps.listStatefulSetForAllNamespaces(page), metaView),
+      DaemonSet: reflect<MetaView>("daemonsets", "/apis/apps/v1/daemonsets", (page) => apps.listDaemonSetForAllNamespaces(page), metaView),
+    },
   };
-  const plane = new SecretPlane({
-    kc,
-    sink: dp,
-    policy,
-    events,
-    log,
-    lease: { namespace: cfg.namespace, name: cfg.leaseName, identity: `${cfg.podName}_${cfg.nodeName}`, leaseDurationSeconds: cfg.leaseDurationSeconds },
-  });
-  stops.unshift(() => plane.stop());
-  const { secrets, catalog, writer, elector } = plane;
-  const reflectors = [...secrets.reflectors, pods, namespaces, ...Object.values(owners)] as Reflector<unknown>[];
+}
 
-  const attacher = new PodAttacher(dp, {
-    cgroupRoot,
-    log,
-    strictBinding: cfg.strictBinding,
-    onViolation: cfg.onViolation,
-    // Taken over: pods keep their scopes; new ones get ids the previous agent never used.
-    firstScopeId: Math.max(1000, dp.firstFreeScopeId()),
-    adoptedScope: (cgroupId) => dp.adoptedScope(cgroupId),
-  });
-  // Before the data plane closes: its retry timer must not touch closed maps.
-  stops.unshift(() => attacher.close());
-  const podController = new PodController({ pods, namespaces, owners, secrets, catalog, attacher, events, log });
-
-  catalog.onChange((ns) => {
+/** Pod, namespace and owner changes (once pods synced) and catalog changes reach the pod controller. */
+function routeWatchEvents({ pods, namespaces, owners }: Watches, plane: SecretPlane, podController: PodController, state: AgentState): void {
+  plane.catalog.onChange((ns) => {
     if (state.podsSynced) podController.namespaceChanged(ns);
   });
   pods.on({
@@ -226,12 +305,15 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   });
   for (const r of Object.values(owners))
     r.on({ update: (o) => state.podsSynced && podController.namespaceChanged(o.metadata.namespace ?? "") });
+}
 
+/** What kloak did to a pod's TLS, said on the pod as Events. */
+function reportToPods(dp: Dataplane, attacher: PodAttacher, plane: SecretPlane, events: EventRecorder, log: LogFn): void {
   // A refused substitution becomes an Event on the pod (EventRecorder rate-limits per pod).
   dp.onRefusal((e) => {
     const pod = attacher.podOfScope(e.scopeId);
     if (!pod) return;
-    const s = catalog.describe(e.secretId);
+    const s = plane.catalog.describe(e.secretId);
     const what = s ? `secret ${s.name} key ${s.key}` : "a placeholder";
     const hint =
       e.reason === "destination_not_allowed"
@@ -257,8 +339,10 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
       unhookableMessage(r),
     );
   });
+}
 
-  for (const r of [pods, namespaces, ...Object.values(owners)]) r.start();
+/** Every agent loads the maps; one of them (the Lease holder) also writes shadows. */
+async function syncSecrets(phases: Phases, plane: SecretPlane, cfg: AgentConfig, state: AgentState, dp: Dataplane, guardian: Guardian, log: LogFn): Promise<void> {
   // A taken-over ring holds requests of writers stopped during the gap: served once their values are loaded,
   // or, after --handover-timeout, without them (fail closed: their placeholders go out).
   let served = !dp.adopted;
@@ -271,25 +355,46 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     log(why === "synced" ? "info" : "warn", "serving the writes of the taken-over data plane", { after: why });
   };
   const serveTimer = setTimeout(() => serve("timeout"), cfg.handoverTimeoutSeconds * 1000);
-  // Every agent loads the maps; one of them (the Lease holder) also writes shadows.
+  phases.started("secret plane", () => plane.stop());
   await plane.start();
   state.catalogSynced = true;
   serve("synced");
   clearTimeout(serveTimer);
-  log("info", "secrets synced", { watched: secrets.size, ...catalog.stats() });
+  log("info", "secrets synced", { watched: plane.secrets.size, ...plane.catalog.stats() });
+}
 
+async function syncPods(
+  { pods, namespaces, owners }: Watches,
+  podController: PodController,
+  attacher: PodAttacher,
+  plane: SecretPlane,
+  state: AgentState,
+  dp: Dataplane,
+  log: LogFn,
+): Promise<void> {
   await Promise.all([pods.whenSynced(), namespaces.whenSynced(), ...Object.values(owners).map((r) => r.whenSynced())]);
   state.podsSynced = true;
   podController.all();
   log("info", "pods synced", { pods: podController.trackedPods });
   if (dp.adopted) {
     // What the previous agent had and this one does not want any more (pods gone, secrets disabled meanwhile).
-    const pruned = await dp.pruneAdopted({ scope: (id) => attacher.podOfScope(id) !== undefined, secret: (id) => catalog.describe(id) !== undefined });
+    const pruned = await dp.pruneAdopted({ scope: (id) => attacher.podOfScope(id) !== undefined, secret: (id) => plane.catalog.describe(id) !== undefined });
     log("info", "taken-over data plane reconciled", { ...pruned });
   }
+}
 
-  // The webhook, last: it decides from the secret cache.
-  const webhookMetrics = agentMetrics(
+function registerMetrics(
+  registry: Registry,
+  state: AgentState,
+  dp: Dataplane,
+  plane: SecretPlane,
+  podController: PodController,
+  events: EventRecorder,
+  reflectors: Reflector<unknown>[],
+  commit: string,
+): ReturnType<typeof agentMetrics> {
+  const { catalog, writer, elector } = plane;
+  const metrics = agentMetrics(
     registry,
     {
       attachedProcesses: () => dp.attachedProcesses,
@@ -307,9 +412,25 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
     { version: VERSION, commit, mode: dp.mode },
   );
   dataplaneMetrics(
-    () => snapshot ?? { counters: dp.counters(), refusals: dp.refusalCounts(), unhookable: dp.unhookable.counts() },
+    () => state.snapshot ?? { counters: dp.counters(), refusals: dp.refusalCounts(), unhookable: dp.unhookable.counts() },
     registry,
   );
+  return metrics;
+}
+
+/** The admission webhook with its certificate and its registration: last, once the caches it decides from are filled. */
+async function startWebhook(
+  phases: Phases,
+  kc: KubeConfig,
+  cfg: AgentConfig,
+  state: AgentState,
+  plane: SecretPlane,
+  { namespaces }: Watches,
+  metrics: ReturnType<typeof agentMetrics>,
+  log: LogFn,
+): Promise<ReloadableHttpsServer> {
+  const core = kc.makeApiClient(CoreV1Api);
+  const { secrets, elector } = plane;
   // Metadata only (METADATA_ONLY): the API server leaves values out, so a look-up never reads a value kloak does not protect.
   const app = webhookApp({
     secrets: {
@@ -334,18 +455,17 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
         throw new Error(describeError(e));
       }
     },
-    onRequest: (path, outcome, seconds) => webhookMetrics.webhook(path, outcome, seconds),
+    onRequest: (path, outcome, seconds) => metrics.webhook(path, outcome, seconds),
     log,
   });
-
   const registrar = new WebhookRegistrar(
     kc.makeApiClient(AdmissionregistrationV1Api),
     kc.makeApiClient(RbacAuthorizationV1Api),
     webhookRegistration(cfg),
     log,
   );
-  stops.unshift(() => registrar.stop());
-  const material = await firstMaterial(cfg, core, log, stops, (m) => (state.material = m), registrar);
+  phases.started("webhook registration", () => registrar.stop());
+  const material = await firstMaterial(cfg, core, log, phases, (m) => (state.material = m), registrar);
   // A certificate reload must not reset a review waiting in the old listener's queue.
   const netns = (pid: number) => {
     try {
@@ -364,39 +484,12 @@ export async function startAgent(cfg: AgentConfig, kube: { kc: KubeConfig; sourc
   });
   state.webhook = webhook;
   material.serve(webhook);
-  stops.unshift(() => webhook.stop());
+  phases.started("webhook", () => webhook.stop());
   // Only now, with a server that answers, may the configurations exist; one writer (the Lease holder).
   registrar.setActive(elector.isLeader());
   elector.onChange((leader) => registrar.setActive(leader));
-  log("info", "kloak agent ready", { webhookPort: webhook.port, opsPort: ops.port });
-
-  return {
-    opsPort: ops.port ?? cfg.opsPort,
-    webhookPort: webhook.port,
-    async stop() {
-      // Not ready first: endpoints drop this agent while its webhook still answers; then the
-      // listener closes and requests in flight finish (webhook.stop drains), then the rest.
-      state.stopping = true;
-      const handover = wantHandover(cfg, pods, owners.DaemonSet, log);
-      log("info", "shutting down: not ready; the webhook serves on, then drains", { delaySeconds: cfg.shutdownDelaySeconds, handover });
-      if (cfg.shutdownDelaySeconds > 0) await Bun.sleep(cfg.shutdownDelaySeconds * 1000);
-      for (const s of stops) {
-        try {
-          await s();
-        } catch (e) {
-          log("warn", "shutdown step failed", { error: (e as Error).message });
-        }
-      }
-      try {
-        await stopDataplane(handover);
-      } catch (e) {
-        log("warn", "shutdown step failed", { error: (e as Error).message });
-      }
-      await events.flush();
-    },
-  };
+  return webhook;
 }
-
 
 /**
  * The serving certificate: kloak's own CA shared through a Secret (self), or
@@ -407,7 +500,7 @@ async function firstMaterial(
   cfg: AgentConfig,
   core: CoreV1Api,
   log: LogFn,
-  stops: (() => unknown)[],
+  phases: Phases,
   onMaterial: (m: Material) => void,
   registrar: WebhookRegistrar,
 ): Promise<{ current: Material; serve(server: { reload(cert: string, key: string): Promise<void> }): void }> {
@@ -425,7 +518,7 @@ async function firstMaterial(
       },
       { log },
     );
-    stops.push(() => w.stop());
+    phases.started("certificate files watch", () => w.stop());
     return { current, serve: (s) => (server = s) };
   }
   const store = new CertStore(core, {
@@ -446,7 +539,7 @@ async function firstMaterial(
     onMaterial,
     log,
   });
-  stops.push(() => rotation.stop());
+  phases.started("certificate rotation", () => rotation.stop());
   onMaterial(rotation.current());
   return { current: rotation.current(), serve: (s) => (server = s) };
 }

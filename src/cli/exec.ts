@@ -6,7 +6,7 @@
 import { accessSync, chmodSync, chownSync, constants as fsConstants, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { CommandError, UsageError, EnvironmentError } from "../errors.ts";
+import { CommandError, UsageError } from "../errors.ts";
 import { checkCommand } from "./command-path.ts";
 import { parseScanCap } from "../dataplane/scan-cap.ts";
 import { MAX_CANDIDATES } from "../dataplane/abi.ts";
@@ -15,13 +15,15 @@ import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
 import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane } from "../dataplane/dataplane.ts";
 import { type UnhookableReport, unhookableMessage } from "../dataplane/unhookable.ts";
-import { ensurePinDir, execPinBase, releaseDead, stalePins, unpinState } from "../dataplane/release.ts";
+import { execPinBase } from "../dataplane/release.ts";
 import { hardenSupervisor, scrubStartArgs } from "../supervisor/harden.ts";
 import { Guardian } from "../supervisor/guardian-client.ts";
 import { resolveRunAs, type RunAs } from "./run-as.ts";
 import { PlaceholderRegistry, placeholderKey } from "../secrets/placeholder.ts";
 import { loadEnvFile, loadSecretsFile, mergeSecrets, parseSecretFlag, type SecretSpec } from "../secrets/secrets-file.ts";
-import { kernelRules, PolicyEngine } from "../policy/policy-engine.ts";
+import { kernelRules } from "../policy/policy-engine.ts";
+import { Phases } from "../lifecycle/phases.ts";
+import { startProtection, type Protection } from "../lifecycle/protection.ts";
 import { dnsLookup } from "../policy/resolver.ts";
 import { formatRule, MAX_RULES, parseRuleList, RuleError, type Rule } from "../policy/rules.ts";
 import { RefusalLog } from "./refusals.ts";
@@ -292,6 +294,41 @@ export async function execCommand(argv: string[]): Promise<number> {
   hardenSupervisor();
 
   // Everything that can be refused is checked before anything is loaded.
+  const command = prepareCommand(opts);
+  const level = LEVEL[opts.verbosity];
+  // Problems kloak hit (an attach that failed, a writer it had to kill, a name that does not
+  // resolve) are shown down to --quiet; advice about the configuration only by default.
+  const warn = level >= LEVEL.quiet ? say : () => {};
+  const advise = level >= LEVEL.normal ? say : () => {};
+  const phases = new Phases((phase, e) => warn(`stopping ${phase}: ${e.message}`));
+  try {
+    const pins = execPinBase(process.pid);
+    const p = await startProtection(phases, {
+      pins,
+      onStale: () => {},
+      // CMD's parent-to-be is a second process: its start overlaps the data plane's. Until the
+      // pins exist it has nothing to watch, and without them it exits quietly.
+      guardian: { first: true, start: () => Guardian.start(pins) },
+      dataplane: () => Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn, programsOnDemand: true }),
+      policy: { lookup: dnsLookup(opts.dnsServers.length ? opts.dnsServers : undefined), warn },
+    });
+    const outcomes = watchOutcomes(p.dp, opts);
+    await loadSecrets(p, opts, command.placeholders, advise);
+    if (level >= LEVEL.verbose) say(`rewrite mode ${p.dp.mode} (${p.dp.modeReason})`);
+    if (level >= LEVEL.normal) {
+      if (command.dropped.length) say(`not passing ${command.dropped.join(", ")} to the command: it holds a real secret value`);
+      if (opts.user.uid === 0)
+        say("CMD runs as root (--user root): code in it can read the real values from kloak; protection against leaks only (threat model A)");
+    }
+    const exitCode = await runCommand(p, opts, command.env);
+    return await summarize(p.dp, opts, outcomes, exitCode);
+  } finally {
+    await phases.stop();
+  }
+}
+
+/** The placeholders, CMD's environment (placeholders in, values out) and CMD itself, checked runnable. */
+function prepareCommand(opts: ExecOptions): { placeholders: Map<string, string>; env: Record<string, string>; dropped: string[] } {
   const registry = new PlaceholderRegistry();
   const placeholders = new Map<string, string>();
   for (const s of opts.secrets) placeholders.set(s.name, registry.create(s.name, s.value));
@@ -299,162 +336,134 @@ export async function execCommand(argv: string[]): Promise<number> {
   Object.assign(env, opts.user.env);
   checkCommand(opts.command[0]!, env.PATH, opts.user);
   if (opts.placeholderDir) writePlaceholderFiles(opts.placeholderDir, placeholders, opts.user);
+  return { placeholders, env, dropped };
+}
 
-  for (const stale of stalePins()) await releaseDead(stale);
+/** What the summary reports, collected while CMD runs. */
+interface Outcomes {
+  refusals: RefusalLog;
+  unhookable: UnhookableReport[];
+}
 
-  // CMD's parent-to-be is a second process: its start overlaps the data plane's. Until the
-  // pins exist it has nothing to watch, and without them it exits quietly.
-  const pins = execPinBase(process.pid);
-  const guardianStart = Guardian.start(pins);
-  guardianStart.catch(() => {}); // awaited below, where its failure is reported
-  const level = LEVEL[opts.verbosity];
-  // Problems kloak hit (an attach that failed, a writer it had to kill, a name that does not
-  // resolve) are shown down to --quiet; advice about the configuration only by default.
-  const warn = level >= LEVEL.quiet ? say : () => {};
-  const advise = level >= LEVEL.normal ? say : () => {};
-  let dp: Dataplane;
-  try {
-    dp = await Dataplane.start({ mode: opts.mode, scanCap: opts.scanCap, holds: opts.holds, warn, programsOnDemand: true });
-  } catch (e) {
-    await guardianStart.then((g) => g.close(), () => {});
-    throw e;
-  }
+function watchOutcomes(dp: Dataplane, opts: ExecOptions): Outcomes {
   const refusals = new RefusalLog(new Map(opts.secrets.map((s, i) => [i + 1, s.name])));
   dp.onRefusal((e) => refusals.add(e));
   const unhookable: UnhookableReport[] = [];
   dp.unhookable.on((r) => unhookable.push(r));
-  const policy = new PolicyEngine(dp, {
-    lookup: dnsLookup(opts.dnsServers.length ? opts.dnsServers : undefined),
-    warn,
-  });
-  dp.onSni((e) => policy.sawSni(e.sni));
+  return { refusals, unhookable };
+}
+
+/** The tree's scope and every secret, with its rules' names resolved: all in place before CMD can connect. */
+async function loadSecrets({ dp, policy }: Protection, opts: ExecOptions, placeholders: Map<string, string>, advise: (msg: string) => void): Promise<void> {
   dp.holdAtNewSni(opts.secrets.some((s) => s.rules.some((r) => r.kind === "wildcard")));
-  let guardian: Guardian | undefined;
-  try {
-    // The tree's sockets must be in kloak's own network namespace, where it resolves the rules.
-    dp.setScope(SCOPE, { netns: netnsInode(process.pid), strictBinding: opts.strictBinding, onViolation: opts.onViolation });
-    // Names first: a rule's host must have its addresses before CMD can connect.
-    await policy.add(opts.secrets.flatMap((s) => s.rules));
-    let id = 0;
-    for (const s of opts.secrets) {
-      const ph = placeholders.get(s.name)!;
-      await dp.setSecret({
-        id: ++id,
-        placeholder: Buffer.from(ph),
-        key: placeholderKey(ph),
-        value: s.value,
-        rules: kernelRules(s.rules),
-      });
-      if (s.onViolation) dp.setViolationAction(id, s.onViolation);
-      dp.grant(SCOPE, id);
-    }
-    const unrestricted = opts.secrets.filter((s) => s.rules.length === 0).map((s) => s.name);
-    if (unrestricted.length)
-      advise(
-        `no destination rules for ${unrestricted.join(", ")}: may be sent to any TLS destination; ` +
-          `restrict with --allow NAME=HOST[,HOST] or hosts: in the secrets file`,
-      );
-    for (const s of opts.secrets)
-      for (const r of s.rules)
-        if (r.kind === "host" && policy.addresses(r.host).length === 0)
-          advise(`${r.host} (a rule of ${s.name}) resolves to no address yet: ${s.name} is refused there until it does`);
-    try {
-      ensurePinDir();
-      dp.pinState(pins);
-    } catch (e) {
-      throw new EnvironmentError(
-        `cannot pin kloak's maps in bpffs (${(e as Error).message.split("\n")[0]}); mount it: mount -t bpf bpf /sys/fs/bpf`,
-      );
-    }
-    // CMD's parent; no secret in its environment: it needs none.
-    guardian = await guardianStart;
-
-    if (level >= LEVEL.verbose) say(`rewrite mode ${dp.mode} (${dp.modeReason})`);
-    if (level >= LEVEL.normal) {
-      if (dropped.length) say(`not passing ${dropped.join(", ")} to the command: it holds a real secret value`);
-      if (opts.user.uid === 0)
-        say("CMD runs as root (--user root): code in it can read the real values from kloak; protection against leaks only (threat model A)");
-    }
-
-    // The guardian is CMD's parent: its children join the scope, and kloak,
-    // their tracer, is a process apart from their parent (see guardian.ts).
-    let pid: number;
-    dp.addLauncher(guardian.pid, SCOPE);
-    try {
-      pid = await guardian.run({ argv: opts.command, env, uid: opts.user.uid, gid: opts.user.gid });
-    } catch (e) {
-      // checkCommand saw it runnable; it changed since, or the kernel refused (e.g. a bad ELF).
-      const msg = (e as Error).message;
-      throw new CommandError(`cannot run ${opts.command[0]}: ${msg}`, /ENOENT/.test(msg) ? 127 : 126);
-    } finally {
-      dp.removeLauncher(guardian.pid);
-    }
-    let running = true;
-    const handlers = FORWARDED.map((sig) => {
-      const h = () => {
-        if (running) process.kill(pid, sig);
-      };
-      process.on(sig, h);
-      return [sig, h] as const;
+  // The tree's sockets must be in kloak's own network namespace, where it resolves the rules.
+  dp.setScope(SCOPE, { netns: netnsInode(process.pid), strictBinding: opts.strictBinding, onViolation: opts.onViolation });
+  // Names first: a rule's host must have its addresses before CMD can connect.
+  await policy.add(opts.secrets.flatMap((s) => s.rules));
+  let id = 0;
+  for (const s of opts.secrets) {
+    const ph = placeholders.get(s.name)!;
+    await dp.setSecret({
+      id: ++id,
+      placeholder: Buffer.from(ph),
+      key: placeholderKey(ph),
+      value: s.value,
+      rules: kernelRules(s.rules),
     });
-    const end = await guardian.commandEnded;
-    running = false;
-    for (const [sig, h] of handlers) process.off(sig, h);
-    const exitCode = end.signal ? 128 + end.signal : (end.code ?? 1);
-
-    // The worker drains its rings before it answers: the events of CMD's last writes
-    // (refusals) have arrived once it has.
-    const stats = await dp.workerStats();
-    const counters = dp.counters();
-    const refusalCounts = dp.refusalCounts();
-    // A write the library returned as not done (node retries SSL_write while the handshake
-    // runs; a full socket) is retried with the same bytes: one placeholder, one substitution.
-    const notTaken = Number(counters.subst_not_taken ?? 0n);
-    const substituted = Math.max(0, (dp.mode === "stop" ? stats.patched : Number(counters.substituted)) - notTaken);
-    const failedClosed = stats.notStopped + stats.patchFailed + stats.bufferRefused;
-    // Markers past the first MAX_CANDIDATES of a write were never examined: placeholders among them went out.
-    const unexamined = Number(counters.candidates_dropped ?? 0n);
-    const refused =
-      Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue + stats.bufferRefused + unexamined;
-    const failRun = opts.failOnRefusal && refused > 0 && exitCode === 0;
-    const kloakExit = failRun ? REFUSED_EXIT : exitCode;
-    if (opts.summary === "json") {
-      // Asked for by name: printed whatever the verbosity, for the machine that reads it.
-      say(
-        JSON.stringify({
-          exitCode: kloakExit,
-          commandExitCode: exitCode,
-          rewriteMode: dp.mode,
-          substitutions: substituted,
-          tlsWrites: Number(counters.writes_seen),
-          failedClosed,
-          refusals: refusals.list(),
-          markersUnexamined: unexamined,
-          unhookable: unhookable.map(unhookableMessage),
-          notes: counters.writes_seen === 0n && unhookable.length === 0 ? [NO_TLS_WRITES] : [],
-        }),
-      );
-    } else {
-      if (level >= LEVEL.normal) {
-        say(`${substituted} substitution(s) in ${counters.writes_seen} TLS write(s)` + (failedClosed ? `, ${failedClosed} failed closed` : ""));
-        // TLS kloak could not see is named; the generic note only when nothing was
-        if (counters.writes_seen === 0n && unhookable.length === 0) say(NO_TLS_WRITES);
-      }
-      // A process whose TLS kloak cannot hook sent placeholders: a problem, shown down to --quiet.
-      if (level >= LEVEL.quiet) for (const r of unhookable) say(`warning: ${unhookableMessage(r)}`);
-      if (level >= LEVEL.quiet) for (const line of refusals.summary()) say(line);
-      if (level >= LEVEL.quiet && unexamined > 0) say(unexaminedMessage(unexamined));
-    }
-    if (opts.metricsFile)
-      await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats, unhookable: dp.unhookable.counts() });
-    if (failRun) say(`${refused} substitution(s) refused or failed closed: exit ${REFUSED_EXIT} (--fail-on-refusal)`);
-    return kloakExit;
-  } finally {
-    policy.close();
-    await dp.close({ handOff: true }); // kloak exits next: the kernel's detach must not hold up its exit
-    unpinState(pins);
-    await guardian?.close();
+    if (s.onViolation) dp.setViolationAction(id, s.onViolation);
+    dp.grant(SCOPE, id);
   }
+  const unrestricted = opts.secrets.filter((s) => s.rules.length === 0).map((s) => s.name);
+  if (unrestricted.length)
+    advise(
+      `no destination rules for ${unrestricted.join(", ")}: may be sent to any TLS destination; ` +
+        `restrict with --allow NAME=HOST[,HOST] or hosts: in the secrets file`,
+    );
+  for (const s of opts.secrets)
+    for (const r of s.rules)
+      if (r.kind === "host" && policy.addresses(r.host).length === 0)
+        advise(`${r.host} (a rule of ${s.name}) resolves to no address yet: ${s.name} is refused there until it does`);
+}
+
+/** Run CMD under the guardian, kloak's signals forwarded to it; its exit status as a shell gives it. */
+async function runCommand({ dp, guardian }: Protection, opts: ExecOptions, env: Record<string, string>): Promise<number> {
+  // The guardian is CMD's parent: its children join the scope, and kloak,
+  // their tracer, is a process apart from their parent (see guardian.ts).
+  let pid: number;
+  dp.addLauncher(guardian.pid, SCOPE);
+  try {
+    pid = await guardian.run({ argv: opts.command, env, uid: opts.user.uid, gid: opts.user.gid });
+  } catch (e) {
+    // checkCommand saw it runnable; it changed since, or the kernel refused (e.g. a bad ELF).
+    const msg = (e as Error).message;
+    throw new CommandError(`cannot run ${opts.command[0]}: ${msg}`, /ENOENT/.test(msg) ? 127 : 126);
+  } finally {
+    dp.removeLauncher(guardian.pid);
+  }
+  let running = true;
+  const handlers = FORWARDED.map((sig) => {
+    const h = () => {
+      if (running) process.kill(pid, sig);
+    };
+    process.on(sig, h);
+    return [sig, h] as const;
+  });
+  const end = await guardian.commandEnded;
+  running = false;
+  for (const [sig, h] of handlers) process.off(sig, h);
+  return end.signal ? 128 + end.signal : (end.code ?? 1);
+}
+
+/** Say what kloak did (or print it as json), write --metrics-file; kloak's exit status. */
+async function summarize(dp: Dataplane, opts: ExecOptions, { refusals, unhookable }: Outcomes, exitCode: number): Promise<number> {
+  const level = LEVEL[opts.verbosity];
+  // The worker drains its rings before it answers: the events of CMD's last writes
+  // (refusals) have arrived once it has.
+  const stats = await dp.workerStats();
+  const counters = dp.counters();
+  const refusalCounts = dp.refusalCounts();
+  // A write the library returned as not done (node retries SSL_write while the handshake
+  // runs; a full socket) is retried with the same bytes: one placeholder, one substitution.
+  const notTaken = Number(counters.subst_not_taken ?? 0n);
+  const substituted = Math.max(0, (dp.mode === "stop" ? stats.patched : Number(counters.substituted)) - notTaken);
+  const failedClosed = stats.notStopped + stats.patchFailed + stats.bufferRefused;
+  // Markers past the first MAX_CANDIDATES of a write were never examined: placeholders among them went out.
+  const unexamined = Number(counters.candidates_dropped ?? 0n);
+  const refused =
+    Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue + stats.bufferRefused + unexamined;
+  const failRun = opts.failOnRefusal && refused > 0 && exitCode === 0;
+  const kloakExit = failRun ? REFUSED_EXIT : exitCode;
+  if (opts.summary === "json") {
+    // Asked for by name: printed whatever the verbosity, for the machine that reads it.
+    say(
+      JSON.stringify({
+        exitCode: kloakExit,
+        commandExitCode: exitCode,
+        rewriteMode: dp.mode,
+        substitutions: substituted,
+        tlsWrites: Number(counters.writes_seen),
+        failedClosed,
+        refusals: refusals.list(),
+        markersUnexamined: unexamined,
+        unhookable: unhookable.map(unhookableMessage),
+        notes: counters.writes_seen === 0n && unhookable.length === 0 ? [NO_TLS_WRITES] : [],
+      }),
+    );
+  } else {
+    if (level >= LEVEL.normal) {
+      say(`${substituted} substitution(s) in ${counters.writes_seen} TLS write(s)` + (failedClosed ? `, ${failedClosed} failed closed` : ""));
+      // TLS kloak could not see is named; the generic note only when nothing was
+      if (counters.writes_seen === 0n && unhookable.length === 0) say(NO_TLS_WRITES);
+    }
+    // A process whose TLS kloak cannot hook sent placeholders: a problem, shown down to --quiet.
+    if (level >= LEVEL.quiet) for (const r of unhookable) say(`warning: ${unhookableMessage(r)}`);
+    if (level >= LEVEL.quiet) for (const line of refusals.summary()) say(line);
+    if (level >= LEVEL.quiet && unexamined > 0) say(unexaminedMessage(unexamined));
+  }
+  if (opts.metricsFile)
+    await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats, unhookable: dp.unhookable.counts() });
+  if (failRun) say(`${refused} substitution(s) refused or failed closed: exit ${REFUSED_EXIT} (--fail-on-refusal)`);
+  return kloakExit;
 }
 
 async function writeMetrics(file: string, snapshot: DataplaneSnapshot): Promise<void> {
