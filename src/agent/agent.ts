@@ -39,7 +39,7 @@ import { readCertDir, watchCertDir } from "../certs/cert-manager.ts";
 import { serviceDnsNames } from "../certs/authority.ts";
 import type { Material } from "../certs/material.ts";
 import { webhookRegistration, type AgentConfig } from "./config.ts";
-import type { LogFn } from "./log.ts";
+import type { LogFn } from "../log.ts";
 
 export interface RunningAgent {
   opsPort: number;

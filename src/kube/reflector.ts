@@ -22,7 +22,7 @@
  */
 import type { KubeConfig } from "@kubernetes/client-node";
 import { Watch } from "@kubernetes/client-node";
-import type { LogFn } from "../agent/log.ts";
+import type { LogFn } from "../log.ts";
 import { statusOf } from "./lease.ts";
 
 export interface ObjectMeta {

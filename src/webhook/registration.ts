@@ -22,7 +22,7 @@
 import type { AdmissionregistrationV1Api, RbacAuthorizationV1Api, V1OwnerReference } from "@kubernetes/client-node";
 import { ENABLED } from "../kube/contract.ts";
 import { describeError, statusOf } from "../kube/lease.ts";
-import type { LogFn } from "../agent/log.ts";
+import type { LogFn } from "../log.ts";
 
 export const CERT_MANAGER_INJECT = "cert-manager.io/inject-ca-from";
 
