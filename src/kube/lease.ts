@@ -21,8 +21,7 @@ import {
   type V1LeaseSpec,
 } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
-
-export type KubeLog = (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
+import type { LogFn } from "../log.ts";
 
 export interface LeaseElectorOptions {
   namespace: string;
@@ -37,7 +36,7 @@ export interface LeaseElectorOptions {
   retryPeriodMs?: number;
   /** ms clock for expiry decisions and Lease timestamps; timers still use real time */
   now?: () => number;
-  log?: KubeLog;
+  log?: LogFn;
 }
 
 /** Followers sleep retryPeriod * (1 + rand * JITTER), like client-go, so candidates spread out. */
@@ -63,7 +62,7 @@ export class LeaseElector {
   private readonly renewDeadlineMs: number;
   private readonly retryPeriodMs: number;
   private readonly now: () => number;
-  private readonly log: KubeLog;
+  private readonly log: LogFn;
 
   private leader = false;
   private running = false;
