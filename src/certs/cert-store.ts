@@ -20,7 +20,7 @@
  * Expired CAs are dropped from ca.crt whenever the Secret is written.
  */
 import type { CoreV1Api, V1Secret } from "@kubernetes/client-node";
-import { describeError, statusOf } from "../kube/lease.ts";
+import { describeError, statusOf } from "../kube/http.ts";
 import {
   coversNames,
   createCa,

@@ -13,7 +13,7 @@
 import { PatchStrategy, setHeaderOptions, type CoreV1Api, type CoreV1Event } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
 import type { LogFn } from "../log.ts";
-import { describeError, requestTimeout, statusOf } from "./lease.ts";
+import { describeError, requestTimeout, statusOf } from "./http.ts";
 
 export interface InvolvedObject {
   apiVersion: string;

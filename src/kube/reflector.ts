@@ -23,7 +23,7 @@
 import type { KubeConfig } from "@kubernetes/client-node";
 import { Watch } from "@kubernetes/client-node";
 import type { LogFn } from "../log.ts";
-import { statusOf } from "./lease.ts";
+import { statusOf } from "./http.ts";
 
 export interface ObjectMeta {
   name?: string;
