@@ -11,7 +11,7 @@ import { UsageError } from "../errors.ts";
 import { MAX_SCAN_CAP, MIN_SCAN_CAP } from "../dataplane/scan-cap.ts";
 import { parseSize } from "../size.ts";
 import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
-import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
+import { HOLD_METHODS, type HoldMethod } from "../dataplane/holds.ts";
 import type { RegistrationOptions } from "../webhook/registration.ts";
 
 export const AGENT_USAGE = `usage: kloak agent [options]

@@ -58,7 +58,7 @@ import {
   type UprobeKind,
 } from "./bpf-object.ts";
 import { noWorkerStats, type FromWorker, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
-import type { HoldMethod } from "./tracer.ts";
+import type { HoldMethod } from "./holds.ts";
 import { TlsTargetFinder } from "./tls-targets.ts";
 import { PIN_DIR, PINNED_MAPS, pinPath, unpinState } from "./release.ts";
 import { handoverName, parseUprobePin, partialHandoverDir, releaseHandover, uprobePinName, type Handover } from "./handover.ts";
