@@ -62,6 +62,17 @@ const LIBBPF_DEBUG = 2;
 let lib: ReturnType<typeof open> | undefined;
 let logSink: string[] | undefined;
 let printCallback: JSCallback | undefined;
+let debug = false;
+
+/**
+ * Print every libbpf line on stderr, debug lines included (off by default):
+ * libbpf prints thousands of debug lines per load (every CO-RE relocation),
+ * and formatting them cost ~100 ms of a load, so they are dropped unless asked
+ * for. Warnings and infos are kept for errors either way. Takes effect at once.
+ */
+export function setLibbpfDebug(on: boolean): void {
+  debug = on;
+}
 
 /** libbpf, opened on first use; throws a BpfError naming the library when absent. */
 function bpf() {
@@ -71,10 +82,6 @@ function bpf() {
   } catch (e) {
     throw new BpfError(`dlopen ${LIBBPF}`, 2, [String((e as Error).message ?? e)]);
   }
-  // libbpf prints thousands of debug lines per load (every CO-RE relocation):
-  // formatting them cost ~100 ms of `kloak exec`'s start. Warnings and infos
-  // are kept for errors; debug lines only when asked for.
-  const debug = Boolean(process.env.KLOAK_LIBBPF_DEBUG);
   printCallback = new JSCallback(
     (level: number, fmt: Pointer, args: Pointer) => {
       if (level >= LIBBPF_DEBUG && !debug) return 0;
