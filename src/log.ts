@@ -8,6 +8,9 @@
 export type Level = "debug" | "info" | "warn" | "error";
 export type LogFn = (level: Level, msg: string, fields?: Record<string, unknown>) => void;
 
+/** For callers given no logger. */
+export const noLog: LogFn = () => {};
+
 const RANK: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
 export function jsonLogger(min: Level, write: (line: string) => void = (l) => process.stderr.write(l)): LogFn {

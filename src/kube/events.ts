@@ -12,7 +12,7 @@
  */
 import { PatchStrategy, setHeaderOptions, type CoreV1Api, type CoreV1Event } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
-import type { LogFn } from "../log.ts";
+import { noLog, type LogFn } from "../log.ts";
 import { describeError, requestTimeout, statusOf } from "./http.ts";
 
 export interface InvolvedObject {
@@ -133,7 +133,7 @@ export class EventRecorder {
     const globalPerSecond = opts.globalPerSecond ?? 10;
     this.timeoutMs = opts.requestTimeoutMs ?? 10_000;
     this.now = opts.now ?? Date.now;
-    this.log = opts.log ?? (() => {});
+    this.log = opts.log ?? noLog;
     for (const [k, v] of [
       ["perObjectBurst", this.perObjectBurst],
       ["perObjectRefillMs", this.perObjectRefillMs],

@@ -17,7 +17,7 @@ import {
   type V1LeaseSpec,
 } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
-import type { LogFn } from "../log.ts";
+import { noLog, type LogFn } from "../log.ts";
 import { describeError, requestTimeout, statusOf } from "./http.ts";
 
 export interface LeaseElectorOptions {
@@ -91,7 +91,7 @@ export class LeaseElector {
     this.renewDeadlineMs = opts.renewDeadlineMs ?? 10_000;
     this.retryPeriodMs = opts.retryPeriodMs ?? 2_000;
     this.now = opts.now ?? Date.now;
-    this.log = opts.log ?? (() => {});
+    this.log = opts.log ?? noLog;
     if (!this.namespace || !this.name) throw new UsageError("leader election: the Lease namespace and name must not be empty");
     if (!this.identity) throw new UsageError("leader election: the identity must not be empty");
     if (!Number.isInteger(this.leaseDurationSeconds) || this.leaseDurationSeconds < 1) {
