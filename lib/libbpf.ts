@@ -5,11 +5,12 @@
  *  - every failure throws BpfError with the call, errno and the libbpf log
  *    lines printed during that call (a verifier rejection is readable);
  *  - all calls stay on the thread that loaded this module: libbpf's print
- *    callback is process-global;
+ *    callback is process-global (mapUpdateRaw and mapLookupRaw call bpf(2)
+ *    directly, not libbpf: any thread may use them);
  *  - uprobes are attached by lib/uprobe.ts (plain fds another thread may close).
  */
 import { dlopen, FFIType, JSCallback, ptr, toArrayBuffer, type Pointer } from "bun:ffi";
-import { errno as lastErrno, strerror, vformat } from "./libc.ts";
+import { bpfSyscall, errno as lastErrno, strerror, vformat } from "./libc.ts";
 
 const LIBBPF = "libbpf.so.1";
 
@@ -61,6 +62,17 @@ const LIBBPF_DEBUG = 2;
 let lib: ReturnType<typeof open> | undefined;
 let logSink: string[] | undefined;
 let printCallback: JSCallback | undefined;
+let debug = false;
+
+/**
+ * Print every libbpf line on stderr, debug lines included (off by default):
+ * libbpf prints thousands of debug lines per load (every CO-RE relocation),
+ * and formatting them cost ~100 ms of a load, so they are dropped unless asked
+ * for. Warnings and infos are kept for errors either way. Takes effect at once.
+ */
+export function setLibbpfDebug(on: boolean): void {
+  debug = on;
+}
 
 /** libbpf, opened on first use; throws a BpfError naming the library when absent. */
 function bpf() {
@@ -70,10 +82,6 @@ function bpf() {
   } catch (e) {
     throw new BpfError(`dlopen ${LIBBPF}`, 2, [String((e as Error).message ?? e)]);
   }
-  // libbpf prints thousands of debug lines per load (every CO-RE relocation):
-  // formatting them cost ~100 ms of `kloak exec`'s start. Warnings and infos
-  // are kept for errors; debug lines only when asked for.
-  const debug = Boolean(process.env.KLOAK_LIBBPF_DEBUG);
   printCallback = new JSCallback(
     (level: number, fmt: Pointer, args: Pointer) => {
       if (level >= LIBBPF_DEBUG && !debug) return 0;
@@ -153,6 +161,9 @@ export const BPF_PROG_TYPE_KPROBE = 2;
 /** Verifier log levels (bits): 1 and 2 trace every instruction, 4 prints only errors and statistics. */
 export const BPF_LOG_STATS = 4;
 export const BPF_MAP_TYPE_RINGBUF = 27;
+/** map update flags: create or replace; replace only */
+export const BPF_ANY = 0;
+export const BPF_EXIST = 2;
 export const BPF_FUNC = { probe_write_user: 36, send_signal: 109, get_attach_cookie: 174, loop: 181 } as const;
 
 export class BpfMap {
@@ -229,7 +240,7 @@ export class BpfMap {
     return new DataView(toArrayBuffer(p, 0, Number(size.readBigUInt64LE(0))));
   }
 
-  update(key: Uint8Array, value: Uint8Array, flags = 0): void {
+  update(key: Uint8Array, value: Uint8Array, flags = BPF_ANY): void {
     checkInt(`bpf_map_update_elem(${this.name})`, () => bpf().bpf_map_update_elem(this.fd, ptr(key), ptr(value), flags));
   }
 
@@ -467,4 +478,26 @@ export function mapDelete(fd: number, key: Uint8Array): boolean {
   if (rc === -2) return false;
   if (rc < 0) throw new BpfError(`bpf_map_delete_elem(fd ${fd})`, -rc, []);
   return true;
+}
+
+const BPF_MAP_LOOKUP_ELEM = 1;
+const BPF_MAP_UPDATE_ELEM = 2;
+function mapElemCall(cmd: number, mapFd: number, key: Uint8Array, value: Uint8Array, flags: number): boolean {
+  // union bpf_attr: map_fd@0 key@8 value@16 flags@24
+  const attr = Buffer.alloc(32);
+  attr.writeUInt32LE(mapFd, 0);
+  attr.writeBigUInt64LE(BigInt(ptr(key)), 8);
+  attr.writeBigUInt64LE(BigInt(ptr(value)), 16);
+  attr.writeBigUInt64LE(BigInt(flags), 24);
+  return bpfSyscall(cmd, attr) === 0;
+}
+
+/** bpf(BPF_MAP_UPDATE_ELEM) without libbpf, for threads that must not call it. */
+export function mapUpdateRaw(mapFd: number, key: Uint8Array, value: Uint8Array, flags = BPF_ANY): boolean {
+  return mapElemCall(BPF_MAP_UPDATE_ELEM, mapFd, key, value, flags);
+}
+
+/** bpf(BPF_MAP_LOOKUP_ELEM) without libbpf; false when the key is absent. */
+export function mapLookupRaw(mapFd: number, key: Uint8Array, value: Uint8Array): boolean {
+  return mapElemCall(BPF_MAP_LOOKUP_ELEM, mapFd, key, value, 0);
 }

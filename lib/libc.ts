@@ -195,6 +195,13 @@ export function pidfdGetfd(pidfd: number, fd: number): number {
   return check(`pidfd_getfd(${fd})`, c.syscall(SYS_pidfd_getfd, pidfd, fd, 0));
 }
 
+const SYS_bpf = 321; // x86-64
+
+/** bpf(2) with attr as its union bpf_attr: the raw result, -1 with errno set on failure. */
+export function bpfSyscall(cmd: number, attr: Uint8Array): number {
+  return Number(c.syscall(SYS_bpf, cmd, ptr(attr), attr.length));
+}
+
 export const SHUT_RDWR = 2;
 
 export function shutdown(fd: number, how: number): void {

@@ -7,7 +7,7 @@
  */
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { readFileSync } from "node:fs";
-import { close, errno, SysError } from "./libc.ts";
+import { bpfSyscall, close, errno, SysError } from "./libc.ts";
 
 const sys = dlopen("libc.so.6", {
   // syscall(2) is variadic; on x86-64 integer and pointer arguments travel alike.
@@ -15,7 +15,6 @@ const sys = dlopen("libc.so.6", {
 }).symbols;
 
 const SYS_perf_event_open = 298; // x86-64
-const SYS_bpf = 321;
 const BPF_LINK_CREATE = 28;
 const BPF_PERF_EVENT = 41;
 export const BPF_TRACE_UPROBE_MULTI = 48;
@@ -69,7 +68,7 @@ export function attachUprobe(s: UprobeSpec): UprobeFds {
   la.writeUInt32LE(perfFd, 4);
   la.writeUInt32LE(BPF_PERF_EVENT, 8);
   la.writeBigUInt64LE(s.cookie, 16);
-  const linkFd = Number(sys.syscall(SYS_bpf, BPF_LINK_CREATE, ptr(la), la.length, 0, 0));
+  const linkFd = bpfSyscall(BPF_LINK_CREATE, la);
   if (linkFd < 0) {
     const e = errno();
     close(perfFd);
@@ -110,7 +109,7 @@ export function attachUprobeMulti(s: UprobeMultiSpec): number {
   la.writeUInt32LE(s.offsets.length, 48);
   la.writeUInt32LE(s.retprobe ? BPF_F_UPROBE_MULTI_RETURN : 0, 52);
   la.writeUInt32LE(s.pid, 56);
-  const fd = Number(sys.syscall(SYS_bpf, BPF_LINK_CREATE, ptr(la), la.length, 0, 0));
+  const fd = bpfSyscall(BPF_LINK_CREATE, la);
   if (fd < 0) {
     const what = `${s.retprobe ? "uretprobe" : "uprobe"}.multi ${s.path} (${s.offsets.length} offsets) pid ${s.pid}`;
     throw new SysError(`BPF_LINK_CREATE(${what})`, errno());
@@ -141,7 +140,7 @@ export function uprobeMultiSupported(): boolean {
   pa.writeBigUInt64LE(BigInt(ptr(insns)), 8);
   pa.writeBigUInt64LE(BigInt(ptr(license)), 16);
   pa.writeUInt32LE(BPF_TRACE_UPROBE_MULTI, 68);
-  const progFd = Number(sys.syscall(SYS_bpf, BPF_PROG_LOAD, ptr(pa), pa.length, 0, 0));
+  const progFd = bpfSyscall(BPF_PROG_LOAD, pa);
   if (progFd < 0) return (multiSupported = false);
   try {
     attachUprobeMulti({ progFd, pid: 0, path: "/", offsets: [0], cookies: [0n], retprobe: false });
@@ -152,29 +151,4 @@ export function uprobeMultiSupported(): boolean {
     close(progFd);
   }
   return multiSupported;
-}
-
-const BPF_MAP_LOOKUP_ELEM = 1;
-const BPF_MAP_UPDATE_ELEM = 2;
-export const BPF_ANY = 0;
-export const BPF_EXIST = 2;
-
-function mapElemCall(cmd: number, mapFd: number, key: Uint8Array, value: Uint8Array, flags: number): boolean {
-  // union bpf_attr: map_fd@0 key@8 value@16 flags@24
-  const attr = Buffer.alloc(32);
-  attr.writeUInt32LE(mapFd, 0);
-  attr.writeBigUInt64LE(BigInt(ptr(key)), 8);
-  attr.writeBigUInt64LE(BigInt(ptr(value)), 16);
-  attr.writeBigUInt64LE(BigInt(flags), 24);
-  return Number(sys.syscall(SYS_bpf, cmd, ptr(attr), attr.length, 0, 0)) === 0;
-}
-
-/** bpf(BPF_MAP_UPDATE_ELEM) without libbpf, for threads that must not call it. */
-export function mapUpdateRaw(mapFd: number, key: Uint8Array, value: Uint8Array, flags = BPF_ANY): boolean {
-  return mapElemCall(BPF_MAP_UPDATE_ELEM, mapFd, key, value, flags);
-}
-
-/** bpf(BPF_MAP_LOOKUP_ELEM) without libbpf; false when the key is absent. */
-export function mapLookupRaw(mapFd: number, key: Uint8Array, value: Uint8Array): boolean {
-  return mapElemCall(BPF_MAP_LOOKUP_ELEM, mapFd, key, value, 0);
 }

@@ -7,7 +7,7 @@
  */
 import { AdmissionregistrationV1Api, CoreV1Api, AppsV1Api, RbacAuthorizationV1Api, type KubeConfig } from "@kubernetes/client-node";
 import { METADATA_ONLY } from "../controller/shadow-writer.ts";
-import { describeError, statusOf } from "../kube/lease.ts";
+import { describeError, statusOf } from "../kube/http.ts";
 import { secretView } from "../controller/secret-view.ts";
 import { Counter, Registry } from "prom-client";
 import { VERSION, gitCommit } from "../build-info.ts";
@@ -41,7 +41,7 @@ import { readCertDir, watchCertDir } from "../certs/cert-manager.ts";
 import { serviceDnsNames } from "../certs/authority.ts";
 import type { Material } from "../certs/material.ts";
 import { webhookRegistration, type AgentConfig } from "./config.ts";
-import type { LogFn } from "./log.ts";
+import type { LogFn } from "../log.ts";
 
 export interface RunningAgent {
   opsPort: number;

@@ -8,9 +8,10 @@ import { hostname as osHostname } from "node:os";
 import { parseArgs } from "node:util";
 import * as v from "valibot";
 import { UsageError } from "../errors.ts";
-import { MAX_SCAN_CAP, MIN_SCAN_CAP, parseSize } from "../dataplane/scan-cap.ts";
+import { MAX_SCAN_CAP, MIN_SCAN_CAP } from "../dataplane/scan-cap.ts";
+import { parseSize } from "../size.ts";
 import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
-import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
+import { HOLD_METHODS, type HoldMethod } from "../dataplane/holds.ts";
 import type { RegistrationOptions } from "../webhook/registration.ts";
 
 export const AGENT_USAGE = `usage: kloak agent [options]

@@ -12,7 +12,7 @@ import { Reflector, type Handlers, type ObjectMeta } from "../kube/reflector.ts"
 import { SecretCatalog, type CatalogSink, type PolicySource } from "../controller/secret-catalog.ts";
 import { secretView, type SecretView } from "../controller/secret-view.ts";
 import { ShadowWriter, type EventSink } from "../controller/shadow-writer.ts";
-import type { LogFn } from "./log.ts";
+import type { LogFn } from "../log.ts";
 
 export interface SecretPlaneOptions {
   kc: KubeConfig;

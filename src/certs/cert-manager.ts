@@ -17,7 +17,8 @@ import { createHash } from "node:crypto";
 import { readFile, realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { keyMatchesCert, parseCert, tryParseCert, verifyChain, splitPem } from "./authority.ts";
-import { noLog, type CertLog, type Material } from "./material.ts";
+import { noLog, type LogFn } from "../log.ts";
+import type { Material } from "./material.ts";
 
 export const CERT_FILE = "tls.crt";
 export const KEY_FILE = "tls.key";
@@ -26,7 +27,7 @@ export const CA_FILE = "ca.crt";
 export interface WatchCertDirOptions {
   /** Default 10 000. kubelet itself only resyncs volumes every minute or so. */
   intervalMs?: number;
-  log?: CertLog;
+  log?: LogFn;
 }
 
 export interface CertDirWatcher {

@@ -20,7 +20,7 @@
  * Expired CAs are dropped from ca.crt whenever the Secret is written.
  */
 import type { CoreV1Api, V1Secret } from "@kubernetes/client-node";
-import { describeError, statusOf } from "../kube/lease.ts";
+import { describeError, statusOf } from "../kube/http.ts";
 import {
   coversNames,
   createCa,
@@ -31,7 +31,8 @@ import {
   verifyChainSync,
   type CertInfo,
 } from "./authority.ts";
-import { noLog, type CertLog, type Material } from "./material.ts";
+import { noLog, type LogFn } from "../log.ts";
+import type { Material } from "./material.ts";
 
 export type { Material } from "./material.ts";
 
@@ -61,7 +62,7 @@ export interface CertStoreOptions {
   /** Fraction of the serving certificate's lifetime left at which it is renewed. Default 1/3. */
   renewBefore?: number;
   now?: () => Date;
-  log?: CertLog;
+  log?: LogFn;
   /** Default 3650. */
   caValidityDays?: number;
   /** Default 365. */
@@ -104,7 +105,7 @@ export class CertStore {
   readonly dnsNames: string[];
   private readonly renewBefore: number;
   private readonly now: () => Date;
-  private readonly log: CertLog;
+  private readonly log: LogFn;
   private readonly caValidityDays: number | undefined;
   private readonly servingValidityDays: number | undefined;
 

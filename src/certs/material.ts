@@ -14,11 +14,6 @@ export interface Material {
   notAfter: Date;
 }
 
-/** Same shape as the agent's LogFn, so its logger can be passed straight in. */
-export type CertLog = (level: "debug" | "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
-
-export const noLog: CertLog = () => {};
-
 /** Fingerprint of the serving certificate: what decides whether the HTTPS server must reload. */
 export function servingFingerprint(m: Pick<Material, "certPem">): string {
   return parseCert(m.certPem).fingerprint;

@@ -14,7 +14,8 @@
  * failure) and every error just schedules a retry with backoff.
  */
 import { parseCert } from "./authority.ts";
-import { caIdentity, noLog, servingFingerprint, type CertLog, type Material } from "./material.ts";
+import { noLog, type LogFn } from "../log.ts";
+import { caIdentity, servingFingerprint, type Material } from "./material.ts";
 
 export interface RotationOptions {
   store: { ensure(): Promise<Material> };
@@ -45,7 +46,7 @@ export interface RotationOptions {
    * metric): the startup material when fetched here (not `initial`), then every change.
    */
   onMaterial?: (m: Material) => void;
-  log?: CertLog;
+  log?: LogFn;
 }
 
 export interface CertRotation {

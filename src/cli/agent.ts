@@ -1,6 +1,6 @@
 /** `kloak agent`: parse and validate the configuration, run until SIGTERM/SIGINT. */
 import { AGENT_USAGE, parseAgentConfig } from "../agent/config.ts";
-import { jsonLogger } from "../agent/log.ts";
+import { jsonLogger } from "../log.ts";
 import { loadKubeConfig } from "../kube/client.ts";
 import { hardenSupervisor } from "../supervisor/harden.ts";
 

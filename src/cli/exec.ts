@@ -11,7 +11,7 @@ import { checkCommand } from "./command-path.ts";
 import { parseScanCap } from "../dataplane/scan-cap.ts";
 import { MAX_CANDIDATES } from "../dataplane/abi.ts";
 import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
-import { HOLD_METHODS, type HoldMethod } from "../dataplane/tracer.ts";
+import { HOLD_METHODS, type HoldMethod } from "../dataplane/holds.ts";
 import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane } from "../dataplane/dataplane.ts";
 import { type UnhookableReport, unhookableMessage } from "../dataplane/unhookable.ts";

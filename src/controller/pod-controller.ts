@@ -6,7 +6,7 @@
  * workloads and secrets.
  */
 import { isShadow, shadowOwner } from "../kube/contract.ts";
-import type { LogFn } from "../agent/log.ts";
+import type { LogFn } from "../log.ts";
 import type { PodTarget } from "../node/pod-attacher.ts";
 import { podEnablement } from "./pod-enablement.ts";
 import { secretReferences } from "./pod-references.ts";

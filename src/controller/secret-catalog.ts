@@ -19,7 +19,7 @@ import type { Rule } from "../policy/rules.ts";
 import type { KernelRule } from "../dataplane/abi.ts";
 import type { SecretEntry } from "../dataplane/dataplane.ts";
 import type { ViolationAction } from "../dataplane/refusals.ts";
-import type { LogFn } from "../agent/log.ts";
+import type { LogFn } from "../log.ts";
 import type { SecretView } from "./secret-view.ts";
 
 export interface CatalogSink {

@@ -15,7 +15,7 @@ import { isEnabled, isShadow, MANAGED, OWNER, shadowName, shadowOwner } from "..
 import { WorkQueue } from "../kube/work-queue.ts";
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
 import { isPlaceholderShaped, placeholderFits, PlaceholderRegistry, valueShape } from "../secrets/placeholder.ts";
-import type { LogFn } from "../agent/log.ts";
+import type { LogFn } from "../log.ts";
 import { PLACEHOLDER_B64_MAX, isDigest, sameShadowValue, type SecretView } from "./secret-view.ts";
 
 export interface SecretCache {

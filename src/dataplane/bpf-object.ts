@@ -6,7 +6,7 @@
  * agent and `kloak doctor` all call loadObject().
  */
 import { createHash } from "node:crypto";
-import { BPF_LOG_STATS, BpfError, BpfObject, type BpfProgram } from "../../lib/libbpf.ts";
+import { BPF_LOG_STATS, BpfError, BpfObject, setLibbpfDebug, type BpfProgram } from "../../lib/libbpf.ts";
 import { BPF_TRACE_UPROBE_MULTI, uprobeMultiSupported } from "../../lib/uprobe.ts";
 import objectPath from "../../bpf/kloak.bpf.o" with { type: "file" };
 import { EnvironmentError } from "../errors.ts";
@@ -22,6 +22,10 @@ import {
 } from "./kernel-support.ts";
 
 export type { RewriteMode };
+
+// KLOAK_LIBBPF_DEBUG=1: libbpf's full log on stderr (doctor's remedies point
+// there). Set as this module loads: every command that calls libbpf imports it.
+setLibbpfDebug(Boolean(process.env.KLOAK_LIBBPF_DEBUG));
 
 export async function objectBytes(): Promise<Uint8Array> {
   return Bun.file(objectPath).bytes();

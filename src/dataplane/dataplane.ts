@@ -3,7 +3,7 @@
  * per-process uprobes, the BPF maps of secrets and scopes, and the ring
  * worker. Everything here runs on the main thread except the worker.
  */
-import { BpfLink, BpfMap, BpfObject, objectMapNames, objGet, objPin, possibleCpus } from "../../lib/libbpf.ts";
+import { BPF_EXIST, BpfLink, BpfMap, BpfObject, objectMapNames, objGet, objPin, possibleCpus } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
 import { bpfAndPerfFds, handOffToHolder } from "../../lib/fd-handoff.ts";
 import { existsSync, readdirSync, renameSync, rmSync } from "node:fs";
@@ -58,7 +58,7 @@ import {
   type UprobeKind,
 } from "./bpf-object.ts";
 import { noWorkerStats, type FromWorker, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
-import type { HoldMethod } from "./tracer.ts";
+import type { HoldMethod } from "./holds.ts";
 import { TlsTargetFinder } from "./tls-targets.ts";
 import { PIN_DIR, PINNED_MAPS, pinPath, unpinState } from "./release.ts";
 import { handoverName, parseUprobePin, partialHandoverDir, releaseHandover, uprobePinName, type Handover } from "./handover.ts";
@@ -1031,7 +1031,7 @@ export class Dataplane {
       for (const key of dp.maps.procs.keys()) {
         if (!dp.maps.procs.lookup(key, value) || (v.getUint32(4, true) & 1) === 0) continue;
         v.setUint32(4, v.getUint32(4, true) & ~1, true);
-        dp.maps.procs.update(key, value, 2 /* BPF_EXIST */);
+        dp.maps.procs.update(key, value, BPF_EXIST);
       }
       await dp.startWorker();
       // Every protected process claims its files (adopted links), or gets them attached.

@@ -40,7 +40,7 @@ import {
   SIGKILL,
 } from "../../lib/libc.ts";
 import { inPrivateAnonymousMapping, isStopped, threadState } from "../../lib/proc.ts";
-import { BPF_EXIST, mapLookupRaw, mapUpdateRaw } from "../../lib/uprobe.ts";
+import { BPF_EXIST, mapLookupRaw, mapUpdateRaw } from "../../lib/libbpf.ts";
 import { decodeEvent, encodeU32, EventType, LAYOUT, ProcFlags, type BlockEvent, type DataplaneEvent, type WriteEvent } from "./abi.ts";
 import { noWorkerStats, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
 import { Tracer } from "./tracer.ts";

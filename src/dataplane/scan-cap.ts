@@ -3,21 +3,13 @@
  * placeholders. One definition for `kloak exec`, the agent and the doctor.
  */
 import { UsageError } from "../errors.ts";
+import { parseSize } from "../size.ts";
 import { MAX_SCAN, VALUE_MAX } from "./abi.ts";
 
 export const DEFAULT_SCAN_CAP = 64 * 1024;
 /** A placeholder is at most VALUE_MAX bytes: a smaller cap could cut the first one. */
 export const MIN_SCAN_CAP = VALUE_MAX;
 export { MAX_SCAN as MAX_SCAN_CAP };
-
-/** "65536", "64KiB", "1MiB", "1m" ... in bytes; throws UsageError naming the flag. */
-export function parseSize(flag: string, text: string): number {
-  const m = /^(\d+)\s*(|b|k|kb|kib|m|mb|mib)$/i.exec(text.trim());
-  if (!m) throw new UsageError(`${flag} ${JSON.stringify(text)}: not a size; write e.g. 65536, 64KiB or 1MiB`);
-  const unit = m[2]!.toLowerCase();
-  const mult = unit.startsWith("k") ? 1024 : unit.startsWith("m") ? 1024 * 1024 : 1;
-  return Number(m[1]) * mult;
-}
 
 /** A scan cap flag's value, range-checked. */
 export function parseScanCap(flag: string, text: string): number {

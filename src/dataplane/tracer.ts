@@ -29,14 +29,6 @@ import * as pt from "../../lib/ptrace.ts";
 import { SIGSTOP } from "../../lib/libc.ts";
 import { parentPid } from "../../lib/proc.ts";
 
-/**
- * How kloak holds a protected process: `ptrace` (tracer.ts: only kloak sees
- * the hold) or `signals` (job-control stops, which the parent sees: for trees
- * that run a debugger or strace themselves, since a process has one tracer).
- */
-export const HOLD_METHODS = ["ptrace", "signals"] as const;
-export type HoldMethod = (typeof HOLD_METHODS)[number];
-
 const OPTIONS = pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK | pt.PTRACE_O_TRACECLONE;
 /** How long after a tracee's last report the worker keeps looking every millisecond. */
 const BUSY_MS = 20;

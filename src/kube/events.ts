@@ -12,7 +12,8 @@
  */
 import { PatchStrategy, setHeaderOptions, type CoreV1Api, type CoreV1Event } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
-import { describeError, requestTimeout, statusOf, type KubeLog } from "./lease.ts";
+import { noLog, type LogFn } from "../log.ts";
+import { describeError, requestTimeout, statusOf } from "./http.ts";
 
 export interface InvolvedObject {
   apiVersion: string;
@@ -39,7 +40,7 @@ export interface EventRecorderOptions {
   requestTimeoutMs?: number;
   /** ms clock for rate limits, aggregation and timestamps */
   now?: () => number;
-  log?: KubeLog;
+  log?: LogFn;
 }
 
 export const REPORTING_COMPONENT = "getkloak.io/kloak";
@@ -108,7 +109,7 @@ export class EventRecorder {
   private readonly perObjectRefillMs: number;
   private readonly timeoutMs: number;
   private readonly now: () => number;
-  private readonly log: KubeLog;
+  private readonly log: LogFn;
   private readonly global: Bucket;
   /** per involved object, least recently used first */
   private readonly buckets = new Map<string, Bucket>();
@@ -132,7 +133,7 @@ export class EventRecorder {
     const globalPerSecond = opts.globalPerSecond ?? 10;
     this.timeoutMs = opts.requestTimeoutMs ?? 10_000;
     this.now = opts.now ?? Date.now;
-    this.log = opts.log ?? (() => {});
+    this.log = opts.log ?? noLog;
     for (const [k, v] of [
       ["perObjectBurst", this.perObjectBurst],
       ["perObjectRefillMs", this.perObjectRefillMs],

@@ -10,19 +10,15 @@
  * has stopped acting before any peer may take over.
  */
 import {
-  ApiException,
-  Observable,
   V1MicroTime,
   type ConfigurationOptions,
   type CoordinationV1Api,
-  type RequestContext,
-  type ResponseContext,
   type V1Lease,
   type V1LeaseSpec,
 } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
-
-export type KubeLog = (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
+import { noLog, type LogFn } from "../log.ts";
+import { describeError, requestTimeout, statusOf } from "./http.ts";
 
 export interface LeaseElectorOptions {
   namespace: string;
@@ -37,7 +33,7 @@ export interface LeaseElectorOptions {
   retryPeriodMs?: number;
   /** ms clock for expiry decisions and Lease timestamps; timers still use real time */
   now?: () => number;
-  log?: KubeLog;
+  log?: LogFn;
 }
 
 /** Followers sleep retryPeriod * (1 + rand * JITTER), like client-go, so candidates spread out. */
@@ -63,7 +59,7 @@ export class LeaseElector {
   private readonly renewDeadlineMs: number;
   private readonly retryPeriodMs: number;
   private readonly now: () => number;
-  private readonly log: KubeLog;
+  private readonly log: LogFn;
 
   private leader = false;
   private running = false;
@@ -95,7 +91,7 @@ export class LeaseElector {
     this.renewDeadlineMs = opts.renewDeadlineMs ?? 10_000;
     this.retryPeriodMs = opts.retryPeriodMs ?? 2_000;
     this.now = opts.now ?? Date.now;
-    this.log = opts.log ?? (() => {});
+    this.log = opts.log ?? noLog;
     if (!this.namespace || !this.name) throw new UsageError("leader election: the Lease namespace and name must not be empty");
     if (!this.identity) throw new UsageError("leader election: the identity must not be empty");
     if (!Number.isInteger(this.leaseDurationSeconds) || this.leaseDurationSeconds < 1) {
@@ -435,44 +431,4 @@ function micro(ms: number): V1MicroTime {
 function stamp(t: unknown): string | undefined {
   if (t instanceof Date) return t.toISOString();
   return t === undefined || t === null ? undefined : String(t);
-}
-
-/**
- * Request options that abort the request after ms. client-node sets no
- * timeout of its own, so without this a half-open connection hangs forever.
- * Its middleware chain expects its Observable stub, not a Promise.
- */
-export function requestTimeout(ms: number): ConfigurationOptions {
-  return {
-    middleware: [
-      {
-        pre: (ctx: RequestContext) => {
-          ctx.setSignal(AbortSignal.timeout(Math.max(1, Math.ceil(ms))));
-          return new Observable(Promise.resolve(ctx));
-        },
-        post: (res: ResponseContext) => new Observable(Promise.resolve(res)),
-      },
-    ],
-    middlewareMergeStrategy: "append",
-  };
-}
-
-export function statusOf(e: unknown): number | undefined {
-  return e instanceof ApiException ? (e as ApiException<unknown>).code : undefined;
-}
-
-/** A short description: status and the API server's message, not the headers ApiException.message carries. */
-export function describeError(e: unknown): string {
-  if (e instanceof ApiException) {
-    const err = e as ApiException<unknown>;
-    let msg: unknown;
-    try {
-      const body: unknown = typeof err.body === "string" ? JSON.parse(err.body) : err.body;
-      if (body && typeof body === "object") msg = (body as { message?: unknown }).message;
-    } catch {
-      msg = typeof err.body === "string" ? err.body.slice(0, 200) : undefined;
-    }
-    return typeof msg === "string" && msg ? `HTTP ${err.code}: ${msg}` : `HTTP ${err.code}`;
-  }
-  return e instanceof Error ? e.message : String(e);
 }

@@ -22,8 +22,8 @@
  */
 import type { KubeConfig } from "@kubernetes/client-node";
 import { Watch } from "@kubernetes/client-node";
-import type { LogFn } from "../agent/log.ts";
-import { statusOf } from "./lease.ts";
+import type { LogFn } from "../log.ts";
+import { statusOf } from "./http.ts";
 
 export interface ObjectMeta {
   name?: string;

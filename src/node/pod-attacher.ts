@@ -14,7 +14,7 @@
  * stopped). Pids are read from cgroup.procs, so the agent must share the
  * host's pid namespace (hostPID) for them to be the kernel's.
  */
-import type { LogFn } from "../agent/log.ts";
+import type { LogFn } from "../log.ts";
 import type { Dataplane } from "../dataplane/dataplane.ts";
 import type { ViolationAction } from "../dataplane/refusals.ts";
 import { cgroupProcesses, findContainerCgroup, type ContainerCgroup } from "./cgroups.ts";

@@ -21,8 +21,8 @@
  */
 import type { AdmissionregistrationV1Api, RbacAuthorizationV1Api, V1OwnerReference } from "@kubernetes/client-node";
 import { ENABLED } from "../kube/contract.ts";
-import { describeError, statusOf } from "../kube/lease.ts";
-import type { LogFn } from "../agent/log.ts";
+import { describeError, statusOf } from "../kube/http.ts";
+import type { LogFn } from "../log.ts";
 
 export const CERT_MANAGER_INJECT = "cert-manager.io/inject-ca-from";
 

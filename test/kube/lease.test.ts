@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as k8s from "@kubernetes/client-node";
 import { UsageError } from "../../src/errors.ts";
-import { LeaseElector, type KubeLog, type LeaseElectorOptions } from "../../src/kube/lease.ts";
+import { LeaseElector, type LeaseElectorOptions } from "../../src/kube/lease.ts";
+import type { LogFn } from "../../src/log.ts";
 import { startKubeApiServer, type KubeApiServer } from "../support/kube-api-server.ts";
 import { startBlackHole } from "../support/black-hole.ts";
 
@@ -51,7 +52,7 @@ interface Candidate {
 
 function candidate(name: string, id: string, extra: Partial<LeaseElectorOptions> = {}): Candidate {
   const logs: Candidate["logs"] = [];
-  const log: KubeLog = (level, msg) => logs.push({ level, msg });
+  const log: LogFn = (level, msg) => logs.push({ level, msg });
   const elector = new LeaseElector(coord, { namespace: NS, name, identity: id, ...FAST, log, ...extra });
   const changes: boolean[] = [];
   elector.onChange((l) => changes.push(l));
