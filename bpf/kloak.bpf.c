@@ -168,13 +168,94 @@ static __always_inline void enforce(struct scratch *s, __u32 tgid, __u32 tid)
 	bpf_send_signal(SIGKILL);
 }
 
+/* The write's length: Go's from its call, SSL_write's int (<= 0: nothing),
+ * the others' size_t. */
+static __always_inline __u64 write_len(struct pt_regs *ctx, __u64 fn, const struct go_call *go)
+{
+	int num;
+
+	if (go)
+		return go->len;
+	if (fn != KLOAK_FN_SSL_WRITE)
+		return PT_REGS_PARM3(ctx);
+	num = (int)PT_REGS_PARM3(ctx);
+	return num > 0 ? (__u64)num : 0;
+}
+
+/* The slot's state for one write, before the scan. */
+static __always_inline void begin_write(struct scratch *s, __u64 ssl, __u64 buf, __u64 len, __u32 scope_id, __u64 id)
+{
+	s->ssl = ssl;
+	s->peer_state = PEER_UNSET;
+	s->sni_len = 0;
+	s->conn_fd = -1;
+	s->conn_ino = 0;
+	s->violation = KLOAK_ACTION_PASS;
+	__builtin_memset(&s->peer, 0, sizeof(s->peer));
+	s->buf = buf;
+	s->len = len;
+	s->scan_len = len < kloak_cfg.scan_cap ? len : kloak_cfg.scan_cap;
+	s->tgid = id >> 32;
+	s->scope_id = scope_id;
+	s->ev.count = 0;
+	s->ev.tgid = id >> 32;
+	s->ev.tid = (__u32)id;
+	s->ev.seq = bpf_ktime_get_ns();
+}
+
+/* The write's restore record: Go's keyed by goroutine, the others' by thread. */
+static __always_inline void *inflight_map(const struct go_call *go)
+{
+	return go ? (void *)&kloak_go_inflight : (void *)&kloak_inflight;
+}
+
+static __always_inline const void *inflight_key(const struct go_call *go, const __u32 *tid)
+{
+	return go ? (const void *)&go->g : (const void *)tid;
+}
+
+/* Kernel mode: the values go in now. A failed write may be partial: the item
+ * stays, so the return probe puts the placeholder back regardless. */
+static __always_inline void substitute_in_kernel(__u32 slot, struct scratch *s)
+{
+	__u32 i;
+
+	for (i = 0; i < KLOAK_MAX_SUBST; i++) {
+		if (i >= s->ev.count)
+			break;
+		if (kloak_item_poke(s->ev.items[i].addr, s->ev.items[i].secret_id, s->ev.items[i].len, s->ev.items[i].hbits,
+				    s->ev.items[i].hshift))
+			kloak_refuse(slot, KR_WRITE_FAILED, s->ev.items[i].secret_id, s->ev.items[i].addr - s->buf);
+		else
+			count(KC_SUBSTITUTED, 1);
+	}
+}
+
+/* Stop mode: claim the process's stop, ask the worker for the values and
+ * hold the writer; any failure undoes the restore record and refuses. */
+static __always_inline void substitute_by_stop(__u32 slot, struct scratch *s, const struct go_call *go, __u32 tgid, __u32 tid)
+{
+	if (!claim_stop(tgid, tid, s->ev.seq)) {
+		bpf_map_delete_elem(inflight_map(go), inflight_key(go, &tid));
+		refuse_items(slot, s, KR_CONCURRENT_WRITE);
+		return;
+	}
+	if (!room_for_substitution() || stop_with(&s->ev, KE_SUBSTITUTE)) {
+		bpf_map_delete_elem(inflight_map(go), inflight_key(go, &tid));
+		bpf_map_delete_elem(&kloak_stop_owner, &tgid);
+		refuse_items(slot, s, KR_RINGBUF_FULL);
+		return;
+	}
+	count(KC_SUBSTITUTED, s->ev.count);
+}
+
 /* A Go write (golang.h) passes its own call: register ABI, restore record
  * keyed by goroutine. NULL: a C library's write, from the regs. */
 static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scratch *s, __u64 fn, const int mode,
 				    const struct go_call *go)
 {
 	__u64 id = bpf_get_current_pid_tgid(), ssl = go ? go->conn : PT_REGS_PARM1(ctx);
-	__u32 tgid = id >> 32, tid = (__u32)id, i;
+	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct kloak_proc *proc;
 	__u64 len;
 
@@ -186,41 +267,18 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 		membio_before_call(ssl, tgid, tid);
 	}
 	tls_call(ssl, tgid);
-	if (go) {
-		len = go->len;
-	} else if (fn == KLOAK_FN_SSL_WRITE) {
-		int num = (int)PT_REGS_PARM3(ctx);
-		len = num > 0 ? (__u64)num : 0;
-	} else {
-		len = PT_REGS_PARM3(ctx);
-	}
+	len = write_len(ctx, fn, go);
 	if (len == 0)
 		return 0;
 	count(KC_WRITES_SEEN, 1);
-	if (go ? bpf_map_lookup_elem(&kloak_go_inflight, &go->g) != NULL : bpf_map_lookup_elem(&kloak_inflight, &tid) != NULL) {
+	if (bpf_map_lookup_elem(inflight_map(go), inflight_key(go, &tid))) {
 		/* Nested TLS write (one API implemented on the other): the outer
 		 * call already substituted; never clobber its restore record. */
 		count(KC_NESTED_WRITE, 1);
 		return 0;
 	}
 
-	s->ssl = ssl;
-	s->peer_state = PEER_UNSET;
-	s->sni_len = 0;
-	s->conn_fd = -1;
-	s->conn_ino = 0;
-	s->violation = KLOAK_ACTION_PASS;
-	__builtin_memset(&s->peer, 0, sizeof(s->peer));
-	s->buf = go ? go->buf : PT_REGS_PARM2(ctx);
-	s->len = len;
-	s->scan_len = len < kloak_cfg.scan_cap ? len : kloak_cfg.scan_cap;
-	s->tgid = tgid;
-	s->scope_id = proc->scope_id;
-	s->ev.count = 0;
-	s->ev.tgid = tgid;
-	s->ev.tid = tid;
-	s->ev.seq = bpf_ktime_get_ns();
-
+	begin_write(s, ssl, go ? go->buf : PT_REGS_PARM2(ctx), len, proc->scope_id, id);
 	count(KC_BYTES_SCANNED, s->scan_len);
 	if (len > s->scan_len) {
 		count(KC_BYTES_UNSCANNED, len - s->scan_len);
@@ -241,46 +299,15 @@ static __always_inline int on_write(struct pt_regs *ctx, __u32 slot, struct scra
 		refuse_items(slot, s, KR_GO_STACK_BUFFER);
 		return 0;
 	}
-
 	/* The restore is recorded before any byte changes. */
-	if (go ? bpf_map_update_elem(&kloak_go_inflight, &go->g, &s->ev, BPF_NOEXIST)
-	       : bpf_map_update_elem(&kloak_inflight, &tid, &s->ev, BPF_NOEXIST)) {
+	if (bpf_map_update_elem(inflight_map(go), inflight_key(go, &tid), &s->ev, BPF_NOEXIST)) {
 		refuse_items(slot, s, KR_INFLIGHT_FULL);
 		return 0;
 	}
-	if (mode == KLOAK_MODE_KERNEL) {
-		for (i = 0; i < KLOAK_MAX_SUBST; i++) {
-			if (i >= s->ev.count)
-				break;
-			if (kloak_item_poke(s->ev.items[i].addr, s->ev.items[i].secret_id, s->ev.items[i].len,
-					    s->ev.items[i].hbits, s->ev.items[i].hshift)) {
-				/* A failed write may be partial: the item stays, so the
-				 * return probe puts the placeholder back regardless. */
-				kloak_refuse(slot, KR_WRITE_FAILED, s->ev.items[i].secret_id, s->ev.items[i].addr - s->buf);
-			} else {
-				count(KC_SUBSTITUTED, 1);
-			}
-		}
-		return 0;
-	}
-	if (!claim_stop(tgid, tid, s->ev.seq)) {
-		if (go)
-			bpf_map_delete_elem(&kloak_go_inflight, &go->g);
-		else
-			bpf_map_delete_elem(&kloak_inflight, &tid);
-		refuse_items(slot, s, KR_CONCURRENT_WRITE);
-		return 0;
-	}
-	if (!room_for_substitution() || stop_with(&s->ev, KE_SUBSTITUTE)) {
-		if (go)
-			bpf_map_delete_elem(&kloak_go_inflight, &go->g);
-		else
-			bpf_map_delete_elem(&kloak_inflight, &tid);
-		bpf_map_delete_elem(&kloak_stop_owner, &tgid);
-		refuse_items(slot, s, KR_RINGBUF_FULL);
-		return 0;
-	}
-	count(KC_SUBSTITUTED, s->ev.count);
+	if (mode == KLOAK_MODE_KERNEL)
+		substitute_in_kernel(slot, s);
+	else
+		substitute_by_stop(slot, s, go, tgid, tid);
 	return 0;
 }
 
@@ -490,12 +517,17 @@ int kloak_tls_ret_kernel(struct pt_regs *ctx)
 static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, __u32 how)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)id;
-	__u64 *ssl = bpf_map_lookup_elem(&kloak_active, &tid);
+	__u32 tid = (__u32)id, tgid = id >> 32;
 	struct membio_pending *p;
 	__u8 head[SEND_HEAD_LEN] = {};
+	__u64 *ssl;
 	int have;
 
+	/* Every write and send on the node comes here: a process outside every
+	 * scope costs one lookup (each map below is kept for scoped ones only). */
+	if (!bpf_map_lookup_elem(&kloak_procs, &tgid))
+		return 0;
+	ssl = bpf_map_lookup_elem(&kloak_active, &tid);
 	if (ssl) {
 		bind_by_send(*ssl, id >> 32, (__s32)fd);
 		return 0;
