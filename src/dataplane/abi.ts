@@ -16,23 +16,28 @@ function unprefixed<E extends Record<string, number>, P extends string>(e: E, pr
   return Object.fromEntries(entries.map(([k, v]) => [k.slice(prefix.length), v])) as Unprefixed<E, P>;
 }
 
-const SHARED = unprefixed(ENUMS.kloak_abi_const, "KLOAK_ABI_");
-export const MARKER_LEN = SHARED.MARKER_LEN;
-export const VALUE_MIN = SHARED.VALUE_MIN;
-export const VALUE_MAX = SHARED.VALUE_MAX;
-export const KEY_LEN = SHARED.KEY_LEN;
-export const MAX_SUBST = SHARED.MAX_SUBST;
-export const MAX_CANDIDATES = SHARED.MAX_CANDIDATES;
-/** kloak_item.hshift flag: the kernel could not check the buffer's mapping; the worker checks it (bpf/kloak.h) */
-export const ITEM_UNCHECKED = SHARED.ITEM_UNCHECKED;
-export const CHUNK = SHARED.CHUNK;
-export const MAX_SCAN = SHARED.MAX_SCAN;
-export const MAX_RULES = SHARED.MAX_RULES;
-export const NAME_MAX = SHARED.NAME_MAX;
-/** cgroup v2 levels the kernel searches for a registered ancestor (kloak_cgroups) */
-export const CGROUP_DEPTH = SHARED.CGROUP_DEPTH;
-/** Connections one process may have tracked at a time. */
-export const CONNS_PER_PROCESS = SHARED.CONNS_PER_PROCESS;
+/**
+ * kloak.h's shared #defines. ITEM_UNCHECKED: kloak_item.hshift flag, the
+ * kernel could not check the buffer's mapping (the worker checks it);
+ * CGROUP_DEPTH: cgroup v2 levels the kernel searches for a registered
+ * ancestor (kloak_cgroups); CONNS_PER_PROCESS: connections one process may
+ * have tracked at a time.
+ */
+export const {
+  MARKER_LEN,
+  VALUE_MIN,
+  VALUE_MAX,
+  KEY_LEN,
+  MAX_SUBST,
+  MAX_CANDIDATES,
+  ITEM_UNCHECKED,
+  CHUNK,
+  MAX_SCAN,
+  MAX_RULES,
+  NAME_MAX,
+  CGROUP_DEPTH,
+  CONNS_PER_PROCESS,
+} = unprefixed(ENUMS.kloak_abi_const, "KLOAK_ABI_");
 
 export const Fn = unprefixed(ENUMS.kloak_fn, "KLOAK_FN_");
 export const ConnFlags = unprefixed(ENUMS.kloak_conn_flags, "KLOAK_CONN_");
@@ -102,22 +107,20 @@ export function encodeBytes(data: Uint8Array): Uint8Array {
   return b;
 }
 
-export function encodeProc(scopeId: number, flags = 0): Uint8Array {
-  const F = LAYOUT.kloak_proc.fields;
-  const b = new Uint8Array(LAYOUT.kloak_proc.size);
+/** A struct of __u32 fields, each given by name. */
+function encodeU32Struct<F extends Record<string, number>>(s: { size: number; fields: F }, values: Record<keyof F, number>): Uint8Array {
+  const b = new Uint8Array(s.size);
   const v = new DataView(b.buffer);
-  v.setUint32(F.scope_id, scopeId, true);
-  v.setUint32(F.flags, flags, true);
+  for (const [name, off] of Object.entries(s.fields)) v.setUint32(off, values[name as keyof F], true);
   return b;
 }
 
+export function encodeProc(scopeId: number, flags = 0): Uint8Array {
+  return encodeU32Struct(LAYOUT.kloak_proc, { scope_id: scopeId, flags });
+}
+
 export function encodeGrant(scopeId: number, secretId: number): Uint8Array {
-  const F = LAYOUT.kloak_grant.fields;
-  const b = new Uint8Array(LAYOUT.kloak_grant.size);
-  const v = new DataView(b.buffer);
-  v.setUint32(F.scope_id, scopeId, true);
-  v.setUint32(F.secret_id, secretId, true);
-  return b;
+  return encodeU32Struct(LAYOUT.kloak_grant, { scope_id: scopeId, secret_id: secretId });
 }
 
 export function encodeScope(s: { netns: bigint; flags: number; onViolation: number }): Uint8Array {
