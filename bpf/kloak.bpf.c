@@ -671,9 +671,26 @@ int BPF_PROG(kloak_switch, bool preempt, struct task_struct *prev)
 	return 0;
 }
 
-/* Keeps every type shared with user space in the object's BTF, where
- * test/dataplane/abi.test.ts checks the TypeScript mirror. Never called, so
- * never loaded. */
+/* kloak.h's #defines that user space shares, as BTF can carry them. */
+enum kloak_abi_const {
+	KLOAK_ABI_MARKER_LEN = KLOAK_MARKER_LEN,
+	KLOAK_ABI_VALUE_MIN = KLOAK_VALUE_MIN,
+	KLOAK_ABI_VALUE_MAX = KLOAK_VALUE_MAX,
+	KLOAK_ABI_KEY_LEN = KLOAK_KEY_LEN,
+	KLOAK_ABI_MAX_SUBST = KLOAK_MAX_SUBST,
+	KLOAK_ABI_MAX_CANDIDATES = KLOAK_MAX_CANDIDATES,
+	KLOAK_ABI_CHUNK = KLOAK_CHUNK,
+	KLOAK_ABI_MAX_SCAN = KLOAK_MAX_SCAN,
+	KLOAK_ABI_MAX_RULES = KLOAK_MAX_RULES,
+	KLOAK_ABI_NAME_MAX = KLOAK_NAME_MAX,
+	KLOAK_ABI_CGROUP_DEPTH = KLOAK_CGROUP_DEPTH,
+	KLOAK_ABI_CONNS_PER_PROCESS = KLOAK_CONNS_PER_PROCESS,
+	KLOAK_ABI_ITEM_UNCHECKED = KLOAK_ITEM_UNCHECKED,
+};
+
+/* Keeps every type shared with user space in the object's BTF, from which
+ * scripts/gen-abi.ts generates src/dataplane/abi.generated.ts. Never called,
+ * so never loaded. */
 struct kloak_abi_anchor {
 	struct kloak_proc_event proc_event;
 	struct kloak_stop_owner stop_owner;
@@ -702,6 +719,7 @@ struct kloak_abi_anchor {
 	enum kloak_event_type event_type;
 	enum kloak_fn fn;
 	enum kloak_mode mode;
+	enum kloak_abi_const abi_const;
 };
 
 __noinline int kloak_abi_types(struct kloak_abi_anchor *a)

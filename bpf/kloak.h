@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Every struct and constant shared between the eBPF programs and user space.
- * src/dataplane/abi.ts mirrors this file; test/dataplane/abi.test.ts checks the
- * mirror against the BTF of the compiled object (sizes and offsets), so change
- * both together.
+ * scripts/gen-abi.ts generates src/dataplane/abi.generated.ts, the TypeScript
+ * view, from the compiled object's BTF: bun run gen:abi after a change here
+ * (test/dataplane/abi.test.ts fails while it is stale).
  *
  * Only fixed-width types: this header is included by the BPF program (with
  * vmlinux.h) and parsed by nothing else.
@@ -99,8 +99,8 @@ enum kloak_counter {
 /*
  * Why a placeholder was left in place: the index of kloak_refusals and the
  * reason of refusal events. src/dataplane/refusals.ts is the one table of
- * reasons (names, meaning, violation or not); test/dataplane/abi.test.ts
- * checks this enum against it.
+ * reasons (names, meaning, violation or not), by these generated values;
+ * test/dataplane/refusals.test.ts checks every value has its reason.
  */
 enum kloak_refusal {
 	KR_UNKNOWN_PLACEHOLDER = 0,   /* "kloak:" with a tail that is no loaded placeholder */

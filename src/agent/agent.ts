@@ -17,7 +17,7 @@ import { claimHandover, listHandovers, releaseHandover, type Handover } from "..
 import { handoverIdentity, objectBytes } from "../dataplane/bpf-object.ts";
 import { unhookableMessage } from "../dataplane/unhookable.ts";
 import { Guardian } from "../supervisor/guardian-client.ts";
-import { ACTION_SUFFIX, describeDestination, refusalHint } from "../dataplane/refusals.ts";
+import { describeDestination, describeRefusal } from "../dataplane/refusals.ts";
 import { dataplaneMetrics, type DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
 import { agentMetrics } from "../metrics/agent-metrics.ts";
 import { Phases } from "../lifecycle/phases.ts";
@@ -315,15 +315,11 @@ function reportToPods(dp: Dataplane, attacher: PodAttacher, plane: SecretPlane, 
     if (!pod) return;
     const s = plane.catalog.describe(e.secretId);
     const what = s ? `secret ${s.name} key ${s.key}` : "a placeholder";
-    const hint =
-      e.reason === "destination_not_allowed"
-        ? "add the host to the Secret's getkloak.io/hosts annotation if it is meant to"
-        : refusalHint(e.reason);
     events.record(
       { apiVersion: "v1", kind: "Pod", namespace: pod.namespace, name: pod.name, uid: pod.uid },
       "Warning",
       "KloakSubstitutionRefused",
-      `kloak left ${what} as a placeholder in a TLS write to ${describeDestination(e)}: ${e.reason}${hint ? ` (${hint})` : ""}${ACTION_SUFFIX[e.action]}`,
+      `kloak left ${what} as a placeholder in a TLS write to ${describeDestination(e)}: ${describeRefusal(e, "agent")}`,
     );
   });
 

@@ -10,7 +10,7 @@ import { CommandError, UsageError } from "../errors.ts";
 import { checkCommand } from "./command-path.ts";
 import { parseScanCap } from "../dataplane/scan-cap.ts";
 import { MAX_CANDIDATES } from "../dataplane/abi.ts";
-import { ACTIONS, type ViolationAction } from "../dataplane/refusals.ts";
+import { ACTIONS, workerRefusals, type ViolationAction } from "../dataplane/refusals.ts";
 import { HOLD_METHODS, type HoldMethod } from "../dataplane/holds.ts";
 import { netnsInode } from "../../lib/proc.ts";
 import { Dataplane } from "../dataplane/dataplane.ts";
@@ -429,8 +429,7 @@ async function summarize(dp: Dataplane, opts: ExecOptions, { refusals, unhookabl
   const failedClosed = stats.notStopped + stats.patchFailed + stats.bufferRefused;
   // Markers past the first MAX_CANDIDATES of a write were never examined: placeholders among them went out.
   const unexamined = Number(counters.candidates_dropped ?? 0n);
-  const refused =
-    Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + stats.notStopped + stats.patchFailed + stats.noValue + stats.bufferRefused + unexamined;
+  const refused = Object.values(refusalCounts).reduce((a, n) => a + Number(n), 0) + workerRefusals(stats) + unexamined;
   const failRun = opts.failOnRefusal && refused > 0 && exitCode === 0;
   const kloakExit = failRun ? REFUSED_EXIT : exitCode;
   if (opts.summary === "json") {

@@ -4,7 +4,7 @@
  * IP:port, the client's SNI); never a value.
  */
 import type { RefusalEvent } from "../dataplane/abi.ts";
-import { ACTION_SUFFIX, describeDestination, refusalHint, type ViolationAction } from "../dataplane/refusals.ts";
+import { describeDestination, describeRefusal, type ViolationAction } from "../dataplane/refusals.ts";
 
 export interface RefusalEntry {
   secret: string;
@@ -42,8 +42,7 @@ export class RefusalLog {
   summary(): string[] {
     return [...this.entries.values()].map(({ secret, destination, reason, action, count }) => {
       const what = secret === "" ? "a write" : `secret ${secret}`;
-      const hint = refusalHint(reason);
-      return `refused ${count}x: ${what} to ${destination}: ${reason}${hint ? ` (${hint})` : ""}${ACTION_SUFFIX[action]}`;
+      return `refused ${count}x: ${what} to ${destination}: ${describeRefusal({ reason, action }, "exec")}`;
     });
   }
 }

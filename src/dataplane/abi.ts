@@ -1,167 +1,70 @@
 /**
- * TypeScript mirror of bpf/kloak.h. test/dataplane/abi.test.ts checks every
- * size, offset, enum value and #define here against the compiled object's BTF
- * and the header, so a drift fails the suite instead of corrupting a map.
+ * The TypeScript view of bpf/kloak.h. Every size, offset, enum value and
+ * shared #define comes from abi.generated.ts, which scripts/gen-abi.ts
+ * generates from the compiled object's BTF (`bun run gen:abi`;
+ * test/dataplane/abi.test.ts fails when it is stale). The encoders and
+ * decoders here are written by hand.
  */
 import ipaddr from "ipaddr.js";
+import { ENUMS, STRUCTS } from "./abi.generated.ts";
 import { actionName, refusalName, type ViolationAction } from "./refusals.ts";
 
-export const MARKER_LEN = 6;
-export const VALUE_MIN = 8;
-export const VALUE_MAX = 4096;
-export const KEY_LEN = 8;
-export const MAX_SUBST = 16;
-export const MAX_CANDIDATES = 32;
-/** kloak_item.hshift flag: the kernel could not check the buffer's mapping; the worker checks it (bpf/kloak.h) */
-export const ITEM_UNCHECKED = 1 << 16;
-export const CHUNK = 2048;
-export const MAX_SCAN = 16 << 20;
-export const MAX_RULES = 16;
-export const NAME_MAX = 256;
-/** cgroup v2 levels the kernel searches for a registered ancestor (kloak_cgroups) */
-export const CGROUP_DEPTH = 16;
+/** An enum's values under their C names less a common prefix (KLOAK_FN_SSL_WRITE -> SSL_WRITE). */
+type Unprefixed<E, P extends string> = { readonly [K in keyof E as K extends `${P}${infer R}` ? R : never]: E[K] };
+function unprefixed<E extends Record<string, number>, P extends string>(e: E, prefix: P): Unprefixed<E, P> {
+  const entries = Object.entries(e).filter(([k]) => k.startsWith(prefix));
+  return Object.fromEntries(entries.map(([k, v]) => [k.slice(prefix.length), v])) as Unprefixed<E, P>;
+}
 
-export const Fn = {
-  SSL_WRITE: 0,
-  SSL_WRITE_EX: 1,
-  SSL_DO_HANDSHAKE: 2,
-  SSL_SET_FD: 3,
-  SSL_CTRL: 4,
-  SSL_FREE: 5,
-  SSL_SET_BIO: 6,
-  SSL_SET0_WBIO: 7,
-  SSL_SET_WFD: 8,
-  SSL_READ: 9,
-  SSL_READ_EX: 10,
-  GNUTLS_RECORD_SEND: 16,
-  GNUTLS_RECORD_CORK: 17,
-  GNUTLS_RECORD_UNCORK: 18,
-  GNUTLS_SERVER_NAME_SET: 19,
-  GNUTLS_SET_INT2: 20,
-  GNUTLS_APP_TRANSPORT: 21,
-  GNUTLS_DEINIT: 22,
-  GNUTLS_INIT: 23,
-  GO_WRITE: 32,
-  GO_WRITE_RET: 33,
-  BSSL_SET_HOSTNAME: 40,
-  BUN_SSL_NEW: 41,
-} as const;
-export const ConnFlags = {
-  BOUND: 1,
-  BY_FD: 2,
-  CONFLICT: 4,
-  APP_BIO: 8,
-  BIO_REPLACED: 16,
-  HANDSHAKE: 32,
-  SNI_CHANGED: 64,
-  LATE: 128,
-  CORKED: 256,
-} as const;
-export const ScopeFlags = { STRICT_BINDING: 1 } as const;
-/** Connections one process may have tracked at a time. */
-export const CONNS_PER_PROCESS = 4096;
-export const RuleKind = { CIDR: 1, HOST: 2, WILDCARD: 3 } as const;
+/**
+ * kloak.h's shared #defines. ITEM_UNCHECKED: kloak_item.hshift flag, the
+ * kernel could not check the buffer's mapping (the worker checks it);
+ * CGROUP_DEPTH: cgroup v2 levels the kernel searches for a registered
+ * ancestor (kloak_cgroups); CONNS_PER_PROCESS: connections one process may
+ * have tracked at a time.
+ */
+export const {
+  MARKER_LEN,
+  VALUE_MIN,
+  VALUE_MAX,
+  KEY_LEN,
+  MAX_SUBST,
+  MAX_CANDIDATES,
+  ITEM_UNCHECKED,
+  CHUNK,
+  MAX_SCAN,
+  MAX_RULES,
+  NAME_MAX,
+  CGROUP_DEPTH,
+  CONNS_PER_PROCESS,
+} = unprefixed(ENUMS.kloak_abi_const, "KLOAK_ABI_");
+
+export const Fn = unprefixed(ENUMS.kloak_fn, "KLOAK_FN_");
+export const ConnFlags = unprefixed(ENUMS.kloak_conn_flags, "KLOAK_CONN_");
+export const ScopeFlags = unprefixed(ENUMS.kloak_scope_flags, "KLOAK_SCOPE_");
+export const RuleKind = unprefixed(ENUMS.kloak_rule_kind, "KLOAK_RULE_");
 export const AF_INET = 2;
 export const AF_INET6 = 10;
-export const Mode = { KERNEL: 0, STOP: 1 } as const;
+export const Mode = unprefixed(ENUMS.kloak_mode, "KLOAK_MODE_");
 
-/** enum kloak_counter, in order. Refusals are counted by reason (refusals.ts). */
-export const COUNTERS = [
-  "writes_seen",
-  "bytes_scanned",
-  "substituted",
-  "restored",
-  "bytes_unscanned",
-  "candidates_dropped",
-  "events_lost",
-  "nested_write",
-  "unrestricted",
-  "conns_bound",
-  "bind_conflict",
-  "conns_untracked",
-  "sni_held",
-  "sni_unheld",
-  "cgroup_joined",
-  "procs_full",
-  "killed_no_restore",
-  "violation_kills",
-  "violation_blocks",
-  "exec_held",
-  "exec_known",
-  "unhooked_hello",
-  "subst_not_taken",
-  "lib_open_held",
-  "lib_open_unheld",
-] as const;
-export type CounterName = (typeof COUNTERS)[number];
+const KC = unprefixed(ENUMS.kloak_counter, "KC_");
+export type CounterName = Lowercase<Exclude<keyof typeof KC, "_COUNT">>;
+/** enum kloak_counter, in order (index = value). Refusals are counted by reason (refusals.ts). */
+export const COUNTERS: readonly CounterName[] = Object.entries(KC)
+  .filter(([k]) => k !== "_COUNT")
+  .sort(([, a], [, b]) => a - b)
+  .map(([k, v], i) => {
+    if (v !== i) throw new Error(`enum kloak_counter is not dense at ${k}`);
+    return k.toLowerCase() as CounterName;
+  });
 
-export const EventType = {
-  SUBSTITUTE: 1,
-  RESTORE: 2,
-  EXEC: 3,
-  FORK: 4,
-  EXIT: 5,
-  REFUSED: 6,
-  SNI: 7,
-  BLOCK: 8,
-  WAKE: 9,
-  EXEC_KNOWN: 10,
-  UNHOOKED_TLS: 11,
-  LIB_OPEN: 12,
-} as const;
+export const EventType = unprefixed(ENUMS.kloak_event_type, "KE_");
 
 /** enum kloak_proc_flags: kloak_procs[tgid].flags */
-export const ProcFlags = {
-  TRACED: 1,
-} as const;
+export const ProcFlags = unprefixed(ENUMS.kloak_proc_flags, "KLOAK_PROC_");
 
-/** Struct sizes and field offsets, exactly as in kloak.h. */
-export const LAYOUT = {
-  kloak_ph_key: { size: 16, fields: { tail: 0, tail_len: 8, _pad: 12 } },
-  kloak_bytes: { size: 8 + VALUE_MAX, fields: { len: 0, _pad: 4, data: 8 } },
-  kloak_proc: { size: 8, fields: { scope_id: 0, flags: 4 } },
-  kloak_grant: { size: 8, fields: { scope_id: 0, secret_id: 4 } },
-  kloak_item: { size: 24, fields: { addr: 0, secret_id: 8, len: 12, hbits: 16, hshift: 20 } },
-  kloak_hcode: { size: 8 + VALUE_MAX + 8, fields: { bits: 0, fits: 4, code: 8 } },
-  kloak_write_event: {
-    size: 24 + 24 * MAX_SUBST,
-    fields: { type: 0, tgid: 4, tid: 8, count: 12, seq: 16, items: 24 },
-  },
-  kloak_proc_event: { size: 16, fields: { type: 0, tgid: 4, ppid: 8, scope_id: 12 } },
-  kloak_wake_event: { size: 16, fields: { type: 0, tgid: 4, tid: 8, _pad: 12 } },
-  kloak_image: { size: 16, fields: { ino: 0, dev: 8, mntns: 12 } },
-  kloak_peer: { size: 24, fields: { addr: 0, port: 16, family: 18, _pad: 20 } },
-  kloak_conn_key: { size: 16, fields: { ssl: 0, tgid: 8, _pad: 12 } },
-  kloak_conn: {
-    size: 32 + NAME_MAX,
-    fields: { fd: 0, flags: 4, ino: 8, bound_ns: 16, sni_len: 24, _pad: 28, sni: 32 },
-  },
-  kloak_rule: { size: 24 + NAME_MAX, fields: { kind: 0, prefix: 1, port: 2, name_len: 4, addr: 8, name: 24 } },
-  kloak_policy: { size: 8 + (24 + NAME_MAX) * MAX_RULES, fields: { nrules: 0, _pad: 4, rules: 8 } },
-  kloak_name_addr: { size: NAME_MAX + 16, fields: { name: 0, addr: NAME_MAX } },
-  kloak_resolved: { size: 8, fields: { valid_until_ns: 0 } },
-  kloak_refusal_event: {
-    size: 64 + NAME_MAX,
-    fields: { type: 0, tgid: 4, scope_id: 8, secret_id: 12, reason: 16, sni_len: 20, offset: 24, peer: 32, action: 56, _pad: 60, sni: 64 },
-  },
-  kloak_block_event: { size: 32, fields: { type: 0, tgid: 4, tid: 8, fd: 12, ino: 16, seq: 24 } },
-  kloak_scope: { size: 16, fields: { netns: 0, flags: 8, on_violation: 12 } },
-  kloak_sni_event: {
-    size: 32 + NAME_MAX,
-    fields: { type: 0, tgid: 4, scope_id: 8, sni_len: 12, hold: 16, tid: 20, seq: 24, sni: 32 },
-  },
-  kloak_lib_open_event: {
-    size: 40 + NAME_MAX,
-    fields: { type: 0, tgid: 4, scope_id: 8, path_len: 12, hold: 16, tid: 20, seq: 24, dirfd: 32, _pad: 36, path: 40 },
-  },
-  kloak_config: { size: 16, fields: { mode: 0, scan_cap: 4, violations: 8, _pad: 12 } },
-  kloak_stop_owner: { size: 16, fields: { tid: 0, _pad: 4, seq: 8 } },
-  kloak_unhooked_event: { size: 48, fields: { type: 0, tgid: 4, scope_id: 8, fd: 12, ino: 16, peer: 24 } },
-  kloak_go_layout: {
-    size: 40,
-    fields: { write_entry: 0, tcp_write: 8, conn_conn: 16, conn_config: 20, config_server_name: 24, tcpconn_fd: 28, netfd_sysfd: 32, _pad: 36 },
-  },
-} as const;
+/** Struct sizes and field offsets, exactly as in the object. */
+export const LAYOUT = STRUCTS;
 
 const u32 = (n: number) => {
   const b = new Uint8Array(4);
@@ -188,30 +91,36 @@ export function encodeU64(n: bigint): Uint8Array {
 }
 
 export function encodePhKey(tail: Uint8Array, tailLen: number): Uint8Array {
+  const F = LAYOUT.kloak_ph_key.fields;
   const b = new Uint8Array(LAYOUT.kloak_ph_key.size);
-  b.set(tail.subarray(0, KEY_LEN), 0);
-  new DataView(b.buffer).setUint32(8, tailLen, true);
+  b.set(tail.subarray(0, KEY_LEN), F.tail);
+  new DataView(b.buffer).setUint32(F.tail_len, tailLen, true);
   return b;
 }
 
 export function encodeBytes(data: Uint8Array): Uint8Array {
   if (data.length > VALUE_MAX) throw new RangeError(`kloak_bytes holds at most ${VALUE_MAX} bytes`);
+  const F = LAYOUT.kloak_bytes.fields;
   const b = new Uint8Array(LAYOUT.kloak_bytes.size);
-  new DataView(b.buffer).setUint32(0, data.length, true);
-  b.set(data, 8);
+  new DataView(b.buffer).setUint32(F.len, data.length, true);
+  b.set(data, F.data);
+  return b;
+}
+
+/** A struct of __u32 fields, each given by name. */
+function encodeU32Struct<F extends Record<string, number>>(s: { size: number; fields: F }, values: Record<keyof F, number>): Uint8Array {
+  const b = new Uint8Array(s.size);
+  const v = new DataView(b.buffer);
+  for (const [name, off] of Object.entries(s.fields)) v.setUint32(off, values[name as keyof F], true);
   return b;
 }
 
 export function encodeProc(scopeId: number, flags = 0): Uint8Array {
-  const b = new Uint8Array(8);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, scopeId, true);
-  v.setUint32(4, flags, true);
-  return b;
+  return encodeU32Struct(LAYOUT.kloak_proc, { scope_id: scopeId, flags });
 }
 
 export function encodeGrant(scopeId: number, secretId: number): Uint8Array {
-  return encodeProc(scopeId, secretId);
+  return encodeU32Struct(LAYOUT.kloak_grant, { scope_id: scopeId, secret_id: secretId });
 }
 
 export function encodeScope(s: { netns: bigint; flags: number; onViolation: number }): Uint8Array {
@@ -322,6 +231,13 @@ function peerAddress(addr: Uint8Array, family: number): string {
   return "";
 }
 
+/** struct kloak_peer at off: a 16-byte address (IPv4 in its last 4), port, family. */
+function decodePeer(v: DataView, off: number): Peer {
+  const F = LAYOUT.kloak_peer.fields;
+  const addr = new Uint8Array(v.buffer, v.byteOffset + off + F.addr, 16);
+  return { address: peerAddress(addr, v.getUint16(off + F.family, true)), port: v.getUint16(off + F.port, true) };
+}
+
 const latin1 = new TextDecoder("latin1");
 function name(v: DataView, off: number, len: number): string {
   const text = latin1.decode(new Uint8Array(v.buffer, v.byteOffset + off, Math.min(len, NAME_MAX)));
@@ -346,7 +262,7 @@ export function encodePolicy(rules: readonly KernelRule[]): Uint8Array {
   const L = LAYOUT.kloak_rule;
   const b = new Uint8Array(LAYOUT.kloak_policy.size);
   const v = new DataView(b.buffer);
-  v.setUint32(0, rules.length, true);
+  v.setUint32(LAYOUT.kloak_policy.fields.nrules, rules.length, true);
   rules.forEach((r, i) => {
     const o = LAYOUT.kloak_policy.fields.rules + i * L.size;
     v.setUint16(o + L.fields.port, r.port, true);
@@ -377,40 +293,45 @@ export function encodeNameAddr(hostname: string, addr: Uint8Array): Uint8Array {
 
 export const VALID_FOREVER = 0xffff_ffff_ffff_ffffn;
 export function encodeResolved(validUntilNs: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, validUntilNs, true);
+  const b = new Uint8Array(LAYOUT.kloak_resolved.size);
+  new DataView(b.buffer).setBigUint64(LAYOUT.kloak_resolved.fields.valid_until_ns, validUntilNs, true);
   return b;
 }
 
 /** Decode one tls_events record; null for a type this build does not know. */
 export function decodeEvent(v: DataView): DataplaneEvent | null {
-  const type = v.getUint32(0, true);
+  // every event starts with its type (the first field of each kloak_*_event)
+  const type = v.getUint32(LAYOUT.kloak_proc_event.fields.type, true);
   switch (type) {
     case EventType.SUBSTITUTE:
     case EventType.RESTORE: {
-      const count = Math.min(v.getUint32(12, true), MAX_SUBST);
+      const F = LAYOUT.kloak_write_event.fields;
+      const I = LAYOUT.kloak_item.fields;
+      const count = Math.min(v.getUint32(F.count, true), MAX_SUBST);
       const items: WriteItem[] = [];
       for (let i = 0; i < count; i++) {
-        const o = LAYOUT.kloak_write_event.fields.items + i * LAYOUT.kloak_item.size;
+        const o = F.items + i * LAYOUT.kloak_item.size;
+        const hshift = v.getUint32(o + I.hshift, true);
         items.push({
-          addr: v.getBigUint64(o, true),
-          secretId: v.getUint32(o + 8, true),
-          len: v.getUint32(o + 12, true),
-          hbits: v.getUint32(o + 16, true),
-          hshift: v.getUint32(o + 20, true) & ~ITEM_UNCHECKED,
-          unchecked: (v.getUint32(o + 20, true) & ITEM_UNCHECKED) !== 0,
+          addr: v.getBigUint64(o + I.addr, true),
+          secretId: v.getUint32(o + I.secret_id, true),
+          len: v.getUint32(o + I.len, true),
+          hbits: v.getUint32(o + I.hbits, true),
+          hshift: hshift & ~ITEM_UNCHECKED,
+          unchecked: (hshift & ITEM_UNCHECKED) !== 0,
         });
       }
-      return { type, tgid: v.getUint32(4, true), tid: v.getUint32(8, true), seq: v.getBigUint64(16, true), items };
+      return { type, tgid: v.getUint32(F.tgid, true), tid: v.getUint32(F.tid, true), seq: v.getBigUint64(F.seq, true), items };
     }
     case EventType.EXEC:
     case EventType.EXEC_KNOWN:
     case EventType.FORK:
-    case EventType.EXIT:
-      return { type, tgid: v.getUint32(4, true), ppid: v.getUint32(8, true), scopeId: v.getUint32(12, true) };
+    case EventType.EXIT: {
+      const F = LAYOUT.kloak_proc_event.fields;
+      return { type, tgid: v.getUint32(F.tgid, true), ppid: v.getUint32(F.ppid, true), scopeId: v.getUint32(F.scope_id, true) };
+    }
     case EventType.REFUSED: {
       const F = LAYOUT.kloak_refusal_event.fields;
-      const addr = new Uint8Array(v.buffer, v.byteOffset + F.peer, 16);
       return {
         type,
         tgid: v.getUint32(F.tgid, true),
@@ -418,7 +339,7 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
         secretId: v.getUint32(F.secret_id, true),
         reason: refusalName(v.getUint32(F.reason, true)),
         offset: v.getBigUint64(F.offset, true),
-        peer: { address: peerAddress(addr, v.getUint16(F.peer + 18, true)), port: v.getUint16(F.peer + 16, true) },
+        peer: decodePeer(v, F.peer),
         action: actionName(v.getUint32(F.action, true)),
         sni: name(v, F.sni, v.getUint32(F.sni_len, true)),
       };
@@ -434,18 +355,22 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
         seq: v.getBigUint64(F.seq, true),
       };
     }
-    case EventType.SNI:
+    case EventType.SNI: {
+      const F = LAYOUT.kloak_sni_event.fields;
       return {
         type,
-        tgid: v.getUint32(4, true),
-        scopeId: v.getUint32(8, true),
-        sni: name(v, 32, v.getUint32(12, true)),
-        hold: v.getUint32(16, true) !== 0,
-        tid: v.getUint32(20, true),
-        seq: v.getBigUint64(24, true),
+        tgid: v.getUint32(F.tgid, true),
+        scopeId: v.getUint32(F.scope_id, true),
+        sni: name(v, F.sni, v.getUint32(F.sni_len, true)),
+        hold: v.getUint32(F.hold, true) !== 0,
+        tid: v.getUint32(F.tid, true),
+        seq: v.getBigUint64(F.seq, true),
       };
-    case EventType.WAKE:
-      return { type, tgid: v.getUint32(4, true), tid: v.getUint32(8, true) };
+    }
+    case EventType.WAKE: {
+      const F = LAYOUT.kloak_wake_event.fields;
+      return { type, tgid: v.getUint32(F.tgid, true), tid: v.getUint32(F.tid, true) };
+    }
     case EventType.LIB_OPEN: {
       const F = LAYOUT.kloak_lib_open_event.fields;
       const len = Math.min(v.getUint32(F.path_len, true), NAME_MAX - 1);
@@ -462,13 +387,12 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
     }
     case EventType.UNHOOKED_TLS: {
       const F = LAYOUT.kloak_unhooked_event.fields;
-      const addr = new Uint8Array(v.buffer, v.byteOffset + F.peer, 16);
       return {
         type,
         tgid: v.getUint32(F.tgid, true),
         scopeId: v.getUint32(F.scope_id, true),
         fd: v.getInt32(F.fd, true),
-        peer: { address: peerAddress(addr, v.getUint16(F.peer + 18, true)), port: v.getUint16(F.peer + 16, true) },
+        peer: decodePeer(v, F.peer),
       };
     }
     default:

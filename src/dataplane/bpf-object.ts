@@ -6,11 +6,12 @@
  * agent and `kloak doctor` all call loadObject().
  */
 import { createHash } from "node:crypto";
-import { BPF_LOG_STATS, BpfError, BpfObject, setLibbpfDebug, type BpfProgram } from "../../lib/libbpf.ts";
+import { BPF_LOG_STATS, BpfError, BpfObject, setLibbpfDebug, type BpfMap, type BpfProgram } from "../../lib/libbpf.ts";
 import { BPF_TRACE_UPROBE_MULTI, uprobeMultiSupported } from "../../lib/uprobe.ts";
 import objectPath from "../../bpf/kloak.bpf.o" with { type: "file" };
 import { EnvironmentError } from "../errors.ts";
 import { LAYOUT, Mode } from "./abi.ts";
+import type { DataSectionName, MapName, ProgramName } from "./abi.generated.ts";
 import { violationMask } from "./refusals.ts";
 import {
   NodeFacts,
@@ -26,6 +27,15 @@ export type { RewriteMode };
 // KLOAK_LIBBPF_DEBUG=1: libbpf's full log on stderr (doctor's remedies point
 // there). Set as this module loads: every command that calls libbpf imports it.
 setLibbpfDebug(Boolean(process.env.KLOAK_LIBBPF_DEBUG));
+
+/**
+ * The object as loaded: its maps and programs by the names the generated ABI
+ * lists (abi.generated.ts), so a name the object lacks is a type error.
+ */
+export interface KloakObject extends BpfObject {
+  map(name: MapName | DataSectionName): BpfMap;
+  program(name: ProgramName): BpfProgram;
+}
 
 export async function objectBytes(): Promise<Uint8Array> {
   return Bun.file(objectPath).bytes();
@@ -50,26 +60,26 @@ export function handoverIdentity(bytes: Uint8Array, s: { mode: RewriteMode; upro
 }
 
 /** The uprobe programs of each rewrite mode (entry, return); the other mode's are not loaded. */
-export const MODE_PROGRAMS: Record<RewriteMode, readonly [entry: string, ret: string]> = {
+export const MODE_PROGRAMS: Record<RewriteMode, readonly [entry: ProgramName, ret: ProgramName]> = {
   kernel: ["kloak_tls_kernel", "kloak_tls_ret_kernel"],
   stop: ["kloak_tls_stop", "kloak_tls_ret_stop"],
 };
 
 /** The Go crypto/tls program of each mode (bpf/golang.h): entry and every RET, all plain uprobes. */
-export const GO_PROGRAMS: Record<RewriteMode, string> = { kernel: "kloak_go_kernel", stop: "kloak_go_stop" };
+export const GO_PROGRAMS: Record<RewriteMode, ProgramName> = { kernel: "kloak_go_kernel", stop: "kloak_go_stop" };
 
 /** Process lifecycle: scopes follow fork, exec is held until attached, exit detaches; signals to traced threads wake the tracer. */
-export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit", "kloak_signal"] as const;
+export const PROCESS_TRACEPOINTS = ["kloak_fork", "kloak_exec", "kloak_exit", "kloak_signal"] as const satisfies readonly ProgramName[];
 /**
  * Stop mode only: a writer held for its request wakes the ring worker once it
  * is off its CPU in the stop (sched_switch), so the worker never polls for the
  * stop. It runs at every context switch of the machine, so kernel mode, which
  * holds no writer for a write, does not load it.
  */
-export const STOP_WAKE_PROGRAM = "kloak_switch";
+export const STOP_WAKE_PROGRAM: ProgramName = "kloak_switch";
 
 /** The process group's tracepoint programs in a mode. */
-export function processTracepoints(mode: RewriteMode): readonly string[] {
+export function processTracepoints(mode: RewriteMode): readonly ProgramName[] {
   return mode === "stop" ? [...PROCESS_TRACEPOINTS, STOP_WAKE_PROGRAM] : PROCESS_TRACEPOINTS;
 }
 /**
@@ -78,7 +88,7 @@ export function processTracepoints(mode: RewriteMode): readonly string[] {
  * sendmsg), and opens of TLS libraries while the tls programs are not loaded
  * (open, openat: bpf/libopen.h).
  */
-export const SYSCALL_PROGRAM = "kloak_sys_enter";
+export const SYSCALL_PROGRAM: ProgramName = "kloak_sys_enter";
 /** The send syscalls of SYSCALL_PROGRAM. */
 export const SEND_SYSCALLS = ["write", "writev", "sendto", "sendmsg"] as const;
 
@@ -113,7 +123,7 @@ export interface ProgramBudget {
 }
 
 export interface LoadedObject {
-  obj: BpfObject;
+  obj: KloakObject;
   mode: RewriteMode;
   /** why this mode (probe result, forced, or the fallback and its cause) */
   reason: string;
@@ -157,7 +167,7 @@ const STATS_LINE = /^(processed \d+ insns|verification time|stack depth)/;
 export type ProgramGroup = "process" | "tls" | "go";
 export const PROGRAM_GROUPS: readonly ProgramGroup[] = ["process", "tls", "go"];
 
-function groupPrograms(group: ProgramGroup, mode: RewriteMode): readonly string[] {
+function groupPrograms(group: ProgramGroup, mode: RewriteMode): readonly ProgramName[] {
   switch (group) {
     case "process":
       return [...processTracepoints(mode), SYSCALL_PROGRAM];
@@ -187,16 +197,16 @@ function loadPrograms(
   mode: RewriteMode,
   uprobes: UprobeKind,
   groups: readonly ProgramGroup[],
-  prepare: (obj: BpfObject) => void,
-): { obj: BpfObject; budget: ProgramBudget[] } {
-  let obj: BpfObject;
+  prepare: (obj: KloakObject) => void,
+): { obj: KloakObject; budget: ProgramBudget[] } {
+  let obj: KloakObject;
   try {
     obj = BpfObject.openMem(bytes, "kloak");
   } catch (e) {
     throw describeFailure(e, mode, []);
   }
   try {
-    const wanted = new Set(groups.flatMap((g) => groupPrograms(g, mode)));
+    const wanted = new Set<string>(groups.flatMap((g) => groupPrograms(g, mode)));
     for (const p of obj.programs()) if (!wanted.has(p.name)) p.setAutoload(false);
     if (uprobes === "multi")
       for (const p of [...MODE_PROGRAMS[mode], GO_PROGRAMS[mode]]) if (wanted.has(p)) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
@@ -227,10 +237,12 @@ export function loadInMode(
   o: { scanCap: number; reuseMaps?: ReadonlyMap<string, number> },
   uprobes: UprobeKind,
   groups: readonly ProgramGroup[] = PROGRAM_GROUPS,
-): { obj: BpfObject; budget: ProgramBudget[] } {
+): { obj: KloakObject; budget: ProgramBudget[] } {
   return loadPrograms(bytes, mode, uprobes, groups, (obj) => {
     // A predecessor's maps (handover): their entries are the state this load takes over.
-    for (const [name, fd] of o.reuseMaps ?? []) obj.map(name).reuseFd(fd);
+    // Named by a predecessor of the same object (handoverIdentity), not known statically.
+    const byName: BpfObject = obj;
+    for (const [name, fd] of o.reuseMaps ?? []) byName.map(name).reuseFd(fd);
     const cfg = obj.map(".rodata.config").initialValue();
     if (cfg.byteLength < LAYOUT.kloak_config.size) throw new Error(".rodata.config is smaller than struct kloak_config");
     cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);
@@ -253,7 +265,7 @@ export function loadGroup(
   mode: RewriteMode,
   uprobes: UprobeKind,
   group: ProgramGroup,
-): { obj: BpfObject; budget: ProgramBudget[] } {
+): { obj: KloakObject; budget: ProgramBudget[] } {
   return loadPrograms(bytes, mode, uprobes, [group], (obj) => {
     for (const m of obj.maps()) m.reuseFd(base.map(m.name).fd);
   });

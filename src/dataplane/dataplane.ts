@@ -52,11 +52,13 @@ import {
   objectBytes,
   processTracepoints,
   SYSCALL_PROGRAM,
+  type KloakObject,
   type LoadedObject,
   type ProgramGroup,
   type RewriteMode,
   type UprobeKind,
 } from "./bpf-object.ts";
+import { MAPS, type ProgramName } from "./abi.generated.ts";
 import { noWorkerStats, type FromWorker, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
 import type { HoldMethod } from "./holds.ts";
 import { TlsTargetFinder } from "./tls-targets.ts";
@@ -203,11 +205,11 @@ export class Dataplane {
   private writesPaused = false;
 
   /** program groups loaded after start, each in an object of its own sharing obj's maps */
-  private readonly groupObjects = new Map<ProgramGroup, BpfObject>();
+  private readonly groupObjects = new Map<ProgramGroup, KloakObject>();
   /** groups that failed to load: the error, given again to every later attach */
   private readonly groupFailures = new Map<ProgramGroup, Error>();
   private readonly deferred: ReadonlySet<ProgramGroup>;
-  private readonly obj: BpfObject;
+  private readonly obj: KloakObject;
 
   private constructor(
     loaded: LoadedObject,
@@ -287,7 +289,7 @@ export class Dataplane {
    * The fd of a program of group, loading the group first when it was
    * deferred (onDemand): the caller holds the process that needs it.
    */
-  private program(group: ProgramGroup, name: string): number {
+  private program(group: ProgramGroup, name: ProgramName): number {
     if (!this.deferred.has(group)) return this.obj.program(name).fd;
     let o = this.groupObjects.get(group);
     if (!o) {
@@ -1197,7 +1199,7 @@ export class Dataplane {
     const identity = handoverIdentity(await objectBytes(), { mode: this.mode, uprobes: this.uprobes, scanCap: this.opts.scanCap });
     const dir = partialHandoverDir();
     try {
-      for (const name of objectMapNames(this.obj)) this.obj.map(name).pin(`${dir}/map-${name}`);
+      for (const name of MAPS) this.obj.map(name).pin(`${dir}/map-${name}`);
       for (const [suffix, name] of Object.entries(PINNED_MAPS)) this.obj.map(name).pin(pinPath(`${dir}/state`, suffix as keyof typeof PINNED_MAPS));
       let n = 0;
       for (const l of this.tracepoints) objPin(l.fd, `${dir}/tp-${n++}`);

@@ -15,6 +15,7 @@ import { mapKeys, mapLookup, objGet } from "../../lib/libbpf.ts";
 import { close, kill, monotonicNs, procMemRead, procMemWrite, SIGCONT, SIGKILL, SIGSTOP } from "../../lib/libc.ts";
 import { isStopped, threadState } from "../../lib/proc.ts";
 import { LAYOUT, MAX_SUBST } from "./abi.ts";
+import type { MapName } from "./abi.generated.ts";
 import { codeOf, spliceCode } from "./hpack-splice.ts";
 
 export const PIN_DIR = "/sys/fs/bpf/kloak";
@@ -26,7 +27,7 @@ export const PINNED_MAPS = {
   secrets: "kloak_secrets",
   stopowner: "kloak_stop_owner",
   released: "kloak_stop_released",
-} as const;
+} as const satisfies Record<string, MapName>;
 type Pinned = keyof typeof PINNED_MAPS;
 
 /** The pins of a kloak exec (`.../exec-<pid>`) or agent (`.../agent-<pid>`): add `-<map>`. */

@@ -19,13 +19,6 @@ export interface DataplaneSnapshot {
   unhookable?: Record<string, number>;
 }
 
-/** Refusals the stop-mode worker decides, from its stats. */
-const WORKER_REFUSALS: Record<string, (w: WorkerStats) => number> = {
-  writer_not_stopped: (w) => w.notStopped,
-  patch_failed: (w) => w.patchFailed + w.noValue,
-  buffer_not_private: (w) => w.bufferRefused,
-};
-
 export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new Registry()): Registry {
   const total = (name: string, help: string, value: (s: DataplaneSnapshot) => bigint | number) =>
     new Counter({
@@ -128,7 +121,7 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
         // User-space reasons the data plane counts itself (go_binary_unsupported) come with the kernel's.
         const own = r.kernel !== null || r.name in s.refusals;
         // buffer_not_private is decided by the kernel, or by the worker for buffers the kernel could not check.
-        const n = (own ? Number(s.refusals[r.name] ?? 0n) : 0) + (s.worker ? (WORKER_REFUSALS[r.name]?.(s.worker) ?? 0) : 0);
+        const n = (own ? Number(s.refusals[r.name] ?? 0n) : 0) + (s.worker && r.worker ? r.worker(s.worker) : 0);
         this.inc({ reason: r.name }, n);
       }
     },

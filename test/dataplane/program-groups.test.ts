@@ -46,7 +46,7 @@ describe("program groups", () => {
     expect(go.budget.map((b) => b.program)).toEqual([GO_PROGRAMS.stop]);
     expect(go.obj.program(GO_PROGRAMS.stop).fd).toBeGreaterThan(0);
     // A map the Go program reads (placeholders, by tail) and one it writes (in-flight Go writes): the same kernel maps.
-    for (const name of ["kloak_go_layouts", "kloak_procs"]) {
+    for (const name of ["kloak_go_layouts", "kloak_procs"] as const) {
       const key = u32(4242);
       const value = new Uint8Array(name === "kloak_procs" ? 8 : 40).fill(7);
       base.obj.map(name).update(key, value);
