@@ -1,14 +1,12 @@
 /**
  * The agent benchmark's report (bench/agent.ts measures): the "Agent" section
- * of bench/report/report.md and the `agent` entry of report.json. The section
- * sits between two HTML comments, so either part of `bun run bench` can be
- * run alone and replace only its own sections.
+ * of bench/report/report.md and the `agent` entry of report.json, written
+ * through bench/report.ts like every part's.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { AGENT_TARGETS, SERVICE_DNS, type AgentBenchResult, type MemSample } from "./agent.ts";
 import { KINDS, type ReviewKind } from "./agent-reviews.ts";
 import type { LoadResult } from "./agent-loadgen.ts";
+import { writeReportSection } from "./report.ts";
 import { median } from "./stats.ts";
 
 const MB = 1e6;
@@ -262,63 +260,13 @@ export function agentMarkdown(r: AgentBenchResult): string {
   return md.join("\n");
 }
 
-// ---------------------------------------------------------------- merging into bench/report
-
-const BEGIN = "<!-- kloak-bench:agent:begin -->";
-const END = "<!-- kloak-bench:agent:end -->";
-
-function existingSection(dir: string): string | undefined {
-  try {
-    const md = readFileSync(join(dir, "report.md"), "utf8");
-    const i = md.indexOf(BEGIN);
-    const j = md.indexOf(END);
-    return i >= 0 && j > i ? md.slice(i, j + END.length) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** The data-plane report with the Agent section of the report already in `dir` (if any) appended. */
-export function keepAgentSection(md: string, dir: string): string {
-  const s = existingSection(dir);
-  return s ? `${md.trimEnd()}\n\n${s}` : md;
-}
-
-/** The data-plane JSON with the `agent` entry of the report.json already in `dir` (if any). */
-export function keepAgentJson(json: Record<string, unknown>, dir: string): Record<string, unknown> {
-  try {
-    const old = JSON.parse(readFileSync(join(dir, "report.json"), "utf8")) as Record<string, unknown>;
-    if (old.agent !== undefined) return { ...json, agent: old.agent };
-  } catch {
-    // none
-  }
-  return json;
-}
-
 /** Replaces (or adds) the Agent section of report.md and the `agent` entry of report.json in `dir`. */
 export function writeAgentReport(dir: string, r: AgentBenchResult): string {
-  mkdirSync(dir, { recursive: true });
-  const section = `${BEGIN}\n${agentMarkdown(r)}\n${END}`;
-  const mdPath = join(dir, "report.md");
-  let md = existsSync(mdPath) ? readFileSync(mdPath, "utf8") : "# kloak benchmark\n";
-  const i = md.indexOf(BEGIN);
-  const j = md.indexOf(END);
-  md = i >= 0 && j > i ? md.slice(0, i) + section + md.slice(j + END.length) : `${md.trimEnd()}\n\n${section}\n`;
-  writeFileSync(mdPath, md.endsWith("\n") ? md : md + "\n");
-  const jsonPath = join(dir, "report.json");
-  let json: Record<string, unknown> = {};
-  try {
-    json = JSON.parse(readFileSync(jsonPath, "utf8")) as Record<string, unknown>;
-  } catch {
-    // start fresh
-  }
   const s = summarizeAgent(r);
-  json.agent = {
+  return writeReportSection(dir, "agent", agentMarkdown(r), {
     ...r,
     targets: s.targets.map(({ id, what, value, pass }) => ({ id, what, value, pass })),
     correctness: { pass: s.correctness.length === 0, problems: s.correctness },
     summary: { kloak: s.kloak, baseline: s.baseline },
-  };
-  writeFileSync(jsonPath, JSON.stringify(json, null, 2) + "\n");
-  return section;
+  });
 }

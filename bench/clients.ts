@@ -14,7 +14,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeReportSection } from "./report-section.ts";
+import { writeReportSection } from "./report.ts";
 import { median } from "./stats.ts";
 import { testCerts } from "../test/support/certs.ts";
 import { startH2Server } from "../test/support/h2-server.ts";

@@ -19,7 +19,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeReportSection } from "./report-section.ts";
+import { writeReportSection } from "./report.ts";
 import { median } from "./stats.ts";
 
 export type GrowthTable = "size" | "secrets" | "connections";

@@ -16,7 +16,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeReportSection } from "./report-section.ts";
+import { writeReportSection } from "./report.ts";
 import { median } from "./stats.ts";
 
 const ROOT = join(import.meta.dir, "..");
