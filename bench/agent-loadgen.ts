@@ -21,6 +21,7 @@
  */
 import { readFileSync } from "node:fs";
 import * as tls from "node:tls";
+import { nearestRank, sum } from "./stats.ts";
 import { buildTemplates, checkAnswer, kindOf, KINDS, UID_MARKER, type ReviewKind, type ReviewTemplate, type SecretInventory } from "./agent-reviews.ts";
 
 export interface LoadConfig {
@@ -88,10 +89,8 @@ export interface LoadResult {
 function stats(xs: Float64Array | number[]): LatencyStats {
   const s = Float64Array.from(xs).sort();
   const n = s.length;
-  const q = (p: number) => (n ? s[Math.min(n - 1, Math.max(0, Math.ceil(p * n) - 1))]! : NaN);
-  let sum = 0;
-  for (const x of s) sum += x;
-  return { n, mean_ms: n ? sum / n : NaN, p50_ms: q(0.5), p90_ms: q(0.9), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: n ? s[n - 1]! : NaN };
+  const q = (p: number) => nearestRank(s, p);
+  return { n, mean_ms: n ? sum(s) / n : NaN, p50_ms: q(0.5), p90_ms: q(0.9), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: n ? s[n - 1]! : NaN };
 }
 
 interface Req {

@@ -7,7 +7,7 @@ import { AGENT_TARGETS, SERVICE_DNS, type AgentBenchResult, type MemSample } fro
 import { KINDS, type ReviewKind } from "./agent-reviews.ts";
 import type { LoadResult } from "./agent-loadgen.ts";
 import { writeReportSection } from "./report.ts";
-import { median } from "./stats.ts";
+import { maxOf, median, perOpUs, sum } from "./stats.ts";
 
 const MB = 1e6;
 
@@ -34,11 +34,11 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
       p90_ms: m((x) => x.latency.p90_ms),
       p99_ms: m((x) => x.latency.p99_ms),
       p999_ms: m((x) => x.latency.p999_ms),
-      max_ms: runs.length ? Math.max(...runs.map((x) => x.latency.max_ms)) : NaN,
+      max_ms: maxOf(runs.map((x) => x.latency.max_ms)),
       achieved_rps: m((x) => x.achieved_rps),
-      errors: runs.reduce((s, x) => s + Object.values(x.errors).reduce((a, b) => a + b, 0), 0),
-      bad_answers: runs.reduce((s, x) => s + x.verified.failed, 0),
-      checked: runs.reduce((s, x) => s + x.verified.checked, 0),
+      errors: sum(runs.map((x) => sum(Object.values(x.errors)))),
+      bad_answers: sum(runs.map((x) => x.verified.failed)),
+      checked: sum(runs.map((x) => x.verified.checked)),
     };
   };
   const k = side("kloak");
@@ -155,11 +155,11 @@ export function agentMarkdown(r: AgentBenchResult): string {
   L("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const w of r.webhook) {
     const x = w.result;
-    const errs = Object.values(x.errors).reduce((a, b) => a + b, 0);
+    const errs = sum(Object.values(x.errors));
     L(
       `| ${w.mode === "kloak" ? "kloak agent" : "baseline"} | ${w.rep + 1} | ${x.rate} | ${x.achieved_rps.toFixed(1)} | ${fmtMs(x.latency.p50_ms)} | ${fmtMs(x.latency.p90_ms)} | ${fmtMs(x.latency.p99_ms)} | ` +
         `${fmtMs(x.latency.p999_ms)} | ${fmtMs(x.latency.max_ms)} | ${fmtMs(x.service.p99_ms)} | ${errs} | ${x.verified.checked} (${x.verified.failed} bad) | ` +
-        `${Number.isFinite(w.server_cpu_s) ? `${((w.server_cpu_s / (x.rate * w.window_s)) * 1e6).toFixed(0)} µs` : "n/a"} |`,
+        `${Number.isFinite(w.server_cpu_s) ? `${perOpUs(w.server_cpu_s, x.rate * w.window_s).toFixed(0)} µs` : "n/a"} |`,
     );
   }
   L();
@@ -178,7 +178,7 @@ export function agentMarkdown(r: AgentBenchResult): string {
   if (any)
     L(
       `- generator: request bodies ${(any.request_bytes_mean / 1024).toFixed(1)} KiB on average; timer lateness p99 ${fmtMs(median(r.webhook.map((w) => w.result.dispatch_lag_p99_ms)))}, max ${fmtMs(Math.max(...r.webhook.map((w) => w.result.dispatch_lag_max_ms)))} ` +
-        `(in both columns alike); requests that waited for a free connection: ${r.webhook.map((w) => `${w.mode} ${w.result.queued}`).join(", ")}; reconnects ${r.webhook.reduce((a, w) => a + w.result.reconnects, 0)}; ` +
+        `(in both columns alike); requests that waited for a free connection: ${r.webhook.map((w) => `${w.mode} ${w.result.queued}`).join(", ")}; reconnects ${sum(r.webhook.map((w) => w.result.reconnects))}; ` +
         `TLS: a connection for another name and one without the CA were both refused in every run: ${r.webhook.every((w) => w.result.tls_checks.wrong_name_rejected && w.result.tls_checks.no_ca_rejected) ? "yes" : "**no**"}`,
     );
   L();
@@ -225,7 +225,7 @@ export function agentMarkdown(r: AgentBenchResult): string {
     const sorted = [...ld.attach_ms].sort((a, b) => a - b);
     L(
       `- pod status Running → all ${o.procsPerPod} of its processes attached (kloak_attached_processes, polled every 10 ms; the pod watch included): ` +
-        `median ${fmtMs(median(ld.attach_ms))}, max ${fmtMs(Math.max(...ld.attach_ms))} over ${ld.attach_ms.length} pods (${sorted.map((x) => x.toFixed(0)).join(", ")} ms); ` +
+        `median ${fmtMs(median(ld.attach_ms))}, max ${fmtMs(maxOf(ld.attach_ms))} over ${ld.attach_ms.length} pods (${sorted.map((x) => x.toFixed(0)).join(", ")} ms); ` +
         `${ld.attached} processes attached, ${ld.cgroups} container cgroups registered`,
     );
   }

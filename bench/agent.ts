@@ -43,7 +43,7 @@ import { kindOf, type SecretInventory } from "./agent-reviews.ts";
 import type { LoadConfig, LoadResult } from "./agent-loadgen.ts";
 import { childrenOf, cmdline, cpuSeconds, memStatus } from "./procfs.ts";
 import { resolvePython } from "./python.ts";
-import { median } from "./stats.ts";
+import { median, sum } from "./stats.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -769,7 +769,7 @@ export async function runAgentBench(opts: Partial<AgentBenchOptions> = {}): Prom
       const r = res;
       log(
         `webhook ${mode.padEnd(8)} rep ${rep + 1}: p50 ${r.latency.p50_ms.toFixed(2)} ms, p99 ${r.latency.p99_ms.toFixed(2)} ms, max ${r.latency.max_ms.toFixed(2)} ms, ` +
-          `${r.achieved_rps.toFixed(1)} req/s, ${Object.values(r.errors).reduce((x, y) => x + y, 0)} error(s), ${r.verified.checked} answers checked (${r.verified.failed} bad)`,
+          `${r.achieved_rps.toFixed(1)} req/s, ${sum(Object.values(r.errors))} error(s), ${r.verified.checked} answers checked (${r.verified.failed} bad)`,
       );
       return run;
     };

@@ -20,7 +20,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeReportSection } from "./report.ts";
-import { median } from "./stats.ts";
+import { maxOf, median, perOpUs } from "./stats.ts";
 
 export type GrowthTable = "size" | "secrets" | "connections";
 export type GrowthVariant = "baseline" | "kloak" | "kloak+ph";
@@ -239,10 +239,10 @@ export async function runGrowthBench(o: GrowthOptions, measure: (s: GrowthSpec) 
         connect_s: Object.fromEntries(variants.map((v) => [v, median(of(v).map((r) => r.client.connect_s ?? NaN))])) as Record<GrowthVariant, number>,
         kloak_start_ms: median(kloakRuns.map((r) => r.startupMs)),
         agent_cpu_us_per_write: {
-          kloak: median(of("kloak").map((r) => ((r.kloak?.cpuWindowS ?? NaN) / r.client.measured) * 1e6)),
-          "kloak+ph": median(of("kloak+ph").map((r) => ((r.kloak?.cpuWindowS ?? NaN) / r.client.measured) * 1e6)),
+          kloak: median(of("kloak").map((r) => perOpUs(r.kloak?.cpuWindowS ?? NaN, r.client.measured))),
+          "kloak+ph": median(of("kloak+ph").map((r) => perOpUs(r.kloak?.cpuWindowS ?? NaN, r.client.measured))),
         },
-        agent_hwm_bytes: kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak?.hwm ?? 0)) : NaN,
+        agent_hwm_bytes: maxOf(kloakRuns.map((r) => r.kloak?.hwm ?? 0)),
         refusals,
         runs: runs.map((x) => ({ variant: x.variant, rep: x.rep, ops_per_s: x.r.client.ops_per_s, measured: x.r.client.measured })),
         other_load: median(runs.map((x) => x.r.window.foreignS / x.r.window.seconds)),

@@ -87,7 +87,7 @@ import { startBenchServer, type ServerStats } from "./server.ts";
 import { AGENT_DEFAULTS, headCommit, runAgentBench } from "./agent.ts";
 import { summarizeAgent, writeAgentReport } from "./agent-report.ts";
 import { resolvePython } from "./python.ts";
-import { median } from "./stats.ts";
+import { maxOf, median, perOpUs, sum } from "./stats.ts";
 import { nginxBinary, startEgressProxy, type EgressProxy } from "./nginx.ts";
 import { mappedLibssl, startScopedHolder, type ScopedHolder } from "./outside.ts";
 import { keepSectionJson, keepSections } from "./report.ts";
@@ -753,7 +753,7 @@ interface Summary {
 function summarize(runs: RunResult[], w: WorkloadId, v: VariantId): Summary {
   const rs = runs.filter((r) => r.workload === w && r.variant === v);
   const m = (f: (r: RunResult) => number) => median(rs.map(f));
-  const perOp = (f: (r: RunResult) => number) => m((r) => (f(r) / r.client.measured) * 1e6);
+  const perOp = (f: (r: RunResult) => number) => m((r) => perOpUs(f(r), r.client.measured));
   return {
     workload: w,
     variant: v,
@@ -773,9 +773,9 @@ function summarize(runs: RunResult[], w: WorkloadId, v: VariantId): Summary {
     agent_cpu_us_per_op: rs[0]?.kloak ? perOp((r) => r.kloak!.cpuWindowS) : rs[0]?.proxy ? perOp((r) => r.proxy!.cpuWindowS) : NaN,
     bench_process_cpu_us_per_op: perOp((r) => r.server.cpuS),
     startup_ms: m((r) => r.startupMs),
-    agent_hwm_max: rs[0]?.kloak ? Math.max(...rs.map((r) => r.kloak!.hwm)) : NaN,
+    agent_hwm_max: rs[0]?.kloak ? maxOf(rs.map((r) => r.kloak!.hwm)) : NaN,
     agent_hwm_median: rs[0]?.kloak ? m((r) => r.kloak!.hwm) : NaN,
-    guardian_hwm_max: rs[0]?.kloak ? Math.max(...rs.map((r) => r.kloak!.guardianHwm ?? 0)) : NaN,
+    guardian_hwm_max: rs[0]?.kloak ? maxOf(rs.map((r) => r.kloak!.guardianHwm ?? 0)) : NaN,
     client_hwm_median: m((r) => r.clientHwm),
     per_rep_ops: rs.map((r) => r.client.ops_per_s),
     per_rep_p99_ns: rs.map((r) => r.client.latency.p99_ns),
@@ -986,9 +986,9 @@ async function main(): Promise<number> {
   const derived = { request: derive("request"), bulk: derive("bulk") };
 
   const kloakRuns = runs.filter((r) => r.kloak);
-  const peakAgent = kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak!.hwm)) : NaN;
-  const peakPolled = kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak!.rssPolledMax)) : NaN;
-  const peakGuardian = kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak!.guardianHwm ?? 0)) : NaN;
+  const peakAgent = maxOf(kloakRuns.map((r) => r.kloak!.hwm));
+  const peakPolled = maxOf(kloakRuns.map((r) => r.kloak!.rssPolledMax));
+  const peakGuardian = maxOf(kloakRuns.map((r) => r.kloak!.guardianHwm ?? 0));
   const targets = [
     {
       id: "no_placeholder_1k",
@@ -1205,7 +1205,7 @@ async function main(): Promise<number> {
       writeProgs(v)
         .map((x) => `\`${x.name}\` ${(x.nsPerRun / 1000).toFixed(2)} µs/run × ${x.runsPerWrite.toFixed(2)}/write`)
         .join(", ") || "n/a";
-    const bpfPerWrite = (v: VariantId) => writeProgs(v).reduce((a, x) => a + x.nsPerWrite, 0) / 1000;
+    const bpfPerWrite = (v: VariantId) => sum(writeProgs(v).map((x) => x.nsPerWrite)) / 1000;
     L(`**${w.label}** (baseline client kernel time ${b.client_sys_us_per_op.toFixed(1)} µs/write, user ${b.client_user_us_per_op.toFixed(1)} µs/write)`);
     L();
     L(
