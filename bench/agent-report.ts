@@ -6,17 +6,9 @@
 import { AGENT_TARGETS, SERVICE_DNS, type AgentBenchResult, type MemSample } from "./agent.ts";
 import { KINDS, type ReviewKind } from "./agent-reviews.ts";
 import type { LoadResult } from "./agent-loadgen.ts";
-import { writeReportSection } from "./report.ts";
+import { fmtMB, fmtMs, fmtRatio, fmtS, writeReportSection } from "./report.ts";
 import { maxOf, median, perOpUs, sum } from "./stats.ts";
 
-const MB = 1e6;
-
-// ---------------------------------------------------------------- report
-
-const fmtMB = (b: number) => (Number.isFinite(b) ? `${(b / MB).toFixed(1)} MB` : "n/a");
-const fmtMs = (x: number) => (Number.isFinite(x) ? (x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms`) : "n/a");
-const fmtS = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)} s` : "n/a");
-const ratio = (a: number, b: number) => (Number.isFinite(a / b) ? `${(a / b).toFixed(2)}×` : "n/a");
 
 export interface AgentSummary {
   kloak: { p50_ms: number; p90_ms: number; p99_ms: number; p999_ms: number; max_ms: number; achieved_rps: number; errors: number; bad_answers: number; checked: number };
@@ -70,7 +62,7 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
       value: k.p99_ms,
       shown: fmtMs(k.p99_ms),
       baseline: `${fmtMs(b.p99_ms)} (minimal Bun HTTPS server, fixed answer)`,
-      ratio: ratio(k.p99_ms, b.p99_ms),
+      ratio: fmtRatio(k.p99_ms, b.p99_ms),
       pass: webhookOk && k.p99_ms <= AGENT_TARGETS.webhookP99Ms,
     },
     {
@@ -79,7 +71,7 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
       value: loaded?.mem?.rss_median ?? NaN,
       shown: fmtMB(loaded?.mem?.rss_median ?? NaN),
       baseline: `${fmtMB(idle?.rss_median ?? NaN)} (same agent, 0 Secrets, 0 pods)`,
-      ratio: ratio(loaded?.mem?.rss_median ?? NaN, idle?.rss_median ?? NaN),
+      ratio: fmtRatio(loaded?.mem?.rss_median ?? NaN, idle?.rss_median ?? NaN),
       pass: memOk && (loaded?.mem?.rss_median ?? Infinity) <= AGENT_TARGETS.rssBytes,
     },
     {
@@ -88,7 +80,7 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
       value: peakLoaded,
       shown: fmtMB(peakLoaded),
       baseline: `${fmtMB(idle?.hwm ?? NaN)} (idle agent's VmHWM)`,
-      ratio: ratio(peakLoaded, idle?.hwm ?? NaN),
+      ratio: fmtRatio(peakLoaded, idle?.hwm ?? NaN),
       pass: memOk && peakLoaded <= AGENT_TARGETS.rssBytes,
     },
     ...(r.compiled?.loaded
@@ -99,7 +91,7 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
             value: r.compiled.loaded.mem.rss_median,
             shown: fmtMB(r.compiled.loaded.mem.rss_median),
             baseline: `${fmtMB(r.compiled.idle.mem.rss_median)} (dist/kloak idle)`,
-            ratio: ratio(r.compiled.loaded.mem.rss_median, r.compiled.idle.mem.rss_median),
+            ratio: fmtRatio(r.compiled.loaded.mem.rss_median, r.compiled.idle.mem.rss_median),
             pass: r.compiled.loaded.restart.attached >= wantProcs && r.compiled.loaded.mem.rss_median <= AGENT_TARGETS.rssBytes,
           },
         ]

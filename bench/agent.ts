@@ -43,6 +43,7 @@ import { kindOf, type SecretInventory } from "./agent-reviews.ts";
 import type { LoadConfig, LoadResult } from "./agent-loadgen.ts";
 import { childrenOf, cmdline, cpuSeconds, memStatus } from "./procfs.ts";
 import { resolvePython } from "./python.ts";
+import { fmtMiB } from "./report.ts";
 import { median, sum } from "./stats.ts";
 
 const HERE = import.meta.dir;
@@ -903,7 +904,7 @@ function machineFacts(buildInfo: string, python: string): Record<string, string 
     kernel: `${os.type()} ${os.release()} ${os.arch()}`,
     cpus: os.cpus().length,
     cpu_model: /^model name\s*:\s*(.*)$/m.exec(read("/proc/cpuinfo"))?.[1] ?? "unknown",
-    memory: `${(os.totalmem() / 1048576).toFixed(1)} MiB`,
+    memory: fmtMiB(os.totalmem()),
     lockdown: read("/sys/kernel/security/lockdown").trim() || "n/a",
     bun: Bun.version,
     kloak_commit: headCommit(),

@@ -19,7 +19,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeReportSection } from "./report.ts";
+import { fmtBytes, fmtCount, fmtMiB, fmtSigned, na, writeReportSection } from "./report.ts";
 import { maxOf, median, perOpUs } from "./stats.ts";
 
 export type GrowthTable = "size" | "secrets" | "connections";
@@ -143,8 +143,6 @@ function secretsFile(dir: string, n: number, name: string, value: string): strin
   return file;
 }
 
-const fmtBytes = (b: number) => (b >= 1048576 ? `${b / 1048576} MiB` : b >= 1024 ? `${b / 1024} KiB` : `${b} B`);
-const fmtCount = (n: number) => n.toLocaleString("en-US");
 
 export function flatVerdict(cost: number, first: number): boolean | null {
   if (!Number.isFinite(cost) || !Number.isFinite(first)) return null;
@@ -271,7 +269,6 @@ export async function runGrowthBench(o: GrowthOptions, measure: (s: GrowthSpec) 
   };
 }
 
-const fmtCost = (us: number) => (Number.isFinite(us) ? `${us >= 0 ? "+" : "−"}${Math.abs(us).toFixed(1)}` : "n/a");
 function fmtFlat(flat: boolean | null, cost: number, first: number): string {
   if (flat === null) return "n/a";
   if (flat) return "flat";
@@ -311,8 +308,8 @@ export function growthMarkdown(r: GrowthResult): string {
     L.push(`|---|---|---|---|---|---|${extraHead.map(() => "---|").join("")}---|`);
     for (const p of ps)
       L.push(
-        `| ${t === "size" ? fmtBytes(p.point) : fmtCount(p.point)} | ${p.baseline_us_per_write.toFixed(1)} | ${fmtCost(p.kloak_cost_us)} | ` +
-          `${fmtFlat(p.kloak_flat, p.kloak_cost_us, first.kloak_cost_us)} | ${fmtCost(p.kloak_ph_cost_us)} | ` +
+        `| ${t === "size" ? fmtBytes(p.point) : fmtCount(p.point)} | ${p.baseline_us_per_write.toFixed(1)} | ${fmtSigned(p.kloak_cost_us)} | ` +
+          `${fmtFlat(p.kloak_flat, p.kloak_cost_us, first.kloak_cost_us)} | ${fmtSigned(p.kloak_ph_cost_us)} | ` +
           `${fmtFlat(p.kloak_ph_flat, p.kloak_ph_cost_us, first.kloak_ph_cost_us)} | ${extra(p).join(" | ")} | ` +
           `${Number.isFinite(p.other_load) ? `${(p.other_load * 100).toFixed(0)}% / ${(p.steal * 100).toFixed(0)}%` : "n/a"} |`,
       );
@@ -324,7 +321,6 @@ export function growthMarkdown(r: GrowthResult): string {
       L.push("```");
     }
   };
-  const mib = (b: number) => (Number.isFinite(b) ? `${(b / 1048576).toFixed(1)} MiB` : "n/a");
   const cap = o.scan_cap_bytes;
   table(
     "size",
@@ -348,7 +344,7 @@ export function growthMarkdown(r: GrowthResult): string {
     (p) => [
       `${p.agent_cpu_us_per_write.kloak.toFixed(1)} / ${p.agent_cpu_us_per_write["kloak+ph"].toFixed(1)}`,
       `${p.kloak_start_ms.toFixed(0)}`,
-      mib(p.agent_hwm_bytes),
+      na(p.agent_hwm_bytes, fmtMiB),
     ],
     ["kloak exec CPU µs/write (kloak / +ph)", "spawn → client running under kloak, ms", "kloak exec VmHWM"],
   );

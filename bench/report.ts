@@ -83,3 +83,23 @@ export function keepSectionJson(json: Record<string, unknown>, dir: string): Rec
   for (const { name } of sectionsIn(dir)) if (!(name in out) && old[name] !== undefined) out[name] = old[name];
   return out;
 }
+
+// ---------------------------------------------------------------- numbers
+
+/** `f(x)`, or "n/a" when x is NaN or infinite (a part that measured nothing). */
+export const na = (x: number, f: (x: number) => string) => (Number.isFinite(x) ? f(x) : "n/a");
+
+export const fmtMiB = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
+/** MB = 10^6 bytes, as the agent's memory target is stated. */
+export const fmtMB = (b: number) => na(b, (x) => `${(x / 1e6).toFixed(1)} MB`);
+export const fmtBytes = (b: number) => (b >= 1048576 ? `${b / 1048576} MiB` : b >= 1024 ? `${b / 1024} KiB` : `${b} B`);
+export const fmtCount = (n: number) => n.toLocaleString("en-US");
+export const fmtUs = (ns: number) => na(ns, (x) => `${(x / 1000).toFixed(1)} µs`);
+export const fmtMs = (ms: number) => na(ms, (x) => (x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms`));
+export const fmtS = (s: number) => na(s, (x) => `${x.toFixed(2)} s`);
+/** With its sign always shown (a typographic minus), for a difference against a baseline. */
+export const fmtSigned = (x: number, digits = 1) => na(x, (v) => `${v >= 0 ? "+" : "−"}${Math.abs(v).toFixed(digits)}`);
+export const fmtSignedUs = (ns: number) => na(ns, (x) => `${x >= 0 ? "+" : "−"}${(Math.abs(x) / 1000).toFixed(1)} µs`);
+export const pct = (r: number) => na(r, (x) => `${(x * 100).toFixed(1)}%`);
+/** a / b as "1.23×" */
+export const fmtRatio = (a: number, b: number) => na(a / b, (x) => `${x.toFixed(2)}×`);

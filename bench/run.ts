@@ -90,7 +90,7 @@ import { resolvePython } from "./python.ts";
 import { maxOf, median, perOpUs, sum } from "./stats.ts";
 import { nginxBinary, startEgressProxy, type EgressProxy } from "./nginx.ts";
 import { mappedLibssl, startScopedHolder, type ScopedHolder } from "./outside.ts";
-import { keepSectionJson, keepSections } from "./report.ts";
+import { fmtMiB, fmtSigned, fmtSignedUs, fmtUs, keepSectionJson, keepSections, pct } from "./report.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -366,11 +366,6 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   });
 }
 
-const fmtMiB = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
-const fmtUs = (ns: number) => (Number.isFinite(ns) ? `${(ns / 1000).toFixed(1)} µs` : "n/a");
-const fmtSignedUs = (ns: number) => (Number.isFinite(ns) ? `${ns >= 0 ? "+" : "−"}${(Math.abs(ns) / 1000).toFixed(1)} µs` : "n/a");
-const fmtSigned = (x: number, digits = 1) => (Number.isFinite(x) ? `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(digits)}` : "n/a");
-const pct = (r: number) => (Number.isFinite(r) ? `${(r * 100).toFixed(1)}%` : "n/a");
 
 // ---------------------------------------------------------------- one run
 
