@@ -103,3 +103,32 @@ export const fmtSignedUs = (ns: number) => na(ns, (x) => `${x >= 0 ? "+" : "−"
 export const pct = (r: number) => na(r, (x) => `${(x * 100).toFixed(1)}%`);
 /** a / b as "1.23×" */
 export const fmtRatio = (a: number, b: number) => na(a / b, (x) => `${x.toFixed(2)}×`);
+
+// ---------------------------------------------------------------- markdown
+
+/** A markdown text built line by line; `line` is bound, so `const L = md.line` reads like print. */
+export class Markdown {
+  private readonly lines: string[] = [];
+  readonly line = (s = ""): void => {
+    this.lines.push(s);
+  };
+  /** A fenced block: the "!!!" alerts, so they read the same rendered or not. */
+  readonly fenced = (lines: string[]): void => {
+    this.line("```");
+    for (const l of lines) this.line(l);
+    this.line("```");
+  };
+  /** A table's header row and its separator. */
+  readonly tableHead = (cols: string[]): void => {
+    this.line(tableRow(cols));
+    this.line(`|${cols.map(() => "---|").join("")}`);
+  };
+  readonly row = (cells: (string | number)[]): void => {
+    this.line(tableRow(cells));
+  };
+  toString(): string {
+    return this.lines.join("\n");
+  }
+}
+
+export const tableRow = (cells: (string | number)[]) => `| ${cells.join(" | ")} |`;

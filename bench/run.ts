@@ -90,7 +90,7 @@ import { resolvePython } from "./python.ts";
 import { maxOf, median, perOpUs, sum } from "./stats.ts";
 import { nginxBinary, startEgressProxy, type EgressProxy } from "./nginx.ts";
 import { mappedLibssl, startScopedHolder, type ScopedHolder } from "./outside.ts";
-import { fmtMiB, fmtSigned, fmtSignedUs, fmtUs, keepSectionJson, keepSections, pct } from "./report.ts";
+import { fmtMiB, fmtSigned, fmtSignedUs, fmtUs, keepSectionJson, keepSections, Markdown, pct } from "./report.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -835,156 +835,147 @@ async function benchContext(): Promise<BenchCtx> {
   return { python, caFile: certs.caFile, certFile: certs.certFile, keyFile: certs.keyFile, value, server };
 }
 
-async function main(): Promise<number> {
-  const t0 = Date.now();
-  // The proxy variant is part of every run: without nginx, say so before measuring anything.
-  let nginxVersion: string;
+/** nginx's version; undefined, said on stderr, when it is missing (the proxy variant is in every run, so before measuring anything). */
+function nginxVersion(): string | undefined {
   try {
     const r = Bun.spawnSync([nginxBinary(), "-v"]);
-    nginxVersion = /nginx\/(\S+)/.exec(r.stderr.toString())?.[1] ?? "?";
+    return /nginx\/(\S+)/.exec(r.stderr.toString())?.[1] ?? "?";
   } catch (e) {
     console.error(`bench: ${(e as Error).message}`);
-    return 1;
+    return undefined;
   }
-  const ctx = await benchContext();
-  const { python, server } = ctx;
-  const foreignAtStart = foreignKloaks(new Set());
-  if (foreignAtStart.length)
-    console.error(
-      `bench: WARNING: other kloak/test processes are running; numbers will be noisy:\n` +
-        foreignAtStart.map((f) => `  ${f.pid} ${f.cmd}`).join("\n"),
-    );
-  const total = REPS * WORKLOADS.reduce((n, w) => n + variantsFor(w.id).length, 0);
-  console.error(
-    `bench: ${total} runs of ${DURATION}s (+${WARMUP}s warmup), python ${python}, server 127.0.0.1:${server.httpPort}/${server.bulkPort}`,
-  );
+}
 
-  const runs: RunResult[] = [];
-  const diagRuns: RunResult[] = [];
-  const errors: string[] = [];
-  let diagNote: string | undefined;
-  try {
-    for (let rep = 0; rep < REPS; rep++) {
-      for (const w of WORKLOADS) {
-        // Rotate the order each repetition so no variant always runs first.
-        const vs = variantsFor(w.id);
-        const order = vs.map((_, i) => vs[(i + rep) % vs.length]!);
-        for (const v of order) {
-          let r: RunResult;
-          try {
-            r = await runOne(ctx, w, v, rep);
-          } catch (e) {
-            const msg = (e as Error).message;
-            errors.push(msg);
-            console.error(`bench: RUN FAILED: ${msg}`);
-            continue;
-          }
-          runs.push(r);
-          const bad = r.checks.filter((c) => !c.ok);
-          const c = r.client;
-          console.error(
-            `  [${runs.length + errors.length}/${total}] rep ${rep + 1} ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
-              (w.id === "request" ? `${c.ops_per_s.toFixed(0).padStart(6)} req/s` : `${c.mib_per_s.toFixed(1).padStart(6)} MiB/s`) +
-              `  p50 ${fmtUs(c.latency.p50_ns)}  p99 ${fmtUs(c.latency.p99_ns)}` +
-              (r.kloak ? `  agent HWM ${fmtMiB(r.kloak.hwm)} cpu ${r.kloak.cpuWindowS.toFixed(2)}s` : "") +
-              (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : "  ok"),
-          );
-        }
-      }
-    }
-    if (DIAG) {
-      const stats = enableBpfStats();
-      if (typeof stats === "string") {
-        diagNote = `diagnostic phase skipped: ${stats}`;
-        console.error(`bench: ${diagNote}`);
-      } else {
-        console.error(`bench: diagnostic phase (BPF run-time stats on, ${DIAG_DURATION}s runs, not in the numbers above)`);
+/** The data-plane part's runs: measured, diagnostic (BPF stats on), and what failed to run. */
+interface Measured {
+  runs: RunResult[];
+  diagRuns: RunResult[];
+  errors: string[];
+  diagNote?: string;
+}
+
+/** Every (workload, variant) REPS times; each run's line on stderr as it ends. */
+async function measuredRuns(ctx: BenchCtx, m: Measured, total: number): Promise<void> {
+  const { runs, errors } = m;
+  for (let rep = 0; rep < REPS; rep++) {
+    for (const w of WORKLOADS) {
+      // Rotate the order each repetition so no variant always runs first.
+      const vs = variantsFor(w.id);
+      const order = vs.map((_, i) => vs[(i + rep) % vs.length]!);
+      for (const v of order) {
+        let r: RunResult;
         try {
-          for (const w of WORKLOADS)
-            for (const v of VARIANTS.filter((x) => x.kloak && !x.rules)) {
-              try {
-                const r = await runOne(ctx, w, v, 0, { bpfStats: true });
-                diagRuns.push(r);
-                const bad = r.checks.filter((c) => !c.ok);
-                console.error(
-                  `  diag ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
-                    (r.bpf ?? []).map((b) => `${b.name} ${b.runsPerWrite.toFixed(2)}/write ${(b.nsPerRun / 1000).toFixed(2)} µs/run`).join(", ") +
-                    (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : ""),
-                );
-              } catch (e) {
-                errors.push(`diagnostic: ${(e as Error).message}`);
-                console.error(`bench: DIAGNOSTIC RUN FAILED: ${(e as Error).message}`);
-              }
-            }
-        } finally {
-          stats.close();
+          r = await runOne(ctx, w, v, rep);
+        } catch (e) {
+          const msg = (e as Error).message;
+          errors.push(msg);
+          console.error(`bench: RUN FAILED: ${msg}`);
+          continue;
         }
+        runs.push(r);
+        const bad = r.checks.filter((c) => !c.ok);
+        const c = r.client;
+        console.error(
+          `  [${runs.length + errors.length}/${total}] rep ${rep + 1} ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
+            (w.id === "request" ? `${c.ops_per_s.toFixed(0).padStart(6)} req/s` : `${c.mib_per_s.toFixed(1).padStart(6)} MiB/s`) +
+            `  p50 ${fmtUs(c.latency.p50_ns)}  p99 ${fmtUs(c.latency.p99_ns)}` +
+            (r.kloak ? `  agent HWM ${fmtMiB(r.kloak.hwm)} cpu ${r.kloak.cpuWindowS.toFixed(2)}s` : "") +
+            (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : "  ok"),
+        );
       }
     }
-  } finally {
-    await server.close();
   }
+}
 
-  // ------------------------------------------------------------ analysis
-  const summaries: Summary[] = [];
-  for (const w of WORKLOADS) for (const v of variantsFor(w.id)) summaries.push(summarize(runs, w.id, v.id));
-  const S = (w: WorkloadId, v: VariantId) => summaries.find((s) => s.workload === w && s.variant === v)!;
+/** The kloak variants (without rules) again, with the kernel's BPF run-time statistics on; not in the measured numbers. */
+async function diagnosticRuns(ctx: BenchCtx, m: Measured): Promise<void> {
+  const { diagRuns, errors } = m;
+  const stats = enableBpfStats();
+  if (typeof stats === "string") {
+    m.diagNote = `diagnostic phase skipped: ${stats}`;
+    console.error(`bench: ${m.diagNote}`);
+  } else {
+    console.error(`bench: diagnostic phase (BPF run-time stats on, ${DIAG_DURATION}s runs, not in the numbers above)`);
+    try {
+      for (const w of WORKLOADS)
+        for (const v of VARIANTS.filter((x) => x.kloak && !x.rules)) {
+          try {
+            const r = await runOne(ctx, w, v, 0, { bpfStats: true });
+            diagRuns.push(r);
+            const bad = r.checks.filter((c) => !c.ok);
+            console.error(
+              `  diag ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
+                (r.bpf ?? []).map((b) => `${b.name} ${b.runsPerWrite.toFixed(2)}/write ${(b.nsPerRun / 1000).toFixed(2)} µs/run`).join(", ") +
+                (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : ""),
+            );
+          } catch (e) {
+            errors.push(`diagnostic: ${(e as Error).message}`);
+            console.error(`bench: DIAGNOSTIC RUN FAILED: ${(e as Error).message}`);
+          }
+        }
+    } finally {
+      stats.close();
+    }
+  }
+}
 
-  const derive = (w: WorkloadId) => {
-    const b = S(w, "baseline");
-    const k = S(w, "kloak");
-    const p = S(w, "kloak+ph");
-    const kr = S(w, "kloak+rules");
-    const pr = S(w, "kloak+ph+rules");
-    const px = summaries.find((s) => s.workload === w && s.variant === "proxy"); // request loop only
-    const out = S(w, "outside");
-    const rate = (s: Summary) => (w === "request" ? s.ops_per_s : s.mib_per_s);
-    /** v's throughput over ref's, rep by rep (the two ran minutes apart at most) */
-    const pairs = (v: VariantId, ref: VariantId = "baseline") =>
-      [...new Set(runs.map((r) => r.rep))].flatMap((rep) => {
-        const x = runs.find((r) => r.rep === rep && r.workload === w && r.variant === v);
-        const y = runs.find((r) => r.rep === rep && r.workload === w && r.variant === ref);
-        return x && y ? [x.client.ops_per_s / y.client.ops_per_s] : [];
-      });
-    return {
-      ratio_proxy: px ? rate(px) / rate(b) : NaN,
-      per_rep_ratio_proxy: px ? pairs("proxy") : [],
-      /** kloak with one placeholder per write against the egress proxy, the alternative */
-      ratio_placeholder_vs_proxy: px ? rate(p) / rate(px) : NaN,
-      per_rep_ratio_placeholder_vs_proxy: px ? pairs("kloak+ph", "proxy") : [],
-      added_p50_proxy_ns: px ? px.p50_ns - b.p50_ns : NaN,
-      added_p99_proxy_ns: px ? px.p99_ns - b.p99_ns : NaN,
-      added_mean_per_request_proxy_from_throughput_ns: px ? 1e9 / px.ops_per_s - 1e9 / b.ops_per_s : NaN,
-      /** a process outside every scope, the same libssl attached by a kloak exec tree beside it */
-      ratio_outside: rate(out) / rate(b),
-      per_rep_ratio_outside: pairs("outside"),
-      per_rep_ratio_no_placeholder: pairs("kloak"),
-      per_rep_ratio_placeholder: pairs("kloak+ph"),
-      ratio_no_placeholder: rate(k) / rate(b),
-      ratio_placeholder: rate(p) / rate(b),
-      per_rep_ratio_no_placeholder_rules: pairs("kloak+rules"),
-      per_rep_ratio_placeholder_rules: pairs("kloak+ph+rules"),
-      ratio_no_placeholder_rules: rate(kr) / rate(b),
-      ratio_placeholder_rules: rate(pr) / rate(b),
-      added_p99_per_substituted_write_rules_ns: pr.p99_ns - b.p99_ns,
-      added_p50_no_placeholder_ns: k.p50_ns - b.p50_ns,
-      added_p99_no_placeholder_ns: k.p99_ns - b.p99_ns,
-      added_p50_per_substituted_write_ns: p.p50_ns - b.p50_ns,
-      added_p90_per_substituted_write_ns: p.p90_ns - b.p90_ns,
-      added_p99_per_substituted_write_ns: p.p99_ns - b.p99_ns,
-      added_mean_per_write_no_placeholder_from_throughput_ns: 1e9 / k.ops_per_s - 1e9 / b.ops_per_s,
-      added_mean_per_write_from_throughput_ns: 1e9 / p.ops_per_s - 1e9 / b.ops_per_s,
-      added_client_sys_us_per_write_no_placeholder: k.client_sys_us_per_op - b.client_sys_us_per_op,
-      added_client_sys_us_per_write_placeholder: p.client_sys_us_per_op - b.client_sys_us_per_op,
-    };
+type Derived = ReturnType<typeof derive>;
+const summaryOf = (summaries: Summary[], w: WorkloadId, v: VariantId) => summaries.find((s) => s.workload === w && s.variant === v)!;
+
+/** Workload w's ratios and added latencies: each variant against the baseline (and kloak+ph against the proxy), from the medians and rep by rep. */
+function derive(runs: RunResult[], summaries: Summary[], w: WorkloadId) {
+  const S = (w: WorkloadId, v: VariantId) => summaryOf(summaries, w, v);
+  const b = S(w, "baseline");
+  const k = S(w, "kloak");
+  const p = S(w, "kloak+ph");
+  const kr = S(w, "kloak+rules");
+  const pr = S(w, "kloak+ph+rules");
+  const px = summaries.find((s) => s.workload === w && s.variant === "proxy"); // request loop only
+  const out = S(w, "outside");
+  const rate = (s: Summary) => (w === "request" ? s.ops_per_s : s.mib_per_s);
+  /** v's throughput over ref's, rep by rep (the two ran minutes apart at most) */
+  const pairs = (v: VariantId, ref: VariantId = "baseline") =>
+    [...new Set(runs.map((r) => r.rep))].flatMap((rep) => {
+      const x = runs.find((r) => r.rep === rep && r.workload === w && r.variant === v);
+      const y = runs.find((r) => r.rep === rep && r.workload === w && r.variant === ref);
+      return x && y ? [x.client.ops_per_s / y.client.ops_per_s] : [];
+    });
+  return {
+    ratio_proxy: px ? rate(px) / rate(b) : NaN,
+    per_rep_ratio_proxy: px ? pairs("proxy") : [],
+    /** kloak with one placeholder per write against the egress proxy, the alternative */
+    ratio_placeholder_vs_proxy: px ? rate(p) / rate(px) : NaN,
+    per_rep_ratio_placeholder_vs_proxy: px ? pairs("kloak+ph", "proxy") : [],
+    added_p50_proxy_ns: px ? px.p50_ns - b.p50_ns : NaN,
+    added_p99_proxy_ns: px ? px.p99_ns - b.p99_ns : NaN,
+    added_mean_per_request_proxy_from_throughput_ns: px ? 1e9 / px.ops_per_s - 1e9 / b.ops_per_s : NaN,
+    /** a process outside every scope, the same libssl attached by a kloak exec tree beside it */
+    ratio_outside: rate(out) / rate(b),
+    per_rep_ratio_outside: pairs("outside"),
+    per_rep_ratio_no_placeholder: pairs("kloak"),
+    per_rep_ratio_placeholder: pairs("kloak+ph"),
+    ratio_no_placeholder: rate(k) / rate(b),
+    ratio_placeholder: rate(p) / rate(b),
+    per_rep_ratio_no_placeholder_rules: pairs("kloak+rules"),
+    per_rep_ratio_placeholder_rules: pairs("kloak+ph+rules"),
+    ratio_no_placeholder_rules: rate(kr) / rate(b),
+    ratio_placeholder_rules: rate(pr) / rate(b),
+    added_p99_per_substituted_write_rules_ns: pr.p99_ns - b.p99_ns,
+    added_p50_no_placeholder_ns: k.p50_ns - b.p50_ns,
+    added_p99_no_placeholder_ns: k.p99_ns - b.p99_ns,
+    added_p50_per_substituted_write_ns: p.p50_ns - b.p50_ns,
+    added_p90_per_substituted_write_ns: p.p90_ns - b.p90_ns,
+    added_p99_per_substituted_write_ns: p.p99_ns - b.p99_ns,
+    added_mean_per_write_no_placeholder_from_throughput_ns: 1e9 / k.ops_per_s - 1e9 / b.ops_per_s,
+    added_mean_per_write_from_throughput_ns: 1e9 / p.ops_per_s - 1e9 / b.ops_per_s,
+    added_client_sys_us_per_write_no_placeholder: k.client_sys_us_per_op - b.client_sys_us_per_op,
+    added_client_sys_us_per_write_placeholder: p.client_sys_us_per_op - b.client_sys_us_per_op,
   };
-  const derived = { request: derive("request"), bulk: derive("bulk") };
+}
 
-  const kloakRuns = runs.filter((r) => r.kloak);
-  const peakAgent = maxOf(kloakRuns.map((r) => r.kloak!.hwm));
-  const peakPolled = maxOf(kloakRuns.map((r) => r.kloak!.rssPolledMax));
-  const peakGuardian = maxOf(kloakRuns.map((r) => r.kloak!.guardianHwm ?? 0));
-  const targets = [
+/** Issue 14's targets, each with its measured value and verdict. */
+function targetsOf(derived: Record<WorkloadId, Derived>, peakAgent: number) {
+  return [
     {
       id: "no_placeholder_1k",
       what: `kloak without placeholders, 1 KiB request loop: req/s >= ${pct(TARGETS.noPh1k)} of baseline`,
@@ -1042,8 +1033,11 @@ async function main(): Promise<number> {
       pass: peakAgent <= TARGETS.rssBytes,
     },
   ].map((t) => ({ ...t, pass: Number.isFinite(t.value) && t.pass }));
-  // One line per run with failed checks, with kloak's own explanation (its refusal summary lines).
-  const failedChecks = [
+}
+
+/** One line per run with failed checks, with kloak's own explanation (its refusal summary lines). */
+function failedChecksOf(runs: RunResult[], diagRuns: RunResult[]): string[] {
+  return [
     ...runs.map((r) => ({ r, tag: `rep ${r.rep + 1}` })),
     ...diagRuns.map((r) => ({ r, tag: "diagnostic run" })),
   ].flatMap(({ r, tag }) => {
@@ -1058,30 +1052,61 @@ async function main(): Promise<number> {
         (why.length ? ` — kloak says: ${why.join(" | ")}` : ""),
     ];
   });
-  const missed = targets.filter((t) => !t.pass);
+}
+
+/** What the report says, computed once from the runs. */
+function analyse(m: Measured, foreignAtStart: ReturnType<typeof foreignKloaks>, nginx: string, t0: number) {
+  const { runs, diagRuns } = m;
+  const summaries: Summary[] = [];
+  for (const w of WORKLOADS) for (const v of variantsFor(w.id)) summaries.push(summarize(runs, w.id, v.id));
+  const derived = { request: derive(runs, summaries, "request"), bulk: derive(runs, summaries, "bulk") };
+  const kloakRuns = runs.filter((r) => r.kloak);
+  const peakAgent = maxOf(kloakRuns.map((r) => r.kloak!.hwm));
+  const peakPolled = maxOf(kloakRuns.map((r) => r.kloak!.rssPolledMax));
+  const peakGuardian = maxOf(kloakRuns.map((r) => r.kloak!.guardianHwm ?? 0));
+  const targets = targetsOf(derived, peakAgent);
+  const failedChecks = failedChecksOf(runs, diagRuns);
   const foreign = runs.map((r) => r.window.foreignS / r.window.seconds).filter(Number.isFinite);
   const steal = runs.map((r) => r.window.stealS / r.window.seconds).filter(Number.isFinite);
-  const busyMachine = foreignAtStart.length > 0 || median(foreign) > 0.15;
-  const machine = { ...machineInfo(runs.find((r) => r.variant === "baseline"), kloakRuns[0]), nginx: nginxVersion };
-  const elapsedS = (Date.now() - t0) / 1000;
+  return {
+    ...m,
+    summaries,
+    S: (w: WorkloadId, v: VariantId) => summaryOf(summaries, w, v),
+    derived,
+    peakAgent,
+    peakPolled,
+    peakGuardian,
+    targets,
+    missed: targets.filter((t) => !t.pass),
+    failedChecks,
+    foreign,
+    steal,
+    foreignAtStart,
+    busyMachine: foreignAtStart.length > 0 || median(foreign) > 0.15,
+    machine: { ...machineInfo(runs.find((r) => r.variant === "baseline"), kloakRuns[0]), nginx },
+    elapsedS: (Date.now() - t0) / 1000,
+  };
+}
+type Analysis = ReturnType<typeof analyse>;
 
-  // ------------------------------------------------------------ report
-  const md: string[] = [];
-  const L = (s = "") => md.push(s);
-  L("# kloak benchmark");
-  L();
-  L(`Generated ${new Date().toISOString()} in ${elapsedS.toFixed(0)} s by \`bun run bench\`.`);
-  L();
-  if (missed.length || failedChecks.length || errors.length || busyMachine) {
-    L("```");
-    if (busyMachine)
-      L(`!!! MACHINE NOT IDLE: other kloak/test processes or ${pct(median(foreign))} of a CPU of other load; numbers are noisy`);
-    for (const t of missed) L(`!!! MISSED: ${t.what}: got ${t.shown}`);
-    for (const f of failedChecks) L(`!!! CORRECTNESS FAILED: ${f}`);
-    for (const e of errors) L(`!!! RUN FAILED: ${e.split("\n")[0]}`);
-    L("```");
-    L();
-  }
+// ---------------------------------------------------------------- the data-plane report
+
+/** What failed or was missed, at the top where it cannot be overlooked. */
+function alertsBlock(md: Markdown, a: Analysis): void {
+  const { missed, failedChecks, errors, busyMachine, foreign } = a;
+  if (!(missed.length || failedChecks.length || errors.length || busyMachine)) return;
+  md.fenced([
+    ...(busyMachine ? [`!!! MACHINE NOT IDLE: other kloak/test processes or ${pct(median(foreign))} of a CPU of other load; numbers are noisy`] : []),
+    ...missed.map((t) => `!!! MISSED: ${t.what}: got ${t.shown}`),
+    ...failedChecks.map((f) => `!!! CORRECTNESS FAILED: ${f}`),
+    ...errors.map((e) => `!!! RUN FAILED: ${e.split("\n")[0]}`),
+  ]);
+  md.line();
+}
+
+/** The machine and the method, so two reports can be compared. */
+function machineSection(L: Markdown["line"], a: Analysis): void {
+  const { machine } = a;
   L("## Machine");
   L();
   L("| | |");
@@ -1112,6 +1137,10 @@ async function main(): Promise<number> {
       `secret of ${SECRET_LEN} bytes; bound ${MAX_COUNT} writes/run |`,
   );
   L();
+}
+
+function targetsSection(L: Markdown["line"], a: Analysis): void {
+  const { targets, failedChecks, errors } = a;
   L("## Targets");
   L();
   L("| target | result | |");
@@ -1123,101 +1152,114 @@ async function main(): Promise<number> {
       `${failedChecks.length === 0 && errors.length === 0 ? "PASS" : "**FAIL**"} |`,
   );
   L();
+}
 
-  for (const w of WORKLOADS) {
-    const d = derived[w.id];
-    const b = S(w.id, "baseline");
-    L(`## ${w.label}`);
-    L();
-    const unit = w.id === "request" ? "req/s" : "MiB/s";
+/** One workload's table of variants and what its ratios say. */
+function workloadSection(L: Markdown["line"], a: Analysis, w: Workload): void {
+  const { runs, derived, S } = a;
+  const d = derived[w.id];
+  const b = S(w.id, "baseline");
+  L(`## ${w.label}`);
+  L();
+  const unit = w.id === "request" ? "req/s" : "MiB/s";
+  L(
+    `| variant | ${unit} | vs baseline | p50 | p90 | p99 | p99.9 | max | client user/sys µs per write | agent (proxy: nginx) CPU µs per write | bench proc CPU µs per write | agent VmHWM (max) | writes measured (median) |`,
+  );
+  L("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  for (const v of variantsFor(w.id)) {
+    const s = S(w.id, v.id);
+    const rate = w.id === "request" ? s.ops_per_s : s.mib_per_s;
+    const base = w.id === "request" ? b.ops_per_s : b.mib_per_s;
     L(
-      `| variant | ${unit} | vs baseline | p50 | p90 | p99 | p99.9 | max | client user/sys µs per write | agent (proxy: nginx) CPU µs per write | bench proc CPU µs per write | agent VmHWM (max) | writes measured (median) |`,
+      `| ${v.label} | ${rate.toFixed(w.id === "request" ? 0 : 1)} | ${pct(rate / base)} | ${fmtUs(s.p50_ns)} | ${fmtUs(s.p90_ns)} | ` +
+        `${fmtUs(s.p99_ns)} | ${fmtUs(s.p999_ns)} | ${fmtUs(s.max_ns)} | ${s.client_user_us_per_op.toFixed(1)} / ${s.client_sys_us_per_op.toFixed(1)} | ` +
+        `${Number.isFinite(s.agent_cpu_us_per_op) ? s.agent_cpu_us_per_op.toFixed(1) : "–"} | ${s.bench_process_cpu_us_per_op.toFixed(1)} | ` +
+        `${Number.isFinite(s.agent_hwm_max) ? fmtMiB(s.agent_hwm_max) : "–"} | ${s.measured_writes.toFixed(0)} |`,
     );
-    L("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (const v of variantsFor(w.id)) {
-      const s = S(w.id, v.id);
-      const rate = w.id === "request" ? s.ops_per_s : s.mib_per_s;
-      const base = w.id === "request" ? b.ops_per_s : b.mib_per_s;
-      L(
-        `| ${v.label} | ${rate.toFixed(w.id === "request" ? 0 : 1)} | ${pct(rate / base)} | ${fmtUs(s.p50_ns)} | ${fmtUs(s.p90_ns)} | ` +
-          `${fmtUs(s.p99_ns)} | ${fmtUs(s.p999_ns)} | ${fmtUs(s.max_ns)} | ${s.client_user_us_per_op.toFixed(1)} / ${s.client_sys_us_per_op.toFixed(1)} | ` +
-          `${Number.isFinite(s.agent_cpu_us_per_op) ? s.agent_cpu_us_per_op.toFixed(1) : "–"} | ${s.bench_process_cpu_us_per_op.toFixed(1)} | ` +
-          `${Number.isFinite(s.agent_hwm_max) ? fmtMiB(s.agent_hwm_max) : "–"} | ${s.measured_writes.toFixed(0)} |`,
-      );
-    }
-    L();
-    L(`Per-rep ${unit === "req/s" ? "req/s" : "writes/s"}: ` + variantsFor(w.id).map((v) => `${v.id} ${S(w.id, v.id).per_rep_ops.map((x) => x.toFixed(0)).join(", ")}`).join("; ") + ".");
-    L();
-    L(
-      `- throughput without placeholders: ${pct(d.ratio_no_placeholder)} of baseline (ratio of medians; same-rep ratios ${d.per_rep_ratio_no_placeholder.map(pct).join(", ")}); ` +
-        `with one placeholder per write: ${pct(d.ratio_placeholder)} (same-rep ${d.per_rep_ratio_placeholder.map(pct).join(", ")}); ` +
-        `with destination rules: ${pct(d.ratio_no_placeholder_rules)} without and ${pct(d.ratio_placeholder_rules)} with a placeholder`,
-    );
-    L(
-      `- added latency per substituted write (kloak+ph − baseline): p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)}, ` +
-        `p90 ${fmtSignedUs(d.added_p90_per_substituted_write_ns)}, p99 ${fmtSignedUs(d.added_p99_per_substituted_write_ns)}; ` +
-        `mean from throughput ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)}`,
-    );
-    L(
-      `- added latency without placeholders (kloak − baseline): p50 ${fmtSignedUs(d.added_p50_no_placeholder_ns)}, p99 ${fmtSignedUs(d.added_p99_no_placeholder_ns)}; ` +
-        `mean from throughput ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns)}`,
-    );
-    if (variantsFor(w.id).some((v) => v.proxy))
-      L(
-        `- **kloak with one placeholder per write vs the egress proxy: ${pct(d.ratio_placeholder_vs_proxy)} of the proxy's req/s** ` +
-          `(same-rep ${d.per_rep_ratio_placeholder_vs_proxy.map(pct).join(", ")}); the proxy runs at ${pct(d.ratio_proxy)} of baseline ` +
-          `(same-rep ${d.per_rep_ratio_proxy.map(pct).join(", ")}). Added p99 per substituted write ${fmtSignedUs(d.added_p99_per_substituted_write_ns)} ` +
-          `against the proxy's added p99 per request ${fmtSignedUs(d.added_p99_proxy_ns)} (p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)} vs ${fmtSignedUs(d.added_p50_proxy_ns)}; ` +
-          `mean from throughput ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} vs ${fmtSignedUs(d.added_mean_per_request_proxy_from_throughput_ns)})`,
-      );
-    L(
-      `- non-enabled process, same libssl (a kloak exec tree attached beside it): ${pct(d.ratio_outside)} of baseline ` +
-        `(same-rep ${d.per_rep_ratio_outside.map(pct).join(", ")})`,
-    );
-    const last = runs.filter((r) => r.workload === w.id && r.variant === "kloak+ph").at(-1);
-    if (last?.kloak) {
-      const th = last.kloak.threadCpuWindow.slice(0, 4);
-      L(
-        `- agent threads busy during a kloak+ph run (rep ${last.rep + 1}, CPU s in the ${DURATION} s window): ` +
-          (th.length ? th.map((t) => `${t.comm} ${t.cpuS.toFixed(2)}`).join(", ") : "none measurable"),
-      );
-    }
-    L();
   }
+  L();
+  L(`Per-rep ${unit === "req/s" ? "req/s" : "writes/s"}: ` + variantsFor(w.id).map((v) => `${v.id} ${S(w.id, v.id).per_rep_ops.map((x) => x.toFixed(0)).join(", ")}`).join("; ") + ".");
+  L();
+  L(
+    `- throughput without placeholders: ${pct(d.ratio_no_placeholder)} of baseline (ratio of medians; same-rep ratios ${d.per_rep_ratio_no_placeholder.map(pct).join(", ")}); ` +
+      `with one placeholder per write: ${pct(d.ratio_placeholder)} (same-rep ${d.per_rep_ratio_placeholder.map(pct).join(", ")}); ` +
+      `with destination rules: ${pct(d.ratio_no_placeholder_rules)} without and ${pct(d.ratio_placeholder_rules)} with a placeholder`,
+  );
+  L(
+    `- added latency per substituted write (kloak+ph − baseline): p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)}, ` +
+      `p90 ${fmtSignedUs(d.added_p90_per_substituted_write_ns)}, p99 ${fmtSignedUs(d.added_p99_per_substituted_write_ns)}; ` +
+      `mean from throughput ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)}`,
+  );
+  L(
+    `- added latency without placeholders (kloak − baseline): p50 ${fmtSignedUs(d.added_p50_no_placeholder_ns)}, p99 ${fmtSignedUs(d.added_p99_no_placeholder_ns)}; ` +
+      `mean from throughput ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns)}`,
+  );
+  if (variantsFor(w.id).some((v) => v.proxy))
+    L(
+      `- **kloak with one placeholder per write vs the egress proxy: ${pct(d.ratio_placeholder_vs_proxy)} of the proxy's req/s** ` +
+        `(same-rep ${d.per_rep_ratio_placeholder_vs_proxy.map(pct).join(", ")}); the proxy runs at ${pct(d.ratio_proxy)} of baseline ` +
+        `(same-rep ${d.per_rep_ratio_proxy.map(pct).join(", ")}). Added p99 per substituted write ${fmtSignedUs(d.added_p99_per_substituted_write_ns)} ` +
+        `against the proxy's added p99 per request ${fmtSignedUs(d.added_p99_proxy_ns)} (p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)} vs ${fmtSignedUs(d.added_p50_proxy_ns)}; ` +
+        `mean from throughput ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} vs ${fmtSignedUs(d.added_mean_per_request_proxy_from_throughput_ns)})`,
+    );
+  L(
+    `- non-enabled process, same libssl (a kloak exec tree attached beside it): ${pct(d.ratio_outside)} of baseline ` +
+      `(same-rep ${d.per_rep_ratio_outside.map(pct).join(", ")})`,
+  );
+  const last = runs.filter((r) => r.workload === w.id && r.variant === "kloak+ph").at(-1);
+  if (last?.kloak) {
+    const th = last.kloak.threadCpuWindow.slice(0, 4);
+    L(
+      `- agent threads busy during a kloak+ph run (rep ${last.rep + 1}, CPU s in the ${DURATION} s window): ` +
+        (th.length ? th.map((t) => `${t.comm} ${t.cpuS.toFixed(2)}`).join(", ") : "none measurable"),
+    );
+  }
+  L();
+}
 
+/** Where one workload's added time per write goes: client kernel time, the BPF programs (from the diagnostic runs), the agent. */
+function timeParagraph(L: Markdown["line"], a: Analysis, w: Workload): void {
+  const { diagRuns, derived, S } = a;
+  const d = derived[w.id];
+  const b = S(w.id, "baseline");
+  const k = S(w.id, "kloak");
+  const p = S(w.id, "kloak+ph");
+  const bpfOf = (v: VariantId) => diagRuns.find((r) => r.workload === w.id && r.variant === v)?.bpf ?? [];
+  // the write path: the TLS uprobe programs and the send tracepoints (bpftool names are cut at 15 chars)
+  const writeProgs = (v: VariantId) => bpfOf(v).filter((x) => x.name.startsWith("kloak_tls") || x.name.startsWith("kloak_send"));
+  const progText = (v: VariantId) =>
+    writeProgs(v)
+      .map((x) => `\`${x.name}\` ${(x.nsPerRun / 1000).toFixed(2)} µs/run × ${x.runsPerWrite.toFixed(2)}/write`)
+      .join(", ") || "n/a";
+  const bpfPerWrite = (v: VariantId) => sum(writeProgs(v).map((x) => x.nsPerWrite)) / 1000;
+  L(`**${w.label}** (baseline client kernel time ${b.client_sys_us_per_op.toFixed(1)} µs/write, user ${b.client_user_us_per_op.toFixed(1)} µs/write)`);
+  L();
+  L(
+    `- kloak, no placeholder: ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns)} per write (mean, from throughput). ` +
+      `Client kernel time ${fmtSigned(d.added_client_sys_us_per_write_no_placeholder)} µs/write, client user ${fmtSigned(k.client_user_us_per_op - b.client_user_us_per_op)} µs/write; ` +
+      `the BPF programs themselves run ${bpfPerWrite("kloak").toFixed(2)} µs/write (${progText("kloak")}); ` +
+      `the other ${fmtSigned(d.added_client_sys_us_per_write_no_placeholder - bpfPerWrite("kloak"))} µs/write of client kernel time is the uprobe machinery ` +
+      `(int3 trap, out-of-line single-step of the probed instruction, uretprobe trampoline) and changed TCP batching. ` +
+      `Agent CPU ${k.agent_cpu_us_per_op.toFixed(1)} µs/write.`,
+  );
+  L(
+    `- kloak, 1 placeholder per write: ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} per write (mean). ` +
+      `Client kernel time ${fmtSigned(d.added_client_sys_us_per_write_placeholder)} µs/write; BPF ${bpfPerWrite("kloak+ph").toFixed(2)} µs/write (${progText("kloak+ph")}); ` +
+      `agent CPU ${p.agent_cpu_us_per_op.toFixed(1)} µs/write: each substituted write is two holds (substitute at entry, restore at return): the kernel stops the writing thread (SIGSTOP, reported to kloak's ring worker through ptrace), the worker patches it with process_vm_writev and lets it go (PTRACE_CONT).`,
+  );
+  L();
+}
+
+function timeSection(L: Markdown["line"], a: Analysis): void {
   L("## Where the time goes");
   L();
-  if (diagNote) L(`(${diagNote})`);
-  for (const w of WORKLOADS) {
-    const d = derived[w.id];
-    const b = S(w.id, "baseline");
-    const k = S(w.id, "kloak");
-    const p = S(w.id, "kloak+ph");
-    const bpfOf = (v: VariantId) => diagRuns.find((r) => r.workload === w.id && r.variant === v)?.bpf ?? [];
-    // the write path: the TLS uprobe programs and the send tracepoints (bpftool names are cut at 15 chars)
-    const writeProgs = (v: VariantId) => bpfOf(v).filter((x) => x.name.startsWith("kloak_tls") || x.name.startsWith("kloak_send"));
-    const progText = (v: VariantId) =>
-      writeProgs(v)
-        .map((x) => `\`${x.name}\` ${(x.nsPerRun / 1000).toFixed(2)} µs/run × ${x.runsPerWrite.toFixed(2)}/write`)
-        .join(", ") || "n/a";
-    const bpfPerWrite = (v: VariantId) => sum(writeProgs(v).map((x) => x.nsPerWrite)) / 1000;
-    L(`**${w.label}** (baseline client kernel time ${b.client_sys_us_per_op.toFixed(1)} µs/write, user ${b.client_user_us_per_op.toFixed(1)} µs/write)`);
-    L();
-    L(
-      `- kloak, no placeholder: ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns)} per write (mean, from throughput). ` +
-        `Client kernel time ${fmtSigned(d.added_client_sys_us_per_write_no_placeholder)} µs/write, client user ${fmtSigned(k.client_user_us_per_op - b.client_user_us_per_op)} µs/write; ` +
-        `the BPF programs themselves run ${bpfPerWrite("kloak").toFixed(2)} µs/write (${progText("kloak")}); ` +
-        `the other ${fmtSigned(d.added_client_sys_us_per_write_no_placeholder - bpfPerWrite("kloak"))} µs/write of client kernel time is the uprobe machinery ` +
-        `(int3 trap, out-of-line single-step of the probed instruction, uretprobe trampoline) and changed TCP batching. ` +
-        `Agent CPU ${k.agent_cpu_us_per_op.toFixed(1)} µs/write.`,
-    );
-    L(
-      `- kloak, 1 placeholder per write: ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} per write (mean). ` +
-        `Client kernel time ${fmtSigned(d.added_client_sys_us_per_write_placeholder)} µs/write; BPF ${bpfPerWrite("kloak+ph").toFixed(2)} µs/write (${progText("kloak+ph")}); ` +
-        `agent CPU ${p.agent_cpu_us_per_op.toFixed(1)} µs/write: each substituted write is two holds (substitute at entry, restore at return): the kernel stops the writing thread (SIGSTOP, reported to kloak's ring worker through ptrace), the worker patches it with process_vm_writev and lets it go (PTRACE_CONT).`,
-    );
-    L();
-  }
+  if (a.diagNote) L(`(${a.diagNote})`);
+  for (const w of WORKLOADS) timeParagraph(L, a, w);
+}
+
+/** Other load on the machine during the measured windows: how far to trust the numbers. */
+function activitySection(L: Markdown["line"], a: Analysis): void {
+  const { foreign, steal, foreignAtStart } = a;
   L("## Machine activity during the runs");
   L();
   L(
@@ -1230,6 +1272,10 @@ async function main(): Promise<number> {
       : "- no other kloak or test processes were running at start",
   );
   L();
+}
+
+function memorySection(L: Markdown["line"], a: Analysis): void {
+  const { peakAgent, peakPolled, peakGuardian, S } = a;
   L("## Memory and startup");
   L();
   L(`- peak agent RSS (VmHWM of \`kloak exec\`, read while its command was still running): **${fmtMiB(peakAgent)}**; max VmRSS seen by 50 ms polling: ${fmtMiB(peakPolled)}`);
@@ -1240,6 +1286,9 @@ async function main(): Promise<number> {
       `(kloak exec startup ≈ ${(median([st("kloak"), st("kloak+ph")]) - st("baseline")).toFixed(0)} ms)`,
   );
   L();
+}
+
+function notesSection(L: Markdown["line"]): void {
   L("## Notes");
   L();
   L(
@@ -1254,9 +1303,29 @@ async function main(): Promise<number> {
       "Its latency is the client's full round trip through nginx; \"agent CPU\" is nginx's CPU for that variant.",
   );
   L();
+}
 
-  const report = md.join("\n");
-  const json = {
+function dataplaneMarkdown(a: Analysis): string {
+  const md = new Markdown();
+  const L = md.line;
+  L("# kloak benchmark");
+  L();
+  L(`Generated ${new Date().toISOString()} in ${a.elapsedS.toFixed(0)} s by \`bun run bench\`.`);
+  L();
+  alertsBlock(md, a);
+  machineSection(L, a);
+  targetsSection(L, a);
+  for (const w of WORKLOADS) workloadSection(L, a, w);
+  timeSection(L, a);
+  activitySection(L, a);
+  memorySection(L, a);
+  notesSection(L);
+  return md.toString();
+}
+
+function dataplaneJson(a: Analysis) {
+  const { elapsedS, machine, targets, failedChecks, errors, summaries, derived, peakAgent, peakPolled, peakGuardian, foreignAtStart, diagNote, diagRuns, runs } = a;
+  return {
     generated: new Date().toISOString(),
     elapsed_s: elapsedS,
     options: { pinned: PIN, server_cpu: PIN ? SERVER_CPU : null, client_cpu: PIN ? CLIENT_CPU : null, duration_s: DURATION, reps: REPS, warmup_s: WARMUP, max_count: MAX_COUNT, secret_len: SECRET_LEN },
@@ -1270,10 +1339,15 @@ async function main(): Promise<number> {
     diagnostic: { note: diagNote ?? null, runs: diagRuns.map((r) => ({ ...r, stderr: undefined })) },
     runs: runs.map((r) => ({ ...r, stderr: r.stderr.split("\n").filter((l) => l.startsWith("kloak")) })),
   };
+}
+
+/** Writes report.{md,json}, keeping the other parts' sections of the previous report until those parts replace them; prints the report and the verdict. */
+function writeDataplaneReport(a: Analysis): number {
+  const { missed, failedChecks, errors } = a;
+  const report = dataplaneMarkdown(a);
   mkdirSync(REPORT_DIR, { recursive: true });
-  // The other parts' sections of the previous report (agent, startup, clients, growth) stay until those parts replace them.
   writeFileSync(join(REPORT_DIR, "report.md"), keepSections(report, REPORT_DIR) + "\n");
-  writeFileSync(join(REPORT_DIR, "report.json"), JSON.stringify(keepSectionJson(json, REPORT_DIR), null, 2) + "\n");
+  writeFileSync(join(REPORT_DIR, "report.json"), JSON.stringify(keepSectionJson(dataplaneJson(a), REPORT_DIR), null, 2) + "\n");
   console.log(report);
   if (missed.length) console.log(`\n!!! ${missed.length} TARGET(S) MISSED: ${missed.map((t) => t.id).join(", ")} !!!`);
   else console.log("\nAll targets met.");
@@ -1281,6 +1355,33 @@ async function main(): Promise<number> {
     console.log(`!!! CORRECTNESS/RUN FAILURES in ${failedChecks.length + errors.length} run(s) (see the top of the report) !!!`);
   console.log(`(report written to ${join(REPORT_DIR, "report.md")} and report.json)`);
   return failedChecks.length || errors.length ? 1 : 0;
+}
+
+/** The data-plane part: every variant of both workloads, the diagnostic runs, the report. */
+async function dataplanePart(): Promise<number> {
+  const t0 = Date.now();
+  const nginx = nginxVersion();
+  if (nginx === undefined) return 1;
+  const ctx = await benchContext();
+  const { python, server } = ctx;
+  const foreignAtStart = foreignKloaks(new Set());
+  if (foreignAtStart.length)
+    console.error(
+      `bench: WARNING: other kloak/test processes are running; numbers will be noisy:\n` +
+        foreignAtStart.map((f) => `  ${f.pid} ${f.cmd}`).join("\n"),
+    );
+  const total = REPS * WORKLOADS.reduce((n, w) => n + variantsFor(w.id).length, 0);
+  console.error(
+    `bench: ${total} runs of ${DURATION}s (+${WARMUP}s warmup), python ${python}, server 127.0.0.1:${server.httpPort}/${server.bulkPort}`,
+  );
+  const m: Measured = { runs: [], diagRuns: [], errors: [] };
+  try {
+    await measuredRuns(ctx, m, total);
+    if (DIAG) await diagnosticRuns(ctx, m);
+  } finally {
+    await server.close();
+  }
+  return writeDataplaneReport(analyse(m, foreignAtStart, nginx, t0));
 }
 
 /** The agent part (bench/agent.ts): measures, then writes its section into the report. */
@@ -1417,7 +1518,7 @@ async function growthPart(): Promise<number> {
 let exitCode = 0;
 if (ONLY === "" || ONLY === "startup") exitCode = await startupPart();
 if (ONLY === "" || ONLY === "clients") exitCode = Math.max(exitCode, await clientsPart());
-if (ONLY === "" || ONLY === "dataplane") exitCode = Math.max(exitCode, await main());
+if (ONLY === "" || ONLY === "dataplane") exitCode = Math.max(exitCode, await dataplanePart());
 if (ONLY === "" || ONLY === "growth") exitCode = Math.max(exitCode, await growthPart());
 if (ONLY === "" || ONLY === "agent") exitCode = Math.max(exitCode, await agentPart());
 process.exitCode = exitCode;
