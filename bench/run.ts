@@ -429,23 +429,8 @@ async function startPeers(ctx: BenchCtx, v: Variant, checks: RunResult["checks"]
   };
 }
 
-async function runOne(
-  ctx: BenchCtx,
-  w: Workload,
-  v: Variant,
-  rep: number,
-  opts: { bpfStats?: boolean; duration?: number } = {},
-): Promise<RunResult> {
-  const duration = opts.duration ?? (opts.bpfStats ? DIAG_DURATION : DURATION);
-  const checks: RunResult["checks"] = [];
-  let peers: Awaited<ReturnType<typeof startPeers>>;
-  try {
-    peers = await startPeers(ctx, v, checks);
-  } catch (e) {
-    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${(e as Error).message}`);
-  }
-  const { proxy, holder } = peers;
-  const port = proxy ? proxy.port : w.id === "request" ? ctx.server.httpPort : ctx.server.bulkPort;
+/** The client's argv and environment: alone, or under `kloak exec` as variant v asks. */
+function clientCommand(ctx: BenchCtx, w: Workload, v: Variant, port: number, duration: number): { cmd: string[]; env: Record<string, string> } {
   const connections = w.connections ?? 1;
   const client = [
     ...(PIN ? [TASKSET!, "-c", String(CLIENT_CPU)] : []),
@@ -460,63 +445,111 @@ async function runOne(
   ];
   const env: Record<string, string> = {};
   for (const [k, val] of Object.entries(process.env)) if (val !== undefined && k !== SECRET_NAME) env[k] = val;
-  let cmd = client;
-  if (v.kloak) {
-    cmd = [
-      ...UNPIN(), // undo the affinity inherited from the pinned server
-      // --user root: the client runs from root's files; the benchmark measures the data path.
-      process.execPath, KLOAK_MAIN, "exec", "--verbose", "--user", "root", // --verbose: the rewrite mode, for the report
-      // --secret NAME takes the value from kloak's environment: it never appears in argv.
-      ...(v.secretsFile ? ["--secrets-file", v.secretsFile] : ["--secret", SECRET_NAME]),
-      ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), ...(v.kloakArgs ?? []), "--", ...client,
-    ];
-    if (!v.secretsFile) env[SECRET_NAME] = ctx.value;
-  }
+  if (!v.kloak) return { cmd: client, env };
+  const cmd = [
+    ...UNPIN(), // undo the affinity inherited from the pinned server
+    // --user root: the client runs from root's files; the benchmark measures the data path.
+    process.execPath, KLOAK_MAIN, "exec", "--verbose", "--user", "root", // --verbose: the rewrite mode, for the report
+    // --secret NAME takes the value from kloak's environment: it never appears in argv.
+    ...(v.secretsFile ? ["--secrets-file", v.secretsFile] : ["--secret", SECRET_NAME]),
+    ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), ...(v.kloakArgs ?? []), "--", ...client,
+  ];
+  if (!v.secretsFile) env[SECRET_NAME] = ctx.value;
+  return { cmd, env };
+}
 
-  ctx.server.reset();
-  const tSpawn = wallNs();
-  const spawnClient = () => Bun.spawn(cmd, { env, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
-  let proc: ReturnType<typeof spawnClient>;
-  try {
-    proc = spawnClient();
-  } catch (e) {
-    await peers.stop();
-    throw e;
-  }
-  const stderrP = new Response(proc.stderr).text();
-  const next = lineReader(proc.stdout);
+type Peers = Awaited<ReturnType<typeof startPeers>>;
+const spawnClient = (cmd: string[], env: Record<string, string>) => Bun.spawn(cmd, { env, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+type ClientProc = ReturnType<typeof spawnClient>;
 
-  // Poll the top process's RSS every 50 ms (same harness load in every variant).
-  let rssPolledMax = 0;
-  const poll = setInterval(() => {
-    const m = memStatus(proc.pid);
-    if (m && m.rss > rssPolledMax) rssPolledMax = m.rss;
-  }, 50);
+/** Counters read when the client starts its measured window. */
+interface WindowStart {
+  wall: number;
+  sys: ReturnType<typeof systemCpu>;
+  bench: NodeJS.CpuUsage;
+  cpu: ReturnType<typeof cpuSeconds>;
+  threads: Map<number, { comm: string; cpu: number }>;
+  proxyCpu: ReturnType<typeof cpuSeconds>;
+  prog: ProgStat[];
+}
 
-  // Handshakes come before the first line: allow for them (tens of seconds at 10,000 connections under kloak).
-  const limit = (WARMUP + duration) * 1000 + 30_000 + connections * 20;
-  let result: ClientResult | undefined;
+/** The same at the window's end, with memory, read while the client holds (everything still alive). */
+interface WindowEnd extends WindowStart {
+  proxyHwm: number;
+  clientLibssl: ReturnType<typeof mappedLibssl>;
+  holderAlive: boolean;
+  hwm: number;
+  threadCount: number;
+  clientHwm: number;
+  guardianHwm?: number;
+}
+
+function windowStart(pid: number, v: Variant, peers: Peers, bpfStats: boolean | undefined): WindowStart {
+  const wall = wallNs();
+  const sys = systemCpu();
+  const bench = process.cpuUsage();
+  const cpu = cpuSeconds(pid);
+  const threads = threadCpu(pid);
+  const proxyCpu = peers.proxy ? cpuSeconds(peers.proxy.pid) : null;
+  const prog = bpfStats && v.kloak ? programStats(pid) : [];
+  return { wall, sys, bench, cpu, threads, proxyCpu, prog };
+}
+
+function windowEnd(pid: number, v: Variant, peers: Peers, bpfStats: boolean | undefined, rss: { max: number }): WindowEnd {
+  const { proxy, holder } = peers;
+  const wall = wallNs();
+  const sys = systemCpu();
+  const bench = process.cpuUsage();
+  const prog = bpfStats && v.kloak ? programStats(pid) : [];
+  const proxyCpu = proxy ? cpuSeconds(proxy.pid) : null;
+  const proxyHwm = proxy ? (memStatus(proxy.pid)?.hwm ?? 0) : 0;
+  // taskset execs the client, so pid is the Python that used libssl
+  const clientLibssl = holder ? mappedLibssl(pid) : null;
+  const holderAlive = holder ? memStatus(holder.pid) !== null : false;
+  const cpu = cpuSeconds(pid);
+  const threads = threadCpu(pid);
   let hwm = 0;
-  let threads = 0;
+  let threadCount = 0;
   let clientHwm = 0;
   let guardianHwm: number | undefined;
-  let cpuStart: { user: number; sys: number } | null = null;
-  let cpuEnd: { user: number; sys: number } | null = null;
-  let thStart = new Map<number, { comm: string; cpu: number }>();
-  let thEnd = new Map<number, { comm: string; cpu: number }>();
-  let sys0: ReturnType<typeof systemCpu> = null;
-  let sys1: ReturnType<typeof systemCpu> = null;
-  let bench0 = process.cpuUsage();
-  let bench1 = bench0;
-  let w0 = 0;
-  let w1 = 0;
-  let prog0: ProgStat[] = [];
-  let prog1: ProgStat[] = [];
-  let proxyCpu0: ReturnType<typeof cpuSeconds> = null;
-  let proxyCpu1: ReturnType<typeof cpuSeconds> = null;
-  let proxyHwm = 0;
-  let clientLibssl: ReturnType<typeof mappedLibssl> = null;
-  let holderAlive = false;
+  const top = memStatus(pid);
+  if (top) {
+    hwm = top.hwm;
+    threadCount = top.threads;
+    if (top.rss > rss.max) rss.max = top.rss;
+  }
+  if (v.kloak) {
+    for (const c of childrenOf(pid)) {
+      const args = cmdline(c);
+      const m = memStatus(c);
+      if (!m) continue;
+      if (args.includes("__guardian")) guardianHwm = m.hwm;
+      else if (args.includes(CLIENT)) clientHwm = m.hwm;
+    }
+  } else {
+    clientHwm = hwm;
+  }
+  return { wall, sys, bench, cpu, threads, proxyCpu, prog, proxyHwm, clientLibssl, holderAlive, hwm, threadCount, clientHwm, guardianHwm };
+}
+
+/**
+ * Reads the client's lines until its result, sampling at the start of its
+ * measured window and after the result (the client then holds on stdin, so
+ * everything is still alive); then lets it exit. Throws, with the client's
+ * and the peers' output, when it failed.
+ */
+async function observeClient(proc: ClientProc, v: Variant, peers: Peers, limit: number, bpfStats: boolean | undefined) {
+  const stderrP = new Response(proc.stderr).text();
+  const next = lineReader(proc.stdout);
+  // Poll the top process's RSS every 50 ms (same harness load in every variant).
+  const rss = { max: 0 };
+  const poll = setInterval(() => {
+    const m = memStatus(proc.pid);
+    if (m && m.rss > rss.max) rss.max = m.rss;
+  }, 50);
+  let start: WindowStart = { wall: 0, sys: null, bench: process.cpuUsage(), cpu: null, threads: new Map(), proxyCpu: null, prog: [] };
+  let end: WindowEnd | undefined;
+  let result: ClientResult | undefined;
   let failure: string | undefined;
   try {
     for (;;) {
@@ -525,51 +558,13 @@ async function runOne(
       if (!line.startsWith("{")) continue;
       const msg = JSON.parse(line);
       if (msg.event === "measure") {
-        w0 = wallNs();
-        sys0 = systemCpu();
-        bench0 = process.cpuUsage();
-        cpuStart = cpuSeconds(proc.pid);
-        thStart = threadCpu(proc.pid);
-        if (proxy) proxyCpu0 = cpuSeconds(proxy.pid);
-        if (opts.bpfStats && v.kloak) prog0 = programStats(proc.pid);
+        start = windowStart(proc.pid, v, peers, bpfStats);
         continue;
       }
       result = msg as ClientResult;
       break;
     }
-    // The client now blocks on stdin: everything is still alive.
-    w1 = wallNs();
-    sys1 = systemCpu();
-    bench1 = process.cpuUsage();
-    if (opts.bpfStats && v.kloak) prog1 = programStats(proc.pid);
-    if (proxy) {
-      proxyCpu1 = cpuSeconds(proxy.pid);
-      proxyHwm = memStatus(proxy.pid)?.hwm ?? 0;
-    }
-    if (holder) {
-      // taskset execs the client, so proc.pid is the Python that used libssl
-      clientLibssl = mappedLibssl(proc.pid);
-      holderAlive = memStatus(holder.pid) !== null;
-    }
-    cpuEnd = cpuSeconds(proc.pid);
-    thEnd = threadCpu(proc.pid);
-    const top = memStatus(proc.pid);
-    if (top) {
-      hwm = top.hwm;
-      threads = top.threads;
-      if (top.rss > rssPolledMax) rssPolledMax = top.rss;
-    }
-    if (v.kloak) {
-      for (const c of childrenOf(proc.pid)) {
-        const args = cmdline(c);
-        const m = memStatus(c);
-        if (!m) continue;
-        if (args.includes("__guardian")) guardianHwm = m.hwm;
-        else if (args.includes(CLIENT)) clientHwm = m.hwm;
-      }
-    } else {
-      clientHwm = hwm;
-    }
+    end = windowEnd(proc.pid, v, peers, bpfStats, rss);
   } catch (e) {
     failure = (e as Error).message;
     try {
@@ -591,42 +586,48 @@ async function runOne(
     failure ??= (e as Error).message;
     return -1;
   });
-  const stderr = await stderrP;
-  const server = ctx.server.snapshot();
-  const proxyLog = proxy?.errorLog() ?? "";
-  const holderEnd = await peers.stop();
-  const peerOutput = `${proxyLog ? `\nnginx error log (end):\n${proxyLog}` : ""}${holderEnd && holderEnd.code !== 0 ? `\nscoped process (kloak exec) exit ${holderEnd.code}:\n${holderEnd.stderr.trim()}` : ""}`;
-  if (failure !== undefined || result === undefined)
-    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${failure ?? "no result"} (exit ${code})\n${stderr}${peerOutput}`);
-  if (code !== 0) throw new Error(`${w.id}/${v.id} rep ${rep + 1}: exit status ${code}\n${stderr}${peerOutput}`);
+  return { stderr: await stderrP, code, failure, result, start, end, rssPolledMax: rss.max };
+}
 
-  let kloak: KloakInfo | undefined;
-  if (v.kloak) {
-    const mode = /rewrite mode (\S+) \(([^)]*)\)/.exec(stderr);
-    const subs = /(\d+) substitution\(s\) in (\d+) TLS write\(s\)(?:, (\d+) failed closed)?/.exec(stderr);
-    const threadCpuWindow: { comm: string; cpuS: number }[] = [];
-    for (const [tid, t] of thEnd) {
-      const d = t.cpu - (thStart.get(tid)?.cpu ?? 0);
-      if (d > 0) threadCpuWindow.push({ comm: t.comm, cpuS: d });
-    }
-    threadCpuWindow.sort((a, b) => b.cpuS - a.cpuS);
-    kloak = {
-      pid: proc.pid,
-      mode: mode?.[1],
-      modeReason: mode?.[2],
-      substitutions: subs ? Number(subs[1]) : undefined,
-      tlsWrites: subs ? Number(subs[2]) : undefined,
-      failedClosed: subs?.[3] ? Number(subs[3]) : 0,
-      hwm,
-      rssPolledMax,
-      threads,
-      guardianHwm,
-      cpuWindowS: cpuStart && cpuEnd ? cpuEnd.user + cpuEnd.sys - cpuStart.user - cpuStart.sys : NaN,
-      threadCpuWindow,
-    };
+/** kloak exec's own account (rewrite mode, substitutions) from its stderr, and what it used during the window. */
+function kloakInfoOf(pid: number, stderr: string, start: WindowStart, end: WindowEnd | undefined, rssPolledMax: number): KloakInfo {
+  const mode = /rewrite mode (\S+) \(([^)]*)\)/.exec(stderr);
+  const subs = /(\d+) substitution\(s\) in (\d+) TLS write\(s\)(?:, (\d+) failed closed)?/.exec(stderr);
+  const threadCpuWindow: { comm: string; cpuS: number }[] = [];
+  for (const [tid, t] of end?.threads ?? new Map<number, { comm: string; cpu: number }>()) {
+    const d = t.cpu - (start.threads.get(tid)?.cpu ?? 0);
+    if (d > 0) threadCpuWindow.push({ comm: t.comm, cpuS: d });
   }
+  threadCpuWindow.sort((a, b) => b.cpuS - a.cpuS);
+  const cpuStart = start.cpu;
+  const cpuEnd = end?.cpu ?? null;
+  return {
+    pid,
+    mode: mode?.[1],
+    modeReason: mode?.[2],
+    substitutions: subs ? Number(subs[1]) : undefined,
+    tlsWrites: subs ? Number(subs[2]) : undefined,
+    failedClosed: subs?.[3] ? Number(subs[3]) : 0,
+    hwm: end?.hwm ?? 0,
+    rssPolledMax,
+    threads: end?.threadCount ?? 0,
+    guardianHwm: end?.guardianHwm,
+    cpuWindowS: cpuStart && cpuEnd ? cpuEnd.user + cpuEnd.sys - cpuStart.user - cpuStart.sys : NaN,
+    threadCpuWindow,
+  };
+}
 
-  // ------------------------------------------------------------ correctness
+/** What the server, the client and kloak saw must agree with what variant v should do; every check goes into `checks`. */
+function checkRun(
+  checks: RunResult["checks"],
+  w: Workload,
+  v: Variant,
+  peers: Peers,
+  o: { server: ServerStats; result: ClientResult; kloak: KloakInfo | undefined; end: WindowEnd | undefined; holderEnd: Awaited<ReturnType<Peers["stop"]>> },
+): void {
+  const { proxy, holder } = peers;
+  const { server, result, kloak, holderEnd } = o;
+  const connections = w.connections ?? 1;
   const check = (name: string, ok: boolean, detail: string) => checks.push({ name, ok, detail });
   const writes = result.writes_total;
   check("server errors", server.errors.length === 0, server.errors.join("; ") || "none");
@@ -653,6 +654,8 @@ async function runOne(
     if (kloak) check("no substitution", kloak.substitutions === 0, `${kloak.substitutions} substitution(s)`);
   }
   if (holder) {
+    const holderAlive = o.end?.holderAlive ?? false;
+    const clientLibssl = o.end?.clientLibssl ?? null;
     check("scoped process alive during the run", holderAlive, holderAlive ? "yes" : "it had exited");
     check(
       "client and scoped process map the same libssl",
@@ -665,38 +668,92 @@ async function runOne(
       `exit ${holderEnd?.code}, ${holderEnd?.substitutions} substitution(s)`,
     );
   }
-  const proxyInfo = proxy
-    ? { pid: proxy.pid, cpuWindowS: proxyCpu0 && proxyCpu1 ? proxyCpu1.user + proxyCpu1.sys - proxyCpu0.user - proxyCpu0.sys : NaN, hwm: proxyHwm }
-    : undefined;
+}
 
-  const agentWindow = kloak?.cpuWindowS ?? proxyInfo?.cpuWindowS ?? 0;
-  const benchS = (bench1.user + bench1.system - bench0.user - bench0.system) / 1e6;
+/** Machine CPU over the window: ours (client, agent or proxy, this process) and everything else's. */
+function machineWindow(result: ClientResult, agentWindow: number, start: WindowStart, end: WindowEnd | undefined): RunResult["window"] {
+  const bench1 = end?.bench ?? start.bench;
+  const sys0 = start.sys;
+  const sys1 = end?.sys ?? null;
+  const benchS = (bench1.user + bench1.system - start.bench.user - start.bench.system) / 1e6;
   const oursS = result.cpu_user_s + result.cpu_sys_s + (Number.isFinite(agentWindow) ? agentWindow : 0) + benchS;
   const busyS = sys0 && sys1 ? sys1.busy - sys0.busy : NaN;
-  const window = {
-    seconds: (w1 - w0) / 1e9,
+  return {
+    seconds: ((end?.wall ?? 0) - start.wall) / 1e9,
     busyS,
     oursS,
     foreignS: Math.max(0, busyS - oursS),
     stealS: sys0 && sys1 ? sys1.steal - sys0.steal : NaN,
   };
-  let bpf: RunResult["bpf"];
-  if (opts.bpfStats && v.kloak) {
-    bpf = prog1
-      .map((p) => {
-        const before = prog0.find((q) => q.id === p.id);
-        const runs = p.runCnt - (before?.runCnt ?? 0);
-        const ns = p.runTimeNs - (before?.runTimeNs ?? 0);
-        return {
-          name: p.name,
-          runs,
-          nsPerRun: runs > 0 ? ns / runs : 0,
-          runsPerWrite: runs / result!.measured,
-          nsPerWrite: ns / result!.measured,
-        };
-      })
-      .filter((p) => p.runs > 0);
+}
+
+/** Each BPF program's runs and time during the window, per write (diagnostic runs). */
+function bpfWindow(start: WindowStart, end: WindowEnd | undefined, measured: number): NonNullable<RunResult["bpf"]> {
+  return (end?.prog ?? [])
+    .map((p) => {
+      const before = start.prog.find((q) => q.id === p.id);
+      const runs = p.runCnt - (before?.runCnt ?? 0);
+      const ns = p.runTimeNs - (before?.runTimeNs ?? 0);
+      return {
+        name: p.name,
+        runs,
+        nsPerRun: runs > 0 ? ns / runs : 0,
+        runsPerWrite: runs / measured,
+        nsPerWrite: ns / measured,
+      };
+    })
+    .filter((p) => p.runs > 0);
+}
+
+/** One run of workload w in variant v: peers up, the client (under kloak or not) measured, checked, peers down. */
+async function runOne(
+  ctx: BenchCtx,
+  w: Workload,
+  v: Variant,
+  rep: number,
+  opts: { bpfStats?: boolean; duration?: number } = {},
+): Promise<RunResult> {
+  const duration = opts.duration ?? (opts.bpfStats ? DIAG_DURATION : DURATION);
+  const checks: RunResult["checks"] = [];
+  let peers: Peers;
+  try {
+    peers = await startPeers(ctx, v, checks);
+  } catch (e) {
+    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${(e as Error).message}`);
   }
+  const { proxy, holder } = peers;
+  const port = proxy ? proxy.port : w.id === "request" ? ctx.server.httpPort : ctx.server.bulkPort;
+  const { cmd, env } = clientCommand(ctx, w, v, port, duration);
+
+  ctx.server.reset();
+  const tSpawn = wallNs();
+  let proc: ClientProc;
+  try {
+    proc = spawnClient(cmd, env);
+  } catch (e) {
+    await peers.stop();
+    throw e;
+  }
+  // Handshakes come before the first line: allow for them (tens of seconds at 10,000 connections under kloak).
+  const limit = (WARMUP + duration) * 1000 + 30_000 + (w.connections ?? 1) * 20;
+  const { stderr, code, failure, result, start, end, rssPolledMax } = await observeClient(proc, v, peers, limit, opts.bpfStats);
+  const server = ctx.server.snapshot();
+  const proxyLog = proxy?.errorLog() ?? "";
+  const holderEnd = await peers.stop();
+  const peerOutput = `${proxyLog ? `\nnginx error log (end):\n${proxyLog}` : ""}${holderEnd && holderEnd.code !== 0 ? `\nscoped process (kloak exec) exit ${holderEnd.code}:\n${holderEnd.stderr.trim()}` : ""}`;
+  if (failure !== undefined || result === undefined)
+    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${failure ?? "no result"} (exit ${code})\n${stderr}${peerOutput}`);
+  if (code !== 0) throw new Error(`${w.id}/${v.id} rep ${rep + 1}: exit status ${code}\n${stderr}${peerOutput}`);
+
+  const kloak = v.kloak ? kloakInfoOf(proc.pid, stderr, start, end, rssPolledMax) : undefined;
+  checkRun(checks, w, v, peers, { server, result, kloak, end, holderEnd });
+  const proxyCpu0 = start.proxyCpu;
+  const proxyCpu1 = end?.proxyCpu ?? null;
+  const proxyInfo = proxy
+    ? { pid: proxy.pid, cpuWindowS: proxyCpu0 && proxyCpu1 ? proxyCpu1.user + proxyCpu1.sys - proxyCpu0.user - proxyCpu0.sys : NaN, hwm: end?.proxyHwm ?? 0 }
+    : undefined;
+  const window = machineWindow(result, kloak?.cpuWindowS ?? proxyInfo?.cpuWindowS ?? 0, start, end);
+  const bpf = opts.bpfStats && v.kloak ? bpfWindow(start, end, result.measured) : undefined;
 
   return {
     rep,
@@ -708,7 +765,7 @@ async function runOne(
     server,
     startupMs: (result.t_start_wall_ns - tSpawn) / 1e6,
     connectedMs: (result.t_connected_wall_ns - tSpawn) / 1e6,
-    clientHwm,
+    clientHwm: end?.clientHwm ?? 0,
     kloak,
     proxy: proxyInfo,
     scoped: holder && holderEnd ? { pid: holder.pid, libssl: holder.libssl?.path ?? null, substitutions: holderEnd.substitutions, exitCode: holderEnd.code } : undefined,
