@@ -138,7 +138,7 @@ const { values: argv } = parseArgs({
     "growth-scan-cap": { type: "string" },
   },
 });
-/** Which parts run: "agent", "dataplane", or both (default). */
+/** Which part runs (all when empty; see PARTS). */
 const ONLY = argv.only ?? process.env.KLOAK_BENCH_ONLY ?? "";
 if (!["", "agent", "dataplane", "startup", "clients", "growth"].includes(ONLY)) {
   console.error(`bench: --only must be "agent", "dataplane", "startup", "clients" or "growth" (got ${JSON.stringify(ONLY)})`);
@@ -1572,10 +1572,19 @@ async function growthPart(): Promise<number> {
   return failures.length ? 1 : 0;
 }
 
-let exitCode = 0;
-if (ONLY === "" || ONLY === "startup") exitCode = await startupPart();
-if (ONLY === "" || ONLY === "clients") exitCode = Math.max(exitCode, await clientsPart());
-if (ONLY === "" || ONLY === "dataplane") exitCode = Math.max(exitCode, await dataplanePart());
-if (ONLY === "" || ONLY === "growth") exitCode = Math.max(exitCode, await growthPart());
-if (ONLY === "" || ONLY === "agent") exitCode = Math.max(exitCode, await agentPart());
-process.exitCode = exitCode;
+/** The parts in the order `bun run bench` runs them; --only picks one. */
+const PARTS: [string, () => Promise<number>][] = [
+  ["startup", startupPart],
+  ["clients", clientsPart],
+  ["dataplane", dataplanePart],
+  ["growth", growthPart],
+  ["agent", agentPart],
+];
+
+async function main(): Promise<number> {
+  let exitCode = 0;
+  for (const [name, part] of PARTS) if (ONLY === "" || ONLY === name) exitCode = Math.max(exitCode, await part());
+  return exitCode;
+}
+
+process.exitCode = await main();
