@@ -6,7 +6,7 @@
 import { AGENT_TARGETS, SERVICE_DNS, type AgentBenchResult, type MemSample } from "./agent.ts";
 import { KINDS, type ReviewKind } from "./agent-reviews.ts";
 import type { LoadResult } from "./agent-loadgen.ts";
-import { fmtMB, fmtMs, fmtRatio, fmtS, writeReportSection } from "./report.ts";
+import { fmtMB, fmtMs, fmtRatio, fmtS, Markdown, writeReportSection } from "./report.ts";
 import { maxOf, median, perOpUs, sum } from "./stats.ts";
 
 
@@ -100,11 +100,11 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
   return { kloak: k, baseline: b, targets, correctness };
 }
 
-export function agentMarkdown(r: AgentBenchResult): string {
+/** Alerts, the machine, and the targets with their verdicts. */
+function agentHeader(md: Markdown, r: AgentBenchResult): void {
+  const L = md.line;
   const s = summarizeAgent(r);
   const o = r.options;
-  const md: string[] = [];
-  const L = (x = "") => md.push(x);
   const mc = r.machine;
   L("## Agent");
   L();
@@ -112,11 +112,11 @@ export function agentMarkdown(r: AgentBenchResult): string {
   L();
   const missed = s.targets.filter((t) => !t.pass);
   if (missed.length || s.correctness.length || r.foreign_at_start.length) {
-    L("```");
-    if (r.foreign_at_start.length) L(`!!! MACHINE NOT IDLE: other kloak/test processes were running: ${r.foreign_at_start.join("; ")}`);
-    for (const t of missed) L(`!!! MISSED: ${t.what}: got ${t.shown}`);
-    for (const c of s.correctness) L(`!!! CORRECTNESS FAILED: ${c}`);
-    L("```");
+    md.fenced([
+      ...(r.foreign_at_start.length ? [`!!! MACHINE NOT IDLE: other kloak/test processes were running: ${r.foreign_at_start.join("; ")}`] : []),
+      ...missed.map((t) => `!!! MISSED: ${t.what}: got ${t.shown}`),
+      ...s.correctness.map((c) => `!!! CORRECTNESS FAILED: ${c}`),
+    ]);
     L();
   }
   L(
@@ -125,8 +125,7 @@ export function agentMarkdown(r: AgentBenchResult): string {
       `agent, load generator and baseline server unpinned on all ${mc.cpus} CPUs.`,
   );
   L();
-  L("| target | measured | result | baseline | ratio |");
-  L("|---|---|---|---|---|");
+  md.tableHead(["target", "measured", "result", "baseline", "ratio"]);
   for (const t of s.targets) L(`| ${t.what} | ${t.shown} | ${t.pass ? "PASS" : "**MISSED**"} | ${t.baseline} | ${t.ratio} |`);
   const correct = s.correctness.length === 0;
   L(
@@ -134,7 +133,12 @@ export function agentMarkdown(r: AgentBenchResult): string {
       `${correct ? `${s.kloak.checked} kloak answers checked, all held` : `${s.correctness.length} problem(s) (see top)`} | ${correct ? "PASS" : "**FAIL**"} | | |`,
   );
   L();
+}
 
+/** Each load run, kloak and baseline, and what the agent counted. */
+function webhookSection(md: Markdown, r: AgentBenchResult): void {
+  const L = md.line;
+  const o = r.options;
   L(`### Webhook latency: ${o.rate} requests/s, open loop`);
   L();
   L(
@@ -143,8 +147,7 @@ export function agentMarkdown(r: AgentBenchResult): string {
       "Mix: 5 in 10 pod CREATEs that reference three enabled Secrets (env secretKeyRef, envFrom, secret volume: patched), 3 in 10 pods without Secret references (allowed), 2 in 10 Secret CREATE validations (allowed).",
   );
   L();
-  L("| server | rep | offered req/s | achieved req/s | p50 | p90 | p99 | p99.9 | max | service p99 | errors | answers checked | server CPU per request |");
-  L("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  md.tableHead(["server", "rep", "offered req/s", "achieved req/s", "p50", "p90", "p99", "p99.9", "max", "service p99", "errors", "answers checked", "server CPU per request"]);
   for (const w of r.webhook) {
     const x = w.result;
     const errs = sum(Object.values(x.errors));
@@ -174,11 +177,15 @@ export function agentMarkdown(r: AgentBenchResult): string {
         `TLS: a connection for another name and one without the CA were both refused in every run: ${r.webhook.every((w) => w.result.tls_checks.wrong_name_rejected && w.result.tls_checks.no_ca_rejected) ? "yes" : "**no**"}`,
     );
   L();
+}
 
+/** The agent's memory idle, loaded and after the load (and the compiled executable's). */
+function memorySection(md: Markdown, r: AgentBenchResult): void {
+  const L = md.line;
+  const o = r.options;
   L("### Memory");
   L();
-  L("| agent | VmRSS (median of samples) | VmRSS max | VmHWM | threads | fds (BPF links, perf events) | guardian process VmRSS |");
-  L("|---|---|---|---|---|---|---|");
+  md.tableHead(["agent", "VmRSS (median of samples)", "VmRSS max", "VmHWM", "threads", "fds (BPF links, perf events)", "guardian process VmRSS"]);
   const memRow = (label: string, m: MemSample | undefined) => {
     if (!m) return;
     L(`| ${label} | ${fmtMB(m.rss_median)} | ${fmtMB(m.rss_max)} | ${fmtMB(m.hwm)} | ${m.threads} | ${m.fds} (${m.bpf_links}, ${m.perf_events}) | ${fmtMB(m.guardian_rss)} |`);
@@ -203,7 +210,13 @@ export function agentMarkdown(r: AgentBenchResult): string {
     L(`For scale, plain bun processes on this machine: ${r.floor.map((f) => `${f.label} ${fmtMB(f.rss)}`).join("; ")}.`);
   }
   L();
+}
 
+/** How long loading the Secrets, attaching the pods' processes and a restart took. */
+function loadTimesSection(md: Markdown, r: AgentBenchResult): void {
+  const L = md.line;
+  const o = r.options;
+  const wantProcs = o.pods * o.procsPerPod;
   L("### Load and attach times");
   L();
   const ld = r.loaded;
@@ -239,6 +252,10 @@ export function agentMarkdown(r: AgentBenchResult): string {
       `${warn.length ? warn.map(([m, n]) => `${n} × warn "${m}"`).join(", ") : "no warn lines"}`,
   );
   L();
+}
+
+function notesSection(md: Markdown): void {
+  const L = md.line;
   L("### Notes");
   L();
   L(
@@ -249,7 +266,16 @@ export function agentMarkdown(r: AgentBenchResult): string {
     "- The baseline server is what any admission webhook on Bun.serve costs here (TLS, HTTP parsing, reading the body); the difference to kloak is the review parsing, the decision from the Secret cache, the JSON patch, the log line and the metrics.",
   );
   L("- Secret values are random (32-64 bytes) and never printed; the report holds counts, sizes and timings only.");
-  return md.join("\n");
+}
+
+export function agentMarkdown(r: AgentBenchResult): string {
+  const md = new Markdown();
+  agentHeader(md, r);
+  webhookSection(md, r);
+  memorySection(md, r);
+  loadTimesSection(md, r);
+  notesSection(md);
+  return md.toString();
 }
 
 /** Replaces (or adds) the Agent section of report.md and the `agent` entry of report.json in `dir`. */
