@@ -120,8 +120,7 @@ export class Markdown {
   };
   /** A table's header row and its separator. */
   readonly tableHead = (cols: string[]): void => {
-    this.line(tableRow(cols));
-    this.line(`|${cols.map(() => "---|").join("")}`);
+    for (const l of tableHead(cols)) this.line(l);
   };
   readonly row = (cells: (string | number)[]): void => {
     this.line(tableRow(cells));
@@ -132,3 +131,4 @@ export class Markdown {
 }
 
 export const tableRow = (cells: (string | number)[]) => `| ${cells.join(" | ")} |`;
+export const tableHead = (cols: string[]) => [tableRow(cols), `|${cols.map(() => "---|").join("")}`];
