@@ -39,7 +39,7 @@ import { dirname, join } from "node:path";
 import { parseAllDocuments } from "yaml";
 import { cgroupProcesses, cgroupV2Root } from "../src/node/cgroups.ts";
 import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../test/support/kube-api-server.ts";
-import { kindOf, type SecretInventory } from "./agent-reviews.ts";
+import { kindOf, randomValue, type SecretInventory } from "./agent-reviews.ts";
 import type { LoadConfig, LoadResult } from "./agent-loadgen.ts";
 import { childrenOf, cmdline, cpuSeconds, memStatus } from "./procfs.ts";
 import { resolvePython } from "./python.ts";
@@ -119,18 +119,14 @@ async function waitFor<T>(what: string, fn: () => T | undefined | false | Promis
   }
 }
 
-async function freePort(): Promise<number> {
+/** A port free on 127.0.0.1 now (the agent takes port numbers, not 0). */
+export async function freePort(): Promise<number> {
   const s = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
   const p = s.port!;
   s.stop(true);
   return p;
 }
 
-
-/** A fake value for a Secret (random, never printed). */
-function fakeValue(len: number): string {
-  return randomBytes(len).toString("base64url").slice(0, len);
-}
 
 const b64 = (s: string) => Buffer.from(s).toString("base64");
 
@@ -553,7 +549,7 @@ function createSecrets(api: KubeApiServer, o: AgentBenchOptions, namespaces: str
       kind: "Secret",
       metadata: { name, namespace: ns, labels, annotations },
       type: "Opaque",
-      data: Object.fromEntries(ks.map((k, j) => [k, b64(fakeValue(32 + ((s * 7 + j * 11) % 33)))])),
+      data: Object.fromEntries(ks.map((k, j) => [k, b64(randomValue(32 + ((s * 7 + j * 11) % 33)))])),
     });
     inventory.byNamespace[ns]!.push(name);
   }

@@ -1474,30 +1474,28 @@ async function agentPart(): Promise<number> {
   return s.correctness.length ? 1 : 0;
 }
 
+/** A part that writes one section: prints it; a failure to run is exit status 1, said on stderr. */
+async function sectionPart(name: string, run: () => Promise<string>): Promise<number> {
+  try {
+    const section = await run();
+    console.log("\n" + section + `\n(${name} section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
+    return 0;
+  } catch (e) {
+    console.error(`bench: the ${name} part could not run: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
 /** The startup part (bench/startup.ts). */
 async function startupPart(): Promise<number> {
   const { runStartupBench, writeStartupReport } = await import("./startup.ts");
-  try {
-    const section = writeStartupReport(REPORT_DIR, await runStartupBench(argv.quick ? 5 : 15));
-    console.log("\n" + section + `\n(startup section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
-    return 0;
-  } catch (e) {
-    console.error(`bench: the startup part could not run: ${(e as Error).message}`);
-    return 1;
-  }
+  return sectionPart("startup", async () => writeStartupReport(REPORT_DIR, await runStartupBench(argv.quick ? 5 : 15)));
 }
 
 /** The clients part (bench/clients.ts): a Go client and HTTP/2 clients, kloak against no kloak. */
 async function clientsPart(): Promise<number> {
   const { runClientsBench, writeClientsReport } = await import("./clients.ts");
-  try {
-    const rs = await runClientsBench({ reps: argv.quick ? 3 : 9, requests: argv.quick ? 50 : 200 });
-    console.log("\n" + writeClientsReport(REPORT_DIR, rs) + `\n(clients section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
-    return 0;
-  } catch (e) {
-    console.error(`bench: the clients part could not run: ${(e as Error).message}`);
-    return 1;
-  }
+  return sectionPart("clients", async () => writeClientsReport(REPORT_DIR, await runClientsBench({ reps: argv.quick ? 3 : 9, requests: argv.quick ? 50 : 200 })));
 }
 
 /** The cost-growth part (bench/growth.ts): each point is a runOne of the data-plane part with one thing grown. */
