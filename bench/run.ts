@@ -59,8 +59,8 @@
  *
  * Each (workload, variant) runs --reps times, interleaved with rotating order;
  * the report uses medians (variants and run records: bench/dataplane-model.ts;
- * analysis and report: bench/dataplane-report.ts). Writes bench/report/report.{md,json} and prints the
- * markdown. Exit status 0 whether or not targets are met (this is a
+ * analysis and report: bench/dataplane-report.ts). Writes
+ * bench/report/report.{md,json} and prints the markdown. Exit status 0 whether or not targets are met (this is a
  * measurement); 1 only when the harness could not measure (a run failed or the
  * server did not receive what it should have).
  *
@@ -624,7 +624,7 @@ async function runOne(
   };
 }
 
-// ---------------------------------------------------------------- main
+// ---------------------------------------------------------------- the parts
 
 /** What the data-plane and growth parts share: the Python, this process pinned, the certificates, the server and the value. */
 async function benchContext(): Promise<BenchCtx> {
