@@ -17,24 +17,27 @@ export interface AgentSummary {
   correctness: string[];
 }
 
-export function summarizeAgent(r: AgentBenchResult): AgentSummary {
-  const side = (mode: "kloak" | "baseline"): AgentSummary["kloak"] => {
-    const runs = r.webhook.filter((w) => w.mode === mode).map((w) => w.result);
-    const m = (f: (x: LoadResult) => number) => median(runs.map(f));
-    return {
-      p50_ms: m((x) => x.latency.p50_ms),
-      p90_ms: m((x) => x.latency.p90_ms),
-      p99_ms: m((x) => x.latency.p99_ms),
-      p999_ms: m((x) => x.latency.p999_ms),
-      max_ms: maxOf(runs.map((x) => x.latency.max_ms)),
-      achieved_rps: m((x) => x.achieved_rps),
-      errors: sum(runs.map((x) => sum(Object.values(x.errors)))),
-      bad_answers: sum(runs.map((x) => x.verified.failed)),
-      checked: sum(runs.map((x) => x.verified.checked)),
-    };
+type Side = AgentSummary["kloak"];
+
+/** One server's webhook runs: median latencies, the worst max, and every error and bad answer summed. */
+function webhookSide(r: AgentBenchResult, mode: "kloak" | "baseline"): Side {
+  const runs = r.webhook.filter((w) => w.mode === mode).map((w) => w.result);
+  const m = (f: (x: LoadResult) => number) => median(runs.map(f));
+  return {
+    p50_ms: m((x) => x.latency.p50_ms),
+    p90_ms: m((x) => x.latency.p90_ms),
+    p99_ms: m((x) => x.latency.p99_ms),
+    p999_ms: m((x) => x.latency.p999_ms),
+    max_ms: maxOf(runs.map((x) => x.latency.max_ms)),
+    achieved_rps: m((x) => x.achieved_rps),
+    errors: sum(runs.map((x) => sum(Object.values(x.errors)))),
+    bad_answers: sum(runs.map((x) => x.verified.failed)),
+    checked: sum(runs.map((x) => x.verified.checked)),
   };
-  const k = side("kloak");
-  const b = side("baseline");
+}
+
+/** Every problem that makes the numbers untrustworthy: failed runs, errors, TLS not verified, miscounts, keys or processes missing. */
+function agentProblems(r: AgentBenchResult): string[] {
   const correctness: string[] = [...r.errors.map((e) => `run failed: ${e.split("\n")[0]}`)];
   for (const w of r.webhook) {
     const tag = `${w.mode} rep ${w.rep + 1}`;
@@ -51,11 +54,18 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
   const wantProcs = r.options.pods * r.options.procsPerPod;
   if (loaded && loaded.keys !== r.inventory.keys) correctness.push(`keys loaded ${loaded.keys}, expected ${r.inventory.keys}`);
   if (loaded && !(loaded.attached >= wantProcs)) correctness.push(`processes attached ${loaded.attached}, expected ${wantProcs}`);
+  return correctness;
+}
+
+/** The agent's targets (webhook p99, RSS loaded, peak RSS, the compiled executable's RSS), each against its baseline. */
+function agentTargets(r: AgentBenchResult, k: Side, b: Side): AgentSummary["targets"] {
+  const loaded = r.loaded;
+  const wantProcs = r.options.pods * r.options.procsPerPod;
   const webhookOk = r.webhook.some((w) => w.mode === "kloak") && k.errors === 0 && k.bad_answers === 0;
   const memOk = !!loaded?.mem && loaded.keys === r.inventory.keys && loaded.attached >= wantProcs;
   const idle = r.idle.mem;
   const peakLoaded = Math.max(loaded?.mem?.hwm ?? NaN, loaded?.mem_after_webhook?.hwm ?? NaN);
-  const targets = [
+  return [
     {
       id: "webhook_p99",
       what: `webhook p99 ≤ ${AGENT_TARGETS.webhookP99Ms} ms at ${r.options.rate} requests/s over HTTPS (open loop, from the scheduled send time)`,
@@ -97,7 +107,12 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
         ]
       : []),
   ].map((t) => ({ ...t, pass: Number.isFinite(t.value) && t.pass }));
-  return { kloak: k, baseline: b, targets, correctness };
+}
+
+export function summarizeAgent(r: AgentBenchResult): AgentSummary {
+  const k = webhookSide(r, "kloak");
+  const b = webhookSide(r, "baseline");
+  return { kloak: k, baseline: b, targets: agentTargets(r, k, b), correctness: agentProblems(r) };
 }
 
 /** Alerts, the machine, and the targets with their verdicts. */
