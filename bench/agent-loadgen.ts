@@ -21,6 +21,7 @@
  */
 import { readFileSync } from "node:fs";
 import * as tls from "node:tls";
+import { nearestRank, sum } from "./stats.ts";
 import { buildTemplates, checkAnswer, kindOf, KINDS, UID_MARKER, type ReviewKind, type ReviewTemplate, type SecretInventory } from "./agent-reviews.ts";
 
 export interface LoadConfig {
@@ -88,10 +89,8 @@ export interface LoadResult {
 function stats(xs: Float64Array | number[]): LatencyStats {
   const s = Float64Array.from(xs).sort();
   const n = s.length;
-  const q = (p: number) => (n ? s[Math.min(n - 1, Math.max(0, Math.ceil(p * n) - 1))]! : NaN);
-  let sum = 0;
-  for (const x of s) sum += x;
-  return { n, mean_ms: n ? sum / n : NaN, p50_ms: q(0.5), p90_ms: q(0.9), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: n ? s[n - 1]! : NaN };
+  const q = (p: number) => nearestRank(s, p);
+  return { n, mean_ms: n ? sum(s) / n : NaN, p50_ms: q(0.5), p90_ms: q(0.9), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: n ? s[n - 1]! : NaN };
 }
 
 interface Req {
@@ -224,6 +223,108 @@ function emit(x: unknown): void {
   process.stdout.write(JSON.stringify(x) + "\n");
 }
 
+/** The load generator's request for review i: one of the kind's templates with a fresh uid, as kube-apiserver sends it. */
+function payloadOf(templates: Record<ReviewKind, ReviewTemplate[]>, i: number): { t: ReviewTemplate; uid: string; payload: Buffer } {
+  const kind = kindOf(i);
+  const list = templates[kind];
+  const t = list[Math.floor(i / 10) % list.length]!;
+  const uid = crypto.randomUUID();
+  const body = Buffer.from(t.body.replace(UID_MARKER, uid));
+  const head =
+    `POST ${t.path}?timeout=5s HTTP/1.1\r\nHost: kloak-webhook.kloak.svc:443\r\nUser-Agent: kube-apiserver-admission\r\n` +
+    `Accept: application/json, */*\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`;
+  return { t, uid, payload: Buffer.concat([Buffer.from(head, "latin1"), body]) };
+}
+
+/** What the measured requests (index m = i - warm-up) produced, filled in as they are sent and answered. */
+class Tally {
+  readonly latency: Float64Array;
+  readonly service: Float64Array;
+  readonly lag: Float64Array;
+  readonly kinds: ReviewKind[];
+  readonly errors: Record<string, number> = {};
+  readonly errorSamples: string[] = [];
+  readonly verified = { checked: 0, failed: 0, by_kind: { patched: 0, allowed: 0, validate: 0 } as Record<ReviewKind, number> };
+  answered = 0;
+  ok = 0;
+  lastAnswer = 0;
+  queued = 0;
+  reconnects = 0;
+  reqBytes = 0;
+  resBytes = 0;
+
+  constructor(readonly measN: number) {
+    this.latency = new Float64Array(measN).fill(NaN);
+    this.service = new Float64Array(measN).fill(NaN);
+    this.lag = new Float64Array(measN);
+    this.kinds = new Array(measN);
+  }
+
+  noteError(what: string, detail?: string): void {
+    this.errors[what] = (this.errors[what] ?? 0) + 1;
+    if (detail !== undefined && this.errorSamples.length < 10) this.errorSamples.push(`${what}: ${detail}`.slice(0, 300));
+  }
+
+  /** Measured request m answered at `now`: its latencies, and its answer checked (fully for a sample). */
+  answer(cfg: LoadConfig, r: Req, a: Answer, m: number, now: number): void {
+    this.answered++;
+    this.lastAnswer = now;
+    this.latency[m] = now - r.due;
+    this.service[m] = now - r.sent;
+    this.resBytes += a.body.length;
+    let bad: string | undefined = a.status === 200 ? undefined : `HTTP ${a.status}`;
+    const sample = bad === undefined && (m % cfg.sampleEvery === 0 || m < 30);
+    if (sample) {
+      bad = checkAnswer(cfg.mode, r.t, r.uid, a.status, a.body.toString("utf8"));
+      this.verified.checked++;
+      this.verified.by_kind[r.t.kind]++;
+      if (bad) this.verified.failed++;
+    }
+    if (bad) this.noteError(`bad answer (${r.t.kind})`, bad);
+    else this.ok++;
+  }
+
+  /** The result line: latency statistics overall and by kind, the generator's own lateness, the counts. */
+  result(cfg: LoadConfig, firstDue: number, tlsChecks: LoadResult["tls_checks"], cpu: NodeJS.CpuUsage): LoadResult {
+    const { latency, measN } = this;
+    const answeredLat = latency.filter((x) => !Number.isNaN(x));
+    const byKind = {} as LoadResult["by_kind"];
+    for (const k of KINDS) {
+      const xs: number[] = [];
+      for (let m = 0; m < measN; m++) if (this.kinds[m] === k && !Number.isNaN(latency[m]!)) xs.push(latency[m]!);
+      const s = stats(xs);
+      byKind[k] = { n: s.n, p50_ms: s.p50_ms, p99_ms: s.p99_ms, max_ms: s.max_ms };
+    }
+    const lagS = stats(this.lag);
+    return {
+      event: "result",
+      mode: cfg.mode,
+      rate: cfg.rate,
+      duration_s: cfg.durationS,
+      warmup_s: cfg.warmupS,
+      connections: cfg.connections,
+      scheduled: measN,
+      answered: this.answered,
+      ok: this.ok,
+      achieved_rps: this.lastAnswer > firstDue ? this.answered / ((this.lastAnswer - firstDue) / 1000) : 0,
+      errors: this.errors,
+      error_samples: this.errorSamples,
+      latency: stats(answeredLat),
+      service: stats(this.service.filter((x) => !Number.isNaN(x))),
+      by_kind: byKind,
+      dispatch_lag_max_ms: lagS.max_ms,
+      dispatch_lag_p99_ms: lagS.p99_ms,
+      queued: this.queued,
+      reconnects: this.reconnects,
+      verified: this.verified,
+      tls_checks: tlsChecks,
+      request_bytes_mean: this.reqBytes / measN,
+      response_bytes_mean: this.answered ? this.resBytes / this.answered : 0,
+      cpu_s: (cpu.user + cpu.system) / 1e6,
+    };
+  }
+}
+
 async function main(): Promise<void> {
   const cfg = JSON.parse(readFileSync(process.argv[2]!, "utf8")) as LoadConfig;
   const templates = buildTemplates(cfg.inventory, 64);
@@ -238,20 +339,7 @@ async function main(): Promise<void> {
     authorized: false,
   };
 
-  const latency = new Float64Array(measN).fill(NaN);
-  const service = new Float64Array(measN).fill(NaN);
-  const lag = new Float64Array(measN);
-  const kinds: ReviewKind[] = new Array(measN);
-  const errors: Record<string, number> = {};
-  const errorSamples: string[] = [];
-  const verified = { checked: 0, failed: 0, by_kind: { patched: 0, allowed: 0, validate: 0 } as Record<ReviewKind, number> };
-  let answered = 0;
-  let ok = 0;
-  let lastAnswer = 0;
-  let queued = 0;
-  let reconnects = 0;
-  let reqBytes = 0;
-  let resBytes = 0;
+  const tally = new Tally(measN);
   let outstanding = 0;
   const queue: Req[] = [];
   let qHead = 0;
@@ -260,9 +348,12 @@ async function main(): Promise<void> {
   let allDone: (() => void) | undefined;
   let stopping = false;
 
-  const noteError = (what: string, detail?: string) => {
-    errors[what] = (errors[what] ?? 0) + 1;
-    if (detail !== undefined && errorSamples.length < 10) errorSamples.push(`${what}: ${detail}`.slice(0, 300));
+  const reopen = (c: Conn) => {
+    tally.reconnects++;
+    void c.open().then(
+      () => next(c),
+      (e) => tally.noteError("reconnect", (e as Error).message),
+    );
   };
 
   const onAnswer = (c: Conn, r: Req, a: Answer | Error) => {
@@ -270,33 +361,11 @@ async function main(): Promise<void> {
     outstanding--;
     const m = r.i - warmN;
     if (a instanceof Error) {
-      if (m >= 0) noteError("connection", a.message);
-    } else if (m >= 0) {
-      answered++;
-      lastAnswer = now;
-      latency[m] = now - r.due;
-      service[m] = now - r.sent;
-      resBytes += a.body.length;
-      let bad: string | undefined = a.status === 200 ? undefined : `HTTP ${a.status}`;
-      const sample = bad === undefined && (m % cfg.sampleEvery === 0 || m < 30);
-      if (sample) {
-        bad = checkAnswer(cfg.mode, r.t, r.uid, a.status, a.body.toString("utf8"));
-        verified.checked++;
-        verified.by_kind[r.t.kind]++;
-        if (bad) verified.failed++;
-      }
-      if (bad) noteError(`bad answer (${r.t.kind})`, bad);
-      else ok++;
-    }
+      if (m >= 0) tally.noteError("connection", a.message);
+    } else if (m >= 0) tally.answer(cfg, r, a, m, now);
     if (c.dead) {
       // Reconnect in the background; its queue share goes to the others meanwhile.
-      if (!stopping) {
-        reconnects++;
-        void c.open().then(
-          () => next(c),
-          (e) => noteError("reconnect", (e as Error).message),
-        );
-      }
+      if (!stopping) reopen(c);
     } else next(c);
     if (outstanding === 0 && allDone) allDone();
   };
@@ -305,11 +374,7 @@ async function main(): Promise<void> {
     const k = idle.indexOf(c);
     if (k >= 0) idle.splice(k, 1);
     if (stopping) return;
-    reconnects++;
-    void c.open().then(
-      () => next(c),
-      (e) => noteError("reconnect", (e as Error).message),
-    );
+    reopen(c);
   };
 
   const next = (c: Conn) => {
@@ -329,18 +394,6 @@ async function main(): Promise<void> {
   tlsChecks.authorized = true;
   emit({ event: "connected" });
 
-  const payloadOf = (i: number): { t: ReviewTemplate; uid: string; payload: Buffer } => {
-    const kind = kindOf(i);
-    const list = templates[kind];
-    const t = list[Math.floor(i / 10) % list.length]!;
-    const uid = crypto.randomUUID();
-    const body = Buffer.from(t.body.replace(UID_MARKER, uid));
-    const head =
-      `POST ${t.path}?timeout=5s HTTP/1.1\r\nHost: kloak-webhook.kloak.svc:443\r\nUser-Agent: kube-apiserver-admission\r\n` +
-      `Accept: application/json, */*\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`;
-    return { t, uid, payload: Buffer.concat([Buffer.from(head, "latin1"), body]) };
-  };
-
   const cpu0 = process.cpuUsage();
   const t0 = performance.now() + 20;
   let i = 0;
@@ -349,21 +402,21 @@ async function main(): Promise<void> {
       const now = performance.now();
       while (i < total && t0 + i * interval <= now) {
         const due = t0 + i * interval;
-        const p = payloadOf(i);
+        const p = payloadOf(templates, i);
         const r: Req = { i, due, sent: 0, ...p };
         const m = i - warmN;
         if (m === 0) emit({ event: "measure" });
         if (m >= 0) {
-          lag[m] = now - due;
-          kinds[m] = p.t.kind;
-          reqBytes += p.payload.length;
+          tally.lag[m] = now - due;
+          tally.kinds[m] = p.t.kind;
+          tally.reqBytes += p.payload.length;
         }
         outstanding++;
         // FIFO: every connection stays in use (a LIFO pool would let the others idle out).
         const c = idle.shift();
         if (c) c.send(r);
         else {
-          if (m >= 0) queued++;
+          if (m >= 0) tally.queued++;
           queue.push(r);
         }
         if (m === measN - 1) emit({ event: "window-end" });
@@ -382,48 +435,11 @@ async function main(): Promise<void> {
     });
   }
   const cpu = process.cpuUsage(cpu0);
-  const lost = measN - answered - (errors.connection ?? 0);
-  if (lost > 0) errors.unanswered = lost;
+  const lost = measN - tally.answered - (tally.errors.connection ?? 0);
+  if (lost > 0) tally.errors.unanswered = lost;
   stopping = true;
   for (const c of conns) c.sock.destroy();
-
-  const answeredLat = latency.filter((x) => !Number.isNaN(x));
-  const firstDue = t0 + warmN * interval;
-  const byKind = {} as LoadResult["by_kind"];
-  for (const k of KINDS) {
-    const xs: number[] = [];
-    for (let m = 0; m < measN; m++) if (kinds[m] === k && !Number.isNaN(latency[m]!)) xs.push(latency[m]!);
-    const s = stats(xs);
-    byKind[k] = { n: s.n, p50_ms: s.p50_ms, p99_ms: s.p99_ms, max_ms: s.max_ms };
-  }
-  const lagS = stats(lag);
-  const result: LoadResult = {
-    event: "result",
-    mode: cfg.mode,
-    rate: cfg.rate,
-    duration_s: cfg.durationS,
-    warmup_s: cfg.warmupS,
-    connections: cfg.connections,
-    scheduled: measN,
-    answered,
-    ok,
-    achieved_rps: lastAnswer > firstDue ? answered / ((lastAnswer - firstDue) / 1000) : 0,
-    errors,
-    error_samples: errorSamples,
-    latency: stats(answeredLat),
-    service: stats(service.filter((x) => !Number.isNaN(x))),
-    by_kind: byKind,
-    dispatch_lag_max_ms: lagS.max_ms,
-    dispatch_lag_p99_ms: lagS.p99_ms,
-    queued,
-    reconnects,
-    verified,
-    tls_checks: tlsChecks,
-    request_bytes_mean: reqBytes / measN,
-    response_bytes_mean: answered ? resBytes / answered : 0,
-    cpu_s: (cpu.user + cpu.system) / 1e6,
-  };
-  emit(result);
+  emit(tally.result(cfg, t0 + warmN * interval, tlsChecks, cpu));
 }
 
 await main();

@@ -1,24 +1,14 @@
 /**
  * The agent benchmark's report (bench/agent.ts measures): the "Agent" section
- * of bench/report/report.md and the `agent` entry of report.json. The section
- * sits between two HTML comments, so either part of `bun run bench` can be
- * run alone and replace only its own sections.
+ * of bench/report/report.md and the `agent` entry of report.json, written
+ * through bench/report.ts like every part's.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { AGENT_TARGETS, SERVICE_DNS, type AgentBenchResult, type MemSample } from "./agent.ts";
 import { KINDS, type ReviewKind } from "./agent-reviews.ts";
 import type { LoadResult } from "./agent-loadgen.ts";
-import { median } from "./stats.ts";
+import { fmtMB, fmtMs, fmtRatio, fmtS, Markdown, writeReportSection } from "./report.ts";
+import { maxOf, median, perOpUs, sum } from "./stats.ts";
 
-const MB = 1e6;
-
-// ---------------------------------------------------------------- report
-
-const fmtMB = (b: number) => (Number.isFinite(b) ? `${(b / MB).toFixed(1)} MB` : "n/a");
-const fmtMs = (x: number) => (Number.isFinite(x) ? (x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms`) : "n/a");
-const fmtS = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)} s` : "n/a");
-const ratio = (a: number, b: number) => (Number.isFinite(a / b) ? `${(a / b).toFixed(2)}×` : "n/a");
 
 export interface AgentSummary {
   kloak: { p50_ms: number; p90_ms: number; p99_ms: number; p999_ms: number; max_ms: number; achieved_rps: number; errors: number; bad_answers: number; checked: number };
@@ -27,24 +17,27 @@ export interface AgentSummary {
   correctness: string[];
 }
 
-export function summarizeAgent(r: AgentBenchResult): AgentSummary {
-  const side = (mode: "kloak" | "baseline"): AgentSummary["kloak"] => {
-    const runs = r.webhook.filter((w) => w.mode === mode).map((w) => w.result);
-    const m = (f: (x: LoadResult) => number) => median(runs.map(f));
-    return {
-      p50_ms: m((x) => x.latency.p50_ms),
-      p90_ms: m((x) => x.latency.p90_ms),
-      p99_ms: m((x) => x.latency.p99_ms),
-      p999_ms: m((x) => x.latency.p999_ms),
-      max_ms: runs.length ? Math.max(...runs.map((x) => x.latency.max_ms)) : NaN,
-      achieved_rps: m((x) => x.achieved_rps),
-      errors: runs.reduce((s, x) => s + Object.values(x.errors).reduce((a, b) => a + b, 0), 0),
-      bad_answers: runs.reduce((s, x) => s + x.verified.failed, 0),
-      checked: runs.reduce((s, x) => s + x.verified.checked, 0),
-    };
+type Side = AgentSummary["kloak"];
+
+/** One server's webhook runs: median latencies, the worst max, and every error and bad answer summed. */
+function webhookSide(r: AgentBenchResult, mode: "kloak" | "baseline"): Side {
+  const runs = r.webhook.filter((w) => w.mode === mode).map((w) => w.result);
+  const m = (f: (x: LoadResult) => number) => median(runs.map(f));
+  return {
+    p50_ms: m((x) => x.latency.p50_ms),
+    p90_ms: m((x) => x.latency.p90_ms),
+    p99_ms: m((x) => x.latency.p99_ms),
+    p999_ms: m((x) => x.latency.p999_ms),
+    max_ms: maxOf(runs.map((x) => x.latency.max_ms)),
+    achieved_rps: m((x) => x.achieved_rps),
+    errors: sum(runs.map((x) => sum(Object.values(x.errors)))),
+    bad_answers: sum(runs.map((x) => x.verified.failed)),
+    checked: sum(runs.map((x) => x.verified.checked)),
   };
-  const k = side("kloak");
-  const b = side("baseline");
+}
+
+/** Every problem that makes the numbers untrustworthy: failed runs, errors, TLS not verified, miscounts, keys or processes missing. */
+function agentProblems(r: AgentBenchResult): string[] {
   const correctness: string[] = [...r.errors.map((e) => `run failed: ${e.split("\n")[0]}`)];
   for (const w of r.webhook) {
     const tag = `${w.mode} rep ${w.rep + 1}`;
@@ -61,18 +54,25 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
   const wantProcs = r.options.pods * r.options.procsPerPod;
   if (loaded && loaded.keys !== r.inventory.keys) correctness.push(`keys loaded ${loaded.keys}, expected ${r.inventory.keys}`);
   if (loaded && !(loaded.attached >= wantProcs)) correctness.push(`processes attached ${loaded.attached}, expected ${wantProcs}`);
+  return correctness;
+}
+
+/** The agent's targets (webhook p99, RSS loaded, peak RSS, the compiled executable's RSS), each against its baseline. */
+function agentTargets(r: AgentBenchResult, k: Side, b: Side): AgentSummary["targets"] {
+  const loaded = r.loaded;
+  const wantProcs = r.options.pods * r.options.procsPerPod;
   const webhookOk = r.webhook.some((w) => w.mode === "kloak") && k.errors === 0 && k.bad_answers === 0;
   const memOk = !!loaded?.mem && loaded.keys === r.inventory.keys && loaded.attached >= wantProcs;
   const idle = r.idle.mem;
   const peakLoaded = Math.max(loaded?.mem?.hwm ?? NaN, loaded?.mem_after_webhook?.hwm ?? NaN);
-  const targets = [
+  return [
     {
       id: "webhook_p99",
       what: `webhook p99 ≤ ${AGENT_TARGETS.webhookP99Ms} ms at ${r.options.rate} requests/s over HTTPS (open loop, from the scheduled send time)`,
       value: k.p99_ms,
       shown: fmtMs(k.p99_ms),
       baseline: `${fmtMs(b.p99_ms)} (minimal Bun HTTPS server, fixed answer)`,
-      ratio: ratio(k.p99_ms, b.p99_ms),
+      ratio: fmtRatio(k.p99_ms, b.p99_ms),
       pass: webhookOk && k.p99_ms <= AGENT_TARGETS.webhookP99Ms,
     },
     {
@@ -81,7 +81,7 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
       value: loaded?.mem?.rss_median ?? NaN,
       shown: fmtMB(loaded?.mem?.rss_median ?? NaN),
       baseline: `${fmtMB(idle?.rss_median ?? NaN)} (same agent, 0 Secrets, 0 pods)`,
-      ratio: ratio(loaded?.mem?.rss_median ?? NaN, idle?.rss_median ?? NaN),
+      ratio: fmtRatio(loaded?.mem?.rss_median ?? NaN, idle?.rss_median ?? NaN),
       pass: memOk && (loaded?.mem?.rss_median ?? Infinity) <= AGENT_TARGETS.rssBytes,
     },
     {
@@ -90,7 +90,7 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
       value: peakLoaded,
       shown: fmtMB(peakLoaded),
       baseline: `${fmtMB(idle?.hwm ?? NaN)} (idle agent's VmHWM)`,
-      ratio: ratio(peakLoaded, idle?.hwm ?? NaN),
+      ratio: fmtRatio(peakLoaded, idle?.hwm ?? NaN),
       pass: memOk && peakLoaded <= AGENT_TARGETS.rssBytes,
     },
     ...(r.compiled?.loaded
@@ -101,20 +101,25 @@ export function summarizeAgent(r: AgentBenchResult): AgentSummary {
             value: r.compiled.loaded.mem.rss_median,
             shown: fmtMB(r.compiled.loaded.mem.rss_median),
             baseline: `${fmtMB(r.compiled.idle.mem.rss_median)} (dist/kloak idle)`,
-            ratio: ratio(r.compiled.loaded.mem.rss_median, r.compiled.idle.mem.rss_median),
+            ratio: fmtRatio(r.compiled.loaded.mem.rss_median, r.compiled.idle.mem.rss_median),
             pass: r.compiled.loaded.restart.attached >= wantProcs && r.compiled.loaded.mem.rss_median <= AGENT_TARGETS.rssBytes,
           },
         ]
       : []),
   ].map((t) => ({ ...t, pass: Number.isFinite(t.value) && t.pass }));
-  return { kloak: k, baseline: b, targets, correctness };
 }
 
-export function agentMarkdown(r: AgentBenchResult): string {
+export function summarizeAgent(r: AgentBenchResult): AgentSummary {
+  const k = webhookSide(r, "kloak");
+  const b = webhookSide(r, "baseline");
+  return { kloak: k, baseline: b, targets: agentTargets(r, k, b), correctness: agentProblems(r) };
+}
+
+/** Alerts, the machine, and the targets with their verdicts. */
+function agentHeader(md: Markdown, r: AgentBenchResult): void {
+  const L = md.line;
   const s = summarizeAgent(r);
   const o = r.options;
-  const md: string[] = [];
-  const L = (x = "") => md.push(x);
   const mc = r.machine;
   L("## Agent");
   L();
@@ -122,11 +127,11 @@ export function agentMarkdown(r: AgentBenchResult): string {
   L();
   const missed = s.targets.filter((t) => !t.pass);
   if (missed.length || s.correctness.length || r.foreign_at_start.length) {
-    L("```");
-    if (r.foreign_at_start.length) L(`!!! MACHINE NOT IDLE: other kloak/test processes were running: ${r.foreign_at_start.join("; ")}`);
-    for (const t of missed) L(`!!! MISSED: ${t.what}: got ${t.shown}`);
-    for (const c of s.correctness) L(`!!! CORRECTNESS FAILED: ${c}`);
-    L("```");
+    md.fenced([
+      ...(r.foreign_at_start.length ? [`!!! MACHINE NOT IDLE: other kloak/test processes were running: ${r.foreign_at_start.join("; ")}`] : []),
+      ...missed.map((t) => `!!! MISSED: ${t.what}: got ${t.shown}`),
+      ...s.correctness.map((c) => `!!! CORRECTNESS FAILED: ${c}`),
+    ]);
     L();
   }
   L(
@@ -135,8 +140,7 @@ export function agentMarkdown(r: AgentBenchResult): string {
       `agent, load generator and baseline server unpinned on all ${mc.cpus} CPUs.`,
   );
   L();
-  L("| target | measured | result | baseline | ratio |");
-  L("|---|---|---|---|---|");
+  md.tableHead(["target", "measured", "result", "baseline", "ratio"]);
   for (const t of s.targets) L(`| ${t.what} | ${t.shown} | ${t.pass ? "PASS" : "**MISSED**"} | ${t.baseline} | ${t.ratio} |`);
   const correct = s.correctness.length === 0;
   L(
@@ -144,7 +148,12 @@ export function agentMarkdown(r: AgentBenchResult): string {
       `${correct ? `${s.kloak.checked} kloak answers checked, all held` : `${s.correctness.length} problem(s) (see top)`} | ${correct ? "PASS" : "**FAIL**"} | | |`,
   );
   L();
+}
 
+/** Each load run, kloak and baseline, and what the agent counted. */
+function webhookSection(md: Markdown, r: AgentBenchResult): void {
+  const L = md.line;
+  const o = r.options;
   L(`### Webhook latency: ${o.rate} requests/s, open loop`);
   L();
   L(
@@ -153,15 +162,14 @@ export function agentMarkdown(r: AgentBenchResult): string {
       "Mix: 5 in 10 pod CREATEs that reference three enabled Secrets (env secretKeyRef, envFrom, secret volume: patched), 3 in 10 pods without Secret references (allowed), 2 in 10 Secret CREATE validations (allowed).",
   );
   L();
-  L("| server | rep | offered req/s | achieved req/s | p50 | p90 | p99 | p99.9 | max | service p99 | errors | answers checked | server CPU per request |");
-  L("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  md.tableHead(["server", "rep", "offered req/s", "achieved req/s", "p50", "p90", "p99", "p99.9", "max", "service p99", "errors", "answers checked", "server CPU per request"]);
   for (const w of r.webhook) {
     const x = w.result;
-    const errs = Object.values(x.errors).reduce((a, b) => a + b, 0);
+    const errs = sum(Object.values(x.errors));
     L(
       `| ${w.mode === "kloak" ? "kloak agent" : "baseline"} | ${w.rep + 1} | ${x.rate} | ${x.achieved_rps.toFixed(1)} | ${fmtMs(x.latency.p50_ms)} | ${fmtMs(x.latency.p90_ms)} | ${fmtMs(x.latency.p99_ms)} | ` +
         `${fmtMs(x.latency.p999_ms)} | ${fmtMs(x.latency.max_ms)} | ${fmtMs(x.service.p99_ms)} | ${errs} | ${x.verified.checked} (${x.verified.failed} bad) | ` +
-        `${Number.isFinite(w.server_cpu_s) ? `${((w.server_cpu_s / (x.rate * w.window_s)) * 1e6).toFixed(0)} µs` : "n/a"} |`,
+        `${Number.isFinite(w.server_cpu_s) ? `${perOpUs(w.server_cpu_s, x.rate * w.window_s).toFixed(0)} µs` : "n/a"} |`,
     );
   }
   L();
@@ -180,15 +188,19 @@ export function agentMarkdown(r: AgentBenchResult): string {
   if (any)
     L(
       `- generator: request bodies ${(any.request_bytes_mean / 1024).toFixed(1)} KiB on average; timer lateness p99 ${fmtMs(median(r.webhook.map((w) => w.result.dispatch_lag_p99_ms)))}, max ${fmtMs(Math.max(...r.webhook.map((w) => w.result.dispatch_lag_max_ms)))} ` +
-        `(in both columns alike); requests that waited for a free connection: ${r.webhook.map((w) => `${w.mode} ${w.result.queued}`).join(", ")}; reconnects ${r.webhook.reduce((a, w) => a + w.result.reconnects, 0)}; ` +
+        `(in both columns alike); requests that waited for a free connection: ${r.webhook.map((w) => `${w.mode} ${w.result.queued}`).join(", ")}; reconnects ${sum(r.webhook.map((w) => w.result.reconnects))}; ` +
         `TLS: a connection for another name and one without the CA were both refused in every run: ${r.webhook.every((w) => w.result.tls_checks.wrong_name_rejected && w.result.tls_checks.no_ca_rejected) ? "yes" : "**no**"}`,
     );
   L();
+}
 
+/** The agent's memory idle, loaded and after the load (and the compiled executable's). */
+function memorySection(md: Markdown, r: AgentBenchResult): void {
+  const L = md.line;
+  const o = r.options;
   L("### Memory");
   L();
-  L("| agent | VmRSS (median of samples) | VmRSS max | VmHWM | threads | fds (BPF links, perf events) | guardian process VmRSS |");
-  L("|---|---|---|---|---|---|---|");
+  md.tableHead(["agent", "VmRSS (median of samples)", "VmRSS max", "VmHWM", "threads", "fds (BPF links, perf events)", "guardian process VmRSS"]);
   const memRow = (label: string, m: MemSample | undefined) => {
     if (!m) return;
     L(`| ${label} | ${fmtMB(m.rss_median)} | ${fmtMB(m.rss_max)} | ${fmtMB(m.hwm)} | ${m.threads} | ${m.fds} (${m.bpf_links}, ${m.perf_events}) | ${fmtMB(m.guardian_rss)} |`);
@@ -213,7 +225,13 @@ export function agentMarkdown(r: AgentBenchResult): string {
     L(`For scale, plain bun processes on this machine: ${r.floor.map((f) => `${f.label} ${fmtMB(f.rss)}`).join("; ")}.`);
   }
   L();
+}
 
+/** How long loading the Secrets, attaching the pods' processes and a restart took. */
+function loadTimesSection(md: Markdown, r: AgentBenchResult): void {
+  const L = md.line;
+  const o = r.options;
+  const wantProcs = o.pods * o.procsPerPod;
   L("### Load and attach times");
   L();
   const ld = r.loaded;
@@ -227,7 +245,7 @@ export function agentMarkdown(r: AgentBenchResult): string {
     const sorted = [...ld.attach_ms].sort((a, b) => a - b);
     L(
       `- pod status Running → all ${o.procsPerPod} of its processes attached (kloak_attached_processes, polled every 10 ms; the pod watch included): ` +
-        `median ${fmtMs(median(ld.attach_ms))}, max ${fmtMs(Math.max(...ld.attach_ms))} over ${ld.attach_ms.length} pods (${sorted.map((x) => x.toFixed(0)).join(", ")} ms); ` +
+        `median ${fmtMs(median(ld.attach_ms))}, max ${fmtMs(maxOf(ld.attach_ms))} over ${ld.attach_ms.length} pods (${sorted.map((x) => x.toFixed(0)).join(", ")} ms); ` +
         `${ld.attached} processes attached, ${ld.cgroups} container cgroups registered`,
     );
   }
@@ -249,6 +267,10 @@ export function agentMarkdown(r: AgentBenchResult): string {
       `${warn.length ? warn.map(([m, n]) => `${n} × warn "${m}"`).join(", ") : "no warn lines"}`,
   );
   L();
+}
+
+function notesSection(md: Markdown): void {
+  const L = md.line;
   L("### Notes");
   L();
   L(
@@ -259,66 +281,25 @@ export function agentMarkdown(r: AgentBenchResult): string {
     "- The baseline server is what any admission webhook on Bun.serve costs here (TLS, HTTP parsing, reading the body); the difference to kloak is the review parsing, the decision from the Secret cache, the JSON patch, the log line and the metrics.",
   );
   L("- Secret values are random (32-64 bytes) and never printed; the report holds counts, sizes and timings only.");
-  return md.join("\n");
 }
 
-// ---------------------------------------------------------------- merging into bench/report
-
-const BEGIN = "<!-- kloak-bench:agent:begin -->";
-const END = "<!-- kloak-bench:agent:end -->";
-
-function existingSection(dir: string): string | undefined {
-  try {
-    const md = readFileSync(join(dir, "report.md"), "utf8");
-    const i = md.indexOf(BEGIN);
-    const j = md.indexOf(END);
-    return i >= 0 && j > i ? md.slice(i, j + END.length) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** The data-plane report with the Agent section of the report already in `dir` (if any) appended. */
-export function keepAgentSection(md: string, dir: string): string {
-  const s = existingSection(dir);
-  return s ? `${md.trimEnd()}\n\n${s}` : md;
-}
-
-/** The data-plane JSON with the `agent` entry of the report.json already in `dir` (if any). */
-export function keepAgentJson(json: Record<string, unknown>, dir: string): Record<string, unknown> {
-  try {
-    const old = JSON.parse(readFileSync(join(dir, "report.json"), "utf8")) as Record<string, unknown>;
-    if (old.agent !== undefined) return { ...json, agent: old.agent };
-  } catch {
-    // none
-  }
-  return json;
+export function agentMarkdown(r: AgentBenchResult): string {
+  const md = new Markdown();
+  agentHeader(md, r);
+  webhookSection(md, r);
+  memorySection(md, r);
+  loadTimesSection(md, r);
+  notesSection(md);
+  return md.toString();
 }
 
 /** Replaces (or adds) the Agent section of report.md and the `agent` entry of report.json in `dir`. */
 export function writeAgentReport(dir: string, r: AgentBenchResult): string {
-  mkdirSync(dir, { recursive: true });
-  const section = `${BEGIN}\n${agentMarkdown(r)}\n${END}`;
-  const mdPath = join(dir, "report.md");
-  let md = existsSync(mdPath) ? readFileSync(mdPath, "utf8") : "# kloak benchmark\n";
-  const i = md.indexOf(BEGIN);
-  const j = md.indexOf(END);
-  md = i >= 0 && j > i ? md.slice(0, i) + section + md.slice(j + END.length) : `${md.trimEnd()}\n\n${section}\n`;
-  writeFileSync(mdPath, md.endsWith("\n") ? md : md + "\n");
-  const jsonPath = join(dir, "report.json");
-  let json: Record<string, unknown> = {};
-  try {
-    json = JSON.parse(readFileSync(jsonPath, "utf8")) as Record<string, unknown>;
-  } catch {
-    // start fresh
-  }
   const s = summarizeAgent(r);
-  json.agent = {
+  return writeReportSection(dir, "agent", agentMarkdown(r), {
     ...r,
     targets: s.targets.map(({ id, what, value, pass }) => ({ id, what, value, pass })),
     correctness: { pass: s.correctness.length === 0, problems: s.correctness },
     summary: { kloak: s.kloak, baseline: s.baseline },
-  };
-  writeFileSync(jsonPath, JSON.stringify(json, null, 2) + "\n");
-  return section;
+  });
 }

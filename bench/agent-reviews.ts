@@ -163,7 +163,8 @@ const podRequest = (ns: string, pod: unknown) => ({
   options: { kind: "CreateOptions", apiVersion: "meta.k8s.io/v1" },
 });
 
-function randomValue(len: number): string {
+/** A fake value for a Secret (random, never printed). */
+export function randomValue(len: number): string {
   return randomBytes(len).toString("base64url").slice(0, len);
 }
 

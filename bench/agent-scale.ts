@@ -23,17 +23,11 @@ import { join } from "node:path";
 import { cgroupV2Root } from "../src/node/cgroups.ts";
 import { startKubeApiServer, type KubeApiServer, type KubeObject } from "../test/support/kube-api-server.ts";
 import { spawnKloak } from "../test/support/kloak.ts";
+import { freePort } from "./agent.ts";
 import { memStatus } from "./procfs.ts";
 
 const MB = 1024 * 1024;
 const b64 = (b: Buffer) => b.toString("base64");
-
-async function freePort(): Promise<number> {
-  const s = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
-  const p = s.port!;
-  s.stop(true);
-  return p;
-}
 
 function secret(ns: string, name: string, data: Record<string, Buffer>, labels: Record<string, string> = {}, annotations: Record<string, string> = {}): KubeObject {
   const enc = Object.fromEntries(Object.entries(data).map(([k, v]) => [k, b64(v)]));

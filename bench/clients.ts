@@ -14,7 +14,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeReportSection } from "./report-section.ts";
+import { tableHead, tableRow, writeReportSection } from "./report.ts";
 import { median } from "./stats.ts";
 import { testCerts } from "../test/support/certs.ts";
 import { startH2Server } from "../test/support/h2-server.ts";
@@ -125,11 +125,8 @@ export function clientsMarkdown(rs: ClientResult[]): string {
     "placeholder substituted in every request. req/s = 3n / (time(4n) - time(n)), so process and kloak start-up, the",
     "handshake and exit cancel out; \"job of n\" is the whole wall time of n requests, start and exit included.",
     "",
-    "| client | baseline req/s | kloak req/s | ratio | job of n: ratio |",
-    "|---|---|---|---|---|",
-    ...rs.map(
-      (r) => `| ${r.what} | ${r.baselineRps.toFixed(0)} | ${r.kloakRps.toFixed(0)} | ${(r.ratio * 100).toFixed(0)}% | ${(r.jobRatio * 100).toFixed(0)}% |`,
-    ),
+    ...tableHead(["client", "baseline req/s", "kloak req/s", "ratio", "job of n: ratio"]),
+    ...rs.map((r) => tableRow([r.what, r.baselineRps.toFixed(0), r.kloakRps.toFixed(0), `${(r.ratio * 100).toFixed(0)}%`, `${(r.jobRatio * 100).toFixed(0)}%`])),
   ].join("\n");
 }
 

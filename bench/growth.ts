@@ -19,8 +19,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeReportSection } from "./report-section.ts";
-import { median } from "./stats.ts";
+import { fmtBytes, fmtCount, fmtMiB, fmtSigned, Markdown, na, writeReportSection } from "./report.ts";
+import { maxOf, median, perOpUs } from "./stats.ts";
 
 export type GrowthTable = "size" | "secrets" | "connections";
 export type GrowthVariant = "baseline" | "kloak" | "kloak+ph";
@@ -143,116 +143,127 @@ function secretsFile(dir: string, n: number, name: string, value: string): strin
   return file;
 }
 
-const fmtBytes = (b: number) => (b >= 1048576 ? `${b / 1048576} MiB` : b >= 1024 ? `${b / 1024} KiB` : `${b} B`);
-const fmtCount = (n: number) => n.toLocaleString("en-US");
 
 export function flatVerdict(cost: number, first: number): boolean | null {
   if (!Number.isFinite(cost) || !Number.isFinite(first)) return null;
   return cost <= Math.max(2 * first, first + FLAT_SLACK_US);
 }
 
-export async function runGrowthBench(o: GrowthOptions, measure: (s: GrowthSpec) => Promise<GrowthRunResult>): Promise<GrowthResult> {
-  const t0 = Date.now();
-  const log = o.log ?? (() => {});
-  const scanCap = o.scanCap ?? KLOAK_DEFAULT_SCAN_CAP;
-  const dir = mkdtempSync(join(tmpdir(), "kloak-bench-growth-")); // 0700: the secrets files hold real values
-  const points: GrowthPoint[] = [];
-  const variants: GrowthVariant[] = ["baseline", "kloak", "kloak+ph"];
-  try {
-    const plan: { table: GrowthTable; point: number; spec: Omit<GrowthSpec, "variant" | "rep"> }[] = [];
-    const base = { kloakArgs: [] as string[], durationS: o.durationS, connections: 1 };
-    if (o.tables.includes("size"))
-      for (const size of o.sizes)
-        plan.push({
+type PlannedPoint = { table: GrowthTable; point: number; spec: Omit<GrowthSpec, "variant" | "rep"> };
+type PointRun = { variant: GrowthVariant; rep: number; r: GrowthRunResult };
+const VARIANTS: GrowthVariant[] = ["baseline", "kloak", "kloak+ph"];
+
+/** Every point of the tables asked for, in order; the secrets table's files are written into `dir` now. */
+function growthPlan(o: GrowthOptions, scanCap: number, dir: string): PlannedPoint[] {
+  const plan: PlannedPoint[] = [];
+  const base = { kloakArgs: [] as string[], durationS: o.durationS, connections: 1 };
+  if (o.tables.includes("size"))
+    for (const size of o.sizes)
+      plan.push({
+        table: "size",
+        point: size,
+        spec: {
+          ...base,
           table: "size",
           point: size,
-          spec: {
-            ...base,
-            table: "size",
-            point: size,
-            workload: "bulk",
-            size,
-            // The middle of the record, or of its scanned part when the write is longer than the scan cap
-            // (kloak never sees a placeholder past the cap).
-            tokenOffset: Math.floor(Math.min(size, scanCap) / 2),
-            kloakArgs: o.scanCap !== undefined ? ["--scan-cap", String(o.scanCap)] : [],
-          },
-        });
-    if (o.tables.includes("secrets"))
-      for (const n of o.secrets)
-        plan.push({
-          table: "secrets",
-          point: n,
-          spec: { ...base, table: "secrets", point: n, workload: "request", size: 1024, secretsFile: secretsFile(dir, n, o.secretName, o.value) },
-        });
-    if (o.tables.includes("connections"))
-      for (const n of o.connections)
-        plan.push({ table: "connections", point: n, spec: { ...base, table: "connections", point: n, workload: "request", size: 1024, connections: n } });
-
-    for (const p of plan) {
-      const runs: { variant: GrowthVariant; rep: number; r: GrowthRunResult }[] = [];
-      const failures: string[] = [];
-      for (let rep = 0; rep < o.reps; rep++) {
-        // Rotating order, as in the data-plane part, so no variant always runs first.
-        for (let i = 0; i < variants.length; i++) {
-          const variant = variants[(i + rep + points.length) % variants.length]!;
-          try {
-            const r = await measure({ ...p.spec, variant, rep });
-            runs.push({ variant, rep, r });
-            const bad = r.checks.filter((c) => !c.ok);
-            for (const b of bad) failures.push(`${variant} rep ${rep + 1}: ${b.name}: ${b.detail}`);
-            log(
-              `  growth ${p.table} ${p.table === "size" ? fmtBytes(p.point) : fmtCount(p.point)} ${variant.padEnd(8)} ` +
-                `${(1e6 / r.client.ops_per_s).toFixed(1)} µs/write (${r.client.ops_per_s.toFixed(0)}/s)` +
-                (r.client.connect_s !== undefined && p.table === "connections" ? `, ${p.point} connections opened in ${r.client.connect_s.toFixed(1)} s` : "") +
-                (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : "  ok"),
-            );
-          } catch (e) {
-            const msg = (e as Error).message;
-            failures.push(`${variant} rep ${rep + 1}: ${msg.split("\n")[0]}`);
-            // kloak's warnings name every secret without rules: 10,000 names on one line
-            const short = msg.split("\n").slice(0, 20).map((l) => (l.length > 400 ? `${l.slice(0, 400)}…` : l));
-            log(`  growth ${p.table} ${p.point} ${variant}: RUN FAILED: ${short.join("\n")}`);
-          }
-        }
-      }
-      const of = (v: GrowthVariant) => runs.filter((x) => x.variant === v).map((x) => x.r);
-      const usPerWrite = (v: GrowthVariant) => median(of(v).map((r) => 1e6 / r.client.ops_per_s));
-      const b = usPerWrite("baseline");
-      const kloakRuns = [...of("kloak"), ...of("kloak+ph")];
-      // "kloak: refused 742x: a write to 127.0.0.1:40251: beyond_scan_cap (…)"
-      const refusals = runs.flatMap(({ variant, rep, r }) => {
-        const by = new Map<string, number>();
-        for (const m of r.stderr.matchAll(/refused (\d+)x: .*?: ([a-z_]+) \(/g)) by.set(m[2]!, (by.get(m[2]!) ?? 0) + Number(m[1]));
-        return [...by].map(([reason, count]) => ({ variant, rep, reason, count, writes: r.client.writes_total }));
-      });
-      points.push({
-        table: p.table,
-        point: p.point,
-        baseline_us_per_write: b,
-        kloak_cost_us: usPerWrite("kloak") - b,
-        kloak_ph_cost_us: usPerWrite("kloak+ph") - b,
-        kloak_flat: null,
-        kloak_ph_flat: null,
-        p50_us: Object.fromEntries(variants.map((v) => [v, median(of(v).map((r) => r.client.latency.p50_ns / 1000))])) as Record<GrowthVariant, number>,
-        p99_us: Object.fromEntries(variants.map((v) => [v, median(of(v).map((r) => r.client.latency.p99_ns / 1000))])) as Record<GrowthVariant, number>,
-        connect_s: Object.fromEntries(variants.map((v) => [v, median(of(v).map((r) => r.client.connect_s ?? NaN))])) as Record<GrowthVariant, number>,
-        kloak_start_ms: median(kloakRuns.map((r) => r.startupMs)),
-        agent_cpu_us_per_write: {
-          kloak: median(of("kloak").map((r) => ((r.kloak?.cpuWindowS ?? NaN) / r.client.measured) * 1e6)),
-          "kloak+ph": median(of("kloak+ph").map((r) => ((r.kloak?.cpuWindowS ?? NaN) / r.client.measured) * 1e6)),
+          workload: "bulk",
+          size,
+          // The middle of the record, or of its scanned part when the write is longer than the scan cap
+          // (kloak never sees a placeholder past the cap).
+          tokenOffset: Math.floor(Math.min(size, scanCap) / 2),
+          kloakArgs: o.scanCap !== undefined ? ["--scan-cap", String(o.scanCap)] : [],
         },
-        agent_hwm_bytes: kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak?.hwm ?? 0)) : NaN,
-        refusals,
-        runs: runs.map((x) => ({ variant: x.variant, rep: x.rep, ops_per_s: x.r.client.ops_per_s, measured: x.r.client.measured })),
-        other_load: median(runs.map((x) => x.r.window.foreignS / x.r.window.seconds)),
-        steal: median(runs.map((x) => x.r.window.stealS / x.r.window.seconds)),
-        failures,
       });
+  if (o.tables.includes("secrets"))
+    for (const n of o.secrets)
+      plan.push({
+        table: "secrets",
+        point: n,
+        spec: { ...base, table: "secrets", point: n, workload: "request", size: 1024, secretsFile: secretsFile(dir, n, o.secretName, o.value) },
+      });
+  if (o.tables.includes("connections"))
+    for (const n of o.connections)
+      plan.push({ table: "connections", point: n, spec: { ...base, table: "connections", point: n, workload: "request", size: 1024, connections: n } });
+  return plan;
+}
+
+/** The point's runs, o.reps of each variant; a run that fails is a failure line, not an exception. */
+async function measurePoint(
+  p: PlannedPoint,
+  index: number,
+  o: GrowthOptions,
+  measure: (s: GrowthSpec) => Promise<GrowthRunResult>,
+  log: (line: string) => void,
+): Promise<{ runs: PointRun[]; failures: string[] }> {
+  const runs: PointRun[] = [];
+  const failures: string[] = [];
+  for (let rep = 0; rep < o.reps; rep++) {
+    // Rotating order, as in the data-plane part, so no variant always runs first.
+    for (let i = 0; i < VARIANTS.length; i++) {
+      const variant = VARIANTS[(i + rep + index) % VARIANTS.length]!;
+      try {
+        const r = await measure({ ...p.spec, variant, rep });
+        runs.push({ variant, rep, r });
+        const bad = r.checks.filter((c) => !c.ok);
+        for (const b of bad) failures.push(`${variant} rep ${rep + 1}: ${b.name}: ${b.detail}`);
+        log(
+          `  growth ${p.table} ${p.table === "size" ? fmtBytes(p.point) : fmtCount(p.point)} ${variant.padEnd(8)} ` +
+            `${(1e6 / r.client.ops_per_s).toFixed(1)} µs/write (${r.client.ops_per_s.toFixed(0)}/s)` +
+            (r.client.connect_s !== undefined && p.table === "connections" ? `, ${p.point} connections opened in ${r.client.connect_s.toFixed(1)} s` : "") +
+            (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : "  ok"),
+        );
+      } catch (e) {
+        const msg = (e as Error).message;
+        failures.push(`${variant} rep ${rep + 1}: ${msg.split("\n")[0]}`);
+        // kloak's warnings name every secret without rules: 10,000 names on one line
+        const short = msg.split("\n").slice(0, 20).map((l) => (l.length > 400 ? `${l.slice(0, 400)}…` : l));
+        log(`  growth ${p.table} ${p.point} ${variant}: RUN FAILED: ${short.join("\n")}`);
+      }
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
   }
+  return { runs, failures };
+}
+
+/** The point's medians: cost per write against its own baseline, latencies, kloak's start, CPU and memory, refusals. */
+function pointSummary(p: PlannedPoint, runs: PointRun[], failures: string[]): GrowthPoint {
+  const of = (v: GrowthVariant) => runs.filter((x) => x.variant === v).map((x) => x.r);
+  const usPerWrite = (v: GrowthVariant) => median(of(v).map((r) => 1e6 / r.client.ops_per_s));
+  const byVariant = (f: (r: GrowthRunResult) => number) => Object.fromEntries(VARIANTS.map((v) => [v, median(of(v).map(f))])) as Record<GrowthVariant, number>;
+  const b = usPerWrite("baseline");
+  const kloakRuns = [...of("kloak"), ...of("kloak+ph")];
+  // "kloak: refused 742x: a write to 127.0.0.1:40251: beyond_scan_cap (…)"
+  const refusals = runs.flatMap(({ variant, rep, r }) => {
+    const by = new Map<string, number>();
+    for (const m of r.stderr.matchAll(/refused (\d+)x: .*?: ([a-z_]+) \(/g)) by.set(m[2]!, (by.get(m[2]!) ?? 0) + Number(m[1]));
+    return [...by].map(([reason, count]) => ({ variant, rep, reason, count, writes: r.client.writes_total }));
+  });
+  return {
+    table: p.table,
+    point: p.point,
+    baseline_us_per_write: b,
+    kloak_cost_us: usPerWrite("kloak") - b,
+    kloak_ph_cost_us: usPerWrite("kloak+ph") - b,
+    kloak_flat: null,
+    kloak_ph_flat: null,
+    p50_us: byVariant((r) => r.client.latency.p50_ns / 1000),
+    p99_us: byVariant((r) => r.client.latency.p99_ns / 1000),
+    connect_s: byVariant((r) => r.client.connect_s ?? NaN),
+    kloak_start_ms: median(kloakRuns.map((r) => r.startupMs)),
+    agent_cpu_us_per_write: {
+      kloak: median(of("kloak").map((r) => perOpUs(r.kloak?.cpuWindowS ?? NaN, r.client.measured))),
+      "kloak+ph": median(of("kloak+ph").map((r) => perOpUs(r.kloak?.cpuWindowS ?? NaN, r.client.measured))),
+    },
+    agent_hwm_bytes: maxOf(kloakRuns.map((r) => r.kloak?.hwm ?? 0)),
+    refusals,
+    runs: runs.map((x) => ({ variant: x.variant, rep: x.rep, ops_per_s: x.r.client.ops_per_s, measured: x.r.client.measured })),
+    other_load: median(runs.map((x) => x.r.window.foreignS / x.r.window.seconds)),
+    steal: median(runs.map((x) => x.r.window.stealS / x.r.window.seconds)),
+    failures,
+  };
+}
+
+/** Each point's verdict against the first point of its table. */
+function markFlat(points: GrowthPoint[]): void {
   for (const t of GROWTH_TABLES) {
     const ps = points.filter((p) => p.table === t);
     const first = ps[0];
@@ -262,6 +273,23 @@ export async function runGrowthBench(o: GrowthOptions, measure: (s: GrowthSpec) 
       p.kloak_ph_flat = flatVerdict(p.kloak_ph_cost_us, first.kloak_ph_cost_us);
     }
   }
+}
+
+export async function runGrowthBench(o: GrowthOptions, measure: (s: GrowthSpec) => Promise<GrowthRunResult>): Promise<GrowthResult> {
+  const t0 = Date.now();
+  const log = o.log ?? (() => {});
+  const scanCap = o.scanCap ?? KLOAK_DEFAULT_SCAN_CAP;
+  const dir = mkdtempSync(join(tmpdir(), "kloak-bench-growth-")); // 0700: the secrets files hold real values
+  const points: GrowthPoint[] = [];
+  try {
+    for (const p of growthPlan(o, scanCap, dir)) {
+      const { runs, failures } = await measurePoint(p, points.length, o, measure, log);
+      points.push(pointSummary(p, runs, failures));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  markFlat(points);
   const { value: _v, log: _l, secretName: _n, ...options } = o;
   return {
     options: { ...options, scan_cap_bytes: scanCap },
@@ -271,19 +299,67 @@ export async function runGrowthBench(o: GrowthOptions, measure: (s: GrowthSpec) 
   };
 }
 
-const fmtCost = (us: number) => (Number.isFinite(us) ? `${us >= 0 ? "+" : "−"}${Math.abs(us).toFixed(1)}` : "n/a");
 function fmtFlat(flat: boolean | null, cost: number, first: number): string {
   if (flat === null) return "n/a";
   if (flat) return "flat";
   return `**grows** (${first > 0 ? `${(cost / first).toFixed(1)}× the first` : `+${(cost - first).toFixed(1)} µs over the first`})`;
 }
 
+/** One table of the section: the points of table t, with `extra` columns after the cost columns. */
+function growthTable(
+  md: Markdown,
+  r: GrowthResult,
+  t: GrowthTable,
+  title: string,
+  note: string,
+  head: string,
+  extra: (p: GrowthPoint) => string[],
+  extraHead: string[],
+): void {
+  const L = md.line;
+  const ps = r.points.filter((p) => p.table === t);
+  if (ps.length === 0) return;
+  const first = ps[0]!;
+  L();
+  L(`### ${title}`);
+  L();
+  L(note);
+  L();
+  md.tableHead([
+    head,
+    "baseline µs/write",
+    "kloak, no placeholder: µs/write added",
+    "flat?",
+    "kloak, 1 placeholder: µs/write added",
+    "flat?",
+    ...extraHead,
+    "other load / steal",
+  ]);
+  for (const p of ps)
+    md.row([
+      t === "size" ? fmtBytes(p.point) : fmtCount(p.point),
+      p.baseline_us_per_write.toFixed(1),
+      fmtSigned(p.kloak_cost_us),
+      fmtFlat(p.kloak_flat, p.kloak_cost_us, first.kloak_cost_us),
+      fmtSigned(p.kloak_ph_cost_us),
+      fmtFlat(p.kloak_ph_flat, p.kloak_ph_cost_us, first.kloak_ph_cost_us),
+      ...extra(p),
+      Number.isFinite(p.other_load) ? `${(p.other_load * 100).toFixed(0)}% / ${(p.steal * 100).toFixed(0)}%` : "n/a",
+    ]);
+  const fails = ps.flatMap((p) => p.failures.map((f) => `${fmtCount(p.point)}: ${f}`));
+  if (fails.length) {
+    L();
+    md.fenced(fails.map((f) => `!!! ${t} ${f}`));
+  }
+}
+
 export function growthMarkdown(r: GrowthResult): string {
-  const L: string[] = [];
+  const md = new Markdown();
+  const L = md.line;
   const o = r.options;
-  L.push("## Cost growth (`bun run bench --only growth`)");
-  L.push("");
-  L.push(
+  L("## Cost growth (`bun run bench --only growth`)");
+  L();
+  L(
     `Cost per write = mean write time under kloak − the same point's baseline (1 / throughput; ${o.durationS} s measured per run, ` +
       `${o.reps} rep(s), medians; same client, server, pinning and correctness checks as the data-plane part). ` +
       `"flat": within 2× of the first point's cost, or within ${FLAT_SLACK_US} µs of it. ` +
@@ -291,42 +367,13 @@ export function growthMarkdown(r: GrowthResult): string {
   );
   const busy = r.points.filter((p) => p.other_load + p.steal > 0.15);
   if (busy.length) {
-    L.push("");
-    L.push("```");
-    L.push(`!!! MACHINE NOT IDLE at ${busy.length} of ${r.points.length} point(s) (other load + steal above 15% of a CPU): those costs are noisy`);
-    L.push("```");
+    L();
+    md.fenced([`!!! MACHINE NOT IDLE at ${busy.length} of ${r.points.length} point(s) (other load + steal above 15% of a CPU): those costs are noisy`]);
   }
-  const table = (t: GrowthTable, title: string, note: string, head: string, extra: (p: GrowthPoint) => string[], extraHead: string[]) => {
-    const ps = r.points.filter((p) => p.table === t);
-    if (ps.length === 0) return;
-    const first = ps[0]!;
-    L.push("");
-    L.push(`### ${title}`);
-    L.push("");
-    L.push(note);
-    L.push("");
-    L.push(
-      `| ${head} | baseline µs/write | kloak, no placeholder: µs/write added | flat? | kloak, 1 placeholder: µs/write added | flat? | ${extraHead.join(" | ")} | other load / steal |`,
-    );
-    L.push(`|---|---|---|---|---|---|${extraHead.map(() => "---|").join("")}---|`);
-    for (const p of ps)
-      L.push(
-        `| ${t === "size" ? fmtBytes(p.point) : fmtCount(p.point)} | ${p.baseline_us_per_write.toFixed(1)} | ${fmtCost(p.kloak_cost_us)} | ` +
-          `${fmtFlat(p.kloak_flat, p.kloak_cost_us, first.kloak_cost_us)} | ${fmtCost(p.kloak_ph_cost_us)} | ` +
-          `${fmtFlat(p.kloak_ph_flat, p.kloak_ph_cost_us, first.kloak_ph_cost_us)} | ${extra(p).join(" | ")} | ` +
-          `${Number.isFinite(p.other_load) ? `${(p.other_load * 100).toFixed(0)}% / ${(p.steal * 100).toFixed(0)}%` : "n/a"} |`,
-      );
-    const fails = ps.flatMap((p) => p.failures.map((f) => `${fmtCount(p.point)}: ${f}`));
-    if (fails.length) {
-      L.push("");
-      L.push("```");
-      for (const f of fails) L.push(`!!! ${t} ${f}`);
-      L.push("```");
-    }
-  };
-  const mib = (b: number) => (Number.isFinite(b) ? `${(b / 1048576).toFixed(1)} MiB` : "n/a");
   const cap = o.scan_cap_bytes;
-  table(
+  growthTable(
+    md,
+    r,
     "size",
     "Against write size (bulk loop)",
     `One SSL_write per record, back to back on one connection. kloak's scan cap: ${fmtBytes(cap)}` +
@@ -340,7 +387,9 @@ export function growthMarkdown(r: GrowthResult): string {
     ],
     ["p99 µs (base / kloak / +ph)", "refusals kloak reported"],
   );
-  table(
+  growthTable(
+    md,
+    r,
     "secrets",
     "Against the number of loaded secrets (1 KiB request loop)",
     "kloak exec --secrets-file with N secrets of 40 characters (random, in a 0700 temp dir); the client uses one of them.",
@@ -348,11 +397,13 @@ export function growthMarkdown(r: GrowthResult): string {
     (p) => [
       `${p.agent_cpu_us_per_write.kloak.toFixed(1)} / ${p.agent_cpu_us_per_write["kloak+ph"].toFixed(1)}`,
       `${p.kloak_start_ms.toFixed(0)}`,
-      mib(p.agent_hwm_bytes),
+      na(p.agent_hwm_bytes, fmtMiB),
     ],
     ["kloak exec CPU µs/write (kloak / +ph)", "spawn → client running under kloak, ms", "kloak exec VmHWM"],
   );
-  table(
+  growthTable(
+    md,
+    r,
     "connections",
     "Against the number of open connections (1 KiB request loop)",
     "The client opens N keep-alive TLS connections, sends one request on each, then sends requests round-robin across them; " +
@@ -364,7 +415,7 @@ export function growthMarkdown(r: GrowthResult): string {
     ],
     ["handshakes, s (base / kloak / +ph)", "p99 µs (base / kloak / +ph)"],
   );
-  return L.join("\n");
+  return md.toString();
 }
 
 /** Writes the "growth" section of bench/report/report.md and the `growth` entry of report.json; returns the section. */

@@ -58,8 +58,9 @@
  *   bulk       16 KiB writes back to back on one connection (server discards)
  *
  * Each (workload, variant) runs --reps times, interleaved with rotating order;
- * the report uses medians. Writes bench/report/report.{md,json} and prints the
- * markdown. Exit status 0 whether or not targets are met (this is a
+ * the report uses medians (variants and run records: bench/dataplane-model.ts;
+ * analysis and report: bench/dataplane-report.ts). Writes
+ * bench/report/report.{md,json} and prints the markdown. Exit status 0 whether or not targets are met (this is a
  * measurement); 1 only when the harness could not measure (a run failed or the
  * server did not receive what it should have).
  *
@@ -76,7 +77,7 @@
  * bpf_enable_stats fd, so nothing stays switched on) to show how much of the
  * per-write cost is the BPF programs themselves.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import * as os from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
@@ -84,13 +85,14 @@ import { testCerts } from "../test/support/certs.ts";
 import { enableBpfStats, programStats, type ProgStat } from "./bpfstats.ts";
 import { childrenOf, cmdline, cpuSeconds, foreignKloaks, memStatus, systemCpu, threadCpu } from "./procfs.ts";
 import { startBenchServer, type ServerStats } from "./server.ts";
-import { AGENT_DEFAULTS, headCommit, runAgentBench } from "./agent.ts";
-import { keepAgentJson, keepAgentSection, summarizeAgent, writeAgentReport } from "./agent-report.ts";
+import { AGENT_DEFAULTS, runAgentBench } from "./agent.ts";
+import { summarizeAgent, writeAgentReport } from "./agent-report.ts";
 import { resolvePython } from "./python.ts";
-import { median } from "./stats.ts";
 import { nginxBinary, startEgressProxy, type EgressProxy } from "./nginx.ts";
 import { mappedLibssl, startScopedHolder, type ScopedHolder } from "./outside.ts";
-import { keepSectionJson, keepSections } from "./report-section.ts";
+import { fmtMiB, fmtUs, keepSectionJson, keepSections } from "./report.ts";
+import { analyse, dataplaneJson, dataplaneMarkdown, type Analysis, type Measured } from "./dataplane-report.ts";
+import { RULES, VARIANTS, variantsFor, WORKLOADS, type ClientResult, type KloakInfo, type RunResult, type Variant, type Workload } from "./dataplane-model.ts";
 
 const HERE = import.meta.dir;
 const ROOT = dirname(HERE);
@@ -100,16 +102,6 @@ const REPORT_DIR = join(HERE, "report");
 const SECRET_NAME = "KLOAK_BENCH_TOKEN";
 const SECRET_LEN = 40;
 const MARKER = "kloak:";
-
-/** Issue 14's targets (same-run ratios). */
-const TARGETS = {
-  noPh1k: 0.97,
-  noPh16k: 0.9,
-  addedP99Us: 300,
-  /** kloak+ph req/s over the egress proxy's, 1 KiB request loop */
-  phVsProxy: 1,
-  rssBytes: 80 * 1000 * 1000, // "80 MB", read strictly as 80×10^6 bytes
-};
 
 // ---------------------------------------------------------------- options
 
@@ -138,7 +130,7 @@ const { values: argv } = parseArgs({
     "growth-scan-cap": { type: "string" },
   },
 });
-/** Which parts run: "agent", "dataplane", or both (default). */
+/** Which part runs (all when empty; see PARTS). */
 const ONLY = argv.only ?? process.env.KLOAK_BENCH_ONLY ?? "";
 if (!["", "agent", "dataplane", "startup", "clients", "growth"].includes(ONLY)) {
   console.error(`bench: --only must be "agent", "dataplane", "startup", "clients" or "growth" (got ${JSON.stringify(ONLY)})`);
@@ -169,148 +161,7 @@ if (![DURATION, REPS, WARMUP, MAX_COUNT].every((x) => Number.isFinite(x) && x >=
   process.exit(2);
 }
 
-// ---------------------------------------------------------------- model
-
-type VariantId = "baseline" | "kloak" | "kloak+ph" | "kloak+rules" | "kloak+ph+rules" | "proxy" | "outside";
-type WorkloadId = "request" | "bulk";
-
-interface Variant {
-  id: VariantId;
-  label: string;
-  kloak: boolean;
-  placeholder: boolean;
-  /** the secret has destination rules (the server's address is allowed) */
-  rules?: boolean;
-  /** the client talks to an nginx egress proxy that injects the real value (bench/nginx.ts) */
-  proxy?: boolean;
-  /** the client runs outside any scope beside a kloak exec tree that has the same libssl attached (bench/outside.ts) */
-  outside?: boolean;
-  /** the workloads this variant runs (default: all) */
-  workloads?: WorkloadId[];
-  /** kloak exec takes its secrets from this file instead of --secret NAME (growth part) */
-  secretsFile?: string;
-  /** more kloak exec options (growth part: --scan-cap) */
-  kloakArgs?: string[];
-}
-interface Workload {
-  id: WorkloadId;
-  label: string;
-  size: number;
-  /** request loop: keep-alive connections the client sends round-robin across (default 1) */
-  connections?: number;
-  /** bulk: where the placeholder or filler sits in each record (default: the middle) */
-  tokenOffset?: number;
-}
-
-const VARIANTS: Variant[] = [
-  { id: "baseline", label: "baseline (no kloak)", kloak: false, placeholder: false },
-  { id: "kloak", label: "kloak, no placeholder sent", kloak: true, placeholder: false },
-  { id: "kloak+ph", label: "kloak, 1 placeholder per write", kloak: true, placeholder: true },
-  { id: "kloak+rules", label: "kloak with rules, no placeholder sent", kloak: true, placeholder: false, rules: true },
-  { id: "kloak+ph+rules", label: "kloak with rules, 1 placeholder per write", kloak: true, placeholder: true, rules: true },
-  // The alternative to kloak+ph: the app holds no credential, the proxy adds it on the way out.
-  // The client sends filler where the placeholder would be, as the "kloak" variant does.
-  {
-    id: "proxy",
-    label: "egress proxy (nginx, TLS terminate + inject + TLS originate)",
-    kloak: false,
-    placeholder: false,
-    proxy: true,
-    workloads: ["request"],
-  },
-  { id: "outside", label: "non-enabled process, same libssl (kloak attached beside it)", kloak: false, placeholder: false, outside: true },
-];
-const variantsFor = (w: WorkloadId) => VARIANTS.filter((v) => !v.workloads || v.workloads.includes(w));
-/** host rule first (resolved-address path), then the address itself (CIDR path) */
-const RULES = "localhost,127.0.0.1";
-const WORKLOADS: Workload[] = [
-  { id: "request", label: "request loop (1 KiB request, keep-alive)", size: 1024 },
-  { id: "bulk", label: "bulk (16 KiB writes)", size: 16384 },
-];
-
-interface Latency {
-  n: number;
-  mean_ns: number;
-  min_ns: number;
-  p50_ns: number;
-  p90_ns: number;
-  p99_ns: number;
-  p999_ns: number;
-  max_ns: number;
-}
-
-interface ClientResult {
-  workload: WorkloadId;
-  size: number;
-  measured: number;
-  warmup_writes: number;
-  writes_total: number;
-  elapsed_ns: number;
-  bytes: number;
-  ops_per_s: number;
-  mib_per_s: number;
-  latency: Latency;
-  cpu_user_s: number;
-  cpu_sys_s: number;
-  t_start_wall_ns: number;
-  t_connected_wall_ns: number;
-  connections: number;
-  /** seconds to open all connections (handshakes), and to send the first request on each when there are several */
-  connect_s: number;
-  prime_s: number;
-  placeholder_sent: boolean;
-  restored: boolean | null;
-  tls_version: string;
-  cipher: string;
-  openssl: string;
-  python: string;
-}
-
-interface KloakInfo {
-  pid: number;
-  mode?: string;
-  modeReason?: string;
-  substitutions?: number;
-  tlsWrites?: number;
-  failedClosed: number;
-  /** VmHWM of the kloak exec process, read while the client is still alive */
-  hwm: number;
-  /** max VmRSS seen by 50 ms polling */
-  rssPolledMax: number;
-  threads: number;
-  guardianHwm?: number;
-  /** agent CPU (all threads) during the client's measured window, seconds */
-  cpuWindowS: number;
-  /** per-thread CPU during the measured window */
-  threadCpuWindow: { comm: string; cpuS: number }[];
-}
-
-interface RunResult {
-  rep: number;
-  workload: WorkloadId;
-  variant: VariantId;
-  client: ClientResult;
-  server: ServerStats;
-  /** ms from spawn until the client process started (kloak startup + python startup) */
-  startupMs: number;
-  /** ms from spawn until the TLS connection was up */
-  connectedMs: number;
-  clientHwm: number;
-  kloak?: KloakInfo;
-  /** proxy variant: nginx during the measured window */
-  proxy?: { pid: number; cpuWindowS: number; hwm: number };
-  /** outside variant: the scoped process beside the client */
-  scoped?: { pid: number; libssl: string | null; substitutions: number | undefined; exitCode: number };
-  checks: { name: string; ok: boolean; detail: string }[];
-  /** machine CPU during the measured window, seconds (all CPUs summed) */
-  window: { seconds: number; busyS: number; oursS: number; foreignS: number; stealS: number };
-  /** diagnostic runs only: BPF programs of the agent during the window */
-  bpf?: { name: string; runs: number; nsPerRun: number; runsPerWrite: number; nsPerWrite: number }[];
-  stderr: string;
-}
-
 // ---------------------------------------------------------------- helpers
-
 
 function randomValue(len: number): string {
   const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -365,12 +216,6 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
     );
   });
 }
-
-const fmtMiB = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
-const fmtUs = (ns: number) => (Number.isFinite(ns) ? `${(ns / 1000).toFixed(1)} µs` : "n/a");
-const fmtSignedUs = (ns: number) => (Number.isFinite(ns) ? `${ns >= 0 ? "+" : "−"}${(Math.abs(ns) / 1000).toFixed(1)} µs` : "n/a");
-const fmtSigned = (x: number, digits = 1) => (Number.isFinite(x) ? `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(digits)}` : "n/a");
-const pct = (r: number) => (Number.isFinite(r) ? `${(r * 100).toFixed(1)}%` : "n/a");
 
 // ---------------------------------------------------------------- one run
 
@@ -434,23 +279,8 @@ async function startPeers(ctx: BenchCtx, v: Variant, checks: RunResult["checks"]
   };
 }
 
-async function runOne(
-  ctx: BenchCtx,
-  w: Workload,
-  v: Variant,
-  rep: number,
-  opts: { bpfStats?: boolean; duration?: number } = {},
-): Promise<RunResult> {
-  const duration = opts.duration ?? (opts.bpfStats ? DIAG_DURATION : DURATION);
-  const checks: RunResult["checks"] = [];
-  let peers: Awaited<ReturnType<typeof startPeers>>;
-  try {
-    peers = await startPeers(ctx, v, checks);
-  } catch (e) {
-    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${(e as Error).message}`);
-  }
-  const { proxy, holder } = peers;
-  const port = proxy ? proxy.port : w.id === "request" ? ctx.server.httpPort : ctx.server.bulkPort;
+/** The client's argv and environment: alone, or under `kloak exec` as variant v asks. */
+function clientCommand(ctx: BenchCtx, w: Workload, v: Variant, port: number, duration: number): { cmd: string[]; env: Record<string, string> } {
   const connections = w.connections ?? 1;
   const client = [
     ...(PIN ? [TASKSET!, "-c", String(CLIENT_CPU)] : []),
@@ -465,63 +295,111 @@ async function runOne(
   ];
   const env: Record<string, string> = {};
   for (const [k, val] of Object.entries(process.env)) if (val !== undefined && k !== SECRET_NAME) env[k] = val;
-  let cmd = client;
-  if (v.kloak) {
-    cmd = [
-      ...UNPIN(), // undo the affinity inherited from the pinned server
-      // --user root: the client runs from root's files; the benchmark measures the data path.
-      process.execPath, KLOAK_MAIN, "exec", "--verbose", "--user", "root", // --verbose: the rewrite mode, for the report
-      // --secret NAME takes the value from kloak's environment: it never appears in argv.
-      ...(v.secretsFile ? ["--secrets-file", v.secretsFile] : ["--secret", SECRET_NAME]),
-      ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), ...(v.kloakArgs ?? []), "--", ...client,
-    ];
-    if (!v.secretsFile) env[SECRET_NAME] = ctx.value;
-  }
+  if (!v.kloak) return { cmd: client, env };
+  const cmd = [
+    ...UNPIN(), // undo the affinity inherited from the pinned server
+    // --user root: the client runs from root's files; the benchmark measures the data path.
+    process.execPath, KLOAK_MAIN, "exec", "--verbose", "--user", "root", // --verbose: the rewrite mode, for the report
+    // --secret NAME takes the value from kloak's environment: it never appears in argv.
+    ...(v.secretsFile ? ["--secrets-file", v.secretsFile] : ["--secret", SECRET_NAME]),
+    ...(v.rules ? ["--allow", `${SECRET_NAME}=${RULES}`] : []), ...(v.kloakArgs ?? []), "--", ...client,
+  ];
+  if (!v.secretsFile) env[SECRET_NAME] = ctx.value;
+  return { cmd, env };
+}
 
-  ctx.server.reset();
-  const tSpawn = wallNs();
-  const spawnClient = () => Bun.spawn(cmd, { env, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
-  let proc: ReturnType<typeof spawnClient>;
-  try {
-    proc = spawnClient();
-  } catch (e) {
-    await peers.stop();
-    throw e;
-  }
-  const stderrP = new Response(proc.stderr).text();
-  const next = lineReader(proc.stdout);
+type Peers = Awaited<ReturnType<typeof startPeers>>;
+const spawnClient = (cmd: string[], env: Record<string, string>) => Bun.spawn(cmd, { env, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+type ClientProc = ReturnType<typeof spawnClient>;
 
-  // Poll the top process's RSS every 50 ms (same harness load in every variant).
-  let rssPolledMax = 0;
-  const poll = setInterval(() => {
-    const m = memStatus(proc.pid);
-    if (m && m.rss > rssPolledMax) rssPolledMax = m.rss;
-  }, 50);
+/** Counters read when the client starts its measured window. */
+interface WindowStart {
+  wall: number;
+  sys: ReturnType<typeof systemCpu>;
+  bench: NodeJS.CpuUsage;
+  cpu: ReturnType<typeof cpuSeconds>;
+  threads: Map<number, { comm: string; cpu: number }>;
+  proxyCpu: ReturnType<typeof cpuSeconds>;
+  prog: ProgStat[];
+}
 
-  // Handshakes come before the first line: allow for them (tens of seconds at 10,000 connections under kloak).
-  const limit = (WARMUP + duration) * 1000 + 30_000 + connections * 20;
-  let result: ClientResult | undefined;
+/** The same at the window's end, with memory, read while the client holds (everything still alive). */
+interface WindowEnd extends WindowStart {
+  proxyHwm: number;
+  clientLibssl: ReturnType<typeof mappedLibssl>;
+  holderAlive: boolean;
+  hwm: number;
+  threadCount: number;
+  clientHwm: number;
+  guardianHwm?: number;
+}
+
+function windowStart(pid: number, v: Variant, peers: Peers, bpfStats: boolean | undefined): WindowStart {
+  const wall = wallNs();
+  const sys = systemCpu();
+  const bench = process.cpuUsage();
+  const cpu = cpuSeconds(pid);
+  const threads = threadCpu(pid);
+  const proxyCpu = peers.proxy ? cpuSeconds(peers.proxy.pid) : null;
+  const prog = bpfStats && v.kloak ? programStats(pid) : [];
+  return { wall, sys, bench, cpu, threads, proxyCpu, prog };
+}
+
+function windowEnd(pid: number, v: Variant, peers: Peers, bpfStats: boolean | undefined, rss: { max: number }): WindowEnd {
+  const { proxy, holder } = peers;
+  const wall = wallNs();
+  const sys = systemCpu();
+  const bench = process.cpuUsage();
+  const prog = bpfStats && v.kloak ? programStats(pid) : [];
+  const proxyCpu = proxy ? cpuSeconds(proxy.pid) : null;
+  const proxyHwm = proxy ? (memStatus(proxy.pid)?.hwm ?? 0) : 0;
+  // taskset execs the client, so pid is the Python that used libssl
+  const clientLibssl = holder ? mappedLibssl(pid) : null;
+  const holderAlive = holder ? memStatus(holder.pid) !== null : false;
+  const cpu = cpuSeconds(pid);
+  const threads = threadCpu(pid);
   let hwm = 0;
-  let threads = 0;
+  let threadCount = 0;
   let clientHwm = 0;
   let guardianHwm: number | undefined;
-  let cpuStart: { user: number; sys: number } | null = null;
-  let cpuEnd: { user: number; sys: number } | null = null;
-  let thStart = new Map<number, { comm: string; cpu: number }>();
-  let thEnd = new Map<number, { comm: string; cpu: number }>();
-  let sys0: ReturnType<typeof systemCpu> = null;
-  let sys1: ReturnType<typeof systemCpu> = null;
-  let bench0 = process.cpuUsage();
-  let bench1 = bench0;
-  let w0 = 0;
-  let w1 = 0;
-  let prog0: ProgStat[] = [];
-  let prog1: ProgStat[] = [];
-  let proxyCpu0: ReturnType<typeof cpuSeconds> = null;
-  let proxyCpu1: ReturnType<typeof cpuSeconds> = null;
-  let proxyHwm = 0;
-  let clientLibssl: ReturnType<typeof mappedLibssl> = null;
-  let holderAlive = false;
+  const top = memStatus(pid);
+  if (top) {
+    hwm = top.hwm;
+    threadCount = top.threads;
+    if (top.rss > rss.max) rss.max = top.rss;
+  }
+  if (v.kloak) {
+    for (const c of childrenOf(pid)) {
+      const args = cmdline(c);
+      const m = memStatus(c);
+      if (!m) continue;
+      if (args.includes("__guardian")) guardianHwm = m.hwm;
+      else if (args.includes(CLIENT)) clientHwm = m.hwm;
+    }
+  } else {
+    clientHwm = hwm;
+  }
+  return { wall, sys, bench, cpu, threads, proxyCpu, prog, proxyHwm, clientLibssl, holderAlive, hwm, threadCount, clientHwm, guardianHwm };
+}
+
+/**
+ * Reads the client's lines until its result, sampling at the start of its
+ * measured window and after the result (the client then holds on stdin, so
+ * everything is still alive); then lets it exit. Throws, with the client's
+ * and the peers' output, when it failed.
+ */
+async function observeClient(proc: ClientProc, v: Variant, peers: Peers, limit: number, bpfStats: boolean | undefined) {
+  const stderrP = new Response(proc.stderr).text();
+  const next = lineReader(proc.stdout);
+  // Poll the top process's RSS every 50 ms (same harness load in every variant).
+  const rss = { max: 0 };
+  const poll = setInterval(() => {
+    const m = memStatus(proc.pid);
+    if (m && m.rss > rss.max) rss.max = m.rss;
+  }, 50);
+  let start: WindowStart = { wall: 0, sys: null, bench: process.cpuUsage(), cpu: null, threads: new Map(), proxyCpu: null, prog: [] };
+  let end: WindowEnd | undefined;
+  let result: ClientResult | undefined;
   let failure: string | undefined;
   try {
     for (;;) {
@@ -530,51 +408,13 @@ async function runOne(
       if (!line.startsWith("{")) continue;
       const msg = JSON.parse(line);
       if (msg.event === "measure") {
-        w0 = wallNs();
-        sys0 = systemCpu();
-        bench0 = process.cpuUsage();
-        cpuStart = cpuSeconds(proc.pid);
-        thStart = threadCpu(proc.pid);
-        if (proxy) proxyCpu0 = cpuSeconds(proxy.pid);
-        if (opts.bpfStats && v.kloak) prog0 = programStats(proc.pid);
+        start = windowStart(proc.pid, v, peers, bpfStats);
         continue;
       }
       result = msg as ClientResult;
       break;
     }
-    // The client now blocks on stdin: everything is still alive.
-    w1 = wallNs();
-    sys1 = systemCpu();
-    bench1 = process.cpuUsage();
-    if (opts.bpfStats && v.kloak) prog1 = programStats(proc.pid);
-    if (proxy) {
-      proxyCpu1 = cpuSeconds(proxy.pid);
-      proxyHwm = memStatus(proxy.pid)?.hwm ?? 0;
-    }
-    if (holder) {
-      // taskset execs the client, so proc.pid is the Python that used libssl
-      clientLibssl = mappedLibssl(proc.pid);
-      holderAlive = memStatus(holder.pid) !== null;
-    }
-    cpuEnd = cpuSeconds(proc.pid);
-    thEnd = threadCpu(proc.pid);
-    const top = memStatus(proc.pid);
-    if (top) {
-      hwm = top.hwm;
-      threads = top.threads;
-      if (top.rss > rssPolledMax) rssPolledMax = top.rss;
-    }
-    if (v.kloak) {
-      for (const c of childrenOf(proc.pid)) {
-        const args = cmdline(c);
-        const m = memStatus(c);
-        if (!m) continue;
-        if (args.includes("__guardian")) guardianHwm = m.hwm;
-        else if (args.includes(CLIENT)) clientHwm = m.hwm;
-      }
-    } else {
-      clientHwm = hwm;
-    }
+    end = windowEnd(proc.pid, v, peers, bpfStats, rss);
   } catch (e) {
     failure = (e as Error).message;
     try {
@@ -596,42 +436,48 @@ async function runOne(
     failure ??= (e as Error).message;
     return -1;
   });
-  const stderr = await stderrP;
-  const server = ctx.server.snapshot();
-  const proxyLog = proxy?.errorLog() ?? "";
-  const holderEnd = await peers.stop();
-  const peerOutput = `${proxyLog ? `\nnginx error log (end):\n${proxyLog}` : ""}${holderEnd && holderEnd.code !== 0 ? `\nscoped process (kloak exec) exit ${holderEnd.code}:\n${holderEnd.stderr.trim()}` : ""}`;
-  if (failure !== undefined || result === undefined)
-    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${failure ?? "no result"} (exit ${code})\n${stderr}${peerOutput}`);
-  if (code !== 0) throw new Error(`${w.id}/${v.id} rep ${rep + 1}: exit status ${code}\n${stderr}${peerOutput}`);
+  return { stderr: await stderrP, code, failure, result, start, end, rssPolledMax: rss.max };
+}
 
-  let kloak: KloakInfo | undefined;
-  if (v.kloak) {
-    const mode = /rewrite mode (\S+) \(([^)]*)\)/.exec(stderr);
-    const subs = /(\d+) substitution\(s\) in (\d+) TLS write\(s\)(?:, (\d+) failed closed)?/.exec(stderr);
-    const threadCpuWindow: { comm: string; cpuS: number }[] = [];
-    for (const [tid, t] of thEnd) {
-      const d = t.cpu - (thStart.get(tid)?.cpu ?? 0);
-      if (d > 0) threadCpuWindow.push({ comm: t.comm, cpuS: d });
-    }
-    threadCpuWindow.sort((a, b) => b.cpuS - a.cpuS);
-    kloak = {
-      pid: proc.pid,
-      mode: mode?.[1],
-      modeReason: mode?.[2],
-      substitutions: subs ? Number(subs[1]) : undefined,
-      tlsWrites: subs ? Number(subs[2]) : undefined,
-      failedClosed: subs?.[3] ? Number(subs[3]) : 0,
-      hwm,
-      rssPolledMax,
-      threads,
-      guardianHwm,
-      cpuWindowS: cpuStart && cpuEnd ? cpuEnd.user + cpuEnd.sys - cpuStart.user - cpuStart.sys : NaN,
-      threadCpuWindow,
-    };
+/** kloak exec's own account (rewrite mode, substitutions) from its stderr, and what it used during the window. */
+function kloakInfoOf(pid: number, stderr: string, start: WindowStart, end: WindowEnd | undefined, rssPolledMax: number): KloakInfo {
+  const mode = /rewrite mode (\S+) \(([^)]*)\)/.exec(stderr);
+  const subs = /(\d+) substitution\(s\) in (\d+) TLS write\(s\)(?:, (\d+) failed closed)?/.exec(stderr);
+  const threadCpuWindow: { comm: string; cpuS: number }[] = [];
+  for (const [tid, t] of end?.threads ?? new Map<number, { comm: string; cpu: number }>()) {
+    const d = t.cpu - (start.threads.get(tid)?.cpu ?? 0);
+    if (d > 0) threadCpuWindow.push({ comm: t.comm, cpuS: d });
   }
+  threadCpuWindow.sort((a, b) => b.cpuS - a.cpuS);
+  const cpuStart = start.cpu;
+  const cpuEnd = end?.cpu ?? null;
+  return {
+    pid,
+    mode: mode?.[1],
+    modeReason: mode?.[2],
+    substitutions: subs ? Number(subs[1]) : undefined,
+    tlsWrites: subs ? Number(subs[2]) : undefined,
+    failedClosed: subs?.[3] ? Number(subs[3]) : 0,
+    hwm: end?.hwm ?? 0,
+    rssPolledMax,
+    threads: end?.threadCount ?? 0,
+    guardianHwm: end?.guardianHwm,
+    cpuWindowS: cpuStart && cpuEnd ? cpuEnd.user + cpuEnd.sys - cpuStart.user - cpuStart.sys : NaN,
+    threadCpuWindow,
+  };
+}
 
-  // ------------------------------------------------------------ correctness
+/** What the server, the client and kloak saw must agree with what variant v should do; every check goes into `checks`. */
+function checkRun(
+  checks: RunResult["checks"],
+  w: Workload,
+  v: Variant,
+  peers: Peers,
+  o: { server: ServerStats; result: ClientResult; kloak: KloakInfo | undefined; end: WindowEnd | undefined; holderEnd: Awaited<ReturnType<Peers["stop"]>> },
+): void {
+  const { proxy, holder } = peers;
+  const { server, result, kloak, holderEnd } = o;
+  const connections = w.connections ?? 1;
   const check = (name: string, ok: boolean, detail: string) => checks.push({ name, ok, detail });
   const writes = result.writes_total;
   check("server errors", server.errors.length === 0, server.errors.join("; ") || "none");
@@ -658,6 +504,8 @@ async function runOne(
     if (kloak) check("no substitution", kloak.substitutions === 0, `${kloak.substitutions} substitution(s)`);
   }
   if (holder) {
+    const holderAlive = o.end?.holderAlive ?? false;
+    const clientLibssl = o.end?.clientLibssl ?? null;
     check("scoped process alive during the run", holderAlive, holderAlive ? "yes" : "it had exited");
     check(
       "client and scoped process map the same libssl",
@@ -670,38 +518,92 @@ async function runOne(
       `exit ${holderEnd?.code}, ${holderEnd?.substitutions} substitution(s)`,
     );
   }
-  const proxyInfo = proxy
-    ? { pid: proxy.pid, cpuWindowS: proxyCpu0 && proxyCpu1 ? proxyCpu1.user + proxyCpu1.sys - proxyCpu0.user - proxyCpu0.sys : NaN, hwm: proxyHwm }
-    : undefined;
+}
 
-  const agentWindow = kloak?.cpuWindowS ?? proxyInfo?.cpuWindowS ?? 0;
-  const benchS = (bench1.user + bench1.system - bench0.user - bench0.system) / 1e6;
+/** Machine CPU over the window: ours (client, agent or proxy, this process) and everything else's. */
+function machineWindow(result: ClientResult, agentWindow: number, start: WindowStart, end: WindowEnd | undefined): RunResult["window"] {
+  const bench1 = end?.bench ?? start.bench;
+  const sys0 = start.sys;
+  const sys1 = end?.sys ?? null;
+  const benchS = (bench1.user + bench1.system - start.bench.user - start.bench.system) / 1e6;
   const oursS = result.cpu_user_s + result.cpu_sys_s + (Number.isFinite(agentWindow) ? agentWindow : 0) + benchS;
   const busyS = sys0 && sys1 ? sys1.busy - sys0.busy : NaN;
-  const window = {
-    seconds: (w1 - w0) / 1e9,
+  return {
+    seconds: ((end?.wall ?? 0) - start.wall) / 1e9,
     busyS,
     oursS,
     foreignS: Math.max(0, busyS - oursS),
     stealS: sys0 && sys1 ? sys1.steal - sys0.steal : NaN,
   };
-  let bpf: RunResult["bpf"];
-  if (opts.bpfStats && v.kloak) {
-    bpf = prog1
-      .map((p) => {
-        const before = prog0.find((q) => q.id === p.id);
-        const runs = p.runCnt - (before?.runCnt ?? 0);
-        const ns = p.runTimeNs - (before?.runTimeNs ?? 0);
-        return {
-          name: p.name,
-          runs,
-          nsPerRun: runs > 0 ? ns / runs : 0,
-          runsPerWrite: runs / result!.measured,
-          nsPerWrite: ns / result!.measured,
-        };
-      })
-      .filter((p) => p.runs > 0);
+}
+
+/** Each BPF program's runs and time during the window, per write (diagnostic runs). */
+function bpfWindow(start: WindowStart, end: WindowEnd | undefined, measured: number): NonNullable<RunResult["bpf"]> {
+  return (end?.prog ?? [])
+    .map((p) => {
+      const before = start.prog.find((q) => q.id === p.id);
+      const runs = p.runCnt - (before?.runCnt ?? 0);
+      const ns = p.runTimeNs - (before?.runTimeNs ?? 0);
+      return {
+        name: p.name,
+        runs,
+        nsPerRun: runs > 0 ? ns / runs : 0,
+        runsPerWrite: runs / measured,
+        nsPerWrite: ns / measured,
+      };
+    })
+    .filter((p) => p.runs > 0);
+}
+
+/** One run of workload w in variant v: peers up, the client (under kloak or not) measured, checked, peers down. */
+async function runOne(
+  ctx: BenchCtx,
+  w: Workload,
+  v: Variant,
+  rep: number,
+  opts: { bpfStats?: boolean; duration?: number } = {},
+): Promise<RunResult> {
+  const duration = opts.duration ?? (opts.bpfStats ? DIAG_DURATION : DURATION);
+  const checks: RunResult["checks"] = [];
+  let peers: Peers;
+  try {
+    peers = await startPeers(ctx, v, checks);
+  } catch (e) {
+    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${(e as Error).message}`);
   }
+  const { proxy, holder } = peers;
+  const port = proxy ? proxy.port : w.id === "request" ? ctx.server.httpPort : ctx.server.bulkPort;
+  const { cmd, env } = clientCommand(ctx, w, v, port, duration);
+
+  ctx.server.reset();
+  const tSpawn = wallNs();
+  let proc: ClientProc;
+  try {
+    proc = spawnClient(cmd, env);
+  } catch (e) {
+    await peers.stop();
+    throw e;
+  }
+  // Handshakes come before the first line: allow for them (tens of seconds at 10,000 connections under kloak).
+  const limit = (WARMUP + duration) * 1000 + 30_000 + (w.connections ?? 1) * 20;
+  const { stderr, code, failure, result, start, end, rssPolledMax } = await observeClient(proc, v, peers, limit, opts.bpfStats);
+  const server = ctx.server.snapshot();
+  const proxyLog = proxy?.errorLog() ?? "";
+  const holderEnd = await peers.stop();
+  const peerOutput = `${proxyLog ? `\nnginx error log (end):\n${proxyLog}` : ""}${holderEnd && holderEnd.code !== 0 ? `\nscoped process (kloak exec) exit ${holderEnd.code}:\n${holderEnd.stderr.trim()}` : ""}`;
+  if (failure !== undefined || result === undefined)
+    throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${failure ?? "no result"} (exit ${code})\n${stderr}${peerOutput}`);
+  if (code !== 0) throw new Error(`${w.id}/${v.id} rep ${rep + 1}: exit status ${code}\n${stderr}${peerOutput}`);
+
+  const kloak = v.kloak ? kloakInfoOf(proc.pid, stderr, start, end, rssPolledMax) : undefined;
+  checkRun(checks, w, v, peers, { server, result, kloak, end, holderEnd });
+  const proxyCpu0 = start.proxyCpu;
+  const proxyCpu1 = end?.proxyCpu ?? null;
+  const proxyInfo = proxy
+    ? { pid: proxy.pid, cpuWindowS: proxyCpu0 && proxyCpu1 ? proxyCpu1.user + proxyCpu1.sys - proxyCpu0.user - proxyCpu0.sys : NaN, hwm: end?.proxyHwm ?? 0 }
+    : undefined;
+  const window = machineWindow(result, kloak?.cpuWindowS ?? proxyInfo?.cpuWindowS ?? 0, start, end);
+  const bpf = opts.bpfStats && v.kloak ? bpfWindow(start, end, result.measured) : undefined;
 
   return {
     rep,
@@ -713,7 +615,7 @@ async function runOne(
     server,
     startupMs: (result.t_start_wall_ns - tSpawn) / 1e6,
     connectedMs: (result.t_connected_wall_ns - tSpawn) / 1e6,
-    clientHwm,
+    clientHwm: end?.clientHwm ?? 0,
     kloak,
     proxy: proxyInfo,
     scoped: holder && holderEnd ? { pid: holder.pid, libssl: holder.libssl?.path ?? null, substitutions: holderEnd.substitutions, exitCode: holderEnd.code } : undefined,
@@ -722,103 +624,7 @@ async function runOne(
   };
 }
 
-// ---------------------------------------------------------------- summary
-
-interface Summary {
-  workload: WorkloadId;
-  variant: VariantId;
-  reps: number;
-  ops_per_s: number;
-  mib_per_s: number;
-  p50_ns: number;
-  p90_ns: number;
-  p99_ns: number;
-  p999_ns: number;
-  max_ns: number;
-  mean_ns: number;
-  measured_writes: number;
-  client_user_us_per_op: number;
-  client_sys_us_per_op: number;
-  agent_cpu_us_per_op: number;
-  bench_process_cpu_us_per_op: number;
-  startup_ms: number;
-  agent_hwm_max: number;
-  agent_hwm_median: number;
-  guardian_hwm_max: number;
-  client_hwm_median: number;
-  per_rep_ops: number[];
-  per_rep_p99_ns: number[];
-}
-
-function summarize(runs: RunResult[], w: WorkloadId, v: VariantId): Summary {
-  const rs = runs.filter((r) => r.workload === w && r.variant === v);
-  const m = (f: (r: RunResult) => number) => median(rs.map(f));
-  const perOp = (f: (r: RunResult) => number) => m((r) => (f(r) / r.client.measured) * 1e6);
-  return {
-    workload: w,
-    variant: v,
-    reps: rs.length,
-    ops_per_s: m((r) => r.client.ops_per_s),
-    mib_per_s: m((r) => r.client.mib_per_s),
-    p50_ns: m((r) => r.client.latency.p50_ns),
-    p90_ns: m((r) => r.client.latency.p90_ns),
-    p99_ns: m((r) => r.client.latency.p99_ns),
-    p999_ns: m((r) => r.client.latency.p999_ns),
-    max_ns: m((r) => r.client.latency.max_ns),
-    mean_ns: m((r) => r.client.latency.mean_ns),
-    measured_writes: m((r) => r.client.measured),
-    client_user_us_per_op: perOp((r) => r.client.cpu_user_s),
-    client_sys_us_per_op: perOp((r) => r.client.cpu_sys_s),
-    // kloak's agent, or the proxy's nginx: the CPU that the data path adds outside the client
-    agent_cpu_us_per_op: rs[0]?.kloak ? perOp((r) => r.kloak!.cpuWindowS) : rs[0]?.proxy ? perOp((r) => r.proxy!.cpuWindowS) : NaN,
-    bench_process_cpu_us_per_op: perOp((r) => r.server.cpuS),
-    startup_ms: m((r) => r.startupMs),
-    agent_hwm_max: rs[0]?.kloak ? Math.max(...rs.map((r) => r.kloak!.hwm)) : NaN,
-    agent_hwm_median: rs[0]?.kloak ? m((r) => r.kloak!.hwm) : NaN,
-    guardian_hwm_max: rs[0]?.kloak ? Math.max(...rs.map((r) => r.kloak!.guardianHwm ?? 0)) : NaN,
-    client_hwm_median: m((r) => r.clientHwm),
-    per_rep_ops: rs.map((r) => r.client.ops_per_s),
-    per_rep_p99_ns: rs.map((r) => r.client.latency.p99_ns),
-  };
-}
-
-function machineInfo(sample: RunResult | undefined, kloakRun: RunResult | undefined) {
-  const cpuModel = (() => {
-    try {
-      return /^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
-    } catch {
-      return "unknown";
-    }
-  })();
-  const lockdown = (() => {
-    try {
-      return readFileSync("/sys/kernel/security/lockdown", "utf8").trim();
-    } catch {
-      return "n/a";
-    }
-  })();
-  const noGit = process.env.KLOAK_BENCH_NO_GIT === "1";
-  const git = noGit ? { success: true, stdout: Buffer.from(headCommit()) } : Bun.spawnSync(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
-  const dirty = noGit ? { success: false, stdout: Buffer.alloc(0) } : Bun.spawnSync(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "lib", "bpf"]);
-  return {
-    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
-    cpus: os.cpus().length,
-    cpu_model: cpuModel,
-    memory: fmtMiB(os.totalmem()),
-    lockdown,
-    bun: Bun.version,
-    python: sample?.client.python ?? "?",
-    openssl: sample?.client.openssl ?? "?",
-    tls: sample ? `${sample.client.tls_version} ${sample.client.cipher}` : "?",
-    kloak_commit: git.success
-      ? git.stdout.toString().trim() + (dirty.success && dirty.stdout.toString().trim() ? " (+uncommitted changes)" : "")
-      : "?",
-    kloak_rewrite_mode: kloakRun?.kloak?.mode ?? "?",
-    kloak_rewrite_mode_reason: kloakRun?.kloak?.modeReason ?? "?",
-  };
-}
-
-// ---------------------------------------------------------------- main
+// ---------------------------------------------------------------- the parts
 
 /** What the data-plane and growth parts share: the Python, this process pinned, the certificates, the server and the value. */
 async function benchContext(): Promise<BenchCtx> {
@@ -840,17 +646,103 @@ async function benchContext(): Promise<BenchCtx> {
   return { python, caFile: certs.caFile, certFile: certs.certFile, keyFile: certs.keyFile, value, server };
 }
 
-async function main(): Promise<number> {
-  const t0 = Date.now();
-  // The proxy variant is part of every run: without nginx, say so before measuring anything.
-  let nginxVersion: string;
+/** nginx's version; undefined, said on stderr, when it is missing (the proxy variant is in every run, so before measuring anything). */
+function nginxVersion(): string | undefined {
   try {
     const r = Bun.spawnSync([nginxBinary(), "-v"]);
-    nginxVersion = /nginx\/(\S+)/.exec(r.stderr.toString())?.[1] ?? "?";
+    return /nginx\/(\S+)/.exec(r.stderr.toString())?.[1] ?? "?";
   } catch (e) {
     console.error(`bench: ${(e as Error).message}`);
-    return 1;
+    return undefined;
   }
+}
+
+/** Every (workload, variant) REPS times; each run's line on stderr as it ends. */
+async function measuredRuns(ctx: BenchCtx, m: Measured, total: number): Promise<void> {
+  const { runs, errors } = m;
+  for (let rep = 0; rep < REPS; rep++) {
+    for (const w of WORKLOADS) {
+      // Rotate the order each repetition so no variant always runs first.
+      const vs = variantsFor(w.id);
+      const order = vs.map((_, i) => vs[(i + rep) % vs.length]!);
+      for (const v of order) {
+        let r: RunResult;
+        try {
+          r = await runOne(ctx, w, v, rep);
+        } catch (e) {
+          const msg = (e as Error).message;
+          errors.push(msg);
+          console.error(`bench: RUN FAILED: ${msg}`);
+          continue;
+        }
+        runs.push(r);
+        const bad = r.checks.filter((c) => !c.ok);
+        const c = r.client;
+        console.error(
+          `  [${runs.length + errors.length}/${total}] rep ${rep + 1} ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
+            (w.id === "request" ? `${c.ops_per_s.toFixed(0).padStart(6)} req/s` : `${c.mib_per_s.toFixed(1).padStart(6)} MiB/s`) +
+            `  p50 ${fmtUs(c.latency.p50_ns)}  p99 ${fmtUs(c.latency.p99_ns)}` +
+            (r.kloak ? `  agent HWM ${fmtMiB(r.kloak.hwm)} cpu ${r.kloak.cpuWindowS.toFixed(2)}s` : "") +
+            (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : "  ok"),
+        );
+      }
+    }
+  }
+}
+
+/** The kloak variants (without rules) again, with the kernel's BPF run-time statistics on; not in the measured numbers. */
+async function diagnosticRuns(ctx: BenchCtx, m: Measured): Promise<void> {
+  const { diagRuns, errors } = m;
+  const stats = enableBpfStats();
+  if (typeof stats === "string") {
+    m.diagNote = `diagnostic phase skipped: ${stats}`;
+    console.error(`bench: ${m.diagNote}`);
+  } else {
+    console.error(`bench: diagnostic phase (BPF run-time stats on, ${DIAG_DURATION}s runs, not in the numbers above)`);
+    try {
+      for (const w of WORKLOADS)
+        for (const v of VARIANTS.filter((x) => x.kloak && !x.rules)) {
+          try {
+            const r = await runOne(ctx, w, v, 0, { bpfStats: true });
+            diagRuns.push(r);
+            const bad = r.checks.filter((c) => !c.ok);
+            console.error(
+              `  diag ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
+                (r.bpf ?? []).map((b) => `${b.name} ${b.runsPerWrite.toFixed(2)}/write ${(b.nsPerRun / 1000).toFixed(2)} µs/run`).join(", ") +
+                (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : ""),
+            );
+          } catch (e) {
+            errors.push(`diagnostic: ${(e as Error).message}`);
+            console.error(`bench: DIAGNOSTIC RUN FAILED: ${(e as Error).message}`);
+          }
+        }
+    } finally {
+      stats.close();
+    }
+  }
+}
+
+/** Writes report.{md,json}, keeping the other parts' sections of the previous report until those parts replace them; prints the report and the verdict. */
+function writeDataplaneReport(a: Analysis): number {
+  const { missed, failedChecks, errors } = a;
+  const report = dataplaneMarkdown(a);
+  mkdirSync(REPORT_DIR, { recursive: true });
+  writeFileSync(join(REPORT_DIR, "report.md"), keepSections(report, REPORT_DIR) + "\n");
+  writeFileSync(join(REPORT_DIR, "report.json"), JSON.stringify(keepSectionJson(dataplaneJson(a), REPORT_DIR), null, 2) + "\n");
+  console.log(report);
+  if (missed.length) console.log(`\n!!! ${missed.length} TARGET(S) MISSED: ${missed.map((t) => t.id).join(", ")} !!!`);
+  else console.log("\nAll targets met.");
+  if (failedChecks.length || errors.length)
+    console.log(`!!! CORRECTNESS/RUN FAILURES in ${failedChecks.length + errors.length} run(s) (see the top of the report) !!!`);
+  console.log(`(report written to ${join(REPORT_DIR, "report.md")} and report.json)`);
+  return failedChecks.length || errors.length ? 1 : 0;
+}
+
+/** The data-plane part: every variant of both workloads, the diagnostic runs, the report. */
+async function dataplanePart(): Promise<number> {
+  const t0 = Date.now();
+  const nginx = nginxVersion();
+  if (nginx === undefined) return 1;
   const ctx = await benchContext();
   const { python, server } = ctx;
   const foreignAtStart = foreignKloaks(new Set());
@@ -863,429 +755,15 @@ async function main(): Promise<number> {
   console.error(
     `bench: ${total} runs of ${DURATION}s (+${WARMUP}s warmup), python ${python}, server 127.0.0.1:${server.httpPort}/${server.bulkPort}`,
   );
-
-  const runs: RunResult[] = [];
-  const diagRuns: RunResult[] = [];
-  const errors: string[] = [];
-  let diagNote: string | undefined;
+  const m: Measured = { runs: [], diagRuns: [], errors: [] };
   try {
-    for (let rep = 0; rep < REPS; rep++) {
-      for (const w of WORKLOADS) {
-        // Rotate the order each repetition so no variant always runs first.
-        const vs = variantsFor(w.id);
-        const order = vs.map((_, i) => vs[(i + rep) % vs.length]!);
-        for (const v of order) {
-          let r: RunResult;
-          try {
-            r = await runOne(ctx, w, v, rep);
-          } catch (e) {
-            const msg = (e as Error).message;
-            errors.push(msg);
-            console.error(`bench: RUN FAILED: ${msg}`);
-            continue;
-          }
-          runs.push(r);
-          const bad = r.checks.filter((c) => !c.ok);
-          const c = r.client;
-          console.error(
-            `  [${runs.length + errors.length}/${total}] rep ${rep + 1} ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
-              (w.id === "request" ? `${c.ops_per_s.toFixed(0).padStart(6)} req/s` : `${c.mib_per_s.toFixed(1).padStart(6)} MiB/s`) +
-              `  p50 ${fmtUs(c.latency.p50_ns)}  p99 ${fmtUs(c.latency.p99_ns)}` +
-              (r.kloak ? `  agent HWM ${fmtMiB(r.kloak.hwm)} cpu ${r.kloak.cpuWindowS.toFixed(2)}s` : "") +
-              (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : "  ok"),
-          );
-        }
-      }
-    }
-    if (DIAG) {
-      const stats = enableBpfStats();
-      if (typeof stats === "string") {
-        diagNote = `diagnostic phase skipped: ${stats}`;
-        console.error(`bench: ${diagNote}`);
-      } else {
-        console.error(`bench: diagnostic phase (BPF run-time stats on, ${DIAG_DURATION}s runs, not in the numbers above)`);
-        try {
-          for (const w of WORKLOADS)
-            for (const v of VARIANTS.filter((x) => x.kloak && !x.rules)) {
-              try {
-                const r = await runOne(ctx, w, v, 0, { bpfStats: true });
-                diagRuns.push(r);
-                const bad = r.checks.filter((c) => !c.ok);
-                console.error(
-                  `  diag ${w.id.padEnd(7)} ${v.id.padEnd(9)} ` +
-                    (r.bpf ?? []).map((b) => `${b.name} ${b.runsPerWrite.toFixed(2)}/write ${(b.nsPerRun / 1000).toFixed(2)} µs/run`).join(", ") +
-                    (bad.length ? `  CHECK FAILED: ${bad.map((b) => `${b.name} (${b.detail})`).join(", ")}` : ""),
-                );
-              } catch (e) {
-                errors.push(`diagnostic: ${(e as Error).message}`);
-                console.error(`bench: DIAGNOSTIC RUN FAILED: ${(e as Error).message}`);
-              }
-            }
-        } finally {
-          stats.close();
-        }
-      }
-    }
+    await measuredRuns(ctx, m, total);
+    if (DIAG) await diagnosticRuns(ctx, m);
   } finally {
     await server.close();
   }
-
-  // ------------------------------------------------------------ analysis
-  const summaries: Summary[] = [];
-  for (const w of WORKLOADS) for (const v of variantsFor(w.id)) summaries.push(summarize(runs, w.id, v.id));
-  const S = (w: WorkloadId, v: VariantId) => summaries.find((s) => s.workload === w && s.variant === v)!;
-
-  const derive = (w: WorkloadId) => {
-    const b = S(w, "baseline");
-    const k = S(w, "kloak");
-    const p = S(w, "kloak+ph");
-    const kr = S(w, "kloak+rules");
-    const pr = S(w, "kloak+ph+rules");
-    const px = summaries.find((s) => s.workload === w && s.variant === "proxy"); // request loop only
-    const out = S(w, "outside");
-    const rate = (s: Summary) => (w === "request" ? s.ops_per_s : s.mib_per_s);
-    /** v's throughput over ref's, rep by rep (the two ran minutes apart at most) */
-    const pairs = (v: VariantId, ref: VariantId = "baseline") =>
-      [...new Set(runs.map((r) => r.rep))].flatMap((rep) => {
-        const x = runs.find((r) => r.rep === rep && r.workload === w && r.variant === v);
-        const y = runs.find((r) => r.rep === rep && r.workload === w && r.variant === ref);
-        return x && y ? [x.client.ops_per_s / y.client.ops_per_s] : [];
-      });
-    return {
-      ratio_proxy: px ? rate(px) / rate(b) : NaN,
-      per_rep_ratio_proxy: px ? pairs("proxy") : [],
-      /** kloak with one placeholder per write against the egress proxy, the alternative */
-      ratio_placeholder_vs_proxy: px ? rate(p) / rate(px) : NaN,
-      per_rep_ratio_placeholder_vs_proxy: px ? pairs("kloak+ph", "proxy") : [],
-      added_p50_proxy_ns: px ? px.p50_ns - b.p50_ns : NaN,
-      added_p99_proxy_ns: px ? px.p99_ns - b.p99_ns : NaN,
-      added_mean_per_request_proxy_from_throughput_ns: px ? 1e9 / px.ops_per_s - 1e9 / b.ops_per_s : NaN,
-      /** a process outside every scope, the same libssl attached by a kloak exec tree beside it */
-      ratio_outside: rate(out) / rate(b),
-      per_rep_ratio_outside: pairs("outside"),
-      per_rep_ratio_no_placeholder: pairs("kloak"),
-      per_rep_ratio_placeholder: pairs("kloak+ph"),
-      ratio_no_placeholder: rate(k) / rate(b),
-      ratio_placeholder: rate(p) / rate(b),
-      per_rep_ratio_no_placeholder_rules: pairs("kloak+rules"),
-      per_rep_ratio_placeholder_rules: pairs("kloak+ph+rules"),
-      ratio_no_placeholder_rules: rate(kr) / rate(b),
-      ratio_placeholder_rules: rate(pr) / rate(b),
-      added_p99_per_substituted_write_rules_ns: pr.p99_ns - b.p99_ns,
-      added_p50_no_placeholder_ns: k.p50_ns - b.p50_ns,
-      added_p99_no_placeholder_ns: k.p99_ns - b.p99_ns,
-      added_p50_per_substituted_write_ns: p.p50_ns - b.p50_ns,
-      added_p90_per_substituted_write_ns: p.p90_ns - b.p90_ns,
-      added_p99_per_substituted_write_ns: p.p99_ns - b.p99_ns,
-      added_mean_per_write_no_placeholder_from_throughput_ns: 1e9 / k.ops_per_s - 1e9 / b.ops_per_s,
-      added_mean_per_write_from_throughput_ns: 1e9 / p.ops_per_s - 1e9 / b.ops_per_s,
-      added_client_sys_us_per_write_no_placeholder: k.client_sys_us_per_op - b.client_sys_us_per_op,
-      added_client_sys_us_per_write_placeholder: p.client_sys_us_per_op - b.client_sys_us_per_op,
-    };
-  };
-  const derived = { request: derive("request"), bulk: derive("bulk") };
-
-  const kloakRuns = runs.filter((r) => r.kloak);
-  const peakAgent = kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak!.hwm)) : NaN;
-  const peakPolled = kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak!.rssPolledMax)) : NaN;
-  const peakGuardian = kloakRuns.length ? Math.max(...kloakRuns.map((r) => r.kloak!.guardianHwm ?? 0)) : NaN;
-  const targets = [
-    {
-      id: "no_placeholder_1k",
-      what: `kloak without placeholders, 1 KiB request loop: req/s >= ${pct(TARGETS.noPh1k)} of baseline`,
-      value: derived.request.ratio_no_placeholder,
-      shown: pct(derived.request.ratio_no_placeholder),
-      pass: derived.request.ratio_no_placeholder >= TARGETS.noPh1k,
-    },
-    {
-      id: "no_placeholder_16k",
-      what: `kloak without placeholders, 16 KiB bulk: MiB/s >= ${pct(TARGETS.noPh16k)} of baseline`,
-      value: derived.bulk.ratio_no_placeholder,
-      shown: pct(derived.bulk.ratio_no_placeholder),
-      pass: derived.bulk.ratio_no_placeholder >= TARGETS.noPh16k,
-    },
-    {
-      id: "added_p99_per_substituted_write",
-      what: `added p99 latency per substituted write (request loop: p99 kloak+ph - p99 baseline) <= ${TARGETS.addedP99Us} µs`,
-      value: derived.request.added_p99_per_substituted_write_ns / 1e3,
-      shown: fmtSignedUs(derived.request.added_p99_per_substituted_write_ns),
-      pass: derived.request.added_p99_per_substituted_write_ns <= TARGETS.addedP99Us * 1e3,
-    },
-    {
-      id: "placeholder_vs_proxy",
-      what: `kloak+ph throughput >= egress proxy throughput (1 KiB request loop, same run: kloak+ph req/s / proxy req/s >= ${pct(TARGETS.phVsProxy)})`,
-      value: derived.request.ratio_placeholder_vs_proxy,
-      shown: pct(derived.request.ratio_placeholder_vs_proxy),
-      pass: derived.request.ratio_placeholder_vs_proxy >= TARGETS.phVsProxy,
-    },
-    {
-      id: "no_placeholder_1k_rules",
-      what: `... the same with destination rules: req/s >= ${pct(TARGETS.noPh1k)} of baseline`,
-      value: derived.request.ratio_no_placeholder_rules,
-      shown: pct(derived.request.ratio_no_placeholder_rules),
-      pass: derived.request.ratio_no_placeholder_rules >= TARGETS.noPh1k,
-    },
-    {
-      id: "no_placeholder_16k_rules",
-      what: `... 16 KiB bulk with destination rules: MiB/s >= ${pct(TARGETS.noPh16k)} of baseline`,
-      value: derived.bulk.ratio_no_placeholder_rules,
-      shown: pct(derived.bulk.ratio_no_placeholder_rules),
-      pass: derived.bulk.ratio_no_placeholder_rules >= TARGETS.noPh16k,
-    },
-    {
-      id: "added_p99_per_substituted_write_rules",
-      what: `added p99 per substituted write with destination rules (p99 kloak+ph+rules - p99 baseline) <= ${TARGETS.addedP99Us} µs`,
-      value: derived.request.added_p99_per_substituted_write_rules_ns / 1e3,
-      shown: fmtSignedUs(derived.request.added_p99_per_substituted_write_rules_ns),
-      pass: derived.request.added_p99_per_substituted_write_rules_ns <= TARGETS.addedP99Us * 1e3,
-    },
-    {
-      id: "peak_agent_rss",
-      what: `peak agent RSS (VmHWM of the kloak exec process, max over all kloak runs) <= 80 MB (80e6 bytes)`,
-      value: peakAgent,
-      shown: `${fmtMiB(peakAgent)} (${(peakAgent / 1e6).toFixed(1)} MB)`,
-      pass: peakAgent <= TARGETS.rssBytes,
-    },
-  ].map((t) => ({ ...t, pass: Number.isFinite(t.value) && t.pass }));
-  // One line per run with failed checks, with kloak's own explanation (its refusal summary lines).
-  const failedChecks = [
-    ...runs.map((r) => ({ r, tag: `rep ${r.rep + 1}` })),
-    ...diagRuns.map((r) => ({ r, tag: "diagnostic run" })),
-  ].flatMap(({ r, tag }) => {
-    const bad = r.checks.filter((c) => !c.ok);
-    if (bad.length === 0) return [];
-    const why = r.stderr
-      .split("\n")
-      .filter((l) => /refused|failed closed/.test(l))
-      .map((l) => l.replace(/^kloak: /, "").trim());
-    return [
-      `${r.workload}/${r.variant} ${tag}: ${bad.map((c) => `${c.name}: ${c.detail}`).join("; ")}` +
-        (why.length ? ` — kloak says: ${why.join(" | ")}` : ""),
-    ];
-  });
-  const missed = targets.filter((t) => !t.pass);
-  const foreign = runs.map((r) => r.window.foreignS / r.window.seconds).filter(Number.isFinite);
-  const steal = runs.map((r) => r.window.stealS / r.window.seconds).filter(Number.isFinite);
-  const busyMachine = foreignAtStart.length > 0 || median(foreign) > 0.15;
-  const machine = { ...machineInfo(runs.find((r) => r.variant === "baseline"), kloakRuns[0]), nginx: nginxVersion };
-  const elapsedS = (Date.now() - t0) / 1000;
-
-  // ------------------------------------------------------------ report
-  const md: string[] = [];
-  const L = (s = "") => md.push(s);
-  L("# kloak benchmark");
-  L();
-  L(`Generated ${new Date().toISOString()} in ${elapsedS.toFixed(0)} s by \`bun run bench\`.`);
-  L();
-  if (missed.length || failedChecks.length || errors.length || busyMachine) {
-    L("```");
-    if (busyMachine)
-      L(`!!! MACHINE NOT IDLE: other kloak/test processes or ${pct(median(foreign))} of a CPU of other load; numbers are noisy`);
-    for (const t of missed) L(`!!! MISSED: ${t.what}: got ${t.shown}`);
-    for (const f of failedChecks) L(`!!! CORRECTNESS FAILED: ${f}`);
-    for (const e of errors) L(`!!! RUN FAILED: ${e.split("\n")[0]}`);
-    L("```");
-    L();
-  }
-  L("## Machine");
-  L();
-  L("| | |");
-  L("|---|---|");
-  L(`| kernel | ${machine.kernel} |`);
-  L(`| CPUs | ${machine.cpus} × ${machine.cpu_model} |`);
-  L(`| memory | ${machine.memory} |`);
-  L(`| kernel lockdown | ${machine.lockdown} |`);
-  L(`| kloak rewrite mode | **${machine.kloak_rewrite_mode}** (${machine.kloak_rewrite_mode_reason}) |`);
-  L(`| kloak | commit ${machine.kloak_commit}, run from source with bun ${machine.bun} |`);
-  L(`| client | CPython ${machine.python} ssl, ${machine.openssl}, ${machine.tls}, one blocking socket |`);
-  L(`| server | node:tls in the bench process (bun), 127.0.0.1, same for all variants |`);
-  L(
-    `| egress proxy (variant "proxy") | nginx ${machine.nginx} (Debian), one process (\`master_process off\`), started per run with its own config; ` +
-      `TLS from the client terminated with the test server certificate, \`proxy_set_header Authorization "Bearer <value>"\`, ` +
-      `TLS 1.2/1.3 to the server verified against the test CA (name localhost), upstream \`keepalive 16\` + HTTP/1.1 + \`Connection ""\`, session reuse; ` +
-      `${PIN ? `pinned like the agent (CPUs ${ALL_CPUS})` : "unpinned"} |`,
-  );
-  L(
-    `| outside (variant "outside") | the baseline client, not in any scope, while \`kloak exec --secret NAME -- python3\` runs beside it with the same libssl attached ` +
-      `(its process made one TLS request, substituted, before the client started, and stays connected) |`,
-  );
-  L(
-    `| CPU placement | ${PIN ? `server (bench process) pinned to CPU ${SERVER_CPU}, client to CPU ${CLIENT_CPU}, kloak agent unpinned (CPUs ${ALL_CPUS})` : "unpinned"} |`,
-  );
-  L(
-    `| method | ${DURATION} s measured (+${WARMUP} s warmup) per run, ${REPS} rep(s) per variant interleaved (rotating order), medians; ` +
-      `secret of ${SECRET_LEN} bytes; bound ${MAX_COUNT} writes/run |`,
-  );
-  L();
-  L("## Targets");
-  L();
-  L("| target | result | |");
-  L("|---|---|---|");
-  for (const t of targets) L(`| ${t.what} | ${t.shown} | ${t.pass ? "PASS" : "**MISSED**"} |`);
-  L(
-    `| correctness: server got the real value in every kloak+ph write and every proxied request, never a placeholder; app buffers restored; the outside variant's scoped process was substituted on the same libssl | ` +
-      `${failedChecks.length === 0 && errors.length === 0 ? "all checks held" : `${failedChecks.length + errors.length} run(s) failed (see top)`} | ` +
-      `${failedChecks.length === 0 && errors.length === 0 ? "PASS" : "**FAIL**"} |`,
-  );
-  L();
-
-  for (const w of WORKLOADS) {
-    const d = derived[w.id];
-    const b = S(w.id, "baseline");
-    L(`## ${w.label}`);
-    L();
-    const unit = w.id === "request" ? "req/s" : "MiB/s";
-    L(
-      `| variant | ${unit} | vs baseline | p50 | p90 | p99 | p99.9 | max | client user/sys µs per write | agent (proxy: nginx) CPU µs per write | bench proc CPU µs per write | agent VmHWM (max) | writes measured (median) |`,
-    );
-    L("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (const v of variantsFor(w.id)) {
-      const s = S(w.id, v.id);
-      const rate = w.id === "request" ? s.ops_per_s : s.mib_per_s;
-      const base = w.id === "request" ? b.ops_per_s : b.mib_per_s;
-      L(
-        `| ${v.label} | ${rate.toFixed(w.id === "request" ? 0 : 1)} | ${pct(rate / base)} | ${fmtUs(s.p50_ns)} | ${fmtUs(s.p90_ns)} | ` +
-          `${fmtUs(s.p99_ns)} | ${fmtUs(s.p999_ns)} | ${fmtUs(s.max_ns)} | ${s.client_user_us_per_op.toFixed(1)} / ${s.client_sys_us_per_op.toFixed(1)} | ` +
-          `${Number.isFinite(s.agent_cpu_us_per_op) ? s.agent_cpu_us_per_op.toFixed(1) : "–"} | ${s.bench_process_cpu_us_per_op.toFixed(1)} | ` +
-          `${Number.isFinite(s.agent_hwm_max) ? fmtMiB(s.agent_hwm_max) : "–"} | ${s.measured_writes.toFixed(0)} |`,
-      );
-    }
-    L();
-    L(`Per-rep ${unit === "req/s" ? "req/s" : "writes/s"}: ` + variantsFor(w.id).map((v) => `${v.id} ${S(w.id, v.id).per_rep_ops.map((x) => x.toFixed(0)).join(", ")}`).join("; ") + ".");
-    L();
-    L(
-      `- throughput without placeholders: ${pct(d.ratio_no_placeholder)} of baseline (ratio of medians; same-rep ratios ${d.per_rep_ratio_no_placeholder.map(pct).join(", ")}); ` +
-        `with one placeholder per write: ${pct(d.ratio_placeholder)} (same-rep ${d.per_rep_ratio_placeholder.map(pct).join(", ")}); ` +
-        `with destination rules: ${pct(d.ratio_no_placeholder_rules)} without and ${pct(d.ratio_placeholder_rules)} with a placeholder`,
-    );
-    L(
-      `- added latency per substituted write (kloak+ph − baseline): p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)}, ` +
-        `p90 ${fmtSignedUs(d.added_p90_per_substituted_write_ns)}, p99 ${fmtSignedUs(d.added_p99_per_substituted_write_ns)}; ` +
-        `mean from throughput ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)}`,
-    );
-    L(
-      `- added latency without placeholders (kloak − baseline): p50 ${fmtSignedUs(d.added_p50_no_placeholder_ns)}, p99 ${fmtSignedUs(d.added_p99_no_placeholder_ns)}; ` +
-        `mean from throughput ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns)}`,
-    );
-    if (variantsFor(w.id).some((v) => v.proxy))
-      L(
-        `- **kloak with one placeholder per write vs the egress proxy: ${pct(d.ratio_placeholder_vs_proxy)} of the proxy's req/s** ` +
-          `(same-rep ${d.per_rep_ratio_placeholder_vs_proxy.map(pct).join(", ")}); the proxy runs at ${pct(d.ratio_proxy)} of baseline ` +
-          `(same-rep ${d.per_rep_ratio_proxy.map(pct).join(", ")}). Added p99 per substituted write ${fmtSignedUs(d.added_p99_per_substituted_write_ns)} ` +
-          `against the proxy's added p99 per request ${fmtSignedUs(d.added_p99_proxy_ns)} (p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)} vs ${fmtSignedUs(d.added_p50_proxy_ns)}; ` +
-          `mean from throughput ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} vs ${fmtSignedUs(d.added_mean_per_request_proxy_from_throughput_ns)})`,
-      );
-    L(
-      `- non-enabled process, same libssl (a kloak exec tree attached beside it): ${pct(d.ratio_outside)} of baseline ` +
-        `(same-rep ${d.per_rep_ratio_outside.map(pct).join(", ")})`,
-    );
-    const last = runs.filter((r) => r.workload === w.id && r.variant === "kloak+ph").at(-1);
-    if (last?.kloak) {
-      const th = last.kloak.threadCpuWindow.slice(0, 4);
-      L(
-        `- agent threads busy during a kloak+ph run (rep ${last.rep + 1}, CPU s in the ${DURATION} s window): ` +
-          (th.length ? th.map((t) => `${t.comm} ${t.cpuS.toFixed(2)}`).join(", ") : "none measurable"),
-      );
-    }
-    L();
-  }
-
-  L("## Where the time goes");
-  L();
-  if (diagNote) L(`(${diagNote})`);
-  for (const w of WORKLOADS) {
-    const d = derived[w.id];
-    const b = S(w.id, "baseline");
-    const k = S(w.id, "kloak");
-    const p = S(w.id, "kloak+ph");
-    const bpfOf = (v: VariantId) => diagRuns.find((r) => r.workload === w.id && r.variant === v)?.bpf ?? [];
-    // the write path: the TLS uprobe programs and the send tracepoints (bpftool names are cut at 15 chars)
-    const writeProgs = (v: VariantId) => bpfOf(v).filter((x) => x.name.startsWith("kloak_tls") || x.name.startsWith("kloak_send"));
-    const progText = (v: VariantId) =>
-      writeProgs(v)
-        .map((x) => `\`${x.name}\` ${(x.nsPerRun / 1000).toFixed(2)} µs/run × ${x.runsPerWrite.toFixed(2)}/write`)
-        .join(", ") || "n/a";
-    const bpfPerWrite = (v: VariantId) => writeProgs(v).reduce((a, x) => a + x.nsPerWrite, 0) / 1000;
-    L(`**${w.label}** (baseline client kernel time ${b.client_sys_us_per_op.toFixed(1)} µs/write, user ${b.client_user_us_per_op.toFixed(1)} µs/write)`);
-    L();
-    L(
-      `- kloak, no placeholder: ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns)} per write (mean, from throughput). ` +
-        `Client kernel time ${fmtSigned(d.added_client_sys_us_per_write_no_placeholder)} µs/write, client user ${fmtSigned(k.client_user_us_per_op - b.client_user_us_per_op)} µs/write; ` +
-        `the BPF programs themselves run ${bpfPerWrite("kloak").toFixed(2)} µs/write (${progText("kloak")}); ` +
-        `the other ${fmtSigned(d.added_client_sys_us_per_write_no_placeholder - bpfPerWrite("kloak"))} µs/write of client kernel time is the uprobe machinery ` +
-        `(int3 trap, out-of-line single-step of the probed instruction, uretprobe trampoline) and changed TCP batching. ` +
-        `Agent CPU ${k.agent_cpu_us_per_op.toFixed(1)} µs/write.`,
-    );
-    L(
-      `- kloak, 1 placeholder per write: ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} per write (mean). ` +
-        `Client kernel time ${fmtSigned(d.added_client_sys_us_per_write_placeholder)} µs/write; BPF ${bpfPerWrite("kloak+ph").toFixed(2)} µs/write (${progText("kloak+ph")}); ` +
-        `agent CPU ${p.agent_cpu_us_per_op.toFixed(1)} µs/write: each substituted write is two holds (substitute at entry, restore at return): the kernel stops the writing thread (SIGSTOP, reported to kloak's ring worker through ptrace), the worker patches it with process_vm_writev and lets it go (PTRACE_CONT).`,
-    );
-    L();
-  }
-  L("## Machine activity during the runs");
-  L();
-  L(
-    `- CPU used by anything other than client, agent and bench process during measured windows (approx., /proc/stat): ` +
-      `median ${pct(median(foreign))} of one CPU, max ${pct(Math.max(...foreign))}; hypervisor steal median ${pct(median(steal))}, max ${pct(Math.max(...steal))}`,
-  );
-  L(
-    foreignAtStart.length
-      ? `- **other kloak/test processes were running at start** (numbers noisier): ${foreignAtStart.map((f) => `\`${f.cmd}\``).join("; ")}`
-      : "- no other kloak or test processes were running at start",
-  );
-  L();
-  L("## Memory and startup");
-  L();
-  L(`- peak agent RSS (VmHWM of \`kloak exec\`, read while its command was still running): **${fmtMiB(peakAgent)}**; max VmRSS seen by 50 ms polling: ${fmtMiB(peakPolled)}`);
-  L(`- guardian process (\`kloak __guardian\`, a second bun process) VmHWM: ${fmtMiB(peakGuardian)}; agent + guardian: ${fmtMiB(peakAgent + peakGuardian)}`);
-  const st = (v: VariantId) => median(WORKLOADS.map((w) => S(w.id, v).startup_ms));
-  L(
-    `- spawn → client process running: baseline ${st("baseline").toFixed(0)} ms, under kloak ${median([st("kloak"), st("kloak+ph")]).toFixed(0)} ms ` +
-      `(kloak exec startup ≈ ${(median([st("kloak"), st("kloak+ph")]) - st("baseline")).toFixed(0)} ms)`,
-  );
-  L();
-  L("## Notes");
-  L();
-  L(
-    "- The client, the server (bench process) and the kloak agent share the machine's CPUs; ratios are end to end on this machine. " +
-      "Unpinned, the request loop is bimodal (client and server on one CPU or two: 2-3x apart), hence the pinning above (`--no-pin` to disable).",
-  );
-  L("- \"agent CPU\" is user+sys of the `kloak exec` process (all threads) during the client's measured window; uprobe/BPF time and the stop/continue signal handling are kernel time charged to the *client* (its sys µs per write).");
-  L("- Latency for the request loop is sendall → full response read; for bulk it is the time of one 16 KiB sendall (mostly copy into the socket buffer).");
-  L(`- The real secret value is never printed; the server only counts its occurrences (and those of the "${MARKER}" placeholder marker). The proxy variant's value is in its nginx config only, in a 0700 temp dir removed after the run.`);
-  L(
-    "- The proxy variant's client sends filler where the placeholder would be (as the \"kloak\" variant does); nginx replaces the whole Authorization header, so the server must see the real value once per request and the one upstream connection must carry them all (keep-alive). " +
-      "Its latency is the client's full round trip through nginx; \"agent CPU\" is nginx's CPU for that variant.",
-  );
-  L();
-
-  const report = md.join("\n");
-  const json = {
-    generated: new Date().toISOString(),
-    elapsed_s: elapsedS,
-    options: { pinned: PIN, server_cpu: PIN ? SERVER_CPU : null, client_cpu: PIN ? CLIENT_CPU : null, duration_s: DURATION, reps: REPS, warmup_s: WARMUP, max_count: MAX_COUNT, secret_len: SECRET_LEN },
-    machine,
-    targets: targets.map(({ id, what, value, pass }) => ({ id, what, value, pass })),
-    correctness: { pass: failedChecks.length === 0 && errors.length === 0, failed_checks: failedChecks, run_errors: errors },
-    summaries,
-    derived,
-    memory: { peak_agent_hwm_bytes: peakAgent, peak_agent_rss_polled_bytes: peakPolled, peak_guardian_hwm_bytes: peakGuardian },
-    foreign_at_start: foreignAtStart,
-    diagnostic: { note: diagNote ?? null, runs: diagRuns.map((r) => ({ ...r, stderr: undefined })) },
-    runs: runs.map((r) => ({ ...r, stderr: r.stderr.split("\n").filter((l) => l.startsWith("kloak")) })),
-  };
-  mkdirSync(REPORT_DIR, { recursive: true });
-  // The other parts' sections of the previous report (agent, startup, clients, growth) stay until those parts replace them.
-  writeFileSync(join(REPORT_DIR, "report.md"), keepSections(keepAgentSection(report, REPORT_DIR), REPORT_DIR) + "\n");
-  writeFileSync(join(REPORT_DIR, "report.json"), JSON.stringify(keepSectionJson(keepAgentJson(json, REPORT_DIR), REPORT_DIR), null, 2) + "\n");
-  console.log(report);
-  if (missed.length) console.log(`\n!!! ${missed.length} TARGET(S) MISSED: ${missed.map((t) => t.id).join(", ")} !!!`);
-  else console.log("\nAll targets met.");
-  if (failedChecks.length || errors.length)
-    console.log(`!!! CORRECTNESS/RUN FAILURES in ${failedChecks.length + errors.length} run(s) (see the top of the report) !!!`);
-  console.log(`(report written to ${join(REPORT_DIR, "report.md")} and report.json)`);
-  return failedChecks.length || errors.length ? 1 : 0;
+  const method = { duration: DURATION, warmup: WARMUP, reps: REPS, maxCount: MAX_COUNT, secretLen: SECRET_LEN, marker: MARKER, pin: PIN, serverCpu: SERVER_CPU, clientCpu: CLIENT_CPU, allCpus: ALL_CPUS };
+  return writeDataplaneReport(analyse(m, foreignAtStart, nginx, t0, method));
 }
 
 /** The agent part (bench/agent.ts): measures, then writes its section into the report. */
@@ -1321,30 +799,28 @@ async function agentPart(): Promise<number> {
   return s.correctness.length ? 1 : 0;
 }
 
+/** A part that writes one section: prints it; a failure to run is exit status 1, said on stderr. */
+async function sectionPart(name: string, run: () => Promise<string>): Promise<number> {
+  try {
+    const section = await run();
+    console.log("\n" + section + `\n(${name} section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
+    return 0;
+  } catch (e) {
+    console.error(`bench: the ${name} part could not run: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
 /** The startup part (bench/startup.ts). */
 async function startupPart(): Promise<number> {
   const { runStartupBench, writeStartupReport } = await import("./startup.ts");
-  try {
-    const section = writeStartupReport(REPORT_DIR, await runStartupBench(argv.quick ? 5 : 15));
-    console.log("\n" + section + `\n(startup section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
-    return 0;
-  } catch (e) {
-    console.error(`bench: the startup part could not run: ${(e as Error).message}`);
-    return 1;
-  }
+  return sectionPart("startup", async () => writeStartupReport(REPORT_DIR, await runStartupBench(argv.quick ? 5 : 15)));
 }
 
 /** The clients part (bench/clients.ts): a Go client and HTTP/2 clients, kloak against no kloak. */
 async function clientsPart(): Promise<number> {
   const { runClientsBench, writeClientsReport } = await import("./clients.ts");
-  try {
-    const rs = await runClientsBench({ reps: argv.quick ? 3 : 9, requests: argv.quick ? 50 : 200 });
-    console.log("\n" + writeClientsReport(REPORT_DIR, rs) + `\n(clients section written to ${join(REPORT_DIR, "report.md")} and report.json)`);
-    return 0;
-  } catch (e) {
-    console.error(`bench: the clients part could not run: ${(e as Error).message}`);
-    return 1;
-  }
+  return sectionPart("clients", async () => writeClientsReport(REPORT_DIR, await runClientsBench({ reps: argv.quick ? 3 : 9, requests: argv.quick ? 50 : 200 })));
 }
 
 /** The cost-growth part (bench/growth.ts): each point is a runOne of the data-plane part with one thing grown. */
@@ -1419,10 +895,19 @@ async function growthPart(): Promise<number> {
   return failures.length ? 1 : 0;
 }
 
-let exitCode = 0;
-if (ONLY === "" || ONLY === "startup") exitCode = await startupPart();
-if (ONLY === "" || ONLY === "clients") exitCode = Math.max(exitCode, await clientsPart());
-if (ONLY === "" || ONLY === "dataplane") exitCode = Math.max(exitCode, await main());
-if (ONLY === "" || ONLY === "growth") exitCode = Math.max(exitCode, await growthPart());
-if (ONLY === "" || ONLY === "agent") exitCode = Math.max(exitCode, await agentPart());
-process.exitCode = exitCode;
+/** The parts in the order `bun run bench` runs them; --only picks one. */
+const PARTS: [string, () => Promise<number>][] = [
+  ["startup", startupPart],
+  ["clients", clientsPart],
+  ["dataplane", dataplanePart],
+  ["growth", growthPart],
+  ["agent", agentPart],
+];
+
+async function main(): Promise<number> {
+  let exitCode = 0;
+  for (const [name, part] of PARTS) if (ONLY === "" || ONLY === name) exitCode = Math.max(exitCode, await part());
+  return exitCode;
+}
+
+process.exitCode = await main();

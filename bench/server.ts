@@ -69,6 +69,86 @@ class NeedleCounter {
   }
 }
 
+/** A connection's stats (of the run it started in) and the byte counter every chunk goes through first. */
+type Counted = { s: Omit<ServerStats, "cpuS">; feed(data: Buffer): void };
+
+/** Keep-alive HTTP/1.1: each request (head, then Content-Length bytes of body) answered with RESPONSE. */
+function serveHttp(socket: tls.TLSSocket, { s, feed }: Counted): void {
+  let head: Buffer = Buffer.alloc(0);
+  let bodyLeft = 0;
+  let broken = false;
+  socket.on("data", (data: Buffer) => {
+    feed(data);
+    if (broken) return;
+    let buf = data;
+    let i = 0;
+    while (i < buf.length) {
+      if (bodyLeft > 0) {
+        const take = Math.min(bodyLeft, buf.length - i);
+        bodyLeft -= take;
+        i += take;
+        if (bodyLeft === 0) {
+          s.requests++;
+          socket.write(RESPONSE);
+        }
+        continue;
+      }
+      // In a request head.
+      if (head.length > 0) {
+        buf = Buffer.concat([head, buf.subarray(i)]);
+        head = Buffer.alloc(0);
+        i = 0;
+      }
+      const end = buf.indexOf(CRLFCRLF, i);
+      if (end < 0) {
+        if (buf.length - i > MAX_HEAD) {
+          broken = true;
+          s.errors.push("request head too long");
+          socket.destroy();
+          return;
+        }
+        head = Buffer.from(buf.subarray(i));
+        return;
+      }
+      const text = buf.toString("latin1", i, end);
+      if (!text.startsWith("POST ") && !text.startsWith("GET ")) {
+        broken = true;
+        s.errors.push(`bad request line ${JSON.stringify(text.slice(0, 30))}`);
+        socket.destroy();
+        return;
+      }
+      const m = /\r\ncontent-length:\s*(\d+)/i.exec(text);
+      bodyLeft = m ? Number(m[1]) : 0;
+      i = end + 4;
+      if (bodyLeft === 0) {
+        s.requests++;
+        socket.write(RESPONSE);
+      }
+    }
+  });
+}
+
+/** Bulk: records of R bytes, "D"ata then one "E"nd record, answered with the byte count so far. */
+function serveBulk(socket: tls.TLSSocket, { s, feed }: Counted, R: number): void {
+  let total = 0;
+  let endAt = -1; // stream offset just past the end record
+  socket.on("data", (data: Buffer) => {
+    feed(data);
+    // Record starts inside this chunk.
+    for (let i = (R - (total % R)) % R; i < data.length; i += R) {
+      const kind = data[i];
+      if (kind === 0x45 /* E */) endAt = total + i + R;
+      else if (kind !== 0x44 /* D */ && s.errors.length < 5) s.errors.push(`bad record byte ${kind} at ${total + i}`);
+    }
+    total += data.length;
+    if (endAt >= 0 && total >= endAt) {
+      s.requests++;
+      socket.write(`done ${total}\n`);
+      endAt = -1;
+    }
+  });
+}
+
 export async function startBenchServer(o: {
   key: string;
   cert: string;
@@ -106,83 +186,8 @@ export async function startBenchServer(o: {
     } };
   };
 
-  const http = tls.createServer({ key: o.key, cert: o.cert }, (socket) => {
-    const { s, feed } = counting(socket);
-    let head: Buffer = Buffer.alloc(0);
-    let bodyLeft = 0;
-    let broken = false;
-    socket.on("data", (data: Buffer) => {
-      feed(data);
-      if (broken) return;
-      let buf = data;
-      let i = 0;
-      while (i < buf.length) {
-        if (bodyLeft > 0) {
-          const take = Math.min(bodyLeft, buf.length - i);
-          bodyLeft -= take;
-          i += take;
-          if (bodyLeft === 0) {
-            s.requests++;
-            socket.write(RESPONSE);
-          }
-          continue;
-        }
-        // In a request head.
-        if (head.length > 0) {
-          buf = Buffer.concat([head, buf.subarray(i)]);
-          head = Buffer.alloc(0);
-          i = 0;
-        }
-        const end = buf.indexOf(CRLFCRLF, i);
-        if (end < 0) {
-          if (buf.length - i > MAX_HEAD) {
-            broken = true;
-            s.errors.push("request head too long");
-            socket.destroy();
-            return;
-          }
-          head = Buffer.from(buf.subarray(i));
-          return;
-        }
-        const text = buf.toString("latin1", i, end);
-        if (!text.startsWith("POST ") && !text.startsWith("GET ")) {
-          broken = true;
-          s.errors.push(`bad request line ${JSON.stringify(text.slice(0, 30))}`);
-          socket.destroy();
-          return;
-        }
-        const m = /\r\ncontent-length:\s*(\d+)/i.exec(text);
-        bodyLeft = m ? Number(m[1]) : 0;
-        i = end + 4;
-        if (bodyLeft === 0) {
-          s.requests++;
-          socket.write(RESPONSE);
-        }
-      }
-    });
-  });
-
-  const bulk = tls.createServer({ key: o.key, cert: o.cert }, (socket) => {
-    const { s, feed } = counting(socket);
-    const R = recordSize;
-    let total = 0;
-    let endAt = -1; // stream offset just past the end record
-    socket.on("data", (data: Buffer) => {
-      feed(data);
-      // Record starts inside this chunk.
-      for (let i = (R - (total % R)) % R; i < data.length; i += R) {
-        const kind = data[i];
-        if (kind === 0x45 /* E */) endAt = total + i + R;
-        else if (kind !== 0x44 /* D */ && s.errors.length < 5) s.errors.push(`bad record byte ${kind} at ${total + i}`);
-      }
-      total += data.length;
-      if (endAt >= 0 && total >= endAt) {
-        s.requests++;
-        socket.write(`done ${total}\n`);
-        endAt = -1;
-      }
-    });
-  });
+  const http = tls.createServer({ key: o.key, cert: o.cert }, (socket) => serveHttp(socket, counting(socket)));
+  const bulk = tls.createServer({ key: o.key, cert: o.cert }, (socket) => serveBulk(socket, counting(socket), recordSize));
 
   for (const srv of [http, bulk]) {
     srv.on("tlsClientError", () => {});

@@ -16,7 +16,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeReportSection } from "./report-section.ts";
+import { tableHead, tableRow, writeReportSection } from "./report.ts";
 import { median } from "./stats.ts";
 
 const ROOT = join(import.meta.dir, "..");
@@ -101,14 +101,13 @@ export async function runStartupBench(reps = 15): Promise<StartupResult> {
 export function startupMarkdown(r: StartupResult): string {
   const f = (x: number) => x.toFixed(1);
   const row = (what: string, ms: number, target?: number) =>
-    `| ${what} | ${f(ms)} | ${(ms / r.trueMs).toFixed(0)}x | ${(ms / r.envTrueMs).toFixed(0)}x | ${target === undefined ? "" : `${target} ms: ${ms <= target ? "met" : "MISSED"}`} |`;
+    tableRow([what, f(ms), `${(ms / r.trueMs).toFixed(0)}x`, `${(ms / r.envTrueMs).toFixed(0)}x`, target === undefined ? "" : `${target} ms: ${ms <= target ? "met" : "MISSED"}`]);
   return [
     "## Startup (`bun run bench --only startup`)",
     "",
     `Medians of ${r.reps} runs of the compiled executable (dist/kloak), same run as the baselines.`,
     "",
-    "| what | ms | / `true` | / `env -i true` | target |",
-    "|---|---|---|---|---|",
+    ...tableHead(["what", "ms", "/ `true`", "/ `env -i true`", "target"]),
     row("`true`", r.trueMs),
     row("`env -i true`", r.envTrueMs),
     row("`kloak exec --quiet --secret A=… -- true`", r.execMs, STARTUP_TARGETS.execEndToEnd),
