@@ -6,7 +6,7 @@
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { secretReferences as keysOf } from "../../src/controller/pod-references.ts";
+import { referencedKeys as keysOf } from "../../src/controller/pod-references.ts";
 import { secretReferences as pathsOf } from "../../src/webhook/mutate.ts";
 
 test("the webhook and the pod controller find the same Secret names in a pod", () => {
