@@ -28,9 +28,9 @@ import {
   isShadow,
   shadowName,
   shadowOwner,
-  type Meta,
 } from "../kube/contract.ts";
 import { podSecretRefs, type PodSecretRef } from "../kube/pod-secret-refs.ts";
+import type { SecretView } from "../kube/secret-view.ts";
 import {
   BadReview,
   PodSchema,
@@ -44,13 +44,6 @@ import {
   type JsonPatchOp,
   type Pod,
 } from "./review.ts";
-
-/** What the webhook knows about a Secret (the agent's watch cache holds these). */
-export interface SecretView {
-  metadata: Meta;
-  type?: string;
-  data?: Record<string, string> | null;
-}
 
 export interface SecretLookup {
   /** the cache; in the agent it holds enabled Secrets and shadows only */
