@@ -9,7 +9,7 @@ import { isShadow, shadowOwner } from "../kube/contract.ts";
 import type { LogFn } from "../log.ts";
 import type { PodTarget } from "../node/pod-attacher.ts";
 import { podEnablement } from "./pod-enablement.ts";
-import { secretReferences } from "./pod-references.ts";
+import { referencedKeys } from "./pod-references.ts";
 import type { MetaView, PodView } from "./pod-view.ts";
 import type { SecretView } from "./secret-view.ts";
 import type { EventSink } from "./shadow-writer.ts";
@@ -118,7 +118,7 @@ export class PodController {
   /** Secret ids the pod may redeem: the keys of the Secrets it references, originals or their shadows. */
   private entitlement(ns: string, p: PodView): number[] {
     const ids = new Set<number>();
-    for (const [name, keys] of secretReferences(p.spec)) {
+    for (const [name, keys] of referencedKeys(p.spec)) {
       const s = this.d.secrets.get(ns, name);
       const original = s && isShadow(s.metadata) ? shadowOwner(s.metadata) : name;
       if (!original) continue;

@@ -1,32 +1,14 @@
 /**
  * Which Secrets (and which of their keys) a pod spec references: what its
- * scope may redeem. Reads the spec defensively (it comes from the API server
- * as JSON; unknown shapes are skipped, never thrown on).
- *
- *   volumes[].secret                    {secretName, items?}  items narrow to their keys
- *   volumes[].projected.sources[].secret {name, items?}
- *   containers/initContainers/ephemeralContainers:
- *     env[].valueFrom.secretKeyRef      {name, key}           one key
- *     envFrom[].secretRef               {name}                all keys
+ * scope may redeem. The places come from the one walker of a pod's Secret
+ * references (kube/pod-secret-refs.ts); this module merges their keys.
  */
+import { podSecretRefs, type PodSpecLike } from "../kube/pod-secret-refs.ts";
 
 /** Secret name -> the keys referenced, or "all" of them. */
-export type SecretReferences = Map<string, Set<string> | "all">;
+export type ReferencedKeys = Map<string, Set<string> | "all">;
 
-export interface PodSpecLike {
-  volumes?: unknown[] | null;
-  containers?: unknown[] | null;
-  initContainers?: unknown[] | null;
-  ephemeralContainers?: unknown[] | null;
-}
-
-type Obj = Record<string, unknown>;
-const obj = (v: unknown): Obj | undefined => (v !== null && typeof v === "object" && !Array.isArray(v) ? (v as Obj) : undefined);
-const list = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
-const str = (v: unknown): string | undefined => (typeof v === "string" && v !== "" ? v : undefined);
-
-function add(refs: SecretReferences, name: string | undefined, keys: Iterable<string> | "all"): void {
-  if (name === undefined) return;
+function add(refs: ReferencedKeys, name: string, keys: Iterable<string> | "all"): void {
   const have = refs.get(name);
   if (have === "all") return;
   if (keys === "all") {
@@ -38,36 +20,13 @@ function add(refs: SecretReferences, name: string | undefined, keys: Iterable<st
   refs.set(name, set);
 }
 
-/** A secret volume source: its items' keys, or all keys when it lists none. */
-function volumeKeys(source: Obj): Iterable<string> | "all" {
-  const items = list(source.items);
-  if (items.length === 0) return "all";
-  return items.map((i) => str(obj(i)?.key)).filter((k): k is string => k !== undefined);
-}
-
-export function secretReferences(spec: PodSpecLike | null | undefined): SecretReferences {
-  const refs: SecretReferences = new Map();
-  if (!spec) return refs;
-  for (const v of list(spec.volumes)) {
-    const vol = obj(v);
-    const secret = obj(vol?.secret);
-    if (secret) add(refs, str(secret.secretName), volumeKeys(secret));
-    for (const src of list(obj(vol?.projected)?.sources)) {
-      const s = obj(obj(src)?.secret);
-      if (s) add(refs, str(s.name), volumeKeys(s));
-    }
-  }
-  for (const c of [...list(spec.containers), ...list(spec.initContainers), ...list(spec.ephemeralContainers)]) {
-    const container = obj(c);
-    for (const e of list(container?.env)) {
-      const ref = obj(obj(obj(e)?.valueFrom)?.secretKeyRef);
-      const key = str(ref?.key);
-      if (ref && key !== undefined) add(refs, str(ref.name), [key]);
-    }
-    for (const e of list(container?.envFrom)) {
-      const ref = obj(obj(e)?.secretRef);
-      if (ref) add(refs, str(ref.name), "all");
-    }
+/** The keys of each Secret the spec references; a reference naming several keys, or all, adds them up. */
+export function referencedKeys(spec: PodSpecLike | null | undefined): ReferencedKeys {
+  const refs: ReferencedKeys = new Map();
+  for (const ref of podSecretRefs(spec)) {
+    // An env var without a key reads nothing, and names no Secret to grant.
+    if (ref.kind === "env" && ref.keys !== "all" && ref.keys.length === 0) continue;
+    add(refs, ref.name, ref.keys);
   }
   return refs;
 }

@@ -3,6 +3,7 @@
  * enable one (Namespaces, workloads): metadata, the secret references of the
  * spec, and which containers run where.
  */
+import type { PodSpecLike } from "../kube/pod-secret-refs.ts";
 import { trimMeta, type ObjectMeta } from "../kube/reflector.ts";
 
 export interface MetaView {
@@ -24,13 +25,8 @@ export interface ContainerStatusView {
 
 export interface PodView {
   metadata: ObjectMeta;
-  /** only the fields secret references live in */
-  spec: {
-    volumes?: unknown[];
-    containers?: unknown[];
-    initContainers?: unknown[];
-    ephemeralContainers?: unknown[];
-  };
+  /** only the fields secret references live in (what kube/pod-secret-refs.ts walks) */
+  spec: PodSpecLike;
   phase?: string;
   qosClass?: string;
   statuses: ContainerStatusView[];

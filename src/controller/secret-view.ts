@@ -6,11 +6,14 @@
  * for every `kubectl apply`), which would double what kloak keeps and put
  * values of keys kloak does not protect into its memory.
  */
-import { DOMAIN, isEnabled, isShadow, type Meta } from "../kube/contract.ts";
+import { DOMAIN, isEnabled, isShadow } from "../kube/contract.ts";
 import { createHash } from "node:crypto";
 import { trimMeta, type ObjectMeta } from "../kube/reflector.ts";
+import type { SecretView } from "../kube/secret-view.ts";
 import { VALUE_MAX } from "../secrets/placeholder.ts";
 import { protectedKeys } from "../secrets/secret-check.ts";
+
+export type { SecretView };
 
 /** base64 length of the longest placeholder */
 export const PLACEHOLDER_B64_MAX = Math.ceil(VALUE_MAX / 3) * 4;
@@ -28,13 +31,6 @@ export function isDigest(v: string): boolean {
 /** Whether a shadow view's value (maybe a digest) stands for this base64 value (or digest). */
 export function sameShadowValue(view: string, b64: string): boolean {
   return view === b64 || (view.startsWith(DIGEST) && b64.length > PLACEHOLDER_B64_MAX && view === copiedDigest(b64));
-}
-
-export interface SecretView {
-  metadata: ObjectMeta & Meta;
-  type?: string;
-  /** base64 values; only for enabled originals and shadows */
-  data?: Record<string, string>;
 }
 
 type RawSecret = {

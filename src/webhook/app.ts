@@ -14,7 +14,7 @@ import { mutatePod, type SecretLookup } from "./mutate.ts";
 import { BadReview, deny, objectId, parseReview, reviewResponse, type AdmissionRequest, type Decision } from "./review.ts";
 import { validateSecret, type NamespaceLookup } from "./validate.ts";
 
-export type { SecretLookup, SecretView } from "./mutate.ts";
+export type { SecretLookup } from "./mutate.ts";
 
 export type WebhookPath = "/mutate" | "/validate";
 export type WebhookOutcome = "allowed" | "patched" | "denied" | "invalid" | "error";

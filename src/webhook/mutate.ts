@@ -28,8 +28,9 @@ import {
   isShadow,
   shadowName,
   shadowOwner,
-  type Meta,
 } from "../kube/contract.ts";
+import { podSecretRefs, type PodSecretRef } from "../kube/pod-secret-refs.ts";
+import type { SecretView } from "../kube/secret-view.ts";
 import {
   BadReview,
   PodSchema,
@@ -39,18 +40,10 @@ import {
   parseObject,
   pointer,
   type AdmissionRequest,
-  type Container,
   type Decision,
   type JsonPatchOp,
   type Pod,
 } from "./review.ts";
-
-/** What the webhook knows about a Secret (the agent's watch cache holds these). */
-export interface SecretView {
-  metadata: Meta;
-  type?: string;
-  data?: Record<string, string> | null;
-}
 
 export interface SecretLookup {
   /** the cache; in the agent it holds enabled Secrets and shadows only */
@@ -81,77 +74,18 @@ export function lookupFailedMessage(namespace: string, name: string, why: string
   );
 }
 
-/** One place in a pod that names a Secret. */
-export interface SecretRef {
-  name: string;
-  optional: boolean;
-  /** JSON pointer to the string holding the name */
-  path: string;
-}
-
 export const NOT_SYNCED_MESSAGE = "kloak is starting and has not read the cluster's Secrets yet; retry in a few seconds";
 
-const CONTAINER_LISTS = ["containers", "initContainers", "ephemeralContainers"] as const;
-
-function containerRefs(list: string, index: number, c: Container, out: SecretRef[]): void {
-  c.env?.forEach((env, j) => {
-    const ref = env.valueFrom?.secretKeyRef;
-    if (ref?.name) {
-      out.push({
-        name: ref.name,
-        optional: ref.optional === true,
-        path: pointer("spec", list, index, "env", j, "valueFrom", "secretKeyRef", "name"),
-      });
-    }
-  });
-  c.envFrom?.forEach((from, j) => {
-    const ref = from.secretRef;
-    if (ref?.name) {
-      out.push({
-        name: ref.name,
-        optional: ref.optional === true,
-        path: pointer("spec", list, index, "envFrom", j, "secretRef", "name"),
-      });
-    }
-  });
-}
-
 /**
- * Every Secret reference a pod's workload can read: secret and projected
- * volumes, env secretKeyRef and envFrom secretRef of every kind of container.
- * (imagePullSecrets and CSI/driver secret refs are read by the node, not the
- * workload.) `skipEphemeral` lists ephemeral containers to leave out.
+ * The references a request can add: all of a created pod's, or those of the
+ * ephemeral containers a pods/ephemeralcontainers update adds (the ones in
+ * `oldObject` are already admitted, the rest of the pod is immutable).
  */
-export function secretReferences(pod: Pod, only: "all" | "ephemeral" = "all", skipEphemeral: ReadonlySet<string> = new Set()): SecretRef[] {
-  const out: SecretRef[] = [];
-  const spec = pod.spec;
-  if (!spec) return out;
-  if (only === "all") {
-    spec.volumes?.forEach((vol, i) => {
-      const s = vol.secret;
-      if (s?.secretName) {
-        out.push({ name: s.secretName, optional: s.optional === true, path: pointer("spec", "volumes", i, "secret", "secretName") });
-      }
-      vol.projected?.sources?.forEach((src, j) => {
-        const p = src.secret;
-        if (p?.name) {
-          out.push({
-            name: p.name,
-            optional: p.optional === true,
-            path: pointer("spec", "volumes", i, "projected", "sources", j, "secret", "name"),
-          });
-        }
-      });
-    });
-  }
-  for (const list of CONTAINER_LISTS) {
-    if (only === "ephemeral" && list !== "ephemeralContainers") continue;
-    spec[list]?.forEach((c, i) => {
-      if (list === "ephemeralContainers" && c.name && skipEphemeral.has(c.name)) return;
-      containerRefs(list, i, c, out);
-    });
-  }
-  return out;
+function referencesToCheck(pod: Pod, ephemeralUpdate: boolean, old: unknown): PodSecretRef[] {
+  const refs = podSecretRefs(pod.spec);
+  if (!ephemeralUpdate) return refs;
+  const existing = existingEphemeral(old);
+  return refs.filter((r) => r.container?.list === "ephemeralContainers" && !(r.container.name && existing.has(r.container.name)));
 }
 
 export function shadowMissingMessage(namespace: string, name: string): string {
@@ -227,9 +161,7 @@ export async function mutatePod(request: AdmissionRequest, secrets: SecretLookup
   const namespace = request.namespace || pod.metadata?.namespace;
   if (!namespace) throw new BadReview("request.namespace is missing: pods are namespaced");
 
-  const refs = ephemeralUpdate
-    ? secretReferences(pod, "ephemeral", existingEphemeral(request.oldObject))
-    : secretReferences(pod);
+  const refs = referencesToCheck(pod, ephemeralUpdate, request.oldObject);
   if (refs.length === 0) return allow();
   // Without the cache kloak cannot tell an enabled Secret from another: fail closed.
   if (!secrets.synced()) return deny(503, "ServiceUnavailable", NOT_SYNCED_MESSAGE);
@@ -280,7 +212,7 @@ export async function mutatePod(request: AdmissionRequest, secrets: SecretLookup
     else if (!isShadow(shadow.metadata)) taken.add(ref.name);
     else {
       // `items` narrowing stays: the shadow has the same keys.
-      ops.push({ op: "replace", path: ref.path, value: shadowName(ref.name) });
+      ops.push({ op: "replace", path: pointer("spec", ...ref.path), value: shadowName(ref.name) });
       shadowed = true;
     }
   }
