@@ -10,7 +10,8 @@ import { ENABLED, MANAGED, isEnabled, isShadow } from "../kube/contract.ts";
 import { LeaseElector } from "../kube/lease.ts";
 import { Reflector, type Handlers, type ObjectMeta } from "../kube/reflector.ts";
 import { SecretCatalog, type CatalogSink, type PolicySource } from "../controller/secret-catalog.ts";
-import { secretView, type SecretView } from "../controller/secret-view.ts";
+import { secretView } from "../controller/secret-view.ts";
+import type { SecretView } from "../kube/secret-view.ts";
 import { ShadowWriter, type EventSink } from "../controller/shadow-writer.ts";
 import type { LogFn } from "../log.ts";
 

@@ -11,7 +11,7 @@ import type { PodTarget } from "../node/pod-attacher.ts";
 import { podEnablement } from "./pod-enablement.ts";
 import { referencedKeys } from "./pod-references.ts";
 import type { MetaView, PodView } from "./pod-view.ts";
-import type { SecretView } from "./secret-view.ts";
+import type { SecretView } from "../kube/secret-view.ts";
 import type { EventSink } from "./shadow-writer.ts";
 
 export interface Lookup<T> {
@@ -19,7 +19,8 @@ export interface Lookup<T> {
   values(): IterableIterator<T>;
 }
 
-export interface Attacher {
+/** Where a pod's protection is applied (node/pod-attacher.ts PodAttacher): its containers' processes joined to its scope, or dropped. */
+export interface PodTargets {
   sync(target: PodTarget): void;
   remove(uid: string): void;
 }
@@ -37,7 +38,7 @@ export interface PodControllerDeps {
   owners: Record<OwnerKind, Lookup<MetaView>>;
   secrets: Lookup<SecretView>;
   catalog: Entitlements;
-  attacher: Attacher;
+  attacher: PodTargets;
   events: EventSink;
   log: LogFn;
 }

@@ -20,7 +20,7 @@ import type { KernelRule } from "../dataplane/abi.ts";
 import type { SecretEntry } from "../dataplane/dataplane.ts";
 import type { ViolationAction } from "../dataplane/refusals.ts";
 import type { LogFn } from "../log.ts";
-import type { SecretView } from "./secret-view.ts";
+import type { SecretView } from "../kube/secret-view.ts";
 
 export interface CatalogSink {
   setSecret(s: SecretEntry): Promise<void>;

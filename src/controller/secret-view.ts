@@ -13,8 +13,6 @@ import type { SecretView } from "../kube/secret-view.ts";
 import { VALUE_MAX } from "../secrets/placeholder.ts";
 import { protectedKeys } from "../secrets/secret-check.ts";
 
-export type { SecretView };
-
 /** base64 length of the longest placeholder */
 export const PLACEHOLDER_B64_MAX = Math.ceil(VALUE_MAX / 3) * 4;
 const DIGEST = "#sha256:";

@@ -16,7 +16,8 @@ import { WorkQueue } from "../kube/work-queue.ts";
 import { checkSecret, describeProblems } from "../secrets/secret-check.ts";
 import { isPlaceholderShaped, placeholderFits, PlaceholderRegistry, valueShape } from "../secrets/placeholder.ts";
 import type { LogFn } from "../log.ts";
-import { PLACEHOLDER_B64_MAX, isDigest, sameShadowValue, type SecretView } from "./secret-view.ts";
+import { PLACEHOLDER_B64_MAX, isDigest, sameShadowValue } from "./secret-view.ts";
+import type { SecretView } from "../kube/secret-view.ts";
 
 export interface SecretCache {
   get(namespace: string, name: string): SecretView | undefined;

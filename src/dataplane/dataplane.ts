@@ -39,7 +39,7 @@ import {
 import { actionCode, REFUSALS, type ViolationAction } from "./refusals.ts";
 import { UnhookableLog } from "./unhookable-log.ts";
 import { mapsAnyOf } from "./unhookable.ts";
-import { Attacher } from "./attacher.ts";
+import { ProbeAttacher } from "./probe-attacher.ts";
 import { encodeHcode } from "./hpack-splice.ts";
 import { huffmanBits } from "./hpack.ts";
 import { encodeGoLayout } from "./go-layout.ts";
@@ -173,7 +173,7 @@ export class Dataplane {
     BpfMap
   >;
   private readonly tracepoints: BpfLink[] = [];
-  private readonly attacher: Attacher;
+  private readonly attacher: ProbeAttacher;
   private readonly worker: Worker;
   private bellFd: number;
   private readonly cpus = possibleCpus();
@@ -252,7 +252,7 @@ export class Dataplane {
     };
     const [entry, ret] = MODE_PROGRAMS[mode];
     const goLayouts = obj.map("kloak_go_layouts");
-    this.attacher = new Attacher(
+    this.attacher = new ProbeAttacher(
       {
         tls: () => ({ entryFd: this.program("tls", entry), retFd: this.program("tls", ret) }),
         go: () => ({

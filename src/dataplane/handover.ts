@@ -29,7 +29,8 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from "node:fs"
 import { mapDelete, mapKeys } from "../../lib/libbpf.ts";
 import { kill, SIGCONT } from "../../lib/libc.ts";
 import { isStopped } from "../../lib/proc.ts";
-import type { RewriteMode, UprobeKind } from "./bpf-object.ts";
+import type { UprobeKind } from "./bpf-object.ts";
+import type { RewriteMode } from "./kernel-support.ts";
 import { PIN_DIR, restoreInFlight, restoreRecord, withPinned } from "./release.ts";
 import { RingBufferReader } from "../../lib/ringbuf.ts";
 import { EventType, LAYOUT } from "./abi.ts";

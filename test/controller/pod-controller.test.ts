@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { PodController, type Lookup } from "../../src/controller/pod-controller.ts";
 import type { MetaView, PodView } from "../../src/controller/pod-view.ts";
 import { podView } from "../../src/controller/pod-view.ts";
-import type { SecretView } from "../../src/controller/secret-view.ts";
+import type { SecretView } from "../../src/kube/secret-view.ts";
 import type { PodTarget } from "../../src/node/pod-attacher.ts";
 
 function lookup<T extends { metadata: { namespace?: string; name?: string } }>(items: T[]): Lookup<T> {

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { CoreV1Api, type V1Secret } from "@kubernetes/client-node";
 import { Reflector, type ListPage } from "../../src/kube/reflector.ts";
-import { secretView, type SecretView } from "../../src/controller/secret-view.ts";
+import { secretView } from "../../src/controller/secret-view.ts";
+import type { SecretView } from "../../src/kube/secret-view.ts";
 import { startKubeApiServer, type KubeApiServer } from "../support/kube-api-server.ts";
 
 let api: KubeApiServer;

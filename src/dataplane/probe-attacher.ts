@@ -55,7 +55,7 @@ interface AttachedFile {
 /** uprobe_multi's "every process"; perf_event_open's is -1. */
 const EVERY_PROCESS = { multi: 0, single: -1 } as const;
 
-export class Attacher {
+export class ProbeAttacher {
   private readonly files = new Map<string, AttachedFile>();
   /** user -> ids of the files it keeps */
   private readonly byUser = new Map<User, Set<string>>();
