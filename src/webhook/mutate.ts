@@ -168,56 +168,10 @@ export async function mutatePod(request: AdmissionRequest, secrets: SecretLookup
 
   const annotations = pod.metadata?.annotations;
   const annotated = annotations?.[ENABLED] === "true";
-  const ops: JsonPatchOp[] = [];
-  const warnings: string[] = [];
-  const missing = new Set<string>();
-  const taken = new Set<string>();
-  const absent = new Set<string>();
-  const moved: string[] = [];
-  let shadowed = false;
-  // One look-up per name, however often the pod names it.
-  const seen = new Map<string, Promise<SecretView | undefined | { failed: string }>>();
-  const lookup = (name: string) => {
-    let p = seen.get(name);
-    if (!p) seen.set(name, (p = resolve(secrets, namespace, name, absent)));
-    return p;
-  };
-
-  for (const ref of refs) {
-    const secret = await lookup(ref.name);
-    if (secret !== undefined && "failed" in secret) return deny(503, "ServiceUnavailable", lookupFailedMessage(namespace, ref.name, secret.failed));
-    // Does not exist (optional or not): denied below, whatever else the pod names.
-    if (secret === undefined) continue;
-    if (isShadow(secret.metadata)) {
-      shadowed = true;
-      if (!annotated) warnings.push(directShadowWarning(ref.name, originalOf(secret, ref.name)));
-      continue;
-    }
-    if (secretEnabledByAnnotationOnly(secret.metadata)) {
-      // It was protected before the move to labels: mounting it now would hand out its real value.
-      moved.push(annotationMovedMessage(namespace, ref.name));
-      continue;
-    }
-    const state = enablement(secret.metadata, "label");
-    if (state === "invalid") {
-      const meta = { ...secret.metadata, name: ref.name, namespace };
-      warnings.push(invalidEnablementMessage("secret", meta, enabledValue(secret.metadata) ?? ""));
-      continue;
-    }
-    if (state === "absent") continue;
-    const shadow = await lookup(shadowName(ref.name));
-    if (shadow !== undefined && "failed" in shadow) return deny(503, "ServiceUnavailable", lookupFailedMessage(namespace, shadowName(ref.name), shadow.failed));
-    absent.delete(shadowName(ref.name));
-    if (shadow === undefined) missing.add(ref.name);
-    else if (!isShadow(shadow.metadata)) taken.add(ref.name);
-    else {
-      // `items` narrowing stays: the shadow has the same keys.
-      ops.push({ op: "replace", path: pointer("spec", ...ref.path), value: shadowName(ref.name) });
-      shadowed = true;
-    }
-  }
-
-  const uniqueWarnings = [...new Set(warnings)];
+  const found = await examine(refs, secrets, namespace, annotated);
+  if ("decision" in found) return found.decision;
+  const uniqueWarnings = [...new Set(found.warnings)];
+  const { missing, taken, absent, moved } = found;
   if (missing.size > 0 || taken.size > 0 || absent.size > 0 || moved.length > 0) {
     const reasons = [
       ...[...missing].map((n) => shadowMissingMessage(namespace, n)),
@@ -229,13 +183,76 @@ export async function mutatePod(request: AdmissionRequest, secrets: SecretLookup
   }
   // The annotation tells the agent to serve this pod; the ephemeralcontainers
   // subresource cannot change metadata (and the pod has it from its creation).
-  if (shadowed && !annotated && !ephemeralUpdate) {
-    if (pod.metadata == null) ops.push({ op: "add", path: "/metadata", value: { annotations: { [ENABLED]: "true" } } });
-    else if (annotations == null) ops.push({ op: "add", path: "/metadata/annotations", value: { [ENABLED]: "true" } });
+  if (found.shadowed && !annotated && !ephemeralUpdate) found.ops.push(annotationOp(pod.metadata, annotations));
+  return allow(uniqueWarnings, found.ops);
+}
+
+/** What the references of one pod come to: swaps to shadows, and every reason to warn or deny. */
+interface Findings {
+  ops: JsonPatchOp[];
+  warnings: string[];
+  /** enabled Secrets without their shadow yet */
+  missing: Set<string>;
+  /** enabled Secrets whose shadow's name another Secret holds */
+  taken: Set<string>;
+  /** names that do not exist */
+  absent: Set<string>;
+  /** Secrets enabled by the old annotation only */
+  moved: string[];
+  /** the pod names a shadow (swapped here or named directly) */
+  shadowed: boolean;
+}
+
+/** Look every reference up (once per name) and sort it; a look-up that failed decides at once (503). */
+async function examine(refs: PodSecretRef[], secrets: SecretLookup, namespace: string, annotated: boolean): Promise<Findings | { decision: Decision }> {
+  const f: Findings = { ops: [], warnings: [], missing: new Set(), taken: new Set(), absent: new Set(), moved: [], shadowed: false };
+  // One look-up per name, however often the pod names it.
+  const seen = new Map<string, Promise<SecretView | undefined | { failed: string }>>();
+  const lookup = (name: string) => {
+    let p = seen.get(name);
+    if (!p) seen.set(name, (p = resolve(secrets, namespace, name, f.absent)));
+    return p;
+  };
+  for (const ref of refs) {
+    const secret = await lookup(ref.name);
+    if (secret !== undefined && "failed" in secret) return { decision: deny(503, "ServiceUnavailable", lookupFailedMessage(namespace, ref.name, secret.failed)) };
+    // Does not exist (optional or not): denied below, whatever else the pod names.
+    if (secret === undefined) continue;
+    if (isShadow(secret.metadata)) {
+      f.shadowed = true;
+      if (!annotated) f.warnings.push(directShadowWarning(ref.name, originalOf(secret, ref.name)));
+      continue;
+    }
+    if (secretEnabledByAnnotationOnly(secret.metadata)) {
+      // It was protected before the move to labels: mounting it now would hand out its real value.
+      f.moved.push(annotationMovedMessage(namespace, ref.name));
+      continue;
+    }
+    const state = enablement(secret.metadata, "label");
+    if (state === "invalid") {
+      const meta = { ...secret.metadata, name: ref.name, namespace };
+      f.warnings.push(invalidEnablementMessage("secret", meta, enabledValue(secret.metadata) ?? ""));
+      continue;
+    }
+    if (state === "absent") continue;
+    const shadow = await lookup(shadowName(ref.name));
+    if (shadow !== undefined && "failed" in shadow) return { decision: deny(503, "ServiceUnavailable", lookupFailedMessage(namespace, shadowName(ref.name), shadow.failed)) };
+    f.absent.delete(shadowName(ref.name));
+    if (shadow === undefined) f.missing.add(ref.name);
+    else if (!isShadow(shadow.metadata)) f.taken.add(ref.name);
     else {
-      const op = annotations[ENABLED] === undefined ? "add" : "replace";
-      ops.push({ op, path: pointer("metadata", "annotations", ENABLED), value: "true" });
+      // `items` narrowing stays: the shadow has the same keys.
+      f.ops.push({ op: "replace", path: pointer("spec", ...ref.path), value: shadowName(ref.name) });
+      f.shadowed = true;
     }
   }
-  return allow(uniqueWarnings, ops);
+  return f;
+}
+
+/** The patch that sets the enablement annotation, whatever of metadata the pod has. */
+function annotationOp(metadata: Pod["metadata"], annotations: Record<string, string> | null | undefined): JsonPatchOp {
+  if (metadata == null) return { op: "add", path: "/metadata", value: { annotations: { [ENABLED]: "true" } } };
+  if (annotations == null) return { op: "add", path: "/metadata/annotations", value: { [ENABLED]: "true" } };
+  const op = annotations[ENABLED] === undefined ? "add" : "replace";
+  return { op, path: pointer("metadata", "annotations", ENABLED), value: "true" };
 }
