@@ -29,29 +29,14 @@
 #define GO_ITAB_FUN 24
 #define GO_NETCONN_WRITE 7
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, struct kloak_go_layout);
-} kloak_go_layouts SEC(".maps");
+KLOAK_HASH(kloak_go_layouts, __u32, struct kloak_go_layout, 1024);
 
 /* A Go write's restore, from entry to a RET: by goroutine (g). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct kloak_write_event);
-} kloak_go_inflight SEC(".maps");
+KLOAK_HASH(kloak_go_inflight, __u64, struct kloak_write_event, 16384);
 
 /* The *tls.Conn a goroutine's write is on: its kloak_conns entry lives for
  * the call only (Go has no SSL_free to forget it by). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, __u64);
-} kloak_go_active SEC(".maps");
+KLOAK_HASH(kloak_go_active, __u64, __u64, 16384);
 
 struct go_call {
 	__u64 conn; /* *tls.Conn */

@@ -7,6 +7,7 @@
  *
  * This file holds the programs and the write path that ties the pieces
  * together; each piece has its header:
+ *   mapdefs.h      one macro per kind of map
  *   verifier.h     bounds the verifier can follow on every kernel
  *   bytes.h        word-at-a-time byte tests
  *   maps.h         every map, the counters and the per-CPU work area
@@ -35,6 +36,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "kloak.h"
+#include "mapdefs.h"
 #include "verifier.h"
 #include "bytes.h"
 #include "maps.h"

@@ -33,12 +33,7 @@
  * starts with one that cannot go anywhere: the prog array stays empty, and a
  * tail call to an empty slot falls through.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} kloak_own_stack SEC(".maps");
+KLOAK_MAP(BPF_MAP_TYPE_PROG_ARRAY, kloak_own_stack, __u32, __u32, 1);
 
 static __always_inline void keep_task_stack(void *ctx)
 {
