@@ -190,18 +190,7 @@ static __always_inline int go_probe(struct pt_regs *ctx, const int mode)
 	return ret;
 }
 
-SEC("uprobe")
-int kloak_go_stop(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return go_probe(ctx, KLOAK_MODE_STOP);
-}
-
-SEC("uprobe")
-int kloak_go_kernel(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return go_probe(ctx, KLOAK_MODE_KERNEL);
-}
+/* kloak_go_stop, kloak_go_kernel */
+KLOAK_MODE_PROGRAMS("uprobe", kloak_go, go_probe)
 
 #endif /* KLOAK_GOLANG_H */

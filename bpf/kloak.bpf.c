@@ -483,33 +483,10 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 	}
 }
 
-SEC("uprobe")
-int kloak_tls_stop(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return on_entry(ctx, KLOAK_MODE_STOP);
-}
-
-SEC("uretprobe")
-int kloak_tls_ret_stop(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return on_return(ctx, KLOAK_MODE_STOP);
-}
-
-SEC("uprobe")
-int kloak_tls_kernel(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return on_entry(ctx, KLOAK_MODE_KERNEL);
-}
-
-SEC("uretprobe")
-int kloak_tls_ret_kernel(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return on_return(ctx, KLOAK_MODE_KERNEL);
-}
+/* kloak_tls_stop, kloak_tls_kernel */
+KLOAK_MODE_PROGRAMS("uprobe", kloak_tls, on_entry)
+/* kloak_tls_ret_stop, kloak_tls_ret_kernel */
+KLOAK_MODE_PROGRAMS("uretprobe", kloak_tls_ret, on_return)
 
 /* ---- sends tie their connection to the socket ---------------------------------
  * Inside a TLS call: the library's or the app's BIO sending (conn.h). Outside

@@ -40,4 +40,21 @@ static __always_inline void keep_task_stack(void *ctx)
 	bpf_tail_call(ctx, &kloak_own_stack, 0);
 }
 
+/* One uprobe-type program per rewrite mode (user space loads the pair of the
+ * mode it runs in): name_stop and name_kernel, in section sec, each keeping
+ * its frames on the task's stack and returning body(ctx, mode). */
+#define KLOAK_MODE_PROGRAMS(sec, name, body)               \
+	SEC(sec)                                           \
+	int name##_stop(struct pt_regs *ctx)               \
+	{                                                  \
+		keep_task_stack(ctx);                      \
+		return body(ctx, KLOAK_MODE_STOP);         \
+	}                                                  \
+	SEC(sec)                                           \
+	int name##_kernel(struct pt_regs *ctx)             \
+	{                                                  \
+		keep_task_stack(ctx);                      \
+		return body(ctx, KLOAK_MODE_KERNEL);       \
+	}
+
 #endif /* KLOAK_VERIFIER_H */
