@@ -154,7 +154,7 @@ static __always_inline int go_probe(struct pt_regs *ctx, const int mode)
 	__u32 fn = (__u32)cookie, tgid = id >> 32, slot;
 	struct go_call go = { .conn = ctx->ax, .buf = ctx->bx, .len = ctx->cx, .g = ctx->r14 };
 	struct kloak_conn_key k = { .tgid = tgid };
-	struct scratch *s = NULL;
+	struct scratch *s;
 	int ret;
 
 	if (!bpf_map_lookup_elem(&kloak_procs, &tgid))
@@ -173,20 +173,11 @@ static __always_inline int go_probe(struct pt_regs *ctx, const int mode)
 		return 0;
 	kloak_go_bind(go.conn, PT_REGS_IP(ctx), cookie >> 32, tgid);
 	bpf_map_update_elem(&kloak_go_active, &go.g, &go.conn, BPF_ANY);
-	for (slot = 0; slot < KLOAK_SCRATCH_SLOTS; slot++) {
-		s = scratch(slot);
-		if (!s)
-			return 0;
-		if (__sync_fetch_and_add(&s->busy, 1) == 0)
-			break;
-		__sync_fetch_and_add(&s->busy, -1);
-	}
-	if (slot >= KLOAK_SCRATCH_SLOTS || !s) {
-		count(KC_NESTED_WRITE, 1);
+	s = take_slot(&slot);
+	if (!s)
 		return 0;
-	}
 	ret = on_write(ctx, slot, s, fn, mode, &go);
-	__sync_fetch_and_add(&s->busy, -1);
+	release_slot(s);
 	return ret;
 }
 

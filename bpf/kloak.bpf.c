@@ -363,7 +363,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 	__u32 tid = (__u32)id, tgid = id >> 32;
 	struct kloak_setfd setfd;
 	struct kloak_proc *proc;
-	struct scratch *s = NULL;
+	struct scratch *s;
 	__u32 slot;
 	int ret;
 
@@ -377,21 +377,11 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		/* Probes are on the file, for every process that maps it. */
 		if (!bpf_map_lookup_elem(&kloak_procs, &tgid))
 			return 0;
-		/* A preempted program keeps its slot: take the first free one. */
-		for (slot = 0; slot < KLOAK_SCRATCH_SLOTS; slot++) {
-			s = scratch(slot);
-			if (!s)
-				return 0;
-			if (__sync_fetch_and_add(&s->busy, 1) == 0)
-				break;
-			__sync_fetch_and_add(&s->busy, -1);
-		}
-		if (slot >= KLOAK_SCRATCH_SLOTS || !s) {
-			count(KC_NESTED_WRITE, 1);
+		s = take_slot(&slot);
+		if (!s)
 			return 0;
-		}
 		ret = on_write(ctx, slot, s, fn, mode, NULL);
-		__sync_fetch_and_add(&s->busy, -1);
+		release_slot(s);
 		return ret;
 	case KLOAK_FN_SSL_DO_HANDSHAKE:
 	case KLOAK_FN_SSL_READ:

@@ -207,4 +207,33 @@ static __always_inline struct scratch *scratch(__u32 slot)
 	return bpf_map_lookup_elem(&kloak_scratch, &slot);
 }
 
+/* A write's slot: a preempted program keeps its own, so take the first free
+ * one (*slot its number). NULL when there is none: all taken is counted as a
+ * nested write. Give it back with release_slot. */
+static __always_inline struct scratch *take_slot(__u32 *slot)
+{
+	struct scratch *s = NULL;
+	__u32 i;
+
+	for (i = 0; i < KLOAK_SCRATCH_SLOTS; i++) {
+		s = scratch(i);
+		if (!s)
+			return NULL;
+		if (__sync_fetch_and_add(&s->busy, 1) == 0)
+			break;
+		__sync_fetch_and_add(&s->busy, -1);
+	}
+	if (i >= KLOAK_SCRATCH_SLOTS || !s) {
+		count(KC_NESTED_WRITE, 1);
+		return NULL;
+	}
+	*slot = i;
+	return s;
+}
+
+static __always_inline void release_slot(struct scratch *s)
+{
+	__sync_fetch_and_add(&s->busy, -1);
+}
+
 #endif /* KLOAK_MAPS_H */
