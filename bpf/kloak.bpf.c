@@ -626,12 +626,9 @@ int BPF_PROG(kloak_switch, bool preempt, struct task_struct *prev)
 	if (!bpf_map_lookup_elem(&kloak_stop_wake, &tid))
 		return 0;
 	bpf_map_delete_elem(&kloak_stop_wake, &tid);
-	e = bpf_ringbuf_reserve(&kloak_writes, sizeof(*e), 0);
-	if (!e) {
-		/* the worker finds the request at its next timeout */
-		count(KC_EVENTS_LOST, 1);
+	e = reserve_record(&kloak_writes, sizeof(*e));
+	if (!e) /* the worker finds the request at its next timeout */
 		return 0;
-	}
 	e->type = KE_WAKE;
 	e->tgid = BPF_CORE_READ(prev, tgid);
 	e->tid = tid;

@@ -52,11 +52,9 @@ __noinline int kloak_unhooked_hello(__s32 fd, __u64 buf, __u64 len, __u32 how)
 	if (seen && *seen == start)
 		return 0;
 	bpf_map_update_elem(&kloak_unhooked, &tgid, &start, BPF_ANY);
-	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
-	if (!e) {
-		count(KC_EVENTS_LOST, 1);
+	e = reserve_record(&tls_events, sizeof(*e));
+	if (!e)
 		return 0;
-	}
 	e->type = KE_UNHOOKED_TLS;
 	e->tgid = tgid;
 	e->scope_id = proc->scope_id;
