@@ -7,27 +7,25 @@
 #ifndef KLOAK_MAPDEFS_H
 #define KLOAK_MAPDEFS_H
 
-/* A keyed map of kind `type` (BPF_MAP_TYPE_*) with max_entries entries. */
-#define KLOAK_MAP(type_, name, key_t, value_t, entries) \
-	struct {                                         \
-		__uint(type, type_);                     \
-		__uint(max_entries, entries);            \
-		__type(key, key_t);                      \
-		__type(value, value_t);                  \
+/* A keyed map of kind `type` (BPF_MAP_TYPE_*) with max_entries entries;
+ * `more`: further fields, each with its own `;` (map_flags, say). */
+#define KLOAK_MAP_WITH(type_, name, key_t, value_t, entries, more) \
+	struct {                                                   \
+		__uint(type, type_);                               \
+		__uint(max_entries, entries);                      \
+		more                                               \
+		__type(key, key_t);                                \
+		__type(value, value_t);                            \
 	} name SEC(".maps")
+
+#define KLOAK_MAP(type_, name, key_t, value_t, entries) KLOAK_MAP_WITH(type_, name, key_t, value_t, entries, )
 
 /* Preallocated: for maps written on every TLS call. */
 #define KLOAK_HASH(name, key_t, value_t, entries) KLOAK_MAP(BPF_MAP_TYPE_HASH, name, key_t, value_t, entries)
 
 /* Entries allocated as they are used (BPF_F_NO_PREALLOC; why: maps.h). */
 #define KLOAK_HASH_ON_USE(name, key_t, value_t, entries) \
-	struct {                                          \
-		__uint(type, BPF_MAP_TYPE_HASH);          \
-		__uint(max_entries, entries);             \
-		__uint(map_flags, BPF_F_NO_PREALLOC);     \
-		__type(key, key_t);                       \
-		__type(value, value_t);                   \
-	} name SEC(".maps")
+	KLOAK_MAP_WITH(BPF_MAP_TYPE_HASH, name, key_t, value_t, entries, __uint(map_flags, BPF_F_NO_PREALLOC);)
 
 #define KLOAK_LRU_HASH(name, key_t, value_t, entries) KLOAK_MAP(BPF_MAP_TYPE_LRU_HASH, name, key_t, value_t, entries)
 
