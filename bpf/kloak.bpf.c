@@ -637,22 +637,25 @@ int BPF_PROG(kloak_switch, bool preempt, struct task_struct *prev)
 	return 0;
 }
 
-/* kloak.h's #defines that user space shares, as BTF can carry them. */
+/* kloak.h's #defines that user space shares, as BTF can carry them:
+ * KLOAK_ABI_x = KLOAK_x. */
+#define KLOAK_ABI(name) KLOAK_ABI_##name = KLOAK_##name
 enum kloak_abi_const {
-	KLOAK_ABI_MARKER_LEN = KLOAK_MARKER_LEN,
-	KLOAK_ABI_VALUE_MIN = KLOAK_VALUE_MIN,
-	KLOAK_ABI_VALUE_MAX = KLOAK_VALUE_MAX,
-	KLOAK_ABI_KEY_LEN = KLOAK_KEY_LEN,
-	KLOAK_ABI_MAX_SUBST = KLOAK_MAX_SUBST,
-	KLOAK_ABI_MAX_CANDIDATES = KLOAK_MAX_CANDIDATES,
-	KLOAK_ABI_CHUNK = KLOAK_CHUNK,
-	KLOAK_ABI_MAX_SCAN = KLOAK_MAX_SCAN,
-	KLOAK_ABI_MAX_RULES = KLOAK_MAX_RULES,
-	KLOAK_ABI_NAME_MAX = KLOAK_NAME_MAX,
-	KLOAK_ABI_CGROUP_DEPTH = KLOAK_CGROUP_DEPTH,
-	KLOAK_ABI_CONNS_PER_PROCESS = KLOAK_CONNS_PER_PROCESS,
-	KLOAK_ABI_ITEM_UNCHECKED = KLOAK_ITEM_UNCHECKED,
+	KLOAK_ABI(MARKER_LEN),
+	KLOAK_ABI(VALUE_MIN),
+	KLOAK_ABI(VALUE_MAX),
+	KLOAK_ABI(KEY_LEN),
+	KLOAK_ABI(MAX_SUBST),
+	KLOAK_ABI(MAX_CANDIDATES),
+	KLOAK_ABI(CHUNK),
+	KLOAK_ABI(MAX_SCAN),
+	KLOAK_ABI(MAX_RULES),
+	KLOAK_ABI(NAME_MAX),
+	KLOAK_ABI(CGROUP_DEPTH),
+	KLOAK_ABI(CONNS_PER_PROCESS),
+	KLOAK_ABI(ITEM_UNCHECKED),
 };
+#undef KLOAK_ABI
 
 /* Keeps every type shared with user space in the object's BTF, from which
  * scripts/gen-abi.ts generates src/dataplane/abi.generated.ts. Never called,
