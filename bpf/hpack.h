@@ -266,11 +266,8 @@ static long hpack_chunk(__u32 idx, void *ctx)
 		return 1;
 	if (!h->whole && !chunk_in_ranges(h, off))
 		return 0;
-	n = s->scan_len - off;
-	if (n > HP_CHUNK)
-		n = HP_CHUNK;
-	n = BOUNDED(n - 1, HP_CHUNK - 1) + 1;
-	if (bpf_probe_read_user(h->chunk, n, (void *)(s->buf + off)))
+	n = copy_chunk(h->chunk, s, off, HP_CHUNK);
+	if (!n)
 		return 1;
 	/* As in scan.h: every word, no exit; stale bytes past n are ignored. */
 #pragma unroll
