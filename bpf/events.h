@@ -8,6 +8,17 @@
 
 __noinline int kloak_load_peer(__u32 slot);
 
+/* Room for one record of size bytes on ring; NULL when it is full (counted:
+ * KC_EVENTS_LOST). */
+static __always_inline void *reserve_record(void *ring, __u64 size)
+{
+	void *e = bpf_ringbuf_reserve(ring, size, 0);
+
+	if (!e)
+		count(KC_EVENTS_LOST, 1);
+	return e;
+}
+
 /* The action for a violation with secret id in the write's scope: the
  * secret's own, else the scope's default. */
 static __always_inline __u32 violation_action(struct scratch *s, __u32 secret_id)
@@ -51,11 +62,9 @@ __noinline int kloak_refuse(__u32 slot, __u32 reason, __u32 secret_id, __u64 off
 		if (action > s->violation)
 			s->violation = action;
 	}
-	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
-	if (!e) {
-		count(KC_EVENTS_LOST, 1);
+	e = reserve_record(&tls_events, sizeof(*e));
+	if (!e)
 		return 0;
-	}
 	e->type = KE_REFUSED;
 	e->tgid = s->tgid;
 	e->scope_id = s->scope_id;
@@ -78,12 +87,10 @@ __noinline int kloak_refuse(__u32 slot, __u32 reason, __u32 secret_id, __u64 off
 /* KE_WAKE: a traced thread is about to stop for the tracer. */
 static __always_inline void wake_event(__u32 tgid, __u32 tid)
 {
-	struct kloak_wake_event *e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
+	struct kloak_wake_event *e = reserve_record(&tls_events, sizeof(*e));
 
-	if (!e) {
-		count(KC_EVENTS_LOST, 1);
+	if (!e)
 		return;
-	}
 	e->type = KE_WAKE;
 	e->tgid = tgid;
 	e->tid = tid;
@@ -93,12 +100,10 @@ static __always_inline void wake_event(__u32 tgid, __u32 tid)
 
 static __always_inline void proc_event(__u32 type, __u32 tgid, __u32 ppid, __u32 scope_id)
 {
-	struct kloak_proc_event *e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
+	struct kloak_proc_event *e = reserve_record(&tls_events, sizeof(*e));
 
-	if (!e) {
-		count(KC_EVENTS_LOST, 1);
+	if (!e)
 		return;
-	}
 	e->type = type;
 	e->tgid = tgid;
 	e->ppid = ppid;

@@ -29,29 +29,14 @@
 #define GO_ITAB_FUN 24
 #define GO_NETCONN_WRITE 7
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, struct kloak_go_layout);
-} kloak_go_layouts SEC(".maps");
+KLOAK_HASH(kloak_go_layouts, __u32, struct kloak_go_layout, 1024);
 
 /* A Go write's restore, from entry to a RET: by goroutine (g). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct kloak_write_event);
-} kloak_go_inflight SEC(".maps");
+KLOAK_HASH(kloak_go_inflight, __u64, struct kloak_write_event, 16384);
 
 /* The *tls.Conn a goroutine's write is on: its kloak_conns entry lives for
  * the call only (Go has no SSL_free to forget it by). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, __u64);
-} kloak_go_active SEC(".maps");
+KLOAK_HASH(kloak_go_active, __u64, __u64, 16384);
 
 struct go_call {
 	__u64 conn; /* *tls.Conn */
@@ -169,7 +154,7 @@ static __always_inline int go_probe(struct pt_regs *ctx, const int mode)
 	__u32 fn = (__u32)cookie, tgid = id >> 32, slot;
 	struct go_call go = { .conn = ctx->ax, .buf = ctx->bx, .len = ctx->cx, .g = ctx->r14 };
 	struct kloak_conn_key k = { .tgid = tgid };
-	struct scratch *s = NULL;
+	struct scratch *s;
 	int ret;
 
 	if (!bpf_map_lookup_elem(&kloak_procs, &tgid))
@@ -188,35 +173,15 @@ static __always_inline int go_probe(struct pt_regs *ctx, const int mode)
 		return 0;
 	kloak_go_bind(go.conn, PT_REGS_IP(ctx), cookie >> 32, tgid);
 	bpf_map_update_elem(&kloak_go_active, &go.g, &go.conn, BPF_ANY);
-	for (slot = 0; slot < KLOAK_SCRATCH_SLOTS; slot++) {
-		s = scratch(slot);
-		if (!s)
-			return 0;
-		if (__sync_fetch_and_add(&s->busy, 1) == 0)
-			break;
-		__sync_fetch_and_add(&s->busy, -1);
-	}
-	if (slot >= KLOAK_SCRATCH_SLOTS || !s) {
-		count(KC_NESTED_WRITE, 1);
+	s = take_slot(&slot);
+	if (!s)
 		return 0;
-	}
 	ret = on_write(ctx, slot, s, fn, mode, &go);
-	__sync_fetch_and_add(&s->busy, -1);
+	release_slot(s);
 	return ret;
 }
 
-SEC("uprobe")
-int kloak_go_stop(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return go_probe(ctx, KLOAK_MODE_STOP);
-}
-
-SEC("uprobe")
-int kloak_go_kernel(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return go_probe(ctx, KLOAK_MODE_KERNEL);
-}
+/* kloak_go_stop, kloak_go_kernel */
+KLOAK_MODE_PROGRAMS("uprobe", kloak_go, go_probe)
 
 #endif /* KLOAK_GOLANG_H */

@@ -111,34 +111,17 @@ struct h2_state {
 /* {ssl, tgid} of connections that sent the HTTP/2 client preface. An LRU:
  * an evicted connection only stops being scanned for Huffman codes (its
  * placeholders go out), which fails closed. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct kloak_conn_key);
-	__type(value, struct h2_state);
-} kloak_h2 SEC(".maps");
+KLOAK_LRU_HASH(kloak_h2, struct kloak_conn_key, struct h2_state, 65536);
 
 #define HP_MAX_RANGES 8  /* header-block pieces scanned in one write */
 #define HP_MAX_FRAMES 128 /* frame headers walked in one write */
 #define HP_PREFACE_LEN 24
 
 /* secret id -> its placeholder's Huffman code */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct kloak_hcode);
-} kloak_hcodes SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_hcodes, __u32, struct kloak_hcode, 65536);
 
 /* secret id -> its value's Huffman code; kernel mode only (as kloak_values) */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct kloak_hcode);
-} kloak_hvalues SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_hvalues, __u32, struct kloak_hcode, 65536);
 
 struct hpack_scratch {
 	/* 8 bytes of slack: a window read at any chunk byte stays inside;
@@ -167,12 +150,7 @@ struct hpack_scratch {
 };
 
 /* One per work slot of struct scratch (same slot number). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, KLOAK_SCRATCH_SLOTS);
-	__type(key, __u32);
-	__type(value, struct hpack_scratch);
-} kloak_hpack_scratch SEC(".maps");
+KLOAK_PERCPU_ARRAY(kloak_hpack_scratch, struct hpack_scratch, KLOAK_SCRATCH_SLOTS);
 
 static __always_inline struct hpack_scratch *hscratch(__u32 slot)
 {
@@ -288,11 +266,8 @@ static long hpack_chunk(__u32 idx, void *ctx)
 		return 1;
 	if (!h->whole && !chunk_in_ranges(h, off))
 		return 0;
-	n = s->scan_len - off;
-	if (n > HP_CHUNK)
-		n = HP_CHUNK;
-	n = BOUNDED(n - 1, HP_CHUNK - 1) + 1;
-	if (bpf_probe_read_user(h->chunk, n, (void *)(s->buf + off)))
+	n = copy_chunk(h->chunk, s, off, HP_CHUNK);
+	if (!n)
 		return 1;
 	/* As in scan.h: every word, no exit; stale bytes past n are ignored. */
 #pragma unroll

@@ -7,6 +7,7 @@
  *
  * This file holds the programs and the write path that ties the pieces
  * together; each piece has its header:
+ *   mapdefs.h      one macro per kind of map
  *   verifier.h     bounds the verifier can follow on every kernel
  *   bytes.h        word-at-a-time byte tests
  *   maps.h         every map, the counters and the per-CPU work area
@@ -35,6 +36,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "kloak.h"
+#include "mapdefs.h"
 #include "verifier.h"
 #include "bytes.h"
 #include "maps.h"
@@ -361,7 +363,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 	__u32 tid = (__u32)id, tgid = id >> 32;
 	struct kloak_setfd setfd;
 	struct kloak_proc *proc;
-	struct scratch *s = NULL;
+	struct scratch *s;
 	__u32 slot;
 	int ret;
 
@@ -375,21 +377,11 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 		/* Probes are on the file, for every process that maps it. */
 		if (!bpf_map_lookup_elem(&kloak_procs, &tgid))
 			return 0;
-		/* A preempted program keeps its slot: take the first free one. */
-		for (slot = 0; slot < KLOAK_SCRATCH_SLOTS; slot++) {
-			s = scratch(slot);
-			if (!s)
-				return 0;
-			if (__sync_fetch_and_add(&s->busy, 1) == 0)
-				break;
-			__sync_fetch_and_add(&s->busy, -1);
-		}
-		if (slot >= KLOAK_SCRATCH_SLOTS || !s) {
-			count(KC_NESTED_WRITE, 1);
+		s = take_slot(&slot);
+		if (!s)
 			return 0;
-		}
 		ret = on_write(ctx, slot, s, fn, mode, NULL);
-		__sync_fetch_and_add(&s->busy, -1);
+		release_slot(s);
 		return ret;
 	case KLOAK_FN_SSL_DO_HANDSHAKE:
 	case KLOAK_FN_SSL_READ:
@@ -481,33 +473,10 @@ static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 	}
 }
 
-SEC("uprobe")
-int kloak_tls_stop(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return on_entry(ctx, KLOAK_MODE_STOP);
-}
-
-SEC("uretprobe")
-int kloak_tls_ret_stop(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return on_return(ctx, KLOAK_MODE_STOP);
-}
-
-SEC("uprobe")
-int kloak_tls_kernel(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return on_entry(ctx, KLOAK_MODE_KERNEL);
-}
-
-SEC("uretprobe")
-int kloak_tls_ret_kernel(struct pt_regs *ctx)
-{
-	keep_task_stack(ctx);
-	return on_return(ctx, KLOAK_MODE_KERNEL);
-}
+/* kloak_tls_stop, kloak_tls_kernel */
+KLOAK_MODE_PROGRAMS("uprobe", kloak_tls, on_entry)
+/* kloak_tls_ret_stop, kloak_tls_ret_kernel */
+KLOAK_MODE_PROGRAMS("uretprobe", kloak_tls_ret, on_return)
 
 /* ---- sends tie their connection to the socket ---------------------------------
  * Inside a TLS call: the library's or the app's BIO sending (conn.h). Outside
@@ -657,12 +626,9 @@ int BPF_PROG(kloak_switch, bool preempt, struct task_struct *prev)
 	if (!bpf_map_lookup_elem(&kloak_stop_wake, &tid))
 		return 0;
 	bpf_map_delete_elem(&kloak_stop_wake, &tid);
-	e = bpf_ringbuf_reserve(&kloak_writes, sizeof(*e), 0);
-	if (!e) {
-		/* the worker finds the request at its next timeout */
-		count(KC_EVENTS_LOST, 1);
+	e = reserve_record(&kloak_writes, sizeof(*e));
+	if (!e) /* the worker finds the request at its next timeout */
 		return 0;
-	}
 	e->type = KE_WAKE;
 	e->tgid = BPF_CORE_READ(prev, tgid);
 	e->tid = tid;
@@ -671,22 +637,25 @@ int BPF_PROG(kloak_switch, bool preempt, struct task_struct *prev)
 	return 0;
 }
 
-/* kloak.h's #defines that user space shares, as BTF can carry them. */
+/* kloak.h's #defines that user space shares, as BTF can carry them:
+ * KLOAK_ABI_x = KLOAK_x. */
+#define KLOAK_ABI(name) KLOAK_ABI_##name = KLOAK_##name
 enum kloak_abi_const {
-	KLOAK_ABI_MARKER_LEN = KLOAK_MARKER_LEN,
-	KLOAK_ABI_VALUE_MIN = KLOAK_VALUE_MIN,
-	KLOAK_ABI_VALUE_MAX = KLOAK_VALUE_MAX,
-	KLOAK_ABI_KEY_LEN = KLOAK_KEY_LEN,
-	KLOAK_ABI_MAX_SUBST = KLOAK_MAX_SUBST,
-	KLOAK_ABI_MAX_CANDIDATES = KLOAK_MAX_CANDIDATES,
-	KLOAK_ABI_CHUNK = KLOAK_CHUNK,
-	KLOAK_ABI_MAX_SCAN = KLOAK_MAX_SCAN,
-	KLOAK_ABI_MAX_RULES = KLOAK_MAX_RULES,
-	KLOAK_ABI_NAME_MAX = KLOAK_NAME_MAX,
-	KLOAK_ABI_CGROUP_DEPTH = KLOAK_CGROUP_DEPTH,
-	KLOAK_ABI_CONNS_PER_PROCESS = KLOAK_CONNS_PER_PROCESS,
-	KLOAK_ABI_ITEM_UNCHECKED = KLOAK_ITEM_UNCHECKED,
+	KLOAK_ABI(MARKER_LEN),
+	KLOAK_ABI(VALUE_MIN),
+	KLOAK_ABI(VALUE_MAX),
+	KLOAK_ABI(KEY_LEN),
+	KLOAK_ABI(MAX_SUBST),
+	KLOAK_ABI(MAX_CANDIDATES),
+	KLOAK_ABI(CHUNK),
+	KLOAK_ABI(MAX_SCAN),
+	KLOAK_ABI(MAX_RULES),
+	KLOAK_ABI(NAME_MAX),
+	KLOAK_ABI(CGROUP_DEPTH),
+	KLOAK_ABI(CONNS_PER_PROCESS),
+	KLOAK_ABI(ITEM_UNCHECKED),
 };
+#undef KLOAK_ABI
 
 /* Keeps every type shared with user space in the object's BTF, from which
  * scripts/gen-abi.ts generates src/dataplane/abi.generated.ts. Never called,

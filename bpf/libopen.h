@@ -64,11 +64,9 @@ static __always_inline int on_lib_open(__s32 dirfd, __u64 upath)
 	p = bpf_map_lookup_elem(&kloak_procs, &tgid);
 	if (!p)
 		return 0;
-	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
-	if (!e) {
-		count(KC_EVENTS_LOST, 1);
+	e = reserve_record(&tls_events, sizeof(*e));
+	if (!e)
 		return 0;
-	}
 	n = bpf_probe_read_user_str(e->path, KLOAK_NAME_MAX, (const char *)upath);
 	if (n <= 1) {
 		bpf_ringbuf_discard(e, 0);

@@ -4,11 +4,11 @@
  * space (src/dataplane/) fills and reads these maps by name.
  *
  * Hash maps written at most once per process, connection, scope or secret
- * allocate their entries as they are used (BPF_F_NO_PREALLOC; safe in
- * tracing programs since 6.1's BPF memory allocator): preallocating 65536
- * entries costs ~3 ms of every start, and `kloak exec` starts in a few
- * hundred. Maps written on every TLS call (kloak_inflight, kloak_active, …)
- * stay preallocated. An update that finds no memory fails as one that finds
+ * allocate their entries as they are used (KLOAK_HASH_ON_USE:
+ * BPF_F_NO_PREALLOC; safe in tracing programs since 6.1's BPF memory
+ * allocator): preallocating 65536 entries costs ~3 ms of every start, and
+ * `kloak exec` starts in a few hundred. Maps written on every TLS call
+ * (kloak_inflight, kloak_active, …) stay preallocated (KLOAK_HASH). An update that finds no memory fails as one that finds
  * the map full does (a process that cannot join its scope runs unprotected:
  * kloak_procs_full, its placeholders go out as they are).
  */
@@ -24,85 +24,38 @@ const volatile struct kloak_config kloak_cfg SEC(".rodata.config") = {
 };
 
 /* Refusals, SNI and process events. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
-} tls_events SEC(".maps");
+KLOAK_RINGBUF(tls_events, 1 << 20);
 
 #define KLOAK_WRITES_RING (1 << 20)
 /* Stop mode's requests (substitute, restore, block): a ring of their own, so
  * no flood of other events can take the room a restore needs. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, KLOAK_WRITES_RING);
-} kloak_writes SEC(".maps");
+KLOAK_RINGBUF(kloak_writes, KLOAK_WRITES_RING);
 
 /* [0]: restores owed on kloak_writes (substitutions whose restore is not yet
  * queued). A substitution needs room for itself, its restore and every
  * restore owed before it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __s64);
-} kloak_owed SEC(".maps");
+KLOAK_ARRAY(kloak_owed, __s64, 1);
 
 /* placeholder key -> secret id */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct kloak_ph_key);
-	__type(value, __u32);
-} kloak_placeholders SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_placeholders, struct kloak_ph_key, __u32, 65536);
 
 /* secret id -> full placeholder, for byte-for-byte verification and restore */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct kloak_bytes);
-} kloak_secrets SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_secrets, __u32, struct kloak_bytes, 65536);
 
 /* secret id -> real value; filled in kernel mode only, so that in stop mode
  * real values never enter kernel memory */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct kloak_bytes);
-} kloak_values SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_values, __u32, struct kloak_bytes, 65536);
 
 /* tgid -> scope: the processes kloak protects */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, __u32);
-	__type(value, struct kloak_proc);
-} kloak_procs SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_procs, __u32, struct kloak_proc, 65536);
 
 /* Executables whose TLS files are all attached (user space adds them after
  * an exec it held): a traced process that execs one is not held. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, struct kloak_image);
-	__type(value, __u8);
-} kloak_images SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_images, struct kloak_image, __u8, 16384);
 
 /* tgid -> scope: processes whose children join a scope (the kloak exec
  * launcher itself, which is never attached) */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, __u32);
-	__type(value, __u32);
-} kloak_launchers SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_launchers, __u32, __u32, 256);
 
 /* cgroup v2 id -> scope: the cgroups of a pod's containers (cluster agent).
  * Processes that appear in a container without being the child of a
@@ -110,80 +63,34 @@ struct {
  * crun and CRI-O's conmon start the process from outside the container and
  * move it into its cgroup) and processes started while the agent was
  * attaching. The id is the cgroup directory's inode number in cgroup2. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, __u64);
-	__type(value, __u32);
-} kloak_cgroups SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_cgroups, __u64, __u32, 16384);
 
 /* {scope, secret} present when the scope may redeem the secret */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, struct kloak_grant);
-	__type(value, __u8);
-} kloak_entitled SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_entitled, struct kloak_grant, __u8, 65536);
 
 /* tid -> what was substituted, so the return probe can restore it */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct kloak_write_event);
-} kloak_inflight SEC(".maps");
+KLOAK_HASH(kloak_inflight, __u32, struct kloak_write_event, 16384);
 
 /* tid -> 1: the thread's request went to kloak_writes without a wake-up;
  * kloak_switch wakes the worker once the thread is off its CPU in the stop.
  * Written on every held write: preallocated. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u32);
-} kloak_stop_wake SEC(".maps");
+KLOAK_HASH(kloak_stop_wake, __u32, __u32, 16384);
 
 /* tgid -> the thread whose stop-mode substitution is in flight; the agent
  * deletes it after the restore's SIGCONT */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, __u32);
-	__type(value, struct kloak_stop_owner);
-} kloak_stop_owner SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_stop_owner, __u32, struct kloak_stop_owner, 65536);
 
 /* tgid -> seq of the last claim the agent finished with */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, __u32);
-	__type(value, __u64);
-} kloak_stop_released SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_stop_released, __u32, __u64, 65536);
 
 /* {ssl, tgid} -> the TLS connection's socket and SNI. Never evicts (an LRU
  * would let a process push a connection out and have it re-learned without
  * its history): a process may track KLOAK_CONNS_PER_PROCESS connections, and
  * a connection kloak cannot track is unknown, which fails closed. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct kloak_conn_key);
-	__type(value, struct kloak_conn);
-} kloak_conns SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_conns, struct kloak_conn_key, struct kloak_conn, 65536);
 
 /* tgid -> connections it has in kloak_conns */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, __u32);
-	__type(value, __u32);
-} kloak_conn_count SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_conn_count, __u32, __u32, 65536);
 
 /* tid -> {ssl, fd} between the entry and the return of SSL_set_fd/SSL_set_wfd:
  * the binding is made at return, after the library has installed its socket
@@ -193,99 +100,40 @@ struct kloak_setfd {
 	__s64 fd;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct kloak_setfd);
-} kloak_setfd SEC(".maps");
+KLOAK_HASH(kloak_setfd, __u32, struct kloak_setfd, 16384);
 
 /* scope id -> how the scope is protected (its network namespace, strictness,
  * default violation action) */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, __u32);
-	__type(value, struct kloak_scope);
-} kloak_scopes SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_scopes, __u32, struct kloak_scope, 16384);
 
 /* secret id -> enum kloak_action for its violations (else the scope's) */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* see the top of this file */
-	__type(key, __u32);
-	__type(value, __u32);
-} kloak_on_violation SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_on_violation, __u32, __u32, 65536);
 
 /* tid -> SSL* while the thread is inside a TLS call (handshake or write):
  * sends it makes then are that connection's, which ties SSL* to socket. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u64);
-} kloak_active SEC(".maps");
+KLOAK_HASH(kloak_active, __u32, __u64, 16384);
 
 /* secret id -> destination rules; no entry: the secret may go anywhere */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct kloak_policy);
-} kloak_policy SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_policy, __u32, struct kloak_policy, 65536);
 
 /* {name, address}: kloak itself resolved name to address */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct kloak_name_addr);
-	__type(value, struct kloak_resolved);
-} kloak_resolved SEC(".maps");
+KLOAK_HASH_ON_USE(kloak_resolved, struct kloak_name_addr, struct kloak_resolved, 65536);
 
 /* SNI names the agent has seen (and resolved, if under a wildcard rule) */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, char[KLOAK_NAME_MAX]);
-	__type(value, __u8);
-} kloak_names SEC(".maps");
+KLOAK_LRU_HASH(kloak_names, char[KLOAK_NAME_MAX], __u8, 16384);
 
 /* [0] != 0 while some secret has a wildcard rule: only then are clients held
  * at a new SNI name */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} kloak_sni_hold SEC(".maps");
+KLOAK_ARRAY(kloak_sni_hold, __u32, 1);
 
 /* [0] != 0: hold scoped processes that open a TLS library (libopen.h); set
  * while kloak's TLS programs are not loaded yet */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} kloak_lib_watch SEC(".maps");
+KLOAK_ARRAY(kloak_lib_watch, __u32, 1);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, KC__COUNT);
-	__type(key, __u32);
-	__type(value, __u64);
-} kloak_counters SEC(".maps");
+KLOAK_PERCPU_ARRAY(kloak_counters, __u64, KC__COUNT);
 
 /* Refusals by reason (enum kloak_refusal). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, KR__COUNT);
-	__type(key, __u32);
-	__type(value, __u64);
-} kloak_refusals SEC(".maps");
+KLOAK_PERCPU_ARRAY(kloak_refusals, __u64, KR__COUNT);
 
 static __always_inline void count(__u32 idx, __u64 n)
 {
@@ -352,16 +200,40 @@ struct scratch {
 	__u32 busy;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, KLOAK_SCRATCH_SLOTS);
-	__type(key, __u32);
-	__type(value, struct scratch);
-} kloak_scratch SEC(".maps");
+KLOAK_PERCPU_ARRAY(kloak_scratch, struct scratch, KLOAK_SCRATCH_SLOTS);
 
 static __always_inline struct scratch *scratch(__u32 slot)
 {
 	return bpf_map_lookup_elem(&kloak_scratch, &slot);
+}
+
+/* A write's slot: a preempted program keeps its own, so take the first free
+ * one (*slot its number). NULL when there is none: all taken is counted as a
+ * nested write. Give it back with release_slot. */
+static __always_inline struct scratch *take_slot(__u32 *slot)
+{
+	struct scratch *s = NULL;
+	__u32 i;
+
+	for (i = 0; i < KLOAK_SCRATCH_SLOTS; i++) {
+		s = scratch(i);
+		if (!s)
+			return NULL;
+		if (__sync_fetch_and_add(&s->busy, 1) == 0)
+			break;
+		__sync_fetch_and_add(&s->busy, -1);
+	}
+	if (i >= KLOAK_SCRATCH_SLOTS || !s) {
+		count(KC_NESTED_WRITE, 1);
+		return NULL;
+	}
+	*slot = i;
+	return s;
+}
+
+static __always_inline void release_slot(struct scratch *s)
+{
+	__sync_fetch_and_add(&s->busy, -1);
 }
 
 #endif /* KLOAK_MAPS_H */

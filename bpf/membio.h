@@ -49,12 +49,7 @@ struct membio_pending {
 	__u64 hello_ssl;      /* the connection the last ClientHello bound */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct membio_pending);
-} kloak_membio_pending SEC(".maps");
+KLOAK_HASH(kloak_membio_pending, __u32, struct membio_pending, 16384);
 
 static __always_inline struct membio_pending *membio_state(__u32 tid)
 {

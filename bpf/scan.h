@@ -59,6 +59,21 @@ __noinline int kloak_note_colons(__u32 slot, __u32 chunk_off, __u32 word, __u32 
 	return 0;
 }
 
+/* Copy the write's bytes from off (< s->scan_len), at most cap (a power of
+ * two), to dst; how many, or 0 when the read fails. */
+static __always_inline __u64 copy_chunk(void *dst, const struct scratch *s, __u64 off, __u64 cap)
+{
+	__u64 n = s->scan_len - off;
+
+	if (n > cap)
+		n = cap;
+	/* n is in [1, cap]; say so on the register passed as the size */
+	n = BOUNDED(n - 1, cap - 1) + 1;
+	if (bpf_probe_read_user(dst, n, (void *)(s->buf + off)))
+		return 0;
+	return n;
+}
+
 /* bpf_loop callback: copy chunk idx of the write and test it word by word. */
 static long scan_chunk(__u32 idx, void *ctx)
 {
@@ -72,12 +87,8 @@ static long scan_chunk(__u32 idx, void *ctx)
 	off = (__u64)idx * KLOAK_CHUNK;
 	if (off >= s->scan_len)
 		return 1;
-	n = s->scan_len - off;
-	if (n > KLOAK_CHUNK)
-		n = KLOAK_CHUNK;
-	/* n is in [1, KLOAK_CHUNK]; say so on the register passed as the size */
-	n = BOUNDED(n - 1, KLOAK_CHUNK - 1) + 1;
-	if (bpf_probe_read_user(s->chunk, n, (void *)(s->buf + off)))
+	n = copy_chunk(s->chunk, s, off, KLOAK_CHUNK);
+	if (!n)
 		return 1;
 	/* Every word is tested, with no exit: a short last chunk's tail holds
 	 * stale bytes, which kloak_note_colons ignores (p >= n), and a loop

@@ -132,13 +132,11 @@ static __always_inline int on_exec(void)
 			return 0;
 		np.scope_id = *scope;
 	}
-	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
-	if (!e) {
-		/* Without the event nobody would resume it: run unheld (a joiner
-		 * stays out of the scope, so it runs unprotected, never attached). */
-		count(KC_EVENTS_LOST, 1);
+	/* Without the event nobody would resume it: run unheld (a joiner stays
+	 * out of the scope, so it runs unprotected, never attached). */
+	e = reserve_record(&tls_events, sizeof(*e));
+	if (!e)
 		return 0;
-	}
 	if (!p) {
 		if (bpf_map_update_elem(&kloak_procs, &tgid, &np, BPF_NOEXIST)) {
 			bpf_ringbuf_discard(e, 0);

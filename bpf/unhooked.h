@@ -20,12 +20,7 @@
 
 /* tgid -> start time of the process already reported (a reused pid is
  * another process). LRU: a report lost to eviction is only sent again. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u64);
-} kloak_unhooked SEC(".maps");
+KLOAK_LRU_HASH(kloak_unhooked, __u32, __u64, 4096);
 
 __noinline int kloak_unhooked_hello(__s32 fd, __u64 buf, __u64 len, __u32 how)
 {
@@ -57,11 +52,9 @@ __noinline int kloak_unhooked_hello(__s32 fd, __u64 buf, __u64 len, __u32 how)
 	if (seen && *seen == start)
 		return 0;
 	bpf_map_update_elem(&kloak_unhooked, &tgid, &start, BPF_ANY);
-	e = bpf_ringbuf_reserve(&tls_events, sizeof(*e), 0);
-	if (!e) {
-		count(KC_EVENTS_LOST, 1);
+	e = reserve_record(&tls_events, sizeof(*e));
+	if (!e)
 		return 0;
-	}
 	e->type = KE_UNHOOKED_TLS;
 	e->tgid = tgid;
 	e->scope_id = proc->scope_id;

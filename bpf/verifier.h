@@ -33,16 +33,28 @@
  * starts with one that cannot go anywhere: the prog array stays empty, and a
  * tail call to an empty slot falls through.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} kloak_own_stack SEC(".maps");
+KLOAK_MAP(BPF_MAP_TYPE_PROG_ARRAY, kloak_own_stack, __u32, __u32, 1);
 
 static __always_inline void keep_task_stack(void *ctx)
 {
 	bpf_tail_call(ctx, &kloak_own_stack, 0);
 }
+
+/* One uprobe-type program per rewrite mode (user space loads the pair of the
+ * mode it runs in): name_stop and name_kernel, in section sec, each keeping
+ * its frames on the task's stack and returning body(ctx, mode). */
+#define KLOAK_MODE_PROGRAMS(sec, name, body)               \
+	SEC(sec)                                           \
+	int name##_stop(struct pt_regs *ctx)               \
+	{                                                  \
+		keep_task_stack(ctx);                      \
+		return body(ctx, KLOAK_MODE_STOP);         \
+	}                                                  \
+	SEC(sec)                                           \
+	int name##_kernel(struct pt_regs *ctx)             \
+	{                                                  \
+		keep_task_stack(ctx);                      \
+		return body(ctx, KLOAK_MODE_KERNEL);       \
+	}
 
 #endif /* KLOAK_VERIFIER_H */
