@@ -62,6 +62,183 @@ export interface CertRotation {
 /** A check with 2/3 of the lifetime gone keeps at least this distance, so a short-lived cert cannot make the loop spin. */
 const MIN_CHECK_MS = 1_000;
 
+/** The timing options with their defaults filled in. */
+interface Timing {
+  checkEveryMs: number;
+  caPropagationMs: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+}
+
+function timingOf(opts: RotationOptions): Timing {
+  return {
+    checkEveryMs: opts.checkEveryMs ?? 3_600_000,
+    caPropagationMs: opts.caPropagationMs ?? 5_000,
+    retryBaseMs: opts.retryBaseMs ?? 1_000,
+    retryMaxMs: opts.retryMaxMs ?? 300_000,
+  };
+}
+
+/**
+ * The wait after the `failures`-th failure in a row: doubling from
+ * retryBaseMs up to retryMaxMs, with ±20 % jitter so that agents failing
+ * together do not retry together.
+ */
+function backoffMs(failures: number, t: Timing): number {
+  const base = Math.min(t.retryMaxMs, t.retryBaseMs * 2 ** Math.min(failures - 1, 30));
+  return Math.round(base * (0.8 + Math.random() * 0.4));
+}
+
+/** When the next check is due for material `m` in service. */
+function dueInMs(m: Material, checkEveryMs: number): number {
+  const { notBefore, notAfter } = parseCert(m.certPem);
+  const twoThirds = notBefore.getTime() + ((notAfter.getTime() - notBefore.getTime()) * 2) / 3;
+  // Just past the 2/3 point, so the store (renewing below 1/3 left) finds it due.
+  return Math.max(MIN_CHECK_MS, Math.min(checkEveryMs, twoThirds + 1_000 - Date.now()));
+}
+
+/**
+ * The material to start serving when the caller has none: a few attempts,
+ * because at start-up the API server or the shared Secret may not be ready
+ * yet; after the last one the store's error goes to the caller, which cannot
+ * start its server without a certificate.
+ */
+async function startupMaterial(opts: RotationOptions, t: Timing, log: LogFn): Promise<Material> {
+  const attempts = opts.startupAttempts ?? 5;
+  let failures = 0;
+  for (;;) {
+    try {
+      const m = await opts.store.ensure();
+      // The store answered: an onMaterial that throws below counts as a first failure, not a further one.
+      failures = 0;
+      opts.onMaterial?.(m);
+      return m;
+    } catch (e) {
+      failures++;
+      if (failures >= attempts) throw e;
+      log("warn", "could not get the webhook certificate yet; retrying", { error: (e as Error).message, attempt: failures });
+      await Bun.sleep(backoffMs(failures, t));
+    }
+  }
+}
+
+/**
+ * The running loop: what is served and published, and the one timer. At
+ * most one check runs at a time; each schedules the next (due time when in
+ * sync, backoff otherwise).
+ */
+class RotationLoop {
+  /** Fingerprint of the leaf the server serves. */
+  private servedFp: string;
+  /** CA identity last published as caBundle; undefined until the first successful patch. */
+  private publishedCa: string | undefined;
+  private failures = 0;
+  private stopped = false;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private running: Promise<void> | undefined;
+
+  constructor(
+    private readonly opts: RotationOptions,
+    private readonly t: Timing,
+    private readonly log: LogFn,
+    /** The material in service. */
+    public current: Material,
+  ) {
+    this.servedFp = servingFingerprint(current);
+  }
+
+  /** Runs a check now, or joins the one running; never rejects. */
+  run(): Promise<void> {
+    this.running ??= (async () => {
+      let ok = false;
+      try {
+        ok = await this.check();
+      } catch (e) {
+        this.log("error", "webhook certificate check failed unexpectedly", { error: (e as Error).message });
+      }
+      this.failures = ok ? 0 : this.failures + 1;
+      this.schedule(ok ? dueInMs(this.current, this.t.checkEveryMs) : backoffMs(this.failures, this.t));
+    })().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  schedule(ms: number): void {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.run(), ms);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.running;
+  }
+
+  /** One pass: fetch material, publish its CA, serve its leaf. True when everything is in sync. */
+  private async check(): Promise<boolean> {
+    let m: Material;
+    try {
+      m = await this.opts.store.ensure();
+    } catch (e) {
+      this.log("warn", "webhook certificate check failed; still serving the current certificate", { error: (e as Error).message });
+      return false;
+    }
+    const caId = caIdentity(m);
+    const caChanged = caId !== caIdentity(this.current);
+    const bundleOk = await this.publishBundle(m, caId, caChanged);
+    const served = await this.serve(m, bundleOk, caChanged);
+    return served && bundleOk;
+  }
+
+  /**
+   * Patches the caBundle when its CA is not the one last published. After a
+   * CA change it waits for the API server to pick the bundle up before the
+   * new leaf is served. False when the patch failed.
+   */
+  private async publishBundle(m: Material, caId: string, caChanged: boolean): Promise<boolean> {
+    if (!this.opts.patchBundle || caId === this.publishedCa) return true;
+    try {
+      await this.opts.patchBundle(m.caPem);
+      this.publishedCa = caId;
+      if (caChanged && this.t.caPropagationMs > 0) await Bun.sleep(this.t.caPropagationMs);
+      return true;
+    } catch (e) {
+      this.log("warn", "could not publish the webhook CA bundle", { error: (e as Error).message });
+      return false;
+    }
+  }
+
+  /** Puts m in service: reloads the server when its leaf differs. False when that is held back or refused. */
+  private async serve(m: Material, bundleOk: boolean, caChanged: boolean): Promise<boolean> {
+    const fp = servingFingerprint(m);
+    if (fp === this.servedFp) {
+      // Same leaf, but the CA text changed (the bundle gained or dropped a CA): nothing to reload.
+      if (caChanged) {
+        this.current = m;
+        this.opts.onMaterial?.(m);
+      }
+      return true;
+    }
+    // A leaf from a CA the API server may not trust yet would fail every call; wait
+    // for the bundle unless the current leaf is about to lapse anyway.
+    const currentLapsesSoon = this.current.notAfter.getTime() - Date.now() < 3_600_000;
+    if (!bundleOk && caChanged && !currentLapsesSoon) return false;
+    try {
+      await this.opts.server.reload(m.certPem, m.keyPem);
+    } catch (e) {
+      this.log("error", "HTTPS server refused the new webhook certificate; still serving the current one", { error: (e as Error).message });
+      return false;
+    }
+    this.servedFp = fp;
+    this.current = m;
+    this.log("info", "webhook HTTPS server now serves the renewed certificate", { fingerprint: fp, notAfter: m.notAfter.toISOString() });
+    this.opts.onMaterial?.(m);
+    return true;
+  }
+}
+
 /**
  * Starts the loop; the first check runs at once. Resolves immediately when
  * `initial` is given, otherwise once the store produced material (or rejects
@@ -69,126 +246,14 @@ const MIN_CHECK_MS = 1_000;
  */
 export async function startCertRotation(opts: RotationOptions): Promise<CertRotation> {
   const log = opts.log ?? noLog;
-  const checkEveryMs = opts.checkEveryMs ?? 3_600_000;
-  const caPropagationMs = opts.caPropagationMs ?? 5_000;
-  const retryBaseMs = opts.retryBaseMs ?? 1_000;
-  const retryMaxMs = opts.retryMaxMs ?? 300_000;
-  let failures = 0;
-
-  const backoff = (): number => {
-    const base = Math.min(retryMaxMs, retryBaseMs * 2 ** Math.min(failures - 1, 30));
-    return Math.round(base * (0.8 + Math.random() * 0.4));
-  };
-
-  let current: Material;
-  if (opts.initial) current = opts.initial;
-  else {
-    const attempts = opts.startupAttempts ?? 5;
-    for (;;) {
-      try {
-        current = await opts.store.ensure();
-        failures = 0;
-        opts.onMaterial?.(current);
-        break;
-      } catch (e) {
-        failures++;
-        if (failures >= attempts) throw e;
-        log("warn", "could not get the webhook certificate yet; retrying", { error: (e as Error).message, attempt: failures });
-        await Bun.sleep(backoff());
-      }
-    }
-  }
-  let servedFp = servingFingerprint(current);
-  /** CA identity last published as caBundle; undefined until the first successful patch. */
-  let publishedCa: string | undefined;
-  let stopped = false;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let running: Promise<void> | undefined;
-
-  const dueIn = (m: Material): number => {
-    const { notBefore, notAfter } = parseCert(m.certPem);
-    const twoThirds = notBefore.getTime() + ((notAfter.getTime() - notBefore.getTime()) * 2) / 3;
-    // Just past the 2/3 point, so the store (renewing below 1/3 left) finds it due.
-    return Math.max(MIN_CHECK_MS, Math.min(checkEveryMs, twoThirds + 1_000 - Date.now()));
-  };
-
-  /** Returns true when everything is in sync. */
-  const check = async (): Promise<boolean> => {
-    let m: Material;
-    try {
-      m = await opts.store.ensure();
-    } catch (e) {
-      log("warn", "webhook certificate check failed; still serving the current certificate", { error: (e as Error).message });
-      return false;
-    }
-    const caId = caIdentity(m);
-    const caChanged = caId !== caIdentity(current);
-    let bundleOk = true;
-    if (opts.patchBundle && caId !== publishedCa) {
-      try {
-        await opts.patchBundle(m.caPem);
-        publishedCa = caId;
-        if (caChanged && caPropagationMs > 0) await Bun.sleep(caPropagationMs);
-      } catch (e) {
-        bundleOk = false;
-        log("warn", "could not publish the webhook CA bundle", { error: (e as Error).message });
-      }
-    }
-    const fp = servingFingerprint(m);
-    if (fp !== servedFp) {
-      // A leaf from a CA the API server may not trust yet would fail every call; wait
-      // for the bundle unless the current leaf is about to lapse anyway.
-      const currentLapsesSoon = current.notAfter.getTime() - Date.now() < 3_600_000;
-      if (!bundleOk && caChanged && !currentLapsesSoon) return false;
-      try {
-        await opts.server.reload(m.certPem, m.keyPem);
-      } catch (e) {
-        log("error", "HTTPS server refused the new webhook certificate; still serving the current one", { error: (e as Error).message });
-        return false;
-      }
-      servedFp = fp;
-      current = m;
-      log("info", "webhook HTTPS server now serves the renewed certificate", { fingerprint: fp, notAfter: m.notAfter.toISOString() });
-      opts.onMaterial?.(m);
-    } else if (caChanged) {
-      current = m;
-      opts.onMaterial?.(m);
-    }
-    return bundleOk;
-  };
-
-  const schedule = (ms: number) => {
-    if (stopped) return;
-    clearTimeout(timer);
-    timer = setTimeout(() => void run(), ms);
-  };
-
-  const run = (): Promise<void> => {
-    running ??= (async () => {
-      let ok = false;
-      try {
-        ok = await check();
-      } catch (e) {
-        log("error", "webhook certificate check failed unexpectedly", { error: (e as Error).message });
-      }
-      failures = ok ? 0 : failures + 1;
-      schedule(ok ? dueIn(current) : backoff());
-    })().finally(() => {
-      running = undefined;
-    });
-    return running;
-  };
-
-  schedule(0);
-
+  const t = timingOf(opts);
+  const initial = opts.initial ?? (await startupMaterial(opts, t, log));
+  const loop = new RotationLoop(opts, t, log, initial);
+  loop.schedule(0);
   return {
-    current: () => current,
-    notAfter: () => current.notAfter,
-    checkNow: run,
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await running;
-    },
+    current: () => loop.current,
+    notAfter: () => loop.current.notAfter,
+    checkNow: () => loop.run(),
+    stop: () => loop.stop(),
   };
 }

@@ -116,44 +116,68 @@ export interface ExecOptions {
   metricsFile?: string;
 }
 
+/** kloak exec's own flags (before `--`), as EXEC_USAGE lists them. */
+const EXEC_FLAGS = {
+  secret: { type: "string", multiple: true },
+  "secrets-file": { type: "string", multiple: true },
+  allow: { type: "string", multiple: true },
+  "dns-server": { type: "string", multiple: true },
+  "metrics-file": { type: "string" },
+  "placeholder-dir": { type: "string" },
+  "rewrite-mode": { type: "string", default: "auto" },
+  "on-violation": { type: "string", default: "pass" },
+  "strict-binding": { type: "boolean", default: false },
+  holds: { type: "string", default: "ptrace" },
+  user: { type: "string" },
+  "scan-cap": { type: "string", default: "64KiB" },
+  "env-file": { type: "string", multiple: true },
+  summary: { type: "string", default: "text" },
+  quiet: { type: "boolean", short: "q", default: false },
+  silent: { type: "boolean", default: false },
+  verbose: { type: "boolean", short: "v", default: false },
+  "fail-on-refusal": { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
+} as const;
+
+/**
+ * The flags before `--`. Without a `--`, CMD's own options land here and
+ * look like unknown kloak options, so the error says where `--` goes.
+ */
+function parseExecFlags(own: string[], hasDash: boolean) {
+  try {
+    return parseArgs({ args: own, strict: true, allowPositionals: false, options: EXEC_FLAGS }).values;
+  } catch (e) {
+    const msg = (e as Error).message.split("\n")[0];
+    const hint = hasDash ? "; see `kloak exec --help`" : "; put `--` between kloak's options and the command";
+    throw new UsageError(`exec: ${msg}${hint}`);
+  }
+}
+
+type ExecFlags = ReturnType<typeof parseExecFlags>;
+
+/** Secrets from --secret, then --secrets-file, then --env-file, merged; at least one is required. */
+async function collectSecrets(v: ExecFlags, env: Record<string, string | undefined>): Promise<SecretSpec[]> {
+  const lists: SecretSpec[][] = [(v.secret ?? []).map((s) => parseSecretFlag(s, env))];
+  for (const f of v["secrets-file"] ?? []) lists.push(await loadSecretsFile(f, env));
+  for (const f of v["env-file"] ?? []) lists.push(loadEnvFile(f));
+  const secrets = mergeSecrets(lists);
+  if (secrets.length === 0)
+    throw new UsageError("exec: no secrets given; add --secret NAME=VALUE, --secret NAME, --secrets-file FILE or --env-file FILE");
+  return secrets;
+}
+
+/** --silent, --quiet and --verbose each set the verbosity, so at most one may be given. */
+function verbosityOf(v: ExecFlags): Verbosity {
+  const loud = [v.silent && "--silent", v.quiet && "--quiet", v.verbose && "--verbose"].filter(Boolean);
+  if (loud.length > 1) throw new UsageError(`exec: ${loud.join(" and ")} contradict each other; give one`);
+  return v.silent ? "silent" : v.quiet ? "quiet" : v.verbose ? "verbose" : "normal";
+}
+
 export async function parseExecArgs(argv: string[], env: Record<string, string | undefined>): Promise<ExecOptions | "help"> {
   const dash = argv.indexOf("--");
   const own = dash < 0 ? argv : argv.slice(0, dash);
   const command = dash < 0 ? [] : argv.slice(dash + 1);
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: own,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        secret: { type: "string", multiple: true },
-        "secrets-file": { type: "string", multiple: true },
-        allow: { type: "string", multiple: true },
-        "dns-server": { type: "string", multiple: true },
-        "metrics-file": { type: "string" },
-        "placeholder-dir": { type: "string" },
-        "rewrite-mode": { type: "string", default: "auto" },
-        "on-violation": { type: "string", default: "pass" },
-        "strict-binding": { type: "boolean", default: false },
-        holds: { type: "string", default: "ptrace" },
-        user: { type: "string" },
-        "scan-cap": { type: "string", default: "64KiB" },
-        "env-file": { type: "string", multiple: true },
-        summary: { type: "string", default: "text" },
-        quiet: { type: "boolean", short: "q", default: false },
-        silent: { type: "boolean", default: false },
-        verbose: { type: "boolean", short: "v", default: false },
-        "fail-on-refusal": { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (e) {
-    const msg = (e as Error).message.split("\n")[0];
-    const hint = dash < 0 ? "; put `--` between kloak's options and the command" : "; see `kloak exec --help`";
-    throw new UsageError(`exec: ${msg}${hint}`);
-  }
-  const v = parsed.values;
+  const v = parseExecFlags(own, dash >= 0);
   if (v.help) return "help";
   if (command.length === 0)
     throw new UsageError("exec: no command given; usage: kloak exec [--secret NAME=VALUE]... -- CMD [ARGS...]");
@@ -166,17 +190,10 @@ export async function parseExecArgs(argv: string[], env: Record<string, string |
     throw new UsageError(`exec: --on-violation ${JSON.stringify(v["on-violation"])}: use ${ACTIONS.join(", ")}`);
   const holds = v.holds! as HoldMethod;
   if (!HOLD_METHODS.includes(holds)) throw new UsageError(`exec: --holds ${JSON.stringify(v.holds)}: use ${HOLD_METHODS.join(" or ")}`);
-  const lists: SecretSpec[][] = [(v.secret ?? []).map((s) => parseSecretFlag(s, env))];
-  for (const f of v["secrets-file"] ?? []) lists.push(await loadSecretsFile(f, env));
-  for (const f of v["env-file"] ?? []) lists.push(loadEnvFile(f));
-  const secrets = mergeSecrets(lists);
-  if (secrets.length === 0)
-    throw new UsageError("exec: no secrets given; add --secret NAME=VALUE, --secret NAME, --secrets-file FILE or --env-file FILE");
+  const secrets = await collectSecrets(v, env);
   const summary = v.summary!;
   if (summary !== "text" && summary !== "json") throw new UsageError(`exec: --summary ${JSON.stringify(summary)}: use text or json`);
-  const loud = [v.silent && "--silent", v.quiet && "--quiet", v.verbose && "--verbose"].filter(Boolean);
-  if (loud.length > 1) throw new UsageError(`exec: ${loud.join(" and ")} contradict each other; give one`);
-  const verbosity: Verbosity = v.silent ? "silent" : v.quiet ? "quiet" : v.verbose ? "verbose" : "normal";
+  const verbosity = verbosityOf(v);
   applyAllowFlags(secrets, v.allow ?? []);
   const dnsServers = (v["dns-server"] ?? []).map(checkDnsServer);
   if (v["metrics-file"] !== undefined) checkOutputFile("--metrics-file", v["metrics-file"]);
