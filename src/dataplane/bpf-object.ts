@@ -22,9 +22,6 @@ import {
   type RewriteMode,
 } from "./kernel-support.ts";
 
-// doctor/checks.ts still takes it from here (to go once its split lands)
-export type { RewriteMode };
-
 
 // KLOAK_LIBBPF_DEBUG=1: libbpf's full log on stderr (doctor's remedies point
 // there). Set as this module loads: every command that calls libbpf imports it.

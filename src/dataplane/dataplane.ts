@@ -55,9 +55,9 @@ import {
   type KloakObject,
   type LoadedObject,
   type ProgramGroup,
-  type RewriteMode,
   type UprobeKind,
 } from "./bpf-object.ts";
+import type { RewriteMode } from "./kernel-support.ts";
 import { MAPS, type ProgramName } from "./abi.generated.ts";
 import { noWorkerStats, type FromWorker, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
 import type { HoldMethod } from "./holds.ts";

@@ -21,7 +21,6 @@ import {
   SEND_SYSCALLS,
   SYSCALL_PROGRAM,
   type ProgramBudget,
-  type RewriteMode,
 } from "../dataplane/bpf-object.ts";
 import {
   atLeast,
@@ -39,10 +38,10 @@ import {
   warn,
   type Check,
   type CheckDef,
+  type RewriteMode,
 } from "../dataplane/kernel-support.ts";
 
-export { MODE_PROGRAMS };
-export type { Check, RewriteMode };
+export type { Check };
 
 export interface DoctorResult {
   checks: Check[];
