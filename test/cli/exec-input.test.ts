@@ -95,12 +95,11 @@ describe("a command that cannot run: the shell's exit codes, one line, before an
   ];
   for (const [name, command, env, code, msg] of cases) {
     test(name, async () => {
-      const t0 = performance.now();
       const r = await runKloak(["exec", "--secret", "A=abcdefXY", "--", ...command], env ? { env } : {});
       expect({ code: r.code, stderr: r.stderr.trim() }).toMatchObject({ code, stderr: expect.stringMatching(msg) });
-      expect(r.stderr.trim().split("\n").length).toBe(1); // nothing started: no mode line, no rules warning
+      // Nothing started: A has no rules, so a data plane that loaded would have said so first.
+      expect(r.stderr.trim().split("\n").length).toBe(1);
       expect(r.stdout).toBe("");
-      expect(performance.now() - t0).toBeLessThan(5_000); // not after a data plane start and stop
     });
   }
 });
