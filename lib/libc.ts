@@ -136,20 +136,21 @@ const iovRemote = Buffer.alloc(16);
 
 /** Write data into another process at addr; returns bytes written (may be short). */
 export function processVmWrite(pid: number, addr: bigint, data: Uint8Array): number {
-  iovLocal.writeBigUInt64LE(BigInt(ptr(data)), 0);
-  iovLocal.writeBigUInt64LE(BigInt(data.byteLength), 8);
-  iovRemote.writeBigUInt64LE(addr, 0);
-  iovRemote.writeBigUInt64LE(BigInt(data.byteLength), 8);
-  return check("process_vm_writev", c.process_vm_writev(pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
+  return processVm("process_vm_writev", pid, addr, data);
 }
 
 /** Read len bytes of another process at addr into data; returns bytes read (may be short). */
 export function processVmRead(pid: number, addr: bigint, data: Uint8Array): number {
+  return processVm("process_vm_readv", pid, addr, data);
+}
+
+/** One process_vm_readv/writev call: data, here, against as many bytes at addr in pid. */
+function processVm(call: "process_vm_readv" | "process_vm_writev", pid: number, addr: bigint, data: Uint8Array): number {
   iovLocal.writeBigUInt64LE(BigInt(ptr(data)), 0);
   iovLocal.writeBigUInt64LE(BigInt(data.byteLength), 8);
   iovRemote.writeBigUInt64LE(addr, 0);
   iovRemote.writeBigUInt64LE(BigInt(data.byteLength), 8);
-  return check("process_vm_readv", c.process_vm_readv(pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
+  return check(call, c[call](pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
 }
 
 /** Read another process's memory at addr through /proc/<pid>/mem (also where process_vm_readv cannot). */
