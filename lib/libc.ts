@@ -155,13 +155,7 @@ function processVm(call: "process_vm_readv" | "process_vm_writev", pid: number, 
 
 /** Read another process's memory at addr through /proc/<pid>/mem (also where process_vm_readv cannot). */
 export function procMemRead(pid: number, addr: bigint, data: Uint8Array): number {
-  const fd = c.open(Buffer.from(`/proc/${pid}/mem\0`), 0 /* O_RDONLY */ | 0o2000000 /* O_CLOEXEC */);
-  if (fd < 0) throw new SysError(`open /proc/${pid}/mem`, errno());
-  try {
-    return check("pread /proc/<pid>/mem", c.pread(fd, ptr(data), data.byteLength, addr));
-  } finally {
-    c.close(fd);
-  }
+  return procMem("pread", pid, addr, data);
 }
 
 export const SIGKILL = 9;
@@ -174,10 +168,16 @@ export const SIGSTOP = 19;
  * debugger does. Returns bytes written.
  */
 export function procMemWrite(pid: number, addr: bigint, data: Uint8Array): number {
-  const fd = c.open(Buffer.from(`/proc/${pid}/mem\0`), 1 /* O_WRONLY */ | 0o2000000 /* O_CLOEXEC */);
+  return procMem("pwrite", pid, addr, data);
+}
+
+/** One pread or pwrite of data at addr through /proc/<pid>/mem, opened for just that. */
+function procMem(call: "pread" | "pwrite", pid: number, addr: bigint, data: Uint8Array): number {
+  const mode = call === "pwrite" ? 1 /* O_WRONLY */ : 0 /* O_RDONLY */;
+  const fd = c.open(Buffer.from(`/proc/${pid}/mem\0`), mode | 0o2000000 /* O_CLOEXEC */);
   if (fd < 0) throw new SysError(`open /proc/${pid}/mem`, errno());
   try {
-    return check("pwrite /proc/<pid>/mem", c.pwrite(fd, ptr(data), data.byteLength, addr));
+    return check(`${call} /proc/<pid>/mem`, c[call](fd, ptr(data), data.byteLength, addr));
   } finally {
     c.close(fd);
   }
