@@ -7,11 +7,11 @@
  * (0xfffffff1), PIE and non-PIE, 64-bit little-endian ELF. Older layouts are
  * reported as such, never guessed at.
  */
-import { closeSync, openSync, readSync } from "node:fs";
+import { closeSync, openSync } from "node:fs";
+import { PT_LOAD, readAt, readElfHeader, readSections, readSegments } from "./elf-headers.ts";
 
 const MAGIC_118 = 0xfffffff0;
 const MAGIC_120 = 0xfffffff1;
-const PT_LOAD = 1;
 
 export interface GoFunction {
   name: string;
@@ -34,64 +34,14 @@ export interface GoBinary {
 
 export class NotGoError extends Error {}
 
-function readAt(fd: number, offset: number, length: number): Buffer {
-  const b = Buffer.alloc(length);
-  const n = readSync(fd, b, 0, length, offset);
-  if (n !== length) throw new Error(`short read at ${offset}`);
-  return b;
-}
-
-interface Section {
-  name: string;
-  addr: number;
-  offset: number;
-  size: number;
-}
-
 /** Reads a Go executable's sections; throws NotGoError for files that are no Go ELF. */
 export function readGoBinary(path: string, names: readonly string[]): GoBinary {
   const fd = openSync(path, "r");
   try {
-    const eh = Buffer.alloc(64);
-    if (readSync(fd, eh, 0, 64, 0) !== 64 || eh.readUInt32BE(0) !== 0x7f454c46 || eh[4] !== 2 || eh[5] !== 1)
-      throw new NotGoError(`${path}: not a 64-bit little-endian ELF file`);
-    const phoff = Number(eh.readBigUInt64LE(0x20));
-    const shoff = Number(eh.readBigUInt64LE(0x28));
-    const phentsize = eh.readUInt16LE(0x36);
-    const phnum = eh.readUInt16LE(0x38);
-    const shentsize = eh.readUInt16LE(0x3a);
-    const shnum = eh.readUInt16LE(0x3c);
-    const shstrndx = eh.readUInt16LE(0x3e);
-    if (!shoff || !shnum || shstrndx >= shnum) throw new NotGoError(`${path}: no section headers`);
-
-    const segments: { vaddr: number; filesz: number; offset: number }[] = [];
-    const ph = readAt(fd, phoff, phentsize * phnum);
-    for (let i = 0; i < phnum; i++) {
-      const o = i * phentsize;
-      if (ph.readUInt32LE(o) !== PT_LOAD) continue;
-      segments.push({
-        offset: Number(ph.readBigUInt64LE(o + 8)),
-        vaddr: Number(ph.readBigUInt64LE(o + 16)),
-        filesz: Number(ph.readBigUInt64LE(o + 32)),
-      });
-    }
-    const sh = readAt(fd, shoff, shentsize * shnum);
-    const raw = (i: number) => {
-      const o = i * shentsize;
-      return {
-        nameOff: sh.readUInt32LE(o),
-        addr: Number(sh.readBigUInt64LE(o + 16)),
-        offset: Number(sh.readBigUInt64LE(o + 24)),
-        size: Number(sh.readBigUInt64LE(o + 32)),
-      };
-    };
-    const strtab = raw(shstrndx);
-    const strs = readAt(fd, strtab.offset, strtab.size);
-    const sections: Section[] = [];
-    for (let i = 0; i < shnum; i++) {
-      const s = raw(i);
-      sections.push({ name: strs.toString("latin1", s.nameOff, strs.indexOf(0, s.nameOff)), addr: s.addr, offset: s.offset, size: s.size });
-    }
+    const h = readElfHeader(fd, path, NotGoError);
+    if (!h.shoff || !h.shnum || h.shstrndx >= h.shnum) throw new NotGoError(`${path}: no section headers`);
+    const segments = readSegments(fd, h).filter((s) => s.type === PT_LOAD);
+    const sections = readSections(fd, h);
     // Non-PIE: .gopclntab; PIE (relocated data): .data.rel.ro.gopclntab.
     const pcln = sections.find((s) => s.name === ".gopclntab" || s.name === ".data.rel.ro.gopclntab");
     if (!pcln) throw new NotGoError(`${path}: no .gopclntab section`);

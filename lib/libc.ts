@@ -136,31 +136,26 @@ const iovRemote = Buffer.alloc(16);
 
 /** Write data into another process at addr; returns bytes written (may be short). */
 export function processVmWrite(pid: number, addr: bigint, data: Uint8Array): number {
-  iovLocal.writeBigUInt64LE(BigInt(ptr(data)), 0);
-  iovLocal.writeBigUInt64LE(BigInt(data.byteLength), 8);
-  iovRemote.writeBigUInt64LE(addr, 0);
-  iovRemote.writeBigUInt64LE(BigInt(data.byteLength), 8);
-  return check("process_vm_writev", c.process_vm_writev(pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
+  return processVm("process_vm_writev", pid, addr, data);
 }
 
 /** Read len bytes of another process at addr into data; returns bytes read (may be short). */
 export function processVmRead(pid: number, addr: bigint, data: Uint8Array): number {
+  return processVm("process_vm_readv", pid, addr, data);
+}
+
+/** One process_vm_readv/writev call: data, here, against as many bytes at addr in pid. */
+function processVm(call: "process_vm_readv" | "process_vm_writev", pid: number, addr: bigint, data: Uint8Array): number {
   iovLocal.writeBigUInt64LE(BigInt(ptr(data)), 0);
   iovLocal.writeBigUInt64LE(BigInt(data.byteLength), 8);
   iovRemote.writeBigUInt64LE(addr, 0);
   iovRemote.writeBigUInt64LE(BigInt(data.byteLength), 8);
-  return check("process_vm_readv", c.process_vm_readv(pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
+  return check(call, c[call](pid, ptr(iovLocal), 1, ptr(iovRemote), 1, 0));
 }
 
 /** Read another process's memory at addr through /proc/<pid>/mem (also where process_vm_readv cannot). */
 export function procMemRead(pid: number, addr: bigint, data: Uint8Array): number {
-  const fd = c.open(Buffer.from(`/proc/${pid}/mem\0`), 0 /* O_RDONLY */ | 0o2000000 /* O_CLOEXEC */);
-  if (fd < 0) throw new SysError(`open /proc/${pid}/mem`, errno());
-  try {
-    return check("pread /proc/<pid>/mem", c.pread(fd, ptr(data), data.byteLength, addr));
-  } finally {
-    c.close(fd);
-  }
+  return procMem("pread", pid, addr, data);
 }
 
 export const SIGKILL = 9;
@@ -173,10 +168,16 @@ export const SIGSTOP = 19;
  * debugger does. Returns bytes written.
  */
 export function procMemWrite(pid: number, addr: bigint, data: Uint8Array): number {
-  const fd = c.open(Buffer.from(`/proc/${pid}/mem\0`), 1 /* O_WRONLY */ | 0o2000000 /* O_CLOEXEC */);
+  return procMem("pwrite", pid, addr, data);
+}
+
+/** One pread or pwrite of data at addr through /proc/<pid>/mem, opened for just that. */
+function procMem(call: "pread" | "pwrite", pid: number, addr: bigint, data: Uint8Array): number {
+  const mode = call === "pwrite" ? 1 /* O_WRONLY */ : 0 /* O_RDONLY */;
+  const fd = c.open(Buffer.from(`/proc/${pid}/mem\0`), mode | 0o2000000 /* O_CLOEXEC */);
   if (fd < 0) throw new SysError(`open /proc/${pid}/mem`, errno());
   try {
-    return check("pwrite /proc/<pid>/mem", c.pwrite(fd, ptr(data), data.byteLength, addr));
+    return check(`${call} /proc/<pid>/mem`, c[call](fd, ptr(data), data.byteLength, addr));
   } finally {
     c.close(fd);
   }

@@ -1,13 +1,13 @@
 #!/usr/bin/env bun
 /**
- * Regenerates src/dataplane/go-offsets.ts from real Go toolchains: builds
+ * Rewrites the rows of src/dataplane/go-offsets.ts from real Go toolchains: builds
  * test/runtime/go (standard library only, offline) with each one and asks it,
  * through reflect on that toolchain's own types, where the fields bpf/golang.h
  * reads are. Usage:
  *   bun scripts/go-offsets.ts [GOROOT...]   (default: /var/cache/kloak-runtime/go/*\/usr/lib/go-*)
  * Toolchains: /work/shared/tools/debian-fetch SUITE /var/cache/kloak-runtime/go/1.NN golang-1.NN-go golang-1.NN-src
  */
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -48,28 +48,11 @@ const body = rows
       `  "${minor(r.version as string)}": { measured: "${r.version}", connConn: ${r.tlsConnConn}, connConfig: ${r.tlsConnConfig}, configServerName: ${r.configServerName}, tcpConnFd: ${r.tcpConnFd}, netFdSysfd: ${r.netFdSysfd} },`,
   )
   .join("\n");
-writeFileSync(
-  join(ROOT, "src/dataplane/go-offsets.ts"),
-  `/**
- * Struct offsets bpf/golang.h reads, per Go release line (amd64), measured by
- * scripts/go-offsets.ts on real toolchains (reflect on the toolchain's own
- * types). GENERATED: rerun the script to add a version; never edit by hand.
- * A Go binary of a release line not listed here is refused
- * (go_binary_unsupported): offsets are never guessed.
- */
-export interface GoOffsets {
-  /** the toolchain the row was measured on */
-  measured: string;
-  connConn: number;
-  connConfig: number;
-  configServerName: number;
-  tcpConnFd: number;
-  netFdSysfd: number;
-}
-
-export const GO_OFFSETS: Record<string, GoOffsets> = {
-${body}
-};
-`,
-);
+// The file's header (what the rows mean, the GoOffsets type) stays as written there; the rows are replaced.
+const file = join(ROOT, "src/dataplane/go-offsets.ts");
+const src = readFileSync(file, "utf8");
+const open = "export const GO_OFFSETS: Record<string, GoOffsets> = {\n";
+const at = src.indexOf(open);
+if (at < 0) throw new Error(`${file}: no "${open.trim()}" to put the rows after`);
+writeFileSync(file, `${src.slice(0, at + open.length)}${body}\n};\n`);
 console.log(`src/dataplane/go-offsets.ts: ${rows.map((r) => r.version).join(", ")}`);

@@ -1,9 +1,9 @@
 /**
  * Struct offsets bpf/golang.h reads, per Go release line (amd64), measured by
  * scripts/go-offsets.ts on real toolchains (reflect on the toolchain's own
- * types). GENERATED: rerun the script to add a version; never edit by hand.
- * A Go binary of a release line not listed here is refused
- * (go_binary_unsupported): offsets are never guessed.
+ * types). The rows are GENERATED: rerun the script to add a version; never
+ * edit them by hand. A Go binary of a release line not listed here is
+ * refused (go_binary_unsupported): offsets are never guessed.
  */
 export interface GoOffsets {
   /** the toolchain the row was measured on */

@@ -181,7 +181,8 @@ export class NodeFacts {
 export type Outcome = Pick<Check, "status" | "detail"> & { remedy?: string };
 export const ok = (detail: string): Outcome => ({ status: "ok", detail });
 export const warn = (detail: string, remedy?: string): Outcome => ({ status: "warn", detail, remedy });
-export const fail = (detail: string, remedy: string): Outcome => ({ status: "fail", detail, remedy });
+/** Without a remedy of its own, a failure (or warning) carries its check's (runCheck). */
+export const fail = (detail: string, remedy?: string): Outcome => ({ status: "fail", detail, remedy });
 
 /** A check before it runs. */
 export interface CheckDef {
@@ -217,10 +218,7 @@ function helperRequirement(name: keyof typeof BPF_FUNC, progTypes: [number, stri
       if (!f.canProbe()) return warn(`unverified (${why}): ${UNPROBED}`, PROBE_REMEDY);
       const missing = progTypes.filter(([t]) => !f.helper(t, BPF_FUNC[name]));
       if (missing.length)
-        return fail(
-          `this kernel has no bpf_${name} for ${missing.map(([, n]) => n).join(", ")} programs (${why}; Linux >= ${since})`,
-          UPGRADE_KERNEL,
-        );
+        return fail(`this kernel has no bpf_${name} for ${missing.map(([, n]) => n).join(", ")} programs (${why}; Linux >= ${since})`);
       return ok(`available to ${progTypes.map(([, n]) => n).join(", ")} programs (${why})`);
     },
   };
@@ -243,7 +241,7 @@ const REQUIREMENTS: readonly Requirement[] = [
       if (!f.hasCap("SYS_PTRACE")) missing.push("CAP_SYS_PTRACE (process_vm_writev into other processes)");
       if (!f.hasCap("KILL")) missing.push("CAP_KILL (SIGCONT to stopped processes of other users)");
       if (missing.length)
-        return fail(`${process.getuid?.() === 0 ? "" : "not root; "}missing ${missing.join("; ")}`, PRIV_REMEDY);
+        return fail(`${process.getuid?.() === 0 ? "" : "not root; "}missing ${missing.join("; ")}`);
       const present = (["SYS_ADMIN", "BPF", "PERFMON", "SYS_PTRACE", "KILL"] as const).filter((n) => f.hasCap(n));
       return ok(`effective: ${present.map((n) => `CAP_${n}`).join(", ")}`);
     },
@@ -255,10 +253,7 @@ const REQUIREMENTS: readonly Requirement[] = [
     run: () => {
       const path = "/sys/kernel/btf/vmlinux";
       if (!existsSync(path))
-        return fail(
-          `this kernel has no BTF (${path} missing): the object's CO-RE relocations cannot be resolved`,
-          "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (all major distribution kernels since 5.x)",
-        );
+        return fail(`this kernel has no BTF (${path} missing): the object's CO-RE relocations cannot be resolved`);
       return ok(path);
     },
   },
@@ -268,11 +263,7 @@ const REQUIREMENTS: readonly Requirement[] = [
     remedy: "mount -t securityfs securityfs /sys/kernel/security (as root) so the lockdown level can be read",
     run: (f) => {
       const { level, how } = f.lockdown();
-      if (level === null)
-        return warn(
-          `unknown (${how}); kernel rewrite mode will not be chosen`,
-          "mount -t securityfs securityfs /sys/kernel/security (as root) so the lockdown level can be read",
-        );
+      if (level === null) return warn(`unknown (${how}); kernel rewrite mode will not be chosen`);
       if (level === "confidentiality")
         return fail(
           "lockdown=confidentiality: eBPF may not read kernel memory, so kloak cannot find a write's socket",
@@ -309,10 +300,7 @@ const REQUIREMENTS: readonly Requirement[] = [
     run: () => {
       const path = "/sys/bus/event_source/devices/uprobe/type";
       if (!existsSync(path))
-        return fail(
-          `this kernel has no uprobe PMU (${path} missing)`,
-          "use a kernel built with CONFIG_UPROBES=y and CONFIG_UPROBE_EVENTS=y",
-        );
+        return fail(`this kernel has no uprobe PMU (${path} missing)`);
       return ok(`uprobe PMU type ${readFileSync(path, "utf8").trim()}`);
     },
   },
@@ -324,7 +312,7 @@ const REQUIREMENTS: readonly Requirement[] = [
       if (!f.canProbe()) return warn(`unverified: ${UNPROBED}`, PROBE_REMEDY);
       return f.ringbuf()
         ? ok("BPF_MAP_TYPE_RINGBUF available")
-        : fail("this kernel has no BPF ring buffer (Linux >= 5.8)", UPGRADE_KERNEL);
+        : fail("this kernel has no BPF ring buffer (Linux >= 5.8)");
     },
   },
   helperRequirement("loop", [[BPF_PROG_TYPE_KPROBE, "uprobe"]], "scans TLS write buffers", "5.17"),

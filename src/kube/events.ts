@@ -13,7 +13,7 @@
 import { PatchStrategy, setHeaderOptions, type CoreV1Api, type CoreV1Event } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
 import { noLog, type LogFn } from "../log.ts";
-import { describeError, requestTimeout, statusOf } from "./http.ts";
+import { describeError, FailureStreak, requestTimeout, statusOf } from "./http.ts";
 
 export interface InvolvedObject {
   apiVersion: string;
@@ -52,7 +52,6 @@ export const AGGREGATE_WINDOW_MS = 10 * 60_000;
 const CACHE_MAX = 4096;
 /** reportingInstance is validated to at most 128 characters. */
 const REPORTING_INSTANCE_MAX = 128;
-const ERROR_LOG_EVERY_MS = 30_000;
 
 /** Fractional token bucket: `burst` tokens, one back every `refillMs`. */
 class Bucket {
@@ -119,8 +118,7 @@ export class EventRecorder {
   private droppedCount = 0;
   /** random start: recorders on different nodes naming Events in the same ms should not collide */
   private seq = Math.floor(Math.random() * 1_000_000);
-  private errorStreak = 0;
-  private errorLoggedAt = 0;
+  private readonly errors: FailureStreak;
 
   constructor(
     private readonly core: CoreV1Api,
@@ -133,6 +131,7 @@ export class EventRecorder {
     const globalPerSecond = opts.globalPerSecond ?? 10;
     this.timeoutMs = opts.requestTimeoutMs ?? 10_000;
     this.now = opts.now ?? Date.now;
+    this.errors = new FailureStreak(this.now);
     this.log = opts.log ?? noLog;
     for (const [k, v] of [
       ["perObjectBurst", this.perObjectBurst],
@@ -325,23 +324,20 @@ export class EventRecorder {
   }
 
   private failed(op: string, e: unknown, agg: Aggregate): void {
-    const now = this.now();
-    this.errorStreak++;
-    if (this.errorStreak === 1 || now - this.errorLoggedAt >= ERROR_LOG_EVERY_MS) {
-      this.errorLoggedAt = now;
+    this.errors.failed((failures) =>
       this.log("warn", `event recorder: event ${op} failed; events are dropped until the API server accepts them`, {
         event: `${agg.namespace}/${agg.name}`,
         reason: agg.body.reason,
         error: describeError(e),
-        failures: this.errorStreak,
-      });
-    }
+        failures,
+      }),
+    );
   }
 
   private succeeded(): void {
-    if (this.errorStreak === 0) return;
-    this.log("info", "event recorder: API server accepts events again", { failures: this.errorStreak, dropped: this.droppedCount });
-    this.errorStreak = 0;
+    this.errors.succeeded((failures) =>
+      this.log("info", "event recorder: API server accepts events again", { failures, dropped: this.droppedCount }),
+    );
   }
 }
 

@@ -43,3 +43,35 @@ export function describeError(e: unknown): string {
   }
   return e instanceof Error ? e.message : String(e);
 }
+
+/** An error streak is logged when it starts, then at most this often. */
+const STREAK_LOG_EVERY_MS = 30_000;
+
+/**
+ * A run of failed calls to the API server, told to the log without flooding
+ * it: when the run starts, at most every 30 s while it lasts, and once when a
+ * call succeeds again. `log` gets the number of failures so far.
+ */
+export class FailureStreak {
+  private failures = 0;
+  private loggedAt = 0;
+
+  /** now: the caller's ms clock */
+  constructor(private readonly now: () => number) {}
+
+  failed(log: (failures: number) => void): void {
+    const now = this.now();
+    this.failures++;
+    if (this.failures === 1 || now - this.loggedAt >= STREAK_LOG_EVERY_MS) {
+      this.loggedAt = now;
+      log(this.failures);
+    }
+  }
+
+  /** Ends the run, if there was one (log is called only then). */
+  succeeded(log: (failures: number) => void): void {
+    if (this.failures === 0) return;
+    log(this.failures);
+    this.failures = 0;
+  }
+}

@@ -18,7 +18,7 @@ import {
 } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
 import { noLog, type LogFn } from "../log.ts";
-import { describeError, requestTimeout, statusOf } from "./http.ts";
+import { describeError, FailureStreak, requestTimeout, statusOf } from "./http.ts";
 
 export interface LeaseElectorOptions {
   namespace: string;
@@ -38,8 +38,6 @@ export interface LeaseElectorOptions {
 
 /** Followers sleep retryPeriod * (1 + rand * JITTER), like client-go, so candidates spread out. */
 const JITTER = 1.2;
-/** An error streak is logged when it starts, then at most this often. */
-const ERROR_LOG_EVERY_MS = 30_000;
 
 type Outcome = "acquired" | "held" | "conflict" | "error";
 
@@ -77,8 +75,7 @@ export class LeaseElector {
   /** my clock when the last successful acquire/renew attempt began */
   private lastRenew = 0;
 
-  private errorStreak = 0;
-  private errorLoggedAt = 0;
+  private readonly errors: FailureStreak;
 
   constructor(
     private readonly coord: CoordinationV1Api,
@@ -91,6 +88,7 @@ export class LeaseElector {
     this.renewDeadlineMs = opts.renewDeadlineMs ?? 10_000;
     this.retryPeriodMs = opts.retryPeriodMs ?? 2_000;
     this.now = opts.now ?? Date.now;
+    this.errors = new FailureStreak(this.now);
     this.log = opts.log ?? noLog;
     if (!this.namespace || !this.name) throw new UsageError("leader election: the Lease namespace and name must not be empty");
     if (!this.identity) throw new UsageError("leader election: the identity must not be empty");
@@ -384,23 +382,16 @@ export class LeaseElector {
   }
 
   private failed(op: string, e: unknown): Outcome {
-    const now = this.now();
-    this.errorStreak++;
-    if (this.errorStreak === 1 || now - this.errorLoggedAt >= ERROR_LOG_EVERY_MS) {
-      this.errorLoggedAt = now;
-      this.log("warn", `leader election: lease ${op} failed`, {
-        lease: this.leaseId(),
-        error: describeError(e),
-        failures: this.errorStreak,
-      });
-    }
+    this.errors.failed((failures) =>
+      this.log("warn", `leader election: lease ${op} failed`, { lease: this.leaseId(), error: describeError(e), failures }),
+    );
     return "error";
   }
 
   private succeeded(): void {
-    if (this.errorStreak === 0) return;
-    this.log("info", "leader election: lease API reachable again", { lease: this.leaseId(), failures: this.errorStreak });
-    this.errorStreak = 0;
+    this.errors.succeeded((failures) =>
+      this.log("info", "leader election: lease API reachable again", { lease: this.leaseId(), failures }),
+    );
   }
 
   private leaseId(): string {

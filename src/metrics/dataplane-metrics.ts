@@ -30,6 +30,19 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
         this.inc(Number(value(read())));
       },
     });
+  /** A counter labelled by reason: every reason counts() lists, zeros included. */
+  const byReason = (name: string, help: string, counts: (s: DataplaneSnapshot) => [reason: string, n: number][]) =>
+    new Counter({
+      name,
+      help,
+      labelNames: ["reason"],
+      registers: [registry],
+      collect() {
+        const s = read();
+        this.reset();
+        for (const [reason, n] of counts(s)) this.inc({ reason }, n);
+      },
+    });
   total("kloak_tls_writes_total", "TLS writes of protected processes", (s) => s.counters.writes_seen);
   total(
     "kloak_tls_writes_skipped_total",
@@ -109,33 +122,18 @@ export function dataplaneMetrics(read: () => DataplaneSnapshot, registry = new R
     "processes kloak could not trace (another tracer has them): held with group stops their parents can see",
     (s) => BigInt(s.worker?.traceFailed ?? 0),
   );
-  new Counter({
-    name: "kloak_substitutions_refused_total",
-    help: "placeholders left in place, by reason",
-    labelNames: ["reason"],
-    registers: [registry],
-    collect() {
-      const s = read();
-      this.reset();
-      for (const r of REFUSALS) {
-        // User-space reasons the data plane counts itself (go_binary_unsupported) come with the kernel's.
-        const own = r.kernel !== null || r.name in s.refusals;
-        // buffer_not_private is decided by the kernel, or by the worker for buffers the kernel could not check.
-        const n = (own ? Number(s.refusals[r.name] ?? 0n) : 0) + (s.worker && r.worker ? r.worker(s.worker) : 0);
-        this.inc({ reason: r.name }, n);
-      }
-    },
-  });
-  new Counter({
-    name: "kloak_tls_unhookable_total",
-    help: "processes in a scope that did TLS through a library kloak has no probes in (placeholders sent as they are), by reason",
-    labelNames: ["reason"],
-    registers: [registry],
-    collect() {
-      const s = read();
-      this.reset();
-      for (const reason of Object.keys(UNHOOKABLE_REASONS)) this.inc({ reason }, s.unhookable?.[reason] ?? 0);
-    },
-  });
+  byReason("kloak_substitutions_refused_total", "placeholders left in place, by reason", (s) =>
+    REFUSALS.map((r) => {
+      // User-space reasons the data plane counts itself (go_binary_unsupported) come with the kernel's.
+      const own = r.kernel !== null || r.name in s.refusals;
+      // buffer_not_private is decided by the kernel, or by the worker for buffers the kernel could not check.
+      return [r.name, (own ? Number(s.refusals[r.name] ?? 0n) : 0) + (s.worker && r.worker ? r.worker(s.worker) : 0)];
+    }),
+  );
+  byReason(
+    "kloak_tls_unhookable_total",
+    "processes in a scope that did TLS through a library kloak has no probes in (placeholders sent as they are), by reason",
+    (s) => Object.keys(UNHOOKABLE_REASONS).map((reason) => [reason, s.unhookable?.[reason] ?? 0]),
+  );
   return registry;
 }
