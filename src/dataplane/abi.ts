@@ -304,25 +304,8 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
   const type = v.getUint32(LAYOUT.kloak_proc_event.fields.type, true);
   switch (type) {
     case EventType.SUBSTITUTE:
-    case EventType.RESTORE: {
-      const F = LAYOUT.kloak_write_event.fields;
-      const I = LAYOUT.kloak_item.fields;
-      const count = Math.min(v.getUint32(F.count, true), MAX_SUBST);
-      const items: WriteItem[] = [];
-      for (let i = 0; i < count; i++) {
-        const o = F.items + i * LAYOUT.kloak_item.size;
-        const hshift = v.getUint32(o + I.hshift, true);
-        items.push({
-          addr: v.getBigUint64(o + I.addr, true),
-          secretId: v.getUint32(o + I.secret_id, true),
-          len: v.getUint32(o + I.len, true),
-          hbits: v.getUint32(o + I.hbits, true),
-          hshift: hshift & ~ITEM_UNCHECKED,
-          unchecked: (hshift & ITEM_UNCHECKED) !== 0,
-        });
-      }
-      return { type, tgid: v.getUint32(F.tgid, true), tid: v.getUint32(F.tid, true), seq: v.getBigUint64(F.seq, true), items };
-    }
+    case EventType.RESTORE:
+      return decodeWrite(v, type);
     case EventType.EXEC:
     case EventType.EXEC_KNOWN:
     case EventType.FORK:
@@ -330,72 +313,98 @@ export function decodeEvent(v: DataView): DataplaneEvent | null {
       const F = LAYOUT.kloak_proc_event.fields;
       return { type, tgid: v.getUint32(F.tgid, true), ppid: v.getUint32(F.ppid, true), scopeId: v.getUint32(F.scope_id, true) };
     }
-    case EventType.REFUSED: {
-      const F = LAYOUT.kloak_refusal_event.fields;
-      return {
-        type,
-        tgid: v.getUint32(F.tgid, true),
-        scopeId: v.getUint32(F.scope_id, true),
-        secretId: v.getUint32(F.secret_id, true),
-        reason: refusalName(v.getUint32(F.reason, true)),
-        offset: v.getBigUint64(F.offset, true),
-        peer: decodePeer(v, F.peer),
-        action: actionName(v.getUint32(F.action, true)),
-        sni: name(v, F.sni, v.getUint32(F.sni_len, true)),
-      };
-    }
-    case EventType.BLOCK: {
-      const F = LAYOUT.kloak_block_event.fields;
-      return {
-        type,
-        tgid: v.getUint32(F.tgid, true),
-        tid: v.getUint32(F.tid, true),
-        fd: v.getInt32(F.fd, true),
-        ino: v.getBigUint64(F.ino, true),
-        seq: v.getBigUint64(F.seq, true),
-      };
-    }
-    case EventType.SNI: {
-      const F = LAYOUT.kloak_sni_event.fields;
-      return {
-        type,
-        tgid: v.getUint32(F.tgid, true),
-        scopeId: v.getUint32(F.scope_id, true),
-        sni: name(v, F.sni, v.getUint32(F.sni_len, true)),
-        hold: v.getUint32(F.hold, true) !== 0,
-        tid: v.getUint32(F.tid, true),
-        seq: v.getBigUint64(F.seq, true),
-      };
-    }
+    case EventType.REFUSED:
+      return decodeRefusal(v, type);
+    case EventType.BLOCK:
+      return decodeBlock(v, type);
+    case EventType.SNI:
+      return decodeSni(v, type);
     case EventType.WAKE: {
       const F = LAYOUT.kloak_wake_event.fields;
       return { type, tgid: v.getUint32(F.tgid, true), tid: v.getUint32(F.tid, true) };
     }
-    case EventType.LIB_OPEN: {
-      const F = LAYOUT.kloak_lib_open_event.fields;
-      const len = Math.min(v.getUint32(F.path_len, true), NAME_MAX - 1);
-      return {
-        type,
-        tgid: v.getUint32(F.tgid, true),
-        scopeId: v.getUint32(F.scope_id, true),
-        path: latin1.decode(new Uint8Array(v.buffer, v.byteOffset + F.path, len)),
-        dirfd: v.getInt32(F.dirfd, true),
-        hold: v.getUint32(F.hold, true) !== 0,
-        tid: v.getUint32(F.tid, true),
-        seq: v.getBigUint64(F.seq, true),
-      };
-    }
+    case EventType.LIB_OPEN:
+      return decodeLibOpen(v, type);
     case EventType.UNHOOKED_TLS: {
       const F = LAYOUT.kloak_unhooked_event.fields;
-      return {
-        type,
-        tgid: v.getUint32(F.tgid, true),
-        scopeId: v.getUint32(F.scope_id, true),
-        fd: v.getInt32(F.fd, true),
-        peer: decodePeer(v, F.peer),
-      };
+      return { type, tgid: v.getUint32(F.tgid, true), scopeId: v.getUint32(F.scope_id, true), fd: v.getInt32(F.fd, true), peer: decodePeer(v, F.peer) };
     }
     default:
       return null;
   }
+}
+
+function decodeWrite(v: DataView, type: WriteEvent["type"]): WriteEvent {
+  const F = LAYOUT.kloak_write_event.fields;
+  const I = LAYOUT.kloak_item.fields;
+  const count = Math.min(v.getUint32(F.count, true), MAX_SUBST);
+  const items: WriteItem[] = [];
+  for (let i = 0; i < count; i++) {
+    const o = F.items + i * LAYOUT.kloak_item.size;
+    const hshift = v.getUint32(o + I.hshift, true);
+    items.push({
+      addr: v.getBigUint64(o + I.addr, true),
+      secretId: v.getUint32(o + I.secret_id, true),
+      len: v.getUint32(o + I.len, true),
+      hbits: v.getUint32(o + I.hbits, true),
+      hshift: hshift & ~ITEM_UNCHECKED,
+      unchecked: (hshift & ITEM_UNCHECKED) !== 0,
+    });
+  }
+  return { type, tgid: v.getUint32(F.tgid, true), tid: v.getUint32(F.tid, true), seq: v.getBigUint64(F.seq, true), items };
+}
+
+function decodeRefusal(v: DataView, type: RefusalEvent["type"]): RefusalEvent {
+  const F = LAYOUT.kloak_refusal_event.fields;
+  return {
+    type,
+    tgid: v.getUint32(F.tgid, true),
+    scopeId: v.getUint32(F.scope_id, true),
+    secretId: v.getUint32(F.secret_id, true),
+    reason: refusalName(v.getUint32(F.reason, true)),
+    offset: v.getBigUint64(F.offset, true),
+    peer: decodePeer(v, F.peer),
+    action: actionName(v.getUint32(F.action, true)),
+    sni: name(v, F.sni, v.getUint32(F.sni_len, true)),
+  };
+}
+
+function decodeBlock(v: DataView, type: BlockEvent["type"]): BlockEvent {
+  const F = LAYOUT.kloak_block_event.fields;
+  return {
+    type,
+    tgid: v.getUint32(F.tgid, true),
+    tid: v.getUint32(F.tid, true),
+    fd: v.getInt32(F.fd, true),
+    ino: v.getBigUint64(F.ino, true),
+    seq: v.getBigUint64(F.seq, true),
+  };
+}
+
+function decodeSni(v: DataView, type: SniEvent["type"]): SniEvent {
+  const F = LAYOUT.kloak_sni_event.fields;
+  return {
+    type,
+    tgid: v.getUint32(F.tgid, true),
+    scopeId: v.getUint32(F.scope_id, true),
+    sni: name(v, F.sni, v.getUint32(F.sni_len, true)),
+    hold: v.getUint32(F.hold, true) !== 0,
+    tid: v.getUint32(F.tid, true),
+    seq: v.getBigUint64(F.seq, true),
+  };
+}
+
+function decodeLibOpen(v: DataView, type: LibOpenEvent["type"]): LibOpenEvent {
+  const F = LAYOUT.kloak_lib_open_event.fields;
+  const len = Math.min(v.getUint32(F.path_len, true), NAME_MAX - 1);
+  return {
+    type,
+    tgid: v.getUint32(F.tgid, true),
+    scopeId: v.getUint32(F.scope_id, true),
+    path: latin1.decode(new Uint8Array(v.buffer, v.byteOffset + F.path, len)),
+    dirfd: v.getInt32(F.dirfd, true),
+    hold: v.getUint32(F.hold, true) !== 0,
+    tid: v.getUint32(F.tid, true),
+    seq: v.getBigUint64(F.seq, true),
+  };
 }
