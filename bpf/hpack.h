@@ -525,10 +525,8 @@ __noinline int kloak_hpack_check(__u32 slot, __u32 idx, __u32 mode)
 {
 	struct scratch *s = scratch(slot);
 	struct hpack_scratch *h = hscratch(slot);
-	struct kloak_grant grant;
 	struct kloak_hcode *hc;
-	struct kloak_item *item;
-	__u32 shift, id, nb, why, n, bits, fits, unchecked;
+	__u32 shift, id, nb, bits, fits, unchecked;
 	__u64 c, start;
 
 	if (!s || !h || idx >= HP_MAX_CAND)
@@ -555,19 +553,8 @@ __noinline int kloak_hpack_check(__u32 slot, __u32 idx, __u32 mode)
 		kloak_refuse(slot, KR_UNKNOWN_PLACEHOLDER, id, start);
 		return 0;
 	}
-	grant.scope_id = s->scope_id;
-	grant.secret_id = id;
-	if (!bpf_map_lookup_elem(&kloak_entitled, &grant)) {
-		kloak_refuse(slot, KR_NOT_ENTITLED, id, start);
+	if (!item_allowed(slot, s, id, start, nb, &unchecked))
 		return 0;
-	}
-	if (!kloak_destination_allowed(slot, id, start))
-		return 0;
-	why = item_buffer_check(s->buf + start, nb, &unchecked);
-	if (why) {
-		kloak_refuse(slot, why, id, start);
-		return 0;
-	}
 	if (!fits) {
 		kloak_refuse(slot, KR_HPACK_CODE_LENGTH, id, start);
 		return 0;
@@ -577,18 +564,7 @@ __noinline int kloak_hpack_check(__u32 slot, __u32 idx, __u32 mode)
 		kloak_refuse(slot, KR_HPACK_KERNEL_MODE, id, start);
 		return 0;
 	}
-	n = s->ev.count;
-	if (n >= KLOAK_MAX_SUBST) {
-		kloak_refuse(slot, KR_TOO_MANY, id, start);
-		return 0;
-	}
-	item = &s->ev.items[BOUNDED(n, KLOAK_MAX_SUBST - 1)];
-	item->addr = s->buf + start;
-	item->secret_id = id;
-	item->len = nb;
-	item->hbits = bits;
-	item->hshift = shift | unchecked;
-	s->ev.count = n + 1;
+	add_item(slot, s, id, start, nb, bits, shift | unchecked);
 	return 0;
 }
 

@@ -67,11 +67,9 @@ char LICENSE[] SEC("license") = "GPL";
 __noinline int kloak_check_candidate(__u32 slot, __u32 idx)
 {
 	struct scratch *s = scratch(slot);
-	struct kloak_grant grant;
 	struct kloak_bytes *ph;
-	struct kloak_item *item;
 	__u64 start;
-	__u32 id, n, why, unchecked;
+	__u32 id, unchecked;
 
 	if (!s || idx >= KLOAK_MAX_CANDIDATES)
 		return 0;
@@ -92,31 +90,8 @@ __noinline int kloak_check_candidate(__u32 slot, __u32 idx)
 		kloak_refuse(slot, KR_UNKNOWN_PLACEHOLDER, id, start);
 		return 0;
 	}
-	grant.scope_id = s->scope_id;
-	grant.secret_id = id;
-	if (!bpf_map_lookup_elem(&kloak_entitled, &grant)) {
-		kloak_refuse(slot, KR_NOT_ENTITLED, id, start);
-		return 0;
-	}
-	if (!kloak_destination_allowed(slot, id, start))
-		return 0;
-	why = item_buffer_check(s->buf + start, ph->len, &unchecked);
-	if (why) {
-		kloak_refuse(slot, why, id, start);
-		return 0;
-	}
-	n = s->ev.count;
-	if (n >= KLOAK_MAX_SUBST) {
-		kloak_refuse(slot, KR_TOO_MANY, id, start);
-		return 0;
-	}
-	item = &s->ev.items[BOUNDED(n, KLOAK_MAX_SUBST - 1)];
-	item->addr = s->buf + start;
-	item->secret_id = id;
-	item->len = ph->len;
-	item->hbits = 0;
-	item->hshift = unchecked;
-	s->ev.count = n + 1;
+	if (item_allowed(slot, s, id, start, ph->len, &unchecked))
+		add_item(slot, s, id, start, ph->len, 0, unchecked);
 	return 0;
 }
 

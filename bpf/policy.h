@@ -168,4 +168,30 @@ __noinline int kloak_destination_allowed(__u32 slot, __u32 id, __u64 start)
 	return 0;
 }
 
+/*
+ * A verified placeholder of secret id, nb bytes at start of the write: may
+ * it become the value here? The scope must be entitled to the secret, the
+ * write's destination allowed for it, and its bytes in memory the value may
+ * be written to (*unchecked: item_buffer_check). 1 if so; else 0, refused.
+ * One decision for plaintext placeholders and HPACK-coded ones alike.
+ */
+static __always_inline int item_allowed(__u32 slot, struct scratch *s, __u32 id, __u64 start, __u32 nb, __u32 *unchecked)
+{
+	struct kloak_grant grant = { .scope_id = s->scope_id, .secret_id = id };
+	__u32 why;
+
+	if (!bpf_map_lookup_elem(&kloak_entitled, &grant)) {
+		kloak_refuse(slot, KR_NOT_ENTITLED, id, start);
+		return 0;
+	}
+	if (!kloak_destination_allowed(slot, id, start))
+		return 0;
+	why = item_buffer_check(s->buf + start, nb, unchecked);
+	if (why) {
+		kloak_refuse(slot, why, id, start);
+		return 0;
+	}
+	return 1;
+}
+
 #endif /* KLOAK_POLICY_H */

@@ -207,4 +207,23 @@ static __always_inline void kill_holder(void)
 	bpf_send_signal(SIGKILL);
 }
 
+/* Add an accepted item to the write's substitutions (refused beyond KLOAK_MAX_SUBST). */
+static __always_inline void add_item(__u32 slot, struct scratch *s, __u32 id, __u64 start, __u32 len, __u32 hbits, __u32 hshift)
+{
+	struct kloak_item *item;
+	__u32 n = s->ev.count;
+
+	if (n >= KLOAK_MAX_SUBST) {
+		kloak_refuse(slot, KR_TOO_MANY, id, start);
+		return;
+	}
+	item = &s->ev.items[BOUNDED(n, KLOAK_MAX_SUBST - 1)];
+	item->addr = s->buf + start;
+	item->secret_id = id;
+	item->len = len;
+	item->hbits = hbits;
+	item->hshift = hshift;
+	s->ev.count = n + 1;
+}
+
 #endif /* KLOAK_REWRITE_H */
