@@ -21,7 +21,7 @@ import { describeDestination, describeRefusal } from "../dataplane/refusals.ts";
 import { dataplaneMetrics, type DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
 import { agentMetrics } from "../metrics/agent-metrics.ts";
 import { Phases } from "../lifecycle/phases.ts";
-import { startProtection, type Protection } from "../lifecycle/protection.ts";
+import { closeGuarded, startProtection, type Protection } from "../lifecycle/protection.ts";
 import { dnsLookup } from "../policy/resolver.ts";
 import { Reflector, type ObjectMeta, type ReflectorOptions } from "../kube/reflector.ts";
 import { EventRecorder } from "../kube/events.ts";
@@ -216,7 +216,7 @@ async function startDataplane(phases: Phases, cfg: AgentConfig, state: AgentStat
     // Taken over: writers stopped during the gap wait for the secrets, not for the guardian.
     guardian: { start: (dp) => Guardian.start(pins, { waitServing: dp.adopted }) },
     // Last at shutdown (after the watches stopped): nothing may change the maps behind a handover.
-    stop: (dp, guardian) => (state.handover ? handOver(dp, guardian, pins, cfg, log) : closeDataplane(dp, guardian, pins)),
+    stop: (dp, guardian) => (state.handover ? handOver(dp, guardian, pins, cfg, log) : closeGuarded(dp, guardian, pins)),
     policy: { lookup: dnsLookup(cfg.dnsServers.length ? cfg.dnsServers : undefined), warn: (msg) => log("warn", msg) },
   });
   state.dp = p.dp;
@@ -242,12 +242,6 @@ async function loadOrAdopt(cfg: AgentConfig, log: LogFn, count: (outcome: string
     });
     return Dataplane.start(dpOpts);
   }
-}
-
-async function closeDataplane(dp: Dataplane, guardian: Guardian, pins: string): Promise<void> {
-  await dp.close();
-  unpinState(pins);
-  await guardian.close();
 }
 
 async function handOver(dp: Dataplane, guardian: Guardian, pins: string, cfg: AgentConfig, log: LogFn): Promise<void> {

@@ -50,7 +50,8 @@ export async function startProtection(phases: Phases, o: ProtectionOptions): Pro
   const { dp, guardian } = await phases.start(
     "data plane",
     () => loadGuarded(o),
-    ({ dp, guardian }) => (o.stop ? o.stop(dp, guardian) : closeGuarded(dp, guardian, o.pins)),
+    // exec: kloak exits next, so the kernel's detach must not hold up its exit
+    ({ dp, guardian }) => (o.stop ? o.stop(dp, guardian) : closeGuarded(dp, guardian, o.pins, { handOff: true })),
   );
   const policy = await phases.start(
     "policy engine",
@@ -92,8 +93,8 @@ async function loadGuarded(o: ProtectionOptions): Promise<{ dp: Dataplane; guard
 }
 
 /** Closed while the pins and the guardian still stand (a kloak dying meanwhile is released by it), then they go. */
-async function closeGuarded(dp: Dataplane, guardian: Guardian, pins: string): Promise<void> {
-  await dp.close({ handOff: true }); // kloak exits next: the kernel's detach must not hold up its exit
+export async function closeGuarded(dp: Dataplane, guardian: Guardian, pins: string, o: { handOff?: boolean } = {}): Promise<void> {
+  await dp.close(o);
   unpinState(pins);
   await guardian.close();
 }
