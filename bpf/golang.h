@@ -18,8 +18,8 @@
  * *TCPConn -> conn.fd (*netFD) -> pfd.Sysfd. The SNI is c.config.ServerName,
  * as the handshake (which Write runs first if needed) puts it on the wire.
  * Field offsets differ by Go version: kloak_go_layouts holds those of each
- * attached binary (src/dataplane/go-offsets.ts), named by the cookie's high
- * 32 bits.
+ * attached binary (src/dataplane/go-offsets.ts), named by the cookie's
+ * layout bits (kloak.h).
  */
 #ifndef KLOAK_GOLANG_H
 #define KLOAK_GOLANG_H
@@ -151,13 +151,13 @@ static __always_inline int on_write_return(const int mode, bool taken, const __u
 static __always_inline int go_probe(struct pt_regs *ctx, const int mode)
 {
 	__u64 cookie = bpf_get_attach_cookie(ctx), id = bpf_get_current_pid_tgid(), *conn;
-	__u32 fn = (__u32)cookie, tgid = id >> 32, slot;
+	__u32 fn = cookie_fn(cookie), tgid = id >> 32, slot;
 	struct go_call go = { .conn = ctx->ax, .buf = ctx->bx, .len = ctx->cx, .g = ctx->r14 };
 	struct kloak_conn_key k = { .tgid = tgid };
 	struct scratch *s;
 	int ret;
 
-	if (!bpf_map_lookup_elem(&kloak_procs, &tgid))
+	if (!cookie_owner(cookie, tgid) || !bpf_map_lookup_elem(&kloak_procs, &tgid))
 		return 0;
 	if (fn == KLOAK_FN_GO_WRITE_RET) {
 		on_write_return(mode, true, &go.g); /* Write does not return to be retried with the same bytes */
@@ -171,7 +171,7 @@ static __always_inline int go_probe(struct pt_regs *ctx, const int mode)
 	}
 	if (fn != KLOAK_FN_GO_WRITE)
 		return 0;
-	kloak_go_bind(go.conn, PT_REGS_IP(ctx), cookie >> 32, tgid);
+	kloak_go_bind(go.conn, PT_REGS_IP(ctx), (__u16)(cookie >> KLOAK_COOKIE_LAYOUT_SHIFT), tgid);
 	bpf_map_update_elem(&kloak_go_active, &go.g, &go.conn, BPF_ANY);
 	s = take_slot(&slot);
 	if (!s)

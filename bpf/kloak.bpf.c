@@ -334,14 +334,16 @@ static __always_inline int on_write_return(const int mode, bool taken, const __u
 
 static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 {
-	__u64 fn = bpf_get_attach_cookie(ctx), id = bpf_get_current_pid_tgid(), ssl = PT_REGS_PARM1(ctx);
-	__u32 tid = (__u32)id, tgid = id >> 32;
+	__u64 cookie = bpf_get_attach_cookie(ctx), id = bpf_get_current_pid_tgid(), ssl = PT_REGS_PARM1(ctx);
+	__u32 tid = (__u32)id, tgid = id >> 32, fn = cookie_fn(cookie);
 	struct kloak_setfd setfd;
 	struct kloak_proc *proc;
 	struct scratch *s;
 	__u32 slot;
 	int ret;
 
+	if (!cookie_owner(cookie, tgid))
+		return 0;
 	switch (fn) {
 	case KLOAK_FN_GNUTLS_RECORD_SEND:
 		if (gnutls_not_a_write(ssl, tgid, tid))
@@ -410,10 +412,12 @@ static __always_inline int on_entry(struct pt_regs *ctx, const int mode)
 
 static __always_inline int on_return(struct pt_regs *ctx, const int mode)
 {
-	__u64 fn = bpf_get_attach_cookie(ctx), id = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)id;
+	__u64 cookie = bpf_get_attach_cookie(ctx), id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id, fn = cookie_fn(cookie);
 	struct kloak_setfd *setfd;
 
+	if (!cookie_owner(cookie, id >> 32))
+		return 0;
 	switch (fn) {
 	case KLOAK_FN_SSL_WRITE:
 	case KLOAK_FN_SSL_WRITE_EX:
@@ -616,6 +620,8 @@ int BPF_PROG(kloak_switch, bool preempt, struct task_struct *prev)
  * KLOAK_ABI_x = KLOAK_x. */
 #define KLOAK_ABI(name) KLOAK_ABI_##name = KLOAK_##name
 enum kloak_abi_const {
+	KLOAK_ABI(COOKIE_LAYOUT_SHIFT),
+	KLOAK_ABI(COOKIE_OWNER_SHIFT),
 	KLOAK_ABI(MARKER_LEN),
 	KLOAK_ABI(VALUE_MIN),
 	KLOAK_ABI(VALUE_MAX),

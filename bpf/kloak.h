@@ -26,7 +26,20 @@
 /* cgroup v2 levels searched for a registered ancestor of a task's cgroup */
 #define KLOAK_CGROUP_DEPTH 16
 
-/* Which TLS library function a uprobe sits on (the bpf_cookie). */
+/*
+ * A probe's bpf_cookie: which function it sits on (enum kloak_fn) in bits
+ * 0-15, a Go binary's layout id (kloak_go_layouts) in bits 16-31, and the
+ * process it was attached for (its tgid) in bits 32-63. Probes are attached
+ * per process (src/dataplane/probe-attacher.ts); the kernel's own pid filter
+ * differs across versions (uprobe_multi before 6.12 ran every link's program
+ * for a hit in any process whose memory has the breakpoint, and a fork
+ * child's copied text keeps its parent's breakpoints), so the programs check
+ * the owner themselves.
+ */
+#define KLOAK_COOKIE_LAYOUT_SHIFT 16
+#define KLOAK_COOKIE_OWNER_SHIFT 32
+
+/* Which TLS library function a uprobe sits on (the cookie's low bits). */
 enum kloak_fn {
 	KLOAK_FN_SSL_WRITE = 0,        /* int SSL_write(SSL *, const void *, int) */
 	KLOAK_FN_SSL_WRITE_EX = 1,     /* int SSL_write_ex(SSL *, const void *, size_t, size_t *) */

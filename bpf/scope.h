@@ -8,6 +8,19 @@
 #ifndef KLOAK_SCOPE_H
 #define KLOAK_SCOPE_H
 
+/* The function a probe sits on (kloak.h: the cookie). */
+static __always_inline __u32 cookie_fn(__u64 cookie)
+{
+	return cookie & ((1u << KLOAK_COOKIE_LAYOUT_SHIFT) - 1);
+}
+
+/* Was the probe attached for the current process? Only then may it act:
+ * another process's probe can fire here (kloak.h). */
+static __always_inline bool cookie_owner(__u64 cookie, __u32 tgid)
+{
+	return (__u32)(cookie >> KLOAK_COOKIE_OWNER_SHIFT) == tgid;
+}
+
 /*
  * The scope of the current task's cgroup: its own or the nearest registered
  * ancestor's (a container may create sub-cgroups of its own). NULL when none.

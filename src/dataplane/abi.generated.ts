@@ -35,6 +35,8 @@ export const STRUCTS = {
 /** Enum values by their C names (enum kloak_*). */
 export const ENUMS = {
   kloak_abi_const: {
+    KLOAK_ABI_COOKIE_LAYOUT_SHIFT: 16,
+    KLOAK_ABI_COOKIE_OWNER_SHIFT: 32,
     KLOAK_ABI_MARKER_LEN: 6,
     KLOAK_ABI_VALUE_MIN: 8,
     KLOAK_ABI_VALUE_MAX: 4096,

@@ -21,9 +21,12 @@ function unprefixed<E extends Record<string, number>, P extends string>(e: E, pr
  * kernel could not check the buffer's mapping (the worker checks it);
  * CGROUP_DEPTH: cgroup v2 levels the kernel searches for a registered
  * ancestor (kloak_cgroups); CONNS_PER_PROCESS: connections one process may
- * have tracked at a time.
+ * have tracked at a time; COOKIE_*_SHIFT: where a probe's cookie keeps a Go
+ * layout id and its owner's tgid (probeCookie).
  */
 export const {
+  COOKIE_LAYOUT_SHIFT,
+  COOKIE_OWNER_SHIFT,
   MARKER_LEN,
   VALUE_MIN,
   VALUE_MAX,
@@ -40,6 +43,12 @@ export const {
 } = unprefixed(ENUMS.kloak_abi_const, "KLOAK_ABI_");
 
 export const Fn = unprefixed(ENUMS.kloak_fn, "KLOAK_FN_");
+
+/** A probe's bpf_cookie (kloak.h): function, Go layout id, and the process it is attached for. */
+export function probeCookie(fn: number, owner: number, layoutId = 0): bigint {
+  if (layoutId >= 2 ** (COOKIE_OWNER_SHIFT - COOKIE_LAYOUT_SHIFT)) throw new Error(`Go layout id ${layoutId} does not fit a probe's cookie`);
+  return BigInt(fn) | (BigInt(layoutId) << BigInt(COOKIE_LAYOUT_SHIFT)) | (BigInt(owner) << BigInt(COOKIE_OWNER_SHIFT));
+}
 export const ConnFlags = unprefixed(ENUMS.kloak_conn_flags, "KLOAK_CONN_");
 export const ScopeFlags = unprefixed(ENUMS.kloak_scope_flags, "KLOAK_SCOPE_");
 export const RuleKind = unprefixed(ENUMS.kloak_rule_kind, "KLOAK_RULE_");
@@ -155,6 +164,8 @@ export interface ProcEvent {
   tgid: number;
   ppid: number;
   scopeId: number;
+  /** FORK: the child is held at its first stop until the main thread releases it (ring-worker.ts) */
+  held?: boolean;
 }
 /** A TLS peer as the kernel saw it; address "" when unknown. */
 export interface Peer {
@@ -252,9 +263,7 @@ function encodeName(b: Uint8Array, off: number, text: string): number {
   return bytes.length;
 }
 
-export type KernelRule =
-  | { kind: "cidr"; addr: Uint8Array; prefix: number; port: number }
-  | { kind: "host" | "wildcard"; name: string; port: number };
+export type KernelRule = { kind: "cidr"; addr: Uint8Array; prefix: number; port: number } | { kind: "host" | "wildcard"; name: string; port: number };
 
 /** struct kloak_policy for one secret (port 0: any). */
 export function encodePolicy(rules: readonly KernelRule[]): Uint8Array {

@@ -402,11 +402,15 @@ export class Dataplane {
     // Coalesce: one attach pass per process per batch; held processes resume after it.
     const sync = new Set<number>();
     const resume = new Set<number>();
+    /** fork children held at their first stop (ring-worker.ts) until attached */
+    const forked = new Set<number>();
     const libOpens: LibOpenEvent[] = [];
     for (const ev of events) {
       switch (ev.type) {
         case EventType.FORK:
+          // A child has none of its parent's probes (they are per process): attached before it runs.
           if (!this.launcherPids.has(ev.ppid)) sync.add(ev.tgid);
+          if (ev.held) forked.add(ev.tgid);
           this.learnNetns(ev.scopeId, ev.tgid);
           break;
         case EventType.EXEC:
@@ -421,6 +425,7 @@ export class Dataplane {
         case EventType.EXIT:
           sync.delete(ev.tgid);
           resume.delete(ev.tgid);
+          forked.delete(ev.tgid);
           this.attacher.detach(ev.tgid);
           this.unhookable.exited(ev.tgid);
           break;
@@ -444,12 +449,10 @@ export class Dataplane {
       const scope = this.processScope(tgid);
       if (scope === undefined) continue;
       const files = this.attach(tgid);
-      // Held now, and every TLS file of its image attached: the image's next exec needs no hold.
-      // (Learnt before the tls programs loaded, without the system's libssl: a later open of it is
-      // held by the open watch, and once they are loaded it stays attached: keepSystemLibssl.)
       if (files && resume.has(tgid)) this.learnImage(tgid, scope, files);
     }
     for (const tgid of resume) this.post({ type: "release", reason: "exec", tgid, tid: tgid, seq: 0n });
+    for (const tgid of forked) this.post({ type: "release", reason: "fork", tgid, tid: tgid, seq: 0n });
     // Held at the open of a TLS library: attached (the tls programs loaded first if need be), then let go.
     for (const ev of libOpens) {
       if (this.processScope(ev.tgid) !== undefined) this.attach(ev.tgid, [openedPath(ev)]);
@@ -467,12 +470,16 @@ export class Dataplane {
     const had = this.tlsLoaded();
     let r = this.attacher.sync(tgid, { systemLibssl: had, extra });
     if (!had && this.tlsLoaded()) {
-      // They loaded for this process: from now on every exec gets the system's libssl, as the
-      // agent's do, and it stays for processes released before (they may dlopen it any time).
+      // They loaded for this process: from now on every process synced gets the system's libssl,
+      // as the agent's do, and so do the processes released before (they may dlopen it any time).
       const first = r;
       r = this.attacher.sync(tgid, { systemLibssl: true, extra });
       r = { ...r, errors: [...first.errors, ...r.errors], refused: [...first.refused, ...r.refused] };
-      this.attacher.keepSystemLibssl(tgid);
+      for (const pid of this.attacher.pids())
+        if (pid !== tgid && this.processScope(pid) !== undefined) {
+          const other = this.attacher.sync(pid, { systemLibssl: true });
+          for (const err of other.errors) this.opts.warn?.(`attach to pid ${pid}: ${err}`);
+        }
       this.maps.libWatch.update(encodeU32(0), encodeU32(0));
     }
     for (const err of r.errors) this.opts.warn?.(`attach to pid ${tgid}: ${err}`);
@@ -483,16 +490,23 @@ export class Dataplane {
   /**
    * Remember pid's executable (in its mount namespace, which decides the
    * libraries it loads) as known: a traced process that execs it is not held.
-   * Its files stay attached while the image is known (until its scope goes).
+   * Only an image whose TLS files are at most the system's libssl: every
+   * process kloak has synced since the tls programs loaded has that attached
+   * for itself already (a fork child at its fork hold), and before they load
+   * an image with TLS files is never learnt (its files are none) while the
+   * open watch holds the loader's open of libssl. Any other TLS file (a
+   * Go, node or Bun executable, GnuTLS, a bundled libssl) needs the exec's
+   * hold to be attached for the process before it runs.
    */
   private learnImage(pid: number, scope: number, files: string[]): void {
+    const system = new Set(this.tlsLoaded() ? this.attacher.systemLibsslIds(pid) : []);
+    if (files.some((id) => !system.has(id))) return;
     const file = exePath(pid) === null ? null : kernelFileId(`/proc/${pid}/exe`);
     const mntns = mntnsInode(pid);
     if (!file || mntns === null) return;
     const key = encodeImage(file.ino, file.dev, mntns);
     const id = Buffer.from(key).toString("hex");
     if (this.images.has(id)) return;
-    this.attacher.pin(id, files);
     this.images.set(id, { key, scope });
     this.maps.images.update(key, new Uint8Array([1]));
   }
@@ -755,8 +769,7 @@ export class Dataplane {
       const key = encodePhKey(ph.subarray(8 + MARKER_LEN, 8 + MARKER_LEN + tailLen), tailLen);
       const owner = new Uint8Array(4);
       // Keys are prefix-free among loaded secrets; never delete another secret's.
-      if (tailLen > 0 && this.maps.placeholders.lookup(key, owner) && new DataView(owner.buffer).getUint32(0, true) === id)
-        this.maps.placeholders.delete(key);
+      if (tailLen > 0 && this.maps.placeholders.lookup(key, owner) && new DataView(owner.buffer).getUint32(0, true) === id) this.maps.placeholders.delete(key);
     }
     for (const [scope, ids] of this.grantsByScope()) if (ids.includes(id)) this.revoke(scope, id);
     // A probe may have looked the key up just before the delete: look after it is done.
@@ -826,8 +839,7 @@ export class Dataplane {
     const view = new DataView(value.buffer);
     COUNTERS.forEach((name, i) => {
       let sum = 0n;
-      if (this.maps.counters.lookup(encodeU32(i), value))
-        for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
+      if (this.maps.counters.lookup(encodeU32(i), value)) for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
       out[name] = sum;
     });
     return out;
@@ -841,8 +853,7 @@ export class Dataplane {
     for (const r of REFUSALS) {
       if (r.kernel === null) continue;
       let sum = 0n;
-      if (this.maps.refusals.lookup(encodeU32(r.kernel), value))
-        for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
+      if (this.maps.refusals.lookup(encodeU32(r.kernel), value)) for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
       out[r.name] = sum;
     }
     // Go executables kloak refused to probe (each file once): user space decides these.
@@ -871,7 +882,6 @@ export class Dataplane {
     for (const [id, img] of this.images) {
       if (img.scope !== scopeId) continue;
       this.maps.images.delete(img.key);
-      this.attacher.unpin(id);
       this.images.delete(id);
     }
   }
@@ -1013,16 +1023,16 @@ export class Dataplane {
     try {
       dp = new Dataplane({ ...loaded, reason: `taken over from kloak ${h.pid} (${mode} mode)` }, bytes, opts);
       dp.writesPaused = true;
-      const files = new Map<string, number[]>();
+      const attachments = new Map<string, number[]>();
       for (const n of names) {
         const up = parseUprobePin(n);
         if (!n.startsWith("tp-") && !up) continue;
         const fd = objGet(`${h.path}/${n}`);
         linkFds.push(fd);
-        if (up) files.set(up.fileId, [...(files.get(up.fileId) ?? []), fd]);
+        if (up) attachments.set(up.attachment, [...(attachments.get(up.attachment) ?? []), fd]);
         else dp.adoptedTracepoints.push(fd);
       }
-      for (const [id, fds] of files) dp.attacher.adoptFile(id, fds);
+      for (const [key, fds] of attachments) dp.attacher.adopt(key, fds);
       linkFds.length = 0; // owned by dp now
       dp.readAdoptedState();
       // Known images are the predecessor's: an exec of one is held and attached again until this one learns it.
@@ -1178,7 +1188,7 @@ export class Dataplane {
     }
     await Promise.all(gone.map((id) => this.deleteSecret(id)));
     out.secrets = gone.length;
-    out.files = this.attacher.dropUnused();
+    out.files = this.attacher.dropUnused((pid) => this.processScope(pid) !== undefined);
     return out;
   }
 
@@ -1204,7 +1214,7 @@ export class Dataplane {
       let n = 0;
       for (const l of this.tracepoints) objPin(l.fd, `${dir}/tp-${n++}`);
       for (const fd of this.adoptedTracepoints) objPin(fd, `${dir}/tp-${n++}`);
-      for (const [id, fds] of this.attacher.linksByFile()) fds.forEach((fd, i) => objPin(fd, `${dir}/${uprobePinName(id, i)}`));
+      for (const [key, fds] of this.attacher.linksByAttachment()) fds.forEach((fd, i) => objPin(fd, `${dir}/${uprobePinName(key, i)}`));
       const final = `${PIN_DIR}/${handoverName({ identity, mode: this.mode, uprobes: this.uprobes, scanCap: this.opts.scanCap, pid: process.pid, deadline })}`;
       renameSync(dir, final);
       return final;

@@ -25,7 +25,7 @@ export interface GoLayout {
 
 export interface GoTarget {
   version: string;
-  /** id of the layout in kloak_go_layouts (the cookie's high 32 bits) */
+  /** id of the layout in kloak_go_layouts (in each probe's cookie: abi.ts probeCookie) */
   layoutId: number;
   layout: GoLayout;
   functions: TlsFunction[];
@@ -70,7 +70,6 @@ export function goTargetOf(path: string): GoTarget | RefusedTarget | null {
     return refuse(`${GO_WRITE} could not be decoded (${e.message}): its returns, where placeholders are put back, are unknown`);
   }
   const layoutId = nextLayoutId++;
-  const cookie = (fn: number) => fn + layoutId * 2 ** 32;
   return {
     version,
     layoutId,
@@ -84,8 +83,8 @@ export function goTargetOf(path: string): GoTarget | RefusedTarget | null {
       netFdSysfd: off.netFdSysfd,
     },
     functions: [
-      { name: GO_WRITE, offset: write.offset, cookie: cookie(Fn.GO_WRITE), ret: false },
-      ...rets.map((r) => ({ name: `${GO_WRITE}+${r} (RET)`, offset: write.offset + r, cookie: cookie(Fn.GO_WRITE_RET), ret: false })),
+      { name: GO_WRITE, offset: write.offset, cookie: Fn.GO_WRITE, ret: false },
+      ...rets.map((r) => ({ name: `${GO_WRITE}+${r} (RET)`, offset: write.offset + r, cookie: Fn.GO_WRITE_RET, ret: false })),
     ],
   };
 }

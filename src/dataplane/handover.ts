@@ -8,7 +8,7 @@
  *     map-<name>      every map of the object (not libbpf's .rodata/.bss)
  *     state-<map>     the five maps release.ts needs (restore and resume), as for a live kloak
  *     tp-<n>          the process and send tracepoint links
- *     up-<file>-<n>   the uprobe links of each attached TLS file (file: dev:ino)
+ *     up-<pid>-<file>-<n>  the uprobe links of each TLS file attached for a process (file: dev:ino)
  *
  * built under `partial-<pid>` and renamed into place, so nobody sees half of
  * one. Its name says what a successor must share to take it over
@@ -120,14 +120,14 @@ export function partialHandoverDir(pid = process.pid): string {
   return dir;
 }
 
-/** Pins of uprobe links: `up-<file id>-<n>`; the file id (dev:ino) has no dot, which bpffs forbids in names. */
-export function uprobePinName(fileId: string, n: number): string {
-  return `up-${fileId}-${n}`;
+/** Pins of uprobe links: `up-<attachment>-<n>` (probe-attacher.ts attachmentKey: pid-dev:ino), no dot, which bpffs forbids in names. */
+export function uprobePinName(attachment: string, n: number): string {
+  return `up-${attachment}-${n}`;
 }
 
-export function parseUprobePin(name: string): { fileId: string; n: number } | undefined {
+export function parseUprobePin(name: string): { attachment: string; n: number } | undefined {
   const m = /^up-(.+)-(\d+)$/.exec(name);
-  return m ? { fileId: m[1]!, n: Number(m[2]) } : undefined;
+  return m ? { attachment: m[1]!, n: Number(m[2]) } : undefined;
 }
 
 const u32 = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset).getUint32(0, true);

@@ -1,14 +1,23 @@
 /**
- * Uprobes on TLS library functions, one set per file for every process that
- * maps it: a uprobe lives on the inode, and the programs return at once for a
- * process outside every scope (kloak_procs). So a process costs nothing to
- * attach once its files are attached — an exec of a known program, a fork —
- * and a file's probes go only when the last protected process using it does.
- * Detaching hands the fds to a closer thread: the kernel's unregister waits
- * for a grace period, and processes held at exec must not wait for that.
+ * Uprobes on TLS library functions, attached per process: each protected
+ * process has its own links (pid-filtered: uprobe_multi's pid, or a
+ * perf event opened for the process), so the kernel writes the breakpoints
+ * into that process's memory only, and a process outside every scope that
+ * maps the same libssl never traps (DESIGN section 3: attach per process).
+ * Each probe's cookie names the process it is for, and the programs act only
+ * there (bpf/kloak.h: kernels differ in what their pid filter lets through).
+ *
+ * A process keeps its links across exec (the kernel's filter follows the
+ * process, and a file the new image maps again is probed again); sync()
+ * after an exec attaches what the new image adds and detaches what it no
+ * longer maps. A fork child has no links of its own: it is attached while
+ * held at its first stop (dataplane.ts, FORK). Detaching hands the fds to a
+ * closer thread: the kernel's unregister waits for a grace period, and
+ * processes held at exec must not wait for that.
  */
 import { FdCloser } from "../../lib/fd-closer.ts";
 import { attachUprobe, attachUprobeMulti } from "../../lib/uprobe.ts";
+import { probeCookie } from "./abi.ts";
 import type { UprobeKind } from "./bpf-object.ts";
 import type { GoLayout } from "./go-targets.ts";
 import type { RefusedTarget, TlsTarget, TlsTargetFinder } from "./tls-targets.ts";
@@ -31,7 +40,7 @@ export interface AttachPrograms {
 }
 
 export interface AttachResult {
-  /** functions newly attached (0 when every file of the process was attached already) */
+  /** functions newly attached (0 when every file of the process was attached for it already) */
   attached: number;
   /** ids of the process's TLS files */
   files: string[];
@@ -40,25 +49,27 @@ export interface AttachResult {
   refused: RefusedTarget[];
 }
 
-/** Who keeps a file attached: a protected process (its pid), a known image (its key), or SYSTEM_LIBSSL. */
-type User = number | string;
-const SYSTEM_LIBSSL = "system-libssl";
-
-interface AttachedFile {
+/** The links of one file for one process. */
+interface Attachment {
   /** the fds that hold its probes */
   fds: number[];
-  users: Set<User>;
   /** taken over from a predecessor (handover.ts): every fd is a link */
   adopted?: boolean;
 }
 
-/** uprobe_multi's "every process"; perf_event_open's is -1. */
-const EVERY_PROCESS = { multi: 0, single: -1 } as const;
+/** An attachment's key, as handover pins name it: `<pid>-<dev:ino>`. */
+export function attachmentKey(pid: number, fileId: string): string {
+  return `${pid}-${fileId}`;
+}
+
+function parseAttachmentKey(key: string): { pid: number; fileId: string } | null {
+  const m = /^(\d+)-(.+)$/.exec(key);
+  return m ? { pid: Number(m[1]), fileId: m[2]! } : null;
+}
 
 export class ProbeAttacher {
-  private readonly files = new Map<string, AttachedFile>();
-  /** user -> ids of the files it keeps */
-  private readonly byUser = new Map<User, Set<string>>();
+  /** pid -> file id -> its links for that process */
+  private readonly byPid = new Map<number, Map<string, Attachment>>();
   private readonly closer = new FdCloser();
   attachErrors = 0;
   /** refused files, by path: each counted once */
@@ -72,26 +83,31 @@ export class ProbeAttacher {
 
   /** protected processes kloak has looked at (attached to their TLS files, or to none) */
   get processes(): number {
-    let n = 0;
-    for (const u of this.byUser.keys()) if (typeof u === "number") n++;
-    return n;
+    return this.byPid.size;
+  }
+
+  /** processes kloak has looked at */
+  pids(): number[] {
+    return [...this.byPid.keys()];
   }
 
   /** fds holding probes: one per multi-uprobe link, or a link + perf event per single uprobe */
   get links(): number {
     let n = 0;
-    for (const f of this.files.values()) n += f.fds.length;
+    for (const files of this.byPid.values()) for (const a of files.values()) n += a.fds.length;
     return n;
   }
 
-  /** files with probes */
+  /** distinct files with probes (for any process) */
   get attachedFiles(): number {
-    return this.files.size;
+    const ids = new Set<string>();
+    for (const files of this.byPid.values()) for (const id of files.keys()) ids.add(id);
+    return ids.size;
   }
 
   /**
-   * Make sure every TLS file of pid's current image is attached (after exec,
-   * the files of its old image are no longer counted as its). `o` as in
+   * Make sure every TLS file of pid's current image is attached for pid
+   * (after exec, the files of its old image are detached). `o` as in
    * TlsTargetFinder.targetsFor.
    */
   sync(pid: number, o: { systemLibssl?: boolean; extra?: string[] } = {}): AttachResult {
@@ -101,49 +117,33 @@ export class ProbeAttacher {
       result.refused.push(r);
       this.refusedFiles.set(r.path, r);
     }
+    let mine = this.byPid.get(pid);
+    if (!mine) this.byPid.set(pid, (mine = new Map()));
     const wanted = new Set(targets.map((t) => t.id));
-    for (const id of this.byUser.get(pid) ?? []) if (!wanted.has(id)) this.drop(pid, id);
+    for (const [id, a] of mine) {
+      if (wanted.has(id)) continue;
+      this.closer.close(a.fds);
+      mine.delete(id);
+    }
     for (const t of targets) {
-      if (!this.files.has(t.id)) this.files.set(t.id, { fds: this.attachTarget(t, result), users: new Set() });
-      this.use(pid, t.id);
+      if (!mine.has(t.id)) mine.set(t.id, { fds: this.attachTarget(pid, t, result) });
       result.files.push(t.id);
     }
     return result;
   }
 
-  /** ids (dev:ino) of the attached TLS files pid is counted as using */
+  /** ids (dev:ino) of the system's libssl as pid's root has it */
+  systemLibsslIds(pid: number): string[] {
+    return this.finder.systemLibsslIds(pid);
+  }
+
+  /** ids (dev:ino) of the TLS files attached for pid */
   filesOf(pid: number): ReadonlySet<string> {
-    return this.byUser.get(pid) ?? new Set();
+    return new Set(this.byPid.get(pid)?.keys() ?? []);
   }
 
-  /** Keep these files attached for a known image until unpin(image). */
-  pin(image: string, files: string[]): void {
-    for (const id of files) if (this.files.has(id)) this.use(image, id);
-  }
-
-  unpin(image: string): void {
-    this.detach(image);
-  }
-
-  /**
-   * Keep the system's libssl (as pid's root has it) attached until close:
-   * processes released before the TLS programs were loaded may dlopen it at
-   * any time, and no hold announces that once the open watch is off.
-   */
-  keepSystemLibssl(pid: number): void {
-    this.pin(SYSTEM_LIBSSL, this.finder.systemLibsslIds(pid));
-  }
-
-  private use(user: User, id: string): void {
-    this.files.get(id)!.users.add(user);
-    let mine = this.byUser.get(user);
-    if (!mine) this.byUser.set(user, (mine = new Set()));
-    mine.add(id);
-  }
-
-  private attachTarget(t: TlsTarget, result: AttachResult): number[] {
+  private attachTarget(pid: number, t: TlsTarget, result: AttachResult): number[] {
     const fds: number[] = [];
-    const pid = EVERY_PROCESS[this.kind];
     let groups: { progFd: number; retprobe: boolean; fns: TlsTarget["functions"] }[];
     try {
       if (t.go) {
@@ -163,6 +163,7 @@ export class ProbeAttacher {
       result.errors.push(`${t.path}: ${(e as Error).message}`);
       return fds;
     }
+    const cookie = (f: TlsTarget["functions"][number]) => probeCookie(f.cookie, pid, t.go?.layoutId);
     for (const { progFd, retprobe, fns } of groups) {
       // multi: one link for the group; single: one perf event per function
       const batches = this.kind === "multi" ? [fns] : fns.map((f) => [f]);
@@ -171,10 +172,10 @@ export class ProbeAttacher {
         try {
           if (this.kind === "multi") {
             const spec = { progFd, pid, path: t.path, retprobe };
-            fds.push(attachUprobeMulti({ ...spec, offsets: batch.map((f) => f.offset), cookies: batch.map((f) => BigInt(f.cookie)) }));
+            fds.push(attachUprobeMulti({ ...spec, offsets: batch.map((f) => f.offset), cookies: batch.map(cookie) }));
           } else {
             const f = batch[0]!;
-            const p = attachUprobe({ progFd, pid, path: t.path, offset: f.offset, retprobe, cookie: BigInt(f.cookie) });
+            const p = attachUprobe({ progFd, pid, path: t.path, offset: f.offset, retprobe, cookie: cookie(f) });
             fds.push(p.linkFd, p.perfFd);
           }
           result.attached += batch.length;
@@ -187,61 +188,54 @@ export class ProbeAttacher {
     return fds;
   }
 
-  /** user no longer uses file id; the file's probes go with its last user. */
-  private drop(user: User, id: string): void {
-    this.byUser.get(user)?.delete(id);
-    const f = this.files.get(id);
-    if (!f) return;
-    f.users.delete(user);
-    if (f.users.size === 0) {
-      this.closer.close(f.fds);
-      this.files.delete(id);
-    }
-  }
-
-  /** pid exited or left its scope (or an image is forgotten). */
-  detach(user: User): void {
-    const mine = this.byUser.get(user);
+  /** pid exited or left its scope: its probes go. */
+  detach(pid: number): void {
+    const mine = this.byPid.get(pid);
     if (!mine) return;
-    for (const id of [...mine]) this.drop(user, id);
-    this.byUser.delete(user);
+    for (const a of mine.values()) this.closer.close(a.fds);
+    this.byPid.delete(pid);
   }
 
   /**
-   * Take over a predecessor's probes of file id (its link fds, handover.ts).
-   * It has no user until a process using it is synced; dropUnused() detaches
-   * what none claimed.
+   * Take over a predecessor's probes (its link fds, handover.ts), by
+   * attachmentKey. A process synced later keeps them; dropUnused() detaches
+   * those of processes gone meanwhile.
    */
-  adoptFile(id: string, linkFds: number[]): void {
-    const have = this.files.get(id);
+  adopt(key: string, linkFds: number[]): void {
+    const k = parseAttachmentKey(key);
+    if (!k) {
+      this.closer.close(linkFds);
+      return;
+    }
+    let mine = this.byPid.get(k.pid);
+    if (!mine) this.byPid.set(k.pid, (mine = new Map()));
+    const have = mine.get(k.fileId);
     if (have) have.fds.push(...linkFds);
-    else this.files.set(id, { fds: [...linkFds], users: new Set(), adopted: true });
+    else mine.set(k.fileId, { fds: [...linkFds], adopted: true });
   }
 
-  /** Detach files nobody uses (adopted ones no process claimed); returns how many. */
-  dropUnused(): number {
+  /** Detach the adopted probes of processes that are gone; returns how many attachments went. */
+  dropUnused(alive: (pid: number) => boolean): number {
     let n = 0;
-    for (const [id, f] of this.files) {
-      if (f.users.size) continue;
-      this.closer.close(f.fds);
-      this.files.delete(id);
-      n++;
+    for (const [pid, mine] of this.byPid) {
+      if (alive(pid)) continue;
+      n += mine.size;
+      this.detach(pid);
     }
     return n;
   }
 
-  /** The link fds of every attached file (a perf-event uprobe's link holds its perf event), for pinning. */
-  linksByFile(): Map<string, number[]> {
+  /** The link fds of every attachment (a perf-event uprobe's link holds its perf event), by attachmentKey, for pinning. */
+  linksByAttachment(): Map<string, number[]> {
     const out = new Map<string, number[]>();
-    for (const [id, f] of this.files)
-      out.set(id, f.adopted || this.kind === "multi" ? [...f.fds] : f.fds.filter((_, i) => i % 2 === 0));
+    for (const [pid, mine] of this.byPid)
+      for (const [id, a] of mine) out.set(attachmentKey(pid, id), a.adopted || this.kind === "multi" ? [...a.fds] : a.fds.filter((_, i) => i % 2 === 0));
     return out;
   }
 
   async detachAll(): Promise<void> {
-    for (const f of this.files.values()) this.closer.close(f.fds);
-    this.files.clear();
-    this.byUser.clear();
+    for (const mine of this.byPid.values()) for (const a of mine.values()) this.closer.close(a.fds);
+    this.byPid.clear();
     await this.closer.stop();
   }
 }

@@ -1,5 +1,6 @@
 /** Messages between the main thread and the ring worker (structured-clone safe). */
 import type { DataplaneEvent } from "./abi.ts";
+import type { HoldReason } from "./tracer.ts";
 
 export type ToWorker =
   | {
@@ -27,8 +28,8 @@ export type ToWorker =
   /** a secret is being deleted: serve every request already in the ring (a pending restore
    * still needs the placeholder), then drop the value and placeholder; acked */
   | { type: "delete"; seq: number; id: number }
-  /** a hold announced on tls_events is over: exec (attached) or SNI (name resolved) */
-  | { type: "release"; reason: "exec" | "sni" | "lib"; tgid: number; tid: number; seq: bigint }
+  /** a hold announced on tls_events is over: exec, fork or library open (attached), SNI (name resolved) */
+  | { type: "release"; reason: HoldReason; tgid: number; tid: number; seq: bigint }
   /** trace a running process that joined a scope (agent: pods already running) */
   | { type: "adopt"; tgid: number }
   /** stop tracing a process that left its scope */

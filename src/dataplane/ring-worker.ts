@@ -116,8 +116,7 @@ function substituted(tgid: number, item: Item): Uint8Array | undefined {
   if (!value) return undefined;
   if (item.hbits === 0) return value.length === item.len ? value : undefined;
   const c = codes.get(item.secretId);
-  if (!c || c.ph.bits !== item.hbits || c.value.bits !== item.hbits || item.len !== (item.hshift + item.hbits + 7) >> 3)
-    return undefined;
+  if (!c || c.ph.bits !== item.hbits || c.value.bits !== item.hbits || item.len !== (item.hshift + item.hbits + 7) >> 3) return undefined;
   const span = readSpan(tgid, item);
   if (!span || !holdsCode(span, item.hshift, c.ph.code, item.hbits)) return undefined;
   return spliceCode(span, item.hshift, c.value.code, item.hbits);
@@ -323,7 +322,8 @@ function handle(w: Waiting, stopped: boolean, resume: Set<number>, release: Map<
  * does from now on is held where its parent cannot see.
  */
 function endHold(m: Extract<ToWorker, { type: "release" }>): void {
-  if (tracer?.traces(m.tgid)) {
+  // A fork child may not have reported its first stop yet (then it is not tracked, but its hold is expected).
+  if (tracer && (m.reason === "fork" || tracer.traces(m.tgid))) {
     tracer.release(m.tid);
     return;
   }
@@ -346,7 +346,11 @@ function releaseClaim(tgid: number, seq: bigint): void {
 function announce(ev: DataplaneEvent): void {
   if (!tracer) return;
   if (ev.type === EventType.EXEC && tracer.traces(ev.tgid)) tracer.expect(ev.tgid, "exec");
-  else if (ev.type === EventType.SNI && ev.hold && tracer.traces(ev.tgid)) tracer.expect(ev.tid, "sni");
+  else if (ev.type === EventType.FORK && (tracer.traces(ev.ppid) || tracer.traces(ev.tgid))) {
+    // ptrace attached the child as it was created: it waits at its first stop to be attached itself.
+    tracer.expect(ev.tgid, "fork");
+    ev.held = true;
+  } else if (ev.type === EventType.SNI && ev.hold && tracer.traces(ev.tgid)) tracer.expect(ev.tid, "sni");
   else if (ev.type === EventType.LIB_OPEN && ev.hold && tracer.traces(ev.tgid)) tracer.expect(ev.tid, "lib");
 }
 

@@ -7,6 +7,10 @@
  * interactive shell's waitpid(WUNTRACED) sees nothing, a job's exit status is
  * its own. The tracer ends the hold without delivering the signal.
  *
+ * A new process (fork) is held at the first stop ptrace gives it, until the
+ * main thread has attached its probes (they are per process, and a child
+ * has none of its parent's); its FORK record announces that hold.
+ *
  * Everything else a tracee reports is passed on at once, as if untraced: its
  * signals are delivered, fork/clone events continue, a real group stop (^Z,
  * kill -STOP) is left in place with PTRACE_LISTEN so the parent sees it and
@@ -34,7 +38,7 @@ const OPTIONS = pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK | pt.PTRACE_O_TRA
 const BUSY_MS = 20;
 const STOP_SIGNALS = new Set([19 /* SIGSTOP */, 20 /* SIGTSTP */, 21 /* SIGTTIN */, 22 /* SIGTTOU */]);
 
-export type HoldReason = "write" | "exec" | "sni" | "lib";
+export type HoldReason = "write" | "exec" | "fork" | "sni" | "lib";
 
 interface Hold {
   reason: HoldReason;
@@ -63,6 +67,8 @@ export class Tracer {
   private readonly holds = new Map<number, Hold>();
   /** kernel SIGSTOP stops not announced yet -> the read pass during which each was seen */
   private readonly unannounced = new Map<number, number>();
+  /** new processes in their first stop (a fork hold, announced or not): no SIGSTOP of theirs to keep at a handover */
+  private readonly firstStops = new Set<number>();
   /** read passes of the rings begun (beginRead) */
   private readPass = 0;
   private lastActivity = 0;
@@ -225,35 +231,44 @@ export class Tracer {
         continue;
       }
       const tid = r.tid;
-      if (!this.threads.has(tid)) this.track(tid, tgidOf(tid) ?? tid);
+      const fresh = !this.threads.has(tid);
+      if (fresh) this.track(tid, tgidOf(tid) ?? tid);
       if (r.event === 0) this.onSignal(tid, r.sig);
       else if (r.event === pt.PTRACE_EVENT_STOP) {
         // A group stop (^Z, kill -STOP) stays for the parent to see; SIGCONT
-        // ends it. Otherwise it is a new tracee's first stop or an interrupt.
+        // ends it. A new process's first stop is its fork hold (its FORK
+        // record announces it): it has no probes of its own until attached.
+        // Otherwise it is a new thread's first stop or an interrupt.
         if (STOP_SIGNALS.has(r.sig)) pt.listen(tid);
-        else pt.cont(tid);
+        else if (fresh && this.threads.get(tid) === tid) {
+          this.firstStops.add(tid);
+          this.holdStopped(tid);
+        } else pt.cont(tid);
       } else pt.cont(tid); // fork, vfork, clone: the new tracee reports on its own
     }
   }
 
   private onSignal(tid: number, sig: number): void {
-    if (sig === SIGSTOP && pt.signalInfo(tid)?.code === pt.SI_KERNEL) {
-      const h = this.holds.get(tid);
-      if (!h) {
-        this.unannounced.set(tid, this.readPass);
-        return;
-      }
-      h.stopped = true;
-      if (h.released) {
-        this.holds.delete(tid);
-        this.resume(tid);
-      }
+    if (sig === SIGSTOP && pt.signalInfo(tid)?.code === pt.SI_KERNEL) this.holdStopped(tid);
+    else if (!pt.cont(tid, sig)) this.gone(tid);
+  }
+
+  /** tid stopped where a hold keeps it: its hold's, or unannounced until a read pass names it. */
+  private holdStopped(tid: number): void {
+    const h = this.holds.get(tid);
+    if (!h) {
+      this.unannounced.set(tid, this.readPass);
       return;
     }
-    if (!pt.cont(tid, sig)) this.gone(tid);
+    h.stopped = true;
+    if (h.released) {
+      this.holds.delete(tid);
+      this.resume(tid);
+    }
   }
 
   private resume(tid: number): void {
+    this.firstStops.delete(tid);
     this.stats.holds++;
     if (!pt.cont(tid, 0)) this.gone(tid);
   }
@@ -273,6 +288,7 @@ export class Tracer {
     this.threads.delete(tid);
     this.holds.delete(tid);
     this.unannounced.delete(tid);
+    this.firstStops.delete(tid);
   }
 
   /**
@@ -283,15 +299,14 @@ export class Tracer {
   detachAll(ms = 500, keepHolds = false): void {
     const tgids = [...this.processes.keys()];
     // A thread that cannot be interrupted is gone (or a stale number after a thread's exec).
-    const all = [...this.threads.keys()].filter(
-      (tid) => this.holds.get(tid)?.stopped || this.unannounced.has(tid) || pt.interrupt(tid),
-    );
+    const all = [...this.threads.keys()].filter((tid) => this.holds.get(tid)?.stopped || this.unannounced.has(tid) || pt.interrupt(tid));
     this.detachStopped(all, ms, keepHolds);
     for (const tgid of tgids) this.markTraced(tgid, false);
     this.threads.clear();
     this.processes.clear();
     this.holds.clear();
     this.unannounced.clear();
+    this.firstStops.clear();
   }
 
   /**
@@ -306,7 +321,8 @@ export class Tracer {
     for (const tid of tids) {
       // Already in a hold or unannounced stop: detach now, without the signal (or with it, keepHolds).
       if (this.holds.get(tid)?.stopped || this.unannounced.has(tid)) {
-        pt.detach(tid, keepHolds ? SIGSTOP : 0);
+        // A fork hold has no request to serve: the child runs on (unattached: its placeholders go out).
+        pt.detach(tid, keepHolds && !this.firstStops.has(tid) ? SIGSTOP : 0);
         left.delete(tid);
       }
     }
