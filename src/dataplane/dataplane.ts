@@ -404,23 +404,30 @@ export class Dataplane {
     const resume = new Set<number>();
     /** fork children held at their first stop (ring-worker.ts) until attached */
     const forked = new Set<number>();
+    /** fork children (of a process, not a launcher) -> their parent */
+    const parents = new Map<number, number>();
     const libOpens: LibOpenEvent[] = [];
     for (const ev of events) {
       switch (ev.type) {
         case EventType.FORK:
           // A child has none of its parent's probes (they are per process): attached before it runs.
-          if (!this.launcherPids.has(ev.ppid)) sync.add(ev.tgid);
+          if (!this.launcherPids.has(ev.ppid)) {
+            sync.add(ev.tgid);
+            parents.set(ev.tgid, ev.ppid);
+          }
           if (ev.held) forked.add(ev.tgid);
           this.learnNetns(ev.scopeId, ev.tgid);
           break;
         case EventType.EXEC:
           sync.add(ev.tgid);
+          parents.delete(ev.tgid);
           resume.add(ev.tgid);
           this.learnNetns(ev.scopeId, ev.tgid);
           break;
         case EventType.EXEC_KNOWN:
-          // Not held: its files are attached; only the bookkeeping of who uses them.
+          // Not held: its files are attached; what its old image had and this one has not goes.
           sync.add(ev.tgid);
+          parents.delete(ev.tgid);
           break;
         case EventType.EXIT:
           sync.delete(ev.tgid);
@@ -448,7 +455,8 @@ export class Dataplane {
     for (const tgid of sync) {
       const scope = this.processScope(tgid);
       if (scope === undefined) continue;
-      const files = this.attach(tgid);
+      const parent = parents.get(tgid);
+      const files = parent === undefined ? this.attach(tgid) : this.attachChild(tgid, parent);
       if (files && resume.has(tgid)) this.learnImage(tgid, scope, files);
     }
     for (const tgid of resume) this.post({ type: "release", reason: "exec", tgid, tid: tgid, seq: 0n });
@@ -484,6 +492,14 @@ export class Dataplane {
     }
     for (const err of r.errors) this.opts.warn?.(`attach to pid ${tgid}: ${err}`);
     for (const f of r.refused) this.opts.warn?.(`pid ${tgid}: ${f.reason}: ${f.path}: ${f.detail}; its TLS writes keep their placeholders`);
+    return r.errors.length ? null : r.files;
+  }
+
+  /** Attach a fork child to its parent's files (ProbeAttacher.inherit), or look at it afresh. */
+  private attachChild(tgid: number, parent: number): string[] | null {
+    const r = this.tlsLoaded() ? this.attacher.inherit(tgid, parent) : null;
+    if (!r) return this.attach(tgid);
+    for (const err of r.errors) this.opts.warn?.(`attach to pid ${tgid}: ${err}`);
     return r.errors.length ? null : r.files;
   }
 

@@ -70,6 +70,8 @@ function parseAttachmentKey(key: string): { pid: number; fileId: string } | null
 export class ProbeAttacher {
   /** pid -> file id -> its links for that process */
   private readonly byPid = new Map<number, Map<string, Attachment>>();
+  /** pid -> the targets its last sync found (a fork child starts with exactly these) */
+  private readonly targetsOf = new Map<number, TlsTarget[]>();
   private readonly closer = new FdCloser();
   attachErrors = 0;
   /** refused files, by path: each counted once */
@@ -117,6 +119,23 @@ export class ProbeAttacher {
       result.refused.push(r);
       this.refusedFiles.set(r.path, r);
     }
+    return this.attachAll(pid, targets, result);
+  }
+
+  /**
+   * Attach a fork child to what its parent was attached to: it maps what its
+   * parent mapped, so the parent's targets are its own (no /proc walk, no
+   * stat of every mapping: the fork hold waits for this). null when the
+   * parent was never synced.
+   */
+  inherit(child: number, parent: number): AttachResult | null {
+    const targets = this.targetsOf.get(parent);
+    if (!targets) return null;
+    return this.attachAll(child, targets, { attached: 0, files: [], errors: [], refused: [] });
+  }
+
+  private attachAll(pid: number, targets: TlsTarget[], result: AttachResult): AttachResult {
+    this.targetsOf.set(pid, targets);
     let mine = this.byPid.get(pid);
     if (!mine) this.byPid.set(pid, (mine = new Map()));
     const wanted = new Set(targets.map((t) => t.id));
@@ -194,6 +213,7 @@ export class ProbeAttacher {
     if (!mine) return;
     for (const a of mine.values()) this.closer.close(a.fds);
     this.byPid.delete(pid);
+    this.targetsOf.delete(pid);
   }
 
   /**
@@ -236,6 +256,7 @@ export class ProbeAttacher {
   async detachAll(): Promise<void> {
     for (const mine of this.byPid.values()) for (const a of mine.values()) this.closer.close(a.fds);
     this.byPid.clear();
+    this.targetsOf.clear();
     await this.closer.stop();
   }
 }
