@@ -8,6 +8,7 @@ import * as os from "node:os";
 import { dirname } from "node:path";
 import { headCommit } from "./agent.ts";
 import { TARGETS, variantsFor, WORKLOADS, type RunResult, type VariantId, type Workload, type WorkloadId } from "./dataplane-model.ts";
+import { OUTSIDE_UNPROBED } from "./outside.ts";
 import type { foreignKloaks } from "./procfs.ts";
 import { fmtMiB, fmtSigned, fmtSignedUs, fmtUs, Markdown, pct } from "./report.ts";
 import { maxOf, median, perOpUs, sum } from "./stats.ts";
@@ -418,9 +419,11 @@ function workloadSection(L: Markdown["line"], a: Analysis, w: Workload): void {
         `against the proxy's added p99 per request ${fmtSignedUs(d.added_p99_proxy_ns)} (p50 ${fmtSignedUs(d.added_p50_per_substituted_write_ns)} vs ${fmtSignedUs(d.added_p50_proxy_ns)}; ` +
         `mean from throughput ${fmtSignedUs(d.added_mean_per_write_from_throughput_ns)} vs ${fmtSignedUs(d.added_mean_per_request_proxy_from_throughput_ns)})`,
     );
+  const unprobed = runs.find((r) => r.workload === w.id && r.variant === "outside")?.checks.find((c) => c.name === OUTSIDE_UNPROBED);
   L(
     `- non-enabled process, same libssl (a kloak exec tree attached beside it): ${pct(d.ratio_outside)} of baseline ` +
-      `(same-rep ${d.per_rep_ratio_outside.map(pct).join(", ")})`,
+      `(same-rep ${d.per_rep_ratio_outside.map(pct).join(", ")})` +
+      (unprobed ? `; probes per process: ${unprobed.detail}${unprobed.ok ? "" : " (FAILED)"}` : ""),
   );
   const last = runs.filter((r) => r.workload === w.id && r.variant === "kloak+ph").at(-1);
   if (last?.kloak) {

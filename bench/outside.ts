@@ -32,6 +32,12 @@ export interface MappedFile {
   id: string;
 }
 
+/** A libssl file's path. */
+export const LIBSSL = /\/libssl\.so[^/]*$/;
+
+/** The outside variant's check that its client pays no probe: the client's libssl text is the file's, the scoped process's has int3s. */
+export const OUTSIDE_UNPROBED = "no uprobe breakpoint in the client's libssl (probes are per process); the scoped process's has them";
+
 /** The libssl a process has mapped (from /proc/PID/maps), or null. */
 export function mappedLibssl(pid: number): MappedFile | null {
   let maps: string;
@@ -43,7 +49,7 @@ export function mappedLibssl(pid: number): MappedFile | null {
   for (const line of maps.split("\n")) {
     // address perms offset dev inode path
     const f = line.trim().split(/\s+/);
-    if (f.length >= 6 && /\/libssl\.so[^/]*$/.test(f[5]!)) return { path: f[5]!, id: `${f[3]} ${f[4]}` };
+    if (f.length >= 6 && LIBSSL.test(f[5]!)) return { path: f[5]!, id: `${f[3]} ${f[4]}` };
   }
   return null;
 }

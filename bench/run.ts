@@ -89,7 +89,8 @@ import { AGENT_DEFAULTS, runAgentBench } from "./agent.ts";
 import { summarizeAgent, writeAgentReport } from "./agent-report.ts";
 import { resolvePython } from "./python.ts";
 import { nginxBinary, startEgressProxy, type EgressProxy } from "./nginx.ts";
-import { mappedLibssl, startScopedHolder, type ScopedHolder } from "./outside.ts";
+import { LIBSSL, mappedLibssl, OUTSIDE_UNPROBED, startScopedHolder, type ScopedHolder } from "./outside.ts";
+import { textChanges } from "../lib/proc.ts";
 import { fmtMiB, fmtUs, keepSectionJson, keepSections } from "./report.ts";
 import { analyse, dataplaneJson, dataplaneMarkdown, type Analysis, type Measured } from "./dataplane-report.ts";
 import { RULES, VARIANTS, variantsFor, WORKLOADS, type ClientResult, type KloakInfo, type RunResult, type Variant, type Workload } from "./dataplane-model.ts";
@@ -327,6 +328,9 @@ interface WindowStart {
 interface WindowEnd extends WindowStart {
   proxyHwm: number;
   clientLibssl: ReturnType<typeof mappedLibssl>;
+  /** outside variant: libssl's text in the client and in the scoped process against the file (breakpoints) */
+  clientText: ReturnType<typeof textChanges>;
+  holderText: ReturnType<typeof textChanges>;
   holderAlive: boolean;
   hwm: number;
   threadCount: number;
@@ -355,6 +359,8 @@ function windowEnd(pid: number, v: Variant, peers: Peers, bpfStats: boolean | un
   const proxyHwm = proxy ? (memStatus(proxy.pid)?.hwm ?? 0) : 0;
   // taskset execs the client, so pid is the Python that used libssl
   const clientLibssl = holder ? mappedLibssl(pid) : null;
+  const clientText = holder ? textChanges(pid, LIBSSL) : null;
+  const holderText = holder ? textChanges(holder.pid, LIBSSL) : null;
   const holderAlive = holder ? memStatus(holder.pid) !== null : false;
   const cpu = cpuSeconds(pid);
   const threads = threadCpu(pid);
@@ -379,7 +385,7 @@ function windowEnd(pid: number, v: Variant, peers: Peers, bpfStats: boolean | un
   } else {
     clientHwm = hwm;
   }
-  return { wall, sys, bench, cpu, threads, proxyCpu, prog, proxyHwm, clientLibssl, holderAlive, hwm, threadCount, clientHwm, guardianHwm };
+  return { wall, sys, bench, cpu, threads, proxyCpu, prog, proxyHwm, clientLibssl, clientText, holderText, holderAlive, hwm, threadCount, clientHwm, guardianHwm };
 }
 
 /**
@@ -511,6 +517,13 @@ function checkRun(
       "client and scoped process map the same libssl",
       clientLibssl !== null && holder.libssl !== null && clientLibssl.id === holder.libssl.id,
       `client ${clientLibssl?.path ?? "none"} (${clientLibssl?.id ?? "-"}), scoped ${holder.libssl?.path ?? "none"} (${holder.libssl?.id ?? "-"})`,
+    );
+    const ct = o.end?.clientText ?? null;
+    const ht = o.end?.holderText ?? null;
+    check(
+      OUTSIDE_UNPROBED,
+      ct !== null && ct.differ === 0 && ht !== null && ht.int3 > 0 && ht.differ === ht.int3,
+      `client: ${ct ? `${ct.differ} byte(s) of ${ct.length} differ from the file` : "no libssl text"}; scoped process: ${ht ? `${ht.int3} int3 byte(s)` : "no libssl text"}`,
     );
     check(
       "kloak substituted the scoped process's one request",

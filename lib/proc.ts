@@ -1,5 +1,5 @@
 /** Reading process facts from /proc. All functions return null for a process that is gone. */
-import { readFileSync, readlinkSync, statSync } from "node:fs";
+import { closeSync, openSync, readFileSync, readlinkSync, readSync, statSync } from "node:fs";
 
 function readOrNull(path: string): string | null {
   try {
@@ -96,5 +96,57 @@ export function mntnsInode(pid: number): number | null {
     return Number(statSync(`/proc/${pid}/ns/mnt`).ino);
   } catch {
     return null;
+  }
+}
+
+/**
+ * How the text (the r-xp mapping) of the first file matching `name` in pid
+ * differs from that file: bytes that differ, and how many of them are int3
+ * (0xcc, a uprobe's breakpoint). The file is read through
+ * /proc/PID/map_files, so it is the very file mapped. null when pid maps no
+ * such file (or is gone).
+ */
+export function textChanges(pid: number, name: RegExp): { path: string; length: number; differ: number; int3: number } | null {
+  let maps: string;
+  try {
+    maps = readFileSync(`/proc/${pid}/maps`, "latin1");
+  } catch {
+    return null;
+  }
+  for (const line of maps.split("\n")) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) r-xp ([0-9a-f]+) \S+ \d+\s+(\S+)$/.exec(line);
+    if (!m || !name.test(m[4]!)) continue;
+    const start = BigInt(`0x${m[1]}`);
+    const length = Number(BigInt(`0x${m[2]}`) - start);
+    const file = Buffer.alloc(length);
+    const mem = Buffer.alloc(length);
+    try {
+      readAll(`/proc/${pid}/map_files/${m[1]}-${m[2]}`, file, parseInt(m[3]!, 16));
+      readAll(`/proc/${pid}/mem`, mem, start);
+    } catch {
+      return null;
+    }
+    let differ = 0;
+    let int3 = 0;
+    for (let i = 0; i < length; i++)
+      if (file[i] !== mem[i]) {
+        differ++;
+        if (mem[i] === 0xcc) int3++;
+      }
+    return { path: m[4]!, length, differ, int3 };
+  }
+  return null;
+}
+
+function readAll(path: string, into: Buffer, position: number | bigint): void {
+  const fd = openSync(path, "r");
+  try {
+    for (let done = 0; done < into.length;) {
+      const n = readSync(fd, into, done, into.length - done, typeof position === "bigint" ? position + BigInt(done) : position + done);
+      if (n <= 0) throw new Error(`${path}: short read`);
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
   }
 }

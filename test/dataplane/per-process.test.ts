@@ -8,7 +8,7 @@
  * can write: its placeholder is substituted on its very first write.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { closeSync, openSync, readFileSync, readSync } from "node:fs";
+import { textChanges } from "../../lib/proc.ts";
 import { testCerts, type TestCerts } from "../support/certs.ts";
 import { pythonPath } from "../support/clients.ts";
 import { fakeSecret, occurrences, placeholderCount, spawnKloak } from "../support/kloak.ts";
@@ -23,42 +23,11 @@ beforeAll(async () => {
 });
 afterAll(() => raw.close());
 
-/** The executable mapping of libssl in pid: its address, file offset, length and path. */
-function libsslText(pid: number): { start: bigint; offset: number; length: number; path: string } {
-  for (const line of readFileSync(`/proc/${pid}/maps`, "latin1").split("\n")) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) r-xp ([0-9a-f]+) \S+ \d+\s+(\S*libssl\.so\S*)$/.exec(line);
-    if (!m) continue;
-    const start = BigInt(`0x${m[1]}`);
-    return { start, offset: parseInt(m[3]!, 16), length: Number(BigInt(`0x${m[2]}`) - start), path: m[4]! };
-  }
-  throw new Error(`pid ${pid} maps no libssl text`);
-}
-
-/** Bytes of pid's libssl text that differ from the file, and how many of those are int3 (0xcc). */
+/** libssl's text in pid against the file (lib/proc.ts textChanges). */
 function breakpoints(pid: number): { path: string; differ: number; int3: number } {
-  const t = libsslText(pid);
-  const file = Buffer.alloc(t.length);
-  const mem = Buffer.alloc(t.length);
-  const ffd = openSync(`/proc/${pid}/map_files/${t.start.toString(16)}-${(t.start + BigInt(t.length)).toString(16)}`, "r");
-  try {
-    readSync(ffd, file, 0, t.length, t.offset);
-  } finally {
-    closeSync(ffd);
-  }
-  const mfd = openSync(`/proc/${pid}/mem`, "r");
-  try {
-    readSync(mfd, mem, 0, t.length, t.start);
-  } finally {
-    closeSync(mfd);
-  }
-  let differ = 0;
-  let int3 = 0;
-  for (let i = 0; i < t.length; i++)
-    if (file[i] !== mem[i]) {
-      differ++;
-      if (mem[i] === 0xcc) int3++;
-    }
-  return { path: t.path, differ, int3 };
+  const t = textChanges(pid, /\/libssl\.so[^/]*$/);
+  if (!t) throw new Error(`pid ${pid} maps no libssl text`);
+  return t;
 }
 
 /** Read a child's stdout until it prints READY <pid>. */
