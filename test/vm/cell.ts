@@ -244,6 +244,9 @@ function notableCounts(prom: string): string {
   for (const m of prom.matchAll(/^kloak_substitutions_refused_total\{reason="([a-z_]+)"\} (\d+)$/gm)) if (m[2] !== "0") out.push(`${m[1]} ${m[2]}`);
   const skipped = /^kloak_tls_writes_skipped_total (\d+)$/m.exec(prom)?.[1];
   if (skipped && skipped !== "0") out.push(`writes skipped ${skipped}`);
+  // A client that died of SIGKILL: kloak's, when a placeholder could not be put back?
+  const killed = /^kloak_writers_killed_total (\d+)$/m.exec(prom)?.[1];
+  if (killed && killed !== "0") out.push(`writers killed ${killed}`);
   return out.join(", ");
 }
 
@@ -316,7 +319,13 @@ async function perfSuite(): Promise<void> {
     const whole = [...reps.stop, ...reps.kernel].every((x) => x.valueHits + x.markers === x.count && x.markers <= x.unchecked);
     const writes = (xs: typeof all) => xs.reduce((a, x) => a + x.count, 0);
     const show = (xs: typeof all) =>
-      xs.map((x) => `${x.valueHits}/${x.count}${x.markers ? ` +${x.markers} placeholders (${x.why || "no refusal counted"})` : ""}${x.code ? ` exit ${x.code}` : ""}`).join(", ");
+      xs
+        .map(
+          (x) =>
+            `${x.valueHits}/${x.count}${x.markers ? ` +${x.markers} placeholders (${x.why || "no refusal counted"})` : ""}` +
+            (x.code ? ` exit ${x.code} (${x.why || "nothing counted"})` : ""),
+        )
+        .join(", ");
     check(
       "perf runs substituted every write",
       ok && whole,
