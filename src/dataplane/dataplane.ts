@@ -485,7 +485,7 @@ export class Dataplane {
       r = { ...r, errors: [...first.errors, ...r.errors], refused: [...first.refused, ...r.refused] };
       for (const pid of this.attacher.pids())
         if (pid !== tgid && this.processScope(pid) !== undefined) {
-          const other = this.attacher.sync(pid, { systemLibssl: true });
+          const other = this.attacher.extend(pid, { systemLibssl: true });
           for (const err of other.errors) this.opts.warn?.(`attach to pid ${pid}: ${err}`);
         }
       this.maps.libWatch.update(encodeU32(0), encodeU32(0));

@@ -134,6 +134,17 @@ export class ProbeAttacher {
     return this.attachAll(child, targets, { attached: 0, files: [], errors: [], refused: [] });
   }
 
+  /**
+   * Like sync, but only adds: what pid has stays attached (a file it is
+   * opening, attached through `extra` earlier, may not be mapped yet).
+   */
+  extend(pid: number, o: { systemLibssl?: boolean } = {}): AttachResult {
+    const result: AttachResult = { attached: 0, files: [], errors: [], refused: [] };
+    const have = new Map((this.targetsOf.get(pid) ?? []).map((t) => [t.id, t]));
+    for (const t of this.finder.targetsFor(pid, o)) if (!have.has(t.id)) have.set(t.id, t);
+    return this.attachAll(pid, [...have.values()], result);
+  }
+
   private attachAll(pid: number, targets: TlsTarget[], result: AttachResult): AttachResult {
     this.targetsOf.set(pid, targets);
     let mine = this.byPid.get(pid);
