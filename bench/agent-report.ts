@@ -252,7 +252,7 @@ function loadTimesSection(md: Markdown, r: AgentBenchResult): void {
   if (r.restart)
     L(
       `- restart with everything in place (shadows exist, ${wantProcs} processes running): old agent SIGTERM → exit ${fmtS(r.restart.stop_s)} ` +
-        `(${fmtMs((r.restart.stop_s * 1000) / wantProcs)} per attached process: at shutdown the agent closes every process's uprobe links one after the other, each waiting for the kernel's unregister); new agent spawn → ready ${fmtS(r.restart.ready_s)}, ` +
+        `(${fmtMs((r.restart.stop_s * 1000) / wantProcs)} per attached process: at shutdown the agent closes every process's uprobe links, up to 8 at once (lib/fd-closer.ts), each waiting for the kernel's unregister); new agent spawn → ready ${fmtS(r.restart.ready_s)}, ` +
         `→ all keys loaded ${fmtS(r.restart.keys_loaded_s)}, → ${r.restart.attached} processes re-attached ${fmtS(r.restart.attached_s)}`,
     );
   if (r.compiled?.loaded) {
