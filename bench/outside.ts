@@ -6,7 +6,7 @@
  * that libssl, which its exit summary then shows), prints "ready PID" and
  * blocks on stdin until stop().
  */
-import { readFileSync } from "node:fs";
+import { processMaps } from "../lib/proc.ts";
 
 const SCRIPT = `
 import os, socket, ssl, sys
@@ -40,12 +40,8 @@ export const OUTSIDE_UNPROBED = "no uprobe breakpoint in the client's libssl (pr
 
 /** The libssl a process has mapped (from /proc/PID/maps), or null. */
 export function mappedLibssl(pid: number): MappedFile | null {
-  let maps: string;
-  try {
-    maps = readFileSync(`/proc/${pid}/maps`, "latin1");
-  } catch {
-    return null;
-  }
+  const maps = processMaps(pid);
+  if (maps === null) return null;
   for (const line of maps.split("\n")) {
     // address perms offset dev inode path
     const f = line.trim().split(/\s+/);

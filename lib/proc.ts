@@ -37,9 +37,14 @@ export function exePath(pid: number): string | null {
   }
 }
 
+/** /proc/PID/maps, or null when the process is gone. */
+export function processMaps(pid: number): string | null {
+  return readOrNull(`/proc/${pid}/maps`);
+}
+
 /** Distinct file paths mapped into the process (libraries, the executable). */
 export function mappedFiles(pid: number): string[] | null {
-  const maps = readOrNull(`/proc/${pid}/maps`);
+  const maps = processMaps(pid);
   if (maps === null) return null;
   const files = new Set<string>();
   for (const line of maps.split("\n")) {
@@ -107,12 +112,8 @@ export function mntnsInode(pid: number): number | null {
  * such file (or is gone).
  */
 export function textChanges(pid: number, name: RegExp): { path: string; length: number; differ: number; int3: number } | null {
-  let maps: string;
-  try {
-    maps = readFileSync(`/proc/${pid}/maps`, "latin1");
-  } catch {
-    return null;
-  }
+  const maps = processMaps(pid);
+  if (maps === null) return null;
   for (const line of maps.split("\n")) {
     const m = /^([0-9a-f]+)-([0-9a-f]+) r-xp ([0-9a-f]+) \S+ \d+\s+(\S+)$/.exec(line);
     if (!m || !name.test(m[4]!)) continue;
