@@ -49,6 +49,10 @@ export interface AttachResult {
   refused: RefusedTarget[];
 }
 
+function noResult(): AttachResult {
+  return { attached: 0, files: [], errors: [], refused: [] };
+}
+
 /** The links of one file for one process. */
 interface Attachment {
   /** the fds that hold its probes */
@@ -58,7 +62,7 @@ interface Attachment {
 }
 
 /** An attachment's key, as handover pins name it: `<pid>-<dev:ino>`. */
-export function attachmentKey(pid: number, fileId: string): string {
+function attachmentKey(pid: number, fileId: string): string {
   return `${pid}-${fileId}`;
 }
 
@@ -100,20 +104,13 @@ export class ProbeAttacher {
     return n;
   }
 
-  /** distinct files with probes (for any process) */
-  get attachedFiles(): number {
-    const ids = new Set<string>();
-    for (const files of this.byPid.values()) for (const id of files.keys()) ids.add(id);
-    return ids.size;
-  }
-
   /**
    * Make sure every TLS file of pid's current image is attached for pid
    * (after exec, the files of its old image are detached). `o` as in
    * TlsTargetFinder.targetsFor.
    */
   sync(pid: number, o: { systemLibssl?: boolean; extra?: string[] } = {}): AttachResult {
-    const result: AttachResult = { attached: 0, files: [], errors: [], refused: [] };
+    const result = noResult();
     const targets = this.finder.targetsFor(pid, o);
     for (const r of this.finder.refused) {
       result.refused.push(r);
@@ -131,7 +128,7 @@ export class ProbeAttacher {
   inherit(child: number, parent: number): AttachResult | null {
     const targets = this.targetsOf.get(parent);
     if (!targets) return null;
-    return this.attachAll(child, targets, { attached: 0, files: [], errors: [], refused: [] });
+    return this.attachAll(child, targets, noResult());
   }
 
   /**
@@ -139,7 +136,7 @@ export class ProbeAttacher {
    * opening, attached through `extra` earlier, may not be mapped yet).
    */
   extend(pid: number, o: { systemLibssl?: boolean } = {}): AttachResult {
-    const result: AttachResult = { attached: 0, files: [], errors: [], refused: [] };
+    const result = noResult();
     const have = new Map((this.targetsOf.get(pid) ?? []).map((t) => [t.id, t]));
     for (const t of this.finder.targetsFor(pid, o)) if (!have.has(t.id)) have.set(t.id, t);
     return this.attachAll(pid, [...have.values()], result);

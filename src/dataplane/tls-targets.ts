@@ -57,6 +57,7 @@ const WRITE_COOKIES: ReadonlySet<number> = new Set([Fn.SSL_WRITE, Fn.SSL_WRITE_E
 export interface TlsFunction {
   name: string;
   offset: number;
+  /** enum kloak_fn; the probe's bpf_cookie adds the process and a Go layout id to it (abi.ts probeCookie) */
   cookie: number;
   ret: boolean;
 }
