@@ -365,7 +365,8 @@ async function securitySuite(files: string[]): Promise<void> {
   const fail = Number(/^\s*(\d+) fail$/m.exec(text)?.[1] ?? 0);
   const failed = [...text.matchAll(/^\(fail\) (.*?)(?: \[[\d.]+m?s\])?$/gm)].map((m) => m[1]);
   // What failed, for the console: each error and the lines that say what was expected.
-  for (const m of text.matchAll(/^error: .*(?:\n(?:Expected.*|Received.*|[-+] .*|\s+at .*|))*/gm))
+  // The diff of a toEqual is indented ("  {", "    \"code\": 0,"), so indented lines belong to it.
+  for (const m of text.matchAll(/^error: .*(?:\n(?:[-+] .*|\s+.*|))*/gm))
     console.log(`cell: attack error: ${m[0].split("\n").filter((l) => l.trim()).join(" | ")}`);
   check(
     `attacks from inside the tree (${files.join(", ")})`,
