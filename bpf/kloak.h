@@ -106,6 +106,7 @@ enum kloak_counter {
 	                            * done (SSL_write <= 0): the app retries the same bytes */
 	KC_LIB_OPEN_HELD,          /* opens of a TLS library held until kloak had its programs loaded */
 	KC_LIB_OPEN_UNHELD,        /* ... not held: another thread had a stop in flight */
+	KC_LIB_OPEN_UNREAD,        /* opens watched whose path was not resident: held while kloak read it */
 	KC__COUNT
 };
 
@@ -400,7 +401,8 @@ struct kloak_lib_open_event {
 	__u32 tid;      /* the held thread */
 	__u64 seq;      /* its stop claim (untraced processes) */
 	__s32 dirfd;    /* openat's dirfd (AT_FDCWD for open): a relative path is relative to it */
-	__u32 _pad;
+	__u32 unread;   /* the path was not resident: path_len is 0, kloak reads it at upath */
+	__u64 upath;    /* the path's address in the process */
 	char path[KLOAK_NAME_MAX];
 };
 

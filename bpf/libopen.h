@@ -16,11 +16,19 @@
  * A claim that fails (another thread of the process holds a stop) is not
  * held and counted: the library may run before it is attached, and its
  * writes then keep their placeholders (fail closed).
+ *
+ * The path may not be readable here: the loader passes open() a pointer
+ * into its mmap of /etc/ld.so.cache, whose page this process may never have
+ * touched, and a tracing program cannot fault a page in. Such an open is held
+ * all the same (letting it run would let a TLS library run unattached: seen
+ * on a freshly booted VM, where a client sent its placeholders); kloak reads
+ * the path from the process, which faults it in, and decides there.
  */
 #ifndef KLOAK_LIBOPEN_H
 #define KLOAK_LIBOPEN_H
 
-/* What to match: the start of a file name (after the last '/'). */
+/* What to match: the start of a file name (after the last '/'); a path read
+ * by kloak instead (unread) is matched by src/dataplane/lib-open.ts. */
 #define LIB_PREFIX_MAX 12
 
 static __always_inline bool has_prefix(const char *name, const char *prefix, __u32 n)
@@ -55,7 +63,7 @@ static __always_inline int on_lib_open(__s32 dirfd, __u64 upath)
 	struct kloak_proc *p;
 	struct lib_name_ctx c;
 	const char *base;
-	bool hold;
+	bool hold, unread;
 	long n;
 
 	watch = bpf_map_lookup_elem(&kloak_lib_watch, &zero);
@@ -68,22 +76,26 @@ static __always_inline int on_lib_open(__s32 dirfd, __u64 upath)
 	if (!e)
 		return 0;
 	n = bpf_probe_read_user_str(e->path, KLOAK_NAME_MAX, (const char *)upath);
-	if (n <= 1) {
-		bpf_ringbuf_discard(e, 0);
-		return 0;
-	}
-	c.path = e->path;
-	c.len = n - 1;
-	c.base = 0;
-	bpf_loop(KLOAK_NAME_MAX, find_base, &c, 0);
-	if (c.base > KLOAK_NAME_MAX - LIB_PREFIX_MAX - 1) {
-		bpf_ringbuf_discard(e, 0);
-		return 0;
-	}
-	base = e->path + c.base;
-	if (!has_prefix(base, "libssl.so", 9) && !has_prefix(base, "libgnutls.so", 12)) {
-		bpf_ringbuf_discard(e, 0);
-		return 0;
+	unread = n < 0;
+	c.len = 0;
+	if (!unread) {
+		if (n <= 1) {
+			bpf_ringbuf_discard(e, 0);
+			return 0;
+		}
+		c.path = e->path;
+		c.len = n - 1;
+		c.base = 0;
+		bpf_loop(KLOAK_NAME_MAX, find_base, &c, 0);
+		if (c.base > KLOAK_NAME_MAX - LIB_PREFIX_MAX - 1) {
+			bpf_ringbuf_discard(e, 0);
+			return 0;
+		}
+		base = e->path + c.base;
+		if (!has_prefix(base, "libssl.so", 9) && !has_prefix(base, "libgnutls.so", 12)) {
+			bpf_ringbuf_discard(e, 0);
+			return 0;
+		}
 	}
 	seq = bpf_ktime_get_ns();
 	hold = claim_stop(tgid, tid, seq);
@@ -95,13 +107,14 @@ static __always_inline int on_lib_open(__s32 dirfd, __u64 upath)
 	e->tid = tid;
 	e->seq = seq;
 	e->dirfd = dirfd;
-	e->_pad = 0;
+	e->unread = unread;
+	e->upath = upath;
 	bpf_ringbuf_submit(e, 0);
 	if (!hold) {
 		count(KC_LIB_OPEN_UNHELD, 1);
 		return 0;
 	}
-	count(KC_LIB_OPEN_HELD, 1);
+	count(unread ? KC_LIB_OPEN_UNREAD : KC_LIB_OPEN_HELD, 1);
 	hold_writer(tgid);
 	return 0;
 }

@@ -144,6 +144,37 @@ export function processVmRead(pid: number, addr: bigint, data: Uint8Array): numb
   return processVm("process_vm_readv", pid, addr, data);
 }
 
+/**
+ * The NUL-terminated string at addr in pid, at most max bytes (latin1), or
+ * null when it cannot be read or has no NUL within max. Read a page at a
+ * time: process_vm_readv does not split one transfer, so a read running
+ * past the end of a mapping would fail as a whole.
+ */
+export function processVmReadString(pid: number, addr: bigint, max: number): string | null {
+  const out: Uint8Array[] = [];
+  let at = addr;
+  let left = max;
+  while (left > 0) {
+    const chunk = new Uint8Array(Math.min(left, Number(4096n - (at % 4096n))));
+    let n: number;
+    try {
+      n = processVmRead(pid, at, chunk);
+    } catch {
+      return null;
+    }
+    if (n <= 0) return null;
+    const nul = chunk.subarray(0, n).indexOf(0);
+    if (nul >= 0) {
+      out.push(chunk.subarray(0, nul));
+      return Buffer.concat(out).toString("latin1");
+    }
+    out.push(chunk.subarray(0, n));
+    at += BigInt(n);
+    left -= n;
+  }
+  return null;
+}
+
 /** One process_vm_readv/writev call: data, here, against as many bytes at addr in pid. */
 function processVm(call: "process_vm_readv" | "process_vm_writev", pid: number, addr: bigint, data: Uint8Array): number {
   iovLocal.writeBigUInt64LE(BigInt(ptr(data)), 0);

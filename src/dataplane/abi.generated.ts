@@ -13,7 +13,7 @@ export const STRUCTS = {
   kloak_hcode: { size: 4112, fields: { bits: 0, fits: 4, code: 8 } },
   kloak_image: { size: 16, fields: { ino: 0, dev: 8, mntns: 12 } },
   kloak_item: { size: 24, fields: { addr: 0, secret_id: 8, len: 12, hbits: 16, hshift: 20 } },
-  kloak_lib_open_event: { size: 296, fields: { type: 0, tgid: 4, scope_id: 8, path_len: 12, hold: 16, tid: 20, seq: 24, dirfd: 32, _pad: 36, path: 40 } },
+  kloak_lib_open_event: { size: 304, fields: { type: 0, tgid: 4, scope_id: 8, path_len: 12, hold: 16, tid: 20, seq: 24, dirfd: 32, unread: 36, upath: 40, path: 48 } },
   kloak_name_addr: { size: 272, fields: { name: 0, addr: 256 } },
   kloak_peer: { size: 24, fields: { addr: 0, port: 16, family: 18, _pad: 20 } },
   kloak_ph_key: { size: 16, fields: { tail: 0, tail_len: 8, _pad: 12 } },
@@ -93,7 +93,8 @@ export const ENUMS = {
     KC_SUBST_NOT_TAKEN: 22,
     KC_LIB_OPEN_HELD: 23,
     KC_LIB_OPEN_UNHELD: 24,
-    KC__COUNT: 25,
+    KC_LIB_OPEN_UNREAD: 25,
+    KC__COUNT: 26,
   },
   kloak_event_type: {
     KE_SUBSTITUTE: 1,

@@ -223,9 +223,12 @@ export interface LibOpenEvent {
   type: typeof EventType.LIB_OPEN;
   tgid: number;
   scopeId: number;
-  /** as given to open(2): relative to dirfd when it does not start with "/" */
+  /** as given to open(2): relative to dirfd when it does not start with "/"; "" when unread */
   path: string;
   dirfd: number;
+  /** the path was not resident at the open (bpf/libopen.h): it is at upath in the process, to be read there */
+  unread: boolean;
+  upath: bigint;
   /** held like SniEvent.hold, until kloak releases it */
   hold: boolean;
   tid: number;
@@ -414,6 +417,8 @@ function decodeLibOpen(v: DataView, type: LibOpenEvent["type"]): LibOpenEvent {
     scopeId: v.getUint32(F.scope_id, true),
     path: latin1.decode(new Uint8Array(v.buffer, v.byteOffset + F.path, len)),
     dirfd: v.getInt32(F.dirfd, true),
+    unread: v.getUint32(F.unread, true) !== 0,
+    upath: v.getBigUint64(F.upath, true),
     hold: v.getUint32(F.hold, true) !== 0,
     tid: v.getUint32(F.tid, true),
     seq: v.getBigUint64(F.seq, true),

@@ -62,6 +62,7 @@ import { MAPS, type ProgramName } from "./abi.generated.ts";
 import { noWorkerStats, type FromWorker, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
 import type { HoldMethod } from "./holds.ts";
 import { TlsTargetFinder } from "./tls-targets.ts";
+import { openedLibrary } from "./lib-open.ts";
 import { PIN_DIR, PINNED_MAPS, pinPath, unpinState } from "./release.ts";
 import { handoverName, parseUprobePin, partialHandoverDir, releaseHandover, uprobePinName, type Handover } from "./handover.ts";
 import { reserveLayoutIds } from "./go-targets.ts";
@@ -463,7 +464,8 @@ export class Dataplane {
     for (const tgid of forked) this.post({ type: "release", reason: "fork", tgid, tid: tgid, seq: 0n });
     // Held at the open of a TLS library: attached (the tls programs loaded first if need be), then let go.
     for (const ev of libOpens) {
-      if (this.processScope(ev.tgid) !== undefined) this.attach(ev.tgid, [openedPath(ev)]);
+      const lib = openedLibrary(ev);
+      if (lib !== null && this.processScope(ev.tgid) !== undefined) this.attach(ev.tgid, [lib]);
       if (ev.hold) this.post({ type: "release", reason: "lib", tgid: ev.tgid, tid: ev.tid, seq: ev.seq });
     }
   }
@@ -1250,10 +1252,3 @@ export class Dataplane {
   }
 }
 
-/** The file a LIB_OPEN event names, as a host path into the process's own view of the filesystem. */
-function openedPath(ev: LibOpenEvent): string {
-  if (ev.path.startsWith("/")) return `/proc/${ev.tgid}/root${ev.path}`;
-  const dir = ev.dirfd === AT_FDCWD ? "cwd" : `fd/${ev.dirfd}`;
-  return `/proc/${ev.tgid}/${dir}/${ev.path}`;
-}
-const AT_FDCWD = -100;

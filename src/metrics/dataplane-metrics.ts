@@ -70,6 +70,11 @@ const TOTALS: readonly [name: string, help: string, value: Value][] = [
     "opens of a TLS library that could not be held (another thread had a stop in flight): its writes may keep their placeholders",
     (s) => s.counters.lib_open_unheld,
   ],
+  [
+    "kloak_library_open_paths_unread_total",
+    "opens (of any file, while TLS libraries are watched) whose path the kernel program could not read, not being resident: held while kloak read it",
+    (s) => s.counters.lib_open_unread,
+  ],
   ["kloak_execs_known_total", "execs of a traced process into an image kloak had attached already: not held", (s) => s.counters.exec_known],
   [
     "kloak_processes_traced_total",

@@ -51,6 +51,16 @@ function pythonRequest(o: { sleep?: number; preload?: { dir: string; file: strin
   ].join("\n");
 }
 
+/** The libssl Python's _ssl links, as the loader resolves it. */
+function pythonLibssl(): string {
+  const found = Bun.spawnSync([pythonPath(), "-c", "import ssl, _ssl; print(_ssl.__file__)"]);
+  if (!found.success) throw new Error(`python cannot import ssl: ${found.stderr}`);
+  const ldd = Bun.spawnSync(["ldd", found.stdout.toString().trim()]).stdout.toString();
+  const lib = /libssl\.so\S*\s+=>\s+(\S+)/.exec(ldd)?.[1];
+  if (!lib) throw new Error(`no libssl in ldd of _ssl:\n${ldd}`);
+  return lib;
+}
+
 async function run(cmd: string[], secret: string, metrics: string) {
   const r = await runKloak(["exec", "--secret", `API_TOKEN=${secret}`, "--allow", "API_TOKEN=localhost", "--metrics-file", metrics, "--", ...cmd]);
   expect(r.stderr).not.toContain(secret);
@@ -86,12 +96,7 @@ describe("the TLS programs load when a process first opens a TLS library", () =>
   });
 
   test("a library opened by a relative path (openat from the working directory) is attached through it", async () => {
-    const found = Bun.spawnSync([pythonPath(), "-c", "import ssl, _ssl; print(_ssl.__file__)"]);
-    expect(found.success).toBe(true);
-    // The libssl Python's _ssl links, as the loader resolves it.
-    const ldd = Bun.spawnSync(["ldd", found.stdout.toString().trim()]).stdout.toString();
-    const lib = /libssl\.so\S*\s+=>\s+(\S+)/.exec(ldd)?.[1];
-    if (!lib) throw new Error(`no libssl in ldd of _ssl:\n${ldd}`);
+    const lib = pythonLibssl();
     const secret = fakeSecret(32);
     const m = join(tmp, "relative.prom");
     const dir = lib.slice(0, lib.lastIndexOf("/"));
@@ -101,6 +106,38 @@ describe("the TLS programs load when a process first opens a TLS library", () =>
     expect(occurrences(http.received(), `Authorization: Bearer ${secret}\r\n`)).toBe(1);
     expect(placeholderCount(http.received())).toBe(0);
     expect(metric(m, "kloak_library_open_holds_total")).toBeGreaterThanOrEqual(1);
+  });
+
+  test("an open whose path the kernel program cannot read (a page never touched) is held all the same, and attached", async () => {
+    // The loader hands open() a pointer into its mmap of /etc/ld.so.cache, a page the process may
+    // never have touched; a tracing program cannot fault it in. Here the path lies in a fresh mmap
+    // of a file, opened with libc's open() (which does not touch it); the library is then loaded
+    // through that fd, so no other open of it is seen: only a hold at this open attaches it.
+    const lib = pythonLibssl();
+    const secret = fakeSecret(32);
+    const m = join(tmp, "unread.prom");
+    const pathFile = join(tmp, "unread-path");
+    await Bun.write(pathFile, lib + "\0");
+    const code = [
+      "import ctypes, os",
+      "libc = ctypes.CDLL(None, use_errno=True)",
+      "libc.mmap.restype = ctypes.c_void_p",
+      "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]",
+      "libc.open.argtypes = [ctypes.c_void_p, ctypes.c_int]",
+      `pf = os.open(${JSON.stringify(pathFile)}, os.O_RDONLY)`,
+      "addr = libc.mmap(None, 4096, 1, 2, pf, 0)  # PROT_READ, MAP_PRIVATE: no page of it mapped yet",
+      "fd = libc.open(addr, os.O_RDONLY)",
+      "assert fd >= 0, ctypes.get_errno()",
+      'ctypes.CDLL(f"/proc/self/fd/{fd}", mode=ctypes.RTLD_GLOBAL)  # its soname satisfies _ssl: no open by name',
+      pythonRequest({}),
+    ].join("\n");
+    const r = await run([pythonPath(), "-c", code], secret, m);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe("200");
+    expect(occurrences(http.received(), `Authorization: Bearer ${secret}\r\n`)).toBe(1);
+    expect(placeholderCount(http.received())).toBe(0);
+    expect(metric(m, "kloak_library_open_paths_unread_total")).toBeGreaterThanOrEqual(1);
+    expect(metric(m, "kloak_library_open_holds_total")).toBe(0); // no open of it by a name the kernel program read
   });
 
   test("a tree that never opens a TLS library holds nothing at its opens", async () => {
