@@ -3,7 +3,9 @@
  * TLS libraries opened by name while kloak's TLS programs are not loaded.
  *
  * `kloak exec` verifies its TLS programs (the costliest part of its start)
- * only when a process first needs them. A process's exec is held until its
+ * only when a process first needs them, on kernels where every open is seen
+ * (from 7.0 a syscall program can skip runs: kernel-support.ts
+ * opensWatchable; there they load at start). A process's exec is held until its
  * image is attached, but a dynamically linked program's libraries are not
  * mapped yet at exec: the loader opens them after (and dlopen, much later).
  * So while kloak_lib_watch is set, a scoped process that opens a file whose

@@ -15,6 +15,7 @@ import type { DataSectionName, MapName, ProgramName } from "./abi.generated.ts";
 import { violationMask } from "./refusals.ts";
 import {
   NodeFacts,
+  opensWatchable,
   probeRewriteMode,
   requirementChecks,
   requirementFailure,
@@ -316,7 +317,14 @@ export function loadObject(bytes: Uint8Array, o: LoadOptions): LoadedObject {
     );
   const mode = o.mode === "auto" ? probe.mode : o.mode;
   const reason = o.mode === "auto" ? probe.reason : "forced by --rewrite-mode";
-  const deferredIn = (m: RewriteMode): ProgramGroup[] => (!o.onDemand ? [] : m === "stop" ? ["tls", "go"] : ["go"]);
+  // The TLS programs wait for a process to open a TLS library only where every open is seen.
+  let watchable: boolean;
+  try {
+    watchable = opensWatchable(facts.kernel());
+  } catch {
+    watchable = false;
+  }
+  const deferredIn = (m: RewriteMode): ProgramGroup[] => (!o.onDemand ? [] : m === "stop" && watchable ? ["tls", "go"] : ["go"]);
   const now = (m: RewriteMode) => PROGRAM_GROUPS.filter((g) => !deferredIn(m).includes(g));
   try {
     return { ...loadInMode(bytes, mode, o, uprobes, now(mode)), mode, reason, uprobes, deferred: deferredIn(mode) };

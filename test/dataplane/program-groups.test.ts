@@ -8,7 +8,8 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { GO_PROGRAMS, loadGroup, loadInMode, loadObject, MODE_PROGRAMS, objectBytes } from "../../src/dataplane/bpf-object.ts";
-import type { BpfObject } from "../../lib/libbpf.ts";
+import { progRecursionMisses, type BpfObject } from "../../lib/libbpf.ts";
+import { NodeFacts, opensWatchable } from "../../src/dataplane/kernel-support.ts";
 
 const opened: BpfObject[] = [];
 afterEach(() => {
@@ -21,8 +22,15 @@ const keep = <T extends { obj: BpfObject }>(r: T): T => {
 const u32 = (n: number) => new Uint8Array(new Uint32Array([n]).buffer);
 
 describe("program groups", () => {
+  /** This node's facts, but told the kernel is `kernel` (the open watch depends on it: kernel-support.ts opensWatchable). */
+  const factsOn = (kernel: [number, number]) => {
+    const facts = new NodeFacts();
+    facts.kernel = () => kernel;
+    return facts;
+  };
+
   test("on demand in stop mode, the TLS and Go programs are left out of the first load; the process programs are in it", async () => {
-    const loaded = keep(loadObject(await objectBytes(), { mode: "stop", scanCap: 16384, onDemand: true }));
+    const loaded = keep(loadObject(await objectBytes(), { mode: "stop", scanCap: 16384, onDemand: true, facts: factsOn([6, 18]) }));
     expect(loaded.deferred).toEqual(["tls", "go"]);
     const names = loaded.budget.map((b) => b.program);
     expect(names).toContain("kloak_exec");
@@ -31,6 +39,20 @@ describe("program groups", () => {
       expect(names).not.toContain(p);
       expect(() => loaded.obj.program(p).fd).toThrow();
     }
+  });
+
+  test("on demand in stop mode on a kernel whose syscall programs can skip runs (7.0+), the TLS programs load at once: an open of libssl may go unseen", async () => {
+    const loaded = keep(loadObject(await objectBytes(), { mode: "stop", scanCap: 16384, onDemand: true, facts: factsOn([7, 3]) }));
+    expect(loaded.deferred).toEqual(["go"]);
+    expect(loaded.budget.map((b) => b.program)).toEqual(expect.arrayContaining([...MODE_PROGRAMS.stop]));
+    expect(opensWatchable([6, 18])).toBe(true);
+    expect(opensWatchable([7, 0])).toBe(false);
+  });
+
+  test("the kernel's count of a program's skipped runs reads as a number: 0 for one never attached; a bad fd is a clear error", async () => {
+    const loaded = keep(loadObject(await objectBytes(), { mode: "stop", scanCap: 16384, onDemand: true }));
+    expect(progRecursionMisses(loaded.obj.program("kloak_sys_enter").fd)).toBe(0n);
+    expect(() => progRecursionMisses(999_999)).toThrow(/bpf_obj_get_info_by_fd\(fd 999999\)/);
   });
 
   test("without onDemand everything loads at once, as before", async () => {
