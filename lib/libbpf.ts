@@ -51,6 +51,7 @@ function open() {
     bpf_map_get_next_key: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     bpf_obj_pin: { args: [FFIType.i32, FFIType.cstring], returns: FFIType.i32 },
     bpf_obj_get: { args: [FFIType.cstring], returns: FFIType.i32 },
+    bpf_obj_get_info_by_fd: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     bpf_map__is_internal: { args: [FFIType.ptr], returns: FFIType.bool },
     bpf_link__fd: { args: [FFIType.ptr], returns: FFIType.i32 },
   });
@@ -285,6 +286,26 @@ export function mapLookup(fd: number, key: Uint8Array, value: Uint8Array): boole
   if (rc === -2 /* ENOENT */) return false;
   if (rc < 0) throw new BpfError(`bpf_map_lookup_elem(fd ${fd})`, -rc, []);
   return true;
+}
+
+// struct bpf_prog_info (linux/bpf.h): its size and recursion_misses' offset (5.12+).
+const PROG_INFO_SIZE = 232;
+const PROG_INFO_RECURSION_MISSES = 208;
+
+/**
+ * Runs of the program behind fd that the kernel skipped because that program
+ * was already running on the CPU (bpf_prog_info.recursion_misses): a
+ * tracing program that the kernel lets be preempted makes every other run on
+ * that CPU skip meanwhile. 0n from a kernel too old to count them.
+ */
+export function progRecursionMisses(fd: number): bigint {
+  const info = new Uint8Array(PROG_INFO_SIZE);
+  const len = new Uint32Array([PROG_INFO_SIZE]);
+  const rc = bpf().bpf_obj_get_info_by_fd(fd, ptr(info), ptr(len));
+  if (rc < 0) throw new BpfError(`bpf_obj_get_info_by_fd(fd ${fd})`, -rc, []);
+  // The kernel fills as much of the struct as it knows and says how much.
+  if ((len[0] ?? 0) < PROG_INFO_RECURSION_MISSES + 8) return 0n;
+  return new DataView(info.buffer).getBigUint64(PROG_INFO_RECURSION_MISSES, true);
 }
 
 /** Open a pinned object (map) by its bpffs path; returns its fd. */

@@ -186,6 +186,7 @@ function startOps(cfg: AgentConfig, state: AgentState, registry: Registry): Retu
             refusals: dp.refusalCounts(),
             worker: dp.mode === "stop" ? await dp.workerStats() : undefined,
             unhookable: dp.unhookable.counts(),
+            syscallRunsSkipped: dp.syscallRunsSkipped(),
           };
         return { contentType: registry.contentType, body: state.snapshot ? await registry.metrics() : "" };
       },
@@ -402,7 +403,13 @@ function registerMetrics(
     { version: VERSION, commit, mode: dp.mode },
   );
   dataplaneMetrics(
-    () => state.snapshot ?? { counters: dp.counters(), refusals: dp.refusalCounts(), unhookable: dp.unhookable.counts() },
+    () =>
+      state.snapshot ?? {
+        counters: dp.counters(),
+        refusals: dp.refusalCounts(),
+        unhookable: dp.unhookable.counts(),
+        syscallRunsSkipped: dp.syscallRunsSkipped(),
+      },
     registry,
   );
   return metrics;

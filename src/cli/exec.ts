@@ -477,7 +477,13 @@ async function summarize(dp: Dataplane, opts: ExecOptions, { refusals, unhookabl
     if (level >= LEVEL.quiet && unexamined > 0) say(unexaminedMessage(unexamined));
   }
   if (opts.metricsFile)
-    await writeMetrics(opts.metricsFile, { counters, refusals: refusalCounts, worker: stats, unhookable: dp.unhookable.counts() });
+    await writeMetrics(opts.metricsFile, {
+      counters,
+      refusals: refusalCounts,
+      worker: stats,
+      unhookable: dp.unhookable.counts(),
+      syscallRunsSkipped: dp.syscallRunsSkipped(),
+    });
   if (failRun) say(`${refused} substitution(s) refused or failed closed: exit ${REFUSED_EXIT} (--fail-on-refusal)`);
   return kloakExit;
 }

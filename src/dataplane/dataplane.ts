@@ -3,7 +3,7 @@
  * per-process uprobes, the BPF maps of secrets and scopes, and the ring
  * worker. Everything here runs on the main thread except the worker.
  */
-import { BPF_EXIST, BpfLink, BpfMap, BpfObject, objectMapNames, objGet, objPin, possibleCpus } from "../../lib/libbpf.ts";
+import { BPF_EXIST, BpfLink, BpfMap, BpfObject, objectMapNames, objGet, objPin, possibleCpus, progRecursionMisses } from "../../lib/libbpf.ts";
 import { workerSpec } from "../../lib/worker-spec.ts";
 import { bpfAndPerfFds, handOffToHolder } from "../../lib/fd-handoff.ts";
 import { existsSync, readdirSync, renameSync, rmSync } from "node:fs";
@@ -863,6 +863,19 @@ export class Dataplane {
       out[name] = sum;
     });
     return out;
+  }
+
+  /**
+   * Runs of the send program the kernel skipped: from 7.0 a program on a
+   * syscall tracepoint that is preempted on a CPU makes the program's other
+   * runs there skip (README, Limits). 0n where it cannot be read.
+   */
+  syscallRunsSkipped(): bigint {
+    try {
+      return progRecursionMisses(this.obj.program(SYSCALL_PROGRAM).fd);
+    } catch {
+      return 0n;
+    }
   }
 
   /** Refusals the kernel counted, by reason (refusals.ts); the worker's are in workerStats(). */

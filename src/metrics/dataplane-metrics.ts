@@ -17,6 +17,8 @@ export interface DataplaneSnapshot {
   worker?: WorkerStats;
   /** processes whose TLS kloak cannot hook, by reason (unhookable.ts) */
   unhookable?: Record<string, number>;
+  /** runs of the send program the kernel skipped (Dataplane.syscallRunsSkipped) */
+  syscallRunsSkipped?: bigint;
 }
 
 type Value = (s: DataplaneSnapshot) => bigint | number;
@@ -32,6 +34,12 @@ const TOTALS: readonly [name: string, help: string, value: Value][] = [
     (s) => s.counters.nested_write,
   ],
   ["kloak_bytes_scanned_total", "bytes of TLS writes scanned for placeholders", (s) => s.counters.bytes_scanned],
+  [
+    "kloak_syscall_runs_skipped_total",
+    "runs of kloak's send program (sys_enter) the kernel skipped, the program being preempted on that CPU (kernels 7.0+): " +
+      "a send missed can leave a connection unbound (its placeholders refused)",
+    (s) => s.syscallRunsSkipped ?? 0,
+  ],
   [
     "kloak_buffers_checked_by_worker_total",
     "stop mode: placeholders whose buffer mapping the kernel could not check (the memory map was locked), checked by kloak before writing",

@@ -317,6 +317,7 @@ describe("kloak agent end to end", () => {
       "kloak_substitutions_total",
       "kloak_substitutions_refused_total",
       "kloak_events_lost_total",
+      "kloak_syscall_runs_skipped_total",
       "kloak_attached_processes",
       "kloak_uprobe_links",
       "kloak_uprobe_attach_errors_total",
