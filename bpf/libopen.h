@@ -21,10 +21,11 @@
  *
  * The path may not be readable here: the loader passes open() a pointer
  * into its mmap of /etc/ld.so.cache, whose page this process may never have
- * touched, and a tracing program cannot fault a page in. Such an open is held
- * all the same (letting it run would let a TLS library run unattached: seen
- * on a freshly booted VM, where a client sent its placeholders); kloak reads
- * the path from the process, which faults it in, and decides there.
+ * touched, and a tracing program cannot fault a page in (a Python start read
+ * ~30 such paths, string constants of libc and bash among them). Such an
+ * open is held all the same (letting it run lets a TLS library opened by it
+ * run unattached: test/dataplane/lib-open.test.ts); kloak reads the path from
+ * the process, which faults it in, and decides there.
  */
 #ifndef KLOAK_LIBOPEN_H
 #define KLOAK_LIBOPEN_H
