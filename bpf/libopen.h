@@ -19,10 +19,11 @@
  * held and counted: the library may run before it is attached, and its
  * writes then keep their placeholders (fail closed).
  *
- * The path may not be readable here: the loader passes open() a pointer
- * into its mmap of /etc/ld.so.cache, whose page this process may never have
- * touched, and a tracing program cannot fault a page in (a Python start read
- * ~30 such paths, string constants of libc and bash among them). Such an
+ * The path may not be readable here: a path that is a string constant in a
+ * program's or library's read-only data (a dlopen of a fixed path) lies in a
+ * page this process may never have touched, and a tracing program cannot
+ * fault a page in (a Python start under pyenv had ~30 such opens, of libc's
+ * and bash's constants, e.g. /usr/lib/locale/locale-archive). Such an
  * open is held all the same (letting it run lets a TLS library opened by it
  * run unattached: test/dataplane/lib-open.test.ts); kloak reads the path from
  * the process, which faults it in, and decides there.

@@ -109,9 +109,9 @@ describe("the TLS programs load when a process first opens a TLS library", () =>
   });
 
   test("an open whose path the kernel program cannot read (a page never touched) is held all the same, and attached", async () => {
-    // The loader hands open() a pointer into its mmap of /etc/ld.so.cache, a page the process may
-    // never have touched; a tracing program cannot fault it in. Here the path lies in a fresh mmap
-    // of a file, opened with libc's open() (which does not touch it); the library is then loaded
+    // A path that is a string constant (a dlopen of a fixed path) may lie in a page the process
+    // never touched; a tracing program cannot fault it in. Here the path lies in a fresh mmap of a
+    // file, opened with libc's open() (which does not touch it); the library is then loaded
     // through that fd, so no other open of it is seen: only a hold at this open attaches it.
     const lib = pythonLibssl();
     const secret = fakeSecret(32);
