@@ -266,9 +266,7 @@ function encodeName(b: Uint8Array, off: number, text: string): number {
   return bytes.length;
 }
 
-export type KernelRule =
-  | { kind: "cidr"; addr: Uint8Array; prefix: number; port: number }
-  | { kind: "host" | "wildcard"; name: string; port: number };
+export type KernelRule = { kind: "cidr"; addr: Uint8Array; prefix: number; port: number } | { kind: "host" | "wildcard"; name: string; port: number };
 
 /** struct kloak_policy for one secret (port 0: any). */
 export function encodePolicy(rules: readonly KernelRule[]): Uint8Array {

@@ -787,8 +787,7 @@ export class Dataplane {
       const key = encodePhKey(ph.subarray(8 + MARKER_LEN, 8 + MARKER_LEN + tailLen), tailLen);
       const owner = new Uint8Array(4);
       // Keys are prefix-free among loaded secrets; never delete another secret's.
-      if (tailLen > 0 && this.maps.placeholders.lookup(key, owner) && new DataView(owner.buffer).getUint32(0, true) === id)
-        this.maps.placeholders.delete(key);
+      if (tailLen > 0 && this.maps.placeholders.lookup(key, owner) && new DataView(owner.buffer).getUint32(0, true) === id) this.maps.placeholders.delete(key);
     }
     for (const [scope, ids] of this.grantsByScope()) if (ids.includes(id)) this.revoke(scope, id);
     // A probe may have looked the key up just before the delete: look after it is done.
@@ -858,8 +857,7 @@ export class Dataplane {
     const view = new DataView(value.buffer);
     COUNTERS.forEach((name, i) => {
       let sum = 0n;
-      if (this.maps.counters.lookup(encodeU32(i), value))
-        for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
+      if (this.maps.counters.lookup(encodeU32(i), value)) for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
       out[name] = sum;
     });
     return out;
@@ -886,8 +884,7 @@ export class Dataplane {
     for (const r of REFUSALS) {
       if (r.kernel === null) continue;
       let sum = 0n;
-      if (this.maps.refusals.lookup(encodeU32(r.kernel), value))
-        for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
+      if (this.maps.refusals.lookup(encodeU32(r.kernel), value)) for (let c = 0; c < this.cpus; c++) sum += view.getBigUint64(c * 8, true);
       out[r.name] = sum;
     }
     // Go executables kloak refused to probe (each file once): user space decides these.

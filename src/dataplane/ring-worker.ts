@@ -116,8 +116,7 @@ function substituted(tgid: number, item: Item): Uint8Array | undefined {
   if (!value) return undefined;
   if (item.hbits === 0) return value.length === item.len ? value : undefined;
   const c = codes.get(item.secretId);
-  if (!c || c.ph.bits !== item.hbits || c.value.bits !== item.hbits || item.len !== (item.hshift + item.hbits + 7) >> 3)
-    return undefined;
+  if (!c || c.ph.bits !== item.hbits || c.value.bits !== item.hbits || item.len !== (item.hshift + item.hbits + 7) >> 3) return undefined;
   const span = readSpan(tgid, item);
   if (!span || !holdsCode(span, item.hshift, c.ph.code, item.hbits)) return undefined;
   return spliceCode(span, item.hshift, c.value.code, item.hbits);

@@ -299,9 +299,7 @@ export class Tracer {
   detachAll(ms = 500, keepHolds = false): void {
     const tgids = [...this.processes.keys()];
     // A thread that cannot be interrupted is gone (or a stale number after a thread's exec).
-    const all = [...this.threads.keys()].filter(
-      (tid) => this.holds.get(tid)?.stopped || this.unannounced.has(tid) || pt.interrupt(tid),
-    );
+    const all = [...this.threads.keys()].filter((tid) => this.holds.get(tid)?.stopped || this.unannounced.has(tid) || pt.interrupt(tid));
     this.detachStopped(all, ms, keepHolds);
     for (const tgid of tgids) this.markTraced(tgid, false);
     this.threads.clear();
