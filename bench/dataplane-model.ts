@@ -15,7 +15,7 @@ export const TARGETS = {
   rssBytes: 80 * 1000 * 1000, // "80 MB", read strictly as 80×10^6 bytes
 };
 
-export type VariantId = "baseline" | "kloak" | "kloak+ph" | "kloak+rules" | "kloak+ph+rules" | "proxy" | "outside";
+export type VariantId = "baseline" | "kloak" | "kloak+ph" | "kloak+rules" | "kloak+ph+rules" | "proxy" | "outside" | "floor";
 export type WorkloadId = "request" | "bulk";
 
 export interface Variant {
@@ -29,6 +29,8 @@ export interface Variant {
   proxy?: boolean;
   /** the client runs outside any scope beside a kloak exec tree that has the same libssl attached (bench/outside.ts) */
   outside?: boolean;
+  /** the client alone, with empty BPF programs on kloak's probe sites of its libssl (bench/floor.ts) */
+  floor?: boolean;
   /** the workloads this variant runs (default: all) */
   workloads?: WorkloadId[];
   /** kloak exec takes its secrets from this file instead of --secret NAME (growth part) */
@@ -63,6 +65,8 @@ export const VARIANTS: Variant[] = [
     workloads: ["request"],
   },
   { id: "outside", label: "non-enabled process, same libssl (kloak attached beside it)", kloak: false, placeholder: false, outside: true },
+  // What any uprobe-based design pays at kloak's sites before its programs do anything.
+  { id: "floor", label: "probe floor: empty programs on kloak's probe sites, no kloak", kloak: false, placeholder: false, floor: true },
 ];
 export const variantsFor = (w: WorkloadId) => VARIANTS.filter((v) => !v.workloads || v.workloads.includes(w));
 /** host rule first (resolved-address path), then the address itself (CIDR path) */

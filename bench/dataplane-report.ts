@@ -9,6 +9,7 @@ import { dirname } from "node:path";
 import { headCommit } from "./agent.ts";
 import { TARGETS, variantsFor, WORKLOADS, type RunResult, type VariantId, type Workload, type WorkloadId } from "./dataplane-model.ts";
 import { OUTSIDE_UNPROBED } from "./outside.ts";
+import { FLOOR_PROBED } from "./floor.ts";
 import type { foreignKloaks } from "./procfs.ts";
 import { fmtMiB, fmtSigned, fmtSignedUs, fmtUs, Markdown, pct } from "./report.ts";
 import { maxOf, median, perOpUs, sum } from "./stats.ts";
@@ -148,6 +149,7 @@ function derive(runs: RunResult[], summaries: Summary[], w: WorkloadId) {
   const pr = S(w, "kloak+ph+rules");
   const px = summaries.find((s) => s.workload === w && s.variant === "proxy"); // request loop only
   const out = S(w, "outside");
+  const fl = S(w, "floor");
   const rate = (s: Summary) => (w === "request" ? s.ops_per_s : s.mib_per_s);
   /** v's throughput over ref's, rep by rep (the two ran minutes apart at most) */
   const pairs = (v: VariantId, ref: VariantId = "baseline") =>
@@ -168,6 +170,10 @@ function derive(runs: RunResult[], summaries: Summary[], w: WorkloadId) {
     /** a process outside every scope, the same libssl attached by a kloak exec tree beside it */
     ratio_outside: rate(out) / rate(b),
     per_rep_ratio_outside: pairs("outside"),
+    /** empty programs on kloak's probe sites: what the uprobe mechanism alone costs */
+    ratio_floor: rate(fl) / rate(b),
+    per_rep_ratio_floor: pairs("floor"),
+    added_mean_per_write_floor_from_throughput_ns: 1e9 / fl.ops_per_s - 1e9 / b.ops_per_s,
     per_rep_ratio_no_placeholder: pairs("kloak"),
     per_rep_ratio_placeholder: pairs("kloak+ph"),
     ratio_no_placeholder: rate(k) / rate(b),
@@ -347,6 +353,10 @@ function machineSection(L: Markdown["line"], a: Analysis): void {
       `(its process made one TLS request, substituted, before the client started, and stays connected) |`,
   );
   L(
+    `| probe floor (variant "floor") | the baseline client, not under kloak, with a two-instruction BPF program (\`r0 = 0; exit\`) on every site where kloak probes its libssl ` +
+      `(same sites, entry and return as kloak probes them, one pid-filtered multi-uprobe link each): the uprobe mechanism's own cost (bench/floor.ts) |`,
+  );
+  L(
     `| CPU placement | ${method.pin ? `server (bench process) pinned to CPU ${method.serverCpu}, client to CPU ${method.clientCpu}, kloak agent unpinned (CPUs ${method.allCpus})` : "unpinned"} |`,
   );
   L(
@@ -424,6 +434,18 @@ function workloadSection(L: Markdown["line"], a: Analysis, w: Workload): void {
     `- non-enabled process, same libssl (a kloak exec tree attached beside it): ${pct(d.ratio_outside)} of baseline ` +
       `(same-rep ${d.per_rep_ratio_outside.map(pct).join(", ")})` +
       (unprobed ? `; probes per process: ${unprobed.detail}${unprobed.ok ? "" : " (FAILED)"}` : ""),
+  );
+  const floorCheck = runs.find((r) => r.workload === w.id && r.variant === "floor")?.checks.find((c) => c.name === FLOOR_PROBED);
+  const target = w.id === "request" ? TARGETS.noPh1k : TARGETS.noPh16k;
+  const baseNs = 1e9 / S(w.id, "baseline").ops_per_s;
+  // the most a write may cost above the baseline and still meet the target
+  const budgetNs = baseNs / target - baseNs;
+  L(
+    `- probe floor (empty programs on kloak's probe sites, no kloak): ${pct(d.ratio_floor)} of baseline ` +
+      `(same-rep ${d.per_rep_ratio_floor.map(pct).join(", ")}): the uprobe mechanism alone ${fmtSignedUs(d.added_mean_per_write_floor_from_throughput_ns)} per write (mean, from throughput); ` +
+      `kloak without placeholders ${fmtSignedUs(d.added_mean_per_write_no_placeholder_from_throughput_ns - d.added_mean_per_write_floor_from_throughput_ns)} above it. ` +
+      `The ${pct(target)} target allows ${fmtSignedUs(budgetNs)} per write in all, ${fmtSignedUs(budgetNs - d.added_mean_per_write_floor_from_throughput_ns)} above the floor` +
+      (floorCheck ? `; ${floorCheck.detail}${floorCheck.ok ? "" : " (FAILED)"}` : ""),
   );
   const last = runs.filter((r) => r.workload === w.id && r.variant === "kloak+ph").at(-1);
   if (last?.kloak) {

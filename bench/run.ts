@@ -90,6 +90,7 @@ import { summarizeAgent, writeAgentReport } from "./agent-report.ts";
 import { resolvePython } from "./python.ts";
 import { nginxBinary, startEgressProxy, type EgressProxy } from "./nginx.ts";
 import { LIBSSL, mappedLibssl, OUTSIDE_UNPROBED, startScopedHolder, type ScopedHolder } from "./outside.ts";
+import { attachEmptyProbes, FLOOR_PROBED, type EmptyProbes } from "./floor.ts";
 import { textChanges } from "../lib/proc.ts";
 import { fmtMiB, fmtUs, keepSectionJson, keepSections } from "./report.ts";
 import { analyse, dataplaneJson, dataplaneMarkdown, type Analysis, type Measured } from "./dataplane-report.ts";
@@ -359,7 +360,7 @@ function windowEnd(pid: number, v: Variant, peers: Peers, bpfStats: boolean | un
   const proxyHwm = proxy ? (memStatus(proxy.pid)?.hwm ?? 0) : 0;
   // taskset execs the client, so pid is the Python that used libssl
   const clientLibssl = holder ? mappedLibssl(pid) : null;
-  const clientText = holder ? textChanges(pid, LIBSSL) : null;
+  const clientText = holder || v.floor ? textChanges(pid, LIBSSL) : null;
   const holderText = holder ? textChanges(holder.pid, LIBSSL) : null;
   const holderAlive = holder ? memStatus(holder.pid) !== null : false;
   const cpu = cpuSeconds(pid);
@@ -479,7 +480,14 @@ function checkRun(
   w: Workload,
   v: Variant,
   peers: Peers,
-  o: { server: ServerStats; result: ClientResult; kloak: KloakInfo | undefined; end: WindowEnd | undefined; holderEnd: Awaited<ReturnType<Peers["stop"]>> },
+  o: {
+    server: ServerStats;
+    result: ClientResult;
+    kloak: KloakInfo | undefined;
+    end: WindowEnd | undefined;
+    holderEnd: Awaited<ReturnType<Peers["stop"]>>;
+    floor: EmptyProbes | undefined;
+  },
 ): void {
   const { proxy, holder } = peers;
   const { server, result, kloak, holderEnd } = o;
@@ -508,6 +516,15 @@ function checkRun(
   } else {
     check("real value absent", server.valueHits === 0, `${server.valueHits} occurrence(s)`);
     if (kloak) check("no substitution", kloak.substitutions === 0, `${kloak.substitutions} substitution(s)`);
+  }
+  if (o.floor) {
+    // Every entry site is an int3 in the client's libssl (returns are probed through the stack, not the text).
+    const ct = o.end?.clientText ?? null;
+    check(
+      FLOOR_PROBED,
+      ct !== null && ct.int3 === o.floor.entries && ct.differ === ct.int3,
+      `${o.floor.entries} entry and ${o.floor.returns} return site(s) on ${o.floor.path}; client: ${ct ? `${ct.int3} int3 byte(s), ${ct.differ} of ${ct.length} differ from the file` : "no libssl text"}`,
+    );
   }
   if (holder) {
     const holderAlive = o.end?.holderAlive ?? false;
@@ -597,9 +614,23 @@ async function runOne(
     await peers.stop();
     throw e;
   }
+  // taskset execs the client in place: its pid is the Python's. The probes are on the file,
+  // filtered to that pid, before the Python maps libssl (kloak attaches the same way).
+  let floor: EmptyProbes | undefined;
+  if (v.floor) {
+    try {
+      floor = attachEmptyProbes(proc.pid);
+    } catch (e) {
+      proc.kill("SIGKILL");
+      await proc.exited;
+      await peers.stop();
+      throw new Error(`${w.id}/${v.id} rep ${rep + 1}: ${(e as Error).message}`);
+    }
+  }
   // Handshakes come before the first line: allow for them (tens of seconds at 10,000 connections under kloak).
   const limit = (WARMUP + duration) * 1000 + 30_000 + (w.connections ?? 1) * 20;
   const { stderr, code, failure, result, start, end, rssPolledMax } = await observeClient(proc, v, peers, limit, opts.bpfStats);
+  floor?.detach();
   const server = ctx.server.snapshot();
   const proxyLog = proxy?.errorLog() ?? "";
   const holderEnd = await peers.stop();
@@ -609,7 +640,7 @@ async function runOne(
   if (code !== 0) throw new Error(`${w.id}/${v.id} rep ${rep + 1}: exit status ${code}\n${stderr}${peerOutput}`);
 
   const kloak = v.kloak ? kloakInfoOf(proc.pid, stderr, start, end, rssPolledMax) : undefined;
-  checkRun(checks, w, v, peers, { server, result, kloak, end, holderEnd });
+  checkRun(checks, w, v, peers, { server, result, kloak, end, holderEnd, floor });
   const proxyCpu0 = start.proxyCpu;
   const proxyCpu1 = end?.proxyCpu ?? null;
   const proxyInfo = proxy
