@@ -22,6 +22,7 @@ import type { RewriteMode } from "../../src/dataplane/kernel-support.ts";
 import { NodeFacts, parseKernelVersion } from "../../src/dataplane/kernel-support.ts";
 import { DEFAULT_SCAN_CAP, MAX_SCAN_CAP } from "../../src/dataplane/scan-cap.ts";
 import { startBenchServer } from "../../bench/server.ts";
+import { startEgressProxy } from "../../bench/nginx.ts";
 import { testCerts } from "../support/certs.ts";
 import { buildHttpRequest, curlArgs, parseClientOutput, pythonClientArgs, pythonPath } from "../support/clients.ts";
 import { fakeSecret, occurrences, placeholderCount, ROOT, runKloak } from "../support/kloak.ts";
@@ -40,8 +41,8 @@ export interface CellResult {
   checks: CellCheck[];
   /** mode -> scan cap -> programs */
   budget: Partial<Record<RewriteMode, Record<string, ProgramBudget[]>>>;
-  /** mean time per request, relative to the run without kloak (same cell, same VM) */
-  perf?: { baseline: number; stop: number; kernel: number; writes: number };
+  /** mean time per request, relative to the run without kloak (same cell, same VM); proxy: the egress proxy (bench/nginx.ts) instead of kloak */
+  perf?: { baseline: number; stop: number; kernel: number; proxy: number; writes: number };
   seconds: Record<string, number>;
 }
 
@@ -261,11 +262,11 @@ async function perfSuite(): Promise<void> {
     recordSize: 1024,
   });
   try {
-    const client = (placeholderEnv: boolean) => [
+    const client = (placeholderEnv: boolean, port = server.httpPort) => [
       pythonPath(),
       join(ROOT, "bench/client.py"),
       "--port",
-      String(server.httpPort),
+      String(port),
       "--cafile",
       certs.caFile,
       "--workload",
@@ -282,24 +283,34 @@ async function perfSuite(): Promise<void> {
     ];
     const metricsDir = mkdtempSync(join(tmpdir(), "kloak-cell-perf-"));
     let runs = 0;
-    const run = async (mode: RewriteMode | null) => {
+    const alone = async (argv: string[]) => {
+      const p = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe" });
+      const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+      return { code, stdout, stderr };
+    };
+    /** null: the client alone; "proxy": the client alone through an nginx that adds the value (the alternative to kloak) */
+    const run = async (mode: RewriteMode | "proxy" | null) => {
       server.reset();
       const metrics = join(metricsDir, `${++runs}.prom`);
-      const r = mode
-        ? await runKloak(["exec", "--quiet", "--rewrite-mode", mode, "--secret", `API_KEY=${secret}`, "--metrics-file", metrics, "--", ...client(true)], {
-            timeoutMs: 300_000,
-          })
-        : await (async () => {
-            const p = Bun.spawn(client(false), { stdout: "pipe", stderr: "pipe" });
-            const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-            return { code, stdout, stderr };
-          })();
+      let r: { code: number; stdout: string; stderr: string };
+      if (mode === "proxy") {
+        const proxy = await startEgressProxy({ upstreamPort: server.httpPort, certFile: certs.certFile, keyFile: certs.keyFile, caFile: certs.caFile, value: secret });
+        try {
+          r = await alone(client(false, proxy.port));
+        } finally {
+          await proxy.stop();
+        }
+      } else if (mode)
+        r = await runKloak(["exec", "--quiet", "--rewrite-mode", mode, "--secret", `API_KEY=${secret}`, "--metrics-file", metrics, "--", ...client(true)], {
+          timeoutMs: 300_000,
+        });
+      else r = await alone(client(false));
       const line = r.stdout.trim().split("\n").at(-1) ?? "{}";
       const res = JSON.parse(line) as { writes_total?: number; latency?: { mean_ns?: number } };
       const stats = server.snapshot();
       // warm-up writes carry the placeholder too: compare against every write
       // Why a write went out with the placeholder, should one have: the refusals kloak counted.
-      const prom = mode && existsSync(metrics) ? readFileSync(metrics, "utf8") : "";
+      const prom = mode && mode !== "proxy" && existsSync(metrics) ? readFileSync(metrics, "utf8") : "";
       const why = notableCounts(prom);
       // The one refusal a correct run may show: the writer's memory map was locked by the kernel
       // (e.g. khugepaged) when the buffer was to be checked, so kloak failed closed.
@@ -307,16 +318,20 @@ async function perfSuite(): Promise<void> {
       return { code: r.code, count: res.writes_total ?? 0, mean: res.latency?.mean_ns ?? 0, valueHits: stats.valueHits, markers: stats.markerHits, unchecked, why };
     };
     // Interleaved repetitions, median of each variant: the VM shares the host's two cores.
-    const reps: Record<"base" | "stop" | "kernel", Awaited<ReturnType<typeof run>>[]> = { base: [], stop: [], kernel: [] };
+    const reps: Record<"base" | "stop" | "kernel" | "proxy", Awaited<ReturnType<typeof run>>[]> = { base: [], stop: [], kernel: [], proxy: [] };
     for (let i = 0; i < PERF_REPS; i++) {
       reps.base.push(await run(null));
       reps.stop.push(await run("stop"));
       reps.kernel.push(await run("kernel"));
+      reps.proxy.push(await run("proxy"));
     }
-    const all = [...reps.base, ...reps.stop, ...reps.kernel];
+    const all = [...reps.base, ...reps.stop, ...reps.kernel, ...reps.proxy];
     const ok = all.every((x) => x.code === 0 && x.count > 0 && x.mean > 0);
-    // Every write carried the value, or the placeholder of a counted buffer_unchecked refusal.
-    const whole = [...reps.stop, ...reps.kernel].every((x) => x.valueHits + x.markers === x.count && x.markers <= x.unchecked);
+    // Every write carried the value, or the placeholder of a counted buffer_unchecked refusal;
+    // every proxied request carried the value the proxy added.
+    const whole =
+      [...reps.stop, ...reps.kernel].every((x) => x.valueHits + x.markers === x.count && x.markers <= x.unchecked) &&
+      reps.proxy.every((x) => x.valueHits === x.count && x.markers === 0);
     const writes = (xs: typeof all) => xs.reduce((a, x) => a + x.count, 0);
     const show = (xs: typeof all) =>
       xs
@@ -329,7 +344,7 @@ async function perfSuite(): Promise<void> {
     check(
       "perf runs substituted every write",
       ok && whole,
-      `${PERF_REPS} reps each: baseline ${writes(reps.base)} writes; writes with the value: stop ${show(reps.stop)}; kernel ${show(reps.kernel)}`,
+      `${PERF_REPS} reps each: baseline ${writes(reps.base)} writes; writes with the value: stop ${show(reps.stop)}; kernel ${show(reps.kernel)}; proxy ${show(reps.proxy)}`,
     );
     const median = (xs: typeof all) => xs.map((x) => x.mean).sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     if (ok) {
@@ -338,6 +353,7 @@ async function perfSuite(): Promise<void> {
         baseline: 1,
         stop: Math.round((median(reps.stop) / base) * 100) / 100,
         kernel: Math.round((median(reps.kernel) / base) * 100) / 100,
+        proxy: Math.round((median(reps.proxy) / base) * 100) / 100,
         writes: writes(reps.stop) + writes(reps.kernel),
       };
     }
