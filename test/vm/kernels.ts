@@ -108,7 +108,22 @@ function aptOptions(suite: string): string[] {
   ].flatMap(([k, v]) => ["-o", `${k}=${v}`]);
 }
 
-async function aptDownload(suite: string, pkgs: readonly string[], into: string): Promise<string[]> {
+/** The last apt run queued per suite: runs on one suite share its lists and archives folders. */
+const aptQueue = new Map<string, Promise<unknown>>();
+
+/**
+ * apt-get on one suite, one run at a time: the matrix prepares its kernels
+ * together, and two kernels of one suite (6.12 and 6.12-rt) updating the same
+ * lists folder at once (apt's locking is off: the folders are ours) broke
+ * each other's downloads ("Failed to stat .../lists/partial/...").
+ */
+function aptDownload(suite: string, pkgs: readonly string[], into: string): Promise<string[]> {
+  const run = (aptQueue.get(suite) ?? Promise.resolve()).catch(() => {}).then(() => aptDownloadNow(suite, pkgs, into));
+  aptQueue.set(suite, run);
+  return run;
+}
+
+async function aptDownloadNow(suite: string, pkgs: readonly string[], into: string): Promise<string[]> {
   const opts = aptOptions(suite);
   const lists = join(cacheDir(), "apt", suite, "lists");
   const fresh = readdirSync(lists).some(
