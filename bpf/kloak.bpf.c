@@ -54,6 +54,7 @@
 #include "gnutls.h"
 #include "golang.h"
 #include "libopen.h"
+#include "sysruns.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -497,7 +498,7 @@ static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, __u32 how)
  * holds the lock every tracepoint attach needs (a `kloak exec` started while
  * the previous one's detach runs waited ~100 ms). The syscall tracepoints
  * are a probe on this same raw tracepoint; the number test comes first, so
- * other syscalls cost one compare. Numbers: x86-64 (the object's target). */
+ * other syscalls cost a few compares. Numbers: x86-64 (the object's target). */
 #define NR_WRITE 1
 #define NR_OPEN 2
 #define NR_WRITEV 20
@@ -505,8 +506,13 @@ static __always_inline int on_send(__s64 fd, __u64 buf, __u64 len, __u32 how)
 #define NR_SENDMSG 46
 #define NR_OPENAT 257
 
-SEC("raw_tp/sys_enter")
-int BPF_PROG(kloak_sys_enter, struct pt_regs *regs, long nr)
+static __always_inline bool sys_watched(long nr)
+{
+	return nr == NR_WRITE || nr == NR_SENDTO || nr == NR_WRITEV || nr == NR_SENDMSG || nr == NR_OPENAT || nr == NR_OPEN;
+}
+
+/* The work of one watched syscall. */
+static __always_inline int on_sys_enter(struct pt_regs *regs, long nr)
 {
 	__u32 how;
 
@@ -529,6 +535,27 @@ int BPF_PROG(kloak_sys_enter, struct pt_regs *regs, long nr)
 		return 0;
 	}
 	return on_send(PT_REGS_PARM1_CORE(regs), PT_REGS_PARM2_CORE(regs), PT_REGS_PARM3_CORE(regs), how);
+}
+
+SEC("raw_tp/sys_enter")
+int BPF_PROG(kloak_sys_enter, struct pt_regs *regs, long nr)
+{
+	if (!sys_watched(nr))
+		return 0;
+	if (kloak_cfg.backup_syscalls)
+		sys_run_note();
+	return on_sys_enter(regs, nr);
+}
+
+/* Kernels 7.0+: the runs kloak_sys_enter was skipped for (bpf/sysruns.h).
+ * Attached after it, so it runs after it on each syscall. */
+SEC("raw_tp/sys_enter")
+int BPF_PROG(kloak_sys_enter_backup, struct pt_regs *regs, long nr)
+{
+	if (!sys_watched(nr) || !sys_run_skipped())
+		return 0;
+	count(KC_SYSCALL_RUNS_RECOVERED, 1);
+	return on_sys_enter(regs, nr);
 }
 
 /* ---- process lifecycle ------------------------------------------------------ */

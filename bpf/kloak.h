@@ -107,6 +107,7 @@ enum kloak_counter {
 	KC_LIB_OPEN_HELD,          /* opens of a TLS library held until kloak had its programs loaded */
 	KC_LIB_OPEN_UNHELD,        /* ... not held: another thread had a stop in flight */
 	KC_LIB_OPEN_UNREAD,        /* opens watched whose path was not resident: held while kloak read it */
+	KC_SYSCALL_RUNS_RECOVERED, /* watched syscalls kloak_sys_enter was skipped for, run by its backup */
 	KC__COUNT
 };
 
@@ -434,7 +435,7 @@ struct kloak_config {
 	__u32 mode;       /* enum kloak_mode */
 	__u32 scan_cap;   /* bytes of each write that are scanned */
 	__u32 violations; /* bit (1 << enum kloak_refusal) set: that refusal is a violation */
-	__u32 _pad;
+	__u32 backup_syscalls; /* 1: kloak_sys_enter_backup runs after kloak_sys_enter (bpf/sysruns.h) */
 };
 
 #endif /* KLOAK_H */

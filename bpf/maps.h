@@ -21,6 +21,7 @@ const volatile struct kloak_config kloak_cfg SEC(".rodata.config") = {
 	.mode = KLOAK_MODE_STOP,
 	.scan_cap = 65536,
 	.violations = 0,
+	.backup_syscalls = 0,
 };
 
 /* Refusals, SNI and process events. */

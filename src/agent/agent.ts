@@ -187,6 +187,7 @@ function startOps(cfg: AgentConfig, state: AgentState, registry: Registry): Retu
             worker: dp.mode === "stop" ? await dp.workerStats() : undefined,
             unhookable: dp.unhookable.counts(),
             syscallRunsSkipped: dp.syscallRunsSkipped(),
+            syscallBackupRunsSkipped: dp.syscallBackupRunsSkipped(),
           };
         return { contentType: registry.contentType, body: state.snapshot ? await registry.metrics() : "" };
       },
@@ -409,6 +410,7 @@ function registerMetrics(
         refusals: dp.refusalCounts(),
         unhookable: dp.unhookable.counts(),
         syscallRunsSkipped: dp.syscallRunsSkipped(),
+        syscallBackupRunsSkipped: dp.syscallBackupRunsSkipped(),
       },
     registry,
   );

@@ -483,6 +483,7 @@ async function summarize(dp: Dataplane, opts: ExecOptions, { refusals, unhookabl
       worker: stats,
       unhookable: dp.unhookable.counts(),
       syscallRunsSkipped: dp.syscallRunsSkipped(),
+      syscallBackupRunsSkipped: dp.syscallBackupRunsSkipped(),
     });
   if (failRun) say(`${refused} substitution(s) refused or failed closed: exit ${REFUSED_EXIT} (--fail-on-refusal)`);
   return kloakExit;

@@ -15,7 +15,7 @@ import type { DataSectionName, MapName, ProgramName } from "./abi.generated.ts";
 import { violationMask } from "./refusals.ts";
 import {
   NodeFacts,
-  opensWatchable,
+  syscallRunsSkippable,
   probeRewriteMode,
   requirementChecks,
   requirementFailure,
@@ -89,6 +89,13 @@ export function processTracepoints(mode: RewriteMode): readonly ProgramName[] {
  * (open, openat: bpf/libopen.h).
  */
 export const SYSCALL_PROGRAM: ProgramName = "kloak_sys_enter";
+/**
+ * Kernels whose syscall programs can be skipped (kernel-support.ts
+ * syscallRunsSkippable): a second program on sys_enter, attached after
+ * SYSCALL_PROGRAM, that does its work for the syscalls it was skipped for
+ * (bpf/sysruns.h).
+ */
+export const SYSCALL_BACKUP_PROGRAM: ProgramName = "kloak_sys_enter_backup";
 /** The send syscalls of SYSCALL_PROGRAM. */
 export const SEND_SYSCALLS = ["write", "writev", "sendto", "sendmsg"] as const;
 
@@ -132,6 +139,8 @@ export interface LoadedObject {
   budget: ProgramBudget[];
   /** the groups not loaded yet (onDemand): load each with loadGroup before attaching its programs */
   deferred: ProgramGroup[];
+  /** SYSCALL_BACKUP_PROGRAM is loaded: attach it after SYSCALL_PROGRAM */
+  backupSyscalls: boolean;
 }
 
 /** The object did not load. The message names the mode, the program and the verifier's last lines. */
@@ -167,10 +176,10 @@ const STATS_LINE = /^(processed \d+ insns|verification time|stack depth)/;
 export type ProgramGroup = "process" | "tls" | "go";
 export const PROGRAM_GROUPS: readonly ProgramGroup[] = ["process", "tls", "go"];
 
-function groupPrograms(group: ProgramGroup, mode: RewriteMode): readonly ProgramName[] {
+function groupPrograms(group: ProgramGroup, mode: RewriteMode, backupSyscalls: boolean): readonly ProgramName[] {
   switch (group) {
     case "process":
-      return [...processTracepoints(mode), SYSCALL_PROGRAM];
+      return [...processTracepoints(mode), SYSCALL_PROGRAM, ...(backupSyscalls ? [SYSCALL_BACKUP_PROGRAM] : [])];
     case "tls":
       return MODE_PROGRAMS[mode];
     case "go":
@@ -197,6 +206,7 @@ function loadPrograms(
   mode: RewriteMode,
   uprobes: UprobeKind,
   groups: readonly ProgramGroup[],
+  backupSyscalls: boolean,
   prepare: (obj: KloakObject) => void,
 ): { obj: KloakObject; budget: ProgramBudget[] } {
   let obj: KloakObject;
@@ -206,7 +216,7 @@ function loadPrograms(
     throw describeFailure(e, mode, []);
   }
   try {
-    const wanted = new Set<string>(groups.flatMap((g) => groupPrograms(g, mode)));
+    const wanted = new Set<string>(groups.flatMap((g) => groupPrograms(g, mode, backupSyscalls)));
     for (const p of obj.programs()) if (!wanted.has(p.name)) p.setAutoload(false);
     if (uprobes === "multi")
       for (const p of [...MODE_PROGRAMS[mode], GO_PROGRAMS[mode]]) if (wanted.has(p)) obj.program(p).setExpectedAttachType(BPF_TRACE_UPROBE_MULTI);
@@ -228,17 +238,19 @@ function loadPrograms(
 /**
  * Load in exactly this mode, without the node checks or the mode probe (the
  * VM matrix measures each mode's verifier budget with it). Creates every map;
- * loads the programs of `groups` (all by default). Throws ObjectLoadError
- * when the kernel refuses the object.
+ * loads the programs of `groups` (all by default), with the syscall backup
+ * when `o.backupSyscalls`. Throws ObjectLoadError when the kernel refuses the
+ * object.
  */
 export function loadInMode(
   bytes: Uint8Array,
   mode: RewriteMode,
-  o: { scanCap: number; reuseMaps?: ReadonlyMap<string, number> },
+  o: { scanCap: number; reuseMaps?: ReadonlyMap<string, number>; backupSyscalls?: boolean },
   uprobes: UprobeKind,
   groups: readonly ProgramGroup[] = PROGRAM_GROUPS,
 ): { obj: KloakObject; budget: ProgramBudget[] } {
-  return loadPrograms(bytes, mode, uprobes, groups, (obj) => {
+  const backup = o.backupSyscalls === true;
+  return loadPrograms(bytes, mode, uprobes, groups, backup, (obj) => {
     // A predecessor's maps (handover): their entries are the state this load takes over.
     // Named by a predecessor of the same object (handoverIdentity), not known statically.
     const byName: BpfObject = obj;
@@ -248,6 +260,7 @@ export function loadInMode(
     cfg.setUint32(LAYOUT.kloak_config.fields.mode, mode === "kernel" ? Mode.KERNEL : Mode.STOP, true);
     cfg.setUint32(LAYOUT.kloak_config.fields.scan_cap, o.scanCap, true);
     cfg.setUint32(LAYOUT.kloak_config.fields.violations, violationMask(), true);
+    cfg.setUint32(LAYOUT.kloak_config.fields.backup_syscalls, backup ? 1 : 0, true);
     // Real values live in the kernel only in kernel mode.
     if (mode === "stop") obj.map("kloak_values").setMaxEntries(1);
   });
@@ -266,7 +279,7 @@ export function loadGroup(
   uprobes: UprobeKind,
   group: ProgramGroup,
 ): { obj: KloakObject; budget: ProgramBudget[] } {
-  return loadPrograms(bytes, mode, uprobes, [group], (obj) => {
+  return loadPrograms(bytes, mode, uprobes, [group], false, (obj) => {
     for (const m of obj.maps()) m.reuseFd(base.map(m.name).fd);
   });
 }
@@ -317,28 +330,32 @@ export function loadObject(bytes: Uint8Array, o: LoadOptions): LoadedObject {
     );
   const mode = o.mode === "auto" ? probe.mode : o.mode;
   const reason = o.mode === "auto" ? probe.reason : "forced by --rewrite-mode";
-  // The TLS programs wait for a process to open a TLS library only where every open is seen.
-  let watchable: boolean;
+  // The TLS programs wait for a process to open a TLS library only where every open is seen;
+  // where syscall programs can be skipped, a backup runs after the syscall program.
+  let skippable: boolean;
   try {
-    watchable = opensWatchable(facts.kernel());
+    skippable = syscallRunsSkippable(facts.kernel());
   } catch {
-    watchable = false;
+    skippable = true;
   }
+  const watchable = !skippable;
+  const lo = { ...o, backupSyscalls: skippable };
   const deferredIn = (m: RewriteMode): ProgramGroup[] => (!o.onDemand ? [] : m === "stop" && watchable ? ["tls", "go"] : ["go"]);
   const now = (m: RewriteMode) => PROGRAM_GROUPS.filter((g) => !deferredIn(m).includes(g));
   try {
-    return { ...loadInMode(bytes, mode, o, uprobes, now(mode)), mode, reason, uprobes, deferred: deferredIn(mode) };
+    return { ...loadInMode(bytes, mode, lo, uprobes, now(mode)), mode, reason, uprobes, deferred: deferredIn(mode), backupSyscalls: skippable };
   } catch (e) {
     if (!(o.mode === "auto" && mode === "kernel" && e instanceof ObjectLoadError)) throw e;
     const verdict = e.tail.filter((l) => !STATS_LINE.test(l)).at(-1) ?? "rejected";
     const why = `kernel mode failed its trial load (${e.program ?? "object"}: ${verdict})`;
     try {
       return {
-        ...loadInMode(bytes, "stop", o, uprobes, now("stop")),
+        ...loadInMode(bytes, "stop", lo, uprobes, now("stop")),
         mode: "stop",
         reason: `${why}; stop mode instead`,
         uprobes,
         deferred: deferredIn("stop"),
+        backupSyscalls: skippable,
       };
     } catch (e2) {
       if (e2 instanceof ObjectLoadError)

@@ -51,13 +51,14 @@ import {
   MODE_PROGRAMS,
   objectBytes,
   processTracepoints,
+  SYSCALL_BACKUP_PROGRAM,
   SYSCALL_PROGRAM,
   type KloakObject,
   type LoadedObject,
   type ProgramGroup,
   type UprobeKind,
 } from "./bpf-object.ts";
-import type { RewriteMode } from "./kernel-support.ts";
+import type { NodeFacts, RewriteMode } from "./kernel-support.ts";
 import { MAPS, type ProgramName } from "./abi.generated.ts";
 import { noWorkerStats, type FromWorker, type ToWorker, type WorkerStats } from "./ring-protocol.ts";
 import type { HoldMethod } from "./holds.ts";
@@ -87,6 +88,8 @@ export interface DataplaneOptions {
    * `kloak exec` starts its command sooner; a tree without them never waits.
    */
   programsOnDemand?: boolean;
+  /** what the node is (default: this one's; tests say another kernel to load what it would) */
+  facts?: NodeFacts;
 }
 
 export interface ScopeSettings {
@@ -211,6 +214,8 @@ export class Dataplane {
   private readonly groupFailures = new Map<ProgramGroup, Error>();
   private readonly deferred: ReadonlySet<ProgramGroup>;
   private readonly obj: KloakObject;
+  /** SYSCALL_BACKUP_PROGRAM is loaded (bpf-object.ts) */
+  private readonly backupSyscalls: boolean;
 
   private constructor(
     loaded: LoadedObject,
@@ -220,6 +225,7 @@ export class Dataplane {
     const { obj, mode, reason, uprobes } = loaded;
     this.obj = obj;
     this.deferred = new Set(loaded.deferred);
+    this.backupSyscalls = loaded.backupSyscalls;
     this.mode = mode;
     this.modeReason = reason;
     this.uprobes = uprobes;
@@ -318,6 +324,7 @@ export class Dataplane {
       scanCap: opts.scanCap,
       uprobes: opts.uprobes,
       onDemand: opts.programsOnDemand,
+      facts: opts.facts,
     });
     const { obj } = loaded;
     let dp: Dataplane | undefined;
@@ -330,6 +337,8 @@ export class Dataplane {
       let syscalls = true;
       try {
         dp.tracepoints.push(obj.program(SYSCALL_PROGRAM).attach());
+        // After SYSCALL_PROGRAM: the kernel runs a tracepoint's programs in the order they were attached.
+        if (loaded.backupSyscalls) dp.tracepoints.push(obj.program(SYSCALL_BACKUP_PROGRAM).attach());
       } catch (e) {
         syscalls = false;
         opts.warn?.(
@@ -869,8 +878,22 @@ export class Dataplane {
    * runs there skip (README, Limits). 0n where it cannot be read.
    */
   syscallRunsSkipped(): bigint {
+    return this.recursionMisses(SYSCALL_PROGRAM);
+  }
+
+  /** The programs this data plane attached to tracepoints, in the order they run on a shared one. */
+  tracepointPrograms(): string[] {
+    return this.tracepoints.map((l) => l.description);
+  }
+
+  /** The same for its backup (kernels 7.0+, bpf/sysruns.h); 0n where it is not loaded. */
+  syscallBackupRunsSkipped(): bigint {
+    return this.backupSyscalls ? this.recursionMisses(SYSCALL_BACKUP_PROGRAM) : 0n;
+  }
+
+  private recursionMisses(program: ProgramName): bigint {
     try {
-      return progRecursionMisses(this.obj.program(SYSCALL_PROGRAM).fd);
+      return progRecursionMisses(this.obj.program(program).fd);
     } catch {
       return 0n;
     }

@@ -95,16 +95,20 @@ export const atLeast = (v: readonly [number, number], w: readonly [number, numbe
   v[0] > w[0] || (v[0] === w[0] && v[1] >= w[1]);
 
 /**
- * Whether the open watch (bpf/libopen.h) can see every open on this kernel.
- * From 7.0 (measured: 7.2 and 7.3 yes, 6.18 and 6.12 no) programs on syscall
- * tracepoints run preemptibly, and one preempted on a CPU makes every run of
- * the same program on that CPU skip until it resumes (the kernel's recursion
- * guard; `bpftool prog` counts recursion_misses): a 7.3 VM with one CPU
- * skipped ~1,000 runs in one test, among them a client's open of libssl,
- * which then ran unattached. Disabling preemption inside the program does not
- * help (the preemption point is the kernel's, before the program runs).
+ * Whether programs on syscall tracepoints can be skipped on this kernel.
+ * From 7.0 (measured: 7.2 and 7.3 yes, 6.18 and 6.12 no) they run
+ * preemptibly, and one preempted on a CPU makes every run of the same program
+ * on that CPU skip until it resumes (the kernel's recursion guard; `bpftool
+ * prog` counts recursion_misses): a 7.3 VM with one CPU skipped ~1,000 runs in
+ * one test, among them a client's open of libssl, which then ran unattached.
+ * Disabling preemption inside the program does not help (the preemption point
+ * is the kernel's, before the program runs). There kloak runs a backup of its
+ * syscall program (bpf/sysruns.h) and does not rely on seeing every open.
  */
-export const opensWatchable = (kernel: readonly [number, number]): boolean => !atLeast(kernel, [7, 0]);
+export const syscallRunsSkippable = (kernel: readonly [number, number]): boolean => atLeast(kernel, [7, 0]);
+
+/** Whether the open watch (bpf/libopen.h) can see every open on this kernel. */
+export const opensWatchable = (kernel: readonly [number, number]): boolean => !syscallRunsSkippable(kernel);
 
 export type LockdownLevel = "none" | "integrity" | "confidentiality";
 export interface Lockdown {

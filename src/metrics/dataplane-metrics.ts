@@ -19,6 +19,8 @@ export interface DataplaneSnapshot {
   unhookable?: Record<string, number>;
   /** runs of the send program the kernel skipped (Dataplane.syscallRunsSkipped) */
   syscallRunsSkipped?: bigint;
+  /** runs of its backup the kernel skipped (Dataplane.syscallBackupRunsSkipped) */
+  syscallBackupRunsSkipped?: bigint;
 }
 
 type Value = (s: DataplaneSnapshot) => bigint | number;
@@ -36,9 +38,20 @@ const TOTALS: readonly [name: string, help: string, value: Value][] = [
   ["kloak_bytes_scanned_total", "bytes of TLS writes scanned for placeholders", (s) => s.counters.bytes_scanned],
   [
     "kloak_syscall_runs_skipped_total",
-    "runs of kloak's send program (sys_enter) the kernel skipped, the program being preempted on that CPU (kernels 7.0+): " +
-      "a send missed can leave a connection unbound (its placeholders refused)",
+    "runs of kloak's send program (sys_enter) the kernel skipped, the program being preempted on that CPU (kernels 7.0+), " +
+      "for any syscall: its backup runs the watched ones (kloak_syscall_runs_recovered_total)",
     (s) => s.syscallRunsSkipped ?? 0,
+  ],
+  [
+    "kloak_syscall_runs_recovered_total",
+    "watched syscalls (writes, sends, opens) the send program was skipped for, run by its backup (kernels 7.0+)",
+    (s) => s.counters.syscall_runs_recovered,
+  ],
+  [
+    "kloak_syscall_backup_runs_skipped_total",
+    "runs of the send program's backup the kernel skipped (kernels 7.0+): a watched syscall both were skipped for is missed, " +
+      "and a send missed can leave a connection unbound (its placeholders refused)",
+    (s) => s.syscallBackupRunsSkipped ?? 0,
   ],
   [
     "kloak_buffers_checked_by_worker_total",

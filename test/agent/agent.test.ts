@@ -318,6 +318,8 @@ describe("kloak agent end to end", () => {
       "kloak_substitutions_refused_total",
       "kloak_events_lost_total",
       "kloak_syscall_runs_skipped_total",
+      "kloak_syscall_runs_recovered_total",
+      "kloak_syscall_backup_runs_skipped_total",
       "kloak_attached_processes",
       "kloak_uprobe_links",
       "kloak_uprobe_attach_errors_total",

@@ -7,9 +7,19 @@
  * client under `kloak exec`, substituted) is test/runtime/go.test.ts.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { GO_PROGRAMS, loadGroup, loadInMode, loadObject, MODE_PROGRAMS, objectBytes } from "../../src/dataplane/bpf-object.ts";
+import {
+  GO_PROGRAMS,
+  loadGroup,
+  loadInMode,
+  loadObject,
+  MODE_PROGRAMS,
+  objectBytes,
+  SYSCALL_BACKUP_PROGRAM,
+  SYSCALL_PROGRAM,
+} from "../../src/dataplane/bpf-object.ts";
+import { LAYOUT } from "../../src/dataplane/abi.ts";
 import { progRecursionMisses, type BpfObject } from "../../lib/libbpf.ts";
-import { NodeFacts, opensWatchable } from "../../src/dataplane/kernel-support.ts";
+import { NodeFacts, opensWatchable, syscallRunsSkippable } from "../../src/dataplane/kernel-support.ts";
 
 const opened: BpfObject[] = [];
 afterEach(() => {
@@ -20,6 +30,12 @@ const keep = <T extends { obj: BpfObject }>(r: T): T => {
   return r;
 };
 const u32 = (n: number) => new Uint8Array(new Uint32Array([n]).buffer);
+/** kloak_cfg.backup_syscalls as loaded (the frozen .rodata.config map). */
+const configFlag = (obj: BpfObject): number => {
+  const value = new Uint8Array(LAYOUT.kloak_config.size);
+  if (!obj.map(".rodata.config").lookup(u32(0), value)) throw new Error(".rodata.config has no entry 0");
+  return new DataView(value.buffer).getUint32(LAYOUT.kloak_config.fields.backup_syscalls, true);
+};
 
 describe("program groups", () => {
   /** This node's facts, but told the kernel is `kernel` (the open watch depends on it: kernel-support.ts opensWatchable). */
@@ -47,6 +63,20 @@ describe("program groups", () => {
     expect(loaded.budget.map((b) => b.program)).toEqual(expect.arrayContaining([...MODE_PROGRAMS.stop]));
     expect(opensWatchable([6, 18])).toBe(true);
     expect(opensWatchable([7, 0])).toBe(false);
+  });
+
+  test("the syscall program's backup (bpf/sysruns.h) loads, and its config flag is set, only where syscall runs can be skipped (7.0+)", async () => {
+    const bytes = await objectBytes();
+    const older = keep(loadObject(bytes, { mode: "stop", scanCap: 16384, onDemand: true, facts: factsOn([6, 18]) }));
+    expect(older.backupSyscalls).toBe(false);
+    expect(older.budget.map((b) => b.program)).not.toContain(SYSCALL_BACKUP_PROGRAM);
+    expect(configFlag(older.obj)).toBe(0);
+    const newer = keep(loadObject(bytes, { mode: "stop", scanCap: 16384, onDemand: true, facts: factsOn([7, 3]) }));
+    expect(newer.backupSyscalls).toBe(true);
+    expect(newer.budget.map((b) => b.program)).toEqual(expect.arrayContaining([SYSCALL_PROGRAM, SYSCALL_BACKUP_PROGRAM]));
+    expect(configFlag(newer.obj)).toBe(1);
+    expect(syscallRunsSkippable([6, 18])).toBe(false);
+    expect(syscallRunsSkippable([7, 0])).toBe(true);
   });
 
   test("the kernel's count of a program's skipped runs reads as a number: 0 for one never attached; a bad fd is a clear error", async () => {

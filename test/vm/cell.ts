@@ -19,7 +19,7 @@ import { parseArgs } from "node:util";
 import { uprobeMultiSupported } from "../../lib/uprobe.ts";
 import { loadInMode, objectBytes, type ProgramBudget } from "../../src/dataplane/bpf-object.ts";
 import type { RewriteMode } from "../../src/dataplane/kernel-support.ts";
-import { NodeFacts, parseKernelVersion } from "../../src/dataplane/kernel-support.ts";
+import { NodeFacts, parseKernelVersion, syscallRunsSkippable } from "../../src/dataplane/kernel-support.ts";
 import { DEFAULT_SCAN_CAP, MAX_SCAN_CAP } from "../../src/dataplane/scan-cap.ts";
 import { startBenchServer } from "../../bench/server.ts";
 import { startEgressProxy } from "../../bench/nginx.ts";
@@ -104,7 +104,9 @@ function budgets(): void {
   const modes: RewriteMode[] = expect === "kernel" ? ["kernel", "stop"] : ["stop"];
   for (const mode of modes) {
     for (const scanCap of [DEFAULT_SCAN_CAP, MAX_SCAN_CAP]) {
-      const { obj, budget } = loadInMode(bytes, mode, { scanCap }, uprobes);
+      // with the syscall backup where this kernel would load it (bpf-object.ts loadObject)
+      const backupSyscalls = syscallRunsSkippable(new NodeFacts().kernel());
+      const { obj, budget } = loadInMode(bytes, mode, { scanCap, backupSyscalls }, uprobes);
       obj.close();
       (result.budget[mode] ??= {})[String(scanCap)] = budget;
       const top = budget[0]!;
