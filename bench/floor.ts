@@ -11,17 +11,13 @@
  * target below this floor cannot be met by any uprobe-based design on the
  * machine.
  */
-import { ptr } from "bun:ffi";
-import { bpfSyscall, close, errno, SysError } from "../lib/libc.ts";
-import { attachUprobeMulti, BPF_TRACE_UPROBE_MULTI, uprobeMultiSupported } from "../lib/uprobe.ts";
+import { close, errno, SysError } from "../lib/libc.ts";
+import { attachUprobeMulti, loadEmptyUprobeMultiProgram, uprobeMultiSupported } from "../lib/uprobe.ts";
 import { TlsTargetFinder } from "../src/dataplane/tls-targets.ts";
 import { LIBSSL } from "./outside.ts";
 
 /** The floor variant's check that the client really carried the empty probes. */
 export const FLOOR_PROBED = "the client's libssl has an int3 on every entry site (the empty probes)";
-
-const BPF_PROG_LOAD = 5;
-const BPF_PROG_TYPE_KPROBE = 2;
 
 export interface EmptyProbes {
   /** the libssl file probed */
@@ -30,24 +26,6 @@ export interface EmptyProbes {
   entries: number;
   returns: number;
   detach(): void;
-}
-
-/** A program of two instructions (r0 = 0; exit) for multi-uprobe links. */
-function loadEmptyProgram(): number {
-  const insns = Buffer.alloc(16);
-  insns.writeUInt8(0xb7, 0); // r0 = 0
-  insns.writeUInt8(0x95, 8); // exit
-  const license = Buffer.from("GPL\0");
-  // union bpf_attr (BPF_PROG_LOAD): prog_type@0 insn_cnt@4 insns@8 license@16 expected_attach_type@68
-  const pa = Buffer.alloc(128);
-  pa.writeUInt32LE(BPF_PROG_TYPE_KPROBE, 0);
-  pa.writeUInt32LE(2, 4);
-  pa.writeBigUInt64LE(BigInt(ptr(insns)), 8);
-  pa.writeBigUInt64LE(BigInt(ptr(license)), 16);
-  pa.writeUInt32LE(BPF_TRACE_UPROBE_MULTI, 68);
-  const fd = bpfSyscall(BPF_PROG_LOAD, pa);
-  if (fd < 0) throw new SysError("BPF_PROG_LOAD(empty multi-uprobe program)", errno());
-  return fd;
 }
 
 /**
@@ -61,7 +39,8 @@ export function attachEmptyProbes(pid: number): EmptyProbes {
   if (!target) throw new Error(`floor variant: no libssl target for pid ${pid}`);
   const fns = target.functions;
   const rets = fns.filter((f) => f.ret);
-  const progFd = loadEmptyProgram();
+  const progFd = loadEmptyUprobeMultiProgram();
+  if (progFd < 0) throw new SysError("BPF_PROG_LOAD(empty multi-uprobe program)", errno());
   const fds: number[] = [];
   try {
     fds.push(attachUprobeMulti({ progFd, pid, path: target.path, offsets: fns.map((f) => f.offset), cookies: fns.map(() => 0n), retprobe: false }));

@@ -123,12 +123,10 @@ const EBADF = 9;
 let multiSupported: boolean | undefined;
 
 /**
- * Whether this kernel has multi-uprobe links: load a two-instruction program
- * for them and link it to "/" — a kernel that knows the link type rejects the
- * directory (EBADF), an older one the attach type (EINVAL).
+ * A program for multi-uprobe links that does nothing (`r0 = 0; exit`): its
+ * fd, or -1 with errno set when the kernel refuses it (no such links).
  */
-export function uprobeMultiSupported(): boolean {
-  if (multiSupported !== undefined) return multiSupported;
+export function loadEmptyUprobeMultiProgram(): number {
   const insns = Buffer.alloc(16);
   insns.writeUInt8(0xb7, 0); // r0 = 0
   insns.writeUInt8(0x95, 8); // exit
@@ -140,7 +138,17 @@ export function uprobeMultiSupported(): boolean {
   pa.writeBigUInt64LE(BigInt(ptr(insns)), 8);
   pa.writeBigUInt64LE(BigInt(ptr(license)), 16);
   pa.writeUInt32LE(BPF_TRACE_UPROBE_MULTI, 68);
-  const progFd = bpfSyscall(BPF_PROG_LOAD, pa);
+  return bpfSyscall(BPF_PROG_LOAD, pa);
+}
+
+/**
+ * Whether this kernel has multi-uprobe links: load a two-instruction program
+ * for them and link it to "/" — a kernel that knows the link type rejects the
+ * directory (EBADF), an older one the attach type (EINVAL).
+ */
+export function uprobeMultiSupported(): boolean {
+  if (multiSupported !== undefined) return multiSupported;
+  const progFd = loadEmptyUprobeMultiProgram();
   if (progFd < 0) return (multiSupported = false);
   try {
     attachUprobeMulti({ progFd, pid: 0, path: "/", offsets: [0], cookies: [0n], retprobe: false });
