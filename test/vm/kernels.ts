@@ -129,14 +129,21 @@ async function aptDownloadNow(suite: string, pkgs: readonly string[], into: stri
   const fresh = readdirSync(lists).some(
     (f) => f.includes("_Packages") && Date.now() - statSync(join(lists, f)).mtimeMs < LISTS_MAX_AGE_MS,
   );
-  if (!fresh) {
-    const update = await $`apt-get ${opts} update -qq --error-on=any`.nothrow().quiet();
-    if (update.exitCode !== 0)
-      throw new Error(`apt-get update for ${suite} failed (is ${mirror()} reachable?):\n${update.stderr.toString().trim()}`);
-  }
+  const update = async () => {
+    const u = await $`apt-get ${opts} update -qq --error-on=any`.nothrow().quiet();
+    if (u.exitCode !== 0) throw new Error(`apt-get update for ${suite} failed (is ${mirror()} reachable?):\n${u.stderr.toString().trim()}`);
+  };
+  if (!fresh) await update();
   rmSync(into, { recursive: true, force: true });
   mkdirSync(into, { recursive: true });
-  const dl = await $`apt-get ${opts} download -qq ${pkgs}`.cwd(into).nothrow().quiet();
+  const download = () => $`apt-get ${opts} download -qq ${pkgs}`.cwd(into).nothrow().quiet();
+  let dl = await download();
+  if (dl.exitCode !== 0 && fresh) {
+    // Lists recent enough to keep can still be unusable (an update cut short left packages
+    // apt cannot authenticate): fetch them again, once.
+    await update();
+    dl = await download();
+  }
   if (dl.exitCode !== 0)
     throw new Error(`cannot download ${pkgs.join(", ")} from ${suite}:\n${dl.stderr.toString().trim()}`);
   return pkgs.map((pkg) => {
