@@ -182,6 +182,7 @@ function startOps(cfg: AgentConfig, state: AgentState, registry: Registry): Retu
         const dp = state.dp;
         if (dp)
           state.snapshot = {
+            mode: dp.mode,
             counters: dp.counters(),
             refusals: dp.refusalCounts(),
             worker: dp.mode === "stop" ? await dp.workerStats() : undefined,
@@ -406,6 +407,7 @@ function registerMetrics(
   dataplaneMetrics(
     () =>
       state.snapshot ?? {
+        mode: dp.mode,
         counters: dp.counters(),
         refusals: dp.refusalCounts(),
         unhookable: dp.unhookable.counts(),

@@ -27,7 +27,7 @@ import { startProtection, type Protection } from "../lifecycle/protection.ts";
 import { dnsLookup } from "../policy/resolver.ts";
 import { formatRule, MAX_RULES, parseRuleList, RuleError, type Rule } from "../policy/rules.ts";
 import { RefusalLog } from "./refusals.ts";
-import type { DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
+import { substitutionsDone, type DataplaneSnapshot } from "../metrics/dataplane-metrics.ts";
 
 /** kloak exec's exit code under --fail-on-refusal when CMD exited 0 but a placeholder went out. */
 export const REFUSED_EXIT = 3;
@@ -439,10 +439,7 @@ async function summarize(dp: Dataplane, opts: ExecOptions, { refusals, unhookabl
   const stats = await dp.workerStats();
   const counters = dp.counters();
   const refusalCounts = dp.refusalCounts();
-  // A write the library returned as not done (node retries SSL_write while the handshake
-  // runs; a full socket) is retried with the same bytes: one placeholder, one substitution.
-  const notTaken = Number(counters.subst_not_taken ?? 0n);
-  const substituted = Math.max(0, (dp.mode === "stop" ? stats.patched : Number(counters.substituted)) - notTaken);
+  const substituted = Number(substitutionsDone({ mode: dp.mode, counters, worker: stats }));
   const failedClosed = stats.notStopped + stats.patchFailed + stats.bufferRefused;
   // Markers past the first MAX_CANDIDATES of a write were never examined: placeholders among them went out.
   const unexamined = Number(counters.candidates_dropped ?? 0n);
@@ -478,6 +475,7 @@ async function summarize(dp: Dataplane, opts: ExecOptions, { refusals, unhookabl
   }
   if (opts.metricsFile)
     await writeMetrics(opts.metricsFile, {
+      mode: dp.mode,
       counters,
       refusals: refusalCounts,
       worker: stats,

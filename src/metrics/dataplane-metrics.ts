@@ -8,8 +8,11 @@ import { MAX_CANDIDATES, type CounterName } from "../dataplane/abi.ts";
 import { REFUSALS } from "../dataplane/refusals.ts";
 import { UNHOOKABLE_REASONS } from "../dataplane/unhookable.ts";
 import type { WorkerStats } from "../dataplane/ring-protocol.ts";
+import type { RewriteMode } from "../dataplane/kernel-support.ts";
 
 export interface DataplaneSnapshot {
+  /** the rewrite mode: who substitutes (the kernel, or the stop-mode worker) */
+  mode: RewriteMode;
   counters: Record<CounterName, bigint>;
   /** kernel refusals by reason (refusals.ts) */
   refusals: Record<string, bigint>;
@@ -24,6 +27,19 @@ export interface DataplaneSnapshot {
 }
 
 type Value = (s: DataplaneSnapshot) => bigint | number;
+
+/**
+ * Placeholders replaced by their value: the kernel's count in kernel mode, the
+ * worker's in stop mode (the kernel counts stop mode's requests, not what the
+ * worker did), less those of writes the library returned as not done (the
+ * app retries the same bytes: one placeholder, one substitution). The one
+ * count of substitutions: metrics and `kloak exec`'s summary.
+ */
+export function substitutionsDone(s: Pick<DataplaneSnapshot, "mode" | "counters" | "worker">): bigint {
+  const done = s.mode === "stop" ? BigInt(s.worker?.patched ?? 0) : s.counters.substituted;
+  const n = done - s.counters.subst_not_taken;
+  return n > 0n ? n : 0n;
+}
 type Counts = (s: DataplaneSnapshot) => [reason: string, n: number][];
 
 /** Counters read from the snapshot at collection time: name, help, value. */
@@ -64,7 +80,7 @@ const TOTALS: readonly [name: string, help: string, value: Value][] = [
     `"kloak:" markers beyond the first ${MAX_CANDIDATES} of one write: never examined, left as they are (placeholders among them went out unreplaced)`,
     (s) => s.counters.candidates_dropped,
   ],
-  ["kloak_substitutions_total", "placeholders replaced by their real value", (s) => (s.worker ? s.worker.patched : s.counters.substituted)],
+  ["kloak_substitutions_total", "placeholders replaced by their real value", substitutionsDone],
   [
     "kloak_substitutions_not_taken_total",
     "substitutions in writes the TLS library returned as not done (SSL_write <= 0; the app retries the same bytes): not counted as substitutions",
