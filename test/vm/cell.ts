@@ -3,7 +3,7 @@
  * boots it) or natively for this host's own kernel. Writes result.json into
  * $KLOAK_JOB (or --out) and exits 0 only when every check passed.
  *
- *   bun test/vm/cell.ts --expect kernel|stop|refused [--perf] [--threads] [--security FILES]
+ *   bun test/vm/cell.ts --expect kernel|stop|refused [--perf] [--threads] [--security FILES] [--edges FILES]
  *
  * Work under software emulation is 15-40x slower than on the host, so a cell
  * runs few processes: one trial load per mode and scan cap, one `kloak
@@ -52,6 +52,7 @@ const { values: args } = parseArgs({
     perf: { type: "boolean", default: false },
     threads: { type: "boolean", default: false },
     security: { type: "string" },
+    edges: { type: "string" },
     out: { type: "string" },
   },
 });
@@ -365,12 +366,10 @@ async function perfSuite(): Promise<void> {
 }
 
 /**
- * Attacks from inside the tree (test/security/), on this kernel: they rest on
- * kernel facts (BIO probes, a socket's network namespace, the fd table's
- * references, the writer's memory map, kernel-mode restores) that differ by
- * version. A subset, chosen by the matrix: each test costs a kloak exec.
+ * Test files of this repository run on this kernel, under the cell's kloak
+ * (KLOAK_BIN), as one check named `what`: every test must pass.
  */
-async function securitySuite(files: string[]): Promise<void> {
+async function testFilesSuite(what: string, files: string[]): Promise<void> {
   const p = Bun.spawn([process.execPath, "test", "--timeout", "900000", ...files.map((f) => join(ROOT, f))], {
     cwd: ROOT,
     env: { ...process.env, KLOAK_BIN: KLOAK },
@@ -385,9 +384,9 @@ async function securitySuite(files: string[]): Promise<void> {
   // What failed, for the console: each error and the lines that say what was expected.
   // The diff of a toEqual is indented ("  {", "    \"code\": 0,"), so indented lines belong to it.
   for (const m of text.matchAll(/^error: .*(?:\n(?:[-+] .*|\s+.*|))*/gm))
-    console.log(`cell: attack error: ${m[0].split("\n").filter((l) => l.trim()).join(" | ")}`);
+    console.log(`cell: test error: ${m[0].split("\n").filter((l) => l.trim()).join(" | ")}`);
   check(
-    `attacks from inside the tree (${files.join(", ")})`,
+    `${what} (${files.join(", ")})`,
     code === 0 && pass > 0 && fail === 0,
     `${pass} passed, ${fail} failed${failed.length ? `: ${[...new Set(failed)].join("; ")}` : ""}`,
   );
@@ -417,7 +416,13 @@ if (expect === "refused") {
   const mode = await timed("doctor", doctor);
   await timed("exec", () => execSuite(mode ?? null));
   if (args.threads) await timed("threads", threadSuite);
-  if (args.security) await timed("security", () => securitySuite(args.security!.split(",")));
+  // Attacks from inside the tree (test/security/): they rest on kernel facts (BIO probes, a socket's
+  // network namespace, the fd table's references, the writer's memory map, kernel-mode restores) that
+  // differ by version. A subset, chosen by the matrix: each test costs a kloak exec.
+  if (args.security) await timed("security", () => testFilesSuite("attacks from inside the tree", args.security!.split(",")));
+  // Bad input at the write probe (0 and 1 byte, the scan cap +/- 1, a placeholder straddling it,
+  // 10,000 placeholders in one write): the same defined outcomes on every kernel.
+  if (args.edges) await timed("edges", () => testFilesSuite("writes at the edges", args.edges!.split(",")));
   if (args.perf) await timed("perf", perfSuite);
 }
 const out = args.out ?? process.env.KLOAK_JOB;

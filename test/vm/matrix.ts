@@ -40,6 +40,8 @@ interface Cell {
   threads?: boolean;
   /** test/security files run inside the cell */
   security?: string[];
+  /** bad-input test files run inside the cell */
+  edges?: string[];
   /** series label in the docs */
   series: string;
 }
@@ -47,17 +49,38 @@ interface Cell {
 /** The attacks whose outcome rests on kernel facts, run in the oldest and the newest kernel. */
 const KERNEL_ATTACKS = ["test/security/binding.test.ts", "test/security/left-behind.test.ts", "test/security/identity.test.ts"];
 
-const both = (kernel: string, security: { none?: boolean; integrity?: boolean } = {}): Cell[] => [
-  { id: `${kernel}/none`, kernel, series: kernel, lockdown: "none", expect: "kernel", perf: true, ...(security.none ? { security: KERNEL_ATTACKS } : {}) },
-  { id: `${kernel}/integrity`, kernel, series: kernel, lockdown: "integrity", expect: "stop", ...(security.integrity ? { security: KERNEL_ATTACKS } : {}) },
+/** Bad input at the write probe (issue 14): run in each mode on the oldest and the newest series. */
+const EDGES = ["test/dataplane/write-edges.test.ts"];
+
+type Extras = { none?: boolean; integrity?: boolean };
+const both = (kernel: string, security: Extras = {}, edges: Extras = {}): Cell[] => [
+  {
+    id: `${kernel}/none`,
+    kernel,
+    series: kernel,
+    lockdown: "none",
+    expect: "kernel",
+    perf: true,
+    ...(security.none ? { security: KERNEL_ATTACKS } : {}),
+    ...(edges.none ? { edges: EDGES } : {}),
+  },
+  {
+    id: `${kernel}/integrity`,
+    kernel,
+    series: kernel,
+    lockdown: "integrity",
+    expect: "stop",
+    ...(security.integrity ? { security: KERNEL_ATTACKS } : {}),
+    ...(edges.integrity ? { edges: EDGES } : {}),
+  },
 ];
 
 export const CELLS: readonly Cell[] = [
   { id: "6.18/host", kernel: "host", series: "6.18", lockdown: "integrity", expect: "stop", threads: true },
-  ...both("6.1", { none: true }),
+  ...both("6.1", { none: true }, { none: true, integrity: true }),
   ...both("6.12"),
   ...both("7.2"),
-  ...both("7.3", { integrity: true }),
+  ...both("7.3", { integrity: true }, { none: true, integrity: true }),
   { id: "6.12-rt/integrity", kernel: "6.12-rt", series: "6.12-rt", lockdown: "integrity", expect: "stop", threads: true },
   { id: "7.3/confidentiality", kernel: "7.3", series: "7.3", lockdown: "confidentiality", expect: "refused" },
   { id: "5.10/none", kernel: "5.10", series: "5.10", lockdown: "none", expect: "refused" },
@@ -83,6 +106,7 @@ function cellArgs(c: Cell): string[] {
     ...(c.perf ? ["--perf"] : []),
     ...(c.threads ? ["--threads"] : []),
     ...(c.security ? ["--security", c.security.join(",")] : []),
+    ...(c.edges ? ["--edges", c.edges.join(",")] : []),
   ];
 }
 
