@@ -338,9 +338,8 @@ export function loadObject(bytes: Uint8Array, o: LoadOptions): LoadedObject {
   } catch {
     skippable = true;
   }
-  const watchable = !skippable;
   const lo = { ...o, backupSyscalls: skippable };
-  const deferredIn = (m: RewriteMode): ProgramGroup[] => (!o.onDemand ? [] : m === "stop" && watchable ? ["tls", "go"] : ["go"]);
+  const deferredIn = (m: RewriteMode): ProgramGroup[] => (!o.onDemand ? [] : m === "stop" && !skippable ? ["tls", "go"] : ["go"]);
   const now = (m: RewriteMode) => PROGRAM_GROUPS.filter((g) => !deferredIn(m).includes(g));
   try {
     return { ...loadInMode(bytes, mode, lo, uprobes, now(mode)), mode, reason, uprobes, deferred: deferredIn(mode), backupSyscalls: skippable };

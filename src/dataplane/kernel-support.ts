@@ -107,9 +107,6 @@ export const atLeast = (v: readonly [number, number], w: readonly [number, numbe
  */
 export const syscallRunsSkippable = (kernel: readonly [number, number]): boolean => atLeast(kernel, [7, 0]);
 
-/** Whether the open watch (bpf/libopen.h) can see every open on this kernel. */
-export const opensWatchable = (kernel: readonly [number, number]): boolean => !syscallRunsSkippable(kernel);
-
 export type LockdownLevel = "none" | "integrity" | "confidentiality";
 export interface Lockdown {
   /** null: could not be determined. */

@@ -19,7 +19,7 @@ import {
 } from "../../src/dataplane/bpf-object.ts";
 import { LAYOUT } from "../../src/dataplane/abi.ts";
 import { progRecursionMisses, type BpfObject } from "../../lib/libbpf.ts";
-import { NodeFacts, opensWatchable, syscallRunsSkippable } from "../../src/dataplane/kernel-support.ts";
+import { NodeFacts, syscallRunsSkippable } from "../../src/dataplane/kernel-support.ts";
 
 const opened: BpfObject[] = [];
 afterEach(() => {
@@ -38,7 +38,7 @@ const configFlag = (obj: BpfObject): number => {
 };
 
 describe("program groups", () => {
-  /** This node's facts, but told the kernel is `kernel` (the open watch depends on it: kernel-support.ts opensWatchable). */
+  /** This node's facts, but told the kernel is `kernel` (the open watch and the syscall backup depend on it: kernel-support.ts syscallRunsSkippable). */
   const factsOn = (kernel: [number, number]) => {
     const facts = new NodeFacts();
     facts.kernel = () => kernel;
@@ -61,8 +61,6 @@ describe("program groups", () => {
     const loaded = keep(loadObject(await objectBytes(), { mode: "stop", scanCap: 16384, onDemand: true, facts: factsOn([7, 3]) }));
     expect(loaded.deferred).toEqual(["go"]);
     expect(loaded.budget.map((b) => b.program)).toEqual(expect.arrayContaining([...MODE_PROGRAMS.stop]));
-    expect(opensWatchable([6, 18])).toBe(true);
-    expect(opensWatchable([7, 0])).toBe(false);
   });
 
   test("the syscall program's backup (bpf/sysruns.h) loads, and its config flag is set, only where syscall runs can be skipped (7.0+)", async () => {
