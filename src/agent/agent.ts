@@ -180,16 +180,7 @@ function startOps(cfg: AgentConfig, state: AgentState, registry: Registry): Retu
       ],
       metrics: async () => {
         const dp = state.dp;
-        if (dp)
-          state.snapshot = {
-            mode: dp.mode,
-            counters: dp.counters(),
-            refusals: dp.refusalCounts(),
-            worker: dp.mode === "stop" ? await dp.workerStats() : undefined,
-            unhookable: dp.unhookable.counts(),
-            syscallRunsSkipped: dp.syscallRunsSkipped(),
-            syscallBackupRunsSkipped: dp.syscallBackupRunsSkipped(),
-          };
+        if (dp) state.snapshot = dp.snapshot(dp.mode === "stop" ? await dp.workerStats() : undefined);
         return { contentType: registry.contentType, body: state.snapshot ? await registry.metrics() : "" };
       },
     }).fetch,
@@ -404,18 +395,7 @@ function registerMetrics(
     },
     { version: VERSION, commit, mode: dp.mode },
   );
-  dataplaneMetrics(
-    () =>
-      state.snapshot ?? {
-        mode: dp.mode,
-        counters: dp.counters(),
-        refusals: dp.refusalCounts(),
-        unhookable: dp.unhookable.counts(),
-        syscallRunsSkipped: dp.syscallRunsSkipped(),
-        syscallBackupRunsSkipped: dp.syscallBackupRunsSkipped(),
-      },
-    registry,
-  );
+  dataplaneMetrics(() => state.snapshot ?? dp.snapshot(), registry);
   return metrics;
 }
 

@@ -437,9 +437,9 @@ async function summarize(dp: Dataplane, opts: ExecOptions, { refusals, unhookabl
   // The worker drains its rings before it answers: the events of CMD's last writes
   // (refusals) have arrived once it has.
   const stats = await dp.workerStats();
-  const counters = dp.counters();
-  const refusalCounts = dp.refusalCounts();
-  const substituted = Number(substitutionsDone({ mode: dp.mode, counters, worker: stats }));
+  const snapshot = dp.snapshot(stats);
+  const { counters, refusals: refusalCounts } = snapshot;
+  const substituted = Number(substitutionsDone(snapshot));
   const failedClosed = stats.notStopped + stats.patchFailed + stats.bufferRefused;
   // Markers past the first MAX_CANDIDATES of a write were never examined: placeholders among them went out.
   const unexamined = Number(counters.candidates_dropped ?? 0n);
@@ -474,15 +474,7 @@ async function summarize(dp: Dataplane, opts: ExecOptions, { refusals, unhookabl
     if (level >= LEVEL.quiet && unexamined > 0) say(unexaminedMessage(unexamined));
   }
   if (opts.metricsFile)
-    await writeMetrics(opts.metricsFile, {
-      mode: dp.mode,
-      counters,
-      refusals: refusalCounts,
-      worker: stats,
-      unhookable: dp.unhookable.counts(),
-      syscallRunsSkipped: dp.syscallRunsSkipped(),
-      syscallBackupRunsSkipped: dp.syscallBackupRunsSkipped(),
-    });
+    await writeMetrics(opts.metricsFile, snapshot);
   if (failRun) say(`${refused} substitution(s) refused or failed closed: exit ${REFUSED_EXIT} (--fail-on-refusal)`);
   return kloakExit;
 }

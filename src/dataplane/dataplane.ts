@@ -92,6 +92,23 @@ export interface DataplaneOptions {
   facts?: NodeFacts;
 }
 
+/** What the metrics read (metrics/dataplane-metrics.ts), taken at once. */
+export interface DataplaneSnapshot {
+  /** the rewrite mode: who substitutes (the kernel, or the stop-mode worker) */
+  mode: RewriteMode;
+  counters: Record<CounterName, bigint>;
+  /** kernel refusals by reason (refusals.ts) */
+  refusals: Record<string, bigint>;
+  /** the worker's stats (workerStats), when the caller has them */
+  worker?: WorkerStats;
+  /** processes whose TLS kloak cannot hook, by reason (unhookable.ts) */
+  unhookable?: Record<string, number>;
+  /** runs of the send program the kernel skipped (syscallRunsSkipped) */
+  syscallRunsSkipped?: bigint;
+  /** runs of its backup the kernel skipped (syscallBackupRunsSkipped) */
+  syscallBackupRunsSkipped?: bigint;
+}
+
 export interface ScopeSettings {
   /** inode of the network namespace the scope's sockets must be in; null: its first process's */
   netns: bigint | null;
@@ -879,6 +896,19 @@ export class Dataplane {
    */
   syscallRunsSkipped(): bigint {
     return this.recursionMisses(SYSCALL_PROGRAM);
+  }
+
+  /** The counters the metrics read, now; `worker`: the worker's stats, when the caller has them. */
+  snapshot(worker?: WorkerStats): DataplaneSnapshot {
+    return {
+      mode: this.mode,
+      counters: this.counters(),
+      refusals: this.refusalCounts(),
+      worker,
+      unhookable: this.unhookable.counts(),
+      syscallRunsSkipped: this.syscallRunsSkipped(),
+      syscallBackupRunsSkipped: this.syscallBackupRunsSkipped(),
+    };
   }
 
   /** The programs this data plane attached to tracepoints, in the order they run on a shared one. */

@@ -7,26 +7,12 @@ import { Counter, Registry } from "prom-client";
 import { MAX_CANDIDATES, type CounterName } from "../dataplane/abi.ts";
 import { REFUSALS } from "../dataplane/refusals.ts";
 import { UNHOOKABLE_REASONS } from "../dataplane/unhookable.ts";
-import type { WorkerStats } from "../dataplane/ring-protocol.ts";
-import type { RewriteMode } from "../dataplane/kernel-support.ts";
+import type { DataplaneSnapshot } from "../dataplane/dataplane.ts";
 
-export interface DataplaneSnapshot {
-  /** the rewrite mode: who substitutes (the kernel, or the stop-mode worker) */
-  mode: RewriteMode;
-  counters: Record<CounterName, bigint>;
-  /** kernel refusals by reason (refusals.ts) */
-  refusals: Record<string, bigint>;
-  /** stop mode only: substitutions the worker did or failed closed */
-  worker?: WorkerStats;
-  /** processes whose TLS kloak cannot hook, by reason (unhookable.ts) */
-  unhookable?: Record<string, number>;
-  /** runs of the send program the kernel skipped (Dataplane.syscallRunsSkipped) */
-  syscallRunsSkipped?: bigint;
-  /** runs of its backup the kernel skipped (Dataplane.syscallBackupRunsSkipped) */
-  syscallBackupRunsSkipped?: bigint;
-}
+export type { DataplaneSnapshot };
 
 type Value = (s: DataplaneSnapshot) => bigint | number;
+type Counts = (s: DataplaneSnapshot) => [reason: string, n: number][];
 
 /**
  * Placeholders replaced by their value: the kernel's count in kernel mode, the
@@ -40,7 +26,6 @@ export function substitutionsDone(s: Pick<DataplaneSnapshot, "mode" | "counters"
   const n = done - s.counters.subst_not_taken;
   return n > 0n ? n : 0n;
 }
-type Counts = (s: DataplaneSnapshot) => [reason: string, n: number][];
 
 /** Counters read from the snapshot at collection time: name, help, value. */
 const TOTALS: readonly [name: string, help: string, value: Value][] = [
